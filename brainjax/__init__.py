@@ -1,0 +1,1 @@
+"""brainjax: synthetic brain-MRI generation and tumour classification in JAX/Flax."""

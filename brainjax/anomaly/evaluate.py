@@ -1,0 +1,177 @@
+"""Validation grid search and test evaluation of the four anomaly rules.
+
+`evaluate_anomaly_rules` is what a `cvae_cls` run calls after training: for each
+rule it picks the hyperparameters on the validation errors, applies them once to
+the test errors and returns flat metrics prefixed giaem_, dbscan_, kmeans_ and
+global_kmeans_ (e.g. dbscan_f1, dbscan_auroc, dbscan_eps).
+"""
+import time
+from typing import Dict, Optional, Sequence
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from brainjax.anomaly import dbscan as dbscan_rule
+from brainjax.anomaly import giaem as giaem_rule
+from brainjax.anomaly import grid_search
+from brainjax.anomaly import kmeans_global as global_rule
+from brainjax.anomaly import kmeans_image as kmeans_rule
+from brainjax.anomaly import localisation
+from brainjax.anomaly import pixel_features
+from brainjax.evaluation import classification
+
+RULES = ('giaem', 'dbscan', 'kmeans', 'global_kmeans')
+
+
+def default_anomaly_config() -> ml_collections.ConfigDict:
+  """Grids and options of the anomaly stage.
+
+  The study searched 100 x 100 grids over (anomaly_threshold, tumor_index) and
+  (anomaly_threshold, alpha); GIAEM, single-image KMeans and the alpha / tumor_index
+  axes use those sizes here. Global KMeans defaults to 50 thresholds (one KMeans
+  each; set num_global_thresholds = 100 for the paper's grid) and DBSCAN to a
+  4 x 2 x 2 outer grid (thresholds x eps x min_samples; the study gave up tuning
+  DBSCAN, so it has no grid to match).
+  """
+  c = ml_collections.ConfigDict()
+  c.rules = RULES
+  c.selection_metric = 'f1'  # any of classification.METRIC_NAMES
+  c.image_shape = None  # (H, W) of the error maps; None: square
+  # anomaly_threshold grid: k / num for k = 0 .. num - 1 (0.00, 0.01, ..., 0.99).
+  c.num_anomaly_thresholds = 100
+  # tumor_index grid: fraction of the image area; geometric so that small
+  # fractions (a DBSCAN cluster is ~1% of a slice) are resolved as well as large.
+  c.num_tumor_index = 100
+  c.tumor_index_min = 1e-4
+  c.tumor_index_max = 1.0
+  c.tumor_index_spacing = 'geometric'  # or 'linear' (the study's percentages)
+  # DBSCAN outer grid; eps in feature units, one pixel step = 1/128 for 128 px
+  # slices (0.015 ~ 1.9 px, 0.025 ~ 3.2 px); the cost grows with eps**2 (window).
+  c.dbscan_anomaly_thresholds = (0.5, 0.6, 0.7, 0.8)
+  c.dbscan_eps = (0.015, 0.025)
+  c.dbscan_min_samples = (4, 8)
+  # Single-image KMeans.
+  c.kmeans_max_iter = 100
+  # Global KMeans: thresholds k / num, alpha geometric in [alpha_min, alpha_max].
+  c.num_global_thresholds = 50
+  c.num_alpha = 100
+  c.alpha_min = 0.25
+  c.alpha_max = 4.0
+  c.global_max_iter = 300
+  return c
+
+
+def anomaly_threshold_grid(num: int) -> np.ndarray:
+  if num < 1:
+    raise ValueError(f'the number of anomaly thresholds must be >= 1, got {num}')
+  return (np.arange(num) / num).astype(np.float32)
+
+
+def tumor_index_grid(config) -> np.ndarray:
+  lo, hi, num = config.tumor_index_min, config.tumor_index_max, config.num_tumor_index
+  if num < 1 or not 0 < lo <= hi:
+    raise ValueError(f'bad tumor_index grid: min {lo}, max {hi}, num {num}')
+  if config.tumor_index_spacing == 'geometric':
+    return np.geomspace(lo, hi, num)
+  if config.tumor_index_spacing == 'linear':
+    return np.linspace(lo, hi, num)
+  raise ValueError(f'tumor_index_spacing must be geometric or linear, '
+                   f'got {config.tumor_index_spacing!r}')
+
+
+def alpha_grid(config) -> np.ndarray:
+  if config.num_alpha < 1 or not 0 < config.alpha_min <= config.alpha_max:
+    raise ValueError(f'bad alpha grid: {config.alpha_min}..{config.alpha_max} x {config.num_alpha}')
+  return np.geomspace(config.alpha_min, config.alpha_max, config.num_alpha)
+
+
+def _global_codes(codes, config):
+  """The global grid's codes from the GIAEM grid's when it is a subset (it is by default)."""
+  if codes is None:
+    return None
+  return pixel_features.remap_codes(
+      codes, anomaly_threshold_grid(config.num_anomaly_thresholds),
+      anomaly_threshold_grid(config.num_global_thresholds))
+
+
+def _search_and_apply(rule, config, val_errors, val_labels, test_errors, shape, codes):
+  """codes: threshold codes of val_errors for the GIAEM grid, or None."""
+  """(chosen params, validation value, test RuleOutput) of one rule."""
+  metric = config.selection_metric
+  tumor_indices = tumor_index_grid(config)
+  if rule == 'giaem':
+    found = grid_search.search_giaem(
+        val_errors, val_labels, anomaly_threshold_grid(config.num_anomaly_thresholds),
+        tumor_indices, metric, codes)
+    out = giaem_rule.giaem(test_errors, **found.params)
+  elif rule == 'dbscan':
+    found = grid_search.search_dbscan(
+        val_errors, val_labels, np.sort(np.asarray(config.dbscan_anomaly_thresholds)),
+        config.dbscan_eps, config.dbscan_min_samples, tumor_indices, metric, shape)
+    out = dbscan_rule.dbscan(test_errors, image_shape=shape, **found.params)
+  elif rule == 'kmeans':
+    found = grid_search.search_kmeans_image(
+        val_errors, val_labels, tumor_indices, metric, shape, config.kmeans_max_iter)
+    out = kmeans_rule.kmeans_image(test_errors, image_shape=shape,
+                                   max_iter=config.kmeans_max_iter, **found.params)
+  elif rule == 'global_kmeans':
+    found = grid_search.search_global_kmeans(
+        val_errors, val_labels, anomaly_threshold_grid(config.num_global_thresholds),
+        alpha_grid(config), metric, _global_codes(codes, config), config.global_max_iter)
+    out = global_rule.global_kmeans(test_errors, centroids=found.extra['centroids'],
+                                    **found.params)
+  else:
+    raise ValueError(f'unknown anomaly rule {rule!r}; choose from {RULES}')
+  return found, out
+
+
+def evaluate_anomaly_rules(val_errors: np.ndarray, val_labels: np.ndarray,
+                           test_errors: np.ndarray, test_labels: np.ndarray,
+                           config: ml_collections.ConfigDict,
+                           test_masks: Optional[np.ndarray] = None) -> Dict[str, float]:
+  """Flat metrics of every rule in config.rules (see module docstring).
+
+  Keys per rule prefix p: the chosen hyperparameters (p_anomaly_threshold,
+  p_tumor_index, p_eps, p_min_samples, p_alpha as applicable), p_val_<metric>,
+  the test metrics of classification_metrics (p_accuracy ... p_weighted_f1,
+  p_tn/fp/fn/tp, p_auroc of the rule's continuous score), p_dice / p_iou (mean
+  over tumour test images) when test_masks are given, and p_seconds.
+  """
+  val_errors = pixel_features.check_errors(val_errors, 'val_errors')
+  test_errors = pixel_features.check_errors(test_errors, 'test_errors')
+  if val_errors.shape[1] != test_errors.shape[1]:
+    raise ValueError(f'val and test errors have {val_errors.shape[1]} and '
+                     f'{test_errors.shape[1]} pixels per image')
+  grid_search.check_labels(val_labels, len(val_errors))
+  grid_search.check_labels(test_labels, len(test_errors))
+  if test_masks is not None and len(test_masks) != len(test_errors):
+    raise ValueError(f'{len(test_masks)} test masks for {len(test_errors)} test images')
+  shape = config.image_shape
+  if shape is None and test_masks is not None:
+    shape = np.shape(test_masks)[1:3]
+  shape = pixel_features.image_shape(val_errors.shape[1], shape)
+  rules = tuple(config.rules)
+  for rule in rules:
+    if rule not in RULES:
+      raise ValueError(f'unknown anomaly rule {rule!r}; choose from {RULES}')
+  codes = None
+  if 'giaem' in rules or 'global_kmeans' in rules:  # computed once, shared
+    codes = pixel_features.threshold_codes(
+        val_errors, anomaly_threshold_grid(config.num_anomaly_thresholds))
+  results = {}
+  for rule in rules:
+    start = time.perf_counter()
+    found, out = _search_and_apply(rule, config, val_errors, val_labels, test_errors, shape,
+                                   codes)
+    metrics = classification.classification_metrics(test_labels, out.prediction, out.score)
+    metrics[f'val_{found.metric}'] = found.value
+    metrics.update(found.params)
+    if test_masks is not None:
+      metrics.update(localisation.mean_localisation(out.region, test_masks, test_labels))
+    metrics['seconds'] = time.perf_counter() - start
+    logging.info('anomaly rule %s: %s val %s=%.4f, test f1=%.4f auroc=%.4f (%.1f s)', rule,
+                 found.params, found.metric, found.value, metrics['f1'], metrics['auroc'],
+                 metrics['seconds'])
+    results.update({f'{rule}_{k}': v for k, v in metrics.items()})
+  return results

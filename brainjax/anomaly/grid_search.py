@@ -1,0 +1,133 @@
+"""Validation grid search shared by the four anomaly rules.
+
+Every rule has the same shape: an expensive "outer" part (a clustering or a
+thresholding, one per outer grid point) yields a continuous score per image, and
+a cheap "inner" cut-off turns it into a prediction (score >= cut-off). So one
+driver serves all: `select` takes the (N, C) scores of all C outer points and V
+cut-offs, counts the confusion matrices of all C x V grid points with one
+broadcast comparison, and picks the best by the chosen metric. Ties are broken
+deterministically: metric values are rounded to 12 decimals, then the first
+maximum in (outer, inner) row-major order wins, i.e. the smallest outer index,
+then the smallest cut-off index.
+
+The per-rule wrappers below map grid indices back to named hyperparameters.
+"""
+from typing import Dict, NamedTuple, Optional, Sequence
+
+import numpy as np
+
+from brainjax.anomaly import dbscan as dbscan_rule
+from brainjax.anomaly import giaem as giaem_rule
+from brainjax.anomaly import kmeans_global as global_rule
+from brainjax.anomaly import kmeans_image as kmeans_rule
+from brainjax.anomaly import pixel_features
+from brainjax.evaluation import classification
+
+_MAX_BROADCAST = 1 << 25  # elements of one (N, C, V) comparison block
+
+
+class Selection(NamedTuple):
+  outer: int  # index into the flattened outer grid
+  inner: int  # index of the cut-off
+  value: float  # the metric there
+  table: np.ndarray  # (C, V) metric at every grid point
+
+
+class SearchResult(NamedTuple):
+  params: Dict[str, float]  # chosen hyperparameters by name
+  value: float  # validation metric at the chosen point
+  metric: str
+  extra: Dict[str, np.ndarray]  # e.g. fitted centroids needed to apply the rule
+
+
+def check_labels(labels, n: int) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.shape != (n,):
+    raise ValueError(f'labels must have shape ({n},), got {labels.shape}')
+  if not np.isin(labels, (0, 1)).all():
+    raise ValueError('labels must hold only 0 (healthy) and 1 (tumour)')
+  return labels.astype(bool)
+
+
+def confusion_grid(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray):
+  """(tn, fp, fn, tp), each int64 (C, V), of predictions scores[:, c] >= cutoffs[v]."""
+  scores = np.asarray(scores, np.float64)
+  cutoffs = np.asarray(cutoffs, np.float64).reshape(-1)
+  labels = check_labels(labels, scores.shape[0])
+  num_pos, num_neg = int(labels.sum()), int((~labels).sum())
+  tp = np.zeros((scores.shape[1], cutoffs.size), np.int64)
+  fp = np.zeros_like(tp)
+  step = max(1, _MAX_BROADCAST // max(1, scores.shape[0] * cutoffs.size))
+  for start in range(0, scores.shape[1], step):
+    block = scores[:, start:start + step, None] >= cutoffs[None, None, :]  # (N, c, V)
+    tp[start:start + step] = block[labels].sum(axis=0)
+    fp[start:start + step] = block[~labels].sum(axis=0)
+  return num_neg - fp, fp, num_pos - tp, tp
+
+
+def select(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray,
+           metric: str = 'f1') -> Selection:
+  """Best (outer, cut-off) pair of a score matrix (N, C) by `metric`."""
+  if metric not in classification.METRIC_NAMES:
+    raise ValueError(f'unknown selection metric {metric!r}; '
+                     f'choose from {classification.METRIC_NAMES}')
+  scores = np.asarray(scores, np.float64)
+  if scores.ndim != 2 or scores.shape[1] == 0 or np.size(cutoffs) == 0:
+    raise ValueError(f'need scores (N, C>0) and cut-offs, got {scores.shape}, {np.shape(cutoffs)}')
+  table = classification.metrics_from_confusion(*confusion_grid(scores, labels, cutoffs))[metric]
+  best = int(np.argmax(np.round(table, 12)))  # first maximum in row-major order
+  outer, inner = divmod(best, table.shape[1])
+  return Selection(outer, inner, float(table[outer, inner]), table)
+
+
+def search_giaem(errors, labels, anomaly_thresholds: Sequence[float],
+                 tumor_indices: Sequence[float], metric: str = 'f1',
+                 codes: Optional[np.ndarray] = None) -> SearchResult:
+  thresholds = pixel_features.check_grid(anomaly_thresholds, 'anomaly_thresholds')
+  tumor_indices = np.asarray(tumor_indices, np.float64)
+  scores = giaem_rule.giaem_grid_scores(errors, thresholds, codes)
+  best = select(scores, labels, tumor_indices, metric)
+  params = dict(anomaly_threshold=float(thresholds[best.outer]),
+                tumor_index=float(tumor_indices[best.inner]))
+  return SearchResult(params, best.value, metric, {})
+
+
+def search_dbscan(errors, labels, anomaly_thresholds: Sequence[float],
+                  eps_values: Sequence[float], min_samples_values: Sequence[int],
+                  tumor_indices: Sequence[float], metric: str = 'f1',
+                  image_shape: Optional[Sequence[int]] = None) -> SearchResult:
+  thresholds = pixel_features.check_grid(anomaly_thresholds, 'anomaly_thresholds')
+  eps_values = np.asarray(eps_values, np.float64).reshape(-1)
+  min_samples_values = np.asarray(min_samples_values).reshape(-1)
+  tumor_indices = np.asarray(tumor_indices, np.float64)
+  scores = dbscan_rule.dbscan_grid_scores(
+      errors, thresholds, eps_values, min_samples_values, image_shape)  # (N, T, E, M)
+  best = select(scores.reshape(len(scores), -1), labels, tumor_indices, metric)
+  t, e, m = np.unravel_index(best.outer, scores.shape[1:])
+  params = dict(anomaly_threshold=float(thresholds[t]), eps=float(eps_values[e]),
+                min_samples=int(min_samples_values[m]),
+                tumor_index=float(tumor_indices[best.inner]))
+  return SearchResult(params, best.value, metric, {})
+
+
+def search_kmeans_image(errors, labels, tumor_indices: Sequence[float], metric: str = 'f1',
+                        image_shape: Optional[Sequence[int]] = None,
+                        max_iter: int = 100) -> SearchResult:
+  tumor_indices = np.asarray(tumor_indices, np.float64)
+  scores = kmeans_rule.kmeans_image_scores(errors, image_shape, max_iter)
+  best = select(scores[:, None], labels, tumor_indices, metric)
+  return SearchResult(dict(tumor_index=float(tumor_indices[best.inner])), best.value, metric, {})
+
+
+def search_global_kmeans(errors, labels, anomaly_thresholds: Sequence[float],
+                         alphas: Sequence[float], metric: str = 'f1',
+                         codes: Optional[np.ndarray] = None,
+                         max_iter: int = 300) -> SearchResult:
+  thresholds = pixel_features.check_grid(anomaly_thresholds, 'anomaly_thresholds')
+  alphas = np.asarray(alphas, np.float64).reshape(-1)
+  if not (np.isfinite(alphas).all() and (alphas > 0).all()):
+    raise ValueError(f'alphas must be positive and finite, got {alphas}')
+  grid = global_rule.global_kmeans_grid_scores(errors, thresholds, codes, max_iter)
+  best = select(grid.scores, labels, 1.0 / (1.0 + alphas), metric)
+  params = dict(anomaly_threshold=float(thresholds[best.outer]), alpha=float(alphas[best.inner]))
+  return SearchResult(params, best.value, metric, dict(centroids=grid.centroids[best.outer]))

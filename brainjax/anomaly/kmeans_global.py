@@ -1,0 +1,234 @@
+"""Global KMeans (study rule 4): two clusters of images in thresholded-error space.
+
+Rule. Threshold the (N, H*W) error matrix at anomaly_threshold into binary rows
+x_i (pixel anomalous or not) and split the N rows into two clusters with KMeans.
+The tumour cluster is the one whose centroid has the larger anomalous mass (sum
+of centroid entries: the mean number of anomalous pixels of its members). With
+d_T, d_H the Euclidean distances of an image to the tumour / healthy centroids,
+the image is a tumour iff d_T <= alpha * d_H.
+Score (continuous, for ROC AUC and the alpha grid): s = d_H / (d_T + d_H) in
+[0, 1] (0.5 when both are 0); tumour iff s >= 1 / (1 + alpha). alpha = 1 is plain
+nearest-centroid; alpha < 1 shrinks the tumour cluster, which is our reading of
+the study's "alpha restricts the clusters that, empirically, were too big" (the
+paper gives no formula).
+At test time the centroids fitted on the validation images are kept (the fitted
+model); passing no centroids fits on the given images instead.
+
+KMeans. Lloyd's algorithm from a deterministic start: the images with
+above-median anomalous mass form the first cluster (cluster 1), the others
+cluster 0; iterate until no assignment changes (or max_iter); a point
+equidistant from both centroids joins cluster 0; an empty cluster keeps its
+centroid. Same result as scikit-learn's KMeans(2, init=<those two centroids>,
+n_init=1, tol=0) up to floating-point ties.
+
+Why it is fast. Rows are binary, so ||x - c||^2 = |x| - 2 x.c + |c|^2 and Lloyd
+needs only sparse products with the anomalous pixels (or, when more than half the
+pixels are anomalous, with the complement). Each row's pixels are sorted once by
+threshold code, so the anomalous set at every threshold is a prefix of its row.
+Hamerly's bounds (an upper bound on the distance to the own centroid, a lower
+bound on the distance to the other, moved by the centroid shifts) skip the rows
+whose assignment cannot change, so later iterations touch few rows; the result
+is exactly Lloyd's.
+"""
+from typing import NamedTuple, Optional, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from brainjax.anomaly import pixel_features
+
+
+class _BinaryRows:
+  """A binary (N, D) matrix as a sparse pattern of its ones, or of its zeros when
+  those are fewer (complement)."""
+
+  def __init__(self, indptr: np.ndarray, indices: np.ndarray, complement: bool,
+               num_cols: int, mass: np.ndarray, ones: Optional[np.ndarray] = None):
+    self.complement = complement
+    self.num_cols = num_cols
+    self.mass = np.asarray(mass, np.float64)  # ones per row
+    # scipy needs a data array: a view of a shared buffer of ones when one is given
+    data = ones[:indices.size] if ones is not None and ones.size >= indices.size else np.ones(
+        indices.size)
+    self.pattern = sparse.csr_matrix((data, indices, indptr), shape=(self.mass.size, num_cols))
+
+  @classmethod
+  def from_mask(cls, mask: np.ndarray) -> '_BinaryRows':
+    mass = mask.sum(axis=1)
+    complement = mass.sum() * 2 > mask.size
+    rows, cols = np.nonzero(~mask if complement else mask)
+    indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(mask)))]
+    return cls(indptr, cols.astype(np.int32), complement, mask.shape[1], mass)
+
+  @classmethod
+  def from_sorted_rows(cls, order: np.ndarray, counts: np.ndarray,
+                       ones: Optional[np.ndarray] = None) -> '_BinaryRows':
+    """Row i's ones are order[i, :counts[i]] (order: each row's columns sorted)."""
+    n, d = order.shape
+    complement = counts.sum() * 2 > n * d
+    lengths = d - counts if complement else counts
+    indptr = np.r_[0, np.cumsum(lengths)]
+    parts = ([row[c:] for row, c in zip(order, counts)] if complement
+             else [row[:c] for row, c in zip(order, counts)])
+    indices = np.concatenate(parts) if n else np.zeros(0, np.int32)
+    return cls(indptr, indices, complement, d, counts, ones)
+
+  def rows_dot(self, rows: Optional[np.ndarray], vectors: np.ndarray) -> np.ndarray:
+    """x_r . v for the given rows (None: all) and each column v of vectors (D, K)."""
+    if rows is None or rows.size * 2 > self.mass.size:  # a full pass is cheaper
+      out = np.asarray(self.pattern @ vectors)
+      out = out if rows is None else out[rows]
+    else:
+      out = np.asarray(self.pattern[rows] @ vectors)
+    if self.complement:
+      out = vectors.sum(axis=0)[None, :] - out
+    return out
+
+  def rows_sum(self, rows: Optional[np.ndarray]) -> np.ndarray:
+    """Sum of the given rows (None: all): float64 (D,)."""
+    n = self.mass.size
+    if rows is None:
+      counts, size = np.asarray(self.pattern.sum(axis=0)).reshape(-1), n
+    elif rows.size * 4 > n:  # a full pass is cheaper than copying the rows
+      indicator = np.zeros(n)
+      indicator[rows] = 1.0
+      counts, size = self.pattern.T @ indicator, rows.size
+    else:
+      counts, size = np.asarray(self.pattern[rows].sum(axis=0)).reshape(-1), rows.size
+    return size - counts if self.complement else counts
+
+
+def _sq_distances(x: _BinaryRows, rows: Optional[np.ndarray],
+                  centroids: np.ndarray) -> np.ndarray:
+  """(R, 2) squared distances of rows (None: all) to the two centroids (2, D)."""
+  dots = x.rows_dot(rows, np.ascontiguousarray(centroids.T))
+  mass = x.mass if rows is None else x.mass[rows]
+  sq = mass[:, None] - 2 * dots + np.sum(centroids ** 2, axis=1)[None, :]
+  return np.maximum(sq, 0.0)
+
+
+def _centroids(x: _BinaryRows, sum1: np.ndarray, total: np.ndarray, n1: int, previous):
+  n = x.mass.size
+  c0 = (total - sum1) / (n - n1) if n1 < n else previous[0]
+  c1 = sum1 / n1 if n1 > 0 else previous[1]
+  return np.stack([c0, c1])
+
+
+def _lloyd(x: _BinaryRows, max_iter: int):
+  """Two-means of the rows of x; returns (in_cluster_1 bool (N,), centroids (2, D))."""
+  n = x.mass.size
+  total = x.rows_sum(None)
+  member = x.mass > np.median(x.mass)
+  sum1 = x.rows_sum(np.flatnonzero(member))
+  mean_all = total / max(n, 1)
+  centroids = _centroids(x, sum1, total, int(member.sum()), np.stack([mean_all, mean_all]))
+  dist = np.sqrt(_sq_distances(x, None, centroids))
+  new_member = dist[:, 1] < dist[:, 0]
+  upper = np.where(new_member, dist[:, 1], dist[:, 0])  # >= distance to own centroid
+  lower = np.where(new_member, dist[:, 0], dist[:, 1])  # <= distance to the other
+  slack = 1e-9 * (1.0 + float(np.sqrt(x.num_cols)))
+  for _ in range(max_iter - 1):  # the start above was the first iteration
+    moved = new_member != member
+    if not moved.any():
+      break
+    sum1 += (x.rows_sum(np.flatnonzero(moved & new_member))
+             - x.rows_sum(np.flatnonzero(moved & ~new_member)))
+    member = new_member
+    new_centroids = _centroids(x, sum1, total, int(member.sum()), centroids)
+    shift = np.sqrt(np.sum((new_centroids - centroids) ** 2, axis=1))
+    centroids = new_centroids
+    upper += np.where(member, shift[1], shift[0])
+    lower = np.maximum(lower - np.where(member, shift[0], shift[1]), 0.0)
+    unsure = np.flatnonzero(upper >= lower - slack)
+    new_member = member.copy()
+    if unsure.size:
+      d = np.sqrt(_sq_distances(x, unsure, centroids))
+      closer1 = d[:, 1] < d[:, 0]
+      new_member[unsure] = closer1
+      upper[unsure] = np.where(closer1, d[:, 1], d[:, 0])
+      lower[unsure] = np.where(closer1, d[:, 0], d[:, 1])
+  # Labels from the final centroids (differs from `member` only if max_iter ran out).
+  return new_member, centroids
+
+
+def _scores(x: _BinaryRows, centroids: np.ndarray) -> np.ndarray:
+  """s = d_H / (d_T + d_H) for centroids ordered (tumour, healthy)."""
+  dist = np.sqrt(_sq_distances(x, None, centroids))
+  d_t, d_h = dist[:, 0], dist[:, 1]
+  den = d_t + d_h
+  return np.where(den > 0, d_h / np.where(den > 0, den, 1.0), 0.5)
+
+
+def _tumour_first(centroids: np.ndarray) -> np.ndarray:
+  """(tumour, healthy): the larger anomalous mass is the tumour (ties: cluster 1)."""
+  mass = centroids.sum(axis=1)
+  return centroids[::-1] if mass[1] >= mass[0] else centroids
+
+
+def _check_alpha(alpha):
+  if not (np.isfinite(alpha) and alpha > 0):
+    raise ValueError(f'alpha must be positive and finite, got {alpha}')
+
+
+def fit_global_kmeans(errors: np.ndarray, anomaly_threshold: float,
+                      max_iter: int = 300) -> np.ndarray:
+  """float64 (2, D) centroids (tumour, healthy) of the thresholded rows."""
+  errors = pixel_features.check_errors(errors)
+  if max_iter < 1:
+    raise ValueError(f'max_iter must be >= 1, got {max_iter}')
+  if len(errors) < 2:
+    raise ValueError(f'global KMeans needs at least 2 images, got {len(errors)}')
+  x = _BinaryRows.from_mask(errors >= np.float32(anomaly_threshold))
+  _, centroids = _lloyd(x, max_iter)
+  return _tumour_first(centroids)
+
+
+def global_kmeans(errors: np.ndarray, anomaly_threshold: float, alpha: float,
+                  centroids: Optional[np.ndarray] = None,
+                  max_iter: int = 300) -> pixel_features.RuleOutput:
+  """Applies the rule; centroids (tumour, healthy) default to a fit on `errors`.
+
+  region = the anomalous pixels (the thresholded row), the rule's only pixel map.
+  """
+  errors = pixel_features.check_errors(errors)
+  _check_alpha(alpha)
+  if centroids is None:
+    centroids = fit_global_kmeans(errors, anomaly_threshold, max_iter)
+  centroids = np.asarray(centroids, np.float64)
+  if centroids.shape != (2, errors.shape[1]):
+    raise ValueError(f'centroids must be (2, {errors.shape[1]}), got {centroids.shape}')
+  mask = errors >= np.float32(anomaly_threshold)
+  score = _scores(_BinaryRows.from_mask(mask), centroids)
+  return pixel_features.RuleOutput(
+      score=score, prediction=(score >= 1.0 / (1.0 + alpha)).astype(np.int32), region=mask)
+
+
+class GlobalGrid(NamedTuple):
+  """Scores (N, T) at every threshold and the centroids (T, 2, D) fitted there."""
+  scores: np.ndarray
+  centroids: np.ndarray
+
+
+def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
+                              codes: Optional[np.ndarray] = None,
+                              max_iter: int = 300) -> GlobalGrid:
+  """One KMeans per threshold, sharing one sort of every row by error."""
+  errors = pixel_features.check_errors(errors)
+  thresholds = pixel_features.check_grid(anomaly_thresholds, 'anomaly_thresholds')
+  if len(errors) < 2:
+    raise ValueError(f'global KMeans needs at least 2 images, got {len(errors)}')
+  if codes is None:
+    codes = pixel_features.threshold_codes(errors, thresholds)
+  counts = pixel_features.counts_above(codes, thresholds.size)
+  # Each row's pixels by decreasing code: the anomalous ones at threshold k first.
+  order = np.argsort(np.iinfo(codes.dtype).max - codes, axis=1, kind='stable').astype(np.int32)
+  n, d = errors.shape
+  scores = np.zeros((n, thresholds.size))
+  centroids = np.zeros((thresholds.size, 2, d))
+  ones = np.ones(n * d // 2 + 1)  # at most half the entries are stored
+  for k in range(thresholds.size):
+    x = _BinaryRows.from_sorted_rows(order, counts[:, k], ones)
+    _, fitted = _lloyd(x, max_iter)
+    centroids[k] = _tumour_first(fitted)
+    scores[:, k] = _scores(x, centroids[k])
+  return GlobalGrid(scores, centroids)

@@ -1,0 +1,150 @@
+"""Per-pixel views of an (N, H*W) error matrix shared by the anomaly rules.
+
+Conventions (the study's code is not public; these are ours):
+- A pixel is anomalous at threshold t iff error >= t, compared in float32 (the
+  errors' dtype), thresholds sorted ascending.
+- Pixel features for clustering are (error, row / H, col / W): the normalised
+  error in [0, 1] and the position scaled to [0, 1), so one pixel step is 1/H
+  (1/128 for the usual slices). Both DBSCAN's eps and KMeans' distances are
+  Euclidean in this space. Row / H is exact in binary for H a power of two.
+"""
+import math
+from typing import NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+class RuleOutput(NamedTuple):
+  """What every anomaly rule returns for N images.
+
+  score: float64 (N,), continuous, higher = more tumour-like (used for ROC AUC).
+  prediction: int32 (N,), 1 = tumour.
+  region: bool (N, H*W), the pixels the rule calls anomalous (for Dice / IoU).
+  """
+  score: np.ndarray
+  prediction: np.ndarray
+  region: np.ndarray
+
+
+def image_shape(num_pixels: int, shape: Optional[Sequence[int]] = None) -> Tuple[int, int]:
+  """(H, W) of rows holding `num_pixels` values; square unless `shape` is given."""
+  if shape is not None:
+    h, w = (int(s) for s in shape[:2])
+    if h * w != num_pixels:
+      raise ValueError(f'image shape {h}x{w} does not hold {num_pixels} pixels')
+    return h, w
+  side = math.isqrt(num_pixels)
+  if side * side != num_pixels:
+    raise ValueError(f'{num_pixels} pixels per row is not a square image; pass image_shape')
+  return side, side
+
+
+def check_errors(errors, name: str = 'errors') -> np.ndarray:
+  """float32 (N, D) with values in [0, 1], or a ValueError."""
+  errors = np.asarray(errors)
+  if errors.ndim != 2:
+    raise ValueError(f'{name} must be (N, H*W), got shape {errors.shape}')
+  errors = errors.astype(np.float32, copy=False)
+  if errors.size and not (np.isfinite(errors).all() and errors.min() >= 0 and errors.max() <= 1):
+    raise ValueError(f'{name} must be finite normalised errors in [0, 1]')
+  return errors
+
+
+def check_grid(values, name: str) -> np.ndarray:
+  """A strictly increasing 1-D float32 grid, or a ValueError."""
+  values = np.asarray(values, np.float32).reshape(-1)
+  if values.size == 0 or not np.isfinite(values).all():
+    raise ValueError(f'{name} must be a non-empty finite grid, got {values}')
+  if values.size > 1 and not (np.diff(values) > 0).all():
+    raise ValueError(f'{name} must be strictly increasing, got {values}')
+  return values
+
+
+def pixel_positions(h: int, w: int) -> np.ndarray:
+  """float64 (H*W, 2): (row / H, col / W) of each pixel in row-major order."""
+  rows, cols = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing='ij')
+  return np.stack([rows.reshape(-1), cols.reshape(-1)], axis=1)
+
+
+def pixel_features(error_row: np.ndarray, h: int, w: int) -> np.ndarray:
+  """float64 (H*W, 3): (error, row / H, col / W) of one image."""
+  return np.concatenate([np.asarray(error_row, np.float64).reshape(-1, 1),
+                         pixel_positions(h, w)], axis=1)
+
+
+def _is_near_uniform(thresholds: np.ndarray) -> bool:
+  """Every threshold within a quarter step of lo + k * step (see threshold_codes)."""
+  if thresholds.size < 2:
+    return False
+  lo, hi = np.float64(thresholds[0]), np.float64(thresholds[-1])
+  step = (hi - lo) / (thresholds.size - 1)
+  ideal = lo + step * np.arange(thresholds.size)
+  return bool(np.all(np.abs(thresholds.astype(np.float64) - ideal) <= 0.25 * step))
+
+
+def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+  """Number of thresholds <= each error: pixel anomalous at thresholds[k] iff code > k.
+
+  uint8 (uint16 beyond 255 thresholds), same shape as errors; exact (float32
+  comparisons). For a (near-)uniform grid one pass: the guess
+  g = floor((e - lo) / step) is off by at most one (the grid is within a quarter
+  step of uniform and float32 adds far less), so testing thresholds g-1, g, g+1
+  completes the count. Other grids use a binary search.
+  """
+  thresholds = check_grid(thresholds, 'thresholds')
+  num = thresholds.size
+  dtype = np.uint8 if num < 256 else np.uint16
+  errors = np.asarray(errors, np.float32)
+  if not np.isfinite(errors).all():
+    raise ValueError('errors contain NaN or inf')
+  if not _is_near_uniform(thresholds):
+    return np.searchsorted(thresholds, errors, side='right').astype(dtype)
+  # padded[k + 1] = thresholds[k], with -inf / +inf beyond both ends
+  padded = np.concatenate([[-np.inf], thresholds, [np.inf, np.inf]]).astype(np.float32)
+  lo = thresholds[0]
+  scale = np.float32((num - 1) / (np.float64(thresholds[-1]) - np.float64(lo)))
+  out = np.empty(errors.shape, dtype)
+  flat_in, flat_out = errors.reshape(len(errors), -1), out.reshape(len(errors), -1)
+  rows = max(1, (1 << 20) // max(1, flat_in.shape[1]))  # cache-sized chunks
+  for start in range(0, len(flat_in), rows):
+    e = flat_in[start:start + rows]
+    guess = np.clip(np.floor((e - lo) * scale), 0, num - 1).astype(np.int32)
+    code = guess - 1
+    for shift in (0, 1, 2):
+      code += padded[guess + shift] <= e
+    flat_out[start:start + rows] = code
+  return out
+
+
+def remap_codes(codes: np.ndarray, thresholds: np.ndarray,
+                subset: np.ndarray) -> Optional[np.ndarray]:
+  """Codes for `subset` of a grid from the codes for the grid (a lookup per pixel);
+  None when `subset` is not a subset of `thresholds`."""
+  thresholds = check_grid(thresholds, 'thresholds')
+  subset = check_grid(subset, 'subset')
+  if not np.isin(subset, thresholds).all():
+    return None
+  # code c (c grid thresholds <= e) -> number of subset thresholds among the first c.
+  table = np.r_[0, np.cumsum(np.isin(thresholds, subset))]
+  dtype = np.uint8 if subset.size < 256 else np.uint16
+  return table.astype(dtype)[codes]
+
+
+def counts_above(codes: np.ndarray, num_thresholds: int,
+                 mask: Optional[np.ndarray] = None) -> np.ndarray:
+  """int64 (N, T): per image, pixels with code > k (optionally only where mask)."""
+  n = len(codes)
+  bins = num_thresholds + 1
+  hist = np.zeros((n, bins), np.int64)
+  chunk = max(1, (1 << 22) // max(1, codes.shape[1]))
+  for start in range(0, n, chunk):
+    c = codes[start:start + chunk]
+    rows = np.arange(len(c), dtype=np.intp)[:, None] * bins
+    index = (c.astype(np.intp) + rows)
+    weights = None if mask is None else mask[start:start + chunk].reshape(-1)
+    if weights is not None:
+      index = index.reshape(-1)[weights.astype(bool)]
+    hist[start:start + chunk] = np.bincount(
+        index.reshape(-1), minlength=len(c) * bins).reshape(len(c), bins)
+  # pixels with code > k are those in bins k+1..T: a reversed cumulative sum.
+  return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]

@@ -1,0 +1,233 @@
+"""The straightforward baseline: the same four rules, image by image and grid point
+by grid point, with scikit-learn and NumPy loops.
+
+Used (a) in tests, to check that the fast grid search selects the same
+hyperparameters, and (b) by the benchmark, to measure the speed-up. The loop
+recomputes what a direct implementation recomputes: GIAEM's anomalous fraction at
+every grid point, one scikit-learn DBSCAN per image and outer grid point, one
+scikit-learn KMeans per image (single-image rule) or per threshold (global rule),
+and the metric of every grid point from its own predictions. Rule definitions
+and tie-breaking are those of the fast path (see the rule modules).
+
+Also: synthetic error maps for benchmarks and tests, and the benchmark itself.
+"""
+import time
+import warnings
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+from sklearn import cluster
+from sklearn.exceptions import ConvergenceWarning
+
+from brainjax.anomaly import evaluate
+from brainjax.anomaly import grid_search
+from brainjax.anomaly import kmeans_global
+from brainjax.anomaly import kmeans_image
+from brainjax.anomaly import pixel_features
+from brainjax.evaluation import classification
+
+
+def synthetic_error_maps(num_images: int, size: int = 128, tumour_fraction: float = 0.5,
+                         seed: int = 0):
+  """Error maps that look like a CVAE's: (errors float32 (N, size*size), labels, masks).
+
+  Smoothed noise inside an elliptic 'brain', a bright rim at its edge, faint noise
+  outside; tumour maps add a noisy Gaussian blob (mask: the blob's core). Each
+  map is min-max normalised like the real ones.
+  """
+  rng = np.random.default_rng(seed)
+  yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
+  labels = (rng.random(num_images) < tumour_fraction).astype(np.int32)
+  errors = np.empty((num_images, size * size), np.float32)
+  masks = np.zeros((num_images, size, size), np.uint8)
+  noise = ndimage.gaussian_filter(
+      rng.standard_normal((num_images, size, size)).astype(np.float32), (0, 1.5, 1.5))
+  for i in range(num_images):
+    cy, cx = size / 2 + rng.normal(0, size / 32, 2)
+    ry, rx = size * rng.uniform(0.33, 0.45, 2)
+    radius = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
+    err = np.where(radius <= 1, 0.15, 0.02) * np.abs(noise[i])
+    err = err + 0.25 * rng.random() * (np.abs(radius - 1) < 0.03)
+    if labels[i]:
+      r = size * rng.uniform(0.04, 0.12)
+      ty, tx = cy + rng.uniform(-0.5, 0.5) * ry, cx + rng.uniform(-0.5, 0.5) * rx
+      d2 = (yy - ty) ** 2 + (xx - tx) ** 2
+      err = err + rng.uniform(0.3, 0.8) * np.exp(-d2 / (2 * r * r)) * (1 + 0.3 * noise[i])
+      masks[i] = d2 <= (1.2 * r) ** 2
+    err = np.maximum(err, 0)
+    errors[i] = ((err - err.min()) / (err.max() - err.min())).reshape(-1)
+  return errors, labels, masks
+
+
+class _Best:
+  """Keeps the first grid point with the highest (12-decimal rounded) metric."""
+
+  def __init__(self, metric: str):
+    self.metric, self.value, self.params = metric, -np.inf, None
+
+  def offer(self, labels, predictions, params):
+    value = classification.classification_metrics(labels, predictions)[self.metric]
+    if np.round(value, 12) > np.round(self.value, 12):
+      self.value, self.params = value, dict(params)
+
+
+def loop_giaem(errors, labels, anomaly_thresholds, tumor_indices, metric='f1'):
+  best = _Best(metric)
+  for t in np.asarray(anomaly_thresholds, np.float32):
+    for ti in np.asarray(tumor_indices, np.float64):
+      fraction = np.mean(errors >= t, axis=1)
+      best.offer(labels, (fraction >= ti).astype(int),
+                 dict(anomaly_threshold=float(t), tumor_index=float(ti)))
+  return best.params, best.value
+
+
+def largest_cluster_fraction(error_row, anomaly_threshold, eps, min_samples, h, w):
+  """scikit-learn DBSCAN on one image's anomalous pixels."""
+  points = np.flatnonzero(error_row >= np.float32(anomaly_threshold))
+  if points.size == 0:
+    return 0.0
+  features = pixel_features.pixel_features(error_row, h, w)[points]
+  found = cluster.DBSCAN(eps=eps, min_samples=min_samples).fit(features).labels_
+  found = found[found >= 0]
+  return np.bincount(found).max() / (h * w) if found.size else 0.0
+
+
+def loop_dbscan(errors, labels, anomaly_thresholds, eps_values, min_samples_values,
+                tumor_indices, metric='f1', image_shape=None):
+  h, w = pixel_features.image_shape(errors.shape[1], image_shape)
+  best = _Best(metric)
+  for t in np.asarray(anomaly_thresholds, np.float32):
+    for eps in eps_values:
+      for min_samples in min_samples_values:
+        score = np.array([largest_cluster_fraction(row, t, eps, min_samples, h, w)
+                          for row in errors])
+        for ti in tumor_indices:
+          best.offer(labels, (score >= ti).astype(int),
+                     dict(anomaly_threshold=float(t), eps=float(eps),
+                          min_samples=int(min_samples), tumor_index=float(ti)))
+  return best.params, best.value
+
+
+def anomalous_share(error_row, h, w, max_iter=100):
+  """scikit-learn KMeans(2) on one image, started like kmeans_image (coarse stage first)."""
+  features = pixel_features.pixel_features(error_row, h, w)
+  factor = kmeans_image.coarse_factor(h, w)
+  if factor > 1:
+    pooled = error_row.reshape(h // factor, factor, w // factor, factor).astype(
+        np.float32).mean(axis=(1, 3)).reshape(-1)
+    coarse = np.stack([pooled, *kmeans_image.pixel_grid(h, w, factor)], axis=1).astype(np.float64)
+  else:
+    coarse = features
+  first = np.argmax(coarse[:, 0])
+  second = np.argmax(np.sum((coarse - coarse[first]) ** 2, axis=1))
+  init = coarse[[first, second]]
+  if factor > 1:
+    init = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter).fit(
+        coarse).cluster_centers_
+  fitted = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter).fit(features)
+  anomalous = int(np.argmax(fitted.cluster_centers_[:, 0]))  # ties: the first
+  return np.mean(fitted.labels_ == anomalous)
+
+
+def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,
+                      max_iter=100):
+  h, w = pixel_features.image_shape(errors.shape[1], image_shape)
+  score = np.array([anomalous_share(row, h, w, max_iter) for row in errors])
+  best = _Best(metric)
+  for ti in tumor_indices:
+    best.offer(labels, (score >= ti).astype(int), dict(tumor_index=float(ti)))
+  return best.params, best.value
+
+
+def global_scores(errors, anomaly_threshold, max_iter=300):
+  """scikit-learn KMeans(2) over the thresholded rows, started like kmeans_global."""
+  x = (errors >= np.float32(anomaly_threshold)).astype(np.float64)
+  mass = x.sum(axis=1)
+  high = mass > np.median(mass)
+  mean_all = x.mean(axis=0)
+  init = np.stack([x[~high].mean(axis=0) if (~high).any() else mean_all,
+                   x[high].mean(axis=0) if high.any() else mean_all])
+  with warnings.catch_warnings():  # identical rows: one distinct cluster is expected
+    warnings.simplefilter('ignore', ConvergenceWarning)
+    fitted = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter,
+                            algorithm='lloyd').fit(x)
+  tumour, healthy = kmeans_global._tumour_first(fitted.cluster_centers_)
+  d_t = np.sqrt(np.sum((x - tumour) ** 2, axis=1))
+  d_h = np.sqrt(np.sum((x - healthy) ** 2, axis=1))
+  den = d_t + d_h
+  return np.where(den > 0, d_h / np.where(den > 0, den, 1.0), 0.5)
+
+
+def loop_global_kmeans(errors, labels, anomaly_thresholds, alphas, metric='f1', max_iter=300):
+  best = _Best(metric)
+  for t in np.asarray(anomaly_thresholds, np.float32):
+    score = global_scores(errors, t, max_iter)
+    for alpha in alphas:
+      best.offer(labels, (score >= 1.0 / (1.0 + alpha)).astype(int),
+                 dict(anomaly_threshold=float(t), alpha=float(alpha)))
+  return best.params, best.value
+
+
+def benchmark(errors: np.ndarray, labels: np.ndarray, config=None,
+              loop_images: int = 30, loop_grid_fraction: float = 0.02,
+              rules: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
+  """Seconds of each rule's full validation grid search, fast path vs the loop.
+
+  The loop is timed on `loop_images` images (and for GIAEM on a fraction of
+  the grid points) and extrapolated linearly to the full problem; its cost is
+  linear in both. Returns {rule: {fast_s, loop_s (extrapolated), speedup, ...}}.
+  """
+  config = config or evaluate.default_anomaly_config()
+  errors = pixel_features.check_errors(errors)
+  labels = np.asarray(labels)
+  n = len(errors)
+  metric = config.selection_metric
+  shape = pixel_features.image_shape(errors.shape[1], config.image_shape)
+  tumor_indices = evaluate.tumor_index_grid(config)
+  thresholds = evaluate.anomaly_threshold_grid(config.num_anomaly_thresholds)
+  global_thresholds = evaluate.anomaly_threshold_grid(config.num_global_thresholds)
+  alphas = evaluate.alpha_grid(config)
+  sub = np.random.default_rng(0).choice(n, size=min(loop_images, n), replace=False)
+  image_scale = n / sub.size
+  out = {}
+
+  def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+  for rule in rules or config.rules:
+    if rule == 'giaem':
+      fast = timed(lambda: grid_search.search_giaem(errors, labels, thresholds, tumor_indices,
+                                                    metric))
+      # every grid point touches all images: time a slice of the grid on all images
+      k = max(1, int(round(thresholds.size * loop_grid_fraction)))
+      loop = timed(lambda: loop_giaem(errors, labels, thresholds[:k], tumor_indices, metric))
+      loop_full, note = loop * thresholds.size / k, f'{k} of {thresholds.size} thresholds'
+    elif rule == 'dbscan':
+      args = (np.sort(np.asarray(config.dbscan_anomaly_thresholds)), config.dbscan_eps,
+              config.dbscan_min_samples, tumor_indices, metric, shape)
+      fast = timed(lambda: grid_search.search_dbscan(errors, labels, *args))
+      loop = timed(lambda: loop_dbscan(errors[sub], labels[sub], *args))
+      loop_full, note = loop * image_scale, f'{sub.size} of {n} images'
+    elif rule == 'kmeans':
+      fast = timed(lambda: grid_search.search_kmeans_image(
+          errors, labels, tumor_indices, metric, shape, config.kmeans_max_iter))
+      loop = timed(lambda: loop_kmeans_image(errors[sub], labels[sub], tumor_indices, metric,
+                                             shape, config.kmeans_max_iter))
+      loop_full, note = loop * image_scale, f'{sub.size} of {n} images'
+    elif rule == 'global_kmeans':
+      fast = timed(lambda: grid_search.search_global_kmeans(
+          errors, labels, global_thresholds, alphas, metric, None, config.global_max_iter))
+      # one KMeans over all images per threshold: time a slice of the thresholds
+      k = max(1, int(round(global_thresholds.size * loop_grid_fraction * 5)))
+      picked = global_thresholds[np.linspace(0, global_thresholds.size - 1, k).astype(int)]
+      loop = timed(lambda: loop_global_kmeans(errors, labels, picked, alphas, metric,
+                                              config.global_max_iter))
+      loop_full, note = loop * global_thresholds.size / k, f'{k} of {global_thresholds.size} thresholds'
+    else:
+      raise ValueError(f'unknown anomaly rule {rule!r}')
+    out[rule] = dict(fast_s=fast, loop_s=loop_full, loop_measured_s=loop,
+                     speedup=loop_full / fast, loop_extrapolated_from=note)
+  return out

@@ -1,0 +1,375 @@
+"""Benchmark: the product's jit-compiled train steps and anomaly stage, against the PyTorch peer.
+
+  python -m brainjax.bench --models cnn,cvae,vae,gan --batch 64 --steps 5 \
+      --peer --torch-python /path/to/torch-venv/bin/python
+
+prints one JSON object with the peer's shape, `{"cnn": {"img_per_s": ..., "ms_per_step": ...},
+...}`, plus `recon_error_3000_s`, `anomaly_grid_search_s`, `anomaly_loop_baseline`,
+`peak_memory_mb`, `device` and `threads`. With `--peer` (or `--compare peer.json`, a saved
+output of ../shared/bench/torch_reference.py) each model also gets `ratio_vs_torch`, JAX
+images/s over the peer's, and the peer's own numbers are kept under "torch".
+
+What is timed. The tasks' own train steps (brainjax/tasks/), built from their configs with
+the `paper` preset (the study's full widths, the networks of the peer) and compiled exactly
+as training compiles them (`loop.compile_step`: jit, state donated). One compile + warm-up
+step, then `--steps` steps, each timed to `block_until_ready`; the median is reported.
+
+Fairness. `--peer` runs the peer in a subprocess, model by model, right before the JAX
+steps of the same model (so both see the same load on a shared machine), through a small
+wrapper that imports the peer's own `make_step` and times it the same way (warm-up step,
+median of per-step times; its mean, the statistic the peer script prints, is kept too).
+`--threads N` pins this process, and with it the peer subprocess, to N CPUs
+(`os.sched_setaffinity`): XLA sizes its CPU thread pool from the schedulable CPUs and
+torch is given `set_num_threads(N)`, so both use N cores. XLA has no flag for an
+intra-op thread count (only `--xla_cpu_multi_thread_eigen=false`, i.e. one thread), hence
+the pinning. The default (0) leaves both at their defaults: every core for XLA, torch's
+own default (all physical cores).
+"""
+import argparse
+import functools
+import json
+import os
+import pathlib
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from brainjax.anomaly import recon_error
+from brainjax.anomaly import reference_loop
+from brainjax.tasks import cnn_cls
+from brainjax.tasks import cvae_cls
+from brainjax.tasks import gan_gen
+from brainjax.tasks import vae_gen
+from brainjax.tasks import variational
+from brainjax.train import loop
+from configs import cnn_cls as cnn_config
+from configs import cvae_cls as cvae_config
+from configs import gan_gen as gan_config
+from configs import vae_gen as vae_config
+
+MODELS = ('cnn', 'cvae', 'vae', 'gan')
+PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'torch_reference.py'
+
+# Runs in the torch interpreter: the peer's own step, timed like ours (argv: dir name batch
+# steps threads). Prints one JSON line.
+_PEER_WRAPPER = r'''
+import json, resource, statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+import torch_reference as peer
+name, batch, steps, threads = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+if threads:
+  torch.set_num_threads(threads)
+torch.manual_seed(0)
+step = peer.make_step(name, batch)
+start = time.perf_counter()
+step()
+first = time.perf_counter() - start
+times = []
+for _ in range(steps):
+  start = time.perf_counter()
+  step()
+  times.append(time.perf_counter() - start)
+print(json.dumps({'times': times, 'first_step_s': first, 'threads': torch.get_num_threads(),
+                  'version': torch.__version__,
+                  'peak_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+'''
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(
+      prog='python -m brainjax.bench', description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--models', default=','.join(MODELS),
+                      help='comma-separated subset of ' + ','.join(MODELS) + " ('' for none)")
+  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--steps', type=int, default=5, help='timed steps after the warm-up')
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='repeat the (peer, JAX) pair of each model this often; medians pool '
+                      'every round (more robust on a shared machine)')
+  parser.add_argument('--preset', choices=('paper', 'smoke'), default='paper',
+                      help="network widths: the study's ('paper') or tiny ('smoke', for tests)")
+  parser.add_argument('--threads', type=int, default=0,
+                      help='pin this process and the peer to N CPUs (0: defaults)')
+  parser.add_argument('--peer', action='store_true',
+                      help='time the PyTorch peer model by model, back to back with JAX')
+  parser.add_argument('--torch-python', default='python3',
+                      help='the interpreter that has torch, for --peer')
+  parser.add_argument('--peer-script', default=str(PEER_SCRIPT))
+  parser.add_argument('--compare', default='',
+                      help="a saved JSON of the peer script's output, instead of --peer")
+  parser.add_argument('--anomaly', action=argparse.BooleanOptionalAction, default=True,
+                      help='also time reconstruction error and the anomaly grid searches')
+  parser.add_argument('--anomaly-slices', type=int, default=3000)
+  parser.add_argument('--baseline-slices', type=int, default=30,
+                      help='slices the loop baseline runs on (its time is extrapolated)')
+  parser.add_argument('--output', default='', help='also write the JSON here')
+  args = parser.parse_args(argv)
+  args.models = [m for m in args.models.split(',') if m]
+  unknown = sorted(set(args.models) - set(MODELS))
+  if unknown:
+    parser.error(f'unknown model(s) {unknown}; choose from {list(MODELS)}')
+  for flag in ('batch', 'steps', 'rounds', 'anomaly_slices', 'baseline_slices'):
+    if getattr(args, flag) < 1:
+      parser.error(f'--{flag.replace("_", "-")} must be >= 1')
+  if args.threads < 0:
+    parser.error('--threads must be >= 0')
+  if args.peer and args.compare:
+    parser.error('use either --peer or --compare')
+  return args
+
+
+def pin_threads(num):
+  """Restricts this process (and its future children) to `num` CPUs; returns the count used.
+
+  Takes full effect when called before JAX's first computation (XLA then sizes its pool
+  to these CPUs); called later, XLA's threads still share only these CPUs.
+  """
+  cpus = sorted(os.sched_getaffinity(0))
+  if num:
+    if num > len(cpus):
+      raise ValueError(f'--threads {num}, but only {len(cpus)} CPUs are schedulable')
+    cpus = cpus[:num]
+    os.sched_setaffinity(0, cpus)
+  return len(cpus)
+
+
+# ----------------------------------------------------------------------------- train steps
+
+
+def task_config(name, preset):
+  module, variant = {'cnn': (cnn_config, 'real'), 'cvae': (cvae_config, 'real'),
+                     'vae': (vae_config, 'positive'), 'gan': (gan_config, 'positive')}[name]
+  return module.get_config(f'{variant},{preset}')
+
+
+def train_setup(name, config, batch_size, rng):
+  """(train_step, state, batch) of one task, as its train_and_evaluate builds them."""
+  init_rng, image_rng, label_rng = jax.random.split(rng, 3)
+  if name == 'cnn':
+    model = cnn_cls.create_model(config)
+    state = cnn_cls.create_train_state(config, model, init_rng)
+    step = functools.partial(cnn_cls.train_step, model=model)
+  elif name == 'cvae':
+    model = cvae_cls.create_model(config)
+    state = cvae_cls.create_train_state(config, model, init_rng)
+    step = functools.partial(variational.train_step, model=model,
+                             reconstruction_loss=cvae_cls.cvae_reconstruction_loss)
+  elif name == 'vae':
+    model = vae_gen.create_model(config)
+    state = vae_gen.create_train_state(config, model, init_rng)
+    step = functools.partial(variational.train_step, model=model, kl_weight=config.kl_weight,
+                             reconstruction_loss=vae_gen.vae_reconstruction_loss)
+  elif name == 'gan':
+    generator, discriminator = gan_gen.create_models(config)
+    state = gan_gen.create_train_state(config, generator, discriminator, init_rng)
+    step = functools.partial(gan_gen.train_step, generator=generator,
+                             discriminator=discriminator)
+  else:
+    raise ValueError(f'unknown model {name!r}; choose from {list(MODELS)}')
+  size = config.data.image_size
+  batch = {'image': jax.random.uniform(image_rng, (batch_size, size, size, 1), jnp.float32),
+           'label': jax.random.randint(label_rng, (batch_size,), 0, 2, jnp.int32)}
+  return step, state, batch
+
+
+class StepTimer:
+  """One task's compiled train step, its (donated) state and a fixed batch on one device."""
+
+  def __init__(self, name, preset, batch_size, seed=0):
+    device = jax.local_devices()[0]
+    step, state, batch = train_setup(name, task_config(name, preset), batch_size,
+                                     jax.random.PRNGKey(seed))
+    self.batch_size = batch_size
+    self._step = loop.compile_step(step, [device])
+    self._state, self._batch = jax.device_put((state, batch), device)
+    self._rng = jax.random.PRNGKey(seed + 1)
+    self._count = 0
+    self.first_step_s = self.run(1)[0]  # compile + warm-up
+
+  def run(self, steps):
+    """Seconds of each of `steps` further steps, each waited for."""
+    times = []
+    for _ in range(steps):
+      rng = jax.random.fold_in(self._rng, self._count)
+      jax.block_until_ready(rng)
+      start = time.perf_counter()
+      self._state, metrics = self._step(self._state, self._batch, rng)
+      jax.block_until_ready((self._state, metrics))
+      times.append(time.perf_counter() - start)
+      self._count += 1
+    if not all(np.isfinite(float(v)) for v in jax.device_get(metrics).values()):
+      raise FloatingPointError(f'non-finite metrics in the benchmarked step: {metrics}')
+    return times
+
+
+def summarise(times, batch_size):
+  """Median step time as {'img_per_s', 'ms_per_step'} (+ the mean, the peer script's statistic)."""
+  median = statistics.median(times)
+  return {'img_per_s': batch_size / median, 'ms_per_step': median * 1e3,
+          'ms_per_step_mean': statistics.fmean(times) * 1e3, 'steps_timed': len(times)}
+
+
+def run_peer(args, name, steps):
+  """The peer's step of `name`, timed by _PEER_WRAPPER in the torch interpreter."""
+  script = pathlib.Path(args.peer_script)
+  if not script.is_file():
+    raise ValueError(f'peer script not found: {script} (set --peer-script)')
+  command = [args.torch_python, '-c', _PEER_WRAPPER, str(script.parent), name, str(args.batch),
+             str(steps), str(args.threads)]
+  try:
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+  except OSError as error:
+    raise ValueError(f'cannot run the peer with --torch-python {args.torch_python}: {error}')
+  if done.returncode:
+    last = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
+    raise ValueError(f'the peer failed on {name} (exit {done.returncode}): {last}')
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def load_peer_json(path):
+  with open(path) as f:
+    peer = json.load(f)
+  if not isinstance(peer, dict):
+    raise ValueError(f'{path}: expected a JSON object like the peer script prints')
+  return peer
+
+
+def benchmark_train_steps(args, log):
+  """{name: summary} for JAX, and {name: summary} for the peer when it runs here."""
+  ours, peer = {}, {}
+  for name in args.models:
+    timer = StepTimer(name, args.preset, args.batch)
+    jax_times, torch_times = [], []
+    for _ in range(args.rounds):
+      if args.peer:
+        result = run_peer(args, name, args.steps)
+        torch_times += result['times']
+        peer[name] = {k: result[k] for k in ('first_step_s', 'threads', 'version',
+                                              'peak_memory_mb')}
+      jax_times += timer.run(args.steps)
+    ours[name] = {**summarise(jax_times, args.batch), 'first_step_s': timer.first_step_s}
+    if args.peer:
+      peer[name].update(summarise(torch_times, args.batch))
+    log(f'{name}: jax {ours[name]["img_per_s"]:.1f} img/s'
+        + (f', torch {peer[name]["img_per_s"]:.1f} img/s' if name in peer else ''))
+    del timer
+  return ours, peer
+
+
+# ----------------------------------------------------------------------------- anomaly stage
+
+
+def time_reconstruction_error(preset, num_slices, batch_size=256, seed=0):
+  """Seconds of `recon_error.reconstruction_error` of `num_slices` slices with a BrainCVAE.
+
+  Freshly initialised parameters: the cost does not depend on their values or on the
+  slices' content, so the slices are uniform noise. Includes the call's compilation
+  (reconstruction_error jits its batch function per call), as a run would see it.
+  """
+  config = task_config('cvae', preset)
+  model = cvae_cls.create_model(config)
+  init_rng, image_rng = jax.random.split(jax.random.PRNGKey(seed))
+  variables = cvae_cls.create_train_state(config, model, init_rng).variables
+  size = config.data.image_size
+  images = np.asarray(jax.random.uniform(image_rng, (num_slices, size, size, 1), jnp.float32))
+  reconstruct = cvae_cls.reconstruct_fn(model, variables)
+  start = time.perf_counter()
+  errors = recon_error.reconstruction_error(reconstruct, images, batch_size=batch_size)
+  seconds = time.perf_counter() - start
+  if errors.shape != (num_slices, size * size) or not np.isfinite(errors).all():
+    raise FloatingPointError(f'bad reconstruction errors: shape {errors.shape}')
+  return seconds
+
+
+def anomaly_grid_config(preset):
+  """The grids `cvae_cls` searches (config.anomaly); 'smoke' shrinks them for tests."""
+  config = task_config('cvae', 'paper').anomaly
+  if preset == 'smoke':
+    config.num_anomaly_thresholds = config.num_tumor_index = config.num_alpha = 5
+    config.num_global_thresholds = 3
+    config.dbscan_anomaly_thresholds, config.dbscan_eps = (0.7,), (0.012,)
+    config.dbscan_min_samples = (4,)
+  return config
+
+
+def benchmark_anomaly(args, log):
+  """Seconds of the reconstruction error and of each rule's validation grid search.
+
+  The grid searches run on CVAE-like synthetic error maps (reference_loop's
+  generator; half tumour): their cost depends on how many pixels are anomalous,
+  which an untrained CVAE would not show realistically. The straightforward
+  scikit-learn/NumPy loop is timed on a subset (`--baseline-slices` images, or a
+  slice of the threshold grid where each grid point touches every image) and
+  extrapolated linearly; `speedup` is its extrapolated time over the fast one.
+  """
+  n = args.anomaly_slices
+  recon_s = time_reconstruction_error(args.preset, n)
+  log(f'reconstruction error of {n} slices: {recon_s:.2f} s')
+  errors, labels, _ = reference_loop.synthetic_error_maps(n, seed=0)
+  timings = reference_loop.benchmark(errors, labels, anomaly_grid_config(args.preset),
+                                     loop_images=args.baseline_slices)
+  for rule, t in timings.items():
+    log(f'{rule}: grid search {t["fast_s"]:.2f} s, loop ~{t["loop_s"]:.0f} s '
+        f'({t["speedup"]:.0f}x; loop timed on {t["loop_extrapolated_from"]})')
+  grid_s = {rule: t['fast_s'] for rule, t in timings.items()}
+  return {f'recon_error_{n}_s': recon_s, 'anomaly_grid_search_s': grid_s,
+          'anomaly_total_s': recon_s + sum(grid_s.values()),
+          'anomaly_loop_baseline': {rule: {'loop_s': t['loop_s'],
+                                           'loop_measured_s': t['loop_measured_s'],
+                                           'measured_on': t['loop_extrapolated_from'],
+                                           'speedup': t['speedup']}
+                                    for rule, t in timings.items()}}
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def device_name():
+  device = jax.devices()[0]
+  return f'{device.platform}: {device.device_kind}'
+
+
+def peak_memory_mb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def run(args, log=lambda message: print(message, file=sys.stderr)):
+  """The benchmark of parsed `args` as one JSON-ready dict."""
+  threads = pin_threads(args.threads)
+  out, peer = benchmark_train_steps(args, log)
+  if args.compare:
+    peer = load_peer_json(args.compare)
+  for name in args.models:
+    if name in peer:
+      out[name]['ratio_vs_torch'] = out[name]['img_per_s'] / peer[name]['img_per_s']
+  if args.anomaly:
+    out.update(benchmark_anomaly(args, log))
+  out.update(peak_memory_mb=peak_memory_mb(), device=device_name(), threads=threads,
+             batch=args.batch, preset=args.preset, jax_version=jax.__version__)
+  if peer:
+    out['torch'] = peer
+  return out
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    out = run(args)
+  except ValueError as error:
+    sys.exit(f'error: {error}')
+  text = json.dumps(out)
+  if args.output:
+    with open(args.output, 'w') as f:
+      f.write(text + '\n')
+  print(text)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,73 @@
+"""TFDS builder for Br35H :: Brain Tumor Detection 2020 (manual download).
+
+The examples hold the raw file bytes, not decoded pixels: brainjax decodes and
+preprocesses them itself (brainjax.data.image_io / preprocess), and this keeps
+the builder free of TensorFlow (array_record files, Tensor/Text features).
+"""
+import os
+import zipfile
+from typing import Tuple
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from brainjax.data import layout
+
+
+def _locate(manual_dir: str) -> Tuple[str, str]:
+  """('folder' | 'zip', path) of the data inside the manual directory."""
+  if os.path.isfile(manual_dir) and zipfile.is_zipfile(manual_dir):
+    return 'zip', manual_dir
+  if layout.has_class_folders(manual_dir):
+    return 'folder', manual_dir
+  zips = sorted(f for f in os.listdir(manual_dir) if f.lower().endswith('.zip'))
+  if len(zips) == 1:
+    return 'zip', os.path.join(manual_dir, zips[0])
+  raise ValueError(
+      f'{manual_dir} holds neither yes/ and no/ folders (at its root or one level down) nor '
+      f'exactly one .zip of them (found {len(zips)} zips)')
+
+
+class Br35h(tfds.core.GeneratorBasedBuilder):
+  """Br35H brain MRI slices: 'yes' (tumour) and 'no' (healthy), raw file bytes."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Raw bytes of every file under yes/ and no/.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+  Download "Br35H :: Brain Tumor Detection 2020" from Kaggle
+  (https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection) and
+  point the manual directory at the unzipped folder (it must contain yes/ and
+  no/, directly or inside one top folder) or at a folder holding the .zip.
+  """
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'image_bytes': tfds.features.Tensor(shape=(), dtype=np.object_),
+            'label': tfds.features.ClassLabel(names=list(layout.CLASSES)),
+            'filename': tfds.features.Text(),
+        }),
+        supervised_keys=('image_bytes', 'label'),
+        homepage='https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection',
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    kind, path = _locate(os.fspath(dl_manager.manual_dir))
+    return {'train': self._generate_examples(kind, path)}
+
+  def _generate_examples(self, kind: str, path: str):
+    if kind == 'zip':
+      items = layout.iter_zip(path)
+    else:
+      items = ((name, label, _read(full)) for name, label, full in layout.iter_folder(path))
+    count = 0
+    for name, label, data in items:
+      count += 1
+      yield name, {'image_bytes': data, 'label': label, 'filename': name}
+    if count == 0:
+      raise ValueError(f'no files under yes/ or no/ in {path}')
+
+
+def _read(path: str) -> bytes:
+  with open(path, 'rb') as f:
+    return f.read()

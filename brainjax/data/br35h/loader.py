@@ -1,0 +1,74 @@
+"""Loads Br35H the TFDS way: prepare once (array_record), then read records."""
+import hashlib
+import os
+import shutil
+from typing import List, Tuple
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from brainjax.data import layout
+from brainjax.data.br35h import br35h_dataset_builder as builder_lib
+
+
+def _fingerprint(path: str) -> str:
+  """Cheap identity of the manual data (names, sizes, mtimes), to key the prepared copy.
+
+  TFDS keys prepared data by version only; keying the data_dir on this too
+  means pointing at a different download never reuses a stale copy.
+  """
+  h = hashlib.sha256()
+  if os.path.isfile(path):
+    stat = os.stat(path)
+    h.update(f'zip|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
+  else:
+    for name, _, full in layout.iter_folder(path):
+      stat = os.stat(full)
+      h.update(f'{name}|{stat.st_size}|{stat.st_mtime_ns}\n'.encode())
+  return h.hexdigest()[:16]
+
+
+def _manual_dir_for(path: str, staging: str) -> str:
+  """TFDS wants a directory; a zip given directly is linked into one."""
+  if os.path.isdir(path):
+    return path
+  os.makedirs(staging, exist_ok=True)
+  link = os.path.join(staging, os.path.basename(path))
+  if not os.path.exists(link):
+    try:
+      os.symlink(os.path.abspath(path), link)
+    except OSError:  # filesystems without symlinks
+      shutil.copyfile(path, link)
+  return staging
+
+
+def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, bytes]]:
+  """[(filename like 'yes/y0.jpg', label 0|1, raw file bytes)] sorted by filename.
+
+  manual_dir: the unzipped download (yes/ and no/, possibly inside one top
+  folder), a folder holding its .zip, or the .zip itself. data_dir: where TFDS
+  writes the prepared dataset (under a subfolder keyed by the download).
+  """
+  manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+  if not os.path.exists(manual_dir):
+    raise ValueError(f'Br35H data not found at {manual_dir}: '
+                     f'{builder_lib.Br35h.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}')
+  if os.path.isfile(manual_dir) and not manual_dir.lower().endswith('.zip'):
+    raise ValueError(f'{manual_dir} is a file but not a .zip')
+  key = _fingerprint(manual_dir)
+  prepared = os.path.join(os.fspath(data_dir), f'br35h_{key}')
+  builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
+  if not builder.is_prepared():
+    logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
+    source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=source))
+  data = builder.as_data_source('train')
+  records = []
+  for i in range(len(data)):
+    example = data[i]
+    name = example['filename']
+    name = name.decode('utf-8') if isinstance(name, bytes) else str(name)
+    records.append((name, int(example['label']), bytes(example['image_bytes'])))
+  records.sort(key=lambda r: r[0])
+  return records

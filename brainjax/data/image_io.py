@@ -1,0 +1,137 @@
+"""Decodes image files of any common mode into float32 grayscale in [0, 1].
+
+Br35H mixes JPEG and PNG in modes RGB, L, RGBA and P; other collections add
+16-bit PNGs. Everything becomes a 2-D float32 array so that preprocessing sees
+one format. Files that cannot be decoded completely raise `UnreadableImage`
+with a one-line reason, so callers can count and log a skip.
+
+Truncation: PIL raises on truncated data as long as
+`PIL.ImageFile.LOAD_TRUNCATED_IMAGES` keeps its default (False); we never set
+it. JPEGs are additionally checked for their end-of-image marker, so a
+truncated JPEG is refused even if another library enabled silent padding.
+"""
+import io
+import os
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image
+
+# ITU-R BT.601 luma, the weights PIL uses for 'RGB' -> 'L'.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b'\xff\xd8', b'\xff\xda', b'\xff\xd9'
+
+
+class UnreadableImage(ValueError):
+  """The bytes are not a complete, decodable image."""
+
+
+def _check_jpeg_complete(data: bytes):
+  # Marker bytes never occur inside entropy-coded data (0xFF is stuffed), so a
+  # complete file has its end-of-image marker after the start of its last scan.
+  if data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
+    raise UnreadableImage('truncated JPEG (no end-of-image marker after the last scan)')
+
+
+def to_gray_float(array: np.ndarray) -> np.ndarray:
+  """(H, W) or (H, W, C) uint8/uint16/float array -> float32 (H, W) in [0, 1].
+
+  Integer arrays are scaled by their dtype's range; float arrays are assumed to
+  be in [0, 1] already and are clipped. RGB uses BT.601 luma; a 4th (alpha)
+  channel is composited onto black; 2 channels are gray + alpha.
+  """
+  array = np.asarray(array)
+  if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
+    raise ValueError(f'expected an (H, W) or (H, W, 1|2|3|4) image, got shape {array.shape}')
+  if array.size == 0:
+    raise ValueError(f'empty image of shape {array.shape}')
+  if array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3:
+    # BT.601 luma in C (PIL) is several times faster than in numpy.
+    gray = np.asarray(Image.fromarray(array, mode='RGB').convert('L'))
+    return gray.astype(np.float32) / np.float32(255.0)
+  if array.dtype == np.bool_:
+    x = array.astype(np.float32)
+  elif np.issubdtype(array.dtype, np.integer):
+    x = array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+  else:
+    x = array.astype(np.float32)
+  if x.ndim == 3:
+    channels = x.shape[-1]
+    alpha = x[..., -1] if channels in (2, 4) else None
+    color = x[..., :3] if channels >= 3 else x[..., :1]
+    x = color @ _LUMA if color.shape[-1] == 3 else color[..., 0]
+    if alpha is not None:
+      x = x * alpha
+  if not np.isfinite(x).all():
+    x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
+  return np.clip(x, 0.0, 1.0, out=np.empty(x.shape, np.float32))
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+  """Loaded PIL image -> float32 (H, W) in [0, 1]."""
+  mode = image.mode
+  if mode == 'P':
+    image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
+  elif mode in ('1', 'CMYK', 'YCbCr', 'LAB', 'HSV', 'PA', 'RGBX', 'RGBa', 'La'):
+    image = image.convert('RGBA' if mode in ('PA', 'RGBa', 'La') else 'RGB')
+  mode = image.mode
+  if mode.startswith('I;16') or mode == 'I':
+    # 16-bit PNG/TIFF: scale by the 16-bit range (32-bit ints beyond it by their max).
+    x = np.asarray(image).astype(np.float64)
+    top = max(65535.0, float(x.max()))
+    return np.clip(x / top, 0.0, 1.0).astype(np.float32)
+  if mode == 'F':
+    x = np.asarray(image).astype(np.float64)
+    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:  # arbitrary float range: stretch to [0, 1]
+      x = (x - low) / (high - low) if high > low else np.zeros_like(x)
+    return x.astype(np.float32)
+  if mode in ('LA', 'RGBA'):
+    return to_gray_float(np.asarray(image))
+  if mode != 'L':
+    image = image.convert('L')  # BT.601 luma in C: much faster than in numpy
+  return np.asarray(image, dtype=np.float32) / np.float32(255.0)
+
+
+def decode_image(data: bytes) -> np.ndarray:
+  """Raw file bytes -> float32 (H, W) grayscale in [0, 1].
+
+  Raises UnreadableImage for empty, non-image, corrupt or truncated data.
+  """
+  if not data:
+    raise UnreadableImage('empty file')
+  if data[:2] == _JPEG_SOI:
+    _check_jpeg_complete(data)
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter('error', Image.DecompressionBombWarning)
+      with Image.open(io.BytesIO(data)) as image:
+        if image.format == 'JPEG' and image.mode in ('RGB', 'YCbCr'):
+          image.draft('L', image.size)  # decode only the luma plane, full size
+        image.load()
+        if image.width == 0 or image.height == 0:
+          raise UnreadableImage(f'image has zero size {image.size}')
+        return _pil_to_array(image)
+  except UnreadableImage:
+    raise
+  except Image.UnidentifiedImageError:
+    raise UnreadableImage('not a recognised image format') from None
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise UnreadableImage(f'image too large: {e}') from None
+  except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+          struct.error) as e:
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    raise UnreadableImage(f'corrupt or truncated image: {reason}') from None
+
+
+def read_image_file(path) -> np.ndarray:
+  """Reads and decodes one file (never modified); see decode_image."""
+  path = os.fspath(path)
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise UnreadableImage(f'cannot read file: {e.strerror or e}') from None
+  return decode_image(data)

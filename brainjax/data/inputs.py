@@ -1,0 +1,144 @@
+"""Lists the image files of a prediction input: one file, a folder (recursive) or a zip.
+
+Every regular file becomes one `InputFile`, images or not: deciding what is an image is
+the decoder's job, so a stray text file is reported (as a skip) rather than silently
+passed over. Only OS metadata and hidden files (layout.is_junk: .DS_Store, __MACOSX/,
+Thumbs.db, dot-files) are left out, as everywhere in brainjax. Paths are relative to
+the input, '/'-separated, in sorted order. The input is only ever opened for reading.
+
+Labels follow the yes/ no/ layout of Br35H and other public collections, with the same
+rule as the training data (layout.labelled_name): a file under `yes/` or `no/` at the
+input's root or one level down is a tumour or a healthy slice; anything else is
+unlabelled.
+"""
+import dataclasses
+import os
+import threading
+import zipfile
+import zlib
+from typing import List, Optional
+
+import numpy as np
+
+from brainjax.data import image_io
+from brainjax.data import layout
+from brainjax.data.examples import NEGATIVE, POSITIVE
+
+# A zip member claiming more than this is refused before it is inflated (zip bombs).
+MAX_MEMBER_BYTES = 512 << 20
+
+
+def label_from_path(relpath: str) -> Optional[int]:
+  """POSITIVE / NEGATIVE for a path under yes/ or no/ (see the module doc), else None."""
+  found = layout.labelled_name(relpath)
+  return None if found is None else found[1]
+
+
+def safe_relpath(relpath: str) -> str:
+  """`relpath` without empty, '.' and '..' parts: it cannot leave an output folder."""
+  parts = [p for p in relpath.replace('\\', '/').split('/') if p not in ('', '.', '..')]
+  return '/'.join(parts) or '_'
+
+
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+  """One file of the input.
+
+  path: relative to the input ('/'-separated; the file name for a single file).
+  label: POSITIVE / NEGATIVE from its folders, or None.
+  source: the file on disk, or the zip archive holding member `path`.
+  """
+  path: str
+  label: Optional[int]
+  source: str
+  in_zip: bool = False
+
+
+class Reader:
+  """Decodes InputFiles; zip archives stay open between reads. Thread-safe.
+
+  Use as a context manager (closes the archives).
+  """
+
+  def __init__(self):
+    self._archives = {}
+    self._lock = threading.Lock()
+
+  def _zip_bytes(self, file: InputFile) -> bytes:
+    try:
+      with self._lock:  # one archive handle, one reader at a time
+        archive = self._archives.get(file.source)
+        if archive is None:
+          archive = self._archives[file.source] = zipfile.ZipFile(file.source)
+        info = archive.getinfo(file.path)
+        if info.file_size > MAX_MEMBER_BYTES:
+          raise image_io.UnreadableImage(f'zip member too large ({info.file_size} bytes)')
+        return archive.read(info)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
+            NotImplementedError, RuntimeError) as e:  # RuntimeError: an encrypted member
+      raise image_io.UnreadableImage(f'cannot read zip member: {e}') from None
+
+  def read(self, file: InputFile) -> np.ndarray:
+    """The decoded float32 (H, W) image in [0, 1]; raises image_io.UnreadableImage."""
+    if file.in_zip:
+      return image_io.decode_image(self._zip_bytes(file))
+    return image_io.read_image_file(file.source)
+
+  def close(self):
+    with self._lock:
+      for archive in self._archives.values():
+        archive.close()
+      self._archives.clear()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *unused):
+    self.close()
+
+
+def _walk_folder(root: str) -> List[InputFile]:
+  files = []
+  for folder, subfolders, names in os.walk(root, onerror=None, followlinks=False):
+    subfolders.sort()
+    for name in sorted(names):
+      full = os.path.join(folder, name)
+      if not os.path.isfile(full):  # broken links, sockets, ...
+        continue
+      rel = os.path.relpath(full, root).replace(os.sep, '/')
+      if layout.is_junk(rel):
+        continue
+      files.append(InputFile(rel, label_from_path(rel), full))
+  return sorted(files, key=lambda f: f.path)
+
+
+def _list_zip(path: str) -> List[InputFile]:
+  try:
+    with zipfile.ZipFile(path) as archive:
+      names = [i.filename for i in archive.infolist()
+               if not i.is_dir() and not layout.is_junk(i.filename)]
+  except (zipfile.BadZipFile, OSError) as e:
+    raise ValueError(f'cannot read zip input {path!r}: {e}') from None
+  return [InputFile(n, label_from_path(n), path, in_zip=True) for n in sorted(names)]
+
+
+def list_inputs(path) -> List[InputFile]:
+  """Every file of `path` (a file, a folder searched recursively, or a .zip)."""
+  path = os.fspath(path)
+  if not path:
+    raise ValueError('no input given: set --config.input to an image file, a folder or a zip')
+  if os.path.isdir(path):
+    return _walk_folder(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'input {path!r} does not exist')
+  if path.lower().endswith('.zip') or zipfile.is_zipfile(path):
+    if zipfile.is_zipfile(path):
+      return _list_zip(path)
+    raise ValueError(f'input {path!r} is named .zip but is not a readable zip archive')
+  return [InputFile(os.path.basename(path), None, path)]
+
+
+def has_label_folders(files: List[InputFile]) -> bool:
+  """True when the input holds both `yes` and `no` files (Br35H's layout)."""
+  labels = {f.label for f in files}
+  return POSITIVE in labels and NEGATIVE in labels

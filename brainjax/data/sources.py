@@ -1,0 +1,314 @@
+"""Data sources -> preprocessed Examples, cached on disk.
+
+data_cfg fields (ml_collections.ConfigDict):
+  dataset: 'phantom' | 'br35h' | 'folder' | 'synthetic'.
+  data_dir: br35h: the unzipped download, a folder holding its zip, or the zip;
+    folder: any folder with yes/ and no/ (at its root or one level down), read
+    recursively, any image type; synthetic: an export folder (synthetic.py).
+    Unused by the phantom.
+  num_per_class: phantom: slices per class (0 = 1500, the size of Br35H);
+    others: 0 = all, N = the first N files per class in sorted file-name order
+    (before unusable files are skipped).
+  image_size (128), margin (0.05), seed (phantom seed, 0).
+
+Unreadable and blank files are skipped, counted and logged, never fatal;
+a source that yields nothing raises ValueError. Preprocessed arrays are
+cached under cache_dir as .npz keyed by a hash of the source content (file
+names and bytes, or phantom seed/count/version) and the preprocessing
+settings; the file is written to a temporary name and renamed, so a crash
+never leaves a half-written cache.
+"""
+import concurrent.futures
+import hashlib
+import itertools
+import multiprocessing
+import os
+import sys
+import tempfile
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+from absl import logging
+import numpy as np
+from PIL import Image
+
+from brainjax.data import dedup
+from brainjax.data import image_io
+from brainjax.data import layout
+from brainjax.data import phantom
+from brainjax.data import preprocess as preprocess_lib
+from brainjax.data import synthetic
+from brainjax.data.examples import Examples
+from brainjax.data.preprocess import CropInfo
+
+DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
+PHANTOM_DEFAULT_PER_CLASS = 1500
+# Bump when preprocessing or the phantom changes, so that old caches are not reused.
+PREPROCESS_VERSION = 1
+PHANTOM_VERSION = 1
+_PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
+_CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
+_LOG_NAMES = 5
+
+
+def _cfg(data_cfg, name, default):
+  value = data_cfg.get(name, default) if hasattr(data_cfg, 'get') else getattr(data_cfg, name, default)
+  return default if value is None else value
+
+
+def _settings(data_cfg):
+  size = int(_cfg(data_cfg, 'image_size', 128))
+  margin = float(_cfg(data_cfg, 'margin', 0.05))
+  n = int(_cfg(data_cfg, 'num_per_class', 0))
+  if size < 8:
+    raise ValueError(f'data.image_size must be >= 8, got {size}')
+  if not 0.0 <= margin < 0.5:
+    raise ValueError(f'data.margin must be in [0, 0.5), got {margin}')
+  if n < 0:
+    raise ValueError(f'data.num_per_class must be >= 0, got {n}')
+  return size, margin, n
+
+
+class Source(NamedTuple):
+  """Everything a source yields, row-aligned with examples."""
+  examples: Examples
+  crops: List[CropInfo]  # maps each output back onto its file's pixel grid
+  raw_thumbnails: np.ndarray  # (N, 32, 32) float32 of the whole raw file (for dedup)
+
+
+def load_examples(data_cfg, cache_dir: str) -> Examples:
+  """The preprocessed examples of the configured source (see module doc)."""
+  return load_source(data_cfg, cache_dir).examples
+
+
+def load_examples_with_info(data_cfg, cache_dir: str) -> Tuple[Examples, List[CropInfo]]:
+  """Examples plus, per example, the CropInfo that maps its output back to its file."""
+  source = load_source(data_cfg, cache_dir)
+  return source.examples, source.crops
+
+
+def load_source(data_cfg, cache_dir: str) -> Source:
+  """Examples, CropInfos and raw-file thumbnails of the configured source.
+
+  The raw thumbnails (whole canvas, 32x32) are a second view for near-duplicate
+  grouping: `dedup.near_duplicate_groups(examples.images, t, extra_views=[raw])`.
+  """
+  dataset = _cfg(data_cfg, 'dataset', None)
+  if dataset not in DATASETS:
+    raise ValueError(f'unknown data.dataset {dataset!r}; valid: {", ".join(DATASETS)}')
+  size, margin, n = _settings(data_cfg)
+  data_dir = _cfg(data_cfg, 'data_dir', '')
+  if dataset == 'synthetic':
+    return _load_synthetic(data_dir, size, n)
+  if dataset == 'phantom':
+    seed = int(_cfg(data_cfg, 'seed', 0))
+    count = n or PHANTOM_DEFAULT_PER_CLASS
+    key = _hash(['phantom', PHANTOM_VERSION, seed, count])
+    jobs = [('phantom', f'{folder}/phantom_{index:05d}.png', int(positive), (seed, index))
+            for positive, folder in ((False, 'no'), (True, 'yes')) for index in range(count)]
+    return _cached(cache_dir, 'phantom', key, size, margin, jobs, with_masks=True)
+  if not data_dir:
+    raise ValueError(f'data.data_dir must point at the {dataset} data')
+  if dataset == 'br35h':
+    from brainjax.data import br35h  # pylint: disable=g-import-not-at-top  (imports TFDS)
+    records = br35h.load_br35h_records(data_dir, os.path.join(cache_dir, 'tfds'))
+    jobs = [('bytes', name, label, data) for name, label, data in _first_per_class(records, n)]
+    digests = [hashlib.sha256(job[3]).hexdigest() for job in jobs]
+  else:
+    jobs = _folder_jobs(data_dir, n)
+    digests = [_file_digest(job[3]) for job in jobs]
+  key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
+  return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source=data_dir)
+
+
+def _file_digest(path: str) -> str:
+  h = hashlib.sha256()
+  try:
+    with open(path, 'rb') as f:
+      for block in iter(lambda: f.read(1 << 20), b''):
+        h.update(block)
+  except OSError as e:  # the job itself will report the file as unreadable
+    return f'unreadable: {e.strerror}'
+  return h.hexdigest()
+
+
+def _hash(parts) -> str:
+  return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _first_per_class(records: Sequence[Tuple], n: int) -> List[Tuple]:
+  """The first n records of each label in file-name order (all if n == 0)."""
+  records = sorted(records, key=lambda r: r[0])
+  if n == 0:
+    return list(records)
+  taken = {}
+  out = []
+  for record in records:
+    if taken.get(record[1], 0) < n:
+      taken[record[1]] = taken.get(record[1], 0) + 1
+      out.append(record)
+  return out
+
+
+def _folder_jobs(root: str, n: int):
+  root = os.path.abspath(os.path.expanduser(os.fspath(root)))
+  if not os.path.isdir(root):
+    raise ValueError(f'data.data_dir {root} is not a folder')
+  if not layout.has_class_folders(root):
+    raise ValueError(f'{root} has no yes/ or no/ folder (at its root or one level down)')
+  found = list(layout.iter_folder(root))
+  if not found:
+    raise ValueError(f'{root}: the yes/ and no/ folders hold no files')
+  return [('path', name, label, path) for name, label, path in _first_per_class(found, n)]
+
+
+# --- per-item work (module-level functions: they run in worker processes) ---
+
+def _run_job(job, size: int, margin: float):
+  """job -> (name, label, (image, CropInfo, mask or None) or None, skip reason or None)."""
+  kind, name, label, payload = job
+  if kind == 'phantom':
+    piece = phantom.phantom_slice(payload[0], payload[1], bool(label))
+    image, mask = image_io.to_gray_float(piece.image), piece.mask
+  else:
+    mask = None
+    try:
+      image = (image_io.decode_image(payload) if kind == 'bytes'
+               else image_io.read_image_file(payload))
+    except image_io.UnreadableImage as e:
+      return name, label, None, f'unreadable: {e}'
+  try:
+    out, info = preprocess_lib.preprocess(image, size, margin)
+  except preprocess_lib.BlankImage as e:
+    return name, label, None, f'blank: {e}'
+  if mask is not None:
+    mask = preprocess_lib.apply_crop(mask, info, size, order=0)
+  return name, label, (out, info, mask, _raw_thumbnail(image)), None
+
+
+def _raw_thumbnail(image: np.ndarray) -> np.ndarray:
+  thumb = Image.fromarray(image, mode='F').resize((dedup.THUMB, dedup.THUMB),
+                                                   Image.Resampling.BILINEAR)
+  return np.asarray(thumb, np.float32)
+
+
+def _workers() -> int:
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:
+    cores = os.cpu_count() or 1
+  return max(1, min(8, cores))
+
+
+def _run_jobs(jobs, size: int, margin: float):
+  """Runs the jobs in order, in worker processes when there are many."""
+  workers = _workers()
+  # Spawned workers re-import the main script; a script read from stdin has none.
+  main_file = getattr(sys.modules.get('__main__'), '__file__', None)
+  if (workers == 1 or len(jobs) < _PARALLEL_MIN_JOBS
+      or (main_file is not None and not os.path.exists(main_file))):
+    return [_run_job(job, size, margin) for job in jobs]
+  # 'spawn': forking a process that may already run JAX threads can deadlock.
+  context = multiprocessing.get_context('spawn')
+  chunk = max(1, len(jobs) // (workers * 8))
+  try:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      return list(pool.map(_run_job, jobs, itertools.repeat(size), itertools.repeat(margin),
+                           chunksize=chunk))
+  except (OSError, concurrent.futures.process.BrokenProcessPool) as e:
+    logging.warning('Parallel preprocessing failed (%s); running in this process', e)
+    return [_run_job(job, size, margin) for job in jobs]
+
+
+# --- cache ------------------------------------------------------------------
+
+def _cache_path(cache_dir, dataset, key, size, margin):
+  settings = _hash([PREPROCESS_VERSION, size, margin])
+  return os.path.join(cache_dir, f'{dataset}_{_hash([key, settings])[:24]}.npz')
+
+
+def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
+            jobs: List[Tuple], with_masks: bool,
+            source: Optional[str] = None):
+  os.makedirs(cache_dir, exist_ok=True)
+  path = _cache_path(cache_dir, dataset, key, size, margin)
+  if os.path.exists(path):
+    try:
+      result = _read_cache(path)
+      logging.info('Loaded %d preprocessed %s examples from cache %s', len(result[0]), dataset,
+                   path)
+      return result
+    except (OSError, ValueError, KeyError) as e:  # damaged cache: rebuild it
+      logging.warning('Ignoring unreadable cache %s (%s); rebuilding', path, e)
+  results = _run_jobs(jobs, size, margin)
+  kept = [r for r in results if r[2] is not None]
+  skipped = [(r[0], r[3]) for r in results if r[2] is None]
+  where = f' in {source}' if source else ''
+  if skipped:
+    shown = '; '.join(f'{name} ({reason})' for name, reason in skipped[:_LOG_NAMES])
+    logging.warning('Skipped %d of %d %s files%s: %s%s', len(skipped), len(results), dataset,
+                    where, shown, ' ...' if len(skipped) > _LOG_NAMES else '')
+  if not kept:
+    raise ValueError(f'no usable images in the {dataset} source{where}: '
+                     f'{len(results)} files, all skipped')
+  examples = Examples(
+      images=np.stack([r[2][0] for r in kept])[..., None].astype(np.float32),
+      labels=np.asarray([r[1] for r in kept], np.int32),
+      ids=np.asarray([r[0] for r in kept]),
+      masks=np.stack([r[2][2] for r in kept]).astype(np.uint8) if with_masks else None)
+  source = Source(examples, [r[2][1] for r in kept], np.stack([r[2][3] for r in kept]))
+  _write_cache(path, source, skipped)
+  logging.info('Preprocessed %d %s examples (%d skipped); cached at %s', len(examples), dataset,
+               len(skipped), path)
+  return source
+
+
+def _write_cache(path, source: Source, skipped):
+  examples = source.examples
+  arrays = dict(
+      images=examples.images[..., 0], labels=examples.labels, ids=examples.ids.astype(str),
+      crop=np.asarray([[getattr(i, f) for f in _CROP_FIELDS] for i in source.crops], np.float64),
+      raw_thumbnails=source.raw_thumbnails,
+      crop_fields=np.asarray(_CROP_FIELDS),
+      skipped_names=np.asarray([s[0] for s in skipped], str),
+      skipped_reasons=np.asarray([s[1] for s in skipped], str))
+  if examples.masks is not None:
+    arrays['masks'] = examples.masks
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.cache.', suffix='.npz.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      np.savez(f, **arrays)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _read_cache(path) -> Source:
+  with np.load(path, allow_pickle=False) as data:
+    fields = [str(f) for f in data['crop_fields']]
+    if fields != _CROP_FIELDS:
+      raise ValueError('cache written with other CropInfo fields')
+    infos = [CropInfo.from_dict(dict(zip(fields, row.tolist()))) for row in data['crop']]
+    examples = Examples(images=data['images'][..., None], labels=data['labels'],
+                        ids=data['ids'], masks=data['masks'] if 'masks' in data else None)
+    raw_thumbnails = data['raw_thumbnails']
+    skipped = len(data['skipped_names'])
+  if skipped:
+    logging.info('(%d files were skipped when this cache was built)', skipped)
+  return Source(examples, infos, raw_thumbnails)
+
+
+def _load_synthetic(data_dir, size, n) -> Source:
+  if not data_dir:
+    raise ValueError('data.data_dir must point at a synthetic export folder')
+  examples = synthetic.read_synthetic(data_dir)
+  if examples.images.shape[1:3] != (size, size):
+    raise ValueError(f'synthetic images in {data_dir} are {examples.images.shape[1:3]}, '
+                     f'but data.image_size is {size}')
+  if n:
+    rows = [(str(name), int(label), i) for i, (name, label) in
+            enumerate(zip(examples.ids, examples.labels))]
+    examples = examples.take(np.asarray(sorted(r[2] for r in _first_per_class(rows, n)), np.int64))
+  thumbs = np.stack([_raw_thumbnail(im[..., 0]) for im in examples.images])
+  return Source(examples, [CropInfo.identity(size, size) for _ in range(len(examples))], thumbs)

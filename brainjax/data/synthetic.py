@@ -1,0 +1,136 @@
+"""Synthetic data sets written by the generators, read back as a data source.
+
+Layout of an export folder:
+  out_dir/manifest.json   {'format': 1, 'classes': {'yes': {...provenance, 'count': N}, 'no': ...}}
+  out_dir/yes/00000.png   8-bit grayscale, already preprocessed (size x size)
+  out_dir/no/00000.png
+
+Each class is written to a temporary folder and renamed into place, and the
+manifest is replaced atomically, so an interrupted export never leaves a
+half-written class folder behind. Reading does not crop again: the images are
+already in the preprocessed frame.
+"""
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Dict
+
+import numpy as np
+from PIL import Image
+
+from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
+
+FORMAT = 1
+MANIFEST = 'manifest.json'
+_FOLDERS = {POSITIVE: 'yes', NEGATIVE: 'no'}
+
+
+def _read_manifest(out_dir: str) -> Dict[str, Any]:
+  path = os.path.join(out_dir, MANIFEST)
+  if not os.path.isfile(path):
+    raise ValueError(f'{out_dir} is not a synthetic export: {MANIFEST} is missing')
+  try:
+    with open(path) as f:
+      manifest = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f'cannot read {path}: {e}') from None
+  if not isinstance(manifest, dict) or manifest.get('format') != FORMAT or not isinstance(
+      manifest.get('classes'), dict):
+    raise ValueError(f'{path} is not a format-{FORMAT} synthetic manifest')
+  return manifest
+
+
+def _write_json_atomic(path: str, value) -> None:
+  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.manifest.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_synthetic(out_dir: str, images: np.ndarray, label: int,
+                    provenance: Dict[str, Any]) -> str:
+  """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/{i:05d}.png.
+
+  Replaces that class's folder if present and merges its entry (provenance
+  plus 'count') into the manifest. Returns the class folder.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 1 or len(images) == 0:
+    raise ValueError(f'images must be (N, H, W, 1) with N > 0, got shape {images.shape}')
+  if not np.isfinite(images).all():
+    raise ValueError('images hold NaN or infinite values')
+  if images.min() < -1e-3 or images.max() > 1.0 + 1e-3:  # beyond rounding error
+    raise ValueError(f'images must be within [0, 1], got [{images.min()}, {images.max()}]')
+  if label not in _FOLDERS:
+    raise ValueError(f'label must be {NEGATIVE} (no) or {POSITIVE} (yes), got {label}')
+  try:
+    json.dumps(provenance)
+  except TypeError as e:
+    raise ValueError(f'provenance must be JSON-serialisable: {e}') from None
+  folder = _FOLDERS[label]
+  os.makedirs(out_dir, exist_ok=True)
+  manifest = {'format': FORMAT, 'classes': {}}
+  if os.path.exists(os.path.join(out_dir, MANIFEST)):
+    manifest = _read_manifest(out_dir)
+  pixels = np.round(np.clip(images[..., 0], 0.0, 1.0) * 255.0).astype(np.uint8)
+  staging = tempfile.mkdtemp(dir=out_dir, prefix=f'.{folder}.')
+  try:
+    for i, pixel in enumerate(pixels):
+      Image.fromarray(pixel, mode='L').save(os.path.join(staging, f'{i:05d}.png'))
+    final = os.path.join(out_dir, folder)
+    if os.path.exists(final):
+      trash = tempfile.mkdtemp(dir=out_dir, prefix=f'.{folder}.old.')
+      os.replace(final, os.path.join(trash, folder))
+      os.replace(staging, final)
+      shutil.rmtree(trash)
+    else:
+      os.replace(staging, final)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  manifest['classes'][folder] = {**provenance, 'count': int(len(pixels))}
+  _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+  return final
+
+
+def read_synthetic(out_dir: str) -> Examples:
+  """Reads an export folder as Examples (ids like 'yes/00012.png'), no cropping."""
+  manifest = _read_manifest(out_dir)
+  unknown = set(manifest['classes']) - set(_FOLDERS.values())
+  if unknown:
+    raise ValueError(f'{out_dir}/{MANIFEST} names unknown classes {sorted(unknown)}')
+  images, labels, ids = [], [], []
+  shape = None
+  for label in (NEGATIVE, POSITIVE):
+    folder = _FOLDERS[label]
+    entry = manifest['classes'].get(folder)
+    path = os.path.join(out_dir, folder)
+    names = sorted(f for f in os.listdir(path) if f.endswith('.png')) if os.path.isdir(path) else []
+    if entry is None:
+      if names:
+        raise ValueError(f'{path} has {len(names)} images but the manifest does not list it')
+      continue
+    expected = [f'{i:05d}.png' for i in range(int(entry.get('count', -1)))]
+    if names != expected:
+      raise ValueError(f'{path} holds {len(names)} images but the manifest says '
+                       f'{entry.get("count")} (expected 00000.png ... in order)')
+    for name in names:
+      with Image.open(os.path.join(path, name)) as image:
+        pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
+      if shape is None:
+        shape = pixels.shape
+      elif pixels.shape != shape:
+        raise ValueError(f'{path}/{name} is {pixels.shape}, other images are {shape}')
+      images.append(pixels)
+      labels.append(label)
+      ids.append(f'{folder}/{name}')
+  if not images:
+    raise ValueError(f'{out_dir} holds no synthetic images')
+  return Examples(images=np.stack(images)[..., None], labels=np.asarray(labels, np.int32),
+                  ids=np.asarray(ids))

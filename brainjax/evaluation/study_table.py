@@ -1,0 +1,111 @@
+"""Table 1 of the study, recomputed: mean ± std over seeds, beside the published numbers."""
+import csv
+import json
+import os
+
+import numpy as np
+
+# The study's Table 1 (accuracy, precision, recall, F1 in %). Its VAE rows are class-balanced
+# (macro) averages (see classification.py), so they sit beside our weighted_* columns.
+PUBLISHED = {
+    ('CNN', 'real'): (96.67, 95.42, 97.99, 96.69),
+    ('CNN', 'synthetic'): (58.16, 57.53, 56.94, 57.24),
+    ('CNN', 'mixed'): (49.97, 49.98, 99.93, 66.64),
+    ('VAE (GIAEM)', 'real'): (60.44, 60.95, 67.11, 56.76),
+    ('VAE (GIAEM)', 'synthetic'): (80.08, 68.26, 66.22, 67.09),
+    ('VAE (GIAEM)', 'mixed'): (81.24, 69.99, 64.11, 65.95),
+    ('VAE (Global KMeans)', 'real'): (82.93, 73.55, 67.58, 69.66),
+    ('VAE (Global KMeans)', 'synthetic'): (79.39, 68.26, 69.44, 68.80),
+    ('VAE (Global KMeans)', 'mixed'): (78.8, 39.88, 49.27, 44.08),
+}
+RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
+         'global_kmeans': 'VAE (Global KMeans)'}
+COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'weighted_precision',
+           'weighted_recall', 'weighted_f1')
+
+
+def _rows_of_run(run):
+  """(model name, {column: value}) pairs one classifier run contributes to the table."""
+  m = run['metrics']
+  if run['task'] == 'cnn_cls':
+    return [('CNN', {c: m.get(c) for c in COLUMNS})]
+  return [(name, {c: m.get(f'{rule}_{c}') for c in COLUMNS})
+          for rule, name in RULES.items() if f'{rule}_accuracy' in m]
+
+
+def aggregate(results):
+  """Groups runs by (split, model, train data, synthetic source) and averages over seeds."""
+  groups = {}
+  for run in results:
+    for model, values in _rows_of_run(run):
+      key = (run['split'], model, run['train_data'], run['source'])
+      groups.setdefault(key, []).append(values)
+  table = []
+  for (split, model, train_data, source), runs in groups.items():
+    row = dict(split=split, model=model, train_data=train_data, source=source, seeds=len(runs))
+    for c in COLUMNS:
+      values = np.array([r[c] for r in runs if r[c] is not None], np.float64) * 100
+      row[c] = float(values.mean()) if len(values) else None
+      row[f'{c}_std'] = float(values.std()) if len(values) else None
+    published = PUBLISHED.get((model, train_data))
+    for name, value in zip(('accuracy', 'precision', 'recall', 'f1'), published or [None] * 4):
+      row[f'study_{name}'] = value
+    table.append(row)
+  return table
+
+
+def _cell(row, c):
+  if row[c] is None:
+    return '–'
+  return f'{row[c]:.2f} ± {row[c + "_std"]:.2f}' if row['seeds'] > 1 else f'{row[c]:.2f}'
+
+
+def markdown(table, quality):
+  lines = ['| Split | Model | Train data | Accuracy | Precision | Recall | F1 | ROC AUC | '
+           'F1 (class-balanced) | Study: Acc / P / R / F1 |', '|' + '---|' * 10]
+  for r in table:
+    data = r['train_data'] + ('' if r['source'] == '-' else f' ({r["source"].upper()})')
+    study = ('–' if r['study_accuracy'] is None else ' / '.join(
+        f'{r["study_" + k]:.2f}' for k in ('accuracy', 'precision', 'recall', 'f1')))
+    cells = [_cell(r, c) for c in ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'weighted_f1')]
+    lines.append(f'| {r["split"]} | {r["model"]} | {data} | ' + ' | '.join(cells) + f' | {study} |')
+  lines += ['', 'Precision, recall and F1 count tumour as positive; the study\'s VAE rows are '
+            'class-balanced averages, comparable with the F1 (class-balanced) column. '
+            f'Mean ± std over {max((r["seeds"] for r in table), default=0)} seed(s); test '
+            'sets are real slices only.']
+  if quality:
+    keys = sorted({k for row in quality.values() for k in row})
+    lines += ['', '## Generators: quality (BrainCNN features) and privacy (distance to closest '
+              'record)', '', '| Generator | ' + ' | '.join(keys) + ' |', '|' + '---|' * (len(keys) + 1)]
+    for name, row in sorted(quality.items()):
+      lines.append(f'| {name} | ' + ' | '.join(
+          '–' if k not in row else f'{row[k]:.4g}' for k in keys) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_tables(out_dir, results, quality):
+  """results/table1.md, .csv and .json; returns their paths (markdown first)."""
+  os.makedirs(out_dir, exist_ok=True)
+  table = aggregate(results)
+  paths = [os.path.join(out_dir, f'table1.{ext}') for ext in ('md', 'csv', 'json')]
+  with open(paths[0], 'w') as f:
+    f.write(markdown(table, quality))
+  with open(paths[1], 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ['split'])
+    writer.writeheader()
+    writer.writerows(table)
+  with open(paths[2], 'w') as f:
+    json.dump({'table1': table, 'generators': quality}, f, indent=1)
+  return paths
+
+
+def flat_summary(results, quality):
+  """A flat dict for the study's metrics.json: one key per table cell."""
+  flat = {}
+  for row in aggregate(results):
+    prefix = f'{row["split"]}/{row["model"]}/{row["train_data"]}' + (
+        '' if row['source'] == '-' else f'/{row["source"]}')
+    flat.update({f'{prefix}/{c}': row[c] for c in COLUMNS if row[c] is not None})
+  for name, row in quality.items():
+    flat.update({f'{name}/{k}': v for k, v in row.items()})
+  return flat

@@ -1,0 +1,63 @@
+"""BrainCNN tumour classifier of the study (section 5.2), as in the PyTorch peer."""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from brainjax.models.layers import batch_norm, conv
+
+Array = jax.Array
+
+
+def max_pool_2x2(x: Array) -> Array:
+  """2x2 stride-2 max pool (H, W even) as a reshape and a max.
+
+  Same values as nn.max_pool(x, (2, 2), (2, 2)); its gradient goes through a
+  plain reduction instead of XLA's select-and-scatter, which is slow on CPU.
+  (At tied maxima the gradient is shared instead of given to one input; after
+  a ReLU ties are zeros, whose gradient the ReLU stops anyway.)
+  """
+  n, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f'max_pool_2x2: spatial size must be even, got {h}x{w}')
+  return jnp.max(x.reshape(n, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+class BrainCNN(nn.Module):
+  """Images (N, H, W, 1) in [0, 1] -> class logits (N, num_classes), float32.
+
+  Three (3x3 conv 'same', BatchNorm, ReLU, 2x2 max-pool) blocks, flatten, dense
+  layers with ReLU each preceded by dropout (rng collection 'dropout', active
+  only when train=True), then a dense layer to the logits.
+  """
+  conv_widths: Sequence[int] = (32, 64, 128)
+  dense_widths: Sequence[int] = (1024, 512, 128)
+  dropout_rate: float = 0.5
+  num_classes: int = 2
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool, return_features: bool = False) -> Array:
+    """Logits, or with return_features the last hidden activations (N, dense_widths[-1])."""
+    if x.ndim != 4 or x.shape[-1] != 1:
+      raise ValueError(f'BrainCNN: expected images (N, H, W, 1), got shape {x.shape}')
+    x = x.astype(self.dtype)
+    for width in self.conv_widths:
+      x = conv(width, 3, dtype=self.dtype)(x)
+      x = max_pool_2x2(nn.relu(batch_norm(train, self.bn_axis_name, self.dtype)(x)))
+    x = x.reshape(x.shape[0], -1)
+    for width in self.dense_widths:
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
+    if return_features:
+      return x.astype(jnp.float32)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+  def features(self, x: Array) -> Array:
+    """Penultimate activations in eval mode (Frechet distance, privacy audit).
+
+    Works on variables from `init` (the logits layer is simply not read).
+    """
+    return self(x, train=False, return_features=True)

@@ -1,0 +1,68 @@
+"""DCGAN-style generator and discriminator of the study (section 5.1).
+
+Layout follows the PyTorch peer (bench/torch_reference.py): the generator's
+dense layer gives an 8x8 map of widths[0] channels, three upsample+conv+BN+ReLU
+blocks go 128->128->64->32 (16, 32, 64 px), and a last upsample + conv 32->1
++ tanh gives 128 px. (The issue's "four blocks 128->128->64->32 then a final
+conv" counts the last upsample+conv as a block; the peer is the precise form.)
+Images are in [-1, 1] on both sides: callers rescale real [0, 1] data.
+"""
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from brainjax.models.layers import UpsampleConv, UpsampleConvBlock, check_image, conv, start_size
+
+Array = jax.Array
+
+
+class Generator(nn.Module):
+  """z (N, latent_dim) -> images (N, image_size, image_size, 1) in [-1, 1].
+
+  widths[i] is the channel count at 8 * 2**i px; the dense map has
+  base_channels (default: widths[0]) channels; len(widths) upsamplings in all.
+  """
+  latent_dim: int = 100
+  base_channels: Optional[int] = None  # the brief's 128 = widths[0]
+  widths: Sequence[int] = (128, 128, 64, 32)
+  image_size: int = 128
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, z: Array, train: bool) -> Array:
+    if z.ndim != 2 or z.shape[1] != self.latent_dim:
+      raise ValueError(f'Generator: z must be (N, {self.latent_dim}), got shape {z.shape}')
+    size = start_size(self.image_size, len(self.widths), 'Generator')
+    base = self.widths[0] if self.base_channels is None else self.base_channels
+    x = nn.Dense(size * size * base, dtype=self.dtype)(z.astype(self.dtype))
+    x = nn.relu(x).reshape(z.shape[0], size, size, base)
+    for width in self.widths[1:]:
+      x = UpsampleConvBlock(width, self.dtype, self.bn_axis_name)(x, train)
+    x = UpsampleConv(1, self.dtype)(x)
+    return jnp.tanh(x.astype(jnp.float32))
+
+
+class Discriminator(nn.Module):
+  """Images in [-1, 1] -> real/fake logits of shape (N,) (float32).
+
+  4x4 stride-2 convs (torch padding 1) with LeakyReLU(0.2), no BatchNorm,
+  flatten, one dense logit. `train` is accepted for a uniform interface.
+  """
+  widths: Sequence[int] = (64, 128, 256, 512)
+  image_size: int = 128
+  dtype: Any = jnp.float32
+  bn_axis_name: Optional[str] = None  # unused: no BatchNorm in D
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    del train
+    check_image(x, self.image_size, 'Discriminator')
+    x = x.astype(self.dtype)
+    for width in self.widths:
+      x = conv(width, 4, strides=2, dtype=self.dtype)(x)
+      x = nn.leaky_relu(x, 0.2)
+    x = nn.Dense(1, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+    return x[:, 0].astype(jnp.float32)

@@ -1,0 +1,130 @@
+"""BrainCNN (study 5.2) trained on real, synthetic or mixed slices; tested on real slices."""
+import functools
+import json
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from brainjax import models
+from brainjax.data import pipeline
+from brainjax.evaluation import classification
+from brainjax.tasks import datasets
+from brainjax.train import checkpoints
+from brainjax.train import loop
+from brainjax.train import parallel
+from brainjax.train import reporting
+from brainjax.train.state import TrainState
+from brainjax.train.state import init_variables
+
+
+def create_model(config, axis_name=None):
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  return models.get_model('cnn', **config.model, dtype=dtype, bn_axis_name=axis_name)
+
+
+def create_train_state(config, model, rng):
+  size = config.data.image_size
+  variables = init_variables(model, rng, jnp.zeros((1, size, size, 1)))
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
+  return TrainState.create(variables, tx)
+
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+
+
+def train_step(state, batch, rng, *, model, axis_name=None):
+  if axis_name is not None:  # each device drops different units
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        rngs={'dropout': rng}, mutable=['batch_stats'])
+    loss = cross_entropy(logits, batch['label']).mean()
+    return loss, (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = parallel.mean_over_devices(grads, axis_name)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  metrics = parallel.mean_over_devices({'loss': loss, 'accuracy': accuracy}, axis_name)
+  return state.apply_gradients(grads, batch_stats), metrics
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def predict_logits(model, variables, images):
+  return model.apply(variables, images, train=False).astype(jnp.float32)
+
+
+def predict(model, variables, images, batch_size=256):
+  """Tumour probabilities (N,) for preprocessed (N, S, S, 1) slices, in fixed-shape batches."""
+  probs = []
+  for batch in pipeline.eval_batches({'image': images}, batch_size):
+    logits = predict_logits(model, variables, batch['image'])
+    probs.append(np.asarray(jax.nn.softmax(logits)[:, 1])[batch['weight'] > 0])
+  return np.concatenate(probs) if probs else np.zeros((0,), np.float32)
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _features(model, variables, images):
+  return model.apply(variables, images, train=False, method=model.features).astype(jnp.float32)
+
+
+def features(model, variables, images, batch_size=256):
+  """Penultimate-layer activations (N, 128): the feature space of the study's quality metrics."""
+  out = [np.asarray(_features(model, variables, b['image']))[b['weight'] > 0]
+         for b in pipeline.eval_batches({'image': images}, batch_size)]
+  return np.concatenate(out)
+
+
+def validation_metrics(model, variables, examples, batch_size=256):
+  """Mean cross-entropy and accuracy of `examples` (picks the best checkpoint)."""
+  p = np.clip(predict(model, variables, examples.images, batch_size), 1e-7, 1 - 1e-7)
+  y = examples.labels
+  loss = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+  return {'loss': float(loss), 'accuracy': float(np.mean((p >= 0.5) == y))}
+
+
+def table_row(model_name, train_data, metrics):
+  """One markdown row of the study's Table 1 (percentages)."""
+  cells = [metrics[k] * 100 for k in ('accuracy', 'precision', 'recall', 'f1', 'auroc')]
+  return f'| {model_name} | {train_data} | ' + ' | '.join(f'{c:.2f}' for c in cells) + ' |'
+
+
+def write_eval_ids(workdir, **sets):
+  """Records which real slices were validated and tested on (the same for every variant)."""
+  with open(os.path.join(workdir, 'eval_ids.json'), 'w') as f:
+    json.dump({k: sorted(map(str, v.ids)) for k, v in sets.items()}, f)
+
+
+def train_and_evaluate(config, workdir):
+  source = datasets.real_source(config)
+  examples = source.examples
+  split = datasets.split(config, source, 'cnn')
+  train = datasets.training_examples(config, examples.take(split.train))
+  val, test = examples.take(split.val), examples.take(split.test)
+  write_eval_ids(workdir, val=val, test=test)
+  logging.info('BrainCNN on %s data: %d train, %d val, %d test slices.', config.train_data,
+               len(train), len(val), len(test))
+
+  devices = parallel.local_devices(config.num_devices)
+  model = create_model(config, parallel.AXIS if len(devices) > 1 else None)
+  state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  eval_model = create_model(config)
+  state, summary = loop.fit(
+      config, workdir, state, functools.partial(train_step, model=model),
+      {'image': train.images, 'label': train.labels},
+      evaluate=lambda s: validation_metrics(eval_model, s.variables, val))
+
+  best = checkpoints.restore_best(workdir, state)
+  probs = predict(eval_model, best.variables, test.images)
+  metrics = classification.classification_metrics(test.labels, (probs >= 0.5).astype(int), probs)
+  metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
+                 best_val_loss=summary['best_val_loss'], steps=summary['steps'])
+  print(table_row('CNN', config.train_data, metrics))
+  reporting.write_metrics_json(workdir, metrics)
+  return metrics

@@ -1,0 +1,119 @@
+"""BrainCVAE (study 5.2): an anomaly detector trained on healthy slices only.
+
+Training data is real, synthetic or mixed healthy slices; the best checkpoint (validation
+loss on the real healthy validation slices) reconstructs the real val/test sets, and the
+four anomaly rules (brainjax/anomaly/) turn reconstruction errors into tumour calls.
+"""
+import functools
+import os
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from brainjax import models
+from brainjax.anomaly import evaluate as anomaly_evaluate
+from brainjax.anomaly import figures
+from brainjax.anomaly import recon_error
+from brainjax.data import pipeline
+from brainjax.data.examples import NEGATIVE
+from brainjax.tasks import cnn_cls
+from brainjax.tasks import datasets
+from brainjax.tasks import variational
+from brainjax.train import checkpoints
+from brainjax.train import loop
+from brainjax.train import reporting
+from brainjax.train.state import TrainState
+from brainjax.train.state import init_variables
+
+RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
+         'global_kmeans': 'VAE (Global KMeans)'}
+
+
+def create_model(config, axis_name=None):
+  del axis_name  # the BrainCVAE has no BatchNorm
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  return models.get_model('cvae', **config.model, dtype=dtype)
+
+
+def create_train_state(config, model, rng):
+  size = config.data.image_size
+  variables = init_variables(model, rng, jnp.zeros((1, size, size, 1)),
+                             jnp.zeros((1, model.latent_dim)))
+  tx = optax.inject_hyperparams(optax.adam)(learning_rate=config.learning_rate)
+  return TrainState.create(variables, tx)
+
+
+def cvae_reconstruction_loss(recon, images):
+  """Squared error summed over each image's pixels (the decoder ends in a sigmoid)."""
+  return jnp.sum(jnp.square(recon - images), axis=(1, 2, 3))
+
+
+@functools.partial(jax.jit, static_argnames='model')
+def _batch_loss(model, variables, images, noise):
+  return variational.eval_loss(model, cvae_reconstruction_loss, variables, images, noise)
+
+
+def validation_loss(model, variables, images, seed, batch_size=256):
+  """Negative ELBO of the healthy validation slices, with fixed noise (comparable across epochs)."""
+  total, count = 0.0, 0
+  for i, batch in enumerate(pipeline.eval_batches({'image': images}, batch_size)):
+    noise = jax.random.normal(jax.random.PRNGKey(seed + i), (batch_size, model.latent_dim))
+    n = int(batch['weight'].sum())
+    # The loss is a batch mean; padding rows repeat the last image, so weight the full batch.
+    total += float(_batch_loss(model, variables, batch['image'][:n], noise[:n])) * n
+    count += n
+  return {'loss': total / max(count, 1)}
+
+
+def reconstruct_fn(model, variables):
+  """The jitted, deterministic (z = mean) reconstruction the anomaly rules use."""
+  return jax.jit(lambda images: model.apply(variables, images, method=model.reconstruct))
+
+
+def train_and_evaluate(config, workdir):
+  source = datasets.real_source(config)
+  examples = source.examples
+  split = datasets.split(config, source, 'anomaly')
+  train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
+  val, test = examples.take(split.val), examples.take(split.test)
+  cnn_cls.write_eval_ids(workdir, val=val, test=test)
+  logging.info('BrainCVAE on %s healthy data: %d train; val %d (%d tumour), test %d (%d tumour).',
+               config.train_data, len(train), len(val), int(val.labels.sum()), len(test),
+               int(test.labels.sum()))
+
+  model = create_model(config)
+  state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  val_healthy = val.with_label(NEGATIVE).images
+  state, summary = loop.fit(
+      config, workdir, state,
+      functools.partial(variational.train_step, model=model,
+                        reconstruction_loss=cvae_reconstruction_loss),
+      {'image': train.images},
+      evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
+
+  best = checkpoints.restore_best(workdir, state)
+  reconstruct = reconstruct_fn(model, best.variables)
+  val_errors = recon_error.reconstruction_error(reconstruct, val.images)
+  test_errors = recon_error.reconstruction_error(reconstruct, test.images)
+  metrics = anomaly_evaluate.evaluate_anomaly_rules(
+      val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
+  metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
+                 best_val_loss=summary['best_val_loss'], steps=summary['steps'])
+  for rule, name in RULES.items():
+    if f'{rule}_accuracy' in metrics:
+      print(cnn_cls.table_row(name, config.train_data,
+                              {k: metrics[f'{rule}_{k}'] for k in
+                               ('accuracy', 'precision', 'recall', 'f1', 'auroc')}))
+  # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
+  if 'giaem_anomaly_threshold' in metrics:
+    pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
+    figures.save_anomaly_figure(
+        os.path.join(workdir, 'figures', 'anomaly_examples.png'), test.images[pick],
+        np.asarray(reconstruct(test.images[pick])), test_errors[pick],
+        test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
+        names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
+  reporting.write_metrics_json(workdir, metrics)
+  return metrics

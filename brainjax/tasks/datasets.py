@@ -1,0 +1,80 @@
+"""Which slices each task trains, validates and tests on.
+
+Validation and test sets are always real slices, fixed by (data, split mode, seed), so the
+real / synthetic / mixed variants of a classifier are scored on exactly the same images.
+Generators train only on slices that are in the training part of both protocols, so no
+synthetic image is derived from a slice a classifier is later tested on.
+"""
+import os
+
+import numpy as np
+
+from brainjax.data import dedup
+from brainjax.data import examples as examples_lib
+from brainjax.data import sources
+from brainjax.data import splits
+from brainjax.data import synthetic
+from brainjax.data.examples import NEGATIVE, POSITIVE
+
+LABEL_NAMES = {'negative': NEGATIVE, 'positive': POSITIVE}
+
+
+def cache_dir(config):
+  return (config.cache_dir or os.environ.get('BRAINJAX_CACHE')
+          or os.path.join(os.path.expanduser('~'), '.cache', 'brainjax'))
+
+
+def real_source(config):
+  """All preprocessed real slices named by config.data (cached), with their raw thumbnails."""
+  return sources.load_source(config.data, cache_dir(config))
+
+
+def split(config, source, protocol):
+  """The `protocol` ('cnn' or 'anomaly') split of a real source in config.split mode.
+
+  In 'grouped' mode two slices are near-duplicates if their preprocessed images or their
+  raw files' thumbnails correlate above config.dedup_threshold: each view misses copies
+  the other catches (re-cropped copies; the same head on another canvas).
+  """
+  groups = None
+  if config.split == 'grouped':
+    groups = dedup.near_duplicate_groups(source.examples.images, config.dedup_threshold,
+                                         extra_views=[source.raw_thumbnails])
+  return splits.make_split(source.examples.labels, protocol=protocol, mode=config.split,
+                           seed=config.seed, groups=groups, threshold=config.dedup_threshold)
+
+
+def generator_training_set(config, source, label):
+  """Slices of class `label` that are training data under both protocols."""
+  examples = source.examples
+  keep = np.zeros(len(examples), bool)
+  keep[split(config, source, 'cnn').train] = True
+  if label == NEGATIVE:  # healthy slices also appear in the anomaly protocol's val/test
+    in_anomaly_train = np.zeros(len(examples), bool)
+    in_anomaly_train[split(config, source, 'anomaly').train] = True
+    keep &= in_anomaly_train
+  return examples.take(keep & (examples.labels == label))
+
+
+def synthetic_examples(config):
+  """The generator exports named (comma-separated) by config.synthetic_dirs, joined."""
+  dirs = [d.strip() for d in config.synthetic_dirs.split(',') if d.strip()]
+  if not dirs:
+    raise ValueError('config.synthetic_dirs is empty: name the synthetic exports to train on')
+  for d in dirs:
+    if not os.path.isdir(d):
+      raise FileNotFoundError(
+          f'no synthetic dataset at {d!r}: train a generator first (python launch.py '
+          '--config=configs/vae_gen.py:positive, and :negative) or set --config.synthetic_dirs')
+  return examples_lib.concatenate(synthetic.read_synthetic(d) for d in dirs)
+
+
+def training_examples(config, real_train, label=None):
+  """Real, synthetic or mixed training slices (config.train_data), optionally of one class."""
+  parts = {'real': [real_train], 'synthetic': [], 'mixed': [real_train]}
+  if config.train_data not in parts:
+    raise ValueError(f'train_data={config.train_data!r}; expected one of {sorted(parts)}')
+  if config.train_data != 'real':
+    parts[config.train_data].append(synthetic_examples(config))
+  train = examples_lib.concatenate(parts[config.train_data])
+  return train if label is None else train.with_label(label)

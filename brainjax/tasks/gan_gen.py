@@ -1,0 +1,100 @@
+"""The GAN (study 5.1): non-saturating losses, the alternating train step, sampler, runner.
+
+Real slices are scaled to [-1, 1], the range of the generator's tanh, before the
+discriminator sees them (the authors fed [0, 1] reals against [-1, 1] fakes).
+"""
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from brainjax import models
+from brainjax.tasks import generation
+from brainjax.train import parallel
+from brainjax.train.state import TrainState
+from brainjax.train.state import init_variables
+
+
+class GANState(flax.struct.PyTreeNode):
+  generator: TrainState
+  discriminator: TrainState
+
+  @property
+  def step(self):
+    return self.generator.step
+
+
+def create_models(config, axis_name=None):
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+  return (models.get_model('generator', **config.generator, dtype=dtype, bn_axis_name=axis_name),
+          models.get_model('discriminator', **config.discriminator, dtype=dtype))
+
+
+def create_train_state(config, generator, discriminator, rng):
+  g_rng, d_rng = jax.random.split(rng)
+  size = config.data.image_size
+  tx = lambda: optax.inject_hyperparams(optax.adam)(
+      learning_rate=config.learning_rate, b1=config.b1, b2=config.b2)
+  g_vars = init_variables(generator, g_rng, jnp.zeros((1, generator.latent_dim)))
+  d_vars = init_variables(discriminator, d_rng, jnp.zeros((1, size, size, 1)))
+  return GANState(TrainState.create(g_vars, tx()), TrainState.create(d_vars, tx()))
+
+
+def discriminator_loss(real_logits, fake_logits):
+  return (optax.sigmoid_binary_cross_entropy(real_logits, jnp.ones_like(real_logits)).mean()
+          + optax.sigmoid_binary_cross_entropy(fake_logits, jnp.zeros_like(fake_logits)).mean())
+
+
+def generator_loss(fake_logits):
+  """Non-saturating: the generator maximises log D(G(z))."""
+  return optax.sigmoid_binary_cross_entropy(fake_logits, jnp.ones_like(fake_logits)).mean()
+
+
+def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
+  """One discriminator update on real and fake slices, then one generator update."""
+  real = batch['image'] * 2.0 - 1.0
+  z = parallel.example_normal(rng, real.shape[0], (generator.latent_dim,), axis_name)
+  g, d = state.generator, state.discriminator
+
+  def generate(g_params):
+    fake, updates = generator.apply({'params': g_params, 'batch_stats': g.batch_stats}, z,
+                                    train=True, mutable=['batch_stats'])
+    return fake, updates['batch_stats']
+
+  def criticise(d_params, images):
+    return discriminator.apply({'params': d_params}, images, train=True).astype(jnp.float32)
+
+  fake, _ = generate(g.params)
+  fake = jax.lax.stop_gradient(fake)
+  d_loss, d_grads = jax.value_and_grad(
+      lambda p: discriminator_loss(criticise(p, real), criticise(p, fake)))(d.params)
+  d = d.apply_gradients(parallel.mean_over_devices(d_grads, axis_name), d.batch_stats)
+
+  def g_loss_fn(g_params):
+    fake, batch_stats = generate(g_params)
+    return generator_loss(criticise(d.params, fake)), batch_stats
+
+  (g_loss, g_batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g.params)
+  g = g.apply_gradients(parallel.mean_over_devices(g_grads, axis_name), g_batch_stats)
+  metrics = parallel.mean_over_devices({'loss': g_loss + d_loss, 'g_loss': g_loss,
+                                        'd_loss': d_loss}, axis_name)
+  return GANState(g, d), metrics
+
+
+@functools.partial(jax.jit, static_argnames=('generator', 'num'))
+def sample_images(generator, variables, rng, num):
+  """`num` new slices in [0, 1]."""
+  z = jax.random.normal(rng, (num, generator.latent_dim))
+  return (generator.apply(variables, z, train=False).astype(jnp.float32) + 1.0) / 2.0
+
+
+def train_and_evaluate(config, workdir):
+  """Trains (or resumes) the class's GAN, then exports its synthetic slices."""
+  devices = parallel.local_devices(config.num_devices)
+  generator, discriminator = create_models(config, parallel.AXIS if len(devices) > 1 else None)
+  state = create_train_state(config, generator, discriminator, jax.random.PRNGKey(config.seed))
+  sample_fn = functools.partial(sample_images, create_models(config)[0])
+  step_fn = functools.partial(train_step, generator=generator, discriminator=discriminator)
+  return generation.run(config, workdir, state, step_fn, sample_fn, lambda s: s.generator.variables)

@@ -1,0 +1,78 @@
+"""What the VAE and GAN tasks share: their training slices, sample grids and the export."""
+import os
+
+from absl import logging
+import jax
+import numpy as np
+
+from brainjax.data import synthetic
+from brainjax.tasks import datasets
+from brainjax.train import checkpoints
+from brainjax.train import loop
+from brainjax.train import reporting
+
+
+def class_training_images(config):
+  """(N, S, S, 1) real training slices of the config's class (config.label)."""
+  source = datasets.real_source(config)
+  train = datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
+  logging.info('Training a %s generator on %d %s slices.', config.task, len(train), config.label)
+  return train.images
+
+
+def sample_in_batches(sample_fn, variables, rng, num, batch_size):
+  """Calls the jitted `sample_fn(variables, rng, batch_size)` until `num` images exist."""
+  batches = [np.asarray(sample_fn(variables, jax.random.fold_in(rng, i), batch_size))
+             for i in range(-(-num // batch_size))]
+  return np.concatenate(batches)[:num]
+
+
+def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):
+  """An epoch-end `evaluate` for `loop.fit` saving a grid of samples from fixed noise.
+
+  `sample_fn(variables, rng, num)` returns images in [0, 1]; `variables_of(state)` picks
+  the generator's variables out of a training state.
+  """
+  rng = jax.random.PRNGKey(seed + 1)
+
+  def evaluate(state):
+    images = np.asarray(sample_fn(variables_of(state), rng, num))
+    path = os.path.join(workdir, 'samples', f'step_{int(state.step):07d}.png')
+    reporting.save_image_grid(path, images)
+    return {'sample_mean': float(images.mean())}  # a collapsed generator shows here first
+
+  return evaluate
+
+
+def export(config, workdir, sample_fn, variables, step):
+  """Writes config.export.num_samples images of the config's class as a synthetic dataset."""
+  out_dir = config.export.dir or os.path.join(workdir, 'synthetic')
+  rng = jax.random.PRNGKey(config.export.seed)
+  images = sample_in_batches(sample_fn, variables, rng, config.export.num_samples,
+                             config.export.batch_size)
+  provenance = dict(generator=config.task, checkpoint=os.path.abspath(workdir),
+                    checkpoint_step=int(step), seed=config.export.seed, data=config.data.dataset)
+  synthetic.write_synthetic(out_dir, images, datasets.LABEL_NAMES[config.label], provenance)
+  logging.info('Exported %d synthetic %s slices to %s.', len(images), config.label, out_dir)
+  return out_dir
+
+
+def run(config, workdir, state, step_fn, sample_fn, variables_of):
+  """The generator task: train (or, in mode 'generate', restore) then export.
+
+  `step_fn` is the compiled-by-`loop.fit` train step, `sample_fn(variables, rng, num)` the
+  jitted sampler and `variables_of(state)` the generator's variables in a training state.
+  """
+  if config.mode == 'generate':
+    state, _ = checkpoints.restore_latest(workdir, state)
+    summary = {}
+  elif config.mode == 'train':
+    evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
+    state, summary = loop.fit(config, workdir, state, step_fn,
+                              {'image': class_training_images(config)}, evaluate=evaluate)
+  else:
+    raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
+  out_dir = export(config, workdir, sample_fn, variables_of(state), state.step)
+  summary.update(exported=config.export.num_samples)
+  reporting.write_metrics_json(workdir, summary)
+  return summary

@@ -1,0 +1,155 @@
+"""The whole study in one command: generators, synthetic exports, classifiers, anomaly rules,
+generative quality, a privacy audit and Table 1 (issue 6).
+
+Every stage is an ordinary task run in its own sub-workdir; a stage whose metrics.json
+exists is done and never rerun, so an interrupted study resumes at the first unfinished
+stage (and that stage resumes from its own checkpoints).
+"""
+import importlib
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from brainjax.data import synthetic
+from brainjax.data.examples import NEGATIVE, POSITIVE
+from brainjax.evaluation import generative_quality
+from brainjax.evaluation import privacy
+from brainjax.evaluation import study_table
+from brainjax.tasks import cnn_cls
+from brainjax.tasks import datasets
+from brainjax.train import checkpoints
+from brainjax.train import reporting
+from configs import cnn_cls as cnn_config
+from configs import cvae_cls as cvae_config
+from configs import gan_gen as gan_config
+from configs import vae_gen as vae_config
+
+CONFIG_MODULES = {'vae_gen': vae_config, 'gan_gen': gan_config, 'cnn_cls': cnn_config,
+                  'cvae_cls': cvae_config}
+
+
+def sub_config(config, task, variant, split_mode, seed):
+  """The config of one stage: the task's own preset, then the study's shared settings."""
+  sub = CONFIG_MODULES[task].get_config(','.join([variant] + config.preset.split(',')))
+  sub.data = ml_collections.ConfigDict(config.data.to_dict())
+  sub.cache_dir = config.cache_dir
+  sub.split = split_mode
+  sub.seed = seed
+  sub.num_devices = config.num_devices
+  sub.half_precision = config.half_precision
+  sub.update_from_flattened_dict(dict(config.overrides.get(task, {})))
+  return sub
+
+
+def run_stage(task, sub, workdir):
+  """Runs one task unless its metrics.json already exists; returns its metrics."""
+  if os.path.exists(os.path.join(workdir, 'metrics.json')):
+    return reporting.read_metrics_json(workdir)
+  logging.info('Study stage %s -> %s', task, workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(sub.to_json_best_effort(indent=1))
+  return importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
+
+
+def train_generators(config, workdir, split_mode):
+  """One generator per (kind, class); returns {kind: {label: export_dir}}."""
+  exports = {}
+  for kind in config.generators.split(','):
+    for label in ('positive', 'negative'):
+      sub = sub_config(config, f'{kind}_gen', label, split_mode, config.seed)
+      run_dir = os.path.join(workdir, split_mode, 'generators', f'{kind}_{label}')
+      sub.export.num_samples = config.num_synthetic
+      sub.export.dir = os.path.join(run_dir, 'synthetic')
+      run_stage(f'{kind}_gen', sub, run_dir)
+      exports.setdefault(kind, {})[label] = sub.export.dir
+  return exports
+
+
+def train_classifiers(config, workdir, split_mode, exports):
+  """BrainCNN and BrainCVAE on real / synthetic / mixed data for every seed and source."""
+  results = []
+  for seed in range(config.seed, config.seed + config.seeds):
+    for task in ('cnn_cls', 'cvae_cls'):
+      for train_data in ('real', 'synthetic', 'mixed'):
+        sources = ['-'] if train_data == 'real' else config.synthetic_sources.split(',')
+        for source in sources:
+          sub = sub_config(config, task, train_data, split_mode, seed)
+          if source != '-':
+            labels = ('positive', 'negative') if task == 'cnn_cls' else ('negative',)
+            sub.synthetic_dirs = ','.join(exports[source][label] for label in labels)
+          name = f'{task}_{train_data}' + ('' if source == '-' else f'_{source}')
+          run_dir = os.path.join(workdir, split_mode, f'seed{seed}', name)
+          metrics = run_stage(task, sub, run_dir)
+          results.append(dict(task=task, train_data=train_data, source=source, seed=seed,
+                              split=split_mode, run_dir=run_dir, metrics=metrics))
+  return results
+
+
+def _cnn_features(run_dir, images):
+  """Penultimate activations and tumour probabilities of a trained real-data BrainCNN."""
+  sub = reporting.load_config(run_dir)
+  model = cnn_cls.create_model(sub)
+  state = checkpoints.restore_best(run_dir, cnn_cls.create_train_state(
+      sub, model, jax.random.PRNGKey(0)))
+  return (cnn_cls.features(model, state.variables, images),
+          cnn_cls.predict(model, state.variables, images))
+
+
+def audit_generators(config, workdir, split_mode, exports, feature_run):
+  """Fréchet distance, k-NN precision/recall, tumour visibility and distance to closest record."""
+  sub = sub_config(config, 'cnn_cls', 'real', split_mode, config.seed)
+  source = datasets.real_source(sub)
+  examples = source.examples
+  split = datasets.split(sub, source, 'cnn')
+  train, holdout = examples.take(split.train), examples.take(split.test)
+  rows = {}
+  figures_dir = os.path.join(workdir, 'results', 'figures')
+  for kind, dirs in exports.items():
+    for label_name, label in (('positive', POSITIVE), ('negative', NEGATIVE)):
+      fake = synthetic.read_synthetic(dirs[label_name])
+      real_train, real_holdout = train.with_label(label), holdout.with_label(label)
+      real_f, _ = _cnn_features(feature_run, real_train.images)
+      fake_f, fake_p = _cnn_features(feature_run, fake.images)
+      hold_f, _ = _cnn_features(feature_run, real_holdout.images)
+      key = f'{split_mode}/{kind}_{label_name}'
+      row = dict(frechet_distance=generative_quality.frechet_distance(real_f, fake_f),
+                 **generative_quality.knn_precision_recall(real_f, fake_f, k=config.knn_k))
+      if label == POSITIVE:
+        row['tumour_visibility'] = generative_quality.tumour_visibility(fake_p)
+      for space, (s, t, h) in {'pixel': (fake.images, real_train.images, real_holdout.images),
+                               'feature': (fake_f, real_f, hold_f)}.items():
+        audit = privacy.privacy_audit(s, t, h)
+        row.update({f'{space}_{k}': audit[k] for k in
+                    ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate')})
+        if space == 'pixel':
+          privacy.worst_pairs_figure(fake.images, real_train.images, audit['worst_pairs'],
+                                     os.path.join(figures_dir, f'closest_{split_mode}_{kind}_'
+                                                  f'{label_name}.png'),
+                                     distances=audit['worst_distances'])
+      reporting.save_image_grid(os.path.join(figures_dir, f'samples_{split_mode}_{kind}_'
+                                             f'{label_name}.png'), fake.images[:32])
+      rows[key] = {k: float(v) for k, v in row.items()}
+  return rows
+
+
+def train_and_evaluate(config, workdir):
+  results, quality = [], {}
+  for split_mode in config.split_modes.split(','):
+    exports = train_generators(config, workdir, split_mode)
+    runs = train_classifiers(config, workdir, split_mode, exports)
+    results += runs
+    feature_run = next(r['run_dir'] for r in runs
+                       if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
+    quality.update(audit_generators(config, workdir, split_mode, exports, feature_run))
+  out_dir = os.path.join(workdir, 'results')
+  paths = study_table.write_tables(out_dir, results, quality)
+  for path in paths:
+    logging.info('Wrote %s', path)
+  print(open(paths[0]).read())
+  summary = study_table.flat_summary(results, quality)
+  reporting.write_metrics_json(workdir, summary)
+  return summary

@@ -1,0 +1,44 @@
+"""Orbax checkpoints: the latest few for resuming, and the best one by validation loss."""
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(directory, max_to_keep):
+  """A CheckpointManager for `directory` (created if needed) keeping the newest `max_to_keep`."""
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+
+def save(mngr, step, state, meta):
+  """Saves `state` (a host pytree) with a small JSON `meta` dict, and waits for it."""
+  mngr.save(int(step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  mngr.wait_until_finished()
+
+
+def restore(mngr, state_template, step=None):
+  """(state, meta) of `step` (default: the latest), shaped like `state_template`."""
+  step = mngr.latest_step() if step is None else step
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+  return restored['state'], restored['meta']
+
+
+def restore_best(workdir, state_template):
+  """The best-validation-loss state saved by `loop.fit` in `workdir`."""
+  mngr = manager(os.path.join(workdir, 'best'), 1)
+  if mngr.latest_step() is None:
+    raise FileNotFoundError(f'no best checkpoint in {workdir}/best: has this run been trained?')
+  return restore(mngr, state_template)[0]
+
+
+def restore_latest(workdir, state_template):
+  """The newest state saved by `loop.fit` in `workdir`."""
+  mngr = manager(os.path.join(workdir, 'checkpoints'), 1)
+  if mngr.latest_step() is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: has this run been trained?')
+  return restore(mngr, state_template)

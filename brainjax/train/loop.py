@@ -1,0 +1,170 @@
+"""The one training skeleton every brainjax model shares.
+
+`fit` compiles a task's pure `train_step(state, batch, rng, axis_name) -> (state, metrics)`
+(jit on one device, pmap over several), feeds it shuffled batches, logs, checkpoints
+with Orbax, resumes from the latest checkpoint, keeps the best one by validation loss,
+lowers the learning rate on plateaus, and stops on a non-finite loss with the last good
+checkpoint intact.
+"""
+import dataclasses
+import functools
+import math
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+from absl import logging
+from flax import jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from brainjax.data import pipeline
+from brainjax.train import checkpoints
+from brainjax.train import parallel
+from brainjax.train import reporting
+from brainjax.train import state as train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Plateau:
+  """Reduce-on-plateau bookkeeping (host side, saved with each checkpoint)."""
+  best: float = math.inf
+  bad_epochs: int = 0
+  scale: float = 1.0
+
+
+def plateau_update(plateau, val_loss, factor, patience):
+  """Multiplies `scale` by `factor` after `patience` epochs without a new best loss."""
+  if val_loss < plateau.best:
+    return Plateau(best=val_loss, bad_epochs=0, scale=plateau.scale)
+  if plateau.bad_epochs + 1 > patience:
+    return Plateau(best=plateau.best, bad_epochs=0, scale=plateau.scale * factor)
+  return Plateau(best=plateau.best, bad_epochs=plateau.bad_epochs + 1, scale=plateau.scale)
+
+
+def compile_step(train_step, devices):
+  """jit (one device) or pmap (several) with the state's buffers donated."""
+  if len(devices) == 1:
+    return jax.jit(functools.partial(train_step, axis_name=None), donate_argnums=(0,))
+  return jax.pmap(functools.partial(train_step, axis_name=parallel.AXIS),
+                  axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,),
+                  in_axes=(0, 0, None))
+
+
+def _check_finite(totals, step, last_saved, workdir):
+  if not all(math.isfinite(v) for v in totals.values()):
+    raise FloatingPointError(
+        f'non-finite loss by step {step} ({totals}); stopped. The last good checkpoint '
+        f'(step {last_saved}) is kept in {workdir}/checkpoints.')
+
+
+def fit(config, workdir, state, train_step, train_arrays, *,
+        evaluate: Optional[Callable] = None, hooks: Sequence[Callable] = ()):
+  """Trains `state` for config.num_epochs over `train_arrays` (a dict of equal-length arrays).
+
+  evaluate(state) -> dict, called after every epoch on the host state: its 'loss' (if any)
+  picks the best checkpoint (saved under workdir/best) and drives reduce-on-plateau when
+  config has `plateau_factor`; its other entries are logged. `hooks` are called as
+  hook(step) after every step (tests use one to interrupt a run).
+  Returns (final host state, summary dict of the run).
+  """
+  devices = parallel.local_devices(config.num_devices)
+  if config.batch_size % len(devices):
+    raise ValueError(f'batch_size={config.batch_size} must split across {len(devices)} '
+                     'devices; set --config.batch_size or --config.num_devices')
+  num_examples = len(next(iter(train_arrays.values())))
+  per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
+  total_steps = per_epoch * config.num_epochs
+  latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
+  best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
+
+  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
+  if latest.latest_step() is not None:
+    state, meta = checkpoints.restore(latest, state)
+    logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
+  plateau = Plateau(**meta['plateau'])
+  base_lr = config.learning_rate
+  step = int(state.step)
+  last_saved = step
+
+  def save(host_state):
+    checkpoints.save(latest, step, host_state, {**meta, 'plateau': dataclasses.asdict(plateau)})
+
+  p_train_step = compile_step(train_step, devices)
+  multi = len(devices) > 1
+  to_device = ((lambda s: jax_utils.replicate(s, devices)) if multi
+               else (lambda s: jax.device_put(s, devices[0])))
+  to_host = parallel.unreplicate if multi else (lambda s: jax.tree.map(np.asarray, s))
+  if plateau.scale != 1.0:
+    state = train_state.set_learning_rate(state, base_lr * plateau.scale)
+  state = to_device(state)
+  writer = reporting.summary_writer(workdir)
+  base_rng = jax.random.PRNGKey(config.seed)
+  logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s).',
+               total_steps, config.num_epochs, per_epoch, config.batch_size, len(devices))
+
+  sums, count, timer = None, 0, time.perf_counter()
+  summary = {}
+  while step < total_steps:
+    epoch, start = divmod(step, per_epoch)
+    for batch in pipeline.train_batches(train_arrays, config.batch_size, config.seed, epoch, start):
+      batch = parallel.shard(batch, len(devices)) if multi else batch
+      state, metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
+      step += 1
+      metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics
+      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+      count += 1
+      for hook in hooks:
+        hook(step)
+      end_of_epoch = step % per_epoch == 0
+      if step % config.log_every_steps == 0 or end_of_epoch:
+        totals = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+        _check_finite(totals, step, last_saved, workdir)
+        elapsed = time.perf_counter() - timer
+        totals['images_per_s'] = count * config.batch_size / elapsed
+        logging.info('step %d/%d epoch %d: %s', step, total_steps, epoch + 1,
+                     ', '.join(f'{k}={v:.4g}' for k, v in totals.items()))
+        for k, v in totals.items():
+          writer.add_scalar(f'train/{k}', v, step)
+        summary.update({f'train_{k}': v for k, v in totals.items()})
+        sums, count, timer = None, 0, time.perf_counter()
+      if end_of_epoch:
+        break
+      if step % config.checkpoint_every_steps == 0:
+        if sums is not None:
+          _check_finite({k: float(v) for k, v in jax.device_get(sums).items()}, step, last_saved,
+                        workdir)
+        save(to_host(state))
+        last_saved = step
+
+    host_state = to_host(state)
+    if evaluate is not None:
+      results = evaluate(host_state)
+      logging.info('epoch %d eval: %s', epoch + 1,
+                   ', '.join(f'{k}={v:.4g}' for k, v in results.items()))
+      for k, v in results.items():
+        writer.add_scalar(f'val/{k}', v, step)
+      if 'loss' in results:
+        val_loss = float(results['loss'])
+        if meta['best_val_loss'] is None or val_loss < meta['best_val_loss']:
+          meta['best_val_loss'] = val_loss
+          checkpoints.save(best, step, host_state, {'val_loss': val_loss, 'epoch': epoch + 1})
+        if 'plateau_factor' in config:
+          scale = plateau.scale
+          plateau = plateau_update(plateau, val_loss, config.plateau_factor,
+                                   config.plateau_patience)
+          if plateau.scale != scale:
+            logging.info('Validation loss plateaued: learning rate -> %g', base_lr * plateau.scale)
+            host_state = train_state.set_learning_rate(host_state, base_lr * plateau.scale)
+            state = to_device(host_state)
+      summary.update({f'val_{k}': v for k, v in results.items()})
+    save(host_state)
+    last_saved = step
+
+  writer.close()
+  summary.update(steps=step, best_val_loss=meta['best_val_loss'] or math.nan,
+                 learning_rate=base_lr * plateau.scale)
+  return to_host(state), summary
+
+

@@ -1,0 +1,62 @@
+"""What a run writes besides checkpoints: metrics.json, TensorBoard scalars, image grids."""
+import json
+import math
+import os
+
+import numpy as np
+from PIL import Image
+import ml_collections
+import tensorboardX
+
+
+def _json_number(value):
+  value = float(value)
+  return value if math.isfinite(value) else None  # JSON has no NaN; null says "undefined"
+
+
+def write_metrics_json(workdir, metrics):
+  """Writes the flat dict `metrics` (numbers, or strings for names) to workdir/metrics.json."""
+  flat = {k: v if isinstance(v, str) else _json_number(v) for k, v in metrics.items()}
+  path = os.path.join(workdir, 'metrics.json')
+  with open(path + '.tmp', 'w') as f:
+    json.dump(flat, f, indent=1, sort_keys=True)
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def read_metrics_json(workdir):
+  with open(os.path.join(workdir, 'metrics.json')) as f:
+    return json.load(f)
+
+
+def load_config(workdir):
+  """The config a run saved as workdir/config.json, as a ConfigDict (JSON lists -> tuples)."""
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+  with open(os.path.join(workdir, 'config.json')) as f:
+    return ml_collections.ConfigDict(tuples(json.load(f)))
+
+
+def summary_writer(workdir):
+  """TensorBoard event files in workdir/tensorboard."""
+  return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def image_grid(images, columns=8):
+  """(N, H, W, 1) floats in [0, 1] -> one uint8 (rows*H, columns*W) mosaic."""
+  images = np.clip(np.asarray(images, np.float32)[..., 0], 0, 1)
+  n, h, w = images.shape
+  rows = -(-n // columns)
+  grid = np.zeros((rows * h, columns * w), np.float32)
+  for i, image in enumerate(images):
+    r, c = divmod(i, columns)
+    grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+  return (grid * 255 + 0.5).astype(np.uint8)
+
+
+def save_image_grid(path, images, columns=8):
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  Image.fromarray(image_grid(images, columns)).save(path)
+  return path

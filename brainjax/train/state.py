@@ -1,0 +1,43 @@
+"""Training state: parameters, BatchNorm statistics, optimiser state and the run's RNG key."""
+from typing import Any
+
+import flax
+import jax
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """One network's trainable state. `step` counts optimiser updates."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: optax.OptState
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, variables, tx):
+    params = variables['params']
+    return cls(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+               batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params), tx=tx)
+
+  @property
+  def variables(self):
+    """What `module.apply` takes for inference."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
+  def apply_gradients(self, grads, batch_stats):
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+
+
+def set_learning_rate(state, learning_rate):
+  """Sets the rate of an `optax.inject_hyperparams` optimiser (reduce-on-plateau is host-side)."""
+  hyperparams = dict(state.opt_state.hyperparams,
+                     learning_rate=jax.numpy.asarray(learning_rate, jax.numpy.float32))
+  return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def init_variables(model, rng, *inputs):
+  """model.init(rng, *inputs, train=False), compiled: op-by-op init of a big net is slow."""
+  return jax.jit(lambda r: model.init(r, *inputs, train=False))(rng)

@@ -1,0 +1,82 @@
+"""Fields every brainjax config shares, and the `name.py:variant,flag=value` parser.
+
+A config string such as `configs/cnn_cls.py:synthetic,smoke,seed=3` reaches `get_config`
+as 'synthetic,smoke,seed=3'. `parse_arg` turns it into options: bare words are variants or
+modifiers, `key=value` pairs override defaults (in the style of big_vision).
+"""
+import ml_collections
+
+
+def parse_arg(arg, variants, modifiers=('smoke',), **defaults):
+  """Parses 'variant,modifier,key=value' against the allowed words of one config file.
+
+  Returns an ml_collections.ConfigDict with `variant` (the one chosen, first in
+  `variants` by default), one boolean per modifier and the `defaults` (overridden by
+  `key=value`, cast to the default's type). Anything unknown is a one-line ValueError.
+  """
+  options = {'variant': variants[0], **{m: False for m in modifiers}, **defaults}
+  chosen = []
+  for word in filter(None, (w.strip() for w in (arg or '').split(','))):
+    if '=' in word:
+      key, value = word.split('=', 1)
+      if key not in defaults:
+        raise ValueError(f'unknown config option {key!r}; options: {sorted(defaults)}')
+      options[key] = type(defaults[key])(value)
+    elif word in variants:
+      chosen.append(word)
+    elif word in modifiers:
+      options[word] = True
+    else:
+      raise ValueError(f'unknown config word {word!r}; variants: {list(variants)}, '
+                       f'modifiers: {list(modifiers)}')
+  if len(chosen) > 1:
+    raise ValueError(f'choose one variant of {list(variants)}, got {chosen}')
+  if chosen:
+    options['variant'] = chosen[0]
+  return ml_collections.ConfigDict(options)
+
+
+def data_config(num_per_class=1500):
+  """Where the slices come from and how they are preprocessed (brainjax/data/sources.py)."""
+  return ml_collections.ConfigDict(dict(
+      dataset='phantom',  # 'phantom' (embedded, no download) | 'br35h' | 'folder' | 'synthetic'
+      data_dir='',  # br35h: the unzipped Kaggle folder or its zip; folder: any yes/ + no/ folder
+      num_per_class=num_per_class,  # phantom: slices per class; others: 0 = all, N = first N
+      image_size=128,
+      margin=0.05,  # blank border around the brain's bounding box, as a fraction of its side
+      seed=0,  # phantom generator seed
+  ))
+
+
+def base_config(task, name):
+  """The fields shared by every task; `name` (e.g. 'vae_gen_positive') names the default workdir."""
+  config = ml_collections.ConfigDict()
+  config.task = task
+  config.name = name
+  config.seed = 0
+  config.data = data_config()
+  config.cache_dir = ''  # preprocessed-data cache; '' = $BRAINJAX_CACHE or ~/.cache/brainjax
+  config.split = 'random'  # 'random' (the study's) | 'grouped' (near-duplicates kept in one split)
+  config.dedup_threshold = 0.98  # thumbnail correlation above which two slices are one group
+
+  config.num_epochs = 10
+  config.batch_size = 64  # global batch, split across devices
+  config.learning_rate = 1e-3
+  config.half_precision = False  # bfloat16 activations (GPU/TPU); params stay float32
+  config.num_devices = -1  # data-parallel over this many local devices; -1 = all
+  config.multihost = False  # call jax.distributed.initialize() first
+
+  config.log_every_steps = 20
+  config.checkpoint_every_steps = 200  # also at the end of every epoch
+  config.keep_checkpoints = 2
+  return config
+
+
+def apply_smoke(config):
+  """Tiny data, tiny widths, few steps: the whole task end to end in well under a minute."""
+  config.data.num_per_class = 24
+  config.num_epochs = 2
+  config.batch_size = 8
+  config.log_every_steps = 2
+  config.checkpoint_every_steps = 4
+  return config

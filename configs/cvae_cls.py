@@ -1,0 +1,33 @@
+"""BrainCVAE anomaly detector: `configs/cvae_cls.py:real`, `:synthetic` or `:mixed` healthy data.
+
+Trains on healthy slices only (75% of the real healthy ones, or synthetic healthy ones),
+validates on 10% healthy + 40% tumour and tests on 15% healthy + 60% tumour real slices.
+After training, the four anomaly rules are tuned on validation and scored on test.
+"""
+import ml_collections
+
+from brainjax.anomaly import evaluate as anomaly_evaluate
+from configs import common
+
+VAE_EXPORTS = 'runs/vae_gen_negative/synthetic'
+
+
+def get_config(arg=None):
+  opts = common.parse_arg(arg, variants=('real', 'synthetic', 'mixed'),
+                          modifiers=('smoke', 'paper'))
+  config = common.base_config('cvae_cls', f'cvae_cls_{opts.variant}' + '_smoke' * opts.smoke)
+  config.train_data = opts.variant
+  config.synthetic_dirs = VAE_EXPORTS
+  config.model = ml_collections.ConfigDict(dict(latent_dim=64, conv_widths=(32, 64)))
+  config.learning_rate = 1e-3
+  config.batch_size = 64
+  config.num_epochs = 10
+  config.data.num_per_class = 500
+  config.anomaly = anomaly_evaluate.default_anomaly_config()
+  if opts.paper:
+    config.data.num_per_class = 1500
+  if opts.smoke:
+    common.apply_smoke(config)
+    config.synthetic_dirs = VAE_EXPORTS.replace('/synthetic', '_smoke/synthetic')
+    config.model = ml_collections.ConfigDict(dict(latent_dim=8, conv_widths=(4, 8)))
+  return config

@@ -1,0 +1,41 @@
+"""Applies a trained cnn_cls or cvae_cls run to new scans: `configs/predict.py`.
+
+  python launch.py --config=configs/predict.py --config.model_dir=runs/cnn_cls_real \
+      --config.input=<image file, folder (searched recursively) or .zip> --workdir=<output>
+
+The model, its preprocessing and (for a BrainCVAE) the anomaly rules' hyperparameters
+are rebuilt from the run's config.json and metrics.json. Writes predictions.csv,
+metrics.json (with classification metrics when the input has yes/ and no/ folders) and,
+for a BrainCVAE, maps/, regions/ and overlays/ (see brainjax/tasks/predict.py).
+
+`smoke`: when model_dir and input are empty, the run first trains a tiny `smoke_task`
+model (configs/<smoke_task>.py:real,smoke, on the embedded phantom) into
+<workdir>/smoke_model and writes data.num_per_class phantom slices per class into
+<workdir>/smoke_input/{yes,no}, then predicts them: the whole command end to end, no
+data or trained run needed.
+"""
+from configs import common
+
+
+def get_config(arg=None):
+  opts = common.parse_arg(arg, variants=('default',), modifiers=('smoke',))
+  config = common.base_config('predict', 'predict' + '_smoke' * opts.smoke)
+  config.model_dir = ''  # workdir of a trained cnn_cls or cvae_cls run
+  config.input = ''  # an image file, a folder (recursive) or a .zip
+  # BrainCVAE runs only: 'selected' = the rule the run picked on validation; 'all' = all
+  # four (the selected one sets predicted_label, regions/ and overlays/); or one rule name,
+  # or a comma-separated list (the first one leads): giaem, dbscan, kmeans, global_kmeans.
+  config.rules = 'selected'
+  config.dedup_against = ''  # a folder/zip of training images: near-duplicates are skipped
+  config.dedup_threshold = 0.98  # thumbnail correlation above which an input is a duplicate
+  config.batch_size = 256  # images per jitted model call
+  config.num_threads = 0  # decode + preprocess threads; 0 = one per CPU core
+  config.write_maps = True  # BrainCVAE: maps/, regions/ and overlays/ per input
+  config.smoke = opts.smoke  # empty model_dir / input: train a tiny run / draw phantom slices
+  config.smoke_task = 'cnn_cls'  # what smoke mode trains: 'cnn_cls' or 'cvae_cls'
+  # The run's own config sets the preprocessing; config.data only shapes the smoke inputs.
+  if opts.smoke:
+    common.apply_smoke(config)
+    config.data.num_per_class = 6
+    config.batch_size = 8
+  return config

@@ -1,0 +1,45 @@
+"""The whole study: `configs/study.py:quick` (phantom, CPU, minutes) or `:paper` (real Br35H,
+the study's settings, meant for a GPU). `smoke` makes every stage tiny (tests).
+
+Stage settings come from each task's own config with the preset named here, then the
+study's shared data/split/seed fields, then `overrides.<task>` (e.g.
+--config.overrides.cnn_cls.num_epochs=3).
+"""
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg=None):
+  opts = common.parse_arg(arg, variants=('quick', 'paper'), modifiers=('smoke',))
+  config = common.base_config('study', f'study_{opts.variant}' + '_smoke' * opts.smoke)
+  config.preset = ''  # the modifier passed to every stage's config ('', 'paper' or 'smoke')
+  config.generators = 'vae'  # comma-separated: vae, gan
+  config.synthetic_sources = 'vae'  # generators whose exports train the synthetic/mixed rows
+  config.split_modes = 'random'  # 'random,grouped' shows how much accuracy is leakage
+  config.seeds = 1  # classifier stages are repeated over seeds seed, seed+1, ...
+  config.num_synthetic = 1500  # slices exported per generator and class
+  config.knn_k = 3  # neighbours of the k-NN precision/recall estimate
+  config.data.num_per_class = 300
+  config.num_synthetic = 300
+  config.overrides = ml_collections.ConfigDict(dict(
+      vae_gen=dict(num_epochs=15), gan_gen=dict(num_epochs=15),
+      cnn_cls=dict(num_epochs=6), cvae_cls=dict(num_epochs=6)))
+  if opts.variant == 'paper':
+    config.preset = 'paper'
+    config.data.dataset = 'br35h'
+    config.data.num_per_class = 0
+    config.generators = config.synthetic_sources = 'vae,gan'
+    config.split_modes = 'random,grouped'
+    config.seeds = 3
+    config.num_synthetic = 1500
+    config.overrides = ml_collections.ConfigDict(dict(
+        vae_gen={}, gan_gen={}, cnn_cls={}, cvae_cls={}))
+  if opts.smoke:
+    common.apply_smoke(config)
+    config.preset = 'smoke'
+    config.num_synthetic = 16
+    config.overrides = ml_collections.ConfigDict(dict(
+        vae_gen=dict(num_epochs=1), gan_gen=dict(num_epochs=1),
+        cnn_cls=dict(num_epochs=1), cvae_cls=dict(num_epochs=1)))
+  return config

@@ -1,0 +1,72 @@
+"""Runs one brainjax task: `python launch.py --config=configs/vae_gen.py:positive`.
+
+The config's `task` field picks the runner (brainjax/tasks/<task>.py); its
+`train_and_evaluate(config, workdir)` does the work and writes <workdir>/metrics.json.
+"""
+import importlib
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and metrics.json go '
+                    '(default: runs/<config name>). Re-running with the same workdir resumes.')
+config_flags.DEFINE_config_file('config', None, 'A config file and its options, e.g. '
+                                'configs/cnn_cls.py:real,smoke', lock_config=True)
+flags.mark_flags_as_required(['config'])
+
+
+def parse_flags(argv):
+  """absl flag parsing, but a bad config string or override is one line, not a traceback."""
+  given = ' '.join(argv[1:])
+  try:
+    remaining = FLAGS(argv)
+    FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
+    return remaining
+  except (KeyError, AttributeError) as error:  # an override of a field the config lacks
+    sys.exit(f'error: unknown config field {error} (in: {given})')
+  except (flags.Error, OSError, ValueError, TypeError) as error:
+    last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
+    sys.exit(f'error: {last_line} (in: {given})')
+
+
+def quiet_libraries(record):
+  """Keeps Orbax's per-save INFO chatter out of the run log (its warnings still show)."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  logging.get_absl_logger().addFilter(quiet_libraries)
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  if config.task not in TASKS:
+    raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  if config.get('multihost'):
+    jax.distributed.initialize()
+  workdir = FLAGS.workdir or os.path.join('runs', config.name)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=1))
+  logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
+               jax.local_device_count(), jax.devices()[0].platform)
+  task = importlib.import_module(f'brainjax.tasks.{config.task}')
+  try:
+    metrics = task.train_and_evaluate(config, workdir)
+  except (ValueError, FileNotFoundError, FloatingPointError) as error:
+    # A bad input or setting is the user's to fix: one line (the traceback with --verbosity=1).
+    logging.debug('Traceback:', exc_info=True)
+    sys.exit(f'error: {error}')
+  logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=parse_flags)

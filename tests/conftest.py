@@ -1,0 +1,27 @@
+"""Test-wide settings, fixed before JAX starts: strict ranks and 8 fake CPU devices (for pmap)."""
+import os
+import pathlib
+
+os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=8')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+BR35H = pathlib.Path(os.environ.get('BRAINJAX_BR35H', REPO.parent / 'shared' / 'data' / 'br35h'))
+
+
+@pytest.fixture
+def br35h_dir():
+  """The real Br35H copy beside the checkout; tests using it skip on a user's machine."""
+  if not (BR35H / 'yes').is_dir() or not (BR35H / 'no').is_dir():
+    pytest.skip(f'real Br35H data not found at {BR35H} (set BRAINJAX_BR35H to its folder)')
+  return BR35H
+
+
+@pytest.fixture
+def cache_dir(tmp_path_factory):
+  """A per-session preprocessing cache, so tests never touch ~/.cache."""
+  return str(tmp_path_factory.getbasetemp() / 'cache')

@@ -1,0 +1,91 @@
+"""evaluate_anomaly_rules end to end on small synthetic error maps."""
+import math
+
+import numpy as np
+import pytest
+
+from brainjax.anomaly import dbscan, evaluate, giaem, localisation, reference_loop
+from brainjax.evaluation import classification
+
+
+@pytest.fixture(scope='module')
+def data():
+  val = reference_loop.synthetic_error_maps(40, 32, seed=11)
+  test = reference_loop.synthetic_error_maps(30, 32, seed=12)
+  return val, test
+
+
+def _small_config():
+  config = evaluate.default_anomaly_config()
+  config.num_anomaly_thresholds = 20
+  config.num_global_thresholds = 10
+  config.num_tumor_index = 30
+  config.num_alpha = 20
+  config.dbscan_anomaly_thresholds = (0.6,)
+  config.dbscan_eps = (2.5 / 32,)
+  config.dbscan_min_samples = (4,)
+  return config
+
+
+def test_flat_metrics_for_every_rule(data):
+  (val_e, val_y, _), (test_e, test_y, test_m) = data
+  out = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, _small_config(),
+                                        test_masks=test_m)
+  for prefix in ('giaem', 'dbscan', 'kmeans', 'global_kmeans'):
+    for key in ('accuracy', 'precision', 'recall', 'f1', 'weighted_f1', 'auroc', 'tp',
+                'val_f1', 'dice', 'iou', 'seconds'):
+      assert f'{prefix}_{key}' in out, f'{prefix}_{key}'
+    assert 0 <= out[f'{prefix}_f1'] <= 1 and 0 <= out[f'{prefix}_dice'] <= 1
+    assert out[f'{prefix}_tp'] + out[f'{prefix}_fn'] == int(test_y.sum())
+  assert {'dbscan_eps', 'dbscan_min_samples', 'dbscan_anomaly_threshold', 'dbscan_tumor_index',
+          'global_kmeans_alpha', 'giaem_tumor_index', 'kmeans_tumor_index'} <= set(out)
+  assert all(isinstance(v, (int, float)) for v in out.values())
+  # the reported test numbers are those of the rule applied with the chosen values
+  rule = giaem.giaem(test_e, out['giaem_anomaly_threshold'], out['giaem_tumor_index'])
+  expected = classification.classification_metrics(test_y, rule.prediction, rule.score)
+  assert out['giaem_f1'] == expected['f1'] and out['giaem_auroc'] == expected['auroc']
+  rule = dbscan.dbscan(test_e, out['dbscan_anomaly_threshold'], out['dbscan_eps'],
+                       out['dbscan_min_samples'], out['dbscan_tumor_index'])
+  assert out['dbscan_accuracy'] == classification.classification_metrics(
+      test_y, rule.prediction)['accuracy']
+  assert out['dbscan_dice'] == localisation.mean_localisation(rule.region, test_m, test_y)['dice']
+
+
+def test_subset_of_rules_without_masks(data):
+  (val_e, val_y, _), (test_e, test_y, _) = data
+  config = _small_config()
+  config.rules = ('giaem',)
+  config.selection_metric = 'balanced_accuracy'
+  out = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config)
+  assert set(k.split('_')[0] for k in out) == {'giaem'}
+  assert 'giaem_val_balanced_accuracy' in out and 'giaem_dice' not in out
+  assert not math.isnan(out['giaem_auroc'])
+
+
+def test_default_config_grids():
+  config = evaluate.default_anomaly_config()
+  grid = evaluate.anomaly_threshold_grid(config.num_anomaly_thresholds)
+  assert grid.size == 100 and grid[0] == 0 and grid[-1] == np.float32(0.99)
+  assert evaluate.tumor_index_grid(config).size == 100
+  alphas = evaluate.alpha_grid(config)
+  assert alphas.size == 100 and alphas[0] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(rules=('giaem', 'svm')), 'unknown anomaly rule'),
+    (dict(tumor_index_spacing='cubic'), 'tumor_index_spacing'),
+])
+def test_bad_config(data, change, message):
+  (val_e, val_y, _), (test_e, test_y, _) = data
+  config = _small_config()
+  config.update(change)
+  with pytest.raises(ValueError, match=message):
+    evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config)
+
+
+def test_mismatched_inputs(data):
+  (val_e, val_y, _), (test_e, test_y, _) = data
+  with pytest.raises(ValueError, match='pixels per image'):
+    evaluate.evaluate_anomaly_rules(val_e, val_y, test_e[:, :100], test_y, _small_config())
+  with pytest.raises(ValueError, match='labels'):
+    evaluate.evaluate_anomaly_rules(val_e, val_y[:-1], test_e, test_y, _small_config())

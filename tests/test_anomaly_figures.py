@@ -1,0 +1,19 @@
+"""The Figure 4/5-like PNG."""
+import numpy as np
+from PIL import Image
+
+from brainjax.anomaly import figures
+
+
+def test_writes_png(tmp_path):
+  rng = np.random.default_rng(0)
+  labels = np.array([1, 0, 1, 0, 0])
+  picked = figures.pick_examples(labels, per_class=2)
+  assert list(labels[picked]) == [1, 1, 0, 0]
+  k = len(picked)
+  images = rng.random((k, 16, 16, 1)).astype(np.float32)
+  path = figures.save_anomaly_figure(
+      str(tmp_path / 'fig.png'), images, images, rng.random((k, 256)), rng.random((k, 256)) > 0.8,
+      labels[picked], predictions=np.array([1, 0, 0, 0]), names=list('abcd'), title='GIAEM')
+  with Image.open(path) as png:
+    assert png.format == 'PNG' and png.size[0] > 300 and png.size[1] > 300

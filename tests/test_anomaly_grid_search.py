@@ -1,0 +1,97 @@
+"""The vectorised grid search against brute-force loops over every grid point."""
+import numpy as np
+import pytest
+
+from brainjax.anomaly import grid_search, reference_loop
+from brainjax.evaluation import classification
+
+
+def _brute_force(scores, labels, cutoffs, metric):
+  best, where = -np.inf, None
+  for c in range(scores.shape[1]):
+    for v, cut in enumerate(cutoffs):
+      value = classification.classification_metrics(
+          labels, (scores[:, c] >= cut).astype(int))[metric]
+      if np.round(value, 12) > np.round(best, 12):
+        best, where = value, (c, v)
+  return where, best
+
+
+@pytest.mark.parametrize('metric', ['f1', 'accuracy', 'balanced_accuracy', 'weighted_f1'])
+@pytest.mark.parametrize('seed', range(3))
+def test_select_equals_brute_force(metric, seed):
+  rng = np.random.default_rng(seed)
+  labels = (rng.random(40) < 0.4).astype(int)
+  scores = np.round(rng.random((40, 7)) + 0.3 * labels[:, None], 1)  # many ties
+  cutoffs = np.linspace(0, 1.3, 14)
+  chosen = grid_search.select(scores, labels, cutoffs, metric)
+  (c, v), value = _brute_force(scores, labels, cutoffs, metric)
+  assert (chosen.outer, chosen.inner) == (c, v)
+  assert chosen.value == pytest.approx(value)
+  assert chosen.table.shape == (7, 14)
+
+
+def test_ties_pick_the_first_grid_point():
+  labels = np.array([0, 1])
+  scores = np.array([[0.0, 0.0], [1.0, 1.0]])  # (image, outer): both outer points perfect
+  chosen = grid_search.select(scores, labels, [0.5, 0.6, 0.7])
+  assert (chosen.outer, chosen.inner, chosen.value) == (0, 0, 1.0)
+
+
+def test_confusion_grid_in_blocks(monkeypatch):
+  monkeypatch.setattr(grid_search, '_MAX_BROADCAST', 50)
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, 30)
+  scores = rng.random((30, 9))
+  tn, fp, fn, tp = grid_search.confusion_grid(scores, labels, [0.2, 0.5])
+  assert tp[3, 1] == np.sum((scores[:, 3] >= 0.5) & (labels == 1))
+  assert fp[8, 0] == np.sum((scores[:, 8] >= 0.2) & (labels == 0))
+  np.testing.assert_array_equal(tn + fp + fn + tp, 30)
+
+
+def test_bad_metric_and_labels():
+  with pytest.raises(ValueError, match='unknown selection metric'):
+    grid_search.select(np.zeros((2, 1)), [0, 1], [0.5], 'auc')
+  with pytest.raises(ValueError, match='labels'):
+    grid_search.select(np.zeros((2, 1)), [0, 2], [0.5])
+
+
+@pytest.fixture(scope='module')
+def small_set():
+  errors, labels, _ = reference_loop.synthetic_error_maps(24, 32, seed=7)
+  return errors, labels
+
+
+def test_giaem_search_equals_loop(small_set):
+  errors, labels = small_set
+  thresholds = np.arange(10, dtype=np.float32) / 10
+  tumor_indices = np.geomspace(1e-3, 1, 12)
+  fast = grid_search.search_giaem(errors, labels, thresholds, tumor_indices)
+  params, value = reference_loop.loop_giaem(errors, labels, thresholds, tumor_indices)
+  assert fast.params == params and fast.value == pytest.approx(value)
+
+
+def test_dbscan_search_equals_loop(small_set):
+  errors, labels = small_set
+  args = ([0.5, 0.7], [1.5 / 32, 2.6 / 32], [3, 6], np.geomspace(1e-3, 0.5, 10))
+  fast = grid_search.search_dbscan(errors, labels, *args)
+  params, value = reference_loop.loop_dbscan(errors, labels, *args)
+  assert fast.params == params and fast.value == pytest.approx(value)
+
+
+def test_kmeans_image_search_equals_loop(small_set):
+  errors, labels = small_set
+  tumor_indices = np.linspace(0.3, 0.7, 15)
+  fast = grid_search.search_kmeans_image(errors, labels, tumor_indices, 'accuracy')
+  params, value = reference_loop.loop_kmeans_image(errors, labels, tumor_indices, 'accuracy')
+  assert fast.params == params and fast.value == pytest.approx(value)
+
+
+def test_global_kmeans_search_equals_loop(small_set):
+  errors, labels = small_set
+  thresholds = np.array([0.1, 0.3, 0.5, 0.7], np.float32)
+  alphas = np.geomspace(0.25, 4, 9)
+  fast = grid_search.search_global_kmeans(errors, labels, thresholds, alphas)
+  params, value = reference_loop.loop_global_kmeans(errors, labels, thresholds, alphas)
+  assert fast.params == params and fast.value == pytest.approx(value)
+  assert fast.extra['centroids'].shape == (2, 32 * 32)

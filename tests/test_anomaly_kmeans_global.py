@@ -1,0 +1,68 @@
+"""Global KMeans: known answer, the alpha rule, and agreement with scikit-learn."""
+import numpy as np
+import pytest
+
+from brainjax.anomaly import kmeans_global, reference_loop
+
+
+def _two_groups():
+  """4 'tumour' rows with a bright block, 4 'healthy' rows with faint noise."""
+  rng = np.random.default_rng(0)
+  errors = 0.2 * rng.random((8, 10, 10))
+  errors[:4, 3:7, 3:7] = 0.9
+  errors[:4, 2, 2] = 1.0
+  errors[4:, 0, 0] = 1.0
+  return errors.reshape(8, -1).astype(np.float32)
+
+
+def test_known_answer():
+  errors = _two_groups()
+  out = kmeans_global.global_kmeans(errors, anomaly_threshold=0.5, alpha=1.0)
+  np.testing.assert_array_equal(out.prediction, [1, 1, 1, 1, 0, 0, 0, 0])
+  centroids = kmeans_global.fit_global_kmeans(errors, 0.5)
+  assert centroids[0].sum() == 17 and centroids[1].sum() == 1  # (tumour, healthy) masses
+  # tumour rows sit on the tumour centroid: d_T = 0, so s = 1
+  np.testing.assert_allclose(out.score[:4], 1.0)
+  np.testing.assert_allclose(out.score[4:], 0.0)
+  np.testing.assert_array_equal(out.region, errors >= 0.5)
+
+
+def test_alpha_rule():
+  errors = _two_groups()
+  centroids = np.stack([np.full(100, 0.5), np.zeros(100)])  # tumour, healthy
+  x = (errors >= np.float32(0.5)).astype(float)
+  d_t = np.linalg.norm(x - centroids[0], axis=1)
+  d_h = np.linalg.norm(x - centroids[1], axis=1)
+  for alpha in (0.5, 1.0, 2.0, 4.0):
+    out = kmeans_global.global_kmeans(errors, 0.5, alpha, centroids=centroids)
+    np.testing.assert_allclose(out.score, d_h / (d_t + d_h))
+    np.testing.assert_array_equal(out.prediction, d_t <= alpha * d_h)
+
+
+@pytest.mark.parametrize('threshold', [0.0, 0.05, 0.3, 0.6, 0.9])
+def test_matches_sklearn_lloyd_from_the_same_start(threshold):
+  errors, _, _ = reference_loop.synthetic_error_maps(60, 24, seed=1)
+  ours = kmeans_global.global_kmeans(errors, threshold, 1.0).score
+  np.testing.assert_allclose(ours, reference_loop.global_scores(errors, threshold), atol=1e-12)
+
+
+def test_grid_matches_single_fits():
+  errors, _, _ = reference_loop.synthetic_error_maps(40, 24, seed=2)
+  thresholds = np.array([0.0, 0.02, 0.1, 0.4, 0.8], np.float32)  # dense and sparse regimes
+  grid = kmeans_global.global_kmeans_grid_scores(errors, thresholds)
+  for k, t in enumerate(thresholds):
+    np.testing.assert_allclose(grid.centroids[k], kmeans_global.fit_global_kmeans(errors, t))
+    np.testing.assert_allclose(grid.scores[:, k], kmeans_global.global_kmeans(errors, t, 1).score)
+
+
+def test_identical_rows_form_one_cluster():
+  errors = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (5, 1))
+  out = kmeans_global.global_kmeans(errors, 0.5, 1.0)
+  np.testing.assert_allclose(out.score, 0.5)  # equidistant from equal centroids
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(alpha=0.0), 'alpha'), (dict(alpha=1.0, centroids=np.zeros((2, 3))), 'centroids')])
+def test_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    kmeans_global.global_kmeans(_two_groups(), 0.5, **kwargs)

@@ -1,0 +1,61 @@
+"""Single-image KMeans: known answer, and agreement with scikit-learn."""
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans
+
+from brainjax.anomaly import kmeans_image, pixel_features, reference_loop
+
+
+def _blob_map(size=16, seed=0):
+  """Low noise everywhere, a bright 8x8 block (a quarter of the image)."""
+  rng = np.random.default_rng(seed)
+  m = 0.05 * rng.random((size, size))
+  m[2:10, 5:13] = 0.95 + 0.05 * rng.random((8, 8))
+  return m.reshape(-1).astype(np.float32)
+
+
+def test_well_separated_map_known_answer_and_sklearn_partition():
+  errors = np.stack([_blob_map(seed=s) for s in range(3)])
+  out = kmeans_image.kmeans_image(errors, tumor_index=0.2)
+  np.testing.assert_allclose(out.score, 0.25)
+  np.testing.assert_array_equal(out.prediction, 1)
+  assert out.region[0].reshape(16, 16)[2:10, 5:13].all()
+  assert kmeans_image.kmeans_image(errors, tumor_index=0.3).prediction.sum() == 0
+  for row, region in zip(errors, out.region):
+    fitted = KMeans(2, n_init=10, random_state=0).fit(pixel_features.pixel_features(row, 16, 16))
+    same = fitted.labels_ == fitted.labels_[np.argmax(row)]
+    np.testing.assert_array_equal(same, region)  # same partition up to label swap
+
+
+@pytest.mark.parametrize('size', [32, 30])  # 30: no coarse stage
+def test_matches_sklearn_lloyd_from_the_same_start(size):
+  errors, _, _ = reference_loop.synthetic_error_maps(6, size, seed=4)
+  anomalous, _, _ = kmeans_image.kmeans_image_clusters(errors)
+  ours = anomalous.mean(axis=1)
+  expected = [reference_loop.anomalous_share(row, size, size) for row in errors]
+  np.testing.assert_allclose(ours, expected)
+
+
+def test_inertia_close_to_sklearn_kmeans_plus_plus():
+  # Lloyd finds a local optimum: mostly the one k-means++ with 10 restarts finds.
+  errors, _, _ = reference_loop.synthetic_error_maps(5, 32, seed=5)
+  _, second, centroids = kmeans_image.kmeans_image_clusters(errors)
+  ratios = []
+  for row, member, c in zip(errors, second, centroids):
+    x = pixel_features.pixel_features(row, 32, 32)
+    ours = np.sum((x - c[member.astype(int)]) ** 2)
+    ratios.append(ours / KMeans(2, n_init=4, random_state=0).fit(x).inertia_)
+  assert max(ratios) < 1.1 and np.median(ratios) < 1.001
+
+
+def test_scores_and_rule_agree():
+  errors, _, _ = reference_loop.synthetic_error_maps(5, 32, seed=6)
+  scores = kmeans_image.kmeans_image_scores(errors)
+  out = kmeans_image.kmeans_image(errors, tumor_index=float(np.median(scores)))
+  np.testing.assert_array_equal(out.score, scores)
+  np.testing.assert_array_equal(out.prediction, scores >= np.median(scores))
+
+
+def test_bad_max_iter():
+  with pytest.raises(ValueError, match='max_iter'):
+    kmeans_image.kmeans_image_scores(np.zeros((1, 16), np.float32), max_iter=0)

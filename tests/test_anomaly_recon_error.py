@@ -1,0 +1,91 @@
+"""reconstruction_error: batching, padding, normalisation, stochastic averaging."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from brainjax.anomaly import recon_error
+
+
+def _box_blur(images):
+  """A stand-in 'reconstruction': 3x3 mean filter (zero padded)."""
+  kernel = jnp.ones((3, 3, 1, 1), images.dtype) / 9.0
+  return jax.lax.conv_general_dilated(images, kernel, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _expected(images, recons):
+  err = np.abs(images - recons).reshape(len(images), -1)
+  lo, hi = err.min(axis=1, keepdims=True), err.max(axis=1, keepdims=True)
+  return (err - lo) / (hi - lo)
+
+
+def test_matches_numpy_and_compiles_once():
+  rng = np.random.default_rng(0)
+  images = rng.random((10, 12, 12, 1)).astype(np.float32)
+  traces = []
+
+  def reconstruct(x):
+    traces.append(x.shape)  # runs once per trace
+    return _box_blur(x)
+
+  out = recon_error.reconstruction_error(reconstruct, images, batch_size=4)
+  recons = ndimage.uniform_filter(images[..., 0].astype(np.float64), size=(1, 3, 3),
+                                  mode='constant')[..., None]
+  assert out.dtype == np.float32 and out.shape == (10, 144)
+  np.testing.assert_allclose(out, _expected(images, recons), atol=2e-5)
+  assert traces == [(4, 12, 12, 1)]  # the last batch of 2 was padded, no retrace
+  assert out.min(axis=1).max() == 0.0 and out.max(axis=1).min() == 1.0
+
+
+def test_constant_error_is_zero():
+  images = np.random.default_rng(1).random((3, 8, 8, 1)).astype(np.float32)
+  out = recon_error.reconstruction_error(lambda x: x, images)  # perfect reconstruction
+  assert np.all(out == 0)
+  out = recon_error.reconstruction_error(lambda x: x * 0 + 0.5, np.full((2, 8, 8, 1), 0.25,
+                                                                       np.float32))
+  assert np.all(out == 0)
+
+
+def test_stochastic_mode_averages_samples_before_normalising():
+  images = np.random.default_rng(2).random((5, 6, 6, 1)).astype(np.float32)
+  rng = jax.random.key(3)
+
+  @jax.jit
+  def noisy(x, key):
+    return x + jax.random.normal(key, x.shape)
+
+  out = recon_error.reconstruction_error(noisy, images, batch_size=3, num_samples=4, rng=rng)
+  # The documented key derivation: one key per batch, num_samples keys per batch.
+  expected = []
+  batch_keys = jax.random.split(rng, 2)
+  for b in range(2):
+    x = images[3 * b:3 * b + 3]
+    x = np.concatenate([x, np.zeros((3 - len(x),) + x.shape[1:], np.float32)])
+    sample_keys = jax.random.split(batch_keys[b], 4)
+    mean = np.mean([np.abs(x - np.asarray(noisy(x, sample_keys[s]))) for s in range(4)],
+                   axis=0)
+    expected.append(_expected(x, x - mean))
+  np.testing.assert_allclose(out, np.concatenate(expected)[:5], atol=1e-5)
+
+
+def test_one_sample_with_key_equals_deterministic_when_key_unused():
+  images = np.random.default_rng(4).random((4, 8, 8, 1)).astype(np.float32)
+  a = recon_error.reconstruction_error(_box_blur, images)
+  b = recon_error.reconstruction_error(lambda x, key: _box_blur(x), images,
+                                       rng=jax.random.key(0))
+  np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(images=np.zeros((2, 8, 8))), r'\(N, H, W, 1\)'),
+    (dict(num_samples=2), 'needs rng'),
+    (dict(num_samples=0), '>= 1'),
+    (dict(batch_size=0), 'batch_size'),
+])
+def test_bad_arguments(kwargs, message):
+  args = dict(images=np.zeros((2, 8, 8, 1), np.float32))
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=message):
+    recon_error.reconstruction_error(lambda x: x, **args)

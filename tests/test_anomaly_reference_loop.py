@@ -1,0 +1,33 @@
+"""Synthetic error maps and the benchmark harness (tiny sizes)."""
+import numpy as np
+
+from brainjax.anomaly import evaluate, reference_loop
+
+
+def test_synthetic_maps():
+  errors, labels, masks = reference_loop.synthetic_error_maps(12, 32, seed=0)
+  assert errors.shape == (12, 1024) and errors.dtype == np.float32
+  np.testing.assert_allclose(errors.min(axis=1), 0)
+  np.testing.assert_allclose(errors.max(axis=1), 1)
+  assert set(np.unique(labels)) <= {0, 1}
+  assert np.all(masks[labels == 1].reshape(-1, 1024).sum(axis=1) > 0)
+  assert np.all(masks[labels == 0] == 0)
+  again, _, _ = reference_loop.synthetic_error_maps(12, 32, seed=0)
+  np.testing.assert_array_equal(errors, again)
+
+
+def test_benchmark_reports_every_rule():
+  errors, labels, _ = reference_loop.synthetic_error_maps(16, 32, seed=1)
+  config = evaluate.default_anomaly_config()
+  config.num_anomaly_thresholds = 10
+  config.num_global_thresholds = 5
+  config.num_tumor_index = 10
+  config.num_alpha = 10
+  config.dbscan_anomaly_thresholds = (0.6,)
+  config.dbscan_eps = (2.5 / 32,)
+  config.dbscan_min_samples = (4,)
+  out = reference_loop.benchmark(errors, labels, config, loop_images=4, loop_grid_fraction=0.2)
+  assert set(out) == set(config.rules)
+  for timing in out.values():
+    assert timing['fast_s'] > 0 and timing['loop_s'] > 0
+    assert timing['speedup'] == timing['loop_s'] / timing['fast_s']

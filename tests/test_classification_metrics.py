@@ -1,0 +1,109 @@
+"""Classification metrics against hand-computed confusion matrices and scikit-learn."""
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from brainjax.evaluation import classification
+
+
+def test_hand_computed_confusion_matrix():
+  #            tp tp tp fn fp tn tn tn tn tn
+  labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+  preds = [1, 1, 1, 0, 1, 0, 0, 0, 0, 0]
+  m = classification.classification_metrics(labels, preds)
+  assert (m['tn'], m['fp'], m['fn'], m['tp']) == (5, 1, 1, 3)
+  assert m['accuracy'] == pytest.approx(8 / 10)
+  assert m['precision'] == pytest.approx(3 / 4)
+  assert m['recall'] == pytest.approx(3 / 4)
+  assert m['f1'] == pytest.approx(3 / 4)
+  assert m['specificity'] == pytest.approx(5 / 6)
+  assert m['balanced_accuracy'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  # healthy class: precision 5/6 (tn / (tn + fn)), recall 5/6, f1 5/6
+  assert m['weighted_precision'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  assert m['weighted_recall'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  assert m['weighted_f1'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  assert 'auroc' not in m
+
+
+def test_study_table1_row_is_macro_average():
+  # 'VAE (Global KMeans), Mixed': almost everything predicted as the majority class.
+  # Majority share 0.7997, 1.46% of it flipped, minority never found.
+  n_major, n_minor = 7997, 2003
+  flipped = 117
+  labels = np.r_[np.zeros(n_major, int), np.ones(n_minor, int)]
+  preds = np.r_[np.zeros(n_major - flipped, int), np.ones(flipped, int), np.zeros(n_minor, int)]
+  m = classification.classification_metrics(labels, preds)
+  assert 100 * m['accuracy'] == pytest.approx(78.8, abs=0.05)
+  assert 100 * m['weighted_precision'] == pytest.approx(39.88, abs=0.05)
+  assert 100 * m['weighted_recall'] == pytest.approx(49.27, abs=0.05)
+  assert 100 * m['weighted_f1'] == pytest.approx(44.08, abs=0.05)
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_matches_sklearn(seed):
+  rng = np.random.default_rng(seed)
+  n = int(rng.integers(5, 60))
+  labels = (rng.random(n) < rng.uniform(0.1, 0.9)).astype(int)
+  scores = np.round(rng.random(n) + 0.5 * labels, 1)  # rounding creates ties
+  preds = (scores > rng.uniform(0.3, 1.2)).astype(int)
+  m = classification.classification_metrics(labels, preds, scores)
+  kw = dict(zero_division=0)
+  assert m['accuracy'] == pytest.approx(skm.accuracy_score(labels, preds))
+  assert m['precision'] == pytest.approx(skm.precision_score(labels, preds, **kw))
+  assert m['recall'] == pytest.approx(skm.recall_score(labels, preds, **kw))
+  assert m['f1'] == pytest.approx(skm.f1_score(labels, preds, **kw))
+  assert m['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
+  assert m['specificity'] == pytest.approx(skm.recall_score(labels, preds, pos_label=0, **kw))
+  macro = dict(average='macro', labels=[0, 1], **kw)
+  assert m['weighted_precision'] == pytest.approx(skm.precision_score(labels, preds, **macro))
+  assert m['weighted_recall'] == pytest.approx(skm.recall_score(labels, preds, **macro))
+  assert m['weighted_f1'] == pytest.approx(skm.f1_score(labels, preds, **macro))
+  tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
+  assert (m['tn'], m['fp'], m['fn'], m['tp']) == (tn, fp, fn, tp)
+  assert m['auroc'] == pytest.approx(skm.roc_auc_score(labels, scores))
+
+
+def test_zero_division_gives_zero():
+  labels = [1, 1, 0, 0]
+  m = classification.classification_metrics(labels, [0, 0, 0, 0])
+  assert m['precision'] == 0.0 and m['recall'] == 0.0 and m['f1'] == 0.0
+  assert m['f1'] == skm.f1_score(labels, [0, 0, 0, 0], zero_division=0)
+  assert m['weighted_precision'] == pytest.approx(
+      skm.precision_score(labels, [0, 0, 0, 0], average='macro', zero_division=0))
+
+
+def test_single_class_auroc_is_nan_and_balanced_accuracy_like_sklearn():
+  labels, preds = [1, 1, 1], [1, 0, 1]
+  m = classification.classification_metrics(labels, preds, scores=[0.2, 0.1, 0.3])
+  assert math.isnan(m['auroc'])
+  with pytest.warns(UserWarning):
+    expected = skm.balanced_accuracy_score(labels, preds)
+  assert m['balanced_accuracy'] == pytest.approx(expected)
+
+
+def test_vectorised_counts_match_scalar_path():
+  rng = np.random.default_rng(0)
+  counts = rng.integers(0, 20, size=(4, 7, 3))
+  vec = classification.metrics_from_confusion(*counts[0:4].reshape(4, 21))
+  for k in range(21):
+    tn, fp, fn, tp = counts.reshape(4, 21)[:, k]
+    if tn + fp + fn + tp == 0:
+      continue
+    labels = np.r_[np.zeros(tn + fp, int), np.ones(fn + tp, int)]
+    preds = np.r_[np.zeros(tn, int), np.ones(fp, int), np.zeros(fn, int), np.ones(tp, int)]
+    scalar = classification.classification_metrics(labels, preds)
+    for name in classification.METRIC_NAMES:
+      assert vec[name][k] == scalar[name]
+
+
+@pytest.mark.parametrize('labels, preds, message', [
+    ([0, 2], [0, 1], 'only 0'),
+    ([0, 1], [0, 1, 1], 'differ'),
+    ([[0, 1]], [[0, 1]], '1-D'),
+    ([], [], 'at least one'),
+])
+def test_bad_input_raises(labels, preds, message):
+  with pytest.raises(ValueError, match=message):
+    classification.classification_metrics(labels, preds)

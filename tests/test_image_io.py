@@ -1,0 +1,107 @@
+"""Decoding of odd files: modes, bit depths, corrupt, truncated, empty, not an image."""
+import io
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from brainjax.data import image_io
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt, **kwargs)
+  return buffer.getvalue()
+
+
+def _gradient(h=40, w=60):
+  return (np.linspace(0, 255, h * w).reshape(h, w)).astype(np.uint8)
+
+
+@pytest.mark.parametrize('mode', ['L', 'RGB', 'RGBA', 'P', 'LA', '1', 'CMYK'])
+def test_modes_decode_to_gray_float(mode):
+  gray = _gradient()
+  image = Image.fromarray(gray).convert(mode)
+  fmt = 'JPEG' if mode == 'CMYK' else 'PNG'
+  out = image_io.decode_image(_encode(image, fmt))
+  assert out.shape == gray.shape and out.dtype == np.float32
+  assert 0.0 <= out.min() and out.max() <= 1.0
+  if mode in ('L', 'RGB', 'RGBA', 'LA'):  # lossless: the gray levels survive
+    np.testing.assert_allclose(out, gray / 255.0, atol=1.5 / 255)
+
+
+def test_rgba_is_composited_on_black():
+  rgba = np.zeros((10, 12, 4), np.uint8)
+  rgba[..., :3] = 200
+  rgba[:, :6, 3] = 255  # left half opaque, right half transparent
+  out = image_io.decode_image(_encode(Image.fromarray(rgba, 'RGBA'), 'PNG'))
+  np.testing.assert_allclose(out[:, :6], 200 / 255, atol=1e-3)
+  np.testing.assert_allclose(out[:, 6:], 0.0, atol=1e-6)
+
+
+def test_color_uses_luma():
+  rgb = np.zeros((8, 8, 3), np.uint8)
+  rgb[..., 1] = 255  # pure green
+  out = image_io.decode_image(_encode(Image.fromarray(rgb, 'RGB'), 'PNG'))
+  np.testing.assert_allclose(out, 0.587, atol=2 / 255)
+
+
+def test_16bit_png_scaled_by_its_range():
+  values = np.array([[0, 1000, 65535], [30000, 40000, 50000]], np.uint16)
+  data = _encode(Image.fromarray(values), 'PNG')
+  with Image.open(io.BytesIO(data)) as check:
+    assert check.mode.startswith('I')  # really stored as 16-bit
+  out = image_io.decode_image(data)
+  np.testing.assert_allclose(out, values / 65535.0, atol=1e-6)
+
+
+def test_float_and_bool_arrays():
+  np.testing.assert_allclose(image_io.to_gray_float(np.full((3, 3), 1.7)), 1.0)
+  np.testing.assert_allclose(image_io.to_gray_float(np.array([[np.nan, 0.5]])), [[0.0, 0.5]])
+  assert image_io.to_gray_float(np.ones((2, 2), bool)).max() == 1.0
+  with pytest.raises(ValueError, match='shape'):
+    image_io.to_gray_float(np.zeros((2, 2, 5)))
+  with pytest.raises(ValueError, match='empty'):
+    image_io.to_gray_float(np.zeros((0, 4)))
+
+
+@pytest.mark.parametrize('data,reason', [
+    (b'', 'empty'),
+    (b'hello, this is a text file\n' * 10, 'not a recognised image'),
+    (b'\x89PNG\r\n\x1a\n' + b'\x00' * 50, 'corrupt|not a recognised'),
+    (b'\xff\xd8\xff\xe0' + b'\x13' * 100, 'truncated|corrupt|not a recognised'),
+])
+def test_garbage_raises_unreadable(data, reason):
+  with pytest.raises(image_io.UnreadableImage, match=reason):
+    image_io.decode_image(data)
+
+
+@pytest.mark.parametrize('fmt,cuts', [('JPEG', (0.5, 0.9, -2)), ('PNG', (0.5, 0.9))])
+def test_truncated_files_raise(fmt, cuts):
+  """Files cut anywhere that loses pixel data; for JPEG even just the end marker."""
+  rng = np.random.default_rng(0)
+  noisy = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+  data = _encode(noisy, fmt)
+  image_io.decode_image(data)  # the complete file is fine
+  for cut in cuts:
+    end = int(len(data) * cut) if cut > 0 else len(data) + cut
+    with pytest.raises(image_io.UnreadableImage, match='truncated'):
+      image_io.decode_image(data[:end])
+
+
+def test_unreadable_is_a_value_error_with_one_line_reason(tmp_path):
+  path = tmp_path / 'notes.txt'
+  path.write_text('not a scan')
+  with pytest.raises(ValueError) as info:
+    image_io.read_image_file(path)
+  assert isinstance(info.value, image_io.UnreadableImage) and '\n' not in str(info.value)
+  with pytest.raises(image_io.UnreadableImage, match='cannot read'):
+    image_io.read_image_file(tmp_path / 'missing.png')
+
+
+def test_reading_never_modifies_the_file(tmp_path):
+  path = tmp_path / 'scan.jpg'
+  Image.fromarray(_gradient()).save(path)
+  before = path.read_bytes()
+  image_io.read_image_file(path)
+  assert path.read_bytes() == before

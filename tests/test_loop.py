@@ -1,0 +1,116 @@
+"""The shared training skeleton: resume after a kill, NaN stop, best checkpoint, plateau, pmap."""
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from brainjax.train import checkpoints
+from brainjax.train import loop
+from brainjax.train import parallel
+from brainjax.train.state import TrainState
+
+
+class TinyNet(nn.Module):
+  """Dense + BatchNorm: enough to exercise batch_stats and cross-device statistics."""
+  bn_axis_name: str = None
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Dense(8, use_bias=False)(x)  # a bias before BatchNorm has no gradient
+    x = nn.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name)(x)
+    return nn.Dense(1)(nn.relu(x))[:, 0]
+
+
+def make_state(model, learning_rate=0.05):
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)), train=False)
+  return TrainState.create(variables, optax.inject_hyperparams(optax.adam)(learning_rate))
+
+
+def train_step(state, batch, rng, *, model, axis_name=None, poison_at=-1):
+  noise = parallel.example_normal(rng, batch['x'].shape[0], (), axis_name)
+
+  def loss_fn(params):
+    pred, updates = model.apply({'params': params, 'batch_stats': state.batch_stats},
+                                batch['x'], train=True, mutable=['batch_stats'])
+    loss = jnp.mean(jnp.square(pred - batch['y'] - 0.01 * noise))
+    loss = jnp.where(state.step == poison_at, jnp.nan, loss)
+    return loss, updates['batch_stats']
+
+  (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = parallel.mean_over_devices(grads, axis_name)
+  return state.apply_gradients(grads, stats), parallel.mean_over_devices({'loss': loss}, axis_name)
+
+
+def data(n=64):
+  x = np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32)
+  return {'x': x, 'y': (x @ np.array([1.0, -2.0, 0.5, 0.0], np.float32))}
+
+
+def config(**overrides):
+  base = dict(num_devices=1, batch_size=16, num_epochs=3, seed=0, learning_rate=0.05,
+              log_every_steps=1, checkpoint_every_steps=5, keep_checkpoints=2)
+  return ml_collections.ConfigDict({**base, **overrides})
+
+
+def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1):
+  axis = parallel.AXIS if cfg.num_devices > 1 else None
+  step = functools.partial(train_step, model=TinyNet(axis), poison_at=poison_at)
+  return loop.fit(cfg, str(workdir), make_state(TinyNet()), step, data(), hooks=hooks,
+                  evaluate=evaluate)
+
+
+def test_plateau_lowers_the_rate_after_patience_epochs():
+  p = loop.Plateau()
+  for loss in [1.0, 0.9, 0.95, 0.95]:
+    p = loop.plateau_update(p, loss, factor=0.1, patience=2)
+  assert p.scale == 1.0 and p.bad_epochs == 2
+  p = loop.plateau_update(p, 0.95, factor=0.1, patience=2)
+  assert p.scale == pytest.approx(0.1) and p.best == 0.9
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  reference, _ = run(tmp_path / 'whole', config())
+
+  def kill_at_7(step):
+    if step == 7:
+      raise KeyboardInterrupt('simulated kill')
+
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / 'killed', config(), hooks=[kill_at_7])
+  resumed, summary = run(tmp_path / 'killed', config())
+  assert summary['steps'] == 12
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
+  jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, reference.batch_stats)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  with pytest.raises(FloatingPointError, match='non-finite loss'):
+    run(tmp_path, config(), poison_at=6)
+  state, _ = checkpoints.restore_latest(str(tmp_path), make_state(TinyNet()))
+  assert int(state.step) == 5
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):
+  losses = iter([1.0, 0.5, 0.7, 0.8, 0.9])
+  cfg = config(num_epochs=5, plateau_factor=0.5, plateau_patience=1)
+  final, summary = run(tmp_path, cfg, evaluate=lambda s: {'loss': next(losses)})
+  assert summary['best_val_loss'] == 0.5
+  best = checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
+  assert int(best.step) == 8  # the end of epoch 2, 4 steps an epoch
+  assert summary['learning_rate'] == pytest.approx(0.05 * 0.5)
+  assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
+
+
+def test_data_parallel_run_matches_one_device(tmp_path):
+  assert jax.local_device_count() >= 4, 'conftest asks for 8 CPU devices'
+  history = {n: run(tmp_path / str(n), config(num_devices=n))[0] for n in (1, 4)}
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6),
+               history[1].params, history[4].params)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6),
+               history[1].batch_stats, history[4].batch_stats)

@@ -1,0 +1,38 @@
+"""Batching: per-epoch shuffles that a resumed run can replay, padded evaluation batches."""
+import numpy as np
+import pytest
+
+from brainjax.data import pipeline
+from brainjax.train import parallel
+
+
+def test_train_batches_cover_each_epoch_once_and_resume_at_an_offset():
+  arrays = {'x': np.arange(20), 'y': np.arange(20) * 10}
+  batches = list(pipeline.train_batches(arrays, 4, seed=1, epoch=0))
+  seen = np.concatenate([b['x'] for b in batches])
+  assert len(batches) == 5 and sorted(seen) == list(range(20))
+  assert all((b['y'] == b['x'] * 10).all() for b in batches)
+  resumed = list(pipeline.train_batches(arrays, 4, seed=1, epoch=0, start=3))
+  np.testing.assert_array_equal(np.concatenate([b['x'] for b in resumed]),
+                                np.concatenate([b['x'] for b in batches[3:]]))
+  other = np.concatenate([b['x'] for b in pipeline.train_batches(arrays, 4, seed=1, epoch=1)])
+  assert not np.array_equal(seen, other)
+
+
+def test_eval_batches_pad_with_zero_weight():
+  batches = list(pipeline.eval_batches({'x': np.arange(10)}, 4))
+  assert [b['x'].shape for b in batches] == [(4,)] * 3
+  weights = np.concatenate([b['weight'] for b in batches])
+  assert weights.sum() == 10 and weights[-2:].sum() == 0
+
+
+def test_batch_larger_than_data_is_a_clear_error():
+  with pytest.raises(ValueError, match='batch_size=64 is larger than the 10'):
+    list(pipeline.train_batches({'x': np.arange(10)}, 64, seed=0, epoch=0))
+
+
+def test_shard_adds_a_device_axis():
+  sharded = parallel.shard({'x': np.zeros((8, 3))}, 4)
+  assert sharded['x'].shape == (4, 2, 3)
+  with pytest.raises(ValueError, match='does not split'):
+    parallel.shard({'x': np.zeros((6, 3))}, 4)

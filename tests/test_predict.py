@@ -1,0 +1,350 @@
+"""predict: input walking, preprocessing inverse, skipped rows, maps/regions, metrics."""
+import csv
+import hashlib
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import jax
+import numpy as np
+from PIL import Image
+import pytest
+from sklearn import metrics as sk_metrics
+
+from brainjax.data import image_io
+from brainjax.data import inputs
+from brainjax.data import phantom
+from brainjax.data import preprocess
+from brainjax.tasks import cnn_cls
+from brainjax.tasks import cvae_cls
+from brainjax.tasks import predict
+from brainjax.train import checkpoints
+from brainjax.train import reporting
+from configs import cnn_cls as cnn_config
+from configs import cvae_cls as cvae_config
+from configs import predict as predict_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# The longer BrainCVAE run of the localisation test (configs/cvae_cls.py:real plus these).
+TRAINED_CVAE = {'data.num_per_class': 300, 'num_epochs': 10, 'batch_size': 32}
+
+
+def _dice(a, b):
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  total = a.sum() + b.sum()
+  return 2.0 * (a & b).sum() / total if total else 1.0
+
+
+def _png_bytes(array):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+def _jpeg_bytes(array):
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format='JPEG', quality=95)
+  return buffer.getvalue()
+
+
+def _tree_digest(root):
+  """Names, sizes and contents of every file under root (proves the input is untouched)."""
+  digest = hashlib.sha256()
+  for folder, _, names in sorted(os.walk(root)):
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      digest.update(path.encode())
+      digest.update(pathlib.Path(path).read_bytes())
+  return digest.hexdigest()
+
+
+def _read_csv(path):
+  with open(path, newline='') as f:
+    return {row['path']: row for row in csv.DictReader(f)}
+
+
+def _write_config(config, workdir):
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=1))
+
+
+def _untrained_run(task, config_module, workdir, metrics=None):
+  """A run directory as training leaves it (config.json, best checkpoint, metrics.json),
+  holding freshly initialised weights: predict's code path without the training time."""
+  config = config_module.get_config('real,smoke')
+  _write_config(config, workdir)
+  model = task.create_model(config)
+  state = jax.jit(lambda rng: task.create_train_state(config, model, rng))(jax.random.PRNGKey(0))
+  checkpoints.save(checkpoints.manager(os.path.join(workdir, 'best'), 1), 0,
+                   jax.tree.map(np.asarray, state), {})
+  if metrics is not None:
+    reporting.write_metrics_json(workdir, metrics)
+  return str(workdir)
+
+
+# Hyperparameters as a cvae_cls run's metrics.json records them (hand-picked here).
+RULE_METRICS = {
+    'giaem_anomaly_threshold': 0.5, 'giaem_tumor_index': 0.05, 'giaem_val_f1': 0.7,
+    'dbscan_anomaly_threshold': 0.7, 'dbscan_eps': 0.02, 'dbscan_min_samples': 4,
+    'dbscan_tumor_index': 0.001, 'dbscan_val_f1': 0.6,
+    'kmeans_tumor_index': 0.3, 'kmeans_val_f1': 0.5,
+    'global_kmeans_anomaly_threshold': 0.5, 'global_kmeans_alpha': 1.0,
+    'global_kmeans_val_f1': 0.65,
+}
+
+
+def _train(task, config_module, workdir, cache_dir, variant='real,smoke', **overrides):
+  """A trained run in workdir, as `launch.py --config=configs/<task>.py:<variant>` makes it."""
+  config = config_module.get_config(variant)
+  config.cache_dir = cache_dir
+  config.update_from_flattened_dict(overrides)
+  _write_config(config, workdir)
+  task.train_and_evaluate(config, str(workdir))
+  return str(workdir)
+
+
+@pytest.fixture(scope='module')
+def cnn_run(tmp_path_factory):
+  return _untrained_run(cnn_cls, cnn_config, tmp_path_factory.mktemp('cnn') / 'run')
+
+
+@pytest.fixture(scope='module')
+def cvae_run(tmp_path_factory):
+  run = _untrained_run(cvae_cls, cvae_config, tmp_path_factory.mktemp('cvae') / 'run',
+                       RULE_METRICS)
+  centroids = np.stack([np.full(128 * 128, 0.4), np.full(128 * 128, 0.1)])  # tumour, healthy
+  np.save(os.path.join(run, predict.GLOBAL_CENTROIDS_FILE), centroids)
+  return run
+
+
+def _predict(model_dir, input_path, workdir, **overrides):
+  config = predict_config.get_config()
+  config.model_dir, config.input = str(model_dir), str(input_path)
+  config.num_threads = 2
+  config.update_from_flattened_dict(overrides)
+  os.makedirs(workdir, exist_ok=True)
+  metrics = predict.train_and_evaluate(config, str(workdir))
+  return _read_csv(os.path.join(workdir, 'predictions.csv')), metrics
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _messy_folder(root):
+  """Good images in yes/, no/ and a nested unlabelled folder, plus four bad files."""
+  scans = [phantom.phantom_slice(5, i, positive=i % 2 == 0).image for i in range(3)]
+  files = {
+      'yes/a.png': _png_bytes(scans[0]),
+      'no/b.jpg': _jpeg_bytes(scans[1]),
+      'extra/deeper/c.png': _png_bytes(scans[2]),
+      'yes/truncated.jpg': _jpeg_bytes(scans[0])[:600],
+      'no/notes.txt': b'not an image\n',
+      'extra/empty.png': b'',
+      'blank.png': _png_bytes(np.zeros((64, 80), np.uint8)),
+  }
+  for rel, data in files.items():
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+  return files
+
+
+def test_list_inputs_folder_and_zip_agree(tmp_path):
+  files = _messy_folder(tmp_path / 'in')
+  listed = inputs.list_inputs(tmp_path / 'in')
+  assert [f.path for f in listed] == sorted(files)
+  labels = {f.path: f.label for f in listed}
+  assert labels['yes/a.png'] == 1 and labels['no/b.jpg'] == 0 and labels['no/notes.txt'] == 0
+  assert labels['extra/deeper/c.png'] is None and labels['blank.png'] is None
+  assert inputs.has_label_folders(listed)
+
+  archive = tmp_path / 'in.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for rel, data in files.items():
+      z.writestr(rel, data)
+  zipped = inputs.list_inputs(archive)
+  assert [(f.path, f.label) for f in zipped] == [(f.path, f.label) for f in listed]
+  with inputs.Reader() as reader:
+    np.testing.assert_array_equal(reader.read(zipped[0]), reader.read(listed[0]))
+    with pytest.raises(image_io.UnreadableImage):
+      reader.read(next(f for f in zipped if f.path == 'no/notes.txt'))
+
+  single = inputs.list_inputs(tmp_path / 'in' / 'yes' / 'a.png')
+  assert [(f.path, f.label) for f in single] == [('a.png', None)]
+  with pytest.raises(FileNotFoundError, match='does not exist'):
+    inputs.list_inputs(tmp_path / 'missing')
+
+
+def test_label_and_safe_paths():
+  assert inputs.label_from_path('yes/deeper/x.png') == 1
+  assert inputs.label_from_path('Br35H/no/x.png') == 0  # class folders one level down
+  assert inputs.label_from_path('a/b/no/x.png') is None  # deeper: as the training loader
+  assert inputs.label_from_path('yes.png') is None
+  assert inputs.safe_relpath('../../etc/./x.png') == 'etc/x.png'
+  assert inputs.safe_relpath('/abs/x.png') == 'abs/x.png'
+
+
+def test_rules_to_use_follows_the_runs_validation():
+  metrics = {'giaem_anomaly_threshold': 0.5, 'giaem_tumor_index': 0.1, 'giaem_val_f1': 0.6,
+             'giaem_val_accuracy': 0.9, 'kmeans_tumor_index': 0.2, 'kmeans_val_f1': 0.7,
+             'kmeans_val_accuracy': 0.1}
+  assert predict.rules_to_use('selected', metrics) == ['kmeans']
+  assert predict.rules_to_use('selected', metrics, 'accuracy') == ['giaem']
+  assert predict.rules_to_use('all', metrics) == ['kmeans', 'giaem']  # only evaluated rules
+  assert predict.rules_to_use('giaem,dbscan', metrics) == ['giaem', 'dbscan']
+  with pytest.raises(ValueError, match='expected selected, all'):
+    predict.rules_to_use('gaiem', metrics)
+  with pytest.raises(ValueError, match='no anomaly-rule hyperparameters'):
+    predict.rules_to_use('selected', {})
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _ellipse(shape, cy, cx, ry, rx):
+  y, x = np.ogrid[:shape[0], :shape[1]]
+  return ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1
+
+
+@pytest.mark.parametrize('index, canvas, offset', [
+    (0, (420, 260), (150, 20)),   # tall canvas, head low and left
+    (1, (240, 560), (0, 300)),    # wide canvas, head at the top right
+    (2, (720, 330), (380, 40)),   # large, head in the lower part
+])
+def test_region_survives_preprocessing_and_back(index, canvas, offset):
+  scan = image_io.to_gray_float(phantom.phantom_slice(3, index, positive=False).image)
+  h, w = scan.shape
+  background = float(np.median(np.concatenate([scan[0], scan[-1]])))
+  full = np.full((max(canvas[0], h + offset[0]), max(canvas[1], w + offset[1])), background,
+                 np.float32)
+  full[offset[0]:offset[0] + h, offset[1]:offset[1] + w] = scan
+  assert full.shape[0] != full.shape[1]
+  region = _ellipse(full.shape, offset[0] + 0.45 * h, offset[1] + 0.6 * w, 0.12 * h, 0.18 * w)
+
+  _, info = preprocess.preprocess(full, size=128, margin=0.05)
+  small = preprocess.apply_crop(region.astype(np.uint8), info, size=128, order=0)
+  back = predict.region_to_original(small, info)
+  assert back.shape == full.shape
+  assert _dice(back, region) > 0.9
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def test_messy_folder_every_file_gets_a_row(cvae_run, tmp_path):
+  files = _messy_folder(tmp_path / 'in')
+  before = _tree_digest(tmp_path / 'in')
+  rows, metrics = _predict(cvae_run, tmp_path / 'in', tmp_path / 'out', rules='all')
+  assert _tree_digest(tmp_path / 'in') == before  # the input is never modified
+  assert sorted(rows) == sorted(files)
+  ok = {'yes/a.png', 'no/b.jpg', 'extra/deeper/c.png'}
+  for rel, row in rows.items():
+    assert (row['status'] == 'ok') == (rel in ok), (rel, row['status'])
+  assert 'truncated' in rows['yes/truncated.jpg']['status']
+  assert 'not a recognised image' in rows['no/notes.txt']['status']
+  assert 'empty file' in rows['extra/empty.png']['status']
+  assert 'blank' in rows['blank.png']['status']
+  assert rows['yes/a.png']['true_label'] == '1' and rows['extra/deeper/c.png']['true_label'] == ''
+  assert metrics['num_inputs'] == 7 and metrics['num_skipped'] == 4
+  assert metrics['num_labelled'] == 2  # yes/a.png and no/b.jpg
+  for rule in predict.RULES:
+    assert all(rows[rel][f'score_{rule}'] != '' for rel in ok)
+
+  for rel in ok:
+    scan = image_io.decode_image(files[rel])
+    map_ = np.load(tmp_path / 'out' / 'maps' / f'{rel}.npy')
+    assert map_.dtype == np.float32 and map_.shape == scan.shape
+    assert map_.min() >= 0 and map_.max() <= 1 and map_.max() > 0
+    _, info = preprocess.preprocess(scan)
+    outside = np.ones(scan.shape, bool)
+    outside[info.top:info.bottom, info.left:info.right] = False
+    assert not map_[outside].any()  # 0 outside the head's box
+    region = np.asarray(Image.open(tmp_path / 'out' / 'regions' / f'{rel}.png'))
+    assert region.shape == scan.shape and set(np.unique(region)) <= {0, 255}
+    shown = np.asarray(Image.open(tmp_path / 'out' / 'overlays' / f'{rel}.png'))
+    assert shown.shape == scan.shape + (3,)
+  assert not (tmp_path / 'out' / 'maps' / 'no' / 'notes.txt.npy').exists()
+
+
+def test_labelled_folder_metrics_match_sklearn(cnn_run, tmp_path):
+  predict.write_phantom_folder(str(tmp_path / 'in'), num_per_class=8, seed=11)
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')
+  on_disk = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert all(r['status'] == 'ok' for r in rows.values()) and len(rows) == 16
+  y = np.array([int(r['true_label']) for r in rows.values()])
+  p = np.array([int(r['predicted_label']) for r in rows.values()])
+  s = np.array([float(r['score']) for r in rows.values()])
+  np.testing.assert_array_equal(p, (s >= 0.5).astype(int))
+  expected = {
+      'accuracy': sk_metrics.accuracy_score(y, p),
+      'balanced_accuracy': sk_metrics.balanced_accuracy_score(y, p),
+      'sensitivity': sk_metrics.recall_score(y, p, zero_division=0),
+      'specificity': sk_metrics.recall_score(y, p, pos_label=0, zero_division=0),
+      'precision': sk_metrics.precision_score(y, p, zero_division=0),
+      'f1': sk_metrics.f1_score(y, p, zero_division=0),
+      'auroc': sk_metrics.roc_auc_score(y, s),
+  }
+  (tn, fp), (fn, tp) = sk_metrics.confusion_matrix(y, p, labels=[0, 1])
+  expected.update(tn=tn, fp=fp, fn=fn, tp=tp)
+  for key, value in expected.items():
+    assert on_disk[key] == pytest.approx(value, abs=1e-6), key
+    assert metrics[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
+  scan = phantom.phantom_slice(7, 0, positive=True).image
+  path = tmp_path / 'one.png'
+  path.write_bytes(_png_bytes(scan))
+  records = predict.predict_paths(cnn_run, [str(path), scan, np.zeros((40, 40))])
+  assert [r['status'] for r in records][:2] == ['ok', 'ok']
+  assert records[2]['status'].startswith('skipped: blank')
+  assert records[0]['score'] == pytest.approx(records[1]['score'], abs=1e-5)
+  assert records[0]['predicted_label'] == int(records[0]['score'] >= 0.5)
+
+
+@pytest.mark.slow
+def test_regions_find_phantom_tumours_better_than_chance(tmp_path, cache_dir):
+  # The smoke CVAE (24 slices per class, 2 epochs) does not localise anything yet (its
+  # per-pixel error has no signal inside the head), hence a longer run: slow.
+  run = _train(cvae_cls, cvae_config, tmp_path / 'run', cache_dir, variant='real', **TRAINED_CVAE)
+  folder, masks = tmp_path / 'in' / 'yes', {}
+  folder.mkdir(parents=True)
+  for i in range(12):
+    s = phantom.phantom_slice(21, i, positive=True)
+    Image.fromarray(s.image).save(folder / f't{i}.png')
+    masks[f'yes/t{i}.png'] = s.mask.astype(bool)
+  rows, metrics = _predict(run, tmp_path / 'in', tmp_path / 'out', rules='selected')
+  rng = np.random.default_rng(0)
+  dice, chance = [], []
+  for rel, mask in masks.items():
+    assert rows[rel]['status'] == 'ok'
+    region = np.asarray(Image.open(tmp_path / 'out' / 'regions' / f'{rel}.png')) > 0
+    map_ = np.load(tmp_path / 'out' / 'maps' / f'{rel}.npy')
+    dice.append(_dice(region, mask))
+    # Chance: as many pixels as the region, drawn at random inside the head.
+    head = np.flatnonzero(map_ > 0)
+    random_region = np.zeros(mask.size, bool)
+    random_region[rng.choice(head, min(int(region.sum()), head.size), replace=False)] = True
+    chance.append(_dice(random_region.reshape(mask.shape), mask))
+  print(f'\nregions/ ({metrics["rule"]}) vs true tumour masks of {len(masks)} phantom slices: '
+        f'mean Dice {np.mean(dice):.3f}; a random region of the same area in the head: '
+        f'{np.mean(chance):.3f}')
+  assert np.mean(dice) > np.mean(chance)
+
+
+@pytest.mark.slow
+def test_smoke_config_runs_end_to_end(tmp_path):
+  """`launch.py --config=configs/predict.py:smoke`: trains a tiny run, predicts phantoms."""
+  result = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/predict.py:smoke',
+       f'--workdir={tmp_path}', f'--config.cache_dir={tmp_path / "cache"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = _read_csv(tmp_path / 'predictions.csv')
+  assert len(rows) == 12 and all(r['status'] == 'ok' for r in rows.values())
+  assert 'accuracy' in json.loads((tmp_path / 'metrics.json').read_text())

@@ -1,0 +1,146 @@
+"""Preprocessing (study 5.1): head box, centring, resize, intensity; inverse mapping."""
+import numpy as np
+import pytest
+
+from brainjax.data import phantom
+from brainjax.data import preprocess
+
+
+def _disk_image(h, w, cy, cx, r, background=0.0, value=0.8):
+  yy, xx = np.mgrid[0:h, 0:w]
+  image = np.full((h, w), background, np.float32)
+  image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = value
+  return image
+
+
+def _dice(a, b):
+  a, b = a.astype(bool), b.astype(bool)
+  return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
+
+
+@pytest.mark.parametrize('shape', [(5, 5), (37, 90), (300, 220), (3000, 2000)])
+def test_any_size_gives_size_square_in_unit_range(shape):
+  h, w = shape
+  image = _disk_image(h, w, h * 0.45, w * 0.55, 0.3 * min(h, w) + 1)
+  out, info = preprocess.preprocess(image, size=128)
+  assert out.shape == (128, 128) and out.dtype == np.float32
+  assert out.min() >= 0.0 and out.max() <= 1.0 and out.max() > 0.5
+  assert info.orig_shape == shape
+
+
+def test_head_is_centred_with_margin_and_box_is_tight():
+  image = _disk_image(300, 400, 100, 120, 60)  # off-centre head on a wide canvas
+  out, info = preprocess.preprocess(image, size=128, margin=0.1)
+  # Tight to about 2 px of the <= 192 px copy the box is searched on (here 4 px).
+  assert abs(info.top - 40) <= 5 and abs(info.bottom - 160) <= 5
+  assert abs(info.left - 60) <= 5 and abs(info.right - 180) <= 5
+  rows, cols = np.nonzero(out > 0.5)
+  assert abs(rows.mean() - 63.5) < 2 and abs(cols.mean() - 63.5) < 2
+  # The box's longer side plus a 10% margin on each side fills the output.
+  assert abs(info.side - round(1.2 * max(info.bottom - info.top, info.right - info.left))) <= 1
+  assert abs((rows.max() - rows.min() + 1) - 120 * 128 / info.side) < 2
+
+
+def test_grey_noisy_background_text_and_frame_are_ignored():
+  rng = np.random.default_rng(0)
+  image = _disk_image(256, 300, 140, 160, 70, background=0.25, value=0.7)
+  image += rng.normal(0, 0.04, image.shape).astype(np.float32)
+  image[5:12, 5:60] = 1.0  # burnt-in text block in a corner
+  image[0, :] = image[-1, :] = 1.0  # frame lines
+  image[:, 0] = image[:, -1] = 1.0
+  out, info = preprocess.preprocess(np.clip(image, 0, 1))
+  assert abs(info.top - 70) <= 4 and abs(info.bottom - 210) <= 4
+  assert abs(info.left - 90) <= 4 and abs(info.right - 230) <= 4
+  assert out[:5, :5].max() == 0.0  # the margin
+  # The file's grey background inside the crop also becomes ~0 (shared background).
+  assert np.median(out[7:14, 7:14]) < 0.05
+  # The head fills the range (its 99.5th percentile, noise included, maps to 1).
+  assert 0.75 < np.median(out[54:74, 54:74]) < 0.95
+
+
+def test_rgb_and_uint8_inputs_match_gray():
+  gray = (_disk_image(120, 150, 60, 70, 40) * 255).astype(np.uint8)
+  rgb = np.repeat(gray[..., None], 3, axis=-1)
+  a, info_a = preprocess.preprocess(gray)
+  b, info_b = preprocess.preprocess(rgb)
+  np.testing.assert_allclose(a, b, atol=1e-6)
+  assert info_a == info_b
+
+
+@pytest.mark.parametrize('image', [
+    np.zeros((64, 64)), np.full((64, 64), 0.6), np.full((3, 3), 0.2),
+    np.random.default_rng(0).normal(0.1, 0.01, (128, 128)).clip(0, 1),
+])
+def test_blank_and_near_blank_raise(image):
+  with pytest.raises(preprocess.BlankImage):
+    preprocess.preprocess(image)
+
+
+def test_tiny_speck_is_near_blank():
+  image = np.zeros((200, 200), np.float32)
+  image[100:103, 100:103] = 1.0
+  with pytest.raises(preprocess.BlankImage, match='blank'):
+    preprocess.preprocess(image)
+
+
+def test_bad_arguments():
+  image = _disk_image(50, 50, 25, 25, 15)
+  with pytest.raises(ValueError, match='margin'):
+    preprocess.preprocess(image, margin=1.5)
+  with pytest.raises(ValueError, match='size'):
+    preprocess.preprocess(image, size=0)
+
+
+def test_crop_info_round_trips_through_a_dict():
+  _, info = preprocess.preprocess(_disk_image(90, 70, 40, 30, 20))
+  again = preprocess.CropInfo.from_dict(info.to_dict())
+  assert again == info
+  with pytest.raises(ValueError, match='unknown'):
+    preprocess.CropInfo.from_dict({**info.to_dict(), 'extra': 1})
+
+
+@pytest.mark.parametrize('seed,index', [(0, 1), (1, 4), (2, 7), (3, 3)])
+def test_region_maps_back_onto_itself(seed, index):
+  """A region drawn on a non-square canvas with an off-centre head survives the round trip."""
+  piece = phantom.phantom_slice(seed, index, positive=False)
+  image = piece.image
+  if image.ndim == 3:
+    image = image[..., 0]
+  h, w = image.shape
+  # Move the head off-centre on a wider canvas, so the crop is far from trivial.
+  canvas = np.zeros((h + 40, w + 130), np.uint8)
+  canvas[10:10 + h, 110:110 + w] = image
+  _, info = preprocess.preprocess(canvas)
+  assert info.orig_shape == canvas.shape and canvas.shape[0] != canvas.shape[1]
+  yy, xx = np.mgrid[0:canvas.shape[0], 0:canvas.shape[1]]
+  cy, cx = (info.top + info.bottom) / 2 + 7, (info.left + info.right) / 2 - 11
+  region = ((yy - cy) / 30) ** 2 + ((xx - cx) / 22) ** 2 < 1
+  small = preprocess.apply_crop(region.astype(np.uint8), info, size=128, order=0)
+  assert small.dtype == np.uint8 and small.shape == (128, 128)
+  back = preprocess.to_original_grid(small.astype(np.float32), info) >= 0.5
+  assert back.shape == canvas.shape
+  assert _dice(back, region) > 0.9
+  assert not back[:, :info.left].any() and not back[:info.top].any()  # 0 outside the crop
+
+
+def test_inverse_is_zero_outside_the_crop_and_bilinear_apply():
+  image = _disk_image(200, 120, 100, 60, 40)
+  _, info = preprocess.preprocess(image)
+  ones = preprocess.to_original_grid(np.ones((64, 64), np.float32), info)
+  inside = np.zeros(image.shape, bool)
+  inside[info.top:info.bottom, info.left:info.right] = True
+  np.testing.assert_allclose(ones[inside], 1.0, atol=1e-5)
+  assert ones[~inside].max() == 0.0
+  smooth = preprocess.apply_crop(image, info, size=64, order=1)
+  assert smooth.dtype == np.float32 and smooth.shape == (64, 64)
+  with pytest.raises(ValueError, match='shape'):
+    preprocess.apply_crop(np.zeros((10, 10)), info)
+  with pytest.raises(ValueError, match='order'):
+    preprocess.apply_crop(image, info, order=3)
+
+
+def test_input_array_is_not_modified():
+  image = _disk_image(80, 100, 40, 50, 25, background=0.1)
+  before = image.copy()
+  preprocess.preprocess(image)
+  np.testing.assert_array_equal(image, before)

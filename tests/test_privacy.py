@@ -1,0 +1,82 @@
+"""Tests for brainjax.evaluation.privacy."""
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from brainjax.evaluation import privacy
+
+
+def test_dcr_matches_brute_force():
+  rng = np.random.default_rng(0)
+  queries = rng.normal(size=(37, 3, 4)).astype(np.float32)  # flattened to D = 12
+  references = rng.normal(size=(29, 3, 4)).astype(np.float32)
+  distances, indices = privacy.distance_to_closest_record(queries, references, block=8)
+  full = cdist(queries.reshape(37, -1).astype(np.float64),
+               references.reshape(29, -1).astype(np.float64))
+  np.testing.assert_array_equal(indices, full.argmin(axis=1))
+  np.testing.assert_allclose(distances, full.min(axis=1), rtol=1e-12)
+  assert distances.shape == (37,) and indices.dtype == np.int64
+
+
+def test_dcr_is_exact_for_near_copies():
+  rng = np.random.default_rng(1)
+  references = rng.uniform(size=(20, 4096)) * 100.0  # large norms, tiny offsets
+  queries = references[[3, 7]] + 1e-6 * rng.normal(size=(2, 4096))
+  distances, indices = privacy.distance_to_closest_record(queries, references)
+  np.testing.assert_array_equal(indices, [3, 7])
+  expected = np.linalg.norm(queries - references[[3, 7]], axis=1)
+  np.testing.assert_allclose(distances, expected, rtol=1e-12)
+
+
+def test_dcr_rejects_mismatched_dimensions():
+  with pytest.raises(ValueError, match='dimensions differ'):
+    privacy.distance_to_closest_record(np.zeros((2, 3)), np.zeros((2, 4)))
+  with pytest.raises(ValueError, match='non-empty'):
+    privacy.distance_to_closest_record(np.zeros((0, 3)), np.zeros((2, 3)))
+
+
+def test_audit_flags_copies_of_training_data():
+  rng = np.random.default_rng(2)
+  train = rng.normal(size=(300, 16))
+  holdout = rng.normal(size=(300, 16))
+  copied = rng.choice(300, size=200)
+  synthetic = train[copied] + 0.01 * rng.normal(size=(200, 16))
+  audit = privacy.privacy_audit(synthetic, train, holdout, num_worst=5)
+  assert audit['memorisation_rate'] > 0.95
+  assert audit['median_synthetic_dcr'] < 0.1 * audit['median_holdout_dcr']
+  np.testing.assert_array_equal(audit['synthetic_nearest'], copied)
+  worst = audit['worst_pairs']
+  assert worst.shape == (5, 2)
+  np.testing.assert_array_equal(worst[:, 1], copied[worst[:, 0]])
+  assert np.all(np.diff(audit['worst_distances']) >= 0)
+  assert audit['worst_distances'][-1] <= np.sort(audit['synthetic_dcr'])[5]
+
+
+def test_audit_independent_generator_is_near_nominal_rate():
+  rng = np.random.default_rng(3)
+  train, holdout, synthetic = (rng.normal(size=(n, 16)) for n in (400, 1000, 1000))
+  audit = privacy.privacy_audit(synthetic, train, holdout, quantile=0.05)
+  assert audit['nominal_rate'] == 0.05
+  assert 0.02 < audit['memorisation_rate'] < 0.09
+  assert audit['dcr_ratio'] == pytest.approx(1.0, abs=0.1)
+  assert audit['threshold'] == pytest.approx(np.quantile(audit['holdout_dcr'], 0.05))
+
+
+def test_audit_rejects_mismatched_inputs():
+  x = np.zeros((4, 3))
+  with pytest.raises(ValueError, match='dimensions differ'):
+    privacy.privacy_audit(x, x, np.zeros((4, 5)))
+  with pytest.raises(ValueError, match='quantile'):
+    privacy.privacy_audit(x, x, x, quantile=1.0)
+
+
+def test_worst_pairs_figure_writes_png(tmp_path):
+  rng = np.random.default_rng(4)
+  synthetic = rng.uniform(size=(5, 16, 16, 1)).astype(np.float32)
+  train = rng.uniform(size=(6, 16, 16, 1)).astype(np.float32)
+  path = tmp_path / 'worst.png'
+  privacy.worst_pairs_figure(synthetic, train, np.array([[0, 5], [4, 1]]), path,
+                             distances=[0.5, 1.25])
+  assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  with pytest.raises(ValueError, match='out of range'):
+    privacy.worst_pairs_figure(synthetic, train, np.array([[5, 0]]), tmp_path / 'bad.png')

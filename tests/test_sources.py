@@ -1,0 +1,249 @@
+"""Data sources: phantom, folder, Br35H (TFDS builder), synthetic; skips; the cache."""
+import hashlib
+import io
+import os
+import time
+import zipfile
+
+from absl import logging
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+
+from brainjax.data import dedup
+from brainjax.data import phantom
+from brainjax.data import sources
+from brainjax.data import synthetic
+from brainjax.data.br35h import load_br35h_records
+
+
+def _cfg(**overrides):
+  cfg = dict(dataset='phantom', data_dir='', num_per_class=3, image_size=64, margin=0.05, seed=0)
+  cfg.update(overrides)
+  return ml_collections.ConfigDict(cfg)
+
+
+def _scan(seed, index, positive=False):
+  return Image.fromarray(phantom.phantom_slice(seed, index, positive).image)
+
+
+def _png_bytes(image: Image.Image, fmt='PNG') -> bytes:
+  buffer = io.BytesIO()
+  image.save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+  """top/yes, top/no with good scans, a nested folder, 16-bit, and bad files."""
+  root = tmp_path / 'collection'
+  for label, positive in (('yes', True), ('no', False)):
+    folder = root / 'top' / label
+    (folder / 'nested').mkdir(parents=True)
+    for i in range(3):
+      _scan(1, i, positive).save(folder / f'{label}{i}.jpg', quality=90)
+    _scan(1, 9, positive).convert('L').save(folder / 'nested' / 'deep.png')
+  sixteen = (np.asarray(_scan(1, 5).convert('L'), np.uint16) * 257)
+  Image.fromarray(sixteen).save(root / 'top' / 'no' / 'sixteen.png')
+  (root / 'top' / 'yes' / 'notes.txt').write_text('not a scan')
+  (root / 'top' / 'yes' / 'corrupt.jpg').write_bytes(b'\xff\xd8\xff\xe0garbage')
+  good = _png_bytes(_scan(1, 7, True), 'JPEG')
+  (root / 'top' / 'yes' / 'truncated.jpg').write_bytes(good[:len(good) // 2])
+  Image.fromarray(np.zeros((50, 60), np.uint8)).save(root / 'top' / 'no' / 'blank.png')
+  (root / 'top' / 'no' / '.DS_Store').write_bytes(b'\x00\x01')
+  return root
+
+
+def _digest_tree(root):
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for f in files:
+      path = os.path.join(dirpath, f)
+      out[path] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  return out
+
+
+def test_unknown_dataset_lists_valid_names(tmp_path):
+  with pytest.raises(ValueError, match='phantom, br35h, folder, synthetic'):
+    sources.load_examples(_cfg(dataset='mnist'), str(tmp_path))
+
+
+def test_phantom_examples_masks_and_infos(tmp_path):
+  examples, infos = sources.load_examples_with_info(_cfg(num_per_class=3, seed=4), str(tmp_path))
+  assert examples.images.shape == (6, 64, 64, 1) and examples.images.dtype == np.float32
+  assert examples.masks.shape == (6, 64, 64) and examples.masks.dtype == np.uint8
+  assert list(examples.ids[:2]) == ['no/phantom_00000.png', 'no/phantom_00001.png']
+  np.testing.assert_array_equal(examples.labels, [0, 0, 0, 1, 1, 1])
+  assert examples.masks[:3].sum() == 0 and all(m.sum() > 0 for m in examples.masks[3:])
+  source = sources.load_source(_cfg(num_per_class=3, seed=4), str(tmp_path))
+  assert source.raw_thumbnails.shape == (6, 32, 32)
+  raw = phantom.phantom_slice(4, 1, False).image
+  expected = np.asarray(Image.fromarray(raw).convert('L').resize((32, 32), Image.BILINEAR)) / 255
+  np.testing.assert_allclose(source.raw_thumbnails[1], expected, atol=0.02)
+  # Each CropInfo maps back onto its raw slice, whose mask it reproduces.
+  for k, index in enumerate([0, 1, 2]):
+    raw = phantom.phantom_slice(4, index, True)
+    info = infos[3 + k]
+    assert info.orig_shape == raw.mask.shape
+    back = sources.preprocess_lib.to_original_grid(examples.masks[3 + k], info) >= 0.5
+    overlap = (back & (raw.mask > 0)).sum() / max(1, raw.mask.sum())
+    assert overlap > 0.7
+
+
+def test_cache_hit_and_key(tmp_path, monkeypatch):
+  cache = str(tmp_path)
+  first = sources.load_examples(_cfg(), cache)
+  assert len([f for f in os.listdir(cache) if f.endswith('.npz')]) == 1
+  assert not [f for f in os.listdir(cache) if f.endswith('.tmp')]
+
+  def no_work(*args, **kwargs):
+    raise AssertionError('preprocessing ran although the cache holds the result')
+
+  monkeypatch.setattr(sources, '_run_jobs', no_work)
+  second, infos = sources.load_examples_with_info(_cfg(), cache)
+  np.testing.assert_array_equal(first.images, second.images)
+  np.testing.assert_array_equal(first.masks, second.masks)
+  assert list(first.ids) == list(second.ids) and len(infos) == len(second)
+  for change in (dict(image_size=32), dict(margin=0.1), dict(seed=1), dict(num_per_class=2)):
+    with pytest.raises(AssertionError, match='cache holds'):
+      sources.load_examples(_cfg(**change), cache)  # a new key: it would have to recompute
+
+
+def test_damaged_cache_is_rebuilt(tmp_path):
+  cache = str(tmp_path)
+  first = sources.load_examples(_cfg(num_per_class=1), cache)
+  (path,) = [os.path.join(cache, f) for f in os.listdir(cache) if f.endswith('.npz')]
+  with open(path, 'wb') as f:
+    f.write(b'not an npz')
+  again = sources.load_examples(_cfg(num_per_class=1), cache)
+  np.testing.assert_array_equal(first.images, again.images)
+
+
+def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder, tmp_path,
+                                                                   monkeypatch):
+  before = _digest_tree(messy_folder)
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  examples, infos = sources.load_examples_with_info(
+      _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=0), str(tmp_path))
+  names = set(examples.ids)
+  assert {'yes/yes0.jpg', 'yes/nested/deep.png', 'no/sixteen.png', 'no/nested/deep.png'} <= names
+  assert not {'yes/notes.txt', 'yes/corrupt.jpg', 'yes/truncated.jpg', 'no/blank.png'} & names
+  assert len(examples) == 9 and len(infos) == 9 and examples.masks is None
+  np.testing.assert_array_equal(examples.labels, [n.startswith('yes/') for n in examples.ids])
+  (message,) = [w for w in warnings if 'Skipped' in w]
+  assert 'Skipped 4 of 13' in message and 'truncated' in message
+  assert _digest_tree(messy_folder) == before
+  # The first N files per class in sorted name order (then unusable ones are skipped):
+  # no/blank.png and yes/corrupt.jpg are among them.
+  few = sources.load_examples(
+      _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=2), str(tmp_path))
+  assert list(few.ids) == ['no/nested/deep.png', 'yes/nested/deep.png']
+
+
+def test_folder_errors(tmp_path):
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(ValueError, match='no yes/ or no/'):
+    sources.load_examples(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
+  (empty / 'yes').mkdir()
+  with pytest.raises(ValueError, match='hold no files'):
+    sources.load_examples(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
+  (empty / 'yes' / 'a.txt').write_text('text')
+  with pytest.raises(ValueError, match='all skipped'):
+    sources.load_examples(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
+  with pytest.raises(ValueError, match='data_dir'):
+    sources.load_examples(_cfg(dataset='br35h', data_dir=''), str(tmp_path))
+
+
+def _fake_br35h(root):
+  for label, positive in (('yes', True), ('no', False)):
+    (root / label).mkdir(parents=True)
+    for i in range(2):
+      _scan(2, i, positive).save(root / label / f'{label[0]}{i}.jpg')
+  (root / 'yes' / 'broken.jpg').write_bytes(b'\xff\xd8\xff')
+  return root
+
+
+def test_br35h_builder_from_folder_and_zip(tmp_path):
+  folder = _fake_br35h(tmp_path / 'download' / 'Br35H')
+  records = load_br35h_records(str(tmp_path / 'download'), str(tmp_path / 'tfds'))
+  assert [r[:2] for r in records] == [('no/n0.jpg', 0), ('no/n1.jpg', 0), ('yes/broken.jpg', 1),
+                                      ('yes/y0.jpg', 1), ('yes/y1.jpg', 1)]
+  assert records[3][2] == (folder / 'yes' / 'y0.jpg').read_bytes()  # raw bytes, not decoded
+  archive = tmp_path / 'br35h.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for path in sorted(folder.rglob('*.jpg')):
+      z.write(path, os.path.join('Br35H', os.path.relpath(path, folder)))
+    z.writestr('__MACOSX/yes/._y0.jpg', b'junk')
+  from_zip = load_br35h_records(str(archive), str(tmp_path / 'tfds'))
+  assert from_zip == records
+  with pytest.raises(ValueError, match='not found'):
+    load_br35h_records(str(tmp_path / 'missing'), str(tmp_path / 'tfds'))
+
+
+def test_br35h_source_on_fake_download(tmp_path):
+  _fake_br35h(tmp_path / 'br35h')
+  examples = sources.load_examples(
+      _cfg(dataset='br35h', data_dir=str(tmp_path / 'br35h'), num_per_class=0), str(tmp_path))
+  assert list(examples.ids) == ['no/n0.jpg', 'no/n1.jpg', 'yes/y0.jpg', 'yes/y1.jpg']
+
+
+def test_synthetic_source_is_not_recropped(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(3, 64, 64, 1)).astype(np.float32)
+  images[:, :20] = 0.0
+  synthetic.write_synthetic(str(tmp_path / 'syn'), images, 1, {'generator': 'test'})
+  examples, infos = sources.load_examples_with_info(
+      _cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn')), str(tmp_path))
+  np.testing.assert_allclose(examples.images, images, atol=0.5 / 255 + 1e-6)
+  assert infos[0].orig_shape == (64, 64) and infos[0].side == 64
+  with pytest.raises(ValueError, match='image_size'):
+    sources.load_examples(_cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn'),
+                               image_size=128), str(tmp_path))
+
+
+def test_real_br35h_smoke(br35h_dir, cache_dir):
+  examples, infos = sources.load_examples_with_info(
+      _cfg(dataset='br35h', data_dir=str(br35h_dir), num_per_class=4, image_size=128), cache_dir)
+  assert len(examples) == 8 and examples.images.shape[1:] == (128, 128, 1)
+  np.testing.assert_array_equal(examples.labels, [0] * 4 + [1] * 4)
+  for name, info in zip(examples.ids, infos):
+    with Image.open(os.path.join(br35h_dir, name)) as image:
+      assert info.orig_shape == (image.height, image.width)
+
+
+@pytest.mark.slow
+def test_real_br35h_full(br35h_dir, tmp_path):
+  """All 3000 files: timing, nothing skipped, near-duplicate groups as measured."""
+  before = _digest_tree(os.path.join(br35h_dir, 'no'))
+  cfg = _cfg(dataset='br35h', data_dir=str(br35h_dir), num_per_class=0, image_size=128)
+  start = time.time()
+  examples = sources.load_examples(cfg, str(tmp_path))
+  first = time.time() - start
+  start = time.time()
+  again = sources.load_examples(cfg, str(tmp_path))
+  cached = time.time() - start
+  print(f'Br35H 3000: first {first:.1f}s, cached {cached:.1f}s')
+  assert len(examples) == 3000 and (examples.labels == 1).sum() == 1500
+  np.testing.assert_array_equal(examples.images, again.images)
+  assert cached < first / 3
+  raw = sources.load_source(cfg, str(tmp_path)).raw_thumbnails
+  for threshold in (0.995, 0.98):
+    for view, groups in (
+        ('preprocessed', dedup.near_duplicate_groups(examples.images, threshold)),
+        ('raw', dedup.near_duplicate_groups(raw, threshold)),
+        ('either', dedup.near_duplicate_groups(examples.images, threshold, extra_views=[raw]))):
+      summary = dedup.group_summary(groups)
+      print(f'groups at {threshold} ({view}): {summary}')
+      assert 0.25 * 3000 < summary['groups'] < 0.8 * 3000  # many near-duplicates, as measured
+  assert _digest_tree(os.path.join(br35h_dir, 'no')) == before
+
+
+@pytest.mark.slow
+def test_phantom_full_timing(tmp_path):
+  start = time.time()
+  examples = sources.load_examples(_cfg(num_per_class=1500, image_size=128), str(tmp_path))
+  print(f'phantom 3000 generated + preprocessed in {time.time() - start:.1f}s')
+  assert len(examples) == 3000

@@ -1,0 +1,103 @@
+"""Split protocols: sizes, stratification, disjointness, grouping, determinism."""
+import numpy as np
+import pytest
+
+from brainjax.data import splits
+
+
+def _labels(healthy=100, tumour=100, seed=0):
+  labels = np.array([0] * healthy + [1] * tumour)
+  return np.random.default_rng(seed).permutation(labels)
+
+
+def _check_partition(split, n):
+  parts = [split.train, split.val, split.test]
+  joined = np.concatenate(parts)
+  assert len(joined) == n and len(np.unique(joined)) == n  # disjoint and covering
+  for part in parts:
+    assert part.dtype == np.int64 and np.all(np.diff(part) > 0)
+
+
+def test_cnn_random_is_stratified_70_20_10():
+  labels = _labels(150, 150)
+  split = splits.cnn_split(labels, seed=0)
+  _check_partition(split, 300)
+  for part, size in zip(split, (105, 30, 15)):
+    assert (labels[part] == 0).sum() == size and (labels[part] == 1).sum() == size
+
+
+def test_anomaly_random_sizes():
+  labels = _labels(200, 100)
+  split = splits.anomaly_split(labels, seed=1)
+  _check_partition(split, 300)
+  healthy = [(labels[p] == 0).sum() for p in split]
+  tumour = [(labels[p] == 1).sum() for p in split]
+  assert healthy == [150, 20, 30] and tumour == [0, 40, 60]
+
+
+def test_deterministic_by_seed():
+  labels = _labels()
+  a, b = splits.cnn_split(labels, seed=3), splits.cnn_split(labels, seed=3)
+  c = splits.cnn_split(labels, seed=4)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a.test, c.test)
+
+
+@pytest.mark.parametrize('protocol', ['cnn', 'anomaly'])
+def test_grouped_keeps_groups_whole_and_sizes_close(protocol):
+  rng = np.random.default_rng(0)
+  sizes = rng.integers(1, 8, 120)
+  groups = np.repeat(np.arange(120), sizes)
+  group_labels = rng.integers(0, 2, 120)
+  labels = group_labels[groups]
+  split = splits.make_split(labels, protocol, 'grouped', seed=0, groups=groups)
+  _check_partition(split, len(labels))
+  where = np.empty(len(labels), int)
+  for k, part in enumerate(split):
+    where[part] = k
+  for g in range(120):
+    assert len(set(where[groups == g])) == 1  # a group never straddles splits
+  n0, n1 = (labels == 0).sum(), (labels == 1).sum()
+  if protocol == 'cnn':
+    targets = [(0.7 * n0, 0.7 * n1), (0.2 * n0, 0.2 * n1), (0.1 * n0, 0.1 * n1)]
+  else:
+    targets = [(0.75 * n0, 0), (0.1 * n0, 0.4 * n1), (0.15 * n0, 0.6 * n1)]
+  for part, (t0, t1) in zip(split, targets):
+    assert abs((labels[part] == 0).sum() - t0) <= 8 and abs((labels[part] == 1).sum() - t1) <= 8
+
+
+def test_mixed_groups_follow_the_majority_and_anomaly_train_stays_healthy():
+  labels = np.array([0, 0, 1] * 30 + [0] * 60 + [1] * 60)
+  groups = np.concatenate([np.repeat(np.arange(30), 3), np.arange(30, 150)])
+  cnn = splits.cnn_split(labels, seed=0, groups=groups)
+  _check_partition(cnn, len(labels))
+  anomaly = splits.anomaly_split(labels, seed=0, groups=groups)
+  _check_partition(anomaly, len(labels))
+  assert (labels[anomaly.train] == 0).all()
+
+
+def test_grouped_from_images_finds_copies():
+  rng = np.random.default_rng(0)
+  base = rng.uniform(size=(40, 8, 8)).astype(np.float32)
+  images = np.kron(base, np.ones((4, 4), np.float32))[..., None]
+  images = np.concatenate([images, images])  # each image twice
+  labels = np.tile(rng.integers(0, 2, 40), 2)
+  split = splits.make_split(labels, 'cnn', 'grouped', seed=0, images=images)
+  _check_partition(split, 80)
+  for part in split:
+    ids = part % 40
+    others = np.concatenate([p for p in split if p is not part]) % 40
+    assert not set(ids) & set(others)
+
+
+def test_errors():
+  labels = _labels(10, 10)
+  with pytest.raises(ValueError, match='protocol'):
+    splits.make_split(labels, 'gan', 'random', 0)
+  with pytest.raises(ValueError, match='mode'):
+    splits.make_split(labels, 'cnn', 'shuffled', 0)
+  with pytest.raises(ValueError, match='needs the images'):
+    splits.make_split(labels, 'cnn', 'grouped', 0)
+  with pytest.raises(ValueError, match='fractions'):
+    splits.cnn_split(labels, 0, fractions=(0.5, 0.6, 0.1))

@@ -1,0 +1,85 @@
+"""Synthetic export format: write, read back, atomicity, consistency checks."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from brainjax.data import synthetic
+from brainjax.data.examples import NEGATIVE, POSITIVE
+
+
+def _images(n, size=16, seed=0):
+  return np.random.default_rng(seed).uniform(size=(n, size, size, 1)).astype(np.float32)
+
+
+def test_round_trip_with_provenance(tmp_path):
+  out = str(tmp_path / 'export')
+  yes, no = _images(3), _images(2, seed=1)
+  synthetic.write_synthetic(out, yes, POSITIVE, {'generator': 'vae', 'seed': 1})
+  synthetic.write_synthetic(out, no, NEGATIVE, {'generator': 'gan', 'seed': 2})
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  assert manifest['format'] == 1
+  assert manifest['classes']['yes'] == {'generator': 'vae', 'seed': 1, 'count': 3}
+  assert manifest['classes']['no']['count'] == 2
+  examples = synthetic.read_synthetic(out)
+  assert list(examples.ids) == ['no/00000.png', 'no/00001.png', 'yes/00000.png', 'yes/00001.png',
+                                'yes/00002.png']
+  np.testing.assert_array_equal(examples.labels, [0, 0, 1, 1, 1])
+  assert examples.images.shape == (5, 16, 16, 1) and examples.images.dtype == np.float32
+  # 8-bit PNG: within half a grey level, and not re-cropped or resized.
+  np.testing.assert_allclose(examples.images[2:], yes, atol=0.5 / 255 + 1e-6)
+  assert not [f for f in os.listdir(out) if f.startswith('.')]  # no staging leftovers
+
+
+def test_rewriting_a_class_replaces_it(tmp_path):
+  out = str(tmp_path)
+  synthetic.write_synthetic(out, _images(4), POSITIVE, {'run': 'a'})
+  synthetic.write_synthetic(out, _images(2), POSITIVE, {'run': 'b'})
+  examples = synthetic.read_synthetic(out)
+  assert len(examples) == 2
+  assert json.load(open(tmp_path / 'manifest.json'))['classes']['yes'] == {'run': 'b', 'count': 2}
+
+
+def test_missing_or_inconsistent_manifest(tmp_path):
+  with pytest.raises(ValueError, match='manifest.json is missing'):
+    synthetic.read_synthetic(str(tmp_path))
+  synthetic.write_synthetic(str(tmp_path), _images(3), POSITIVE, {})
+  os.remove(tmp_path / 'yes' / '00001.png')
+  with pytest.raises(ValueError, match='manifest says 3'):
+    synthetic.read_synthetic(str(tmp_path))
+  (tmp_path / 'manifest.json').write_text('{"format": 7}')
+  with pytest.raises(ValueError, match='format-1'):
+    synthetic.read_synthetic(str(tmp_path))
+
+
+def test_interrupted_export_leaves_no_half_folder(tmp_path, monkeypatch):
+  out = str(tmp_path)
+  synthetic.write_synthetic(out, _images(2), NEGATIVE, {'run': 'kept'})
+  calls = {'n': 0}
+  real_save = synthetic.Image.Image.save
+
+  def failing_save(self, *args, **kwargs):
+    calls['n'] += 1
+    if calls['n'] == 3:
+      raise KeyboardInterrupt
+    return real_save(self, *args, **kwargs)
+
+  monkeypatch.setattr(synthetic.Image.Image, 'save', failing_save)
+  with pytest.raises(KeyboardInterrupt):
+    synthetic.write_synthetic(out, _images(5), POSITIVE, {'run': 'lost'})
+  monkeypatch.undo()
+  assert sorted(os.listdir(out)) == ['manifest.json', 'no']
+  examples = synthetic.read_synthetic(out)
+  assert len(examples) == 2 and set(examples.labels) == {NEGATIVE}
+
+
+def test_bad_arguments(tmp_path):
+  with pytest.raises(ValueError, match='N, H, W, 1'):
+    synthetic.write_synthetic(str(tmp_path), np.zeros((2, 8, 8)), POSITIVE, {})
+  with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    synthetic.write_synthetic(str(tmp_path), _images(1) + 2, POSITIVE, {})
+  with pytest.raises(ValueError, match='label'):
+    synthetic.write_synthetic(str(tmp_path), _images(1), 5, {})
+  with pytest.raises(ValueError, match='JSON'):
+    synthetic.write_synthetic(str(tmp_path), _images(1), POSITIVE, {'x': object()})
