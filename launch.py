@@ -14,6 +14,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from brainjax.tasks import datasets
+
 TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
 
 FLAGS = flags.FLAGS
@@ -52,6 +54,10 @@ def main(argv):
     raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
   if config.get('multihost'):
     jax.distributed.initialize()
+  # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
+  # network reuse them instead of recompiling.
+  jax.config.update('jax_compilation_cache_dir', os.path.join(datasets.cache_dir(config), 'xla'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:

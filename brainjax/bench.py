@@ -59,7 +59,7 @@ PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' /
 # Runs in the torch interpreter: the peer's own step, timed like ours (argv: dir name batch
 # steps threads). Prints one JSON line.
 _PEER_WRAPPER = r'''
-import json, resource, statistics, sys, time
+import json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 import torch_reference as peer
@@ -76,9 +76,10 @@ for _ in range(steps):
   start = time.perf_counter()
   step()
   times.append(time.perf_counter() - start)
+with open('/proc/self/status') as f:  # VmHWM: this process's own peak (ru_maxrss may
+  peak_kb = [int(l.split()[1]) for l in f if l.startswith('VmHWM:')][0]  # keep the parent's)
 print(json.dumps({'times': times, 'first_step_s': first, 'threads': torch.get_num_threads(),
-                  'version': torch.__version__,
-                  'peak_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  'version': torch.__version__, 'peak_memory_mb': peak_kb / 1024}))
 '''
 
 

@@ -1,11 +1,16 @@
 """Test-wide settings, fixed before JAX starts: strict ranks and 8 fake CPU devices (for pmap)."""
 import os
 import pathlib
+import tempfile
 
 os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# One on-disk compilation cache for the session: tests that build the same tiny networks
+# (and the launch.py subprocesses) reuse compiled programs instead of recompiling them.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='brainjax-xla-'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import pytest  # pylint: disable=g-import-not-at-top
 

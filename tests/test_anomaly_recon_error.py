@@ -89,3 +89,23 @@ def test_bad_arguments(kwargs, message):
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
     recon_error.reconstruction_error(lambda x: x, **args)
+
+
+def _powered(variables, images):
+  return images ** variables['power']
+
+
+def test_variables_are_an_argument_and_compilation_is_reused():
+  images = np.random.default_rng(5).random((6, 8, 8, 1)).astype(np.float32)
+  traces = []
+
+  def reconstruct(variables, x):
+    traces.append(1)
+    return _powered(variables, x)
+
+  a = recon_error.reconstruction_error(reconstruct, images, variables={'power': jnp.float32(2)})
+  b = recon_error.reconstruction_error(reconstruct, images, variables={'power': jnp.float32(0.5)})
+  np.testing.assert_allclose(a, _expected(images, images ** 2), atol=1e-5)
+  np.testing.assert_allclose(b, _expected(images, np.sqrt(images)), atol=1e-5)
+  assert np.abs(a - b).max() > 0.1
+  assert len(traces) == 1  # new variables, same compiled function

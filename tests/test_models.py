@@ -24,12 +24,18 @@ def _strict_rank_promotion():
     yield
 
 
+def key(seed):
+  # 'rbg' keys: XLA:CPU compiles their generator far faster than threefry's
+  # (model inits compile in seconds instead of tens of seconds).
+  return jax.random.key(seed, impl='rbg')
+
+
 def images(n=4, seed=0, size=SIZE):
-  return jax.random.uniform(jax.random.key(seed), (n, size, size, 1))
+  return jax.random.uniform(key(seed), (n, size, size, 1))
 
 
 def normal(shape, seed):
-  return jax.random.normal(jax.random.key(seed), shape)
+  return jax.random.normal(key(seed), shape)
 
 
 def tree_equal(a, b):
@@ -50,35 +56,39 @@ def test_get_model_builds_every_network_and_rejects_unknown_names():
     get_model('resnet')
 
 
-def test_vae_shapes_ranges_and_batch_norm_modes():
+def test_vae_shapes_ranges_and_train_mode_batch_norm():
   model = VAE(**TINY_VAE)
   x, noise = images(), normal((4, 8), 1)
-  variables = jax.jit(model.init, static_argnames='train')(jax.random.key(0), x, noise, train=False)
-  apply = jax.jit(model.apply, static_argnames=('train', 'mutable', 'method'))
+  (eval_logits, mean, logvar), variables = jax.jit(model.init_with_output, static_argnames='train')(
+      key(0), x, noise, train=False)
+  assert eval_logits.shape == (4, SIZE, SIZE, 1) and mean.shape == logvar.shape == (4, 8)
+  assert eval_logits.dtype == mean.dtype == jnp.float32
 
-  (logits, mean, logvar), train_state = apply(variables, x, noise, train=True, mutable=['batch_stats'])
-  assert logits.shape == (4, SIZE, SIZE, 1) and mean.shape == logvar.shape == (4, 8)
-  assert logits.dtype == mean.dtype == jnp.float32
-  # Train mode moves the running statistics, eval mode leaves them alone.
+  # Arrays go in as arguments: closed-over arrays become constants that XLA
+  # would constant-fold at compile time (slow).
+  @jax.jit
+  def run(variables, x, noise, z):
+    train = model.apply(variables, x, noise, train=True, mutable=['batch_stats'])
+    return train, model.apply(variables, z, train=False, method='decode_image')
+
+  z = mean + jnp.exp(0.5 * logvar) * noise
+  ((logits, _, _), train_state), image = run(variables, x, noise, z)
+  assert logits.shape == (4, SIZE, SIZE, 1)
+  # Train mode normalises with batch statistics and moves the running ones.
   assert not tree_equal(train_state['batch_stats'], variables['batch_stats'])
-  _, eval_state = apply(variables, x, noise, train=False, mutable=['batch_stats'])
-  assert tree_equal(eval_state['batch_stats'], variables['batch_stats'])
-
-  # Eval with zero noise is the decoder at the mean; decode_image is in [0, 1].
-  logits0, mean0, _ = apply(variables, x, jnp.zeros((4, 8)), train=False)
-  np.testing.assert_allclose(logits0, apply(variables, mean0, train=False, method='decode'), atol=1e-5)
-  image = apply(variables, 10 * noise, train=False, method='decode_image')
+  assert not np.allclose(logits, eval_logits)
+  # The reconstruction decodes z = mean + exp(logvar / 2) * noise; decode_image
+  # is its sigmoid, in [0, 1].
   assert image.shape == (4, SIZE, SIZE, 1) and 0 <= float(image.min()) and float(image.max()) <= 1
-  # The noise is used: z = mean + exp(logvar / 2) * noise.
-  assert not np.allclose(apply(variables, x, noise, train=False)[0], logits0)
+  np.testing.assert_allclose(image, jax.nn.sigmoid(eval_logits), atol=1e-5)
 
 
 def test_generator_and_discriminator_shapes_and_ranges():
   generator, discriminator = Generator(**TINY_GENERATOR), Discriminator(**TINY_DISCRIMINATOR)
   z = 3 * normal((4, 8), 0)
-  g_vars = jax.jit(generator.init, static_argnames='train')(jax.random.key(0), z, train=False)
-  fake, g_state = jax.jit(generator.apply, static_argnames=('train', 'mutable'))(
-      g_vars, z, train=True, mutable=['batch_stats'])
+  g_vars = jax.jit(generator.init, static_argnames='train')(key(0), z, train=False)
+  fake, g_state = jax.jit(lambda v, z: generator.apply(v, z, train=True, mutable=['batch_stats']))(
+      g_vars, z)
   assert fake.shape == (4, SIZE, SIZE, 1)
   assert -1 <= float(fake.min()) < float(fake.max()) <= 1
   assert not tree_equal(g_state['batch_stats'], g_vars['batch_stats'])
@@ -87,9 +97,8 @@ def test_generator_and_discriminator_shapes_and_ranges():
   assert g_vars['params']['UpsampleConvBlock_2']['Conv_0']['kernel'].shape == (3, 3, 4, 4)
   assert g_vars['params']['UpsampleConv_0']['kernel'].shape == (3, 3, 4, 1)
 
-  d_vars = jax.jit(discriminator.init)(jax.random.key(1), fake)
+  logits, d_vars = jax.jit(discriminator.init_with_output)(key(1), fake)
   assert set(d_vars) == {'params'}  # no BatchNorm in D
-  logits = jax.jit(discriminator.apply)(d_vars, fake)
   assert logits.shape == (4,) and logits.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(logits)))
   # 4x4 stride-2 convs with padding 1: 128 -> 8 px before the dense logit.
@@ -99,131 +108,149 @@ def test_generator_and_discriminator_shapes_and_ranges():
 def test_cnn_dropout_only_in_train_mode_and_features():
   model = BrainCNN(**TINY_CNN)
   x = images()
-  variables = jax.jit(model.init, static_argnames='train')(jax.random.key(0), x, train=False)
-  apply = jax.jit(model.apply, static_argnames=('train', 'mutable', 'method'))
+  variables = jax.jit(model.init, static_argnames='train')(key(0), x, train=False)
+  apply_train = jax.jit(lambda v, x, rng: model.apply(v, x, train=True, rngs={'dropout': rng},
+                                                      mutable=['batch_stats'])[0])
+  train_logits = lambda seed: apply_train(variables, x, key(seed))
 
-  def train_logits(seed):
-    return apply(variables, x, train=True, rngs={'dropout': jax.random.key(seed)},
-                 mutable=['batch_stats'])[0]
+  @jax.jit
+  def evaluate(variables, x, rng):
+    return (model.apply(variables, x, train=False), model.apply(variables, x, train=False, rngs={'dropout': rng}),
+            model.apply(variables, x, method='features'))
 
   logits = train_logits(1)
   assert logits.shape == (4, 2) and logits.dtype == jnp.float32
   np.testing.assert_array_equal(logits, train_logits(1))
   assert not np.allclose(logits, train_logits(2))
   # Eval needs no dropout rng and ignores one.
-  eval_logits = apply(variables, x, train=False)
-  np.testing.assert_array_equal(eval_logits, apply(variables, x, train=False,
-                                                   rngs={'dropout': jax.random.key(3)}))
-  features = apply(variables, x, method='features')
+  eval_logits, eval_logits_with_rng, features = evaluate(variables, x, key(3))
+  np.testing.assert_array_equal(eval_logits, eval_logits_with_rng)
+  assert not np.allclose(eval_logits, logits)
   assert features.shape == (4, 8) and float(features.min()) >= 0  # after ReLU
   dense = variables['params']['Dense_3']
-  np.testing.assert_allclose(features @ dense['kernel'] + dense['bias'], eval_logits, atol=1e-5)
+  np.testing.assert_allclose(features @ dense['kernel'] + dense['bias'][None], eval_logits, atol=1e-5)
 
 
 def test_cvae_shapes_range_kernel_sizes_and_reconstruct():
   model = BrainCVAE(**TINY_CVAE)
   x, noise = images(), normal((4, 8), 1)
-  variables = jax.jit(model.init)(jax.random.key(0), x, noise)
+  variables = jax.jit(model.init)(key(0), x, noise)
   decoder = variables['params']['decoder']
   assert decoder['ConvTranspose_0']['kernel'].shape == (33, 33, 4, 4)
   assert decoder['ConvTranspose_1']['kernel'].shape == (65, 65, 4, 1)
-  apply = jax.jit(model.apply, static_argnames='method')
-  recon, mean, logvar = apply(variables, x, noise)
+
+  @jax.jit
+  def run(variables, x, noise):
+    recon, mean, logvar = model.apply(variables, x, noise)
+    return (recon, mean, logvar, model.apply(variables, x, method='reconstruct'),
+            model.apply(variables, mean, method='decode'))
+
+  recon, mean, logvar, rebuilt, decoded_mean = run(variables, x, noise)
   assert recon.shape == (4, SIZE, SIZE, 1) and mean.shape == logvar.shape == (4, 8)
   assert 0 <= float(recon.min()) and float(recon.max()) <= 1
-  rebuilt = apply(variables, x, method='reconstruct')
-  np.testing.assert_array_equal(rebuilt, apply(variables, x, method='reconstruct'))
-  np.testing.assert_allclose(rebuilt, apply(variables, mean, method='decode'), atol=1e-6)
+  np.testing.assert_allclose(rebuilt, decoded_mean, atol=1e-6)  # reconstruct uses z = mean
+  assert not np.allclose(recon, rebuilt)                        # __call__ samples
   # Kernel sizes follow the image size: S/4 + 1 and S/2 + 1.
   small = BrainCVAE(latent_dim=4, conv_widths=(2, 3), image_size=32)
-  small_vars = jax.jit(small.init)(jax.random.key(0), images(2, size=32), normal((2, 4), 0))
+  small_x = images(2, size=32)
+  rebuilt, small_vars = jax.jit(lambda k, x: small.init_with_output(k, x, method='reconstruct'))(key(0), small_x)
   shapes = jax.tree.map(lambda a: a.shape, small_vars['params']['decoder'])
   assert shapes['ConvTranspose_0']['kernel'] == (9, 9, 3, 2)
   assert shapes['ConvTranspose_1']['kernel'] == (17, 17, 2, 1)
-  assert jax.jit(small.apply, static_argnames='method')(
-      small_vars, images(2, size=32), method='reconstruct').shape == (2, 32, 32, 1)
+  assert rebuilt.shape == (2, 32, 32, 1)
 
 
 def test_initialisation_is_determined_by_the_rng():
-  model = Generator(**TINY_GENERATOR)
+  model = Generator(latent_dim=4, widths=(4, 4), image_size=32)
   init = jax.jit(model.init, static_argnames='train')
-  z = jnp.zeros((2, 8))
-  first, again, other = (init(jax.random.key(k), z, train=False) for k in (0, 0, 1))
+  z = jnp.zeros((2, 4))
+  first, again, other = (init(key(k), z, train=False) for k in (0, 0, 1))
   assert tree_equal(first, again)
   assert not tree_equal(first['params'], other['params'])
+  # The default (threefry) keys work too (traced only: their init is slow to compile).
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), z, train=False))
+  assert jax.tree.structure(shapes) == jax.tree.structure(first)
 
 
 def test_one_adam_step_decreases_vae_and_cnn_losses():
-  x = images(4)
-  vae, noise = VAE(**TINY_VAE), normal((4, 8), 1)
-  vae_vars = jax.jit(vae.init, static_argnames='train')(jax.random.key(0), x, noise, train=False)
+  # Shallow variants at 16 px: the wiring of a training step, cheap to compile.
+  x = images(4, size=16)
+  vae, noise = VAE(latent_dim=4, encoder_widths=(4, 4, 4), decoder_widths=(4, 4, 4), image_size=16), normal((4, 4), 1)
+  vae_vars = jax.jit(vae.init, static_argnames='train')(key(0), x, noise, train=False)
 
-  def vae_loss(params):
-    (logits, mean, logvar), _ = vae.apply({'params': params, 'batch_stats': vae_vars['batch_stats']},
+  def vae_loss(params, batch_stats, x, noise):
+    (logits, mean, logvar), _ = vae.apply({'params': params, 'batch_stats': batch_stats},
                                           x, noise, train=True, mutable=['batch_stats'])
     bce = optax.sigmoid_binary_cross_entropy(logits, x).sum() / 4
     kl = -0.5 * jnp.sum(1 + logvar - mean ** 2 - jnp.exp(logvar)) / 4
     return bce + kl
 
-  cnn = BrainCNN(**TINY_CNN)
-  labels = jnp.array([0, 1, 0, 1])
-  cnn_vars = jax.jit(cnn.init, static_argnames='train')(jax.random.key(0), x, train=False)
+  cnn = BrainCNN(conv_widths=(4, 4, 4), dense_widths=(8, 8, 4))
+  cnn_vars = jax.jit(cnn.init, static_argnames='train')(key(0), x, train=False)
 
-  def cnn_loss(params):
-    logits, _ = cnn.apply({'params': params, 'batch_stats': cnn_vars['batch_stats']}, x, train=True,
-                          rngs={'dropout': jax.random.key(5)}, mutable=['batch_stats'])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+  def cnn_loss(params, batch_stats, x, rng):
+    logits, _ = cnn.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
+                          rngs={'dropout': rng}, mutable=['batch_stats'])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(4) % 2).mean()
 
-  for loss_fn, params in [(vae_loss, vae_vars['params']), (cnn_loss, cnn_vars['params'])]:
-    optimizer = optax.adam(1e-3)
+  optimizer = optax.adam(1e-3)
+  for loss_fn, variables, data in [(vae_loss, vae_vars, (x, noise)), (cnn_loss, cnn_vars, (x, key(5)))]:
 
     @jax.jit
-    def step(params):
-      loss, grads = jax.value_and_grad(loss_fn)(params)
+    def step(params, batch_stats, data):
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch_stats, *data)
       updates, _ = optimizer.update(grads, optimizer.init(params), params)
       return loss, optax.apply_updates(params, updates)
 
-    before, new_params = step(params)
-    after, _ = step(new_params)
+    before, new_params = step(variables['params'], variables['batch_stats'], data)
+    after, _ = step(new_params, variables['batch_stats'], data)
     assert float(after) < float(before)
 
 
-def test_batch_norm_statistics_are_shared_across_devices_with_bn_axis_name():
-  # vmap with an axis name stands in for pmap: two shards of two images must
+def test_batch_norm_modes_and_statistics_shared_across_devices_with_bn_axis_name():
+  # vmap with an axis name stands in for pmap: two shards of two latents must
   # behave like one batch of four (pmean'd BatchNorm statistics).
-  z = normal((4, 8), 0)
-  single = Generator(**TINY_GENERATOR)
-  sharded = Generator(**TINY_GENERATOR, bn_axis_name='devices')
-  variables = jax.jit(single.init, static_argnames='train')(jax.random.key(0), z, train=False)
-  want, want_state = single.apply(variables, z, train=True, mutable=['batch_stats'])
-  got, got_state = jax.vmap(
-      lambda zs: sharded.apply(variables, zs, train=True, mutable=['batch_stats']),
-      axis_name='devices')(z.reshape(2, 2, 8))
+  tiny = dict(latent_dim=4, widths=(4, 4), image_size=32)
+  z = normal((4, 4), 0)
+  single, sharded = Generator(**tiny), Generator(**tiny, bn_axis_name='devices')
+  variables = jax.jit(single.init, static_argnames='train')(key(0), z, train=False)
+
+  @jax.jit
+  def run(variables, z):
+    want = single.apply(variables, z, train=True, mutable=['batch_stats'])
+    got = jax.vmap(lambda zs: sharded.apply(variables, zs, train=True, mutable=['batch_stats']),
+                   axis_name='devices')(z.reshape(2, 2, 4))
+    return want, got, single.apply(variables, z, train=False, mutable=['batch_stats'])[1]
+
+  (want, want_state), (got, got_state), eval_state = run(variables, z)
+  # Eval mode leaves the running statistics alone, train mode moves them.
+  assert tree_equal(eval_state, {'batch_stats': variables['batch_stats']})
+  assert not tree_equal(want_state, eval_state)
   np.testing.assert_allclose(got.reshape(want.shape), want, atol=1e-5)
   for got_leaf, want_leaf in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
     np.testing.assert_allclose(got_leaf[0], want_leaf, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(got_leaf[0], got_leaf[1])
 
 
 def test_bfloat16_computation_keeps_float32_params():
-  model = Generator(**TINY_GENERATOR, dtype=jnp.bfloat16)
-  z = normal((2, 8), 0)
-  variables = jax.jit(model.init, static_argnames='train')(jax.random.key(0), z, train=False)
+  model = Generator(latent_dim=4, widths=(4, 4), image_size=32, dtype=jnp.bfloat16)
+  fake, variables = jax.jit(model.init_with_output, static_argnames='train')(key(0), normal((2, 4), 0),
+                                                                             train=False)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
-  fake = jax.jit(model.apply, static_argnames='train')(variables, z, train=False)
   assert fake.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(fake)))
 
 
 def test_bad_inputs_raise_clear_errors():
   vae = VAE(**TINY_VAE)
   with pytest.raises(ValueError, match=r'expected images \(N, 128, 128, 1\)'):
-    vae.init(jax.random.key(0), images(2, size=64), jnp.zeros((2, 8)), train=False)
+    vae.init(key(0), images(2, size=64), jnp.zeros((2, 8)), train=False)
   with pytest.raises(ValueError, match='noise must have shape'):
-    jax.eval_shape(lambda: vae.init(jax.random.key(0), images(2), jnp.zeros((2, 5)), train=False))
+    jax.eval_shape(lambda: vae.init(key(0), images(2), jnp.zeros((2, 5)), train=False))
   with pytest.raises(ValueError, match='not a multiple'):
     jax.eval_shape(lambda: Generator(**TINY_GENERATOR, image_size=100).init(
-        jax.random.key(0), jnp.zeros((1, 8)), train=False))
+        key(0), jnp.zeros((1, 8)), train=False))
   with pytest.raises(ValueError, match='BrainCNN'):
-    BrainCNN(**TINY_CNN).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    BrainCNN(**TINY_CNN).init(key(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
 @pytest.mark.parametrize('kernel, strides, padding', [
@@ -247,7 +274,7 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding):
 def test_upsample_conv_matches_upsample_then_conv():
   x = normal((2, 5, 6, 3), 0)
   fused, plain = UpsampleConv(4), nn.Conv(4, (3, 3), padding=TORCH_PAD1)
-  variables = jax.jit(fused.init)(jax.random.key(0), x)
+  variables = jax.jit(fused.init)(key(0), x)
   variables = jax.tree.map(lambda a: a + 0.1, variables)  # non-zero bias
 
   def run(f):

@@ -75,13 +75,19 @@ def _write_config(config, workdir):
 
 def _untrained_run(task, config_module, workdir, metrics=None):
   """A run directory as training leaves it (config.json, best checkpoint, metrics.json),
-  holding freshly initialised weights: predict's code path without the training time."""
+  holding random weights: predict's code path without the training time."""
   config = config_module.get_config('real,smoke')
   _write_config(config, workdir)
   model = task.create_model(config)
-  state = jax.jit(lambda rng: task.create_train_state(config, model, rng))(jax.random.PRNGKey(0))
-  checkpoints.save(checkpoints.manager(os.path.join(workdir, 'best'), 1), 0,
-                   jax.tree.map(np.asarray, state), {})
+  shapes = jax.eval_shape(lambda: task.create_train_state(config, model, jax.random.PRNGKey(0)))
+  rng = np.random.default_rng(0)
+
+  def fill(path, leaf):  # no init compilation: random weights, ones elsewhere (BN variances)
+    if 'params' in jax.tree_util.keystr(path):
+      return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
+    return np.ones(leaf.shape, leaf.dtype)
+  state = jax.tree_util.tree_map_with_path(fill, shapes)
+  checkpoints.save(checkpoints.manager(os.path.join(workdir, 'best'), 1), 0, state, {})
   if metrics is not None:
     reporting.write_metrics_json(workdir, metrics)
   return str(workdir)
@@ -270,6 +276,12 @@ def test_messy_folder_every_file_gets_a_row(cvae_run, tmp_path):
     assert shown.shape == scan.shape + (3,)
   assert not (tmp_path / 'out' / 'maps' / 'no' / 'notes.txt.npy').exists()
 
+  (record,) = predict.predict_paths(cvae_run, [str(tmp_path / 'in' / 'yes' / 'a.png')])
+  np.testing.assert_allclose(record['map'], np.load(tmp_path / 'out' / 'maps' / 'yes/a.png.npy'),
+                             atol=1e-5)  # batch of 1 here, of 3 above
+  assert record['region'].shape == record['map'].shape and record['rule'] == 'giaem'
+  assert set(record['scores']) == {'giaem'}
+
 
 def test_labelled_folder_metrics_match_sklearn(cnn_run, tmp_path):
   predict.write_phantom_folder(str(tmp_path / 'in'), num_per_class=8, seed=11)
@@ -300,11 +312,29 @@ def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
   scan = phantom.phantom_slice(7, 0, positive=True).image
   path = tmp_path / 'one.png'
   path.write_bytes(_png_bytes(scan))
-  records = predict.predict_paths(cnn_run, [str(path), scan, np.zeros((40, 40))])
+  records = predict.predict_paths(cnn_run, [str(path), scan, np.zeros((40, 40)),
+                                            str(tmp_path / 'gone.png')])
+  assert [r['path'] for r in records] == [str(path), 'array_1', 'array_2',
+                                          str(tmp_path / 'gone.png')]
   assert [r['status'] for r in records][:2] == ['ok', 'ok']
   assert records[2]['status'].startswith('skipped: blank')
+  assert records[3]['status'].startswith('skipped: no such file')
   assert records[0]['score'] == pytest.approx(records[1]['score'], abs=1e-5)
   assert records[0]['predicted_label'] == int(records[0]['score'] >= 0.5)
+
+
+def test_dedup_against_skips_and_counts_near_duplicates(cnn_run, tmp_path):
+  scans = [phantom.phantom_slice(9, i, positive=False).image for i in range(3)]
+  for i, scan in enumerate(scans):
+    (tmp_path / 'in').mkdir(exist_ok=True)
+    (tmp_path / 'in' / f's{i}.png').write_bytes(_png_bytes(scan))
+  (tmp_path / 'train').mkdir()
+  (tmp_path / 'train' / 'copy.jpg').write_bytes(_jpeg_bytes(scans[1]))  # a re-encoded copy
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out',
+                           dedup_against=str(tmp_path / 'train'))
+  assert [rows[f's{i}.png']['status'] for i in (0, 2)] == ['ok', 'ok']
+  assert rows['s1.png']['status'].startswith('skipped: near-duplicate')
+  assert metrics['num_near_duplicates'] == 1 and metrics['num_predicted'] == 2
 
 
 @pytest.mark.slow

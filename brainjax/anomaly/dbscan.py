@@ -16,8 +16,9 @@ position, so every neighbour of pixel (i, j) lies in the window |di| <= eps*H,
 are kept (3-17% of the window on CVAE-like maps), and everything per (eps,
 min_samples) is linear in them: neighbour counts by bincount, clusters by scipy's
 linear-time connected components of the core-core pairs, border points by a
-minimum over their core neighbours. The pairs for the largest eps serve every
-smaller eps and every min_samples of a threshold.
+minimum over their core neighbours. The pairs at the lowest threshold and the
+largest eps serve every grid point (a higher threshold keeps a subset of the
+pixels, a smaller eps a subset of the pairs).
 
 Exactness. The kept pairs' distances are recomputed in float64 (float32 only
 pre-selects, with a 1e-5 relative margin far above its rounding), so the
@@ -133,6 +134,18 @@ class _Candidates:
     keep = dist2 <= eps_max * eps_max
     self.first, self.second, self.dist2 = first[keep], second[keep], dist2[keep]
 
+  def restrict(self, threshold: np.float32) -> '_Candidates':
+    """The candidates at a higher threshold: a subset, with the pairs among it."""
+    keep = self.value >= threshold
+    new_index = np.cumsum(keep) - 1
+    pair = keep[self.first] & keep[self.second]
+    out = object.__new__(_Candidates)
+    out.image, out.pixel, out.value = self.image[keep], self.pixel[keep], self.value[keep]
+    out.size = out.image.size
+    out.first, out.second = new_index[self.first[pair]], new_index[self.second[pair]]
+    out.dist2 = self.dist2[pair]
+    return out
+
   def clusters(self, eps: float, min_samples_values: Sequence[int]) -> Iterator[np.ndarray]:
     """Per min_samples: each candidate's cluster id (-1 noise), ids in sklearn order.
 
@@ -206,10 +219,12 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
   eps_values, min_samples_values = _check_params(eps_values, min_samples_values)
   n = len(errors)
   scores = np.zeros((n, thresholds.size, eps_values.size, min_samples_values.size))
-  for t, threshold in enumerate(thresholds):
-    counts = (errors >= threshold).sum(axis=1)
-    for chunk in _image_chunks(counts):
-      candidates = _Candidates(errors[chunk], threshold, float(eps_values.max()), h, w)
+  # The pairs at the lowest threshold (the most candidates) and the largest eps
+  # contain those of every grid point: find them once per chunk of images.
+  for chunk in _image_chunks((errors >= thresholds[0]).sum(axis=1)):
+    lowest = _Candidates(errors[chunk], thresholds[0], float(eps_values.max()), h, w)
+    for t, threshold in enumerate(thresholds):
+      candidates = lowest if t == 0 else lowest.restrict(threshold)
       for e, eps in enumerate(eps_values):
         for m, label in enumerate(candidates.clusters(eps, min_samples_values)):
           largest = _largest_clusters(label, candidates.image, chunk.stop - chunk.start)

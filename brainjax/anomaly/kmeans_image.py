@@ -32,7 +32,10 @@ import numpy as np
 
 from brainjax.anomaly import pixel_features
 
-_IMAGES_PER_CALL = 256
+# Images per jitted call. Small: the batch iterates until its slowest image has
+# converged, so small batches waste fewer iterations (measured: 8 images per call
+# is 3x cheaper than 256); also a single compiled shape for every N.
+_IMAGES_PER_CALL = 8
 _COARSE = 4  # pooling factor of the initialisation stage
 
 
@@ -143,13 +146,12 @@ def kmeans_image_clusters(errors: np.ndarray, image_shape: Optional[Sequence[int
   n = len(errors)
   second = np.zeros(errors.shape, bool)
   centroids = np.zeros((n, 2, 3), np.float32)
-  # Few distinct batch shapes (each is one compilation): 32, 64, 128, 256.
-  batch = min(_IMAGES_PER_CALL, max(32, 1 << int(np.ceil(np.log2(max(n, 1))))))
+  batch = _IMAGES_PER_CALL
   for start in range(0, n, batch):
     chunk = errors[start:start + batch]
     valid = len(chunk)
-    if valid < batch:  # one compiled shape
-      chunk = np.concatenate([chunk, np.zeros((batch - valid, errors.shape[1]), np.float32)])
+    if valid < batch:  # one compiled shape; copies of a real map converge with it
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])
     member, fitted = _cluster_batch(chunk, h, w, max_iter)
     second[start:start + valid] = np.asarray(member)[:valid]
     centroids[start:start + valid] = np.asarray(fitted)[:valid]

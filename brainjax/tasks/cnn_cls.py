@@ -71,7 +71,7 @@ def predict(model, variables, images, batch_size=256):
 
 @functools.partial(jax.jit, static_argnames='model')
 def _features(model, variables, images):
-  return model.apply(variables, images, train=False, method=model.features).astype(jnp.float32)
+  return model.apply(variables, images, method=model.features).astype(jnp.float32)
 
 
 def features(model, variables, images, batch_size=256):

@@ -68,9 +68,9 @@ def validation_loss(model, variables, images, seed, batch_size=256):
   return {'loss': total / max(count, 1)}
 
 
-def reconstruct_fn(model, variables):
-  """The jitted, deterministic (z = mean) reconstruction the anomaly rules use."""
-  return jax.jit(lambda images: model.apply(variables, images, method=model.reconstruct))
+def reconstruct(model, variables, images):
+  """The deterministic (z = mean) reconstruction the anomaly rules use."""
+  return model.apply(variables, images, method=model.reconstruct)
 
 
 def train_and_evaluate(config, workdir):
@@ -95,9 +95,11 @@ def train_and_evaluate(config, workdir):
       evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)
-  reconstruct = reconstruct_fn(model, best.variables)
-  val_errors = recon_error.reconstruction_error(reconstruct, val.images)
-  test_errors = recon_error.reconstruction_error(reconstruct, test.images)
+  reconstruct_fn = functools.partial(reconstruct, model)  # one object: one compilation
+  val_errors = recon_error.reconstruction_error(reconstruct_fn, val.images,
+                                                variables=best.variables)
+  test_errors = recon_error.reconstruction_error(reconstruct_fn, test.images,
+                                                 variables=best.variables)
   metrics = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
@@ -112,7 +114,7 @@ def train_and_evaluate(config, workdir):
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
     figures.save_anomaly_figure(
         os.path.join(workdir, 'figures', 'anomaly_examples.png'), test.images[pick],
-        np.asarray(reconstruct(test.images[pick])), test_errors[pick],
+        np.asarray(reconstruct(model, best.variables, test.images[pick])), test_errors[pick],
         test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
         names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
   reporting.write_metrics_json(workdir, metrics)

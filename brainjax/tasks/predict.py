@@ -16,8 +16,11 @@ What the command writes in its workdir:
   precision, F1, ROC AUC and the confusion matrix (tn, fp, fn, tp).
 - BrainCVAE runs: maps/<path>.npy, the reconstruction-error map in the original file's
   pixel grid (float32, larger = more anomalous, 0 outside the head); regions/<path>.png,
-  the leading rule's tumour region in that grid, inside the head (0/255); overlays/<path>.png, the map
-  over the scan with the region outlined.
+  the leading rule's tumour region in that grid, inside the head (0/255);
+  overlays/<path>.png, the map over the scan with the region outlined. <path> keeps the
+  file's extension (maps/yes/y1.jpg.npy), so y1.jpg and y1.png never collide.
+- Rules ('selected' by default): the run's rule with the best validation value of its
+  selection metric, with the hyperparameters it chose (metrics.json: <rule>_<name>).
 
 A file that cannot be decoded or holds no head is a skipped row and a count in the
 log, never a crash; the input is only ever read.
@@ -242,7 +245,11 @@ def run_rules(run: Run, spec: str) -> List[str]:
   """rules_to_use for a run: [] for a BrainCNN; the run's own selection metric."""
   if run.task != 'cvae_cls':
     return []
-  return rules_to_use(spec, run.metrics, run.config.get('anomaly', {}).get('selection_metric', 'f1'))
+  metric = run.config.get('anomaly', {}).get('selection_metric', 'f1')
+  rules = rules_to_use(spec, run.metrics, metric)
+  for rule in rules:  # fail before any input is read
+    rule_params(run.metrics, rule)
+  return rules
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -391,21 +398,28 @@ def region_to_original(region: np.ndarray, info: preprocess_lib.CropInfo) -> np.
   return preprocess_lib.to_original_grid(np.asarray(region, np.float32), info) >= 0.5
 
 
+_HEAT = matplotlib.colormaps['inferno'](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+
+
 def overlay(scan: np.ndarray, map_: np.ndarray, region: np.ndarray) -> np.ndarray:
   """uint8 (H, W, 3): the scan in grey, the map as a heat colour, the region outlined."""
   h, w = scan.shape
-  grey = np.repeat(np.clip(scan, 0.0, 1.0)[..., None], 3, axis=-1)
-  heat = matplotlib.colormaps['inferno'](map_)[..., :3]
-  alpha = (OVERLAY_ALPHA * map_)[..., None]
-  rgb = grey * (1.0 - alpha) + heat * alpha
+  map_ = np.clip(map_, 0.0, 1.0)
+  heat = _HEAT[(map_ * 255.0 + 0.5).astype(np.uint8)]  # a lookup table: fast on big scans
+  alpha = (np.float32(OVERLAY_ALPHA) * map_)[..., None]
+  rgb = np.clip(scan, 0.0, 1.0)[..., None] * (1.0 - alpha) + heat * alpha
   if region.any():
     width = max(1, round(max(h, w) / 256))
     outline = region & ~ndimage.binary_erosion(region, iterations=width, border_value=0)
-    rgb[outline] = np.asarray(OUTLINE_RGB, np.float64) / 255.0
+    rgb[outline] = np.asarray(OUTLINE_RGB, np.float32) / 255.0
   return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- notebook API
+
+
+def _missing(path: str):
+  raise image_io.UnreadableImage(f'no such file: {path}')
 
 
 def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
@@ -414,7 +428,9 @@ def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
     inputs = [inputs]
   items = []
   for i, x in enumerate(inputs):
-    if isinstance(x, (str, os.PathLike)):
+    if isinstance(x, (str, os.PathLike)) and not os.path.exists(x):
+      items.append(Item(os.fspath(x), None, functools.partial(_missing, os.fspath(x))))
+    elif isinstance(x, (str, os.PathLike)):
       files = inputs_lib.list_inputs(x)
       if os.path.isdir(x) or len(files) != 1 or files[0].in_zip:
         files = [dataclasses.replace(f, path=f'{os.fspath(x)}/{f.path}') for f in files]
@@ -508,9 +524,10 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
   for p in paths.values():
     os.makedirs(os.path.dirname(p), exist_ok=True)
   np.save(paths['maps'], map_orig)
-  Image.fromarray(region_orig.astype(np.uint8) * 255).save(paths['regions'])
+  # Fast zlib level: PNG encoding is otherwise most of a BrainCVAE prediction's time.
+  Image.fromarray(region_orig.astype(np.uint8) * 255).save(paths['regions'], compress_level=1)
   scan = image_io.to_gray_float(item.load())
-  Image.fromarray(overlay(scan, map_orig, region_orig)).save(paths['overlays'])
+  Image.fromarray(overlay(scan, map_orig, region_orig)).save(paths['overlays'], compress_level=1)
 
 
 def _drop_near_duplicates(config, run: Run, prepared: Prepared, reader) -> int:
@@ -580,32 +597,37 @@ def train_and_evaluate(config, workdir):
   if not model_dir:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
-  if os.path.abspath(workdir).startswith(os.path.abspath(input_path) + os.sep):
-    logging.warning('The workdir lies inside the input folder; outputs of this run are not '
-                    'inputs of it (listed before writing).')
+  inside = os.path.abspath(workdir) + os.sep
+  files = [f for f in files if not os.path.abspath(f.source).startswith(inside)]  # our outputs
   run = load_run(model_dir)
   rules = run_rules(run, config.rules)
   logging.info('Predicting %d files of %s with the %s run %s%s.', len(files), input_path,
                run.task, model_dir, f' (rules: {", ".join(rules)})' if rules else '')
 
+  seconds = {'load': time.perf_counter() - start}
   with inputs_lib.Reader() as reader:
+    tick = time.perf_counter()
     prepared = prepare(file_items(files, reader), run.image_size, run.margin, config.num_threads)
     num_unreadable = len(files) - len(prepared.ok)
     num_duplicates = _drop_near_duplicates(config, run, prepared, reader)
+    seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
+    seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()
     if rules and config.write_maps:
       with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:
         list(pool.map(lambda j: _write_map_outputs(
             workdir, prepared.items[prepared.ok[j]], prepared.images[j, ..., 0],
             preds.errors[j], preds.region[j], prepared.infos[j]), range(len(prepared.ok))))
+      seconds['maps'] = time.perf_counter() - tick
 
   fields, rows = _csv_rows(prepared, preds, rules)
   write_predictions_csv(os.path.join(workdir, 'predictions.csv'), fields, rows)
-  seconds = time.perf_counter() - start
+  seconds['total'] = time.perf_counter() - start
   metrics = dict(num_inputs=len(files), num_predicted=len(prepared.ok),
                  num_skipped=len(files) - len(prepared.ok), num_unreadable=num_unreadable,
                  num_near_duplicates=num_duplicates, model_task=run.task,
-                 model_dir=os.path.abspath(model_dir), seconds=seconds)
+                 model_dir=os.path.abspath(model_dir),
+                 **{f'seconds_{k}': v for k, v in seconds.items()})
   if rules:
     metrics['rule'] = rules[0]
   if num_unreadable:
@@ -624,6 +646,8 @@ def train_and_evaluate(config, workdir):
                  int(known.sum()), metrics['accuracy'], metrics['balanced_accuracy'],
                  metrics['auroc'])
   reporting.write_metrics_json(workdir, metrics)
-  logging.info('Predicted %d of %d files in %.1f s; wrote %s.', len(prepared.ok), len(files),
-               seconds, os.path.join(workdir, 'predictions.csv'))
+  logging.info('Predicted %d of %d files in %.1f s (%s); wrote %s.', len(prepared.ok),
+               len(files), seconds['total'],
+               ', '.join(f'{k} {v:.1f} s' for k, v in seconds.items() if k != 'total'),
+               os.path.join(workdir, 'predictions.csv'))
   return metrics
