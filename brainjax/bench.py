@@ -26,6 +26,7 @@ the pinning. The default (0) leaves both at their defaults: every core for XLA, 
 own default (all physical cores).
 """
 import argparse
+import ctypes
 import functools
 import json
 import os
@@ -71,14 +72,15 @@ step = peer.make_step(name, batch)
 start = time.perf_counter()
 step()
 first = time.perf_counter() - start
-times = []
+times, cpu = [], []
 for _ in range(steps):
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   step()
   times.append(time.perf_counter() - start)
+  cpu.append(time.process_time() - cpu_start)
 with open('/proc/self/status') as f:  # VmHWM: this process's own peak (ru_maxrss may
   peak_kb = [int(l.split()[1]) for l in f if l.startswith('VmHWM:')][0]  # keep the parent's)
-print(json.dumps({'times': times, 'first_step_s': first, 'threads': torch.get_num_threads(),
+print(json.dumps({'times': times, 'cpu_times': cpu, 'first_step_s': first, 'threads': torch.get_num_threads(),
                   'version': torch.__version__, 'peak_memory_mb': peak_kb / 1024}))
 '''
 
@@ -98,6 +100,9 @@ def parse_args(argv=None):
                       help="network widths: the study's ('paper') or tiny ('smoke', for tests)")
   parser.add_argument('--threads', type=int, default=0,
                       help='pin this process and the peer to N CPUs (0: defaults)')
+  parser.add_argument('--malloc-tuning', action=argparse.BooleanOptionalAction, default=True,
+                      help='keep freed memory in-process (glibc mallopt here, GLIBC_TUNABLES for '
+                      'the peer): fewer page faults, for both alike')
   parser.add_argument('--peer', action='store_true',
                       help='time the PyTorch peer model by model, back to back with JAX')
   parser.add_argument('--torch-python', default='python3',
@@ -124,6 +129,30 @@ def parse_args(argv=None):
   if args.peer and args.compare:
     parser.error('use either --peer or --compare')
   return args
+
+
+# glibc mallopt parameters, and the same settings as GLIBC_TUNABLES (for the peer's process).
+_MALLOPT = {'arena_max': (-8, 1), 'mmap_max': (-4, 0), 'trim_threshold': (-1, 2**31 - 1),
+            'top_pad': (-2, 64 << 20)}
+MALLOC_TUNABLES = ':'.join(f'glibc.malloc.{k}={v}' for k, (_, v) in _MALLOPT.items())
+
+
+def tune_malloc():
+  """Keeps freed memory in the process instead of giving it back to the OS.
+
+  XLA:CPU allocates each execution's buffers with malloc; glibc serves blocks over
+  32 MiB (BrainCNN's first activations are 128 MiB at batch 64) with a fresh mmap,
+  whose every 4 KiB page then faults and is zeroed by the kernel on first touch, and
+  unmaps them on free, so every step pays it again: about half of a BrainCNN step
+  here. One arena, no mmap and no trimming let freed blocks be reused. Call before
+  JAX's first computation (its worker threads must not have their own arenas yet).
+  Returns whether glibc accepted the settings (False elsewhere, e.g. macOS).
+  """
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+    return all(libc.mallopt(param, value) == 1 for param, value in _MALLOPT.values())
+  except (OSError, AttributeError):
+    return False
 
 
 def pin_threads(num):
@@ -192,29 +221,33 @@ class StepTimer:
     self._state, self._batch = jax.device_put((state, batch), device)
     self._rng = jax.random.PRNGKey(seed + 1)
     self._count = 0
-    self.first_step_s = self.run(1)[0]  # compile + warm-up
+    self.first_step_s = self.run(1)[0][0]  # compile + warm-up
 
   def run(self, steps):
-    """Seconds of each of `steps` further steps, each waited for."""
-    times = []
+    """(wall seconds, process CPU seconds) of each of `steps` further steps, each waited for."""
+    times, cpu = [], []
     for _ in range(steps):
       rng = jax.random.fold_in(self._rng, self._count)
       jax.block_until_ready(rng)
-      start = time.perf_counter()
+      start, cpu_start = time.perf_counter(), time.process_time()
       self._state, metrics = self._step(self._state, self._batch, rng)
       jax.block_until_ready((self._state, metrics))
       times.append(time.perf_counter() - start)
+      cpu.append(time.process_time() - cpu_start)
       self._count += 1
     if not all(np.isfinite(float(v)) for v in jax.device_get(metrics).values()):
       raise FloatingPointError(f'non-finite metrics in the benchmarked step: {metrics}')
-    return times
+    return times, cpu
 
 
-def summarise(times, batch_size):
-  """Median step time as {'img_per_s', 'ms_per_step'} (+ the mean, the peer script's statistic)."""
+def summarise(times, cpu_times, batch_size):
+  """Median step time as {'img_per_s', 'ms_per_step'}, plus the mean (the peer script's
+  statistic) and the median process CPU time per step (all threads; less sensitive to
+  other load on a shared machine than wall time)."""
   median = statistics.median(times)
   return {'img_per_s': batch_size / median, 'ms_per_step': median * 1e3,
-          'ms_per_step_mean': statistics.fmean(times) * 1e3, 'steps_timed': len(times)}
+          'ms_per_step_mean': statistics.fmean(times) * 1e3,
+          'cpu_ms_per_step': statistics.median(cpu_times) * 1e3, 'steps_timed': len(times)}
 
 
 def run_peer(args, name, steps):
@@ -225,7 +258,10 @@ def run_peer(args, name, steps):
   command = [args.torch_python, '-c', _PEER_WRAPPER, str(script.parent), name, str(args.batch),
              str(steps), str(args.threads)]
   try:
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if args.malloc_tuning:
+      env['GLIBC_TUNABLES'] = MALLOC_TUNABLES
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   except OSError as error:
     raise ValueError(f'cannot run the peer with --torch-python {args.torch_python}: {error}')
   if done.returncode:
@@ -247,17 +283,20 @@ def benchmark_train_steps(args, log):
   ours, peer = {}, {}
   for name in args.models:
     timer = StepTimer(name, args.preset, args.batch)
-    jax_times, torch_times = [], []
+    jax_times, jax_cpu, torch_times, torch_cpu = [], [], [], []
     for _ in range(args.rounds):
       if args.peer:
         result = run_peer(args, name, args.steps)
         torch_times += result['times']
+        torch_cpu += result['cpu_times']
         peer[name] = {k: result[k] for k in ('first_step_s', 'threads', 'version',
                                               'peak_memory_mb')}
-      jax_times += timer.run(args.steps)
-    ours[name] = {**summarise(jax_times, args.batch), 'first_step_s': timer.first_step_s}
+      times, cpu = timer.run(args.steps)
+      jax_times += times
+      jax_cpu += cpu
+    ours[name] = {**summarise(jax_times, jax_cpu, args.batch), 'first_step_s': timer.first_step_s}
     if args.peer:
-      peer[name].update(summarise(torch_times, args.batch))
+      peer[name].update(summarise(torch_times, torch_cpu, args.batch))
     log(f'{name}: jax {ours[name]["img_per_s"]:.1f} img/s'
         + (f', torch {peer[name]["img_per_s"]:.1f} img/s' if name in peer else ''))
     del timer
@@ -344,6 +383,7 @@ def peak_memory_mb():
 def run(args, log=lambda message: print(message, file=sys.stderr)):
   """The benchmark of parsed `args` as one JSON-ready dict."""
   threads = pin_threads(args.threads)
+  malloc_tuned = tune_malloc() if args.malloc_tuning else False
   out, peer = benchmark_train_steps(args, log)
   if args.compare:
     peer = load_peer_json(args.compare)
@@ -353,6 +393,7 @@ def run(args, log=lambda message: print(message, file=sys.stderr)):
   if args.anomaly:
     out.update(benchmark_anomaly(args, log))
   out.update(peak_memory_mb=peak_memory_mb(), device=device_name(), threads=threads,
+             malloc_tuning=malloc_tuned,
              batch=args.batch, preset=args.preset, jax_version=jax.__version__)
   if peer:
     out['torch'] = peer

@@ -253,11 +253,12 @@ def test_bad_inputs_raise_clear_errors():
     BrainCNN(**TINY_CNN).init(key(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
-@pytest.mark.parametrize('kernel, strides, padding', [
-    (3, 2, TORCH_PAD1), (4, 2, TORCH_PAD1), (3, 1, 'SAME')])
-def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding):
+@pytest.mark.parametrize('kernel, strides, padding, features', [
+    (3, 2, TORCH_PAD1, 5), (4, 2, TORCH_PAD1, 5), (3, 1, 'SAME', 5),
+    (2, 1, TORCH_PAD1, 2), (3, 1, ((2, 0), (1, 1)), 1)])  # fewer outputs than inputs: other branch
+def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, features):
   x = normal((2, 10, 8, 3), 0)
-  k = normal((kernel, kernel, 3, 5), 1)
+  k = normal((kernel, kernel, 3, features), 1)
 
   def run(conv):
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding)))

@@ -337,6 +337,14 @@ def test_dedup_against_skips_and_counts_near_duplicates(cnn_run, tmp_path):
   assert metrics['num_near_duplicates'] == 1 and metrics['num_predicted'] == 2
 
 
+def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
+  (tmp_path / 'no').mkdir()
+  (tmp_path / 'no' / 'a.png').write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))
+  first, _ = _predict(cnn_run, tmp_path, tmp_path / 'out')
+  second, _ = _predict(cnn_run, tmp_path, tmp_path / 'out')  # out/ now holds a csv and json
+  assert list(first) == list(second) == ['no/a.png']
+
+
 @pytest.mark.slow
 def test_regions_find_phantom_tumours_better_than_chance(tmp_path, cache_dir):
   # The smoke CVAE (24 slices per class, 2 epochs) does not localise anything yet (its

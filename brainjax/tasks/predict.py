@@ -48,8 +48,10 @@ from brainjax.anomaly import giaem
 from brainjax.anomaly import kmeans_global
 from brainjax.anomaly import kmeans_image
 from brainjax.anomaly import recon_error
+from brainjax.data import dedup
 from brainjax.data import image_io
 from brainjax.data import inputs as inputs_lib
+from brainjax.data import phantom
 from brainjax.data import pipeline
 from brainjax.data import preprocess as preprocess_lib
 from brainjax.evaluation import classification
@@ -60,6 +62,7 @@ from brainjax.train import reporting
 MODEL_TASKS = ('cnn_cls', 'cvae_cls')
 RULES = ('giaem', 'dbscan', 'kmeans', 'global_kmeans')
 HEAD_LEVEL = 0.05  # preprocessed intensity above which a pixel belongs to the head
+HEAD_PART_FRACTION = 0.2  # head parts smaller than this fraction of the largest are specks
 OVERLAY_ALPHA = 0.6  # opacity of the map where it is 1
 OUTLINE_RGB = (0, 255, 255)
 
@@ -370,10 +373,20 @@ def predict_images(run: Run, images: np.ndarray, rules: Sequence[str] = (),
 
 
 def head_mask(image: np.ndarray) -> np.ndarray:
-  """bool (S, S): the head in a preprocessed slice (its background is 0 by construction)."""
-  # The closing bridges thin dark gaps (a skull in T1) so the fill reaches the brain.
-  inside = ndimage.binary_closing(np.asarray(image) > HEAD_LEVEL, iterations=2)
-  return ndimage.binary_fill_holes(inside)
+  """bool (S, S): the head in a preprocessed slice (its background is 0 by construction).
+
+  Pixels above HEAD_LEVEL, closed (bridging thin dark gaps such as a T1 skull) and
+  hole-filled; specks of background noise or text (parts under a fifth of the largest)
+  are dropped.
+  """
+  inside = ndimage.binary_fill_holes(
+      ndimage.binary_closing(np.asarray(image) > HEAD_LEVEL, iterations=2))
+  labels, count = ndimage.label(inside)
+  if count <= 1:
+    return inside
+  sizes = np.bincount(labels.ravel())[1:]
+  keep = np.concatenate([[False], sizes >= HEAD_PART_FRACTION * sizes.max()])
+  return keep[labels]
 
 
 def original_grid_outputs(image: np.ndarray, errors: np.ndarray, region: np.ndarray,
@@ -530,11 +543,11 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
   Image.fromarray(overlay(scan, map_orig, region_orig)).save(paths['overlays'], compress_level=1)
 
 
-def _drop_near_duplicates(config, run: Run, prepared: Prepared, reader) -> int:
+def _drop_near_duplicates(config, run: Run, prepared: Prepared,
+                          reader: inputs_lib.Reader) -> int:
   """Marks inputs that are near-duplicates of config.dedup_against's images as skipped."""
   if not config.dedup_against or not len(prepared.ok):
     return 0
-  dedup = importlib.import_module('brainjax.data.dedup')
   reference = prepare(file_items(inputs_lib.list_inputs(config.dedup_against), reader),
                       run.image_size, run.margin, config.num_threads)
   if not len(reference.ok):
@@ -577,7 +590,6 @@ def _smoke_inputs(config, workdir):
 
 def write_phantom_folder(folder: str, num_per_class: int, seed: int) -> List[str]:
   """Writes phantom slices as PNGs into folder/yes and folder/no; returns their paths."""
-  phantom = importlib.import_module('brainjax.data.phantom')
   written = []
   for positive, sub in ((True, 'yes'), (False, 'no')):
     os.makedirs(os.path.join(folder, sub), exist_ok=True)
@@ -597,8 +609,9 @@ def train_and_evaluate(config, workdir):
   if not model_dir:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
-  inside = os.path.abspath(workdir) + os.sep
-  files = [f for f in files if not os.path.abspath(f.source).startswith(inside)]  # our outputs
+  out = os.path.abspath(workdir) + os.sep
+  if out.startswith(os.path.abspath(input_path) + os.sep):  # the workdir is in the input:
+    files = [f for f in files if not os.path.abspath(f.source).startswith(out)]  # not ours
   run = load_run(model_dir)
   rules = run_rules(run, config.rules)
   logging.info('Predicting %d files of %s with the %s run %s%s.', len(files), input_path,
