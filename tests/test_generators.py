@@ -92,7 +92,9 @@ def test_eight_devices_give_the_one_device_loss_curve(task, tmp_path):
     curves[n] = summary
   for key in curves[1]:
     if key.startswith('train_') and key != 'train_images_per_s':
-      np.testing.assert_allclose(curves[8][key], curves[1][key], rtol=1e-4, err_msg=key)
+      # float32 sums reduce in another order across 8 devices; a real divergence (e.g.
+      # unsynchronised BatchNorm statistics) shows up at the percent level.
+      np.testing.assert_allclose(curves[8][key], curves[1][key], rtol=1e-3, err_msg=key)
 
 
 def test_vae_task_trains_resumes_and_exports(tmp_path):

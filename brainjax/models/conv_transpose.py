@@ -21,7 +21,7 @@ part, imaginary part), indexed (v, q): v the P//2 + 1 non-negative frequencies o
 the real DFT along H, q the Q frequencies of the complex DFT along W.
 """
 import functools
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Sequence, Tuple, Union
 
 import flax.linen as nn
 import jax

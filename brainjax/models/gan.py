@@ -21,8 +21,9 @@ Array = jax.Array
 class Generator(nn.Module):
   """z (N, latent_dim) -> images (N, image_size, image_size, 1) in [-1, 1].
 
-  widths[i] is the channel count at 8 * 2**i px; the dense map has
-  base_channels (default: widths[0]) channels; len(widths) upsamplings in all.
+  widths[i] is the channel count after i upsamplings; the dense map (image_size
+  / 2**len(widths) px: 8 for 128) has base_channels channels (None: widths[0]),
+  widths[1:] are the block outputs, and the last upsample + conv gives 1.
   """
   latent_dim: int = 100
   base_channels: Optional[int] = None  # the brief's 128 = widths[0]

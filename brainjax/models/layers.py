@@ -15,7 +15,7 @@
   depth-to-space interleave give the same numbers with 16/36 of the work.
 """
 import functools
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax

@@ -18,6 +18,7 @@ from brainjax.models.layers import (UpsampleConv, UpsampleConvBlock, batch_norm,
 
 Array = jax.Array
 
+
 class VAEEncoder(nn.Module):
   """Stride-2 3x3 convs + BatchNorm + LeakyReLU(0.2); dense mean and log-variance heads."""
   latent_dim: int
