@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from brainjax.anomaly import dbscan, evaluate, giaem, localisation, reference_loop
+from brainjax.anomaly import dbscan, evaluate, giaem, kmeans_global, localisation, reference_loop
 from brainjax.evaluation import classification
 
 
@@ -29,8 +29,8 @@ def _small_config():
 
 def test_flat_metrics_for_every_rule(data):
   (val_e, val_y, _), (test_e, test_y, test_m) = data
-  out = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, _small_config(),
-                                        test_masks=test_m)
+  out, fitted = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, _small_config(),
+                                                test_masks=test_m)
   for prefix in ('giaem', 'dbscan', 'kmeans', 'global_kmeans'):
     for key in ('accuracy', 'precision', 'recall', 'f1', 'weighted_f1', 'auroc', 'tp',
                 'val_f1', 'dice', 'iou', 'seconds'):
@@ -39,7 +39,16 @@ def test_flat_metrics_for_every_rule(data):
     assert out[f'{prefix}_tp'] + out[f'{prefix}_fn'] == int(test_y.sum())
   assert {'dbscan_eps', 'dbscan_min_samples', 'dbscan_anomaly_threshold', 'dbscan_tumor_index',
           'global_kmeans_alpha', 'giaem_tumor_index', 'kmeans_tumor_index'} <= set(out)
+  selected = out.pop('selected_rule')
   assert all(isinstance(v, (int, float)) for v in out.values())
+  assert out[f'{selected}_val_f1'] == max(out[f'{r}_val_f1'] for r in evaluate.RULES)
+  # the saved centroids reproduce the reported global KMeans test numbers
+  assert fitted['global_kmeans_centroids'].shape == (2, 32 * 32)
+  rule = kmeans_global.global_kmeans(test_e, out['global_kmeans_anomaly_threshold'],
+                                     out['global_kmeans_alpha'],
+                                     centroids=fitted['global_kmeans_centroids'])
+  assert out['global_kmeans_f1'] == classification.classification_metrics(
+      test_y, rule.prediction, rule.score)['f1']
   # the reported test numbers are those of the rule applied with the chosen values
   rule = giaem.giaem(test_e, out['giaem_anomaly_threshold'], out['giaem_tumor_index'])
   expected = classification.classification_metrics(test_y, rule.prediction, rule.score)
@@ -56,7 +65,8 @@ def test_subset_of_rules_without_masks(data):
   config = _small_config()
   config.rules = ('giaem',)
   config.selection_metric = 'balanced_accuracy'
-  out = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config)
+  out, fitted = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config)
+  assert out.pop('selected_rule') == 'giaem' and fitted == {}
   assert set(k.split('_')[0] for k in out) == {'giaem'}
   assert 'giaem_val_balanced_accuracy' in out and 'giaem_dice' not in out
   assert not math.isnan(out['giaem_auroc'])
@@ -89,3 +99,12 @@ def test_mismatched_inputs(data):
     evaluate.evaluate_anomaly_rules(val_e, val_y, test_e[:, :100], test_y, _small_config())
   with pytest.raises(ValueError, match='labels'):
     evaluate.evaluate_anomaly_rules(val_e, val_y[:-1], test_e, test_y, _small_config())
+
+
+def test_select_rule_takes_the_best_validation_value_first_on_ties():
+  metrics = {'giaem_val_f1': 0.5, 'dbscan_val_f1': 0.7, 'kmeans_val_f1': 0.7,
+             'global_kmeans_val_f1': None}
+  assert evaluate.select_rule(metrics) == 'dbscan'
+  assert evaluate.select_rule({'kmeans_val_accuracy': 0.2}, 'accuracy') == 'kmeans'
+  with pytest.raises(ValueError, match='were the anomaly rules evaluated'):
+    evaluate.select_rule({'giaem_f1': 0.9})

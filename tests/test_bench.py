@@ -1,9 +1,15 @@
-"""Smoke tests of the benchmark harness: it runs in-process and its JSON has the peer's shape."""
+"""Smoke tests of the benchmark harness: it runs in-process and its JSON has the peer's shape.
+
+No timing assertions: only that every part runs and reports what it should.
+"""
 import json
 
+import jax
 import pytest
 
 from brainjax import bench
+from brainjax.tasks import cvae_cls
+from brainjax.tasks import variational
 
 TINY = ['--batch', '4', '--steps', '2', '--preset', 'smoke']
 
@@ -17,22 +23,45 @@ def test_train_step_json_shape_and_peer_ratio(tmp_path, capsys):
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert printed == json.loads(output.read_text())
   cnn = printed['cnn']
-  assert cnn['img_per_s'] > 0 and cnn['steps_timed'] == 2
+  assert cnn['steps_timed'] == 2 and cnn['img_per_s'] > 0 and cnn['cpu_ms_per_step'] >= 0
   assert cnn['img_per_s'] == pytest.approx(4 / (cnn['ms_per_step'] / 1e3))
   assert cnn['ratio_vs_torch'] == pytest.approx(cnn['img_per_s'] / 2.0)
   assert printed['peak_memory_mb'] > 0 and printed['threads'] >= 1
   assert isinstance(printed['device'], str) and printed['device']
-  assert printed['torch'] == {'cnn': {'img_per_s': 2.0, 'ms_per_step': 2000.0}}  # kept beside
-  assert 'recon_error_3000_s' not in printed  # --no-anomaly
+  assert not any(k.startswith(('recon_error', 'anomaly')) for k in printed)
 
 
-@pytest.mark.slow  # compiles three more networks; tests/test_generators.py covers their steps
-@pytest.mark.parametrize('name', ['cvae', 'vae', 'gan'])
-def test_every_task_step_runs(name):
-  args = bench.parse_args(['--models', name, '--no-anomaly'] + TINY)
+def test_cvae_times_the_task_train_step():
+  config = bench.task_config('cvae', 'smoke')
+  step, state, batch = bench.train_setup('cvae', config, 4, jax.random.PRNGKey(0))
+  assert step.func is variational.train_step
+  assert step.keywords['reconstruction_loss'] is cvae_cls.cvae_reconstruction_loss
+  assert batch['image'].shape == (4, 128, 128, 1) and batch['label'].shape == (4,)
+  assert float(batch['image'].min()) >= 0 and float(batch['image'].max()) <= 1
+  assert int(state.step) == 0
+
+
+@pytest.mark.slow  # compiles three train steps: minutes on a busy 2-core CPU
+def test_every_task_step_runs():
+  args = bench.parse_args(['--models', 'cvae,vae,gan', '--no-anomaly', '--rounds', '2'] + TINY)
   ours, peer = bench.benchmark_train_steps(args, log=lambda message: None)
-  assert set(ours) == {name} and peer == {}
-  assert ours[name]['img_per_s'] > 0 and ours[name]['first_step_s'] > 0
+  assert set(ours) == {'cvae', 'vae', 'gan'} and peer == {}
+  for result in ours.values():
+    assert result['steps_timed'] == 4  # two rounds of two steps
+    assert result['img_per_s'] > 0 and result['first_step_s'] > 0
+
+
+def test_anomaly_stage_reports_every_rule(capsys):
+  bench.main(['--models', '', '--anomaly-slices', '12', '--baseline-slices', '4'] + TINY)
+  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  rules = {'giaem', 'dbscan', 'kmeans', 'global_kmeans'}
+  assert printed['recon_error_12_first_call_s'] > printed['recon_error_12_s'] > 0
+  assert set(printed['anomaly_grid_search_s']) == rules
+  assert set(printed['anomaly_loop_baseline']) == rules
+  assert printed['anomaly_total_s'] == pytest.approx(
+      printed['recon_error_12_first_call_s'] + sum(printed['anomaly_grid_search_s'].values()))
+  for baseline in printed['anomaly_loop_baseline'].values():
+    assert baseline['loop_s'] >= baseline['loop_measured_s'] > 0 and baseline['speedup'] > 0
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
@@ -40,8 +69,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     bench.parse_args(['--models', 'cnn,resnet'])
   with pytest.raises(SystemExit):
     bench.parse_args(['--steps', '0'])
+  with pytest.raises(SystemExit):
+    bench.parse_args(['--peer', '--compare', 'peer.json'])
   script = tmp_path / 'torch_reference.py'
   script.write_text('')
   with pytest.raises(SystemExit, match='error: cannot run the peer'):
     bench.main(['--models', 'cnn', '--no-anomaly', '--peer', '--peer-script', str(script),
-                '--torch-python', str(tmp_path / 'no-such-python')] + TINY)
+                '--torch-python', str(tmp_path / 'no-such-python'), '--steps', '1'])
+  with pytest.raises(SystemExit):  # a tiny JAX network against the full-size peer
+    bench.parse_args(['--peer', '--preset', 'smoke'])
+  with pytest.raises(SystemExit, match='error: .*no-such.json'):
+    bench.main(['--models', '', '--no-anomaly', '--compare', str(tmp_path / 'no-such.json')])

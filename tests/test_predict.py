@@ -5,6 +5,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -207,6 +208,17 @@ def test_rules_to_use_follows_the_runs_validation():
     predict.rules_to_use('gaiem', metrics)
   with pytest.raises(ValueError, match='no anomaly-rule hyperparameters'):
     predict.rules_to_use('selected', {})
+  # the rule the run itself recorded wins over a recomputation
+  assert predict.rules_to_use('selected', dict(metrics, selected_rule='giaem')) == ['giaem']
+
+
+def test_global_kmeans_needs_the_runs_saved_centroids(cvae_run, tmp_path):
+  run = tmp_path / 'run'
+  shutil.copytree(cvae_run, run)
+  os.remove(run / predict.GLOBAL_CENTROIDS_FILE)
+  with pytest.raises(FileNotFoundError, match='global_kmeans rule needs the centroids'):
+    predict.predict_paths(str(run), [], rules='global_kmeans')
+  assert predict.predict_paths(str(run), [], rules='giaem') == []  # other rules still work
 
 
 # ----------------------------------------------------------------------------- geometry

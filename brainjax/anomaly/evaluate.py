@@ -3,10 +3,11 @@
 `evaluate_anomaly_rules` is what a `cvae_cls` run calls after training: for each
 rule it picks the hyperparameters on the validation errors, applies them once to
 the test errors and returns flat metrics prefixed giaem_, dbscan_, kmeans_ and
-global_kmeans_ (e.g. dbscan_f1, dbscan_auroc, dbscan_eps).
+global_kmeans_ (e.g. dbscan_f1, dbscan_auroc, dbscan_eps), plus `selected_rule`:
+the rule with the best validation value, the one a prediction applies by default.
 """
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import ml_collections
 import numpy as np
@@ -129,11 +130,27 @@ def _search_and_apply(rule, config, val_errors, val_labels, test_errors, shape, 
   return found, out
 
 
-def evaluate_anomaly_rules(val_errors: np.ndarray, val_labels: np.ndarray,
-                           test_errors: np.ndarray, test_labels: np.ndarray,
-                           config: ml_collections.ConfigDict,
-                           test_masks: Optional[np.ndarray] = None) -> Dict[str, float]:
-  """Flat metrics of every rule in config.rules (see module docstring).
+def select_rule(metrics: Dict[str, Any], selection_metric: str = 'f1') -> str:
+  """The rule whose `<rule>_val_<selection_metric>` is best; ties go to the first in RULES.
+
+  A rule without that value counts as worst; a ValueError when no rule has one.
+  """
+  rules = [r for r in RULES if metrics.get(f'{r}_val_{selection_metric}') is not None]
+  if not rules:
+    raise ValueError(f'no <rule>_val_{selection_metric} value: were the anomaly rules evaluated?')
+  values = [round(float(metrics[f'{r}_val_{selection_metric}']), 12) for r in rules]
+  return rules[int(np.argmax(values))]
+
+
+def evaluate_anomaly_rules(
+    val_errors: np.ndarray, val_labels: np.ndarray, test_errors: np.ndarray,
+    test_labels: np.ndarray, config: ml_collections.ConfigDict,
+    test_masks: Optional[np.ndarray] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
+  """(flat metrics of every rule in config.rules (see module docstring), fitted arrays).
+
+  The fitted arrays are what applying a rule to new slices needs beyond its
+  hyperparameters: {'global_kmeans_centroids': (2, H*W), tumour first} when the
+  global KMeans rule ran.
 
   Keys per rule prefix p: the chosen hyperparameters (p_anomaly_threshold,
   p_tumor_index, p_eps, p_min_samples, p_alpha as applicable), p_val_<metric>,
@@ -162,7 +179,7 @@ def evaluate_anomaly_rules(val_errors: np.ndarray, val_labels: np.ndarray,
   if 'giaem' in rules or 'global_kmeans' in rules:  # computed once, shared
     codes = pixel_features.threshold_codes(
         val_errors, anomaly_threshold_grid(config.num_anomaly_thresholds))
-  results = {}
+  results, fitted = {}, {}
   for rule in rules:
     start = time.perf_counter()
     found, out = _search_and_apply(rule, config, val_errors, val_labels, test_errors, shape,
@@ -177,4 +194,7 @@ def evaluate_anomaly_rules(val_errors: np.ndarray, val_labels: np.ndarray,
                  found.params, found.metric, found.value, metrics['f1'], metrics['auroc'],
                  metrics['seconds'])
     results.update({f'{rule}_{k}': v for k, v in metrics.items()})
-  return results
+    if rule == 'global_kmeans':
+      fitted['global_kmeans_centroids'] = np.asarray(found.extra['centroids'], np.float32)
+  results['selected_rule'] = select_rule(results, config.selection_metric)
+  return results, fitted

@@ -100,8 +100,10 @@ def train_and_evaluate(config, workdir):
                                                 variables=best.variables)
   test_errors = recon_error.reconstruction_error(reconstruct_fn, test.images,
                                                  variables=best.variables)
-  metrics = anomaly_evaluate.evaluate_anomaly_rules(
+  metrics, fitted = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
+  for name, array in fitted.items():  # what predict needs to apply the rules to new slices
+    reporting.save_array(workdir, f'{name}.npy', array)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   for rule, name in RULES.items():

@@ -19,8 +19,9 @@ What the command writes in its workdir:
   the leading rule's tumour region in that grid, inside the head (0/255);
   overlays/<path>.png, the map over the scan with the region outlined. <path> keeps the
   file's extension (maps/yes/y1.jpg.npy), so y1.jpg and y1.png never collide.
-- Rules ('selected' by default): the run's rule with the best validation value of its
-  selection metric, with the hyperparameters it chose (metrics.json: <rule>_<name>).
+- Rules ('selected' by default): the rule the run selected on validation (metrics.json:
+  selected_rule), with the hyperparameters it chose (metrics.json: <rule>_<name>); global
+  KMeans also uses the centroids the run fitted (global_kmeans_centroids.npy).
 
 A file that cannot be decoded or holds no head is a skipped row and a count in the
 log, never a crash; the input is only ever read.
@@ -44,6 +45,7 @@ from PIL import Image
 from scipy import ndimage
 
 from brainjax.anomaly import dbscan
+from brainjax.anomaly import evaluate as anomaly_evaluate
 from brainjax.anomaly import giaem
 from brainjax.anomaly import kmeans_global
 from brainjax.anomaly import kmeans_image
@@ -60,7 +62,7 @@ from brainjax.train import checkpoints
 from brainjax.train import reporting
 
 MODEL_TASKS = ('cnn_cls', 'cvae_cls')
-RULES = ('giaem', 'dbscan', 'kmeans', 'global_kmeans')
+RULES = anomaly_evaluate.RULES
 HEAD_LEVEL = 0.05  # preprocessed intensity above which a pixel belongs to the head
 HEAD_PART_FRACTION = 0.2  # head parts smaller than this fraction of the largest are specks
 OVERLAY_ALPHA = 0.6  # opacity of the map where it is 1
@@ -192,8 +194,7 @@ RULE_PARAMS = {
     'kmeans': ('tumor_index',),
     'global_kmeans': ('anomaly_threshold', 'alpha'),
 }
-# Global KMeans also needs the two centroids fitted on the run's validation errors;
-# a cvae_cls run may save them here (float (2, H*W), tumour first).
+# Global KMeans also needs the two centroids its cvae_cls run fitted on validation.
 GLOBAL_CENTROIDS_FILE = 'global_kmeans_centroids.npy'
 
 
@@ -212,17 +213,19 @@ def evaluated_rules(metrics: Dict[str, Any]) -> List[str]:
 
 
 def selected_rule(metrics: Dict[str, Any], selection_metric: str = 'f1') -> str:
-  """The rule with the best validation metric (<rule>_val_<metric>) in the run.
+  """The rule the run selected on validation (its metrics.json `selected_rule`).
 
-  Ties go to the first in RULES order; without validation values, the first rule.
+  Runs that predate that key: the rule with the best `<rule>_val_<metric>`.
   """
-  rules = evaluated_rules(metrics)
-  if not rules:
+  if not evaluated_rules(metrics):
     raise ValueError('the run\'s metrics.json holds no anomaly-rule hyperparameters: was the '
                      'cvae_cls run trained to the end?')
-  values = [metrics.get(f'{r}_val_{selection_metric}') for r in rules]
-  values = [-np.inf if v is None else round(float(v), 12) for v in values]
-  return rules[int(np.argmax(values))]
+  if metrics.get('selected_rule') in evaluated_rules(metrics):
+    return metrics['selected_rule']
+  try:
+    return anomaly_evaluate.select_rule(metrics, selection_metric)
+  except ValueError:  # no validation values at all
+    return evaluated_rules(metrics)[0]
 
 
 def rules_to_use(spec: str, metrics: Dict[str, Any], selection_metric: str = 'f1') -> List[str]:
@@ -252,6 +255,8 @@ def run_rules(run: Run, spec: str) -> List[str]:
   rules = rules_to_use(spec, run.metrics, metric)
   for rule in rules:  # fail before any input is read
     rule_params(run.metrics, rule)
+  if 'global_kmeans' in rules:
+    global_centroids(run)
   return rules
 
 
@@ -277,35 +282,13 @@ def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -
   return out
 
 
-def _validation_errors(run: Run) -> np.ndarray:
-  """Normalised errors of the run's own validation slices (reloads its data, cached)."""
-  source = datasets.real_source(run.config)
-  val = source.examples.take(datasets.split(run.config, source, 'anomaly').val)
-  return reconstruction_errors(run, val.images)
-
-
-def global_centroids(run: Run, anomaly_threshold: float, errors: np.ndarray):
-  """(centroids (2, H*W), where they come from) for the global KMeans rule.
-
-  In order: the run's saved GLOBAL_CENTROIDS_FILE; a refit on the run's validation
-  slices (what the run selected alpha against: the same deterministic KMeans); if that
-  data is gone, a fit on the inputs themselves (logged, needs >= 2 inputs).
-  """
+def global_centroids(run: Run) -> np.ndarray:
+  """The (2, H*W) centroids (tumour first) the run's global KMeans rule fitted on validation."""
   path = os.path.join(run.directory, GLOBAL_CENTROIDS_FILE)
-  if os.path.isfile(path):
-    return np.load(path), 'saved'
-  max_iter = int(run.config.get('anomaly', {}).get('global_max_iter', 300))
-  try:
-    val_errors = _validation_errors(run)
-    logging.info('Global KMeans: refitted the centroids on the run\'s %d validation slices.',
-                 len(val_errors))
-    return kmeans_global.fit_global_kmeans(val_errors, anomaly_threshold, max_iter), 'validation'
-  except (ValueError, FileNotFoundError, OSError) as e:
-    logging.warning('Global KMeans: the run\'s validation data is unavailable (%s); fitting '
-                    'the centroids on the %d inputs instead.', e, len(errors))
-  if len(errors) < 2:
-    raise ValueError('global_kmeans needs the run\'s validation data or at least 2 inputs')
-  return kmeans_global.fit_global_kmeans(errors, anomaly_threshold, max_iter), 'inputs'
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path} is missing: the global_kmeans rule needs the centroids its '
+                            'cvae_cls run saves; choose other rules (--config.rules)')
+  return np.load(path)
 
 
 def apply_rule(run: Run, rule: str, errors: np.ndarray, image_shape):
@@ -321,7 +304,7 @@ def apply_rule(run: Run, rule: str, errors: np.ndarray, image_shape):
     return kmeans_image.kmeans_image(errors, params['tumor_index'], image_shape,
                                      max_iter=int(anomaly.get('kmeans_max_iter', 100)))
   if rule == 'global_kmeans':
-    centroids, _ = global_centroids(run, params['anomaly_threshold'], errors)
+    centroids = global_centroids(run)
     return kmeans_global.global_kmeans(errors, params['anomaly_threshold'], params['alpha'],
                                        centroids=centroids)
   raise ValueError(f'unknown rule {rule!r}; known: {", ".join(RULES)}')

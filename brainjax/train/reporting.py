@@ -24,6 +24,15 @@ def write_metrics_json(workdir, metrics):
   return path
 
 
+def save_array(workdir, name, array):
+  """Writes `array` to workdir/name (.npy) atomically; returns the path."""
+  path = os.path.join(workdir, name)
+  with open(path + '.tmp', 'wb') as f:
+    np.save(f, np.asarray(array))
+  os.replace(path + '.tmp', path)
+  return path
+
+
 def read_metrics_json(workdir):
   with open(os.path.join(workdir, 'metrics.json')) as f:
     return json.load(f)
