@@ -4,8 +4,12 @@ import pathlib
 import tempfile
 
 os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
+# The 8 fake devices share 2 cores on CI: a collective may wait minutes for its slowest
+# device there, which XLA would otherwise treat as stuck and abort the process.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
-                           + ' --xla_force_host_platform_device_count=8')
+                           + ' --xla_force_host_platform_device_count=8'
+                           + ' --xla_cpu_collective_call_terminate_timeout_seconds=1800'
+                           + ' --xla_cpu_collective_timeout_seconds=1800')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One on-disk compilation cache for the session: tests that build the same tiny networks
 # (and the launch.py subprocesses) reuse compiled programs instead of recompiling them.

@@ -31,7 +31,7 @@ from configs import predict as predict_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The longer BrainCVAE run of the localisation test (configs/cvae_cls.py:real plus these).
-TRAINED_CVAE = {'data.num_per_class': 300, 'num_epochs': 10, 'batch_size': 32}
+TRAINED_CVAE = {'data.num_per_class': 300, 'num_epochs': 40, 'batch_size': 32, 'num_devices': 1}
 
 
 def _dice(a, b):
