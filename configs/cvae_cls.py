@@ -19,12 +19,12 @@ def get_config(arg=None):
   config.train_data = opts.variant
   config.synthetic_dirs = VAE_EXPORTS
   config.model = ml_collections.ConfigDict(dict(latent_dim=64, conv_widths=(32, 64)))
-  # The study's 1e-3 saturates the sigmoid decoder within the first steps: each Adam step
-  # moves every tap of the 65x65 transposed conv at once, and the reconstruction collapses to
-  # a constant (black on Br35H, a white head mask on the phantom), leaving the "anomaly" map
-  # equal to the image's own brightness. 1e-4 reconstructs (phantom, 20 epochs: validation
-  # loss 493 against 1902 after 40 epochs at 1e-3). Set --config.learning_rate=1e-3 to
-  # reproduce the study exactly.
+  # At the study's 1e-3 the sigmoid decoder saturates and the reconstruction collapses to a
+  # constant (measured: black on Br35H, a white head mask on the phantom), so the "anomaly"
+  # map is just the image's brightness; presumably because one Adam step moves all taps of
+  # the 65x65 transposed conv at once. 1e-4 reconstructs (phantom, 20 epochs: validation
+  # loss 493 against 1902 after 40 epochs at 1e-3). --config.learning_rate=1e-3 reproduces
+  # the study exactly.
   config.learning_rate = 1e-4
   config.batch_size = 64
   config.num_epochs = 10
