@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import functools
 import importlib
-import json
 import os
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
@@ -54,7 +53,6 @@ from brainjax.data import dedup
 from brainjax.data import image_io
 from brainjax.data import inputs as inputs_lib
 from brainjax.data import phantom
-from brainjax.data import pipeline
 from brainjax.data import preprocess as preprocess_lib
 from brainjax.evaluation import classification
 from brainjax.tasks import datasets
@@ -91,22 +89,11 @@ class Run:
     return float(self.config.data.margin)
 
 
-def _tuples(value):
-  """JSON lists back to the tuples the model configs use."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """The config.json a run wrote, with lists turned back into tuples."""
-  path = os.path.join(run_dir, 'config.json')
-  if not os.path.isfile(path):
+  if not os.path.isfile(os.path.join(run_dir, 'config.json')):
     raise FileNotFoundError(f'{run_dir!r} has no config.json: not the workdir of a brainjax run')
-  with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return reporting.load_config(run_dir)
 
 
 def _task_module(task: str):
@@ -260,26 +247,11 @@ def run_rules(run: Run, spec: str) -> List[str]:
   return rules
 
 
-@functools.partial(jax.jit, static_argnames='model')
-def _batch_errors(model, variables, images):
-  recon = model.apply(variables, images, method=model.reconstruct)
-  return jax.vmap(recon_error.normalised_abs_error)(images, recon)
-
-
 def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """float32 (N, S*S): recon_error's normalised errors, in fixed-shape jitted batches.
-
-  The weights are an argument of the compiled function, not constants baked into it
-  (recon_error.reconstruction_error closes over them: XLA then spends seconds
-  constant-folding the decoder at every compilation).
-  """
-  out = np.zeros((len(images), images.shape[1] * images.shape[2]), np.float32)
-  batch_size = max(1, min(batch_size, len(images)))
-  for start, batch in zip(range(0, len(images), batch_size),
-                          pipeline.eval_batches({'image': images}, batch_size)):
-    errors = np.asarray(_batch_errors(run.model, run.variables, batch['image']))
-    out[start:start + batch_size] = errors[batch['weight'] > 0]
-  return out
+  """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches."""
+  reconstruct = functools.partial(_task_module('cvae_cls').reconstruct, run.model)
+  return recon_error.reconstruction_error(reconstruct, images, batch_size=batch_size,
+                                          variables=run.variables)
 
 
 def global_centroids(run: Run) -> np.ndarray:
