@@ -12,7 +12,8 @@
   the upsampled map. Each output pixel parity (a, b) sees a 2x2 window of the
   low-resolution input whose taps are sums of the 3x3 kernel's taps, so one
   2x2 conv with 4x the output channels (one group per parity) and a
-  depth-to-space interleave give the same numbers with 16/36 of the work.
+  depth-to-space interleave give the same numbers with 16/36 of the work
+  (times (H+1)(W+1)/HW: the window grid has one more row and column).
 """
 import functools
 from typing import Any, Optional
@@ -21,7 +22,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-import numpy as np
 
 Array = jax.Array
 
@@ -78,15 +78,12 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
         for a in range(kh) for b in range(kw)], axis=-1)
     dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
     dk = dk.reshape(kernel.shape)
-    if strides == (1, 1):
-      # lax's input gradient of a stride-1 conv is a plain conv: fast.
-      _, x_vjp = jax.vjp(lambda x_: lax.conv_general_dilated(
-          x_, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision), x)
-      return x_vjp(dy)[0], dk.astype(kernel.dtype)
-    # Strided: lax's input gradient is an input-dilated conv, pathologically
-    # slow on small maps (5.6 s for 4 -> 2 px, 512 -> 1024 channels, batch 64).
-    # Instead dy times the kernel gives every tap's patch gradient, and col2im
-    # adds each tap's share back at its strided input positions.
+    # Input gradient: dy times the kernel gives every tap's patch gradient, and
+    # col2im adds each tap's share back at its (strided) input position. lax's
+    # own is an input-dilated conv when strided, pathologically slow on small
+    # maps (5.6 s for 4 -> 2 px, 512 -> 1024 channels, batch 64), and a plain
+    # conv when not, 1.5-2.6x slower than this for the decoders' 2x2 phase
+    # kernels (UpsampleConv) and equal for 3x3 ones.
     cols = _matmul(dy, kernel.reshape(-1, cout), ((3,), (1,)), precision).reshape(
         n, out_h, out_w, kh, kw, cin)
     dxp = sum(lax.pad(cols[:, :, :, a, b], jnp.zeros((), cols.dtype),
@@ -143,11 +140,25 @@ def upsample_nearest_2x(x: Array) -> Array:
   return x.reshape(n, 2 * h, 2 * w, c)
 
 
-# _PHASE_TAPS[a][t, i] = 1 where 3x3 kernel row i lands on 2x2 window row t
-# for output rows of parity a: even rows 2r read input rows r-1 (kernel row 0)
+# _PHASE_ROWS[a][t]: the 3x3 kernel rows that land on row t of the 2x2 window
+# for output rows of parity a. Even rows 2r read input rows r-1 (kernel row 0)
 # and r (rows 1 and 2); odd rows 2r+1 read r (rows 0 and 1) and r+1 (row 2).
-_PHASE_TAPS = np.array([[[1, 0, 0], [0, 1, 1]],
-                        [[1, 1, 0], [0, 0, 1]]], np.float32)
+# The same holds for columns.
+_PHASE_ROWS = (((0,), (1, 2)), ((0, 1), (2,)))
+
+
+def phase_kernels(kernel: Array) -> Array:
+  """(3, 3, Cin, F) -> (2, 2, Cin, 4F): the 2x2 kernel of each output parity (a, b).
+
+  Each tap is a sum of 1-4 taps of `kernel` (adds, not a contraction: as a dot
+  with the 0/1 tap matrices XLA:CPU spent more time on this than on some convs).
+  """
+  rows = [[sum(kernel[i] for i in _PHASE_ROWS[a][t]) for t in (0, 1)] for a in (0, 1)]
+  taps = [[jnp.stack([jnp.stack([sum(rows[a][t][j] for j in _PHASE_ROWS[b][u]) for b in (0, 1)], 1)
+                      for a in (0, 1)], 1)  # (Cin, a, b, F)
+           for u in (0, 1)] for t in (0, 1)]
+  cin, f = kernel.shape[2:]
+  return jnp.stack([jnp.stack(row, 0) for row in taps], 0).reshape(2, 2, cin, 4 * f)
 
 
 class UpsampleConv(nn.Module):
@@ -165,10 +176,7 @@ class UpsampleConv(nn.Module):
     kernel = self.param('kernel', self.kernel_init, (3, 3, cin, f), self.param_dtype)
     bias = self.param('bias', self.bias_init, (f,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    taps = jnp.asarray(_PHASE_TAPS, kernel.dtype)
-    # (2, 2, Cin, [a, b, F]): the 2x2 kernel of every output parity (a, b).
-    phase_kernel = jnp.einsum('ati,buj,ijco->tucabo', taps, taps, kernel).reshape(2, 2, cin, 4 * f)
-    y = conv_general_dilated(x, phase_kernel, (1, 1), TORCH_PAD1)  # (N, H+1, W+1, 4F)
+    y = conv_general_dilated(x, phase_kernels(kernel), (1, 1), TORCH_PAD1)  # (N, H+1, W+1, 4F)
     y = y.reshape(n, h + 1, w + 1, 2, 2, f)
     # Output pixel (2r+a, 2c+b) is window (r+a, c+b) of parity (a, b).
     rows = [jnp.stack([y[:, a:a + h, b:b + w, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
