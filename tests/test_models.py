@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
+from brainjax.models.cnn import max_pool_2x2
 from brainjax.models.layers import TORCH_PAD1, UpsampleConv, conv_general_dilated, upsample_nearest_2x
 
 SIZE = 128
@@ -251,8 +252,8 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.parametrize('kernel, strides, padding, features', [
-    (4, 2, TORCH_PAD1, 5),          # strided: col2im input gradient
-    (3, 1, 'SAME', 5),              # stride 1: lax input gradient
+    (4, 2, TORCH_PAD1, 5),          # strided col2im input gradient
+    (3, 1, 'SAME', 5),              # stride-1 col2im input gradient
     (3, 1, ((2, 0), (1, 1)), 1)])   # fewer outputs than inputs: shifted copies of dy
 def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, features):
   x = normal((2, 10, 8, 3), 0)
@@ -284,3 +285,20 @@ def test_upsample_conv_matches_upsample_then_conv():
   np.testing.assert_allclose(got, want, rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
     assert rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize('ties', [False, True])
+def test_max_pool_matches_flax_values_and_gradients_with_ties(ties):
+  x = normal((2, 6, 8, 3), 0)
+  if ties:  # few distinct values: most windows hold several maxima
+    x = jnp.round(x)
+  weights = normal((2, 3, 4, 3), 1)
+
+  def run(pool):
+    return jax.jit(jax.value_and_grad(lambda x: jnp.sum(weights * pool(x))))(x)
+
+  (want, want_grad), (got, got_grad) = run(lambda x: nn.max_pool(x, (2, 2), (2, 2))), run(max_pool_2x2)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got_grad, want_grad)  # the first maximum of a window gets it all
+  with pytest.raises(ValueError, match='spatial size must be even'):
+    max_pool_2x2(jnp.zeros((1, 3, 4, 1)))
