@@ -66,17 +66,20 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
   def criticise(d_params, images):
     return discriminator.apply({'params': d_params}, images, train=True).astype(jnp.float32)
 
-  fake, _ = generate(g.params)
-  fake = jax.lax.stop_gradient(fake)
-  d_loss, d_grads = jax.value_and_grad(
-      lambda p: discriminator_loss(criticise(p, real), criticise(p, fake)))(d.params)
+  # One generator pass serves both updates (as in the peer); its VJP is applied
+  # once the updated discriminator has judged the same fake slices.
+  fake, generator_vjp, g_batch_stats = jax.vjp(generate, g.params, has_aux=True)
+
+  def d_loss_fn(d_params):
+    # Real and fake slices in one batch: D has no BatchNorm, so this is the
+    # same function with half the passes.
+    logits = criticise(d_params, jnp.concatenate([real, jax.lax.stop_gradient(fake)]))
+    return discriminator_loss(logits[:real.shape[0]], logits[real.shape[0]:])
+
+  d_loss, d_grads = jax.value_and_grad(d_loss_fn)(d.params)
   d = d.apply_gradients(parallel.mean_over_devices(d_grads, axis_name), d.batch_stats)
-
-  def g_loss_fn(g_params):
-    fake, batch_stats = generate(g_params)
-    return generator_loss(criticise(d.params, fake)), batch_stats
-
-  (g_loss, g_batch_stats), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(g.params)
+  g_loss, fake_grads = jax.value_and_grad(lambda f: generator_loss(criticise(d.params, f)))(fake)
+  g_grads, = generator_vjp(fake_grads)
   g = g.apply_gradients(parallel.mean_over_devices(g_grads, axis_name), g_batch_stats)
   metrics = parallel.mean_over_devices({'loss': g_loss + d_loss, 'g_loss': g_loss,
                                         'd_loss': d_loss}, axis_name)
