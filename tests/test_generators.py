@@ -6,6 +6,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from brainjax.data import synthetic
@@ -14,6 +15,7 @@ from brainjax.tasks import vae_gen
 from brainjax.tasks import variational
 from brainjax.train import loop
 from brainjax.train import parallel
+from brainjax.train.state import TrainState
 from configs import gan_gen as gan_config
 from configs import vae_gen as vae_config
 
@@ -69,6 +71,49 @@ def test_gan_samples_are_images_in_range(tmp_path):
   out = np.asarray(gan_gen.sample_images(generator, state.generator.variables,
                                          jax.random.PRNGKey(2), 4))
   assert out.shape == (4, 128, 128, 1) and out.min() >= 0 and out.max() <= 1
+
+
+def test_gan_step_equals_the_plain_two_pass_update(tmp_path):
+  """train_step shares one generator pass and one D batch; the plain form has three passes."""
+  config = smoke(gan_config, 'positive', tmp_path)
+  generator, discriminator = gan_gen.create_models(config)
+  state = gan_gen.create_train_state(config, generator, discriminator, jax.random.PRNGKey(0))
+  # SGD, not Adam: the generator's conv biases feed BatchNorm, so their gradients are
+  # float noise, which Adam would scale up to learning-rate-sized steps of either sign.
+  state = jax.tree.map(lambda s: TrainState.create(s.variables, optax.sgd(0.1)), state,
+                       is_leaf=lambda s: isinstance(s, TrainState))
+  batch, rng = {'image': images(8)}, jax.random.PRNGKey(1)
+
+  def plain_step(state, batch, rng):
+    real = batch['image'] * 2.0 - 1.0
+    z = parallel.example_normal(rng, real.shape[0], (generator.latent_dim,), None)
+    g, d = state.generator, state.discriminator
+
+    def generate(g_params):
+      fake, updates = generator.apply({'params': g_params, 'batch_stats': g.batch_stats}, z,
+                                      train=True, mutable=['batch_stats'])
+      return fake, updates['batch_stats']
+
+    def criticise(d_params, x):
+      return discriminator.apply({'params': d_params}, x, train=True)
+
+    fake = jax.lax.stop_gradient(generate(g.params)[0])
+    d_loss, d_grads = jax.value_and_grad(lambda p: gan_gen.discriminator_loss(
+        criticise(p, real), criticise(p, fake)))(d.params)
+    d = d.apply_gradients(d_grads, d.batch_stats)
+    (g_loss, stats), g_grads = jax.value_and_grad(
+        lambda p: (lambda f, s: (gan_gen.generator_loss(criticise(d.params, f)), s))(*generate(p)),
+        has_aux=True)(g.params)
+    return gan_gen.GANState(g.apply_gradients(g_grads, stats), d), {'d_loss': d_loss,
+                                                                     'g_loss': g_loss}
+
+  step = functools.partial(gan_gen.train_step, generator=generator, discriminator=discriminator)
+  got_state, got = jax.jit(step)(state, batch, rng)
+  want_state, want = jax.jit(plain_step)(state, batch, rng)
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+  for g, w in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize('task', ['vae', 'gan'])
