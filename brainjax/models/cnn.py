@@ -44,7 +44,7 @@ def _max_pool_bwd(first: Array, dy: Array):
   shape = (1, 1, 2, 1, 2, 1)
   position = 2 * lax.broadcasted_iota(jnp.int8, shape, 2) + lax.broadcasted_iota(jnp.int8, shape, 4)
   dx = jnp.where(position == first[:, :, None, :, None], dy[:, :, None, :, None], 0)
-  return (dx.astype(dy.dtype).reshape(n, 2 * h, 2 * w, c),)
+  return (dx.reshape(n, 2 * h, 2 * w, c),)
 
 
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)

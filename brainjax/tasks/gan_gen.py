@@ -72,7 +72,7 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
 
   def d_loss_fn(d_params):
     # Real and fake slices in one batch: D has no BatchNorm, so this is the
-    # same function with half the passes.
+    # same function in one pass instead of two.
     logits = criticise(d_params, jnp.concatenate([real, jax.lax.stop_gradient(fake)]))
     return discriminator_loss(logits[:real.shape[0]], logits[real.shape[0]:])
 
