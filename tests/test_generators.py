@@ -73,7 +73,7 @@ def test_gan_samples_are_images_in_range(tmp_path):
   assert out.shape == (4, 128, 128, 1) and out.min() >= 0 and out.max() <= 1
 
 
-def test_gan_step_equals_the_plain_two_pass_update(tmp_path):
+def test_gan_step_equals_the_plain_three_pass_update(tmp_path):
   """train_step shares one generator pass and one D batch; the plain form has three passes."""
   config = smoke(gan_config, 'positive', tmp_path)
   generator, discriminator = gan_gen.create_models(config)
