@@ -466,11 +466,10 @@ def _csv_rows(prepared: Prepared, preds: Predictions, rules: Sequence[str]):
 
 
 def write_predictions_csv(path: str, fields: Sequence[str], rows: Sequence[Dict[str, Any]]):
-  with open(path + '.tmp', 'w', newline='') as f:
+  with reporting.atomic_open(path, newline='') as f:
     writer = csv.DictWriter(f, fieldnames=fields, restval='')
     writer.writeheader()
     writer.writerows(rows)
-  os.replace(path + '.tmp', path)
 
 
 def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,

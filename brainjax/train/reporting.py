@@ -1,4 +1,5 @@
 """What a run writes besides checkpoints: metrics.json, TensorBoard scalars, image grids."""
+import contextlib
 import json
 import math
 import os
@@ -14,22 +15,28 @@ def _json_number(value):
   return value if math.isfinite(value) else None  # JSON has no NaN; null says "undefined"
 
 
+@contextlib.contextmanager
+def atomic_open(path, mode='w', **kwargs):
+  """open() for writing whose file appears at `path` only once fully written."""
+  with open(path + '.tmp', mode, **kwargs) as f:
+    yield f
+  os.replace(path + '.tmp', path)
+
+
 def write_metrics_json(workdir, metrics):
   """Writes the flat dict `metrics` (numbers, or strings for names) to workdir/metrics.json."""
   flat = {k: v if isinstance(v, str) else _json_number(v) for k, v in metrics.items()}
   path = os.path.join(workdir, 'metrics.json')
-  with open(path + '.tmp', 'w') as f:
+  with atomic_open(path) as f:
     json.dump(flat, f, indent=1, sort_keys=True)
-  os.replace(path + '.tmp', path)
   return path
 
 
 def save_array(workdir, name, array):
   """Writes `array` to workdir/name (.npy) atomically; returns the path."""
   path = os.path.join(workdir, name)
-  with open(path + '.tmp', 'wb') as f:
+  with atomic_open(path, 'wb') as f:
     np.save(f, np.asarray(array))
-  os.replace(path + '.tmp', path)
   return path
 
 
