@@ -32,6 +32,7 @@ def test_threshold_codes_exact_for_uniform_and_irregular_grids():
   errors = rng.random((5, 300)).astype(np.float32)
   for grid in [(np.arange(100) / 100).astype(np.float32),
                (np.arange(7) / 7).astype(np.float32),
+               (0.2 + np.arange(50) / 100).astype(np.float32),  # errors below and above it
                np.geomspace(0.001, 0.9, 37).astype(np.float32)]:
     errors[0, :grid.size] = grid  # exact hits and their float32 neighbours
     errors[1, :grid.size] = np.nextafter(grid, np.float32(-1))

@@ -62,6 +62,9 @@ def test_anomaly_stage_reports_every_rule(capsys):
       printed['recon_error_12_first_call_s'] + sum(printed['anomaly_grid_search_s'].values()))
   for baseline in printed['anomaly_loop_baseline'].values():
     assert baseline['loop_s'] >= baseline['loop_measured_s'] > 0 and baseline['speedup'] > 0
+  assert printed['anomaly_grid_search_speedup'] == pytest.approx(
+      sum(b['loop_s'] for b in printed['anomaly_loop_baseline'].values())
+      / sum(printed['anomaly_grid_search_s'].values()))
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):

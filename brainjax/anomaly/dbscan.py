@@ -38,10 +38,11 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
+from brainjax.anomaly import parallel
 from brainjax.anomaly import pixel_features
 
 # Upper bound on candidate pixels clustered at once (memory ~ this x window size).
-_MAX_CANDIDATES_PER_CHUNK = 400_000
+_MAX_CANDIDATES_PER_CHUNK = 200_000
 # Relative margin on eps**2 of the float32 pre-selection of pairs (rechecked in float64).
 _BAND = 1e-5
 
@@ -219,9 +220,10 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
   eps_values, min_samples_values = _check_params(eps_values, min_samples_values)
   n = len(errors)
   scores = np.zeros((n, thresholds.size, eps_values.size, min_samples_values.size))
-  # The pairs at the lowest threshold (the most candidates) and the largest eps
-  # contain those of every grid point: find them once per chunk of images.
-  for chunk in _image_chunks((errors >= thresholds[0]).sum(axis=1)):
+
+  def score_chunk(chunk: slice):
+    # The pairs at the lowest threshold (the most candidates) and the largest eps
+    # contain those of every grid point: find them once per chunk of images.
     lowest = _Candidates(errors[chunk], thresholds[0], float(eps_values.max()), h, w)
     for t, threshold in enumerate(thresholds):
       candidates = lowest if t == 0 else lowest.restrict(threshold)
@@ -229,6 +231,8 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
         for m, label in enumerate(candidates.clusters(eps, min_samples_values)):
           largest = _largest_clusters(label, candidates.image, chunk.stop - chunk.start)
           scores[chunk, t, e, m] = largest / (h * w)
+
+  parallel.thread_map(score_chunk, _image_chunks((errors >= thresholds[0]).sum(axis=1)))
   return scores
 
 

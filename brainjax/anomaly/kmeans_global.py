@@ -35,6 +35,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from scipy import sparse
 
+from brainjax.anomaly import parallel
 from brainjax.anomaly import pixel_features
 
 
@@ -220,15 +221,23 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
   if codes is None:
     codes = pixel_features.threshold_codes(errors, thresholds)
   counts = pixel_features.counts_above(codes, thresholds.size)
-  # Each row's pixels by decreasing code: the anomalous ones at threshold k first.
-  order = np.argsort(np.iinfo(codes.dtype).max - codes, axis=1, kind='stable').astype(np.int32)
   n, d = errors.shape
+  # Each row's pixels by decreasing code: the anomalous ones at threshold k first.
+  order = np.empty((n, d), np.int32)
+
+  def sort_rows(rows: slice):
+    order[rows] = np.argsort(np.iinfo(codes.dtype).max - codes[rows], axis=1, kind='stable')
+
+  parallel.thread_map(sort_rows, parallel.row_chunks(n, d))
   scores = np.zeros((n, thresholds.size))
   centroids = np.zeros((thresholds.size, 2, d))
-  ones = np.ones(n * d // 2 + 1)  # at most half the entries are stored
-  for k in range(thresholds.size):
+  ones = np.ones(n * d // 2 + 1)  # at most half the entries are stored; read-only, shared
+
+  def fit(k: int):  # the thresholds' KMeans are independent
     x = _BinaryRows.from_sorted_rows(order, counts[:, k], ones)
     _, fitted = _lloyd(x, max_iter)
     centroids[k] = _tumour_first(fitted)
     scores[:, k] = _scores(x, centroids[k])
+
+  parallel.thread_map(fit, range(thresholds.size))
   return GlobalGrid(scores, centroids)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from brainjax.anomaly import parallel
 from brainjax.anomaly import pixel_features
 
 # Images per jitted call. Small: the batch iterates until its slowest image has
@@ -147,14 +148,19 @@ def kmeans_image_clusters(errors: np.ndarray, image_shape: Optional[Sequence[int
   second = np.zeros(errors.shape, bool)
   centroids = np.zeros((n, 2, 3), np.float32)
   batch = _IMAGES_PER_CALL
-  for start in range(0, n, batch):
-    chunk = errors[start:start + batch]
+
+  def cluster(rows: slice):
+    chunk = errors[rows]
     valid = len(chunk)
     if valid < batch:  # one compiled shape; copies of a real map converge with it
       chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - valid, axis=0)])
     member, fitted = _cluster_batch(chunk, h, w, max_iter)
-    second[start:start + valid] = np.asarray(member)[:valid]
-    centroids[start:start + valid] = np.asarray(fitted)[:valid]
+    second[rows] = np.asarray(member)[:valid]
+    centroids[rows] = np.asarray(fitted)[:valid]
+
+  # Calls from one thread per core run side by side (1.6x on 2 cores; XLA's own
+  # threads have little to split in such small calls).
+  parallel.thread_map(cluster, [slice(start, start + batch) for start in range(0, n, batch)])
   # The anomalous cluster has the larger mean error (ties: the first cluster).
   second_is_anomalous = centroids[:, 1, 0] > centroids[:, 0, 0]
   anomalous = second == second_is_anomalous[:, None]

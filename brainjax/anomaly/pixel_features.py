@@ -13,6 +13,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
+from brainjax.anomaly import parallel
+
 
 class RuleOutput(NamedTuple):
   """What every anomaly rule returns for N images.
@@ -87,9 +89,10 @@ def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
 
   uint8 (uint16 beyond 255 thresholds), same shape as errors; exact (float32
   comparisons). For a (near-)uniform grid one pass: the guess
-  g = floor((e - lo) / step) is off by at most one (the grid is within a quarter
-  step of uniform and float32 adds far less), so testing thresholds g-1, g, g+1
-  completes the count. Other grids use a binary search.
+  g = floor((e - lo) / step) (clipped to the grid) is off by at most one from the
+  last threshold <= e (the grid is within a quarter step of uniform and float32
+  adds far less), so code = g + [t_g <= e] + [t_(g+1) <= e], with t_num = inf.
+  Other grids use a binary search.
   """
   thresholds = check_grid(thresholds, 'thresholds')
   num = thresholds.size
@@ -99,20 +102,22 @@ def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     raise ValueError('errors contain NaN or inf')
   if not _is_near_uniform(thresholds):
     return np.searchsorted(thresholds, errors, side='right').astype(dtype)
-  # padded[k + 1] = thresholds[k], with -inf / +inf beyond both ends
-  padded = np.concatenate([[-np.inf], thresholds, [np.inf, np.inf]]).astype(np.float32)
+  above = np.append(thresholds, np.inf).astype(np.float32)  # t_0 .. t_(num-1), t_num = inf
   lo = thresholds[0]
   scale = np.float32((num - 1) / (np.float64(thresholds[-1]) - np.float64(lo)))
   out = np.empty(errors.shape, dtype)
   flat_in, flat_out = errors.reshape(len(errors), -1), out.reshape(len(errors), -1)
-  rows = max(1, (1 << 20) // max(1, flat_in.shape[1]))  # cache-sized chunks
-  for start in range(0, len(flat_in), rows):
-    e = flat_in[start:start + rows]
-    guess = np.clip(np.floor((e - lo) * scale), 0, num - 1).astype(np.int32)
-    code = guess - 1
-    for shift in (0, 1, 2):
-      code += padded[guess + shift] <= e
-    flat_out[start:start + rows] = code
+
+  def fill(rows: slice):
+    e = flat_in[rows]
+    x = (e - lo) * scale
+    guess = np.clip(x, 0, num - 1, out=x).astype(np.int32)  # clipped first: floor = truncation
+    code = guess.astype(dtype)
+    code += np.take(above, guess) <= e
+    code += np.take(above[1:], guess) <= e
+    flat_out[rows] = code
+
+  parallel.thread_map(fill, parallel.row_chunks(len(flat_in), flat_in.shape[1]))
   return out
 
 
@@ -136,15 +141,14 @@ def counts_above(codes: np.ndarray, num_thresholds: int,
   n = len(codes)
   bins = num_thresholds + 1
   hist = np.zeros((n, bins), np.int64)
-  chunk = max(1, (1 << 22) // max(1, codes.shape[1]))
-  for start in range(0, n, chunk):
-    c = codes[start:start + chunk]
-    rows = np.arange(len(c), dtype=np.intp)[:, None] * bins
-    index = (c.astype(np.intp) + rows)
-    weights = None if mask is None else mask[start:start + chunk].reshape(-1)
-    if weights is not None:
-      index = index.reshape(-1)[weights.astype(bool)]
-    hist[start:start + chunk] = np.bincount(
-        index.reshape(-1), minlength=len(c) * bins).reshape(len(c), bins)
+
+  def fill(rows: slice):
+    c = codes[rows]
+    index = c.astype(np.intp) + np.arange(len(c), dtype=np.intp)[:, None] * bins
+    if mask is not None:
+      index = index.reshape(-1)[mask[rows].reshape(-1).astype(bool)]
+    hist[rows] = np.bincount(index.reshape(-1), minlength=len(c) * bins).reshape(len(c), bins)
+
+  parallel.thread_map(fill, parallel.row_chunks(n, codes.shape[1]))
   # pixels with code > k are those in bins k+1..T: a reversed cumulative sum.
   return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]

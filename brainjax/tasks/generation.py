@@ -72,7 +72,7 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
                               {'image': class_training_images(config)}, evaluate=evaluate)
   else:
     raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
-  out_dir = export(config, workdir, sample_fn, variables_of(state), state.step)
+  export(config, workdir, sample_fn, variables_of(state), state.step)
   summary.update(exported=config.export.num_samples)
   reporting.write_metrics_json(workdir, summary)
   return summary

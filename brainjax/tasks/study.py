@@ -11,7 +11,6 @@ import os
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from brainjax.data import synthetic
 from brainjax.data.examples import NEGATIVE, POSITIVE

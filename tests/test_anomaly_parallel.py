@@ -1,0 +1,50 @@
+"""The rules' thread-parallel pieces give the same numbers with one thread as with many."""
+import numpy as np
+import pytest
+
+from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image, parallel
+from brainjax.anomaly import reference_loop
+
+
+def test_thread_map_keeps_order_and_raises():
+  assert parallel.thread_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+  assert parallel.thread_map(str, []) == []
+
+  def fail(x):
+    if x == 3:
+      raise ValueError('three')
+    return x
+
+  with pytest.raises(ValueError, match='three'):
+    parallel.thread_map(fail, range(5))
+
+
+def test_row_chunks_cover_every_row_once(monkeypatch):
+  monkeypatch.setattr(parallel, 'CHUNK_ELEMENTS', 100)
+  chunks = parallel.row_chunks(23, 30)  # 3 rows of 30 values per chunk
+  assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15),
+                                                 (15, 18), (18, 21), (21, 23)]
+  assert [(c.start, c.stop) for c in parallel.row_chunks(2, 1000)] == [(0, 1), (1, 2)]
+
+
+def _all_rules(errors):
+  thresholds = (np.arange(10) / 10).astype(np.float32)
+  return dict(
+      giaem=giaem.giaem_grid_scores(errors, thresholds),
+      dbscan=dbscan.dbscan_grid_scores(errors, [0.5, 0.7], [0.04, 0.08], [3, 6]),
+      kmeans=kmeans_image.kmeans_image_clusters(errors)[1],
+      global_kmeans=kmeans_global.global_kmeans_grid_scores(errors, thresholds).scores)
+
+
+def test_rules_do_not_depend_on_the_thread_count(monkeypatch):
+  errors, _, _ = reference_loop.synthetic_error_maps(40, size=32, seed=3)
+  # Small chunks, so every rule splits its work into many pieces.
+  monkeypatch.setattr(parallel, 'CHUNK_ELEMENTS', 3 * 32 * 32)
+  monkeypatch.setattr(dbscan, '_MAX_CANDIDATES_PER_CHUNK', 500)
+  monkeypatch.setattr(parallel, 'num_workers', lambda: 1)
+  serial = _all_rules(errors)
+  monkeypatch.setattr(parallel, 'num_workers', lambda: 4)
+  threaded = _all_rules(errors)
+  for rule, values in serial.items():
+    assert np.asarray(values).any(), rule  # not a trivial all-zero answer
+    np.testing.assert_array_equal(threaded[rule], values, err_msg=rule)
