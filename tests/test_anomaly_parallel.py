@@ -9,6 +9,7 @@ from brainjax.anomaly import reference_loop
 def test_thread_map_keeps_order_and_raises():
   assert parallel.thread_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
   assert parallel.thread_map(str, []) == []
+  assert 1 <= parallel.num_workers() <= parallel.MAX_WORKERS
 
   def fail(x):
     if x == 3:

@@ -1,4 +1,4 @@
-"""One thread per core for the anomaly rules' independent NumPy/SciPy pieces.
+"""Threads, one per core, for the anomaly rules' independent NumPy/SciPy pieces.
 
 The rules' heavy kernels (comparisons, sorts, bincount, SciPy's sparse products
 and graph search, jitted JAX calls) release the GIL, so independent pieces (row
@@ -15,14 +15,18 @@ R = TypeVar('R')
 
 # Values per row chunk: a few MB, cache-sized, and enough chunks to share out.
 CHUNK_ELEMENTS = 1 << 20
+# At most this many threads: each global-KMeans threshold or DBSCAN chunk in flight
+# holds ~100 MB on 3000 slices.
+MAX_WORKERS = 8
 
 
 def num_workers() -> int:
-  """The cores this process may run on."""
+  """The cores this process may run on, at most MAX_WORKERS."""
   try:
-    return max(1, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0))
   except AttributeError:  # not Linux
-    return os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+  return max(1, min(MAX_WORKERS, cores))
 
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> List[R]:
