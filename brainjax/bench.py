@@ -367,9 +367,10 @@ def benchmark_anomaly(args, log):
   The grid searches run on CVAE-like synthetic error maps (reference_loop's
   generator; half tumour): their cost depends on how many pixels are anomalous,
   which an untrained CVAE would not show realistically. The straightforward
-  scikit-learn/NumPy loop is timed on a subset (`--baseline-slices` images, or a
-  slice of the threshold grid where each grid point touches every image) and
-  extrapolated linearly; `speedup` is its extrapolated time over the fast one.
+  scikit-learn/NumPy loop is timed on a subset (`--baseline-slices` images; for
+  GIAEM, whose grid points each touch every image, a slice of its threshold grid)
+  and extrapolated linearly, global KMeans in full; `speedup` is the loop's time
+  over the fast one.
   """
   n = args.anomaly_slices
   first_s, recon_s = time_reconstruction_error(args.preset, n)
