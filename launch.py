@@ -15,7 +15,6 @@ import jax
 from ml_collections import config_flags
 
 from brainjax.tasks import datasets
-from brainjax.train import host_memory
 
 TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
 
@@ -47,10 +46,7 @@ def quiet_libraries(record):
 
 
 def main(argv):
-  # First, before JAX computes anything: XLA:CPU steps without page faults on every buffer.
-  kept = host_memory.keep_freed_memory()
   logging.get_absl_logger().addFilter(quiet_libraries)
-  logging.info('freed host memory kept in-process (glibc): %s', kept)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config

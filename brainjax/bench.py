@@ -27,6 +27,7 @@ the pinning. The default (0) leaves both at their defaults: every core for XLA, 
 own default (all physical cores).
 """
 import argparse
+import ctypes
 import functools
 import json
 import os
@@ -49,7 +50,6 @@ from brainjax.tasks import cvae_cls
 from brainjax.tasks import gan_gen
 from brainjax.tasks import vae_gen
 from brainjax.tasks import variational
-from brainjax.train import host_memory
 from brainjax.train import loop
 from configs import cnn_cls as cnn_config
 from configs import cvae_cls as cvae_config
@@ -103,8 +103,8 @@ def parse_args(argv=None):
   parser.add_argument('--threads', type=int, default=0,
                       help='pin this process and the peer to N CPUs (0: defaults)')
   parser.add_argument('--malloc-tuning', action=argparse.BooleanOptionalAction, default=True,
-                      help='keep freed memory in-process, as launch.py does (train/host_memory.py; '
-                      'GLIBC_TUNABLES for the peer): fewer page faults, for both alike')
+                      help='keep freed memory in-process (glibc mallopt here, GLIBC_TUNABLES for '
+                      'the peer): fewer page faults, for both alike')
   parser.add_argument('--peer', action='store_true',
                       help='time the PyTorch peer model by model, back to back with JAX')
   parser.add_argument('--torch-python', default='python3',
@@ -133,6 +133,30 @@ def parse_args(argv=None):
   if args.peer and args.preset != 'paper':
     parser.error('--peer times the full-size networks: use it with --preset paper')
   return args
+
+
+# glibc mallopt parameters, and the same settings as GLIBC_TUNABLES (for the peer's process).
+_MALLOPT = {'arena_max': (-8, 1), 'mmap_max': (-4, 0), 'trim_threshold': (-1, 2**31 - 1),
+            'top_pad': (-2, 64 << 20)}
+MALLOC_TUNABLES = ':'.join(f'glibc.malloc.{k}={v}' for k, (_, v) in _MALLOPT.items())
+
+
+def tune_malloc():
+  """Keeps freed memory in the process instead of giving it back to the OS.
+
+  XLA:CPU allocates each execution's buffers with malloc; glibc serves blocks over
+  32 MiB (BrainCNN's first activations are 128 MiB at batch 64) with a fresh mmap,
+  whose every 4 KiB page then faults and is zeroed by the kernel on first touch, and
+  unmaps them on free, so every step pays it again: about half of a BrainCNN step
+  here. One arena, no mmap and no trimming let freed blocks be reused. Call before
+  JAX's first computation (its worker threads must not have their own arenas yet).
+  Returns whether glibc accepted the settings (False elsewhere, e.g. macOS).
+  """
+  try:
+    libc = ctypes.CDLL('libc.so.6')
+    return all(libc.mallopt(param, value) == 1 for param, value in _MALLOPT.values())
+  except (OSError, AttributeError):
+    return False
 
 
 def pin_threads(num):
@@ -238,7 +262,7 @@ def run_peer(args, name, steps):
   try:
     env = dict(os.environ)
     if args.malloc_tuning:
-      env['GLIBC_TUNABLES'] = host_memory.GLIBC_TUNABLES
+      env['GLIBC_TUNABLES'] = MALLOC_TUNABLES
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   except OSError as error:
     raise ValueError(f'cannot run the peer with --torch-python {args.torch_python}: {error}')
@@ -390,7 +414,7 @@ def run(args, log=lambda message: print(message, file=sys.stderr)):
   if args.peer:
     check_peer(args)
   threads = pin_threads(args.threads)
-  malloc_tuned = host_memory.keep_freed_memory() if args.malloc_tuning else False
+  malloc_tuned = tune_malloc() if args.malloc_tuning else False
   out, peer = benchmark_train_steps(args, log)
   peer = peer or compared
   for name in args.models:
