@@ -41,10 +41,24 @@ def _conv_fwd(x, kernel, strides, padding, precision):
   return _conv(x, kernel, strides, padding, precision), (x, kernel)
 
 
+def _concat_channels(parts) -> Array:
+  """jnp.concatenate(parts, axis=-1) of equally shaped parts, as a sum of zero-padded parts.
+
+  XLA:CPU writes the sum in one fused pass; its concatenate first copied every
+  sliced or padded part to a buffer of its own (im2col of the BrainCNN's 64 px
+  layer, batch 64: 43 ms against 68 ms).
+  """
+  c = parts[0].shape[-1]
+  zero = jnp.zeros((), parts[0].dtype)
+  no_pad = ((0, 0, 0),) * (parts[0].ndim - 1)
+  return sum(lax.pad(part, zero, no_pad + ((c * i, c * (len(parts) - 1 - i), 0),))
+             for i, part in enumerate(parts))
+
+
 def _shifted_copies(a: Array, kh: int, kw: int) -> Array:
   """(N, H, W, C) -> (N, H+kh-1, W+kw-1, kh*kw*C): a moved down t and right u, per tap (t, u)."""
-  return jnp.concatenate([jnp.pad(a, ((0, 0), (t, kh - 1 - t), (u, kw - 1 - u), (0, 0)))
-                          for t in range(kh) for u in range(kw)], axis=-1)
+  return _concat_channels([jnp.pad(a, ((0, 0), (t, kh - 1 - t), (u, kw - 1 - u), (0, 0)))
+                           for t in range(kh) for u in range(kw)])
 
 
 def _matmul(a: Array, b: Array, contract, precision) -> Array:
@@ -72,10 +86,10 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
                   ((3,), (0,)), precision)
   else:
     # Kernel gradient: im2col patches of x (one strided slice per tap) times dy.
-    patches = jnp.concatenate([
+    patches = _concat_channels([
         lax.slice(xp, (0, a, b, 0), (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, cin),
                   (1, sh, sw, 1))
-        for a in range(kh) for b in range(kw)], axis=-1)
+        for a in range(kh) for b in range(kw)])
     dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
     dk = dk.reshape(kernel.shape)
     # Input gradient: dy times the kernel gives every tap's patch gradient, and
