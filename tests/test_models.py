@@ -9,7 +9,8 @@ import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
-from brainjax.models.layers import TORCH_PAD1, UpsampleConv, conv_general_dilated, upsample_nearest_2x
+from brainjax.models.layers import (TORCH_PAD1, UpsampleConv, _concat_channels, conv_general_dilated,
+                                    upsample_nearest_2x)
 
 SIZE = 128
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
@@ -249,6 +250,11 @@ def test_bad_inputs_raise_clear_errors():
         key(0), jnp.zeros((1, 8)), train=False))
   with pytest.raises(ValueError, match='BrainCNN'):
     BrainCNN(**TINY_CNN).init(key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+
+
+def test_concat_channels_equals_concatenate():
+  parts = [normal((2, 3, 4, 5), seed) for seed in range(4)]
+  np.testing.assert_array_equal(_concat_channels(parts), jnp.concatenate(parts, axis=-1))
 
 
 @pytest.mark.parametrize('kernel, strides, padding, features', [
