@@ -110,7 +110,7 @@ class _Candidates:
     half = s2.size // 2  # offsets [half:] come after (0, 0): each pair once
     di, dj, s2 = di[half:], dj[half:], s2[half:]
     if not s2.size or not self.size:  # eps below one pixel step, or nothing to cluster
-      self.first = self.second = np.zeros(0, np.int64)
+      self.first = self.second = np.zeros(0, np.int32)
       self.dist2 = np.zeros(0)
       return
     # Index of each candidate in an (n + 1, h + 2 ri, w + 2 rj) map, -1 elsewhere,
@@ -128,17 +128,19 @@ class _Candidates:
     d2_max = np.float32(eps_max * eps_max) * np.float32(1 + _BAND)
     nbr = np.asarray(_neighbours(index, flat, value, (di * wp + dj).astype(np.int32),
                                  s2.astype(np.float32), d2_max))[:self.size]
-    first, offset = np.nonzero(nbr >= 0)
-    second = nbr[first, offset]
+    found = np.flatnonzero(nbr >= 0)  # one pass; cheaper than a 2-D nonzero
+    first, offset = np.divmod(found, s2.size)
+    second = nbr.reshape(-1)[found]
     value64 = self.value.astype(np.float64)
     dist2 = (value64[first] - value64[second]) ** 2 + s2[offset]
     keep = dist2 <= eps_max * eps_max
-    self.first, self.second, self.dist2 = first[keep], second[keep], dist2[keep]
+    # int32 indices: half the memory traffic, and what SciPy's graph code takes.
+    self.first, self.second, self.dist2 = first[keep].astype(np.int32), second[keep], dist2[keep]
 
   def restrict(self, threshold: np.float32) -> '_Candidates':
     """The candidates at a higher threshold: a subset, with the pairs among it."""
     keep = self.value >= threshold
-    new_index = np.cumsum(keep) - 1
+    new_index = np.cumsum(keep, dtype=np.int32) - 1
     pair = keep[self.first] & keep[self.second]
     out = object.__new__(_Candidates)
     out.image, out.pixel, out.value = self.image[keep], self.pixel[keep], self.value[keep]
@@ -148,14 +150,18 @@ class _Candidates:
     return out
 
   def clusters(self, eps: float, min_samples_values: Sequence[int]) -> Iterator[np.ndarray]:
-    """Per min_samples: each candidate's cluster id (-1 noise), ids in sklearn order.
+    """Per min_samples: each candidate's cluster as the index of the cluster's
+    lowest core candidate (-1: noise).
 
-    Ids are global over the chunk, increasing with the cluster's lowest candidate
-    index; candidates are sorted by image, so ids of one image are consecutive.
+    Candidates are sorted by image, so a cluster's id lies among its image's own
+    candidate indices, and ids order clusters as scikit-learn numbers them.
     """
-    near = self.dist2 <= eps * eps
-    a, b = self.first[near], self.second[near]
+    a, b = self.first, self.second
+    if eps * eps < self.dist2.max(initial=0.0):
+      near = self.dist2 <= eps * eps
+      a, b = a[near], b[near]
     neighbours = 1 + np.bincount(a, minlength=self.size) + np.bincount(b, minlength=self.size)
+    ones = np.ones(a.size)  # the graph's edge weights, shared by its min_samples
     for min_samples in min_samples_values:
       core = neighbours >= min_samples
       core_a, core_b = core[a], core[b]
@@ -163,23 +169,16 @@ class _Candidates:
       # Pairs come sorted by their first point (row-major nonzero), so the CSR
       # structure is direct: no COO sort.
       rows, cols = a[linked], b[linked]
-      indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=self.size))]
-      graph = sparse.csr_matrix((np.ones(rows.size, np.int8), cols, indptr),
-                                shape=(self.size, self.size))
-      _, component = csgraph.connected_components(graph, directed=False)
-      # Rank the core components by their lowest member (scikit-learn's order).
-      core_index = np.flatnonzero(core)
-      first_member = np.full(self.size, self.size, np.int64)
-      np.minimum.at(first_member, component[core_index], core_index)
-      is_cluster = first_member < self.size
-      rank = np.full(self.size, -1, np.int64)
-      rank[np.flatnonzero(is_cluster)[np.argsort(first_member[is_cluster])]] = np.arange(
-          int(is_cluster.sum()))
-      label = np.full(self.size, -1, np.int64)
-      label[core_index] = rank[component[core_index]]
-      # Border points join the lowest-ranked neighbouring cluster.
-      none = np.iinfo(np.int64).max
-      border_label = np.full(self.size, none)
+      indptr = np.zeros(self.size + 1, np.int32)
+      np.cumsum(np.bincount(rows, minlength=self.size), out=indptr[1:])
+      graph = sparse.csr_matrix((ones[:rows.size], cols, indptr), shape=(self.size, self.size))
+      count, component = csgraph.connected_components(graph, directed=False)
+      lowest = np.full(count, self.size, np.int32)  # each component's lowest candidate
+      np.minimum.at(lowest, component, np.arange(self.size, dtype=np.int32))
+      label = np.where(core, lowest[component], -1)
+      # Border points join the neighbouring cluster that scikit-learn numbers first.
+      none = np.iinfo(np.int32).max
+      border_label = np.full(self.size, none, np.int32)
       to_b, to_a = core_a & ~core_b, core_b & ~core_a
       np.minimum.at(border_label, b[to_b], label[a[to_b]])
       np.minimum.at(border_label, a[to_a], label[b[to_a]])
@@ -190,12 +189,10 @@ class _Candidates:
 
 def _largest_clusters(label: np.ndarray, image: np.ndarray, num_images: int) -> np.ndarray:
   """int64 (num_images,): the size of each image's largest cluster (0 if none)."""
-  assigned = label >= 0
-  sizes = np.bincount(label[assigned], minlength=int(label.max(initial=-1)) + 1)
-  cluster_image = np.zeros(sizes.size, np.int64)
-  cluster_image[label[assigned]] = image[assigned]
+  sizes = np.bincount(label + 1, minlength=label.size + 1)[1:]  # bin 0 counts noise
+  clusters = np.flatnonzero(sizes)
   largest = np.zeros(num_images, np.int64)
-  np.maximum.at(largest, cluster_image, sizes)
+  np.maximum.at(largest, image[clusters], sizes[clusters])
   return largest
 
 
@@ -251,12 +248,12 @@ def dbscan_labels(errors: np.ndarray, anomaly_threshold: float, eps: float, min_
   for chunk in _image_chunks((errors >= threshold).sum(axis=1)):
     candidates = _Candidates(errors[chunk], threshold, eps, h, w)
     (label,) = candidates.clusters(eps, [min_samples])
-    # Make ids per image: subtract the first id used in the same image.
-    first_id = np.full(chunk.stop - chunk.start, np.iinfo(np.int64).max)
-    assigned = label >= 0
-    np.minimum.at(first_id, candidates.image[assigned], label[assigned])
-    local = np.where(assigned, label - first_id[candidates.image], -1)
-    out[chunk][candidates.image, candidates.pixel] = local
+    # Number each image's clusters 0, 1, ... in the order of their ids.
+    ids = np.unique(label[label >= 0])
+    id_image = candidates.image[ids]  # non-decreasing, as ids are
+    rank = np.full(candidates.size + 1, -1, np.int64)  # rank[-1]: noise stays -1
+    rank[ids] = np.arange(ids.size) - np.searchsorted(id_image, id_image, side='left')
+    out[chunk][candidates.image, candidates.pixel] = rank[label]
   return out
 
 
