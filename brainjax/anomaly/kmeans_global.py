@@ -71,7 +71,7 @@ class _BinaryRows:
     indptr = np.r_[0, np.cumsum(lengths)]
     parts = ([row[c:] for row, c in zip(order, counts)] if complement
              else [row[:c] for row, c in zip(order, counts)])
-    indices = np.concatenate(parts) if n else np.zeros(0, np.int32)
+    indices = np.concatenate(parts, dtype=np.int32) if n else np.zeros(0, np.int32)
     return cls(indptr, indices, complement, d, counts, ones)
 
   def rows_dot(self, rows: Optional[np.ndarray], vectors: np.ndarray) -> np.ndarray:
@@ -223,7 +223,7 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
   counts = pixel_features.counts_above(codes, thresholds.size)
   n, d = errors.shape
   # Each row's pixels by decreasing code: the anomalous ones at threshold k first.
-  order = np.empty((n, d), np.int32)
+  order = np.empty((n, d), np.uint16 if d <= 1 << 16 else np.int32)  # 128 x 128: half the bytes
 
   def sort_rows(rows: slice):
     order[rows] = np.argsort(np.iinfo(codes.dtype).max - codes[rows], axis=1, kind='stable')
@@ -231,7 +231,8 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
   parallel.thread_map(sort_rows, parallel.row_chunks(n, d))
   scores = np.zeros((n, thresholds.size))
   centroids = np.zeros((thresholds.size, 2, d))
-  ones = np.ones(n * d // 2 + 1)  # at most half the entries are stored; read-only, shared
+  # Read-only and shared: as many ones as the largest pattern stores (at most half the entries).
+  ones = np.ones(int(np.minimum(counts.sum(axis=0), n * d - counts.sum(axis=0)).max(initial=0)))
 
   def fit(k: int):  # the thresholds' KMeans are independent
     x = _BinaryRows.from_sorted_rows(order, counts[:, k], ones)
