@@ -161,7 +161,7 @@ class _Candidates:
       near = self.dist2 <= eps * eps
       a, b = a[near], b[near]
     neighbours = 1 + np.bincount(a, minlength=self.size) + np.bincount(b, minlength=self.size)
-    ones = np.ones(a.size)  # the graph's edge weights, shared by its min_samples
+    ones = np.ones(a.size)  # edge weights in float64, SciPy's graph dtype: nothing to convert
     for min_samples in min_samples_values:
       core = neighbours >= min_samples
       core_a, core_b = core[a], core[b]
