@@ -149,7 +149,7 @@ def tune_malloc():
   whose every 4 KiB page then faults and is zeroed by the kernel on first touch, and
   unmaps them on free, so every step pays it again (torch alike). One arena, no mmap
   and no trimming let freed blocks be reused: here BrainCNN steps ran at 61-73 img/s
-  with it and 53-56 without, torch's at 66-74 and 42-44 (README, Performance). Call before
+  with it and 52-55 without, torch's at 64-75 and 41-44 (README, Performance). Call before
   JAX's first computation (its worker threads must not have their own arenas yet).
   Returns whether glibc accepted the settings (False elsewhere, e.g. macOS).
   """
