@@ -232,7 +232,8 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
   scores = np.zeros((n, thresholds.size))
   centroids = np.zeros((thresholds.size, 2, d))
   # Read-only and shared: as many ones as the largest pattern stores (at most half the entries).
-  ones = np.ones(int(np.minimum(counts.sum(axis=0), n * d - counts.sum(axis=0)).max(initial=0)))
+  ones_per_threshold = counts.sum(axis=0)
+  ones = np.ones(int(np.minimum(ones_per_threshold, n * d - ones_per_threshold).max(initial=0)))
 
   def fit(k: int):  # the thresholds' KMeans are independent
     x = _BinaryRows.from_sorted_rows(order, counts[:, k], ones)
