@@ -36,6 +36,26 @@ def test_matches_sklearn_lloyd_from_the_same_start(size):
   np.testing.assert_allclose(ours, expected)
 
 
+@pytest.mark.parametrize('max_iter', [1, 3])
+def test_max_iter_stops_like_sklearn(max_iter):
+  errors, _, _ = reference_loop.synthetic_error_maps(6, 32, seed=4)
+  anomalous, _, _ = kmeans_image.kmeans_image_clusters(errors, max_iter=max_iter)
+  expected = [reference_loop.anomalous_share(row, 32, 32, max_iter) for row in errors]
+  np.testing.assert_allclose(anomalous.mean(axis=1), expected)
+
+
+def test_each_image_clustered_as_if_alone():
+  # More maps than one call takes and than there are slots: slots get refilled,
+  # the last call is padded.
+  n = kmeans_image._IMAGES_PER_CALL + 6
+  errors, _, _ = reference_loop.synthetic_error_maps(n, 32, seed=7)
+  _, second, centroids = kmeans_image.kmeans_image_clusters(errors)
+  for i in (0, kmeans_image._SLOTS, n - 7, n - 1):
+    _, alone, alone_centroids = kmeans_image.kmeans_image_clusters(errors[i:i + 1])
+    np.testing.assert_array_equal(alone[0], second[i])
+    np.testing.assert_array_equal(alone_centroids[0], centroids[i])
+
+
 def test_inertia_close_to_sklearn_kmeans_plus_plus():
   # Lloyd finds a local optimum: mostly the one k-means++ with 10 restarts finds.
   errors, _, _ = reference_loop.synthetic_error_maps(5, 32, seed=5)
