@@ -6,7 +6,9 @@
 prints one JSON object with the peer's shape, `{"cnn": {"img_per_s": ..., "ms_per_step": ...},
 ...}`, plus `recon_error_3000_s`, `anomaly_grid_search_s`, `anomaly_loop_baseline`,
 `anomaly_grid_search_speedup` (the four searches against the loop's four),
-`peak_memory_mb`, `device` and `threads`. With `--peer` (or `--compare peer.json`, a saved
+`peak_memory_mb` (and `peak_device_memory_mb` on an accelerator), `device` and `threads`.
+Each model also gets `flops_per_step` (XLA's count) and `tflop_per_s`, and on a GPU
+in `PEAK_TFLOPS` the fraction of the chip's datasheet peak (`peak_fraction`). With `--peer` (or `--compare peer.json`, a saved
 output of ../shared/bench/torch_reference.py) each model also gets `ratio_vs_torch`, JAX
 images/s over the peer's, and the peer's own numbers are kept under "torch".
 
@@ -24,7 +26,7 @@ median of per-step times; its mean, the statistic the peer script prints, is kep
 torch is given `set_num_threads(N)`, so both use N cores. XLA has no flag for an
 intra-op thread count (only `--xla_cpu_multi_thread_eigen=false`, i.e. one thread), hence
 the pinning. The default (0) leaves both at their defaults: every core for XLA, torch's
-own default (all physical cores).
+own default (all physical cores). On a GPU, `--peer-device cuda` runs the peer there too.
 """
 import argparse
 import ctypes
@@ -60,30 +62,39 @@ MODELS = ('cnn', 'cvae', 'vae', 'gan')
 PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'torch_reference.py'
 
 # Runs in the torch interpreter: the peer's own step, timed like ours (argv: script dir,
-# module, model, batch, steps, threads). Prints one JSON line.
+# module, model, batch, steps, threads, device). Its tensors and modules are created on
+# `device` (torch's default device), and each step is waited for. Prints one JSON line.
 _PEER_WRAPPER = r'''
 import importlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 peer = importlib.import_module(sys.argv[2])
 name, batch, steps, threads = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+device = torch.device(sys.argv[7])
 if threads:
   torch.set_num_threads(threads)
+torch.set_default_device(device)
 torch.manual_seed(0)
+wait = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
 step = peer.make_step(name, batch)
 start = time.perf_counter()
 step()
+wait()
 first = time.perf_counter() - start
 times, cpu = [], []
 for _ in range(steps):
   start, cpu_start = time.perf_counter(), time.process_time()
   step()
+  wait()
   times.append(time.perf_counter() - start)
   cpu.append(time.process_time() - cpu_start)
 with open('/proc/self/status') as f:  # VmHWM: this process's own peak (ru_maxrss may
   peak_kb = [int(l.split()[1]) for l in f if l.startswith('VmHWM:')][0]  # keep the parent's)
-print(json.dumps({'times': times, 'cpu_times': cpu, 'first_step_s': first, 'threads': torch.get_num_threads(),
-                  'version': torch.__version__, 'peak_memory_mb': peak_kb / 1024}))
+out = {'times': times, 'cpu_times': cpu, 'first_step_s': first, 'threads': torch.get_num_threads(),
+       'version': torch.__version__, 'device': str(device), 'peak_memory_mb': peak_kb / 1024}
+if device.type == 'cuda':
+  out['peak_device_memory_mb'] = torch.cuda.max_memory_allocated() / 2**20
+print(json.dumps(out))
 '''
 
 
@@ -100,6 +111,8 @@ def parse_args(argv=None):
                       'every round (more robust on a shared machine)')
   parser.add_argument('--preset', choices=('paper', 'smoke'), default='paper',
                       help="network widths: the study's ('paper') or tiny ('smoke', for tests)")
+  parser.add_argument('--half-precision', action='store_true',
+                      help='bfloat16 activations (config.half_precision), for GPUs and TPUs')
   parser.add_argument('--threads', type=int, default=0,
                       help='pin this process and the peer to N CPUs (0: defaults)')
   parser.add_argument('--malloc-tuning', action=argparse.BooleanOptionalAction, default=True,
@@ -109,6 +122,8 @@ def parse_args(argv=None):
                       help='time the PyTorch peer model by model, back to back with JAX')
   parser.add_argument('--torch-python', default='python3',
                       help='the interpreter that has torch, for --peer')
+  parser.add_argument('--peer-device', default='cpu',
+                      help="torch device the peer runs on, e.g. 'cuda' beside a GPU run")
   parser.add_argument('--peer-script', default=str(PEER_SCRIPT))
   parser.add_argument('--compare', default='',
                       help="a saved JSON of the peer script's output, instead of --peer")
@@ -178,10 +193,12 @@ def pin_threads(num):
 # ----------------------------------------------------------------------------- train steps
 
 
-def task_config(name, preset):
+def task_config(name, preset, half_precision=False):
   module, variant = {'cnn': (cnn_config, 'real'), 'cvae': (cvae_config, 'real'),
                      'vae': (vae_config, 'positive'), 'gan': (gan_config, 'positive')}[name]
-  return module.get_config(f'{variant},{preset}')
+  config = module.get_config(f'{variant},{preset}')
+  config.half_precision = half_precision
+  return config
 
 
 def train_setup(name, config, batch_size, rng):
@@ -215,18 +232,25 @@ def train_setup(name, config, batch_size, rng):
 
 
 class StepTimer:
-  """One task's compiled train step, its (donated) state and a fixed batch on one device."""
+  """One task's compiled train step, its (donated) state and a fixed batch on one device.
 
-  def __init__(self, name, preset, batch_size, seed=0):
+  `flops_per_step`: XLA's count of the floating-point operations in the step
+  (`cpu_flops`).
+  """
+
+  def __init__(self, name, preset, batch_size, half_precision=False, seed=0):
     device = jax.local_devices()[0]
-    step, state, batch = train_setup(name, task_config(name, preset), batch_size,
+    step, state, batch = train_setup(name, task_config(name, preset, half_precision), batch_size,
                                      jax.random.PRNGKey(seed))
     self.batch_size = batch_size
-    self._step = loop.compile_step(step, [device])
     self._state, self._batch = jax.device_put((state, batch), device)
     self._rng = jax.random.PRNGKey(seed + 1)
     self._count = 0
-    self.first_step_s = self.run(1)[0][0]  # compile + warm-up
+    start = time.perf_counter()
+    jitted = loop.compile_step(step, [device])
+    self._step = jitted.lower(self._state, self._batch, self._rng).compile()
+    self.first_step_s = time.perf_counter() - start + self.run(1)[0][0]  # compile + warm-up
+    self.flops_per_step = cpu_flops(jitted, self._state, self._batch, self._rng)
 
   def run(self, steps):
     """(wall seconds, process CPU seconds) of each of `steps` further steps, each waited for."""
@@ -245,6 +269,43 @@ class StepTimer:
     return times, cpu
 
 
+def cpu_flops(jitted, *args):
+  """XLA's count of the floating-point operations of `jitted(*args)` (0 if unavailable).
+
+  Counted on the program lowered for CPU, whatever device `args` are on: a GPU
+  backend (a PJRT plugin) gives no cost analysis of a lowered program (none on an
+  H200, jax 0.11.2). The arithmetic is the same: on CPU the convolution gradients
+  are GEMMs (models/layers.py), the same multiply-adds as the convolutions.
+  """
+  try:
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  except RuntimeError:  # JAX_PLATFORMS leaves the CPU out
+    return 0.0
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=cpu), args)
+  cost = jitted.trace(*abstract).lower().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # one per device in old versions
+  return float((cost or {}).get('flops', 0.0))
+
+
+# Dense tensor-core peaks in TFLOP/s from the vendors' datasheets (SXM parts), keyed by
+# jax's device_kind: float32 convolutions and matmuls run as TF32 there (XLA's default
+# precision), bfloat16 at twice that.
+PEAK_TFLOPS = {'NVIDIA H100 80GB HBM3': {'float32': 494.7, 'bfloat16': 989.4},
+               'NVIDIA H200': {'float32': 494.7, 'bfloat16': 989.4},
+               'NVIDIA A100-SXM4-80GB': {'float32': 156.0, 'bfloat16': 312.0},
+               'NVIDIA A100-SXM4-40GB': {'float32': 156.0, 'bfloat16': 312.0}}
+
+
+def arithmetic_rate(flops_per_step, ms_per_step, device_kind, half_precision):
+  """{'tflop_per_s'}, plus {'peak_tflop_per_s', 'peak_fraction'} on a chip in PEAK_TFLOPS."""
+  rate = {'flops_per_step': flops_per_step,
+          'tflop_per_s': flops_per_step / (ms_per_step * 1e-3) / 1e12}
+  peak = PEAK_TFLOPS.get(device_kind, {}).get('bfloat16' if half_precision else 'float32')
+  if peak:
+    rate.update(peak_tflop_per_s=peak, peak_fraction=rate['tflop_per_s'] / peak)
+  return rate
+
+
 def summarise(times, cpu_times, batch_size):
   """Median step time as {'img_per_s', 'ms_per_step'}, plus the mean (the peer script's
   statistic) and the median process CPU time per step (all threads; less sensitive to
@@ -259,7 +320,7 @@ def run_peer(args, name, steps):
   """The peer's step of `name`, timed by _PEER_WRAPPER in the torch interpreter."""
   script = pathlib.Path(args.peer_script).resolve()
   command = [args.torch_python, '-c', _PEER_WRAPPER, str(script.parent), script.stem, name,
-             str(args.batch), str(steps), str(args.threads)]
+             str(args.batch), str(steps), str(args.threads), args.peer_device]
   try:
     env = dict(os.environ)
     if args.malloc_tuning:
@@ -299,19 +360,20 @@ def benchmark_train_steps(args, log):
   """{name: summary} for JAX, and {name: summary} for the peer when it runs here."""
   ours, peer = {}, {}
   for name in args.models:
-    timer = StepTimer(name, args.preset, args.batch)
+    timer = StepTimer(name, args.preset, args.batch, args.half_precision)
     jax_times, jax_cpu, torch_times, torch_cpu = [], [], [], []
     for _ in range(args.rounds):
       if args.peer:
         result = run_peer(args, name, args.steps)
         torch_times += result['times']
         torch_cpu += result['cpu_times']
-        peer[name] = {k: result[k] for k in ('first_step_s', 'threads', 'version',
-                                              'peak_memory_mb')}
+        peer[name] = {k: v for k, v in result.items() if k not in ('times', 'cpu_times')}
       times, cpu = timer.run(args.steps)
       jax_times += times
       jax_cpu += cpu
     ours[name] = {**summarise(jax_times, jax_cpu, args.batch), 'first_step_s': timer.first_step_s}
+    ours[name].update(arithmetic_rate(timer.flops_per_step, ours[name]['ms_per_step'],
+                                      jax.devices()[0].device_kind, args.half_precision))
     if args.peer:
       peer[name].update(summarise(torch_times, torch_cpu, args.batch))
     log(f'{name}: jax {ours[name]["img_per_s"]:.1f} img/s'
@@ -323,14 +385,14 @@ def benchmark_train_steps(args, log):
 # ----------------------------------------------------------------------------- anomaly stage
 
 
-def time_reconstruction_error(preset, num_slices, batch_size=256, seed=0):
+def time_reconstruction_error(preset, num_slices, half_precision=False, batch_size=256, seed=0):
   """(first call, second call) seconds of `recon_error.reconstruction_error` of `num_slices`
   slices with a BrainCVAE, called as cvae_cls does; the first call includes compilation.
 
   Freshly initialised parameters: the cost does not depend on their values or on the
   slices' content, so the slices are uniform noise.
   """
-  config = task_config('cvae', preset)
+  config = task_config('cvae', preset, half_precision)
   model = cvae_cls.create_model(config)
   init_rng, image_rng = jax.random.split(jax.random.PRNGKey(seed))
   variables = cvae_cls.create_train_state(config, model, init_rng).variables
@@ -374,7 +436,7 @@ def benchmark_anomaly(args, log):
   over the fast one.
   """
   n = args.anomaly_slices
-  first_s, recon_s = time_reconstruction_error(args.preset, n)
+  first_s, recon_s = time_reconstruction_error(args.preset, n, args.half_precision)
   log(f'reconstruction error of {n} slices: {recon_s:.2f} s ({first_s:.2f} s with compilation)')
   errors, labels, _ = reference_loop.synthetic_error_maps(n, seed=0)
   timings = reference_loop.benchmark(errors, labels, anomaly_grid_config(args.preset),
@@ -406,7 +468,12 @@ def device_name():
 
 
 def peak_memory_mb():
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+  """{'peak_memory_mb': host peak}, plus the accelerator's own peak where it reports one."""
+  peak = {'peak_memory_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
+  stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+  if 'peak_bytes_in_use' in stats:
+    peak['peak_device_memory_mb'] = stats['peak_bytes_in_use'] / 2**20
+  return peak
 
 
 def run(args, log=lambda message: print(message, file=sys.stderr)):
@@ -423,9 +490,9 @@ def run(args, log=lambda message: print(message, file=sys.stderr)):
       out[name]['ratio_vs_torch'] = out[name]['img_per_s'] / peer[name]['img_per_s']
   if args.anomaly:
     out.update(benchmark_anomaly(args, log))
-  out.update(peak_memory_mb=peak_memory_mb(), device=device_name(), threads=threads,
-             malloc_tuning=malloc_tuned,
-             batch=args.batch, preset=args.preset, jax_version=jax.__version__)
+  out.update(peak_memory_mb(), device=device_name(), threads=threads,
+             malloc_tuning=malloc_tuned, batch=args.batch, preset=args.preset,
+             half_precision=args.half_precision, jax_version=jax.__version__)
   if peer:
     out['torch'] = peer
   return out

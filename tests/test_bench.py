@@ -29,6 +29,29 @@ def test_train_step_json_shape_and_peer_ratio(tmp_path, capsys):
   assert printed['peak_memory_mb'] > 0 and printed['threads'] >= 1
   assert isinstance(printed['device'], str) and printed['device']
   assert not any(k.startswith(('recon_error', 'anomaly')) for k in printed)
+  assert cnn['flops_per_step'] > 0 and cnn['tflop_per_s'] == pytest.approx(
+      cnn['flops_per_step'] / (cnn['ms_per_step'] / 1e3) / 1e12)
+
+
+def test_flops_per_step_counts_the_convolutions_in_either_precision():
+  # Smoke BrainCNN at batch 4: 3x3 convs at 128, 64 and 32 px, then small
+  # dense layers; forward + both gradients is about three forward passes.
+  args = bench.parse_args(['--models', 'cnn', '--no-anomaly', '--half-precision'] + TINY)
+  ours, _ = bench.benchmark_train_steps(args, log=lambda message: None)
+  full = bench.StepTimer('cnn', 'smoke', 4)
+  assert ours['cnn']['flops_per_step'] == pytest.approx(full.flops_per_step, rel=0.05)
+  config = bench.task_config('cnn', 'smoke')
+  widths = (1,) + tuple(config.model.conv_widths)
+  forward = sum(2 * 9 * i * o * (128 // 2**k) ** 2 * 4
+                for k, (i, o) in enumerate(zip(widths[:-1], widths[1:])))
+  assert 2.5 * forward < full.flops_per_step < 4 * forward + 3e7  # + the dense layers
+
+
+def test_peak_fraction_only_on_known_chips():
+  rate = bench.arithmetic_rate(2e12, 10.0, 'NVIDIA H200', half_precision=True)
+  assert rate['tflop_per_s'] == pytest.approx(200.0)
+  assert rate['peak_fraction'] == pytest.approx(200.0 / 989.4)
+  assert 'peak_fraction' not in bench.arithmetic_rate(2e12, 10.0, 'cpu', half_precision=False)
 
 
 def test_cvae_times_the_task_train_step():
@@ -83,3 +106,11 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     bench.parse_args(['--peer', '--preset', 'smoke'])
   with pytest.raises(SystemExit, match='error: .*no-such.json'):
     bench.main(['--models', '', '--no-anomaly', '--compare', str(tmp_path / 'no-such.json')])
+
+
+def test_flops_are_counted_on_the_cpu_lowering_whatever_the_arguments():
+  # A 64x64 matmul is 2 * 64**3 flops; abstract arguments (no device) count the same.
+  matmul = jax.jit(lambda a, b: a @ b)
+  a = jax.numpy.ones((64, 64))
+  assert bench.cpu_flops(matmul, a, a) == 2 * 64**3
+  assert bench.cpu_flops(matmul, jax.ShapeDtypeStruct((64, 64), a.dtype), a) == 2 * 64**3

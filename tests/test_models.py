@@ -277,6 +277,16 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
     assert rel_err(g, w) < 1e-5
 
 
+@pytest.mark.parametrize('platform, convolutions', [('cpu', 1), ('cuda', 3), ('tpu', 3)])
+def test_conv_gradients_are_gemms_on_cpu_only(platform, convolutions):
+  """The GEMM gradients are for XLA:CPU; other backends get lax's (cuDNN's) convolutions."""
+  x, k = normal((2, 10, 8, 3), 0), normal((3, 3, 3, 5), 1)
+  grads = jax.jit(jax.grad(lambda x, k: jnp.sum(conv_general_dilated(x, k, (2, 2), TORCH_PAD1) ** 2),
+                           (0, 1)))
+  module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()
+  assert module.count('stablehlo.convolution') == convolutions  # forward (+ both gradients)
+
+
 def test_upsample_conv_matches_upsample_then_conv():
   x = normal((2, 5, 6, 3), 0)
   fused, plain = UpsampleConv(4), nn.Conv(4, (3, 3), padding=TORCH_PAD1)

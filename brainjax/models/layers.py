@@ -1,12 +1,13 @@
 """Layers shared by the four networks, with CPU-fast exact formulations.
 
-- `conv_general_dilated`: lax's convolution with GEMM gradients. XLA:CPU
+- `conv_general_dilated`: lax's convolution with GEMM gradients on CPU. XLA:CPU
   lowers a convolution's kernel gradient as a convolution whose window is the
   whole output map, 5-100x slower than the forward pass (measured here, batch
   64: 1.3 s against 0.08 s for a 3x3 stride-2 conv 32->64 at 64 px), and the
   input gradient of a strided conv as an input-dilated conv, which is as slow
   on small maps. Both gradients are sums over pixels and taps of small matrix
-  products, i.e. GEMMs over im2col copies. Pass it to nn.Conv
+  products, i.e. GEMMs over im2col copies. Other backends keep lax's
+  gradients (`lax.platform_dependent`). Pass it to nn.Conv
   (`conv_general_dilated=`); parameters and values are unchanged.
 - `UpsampleConv`: 2x nearest upsample then 3x3 conv (pad 1) without forming
   the upsampled map. Each output pixel parity (a, b) sees a 2x2 window of the
@@ -67,8 +68,22 @@ def _matmul(a: Array, b: Array, contract, precision) -> Array:
 
 
 def _conv_bwd(strides, padding, precision, residuals, dy):
-  """Both gradients as GEMMs over im2col-style copies of whichever side is smaller."""
+  """CPU: `_gemm_conv_grads`. Elsewhere lax's own gradients, which cuDNN and the TPU
+  compiler run as native convolutions (the GEMM form's copies only cost there)."""
   x, kernel = residuals
+  return lax.platform_dependent(
+      x, kernel, dy, cpu=functools.partial(_gemm_conv_grads, strides, padding, precision),
+      default=functools.partial(_lax_conv_grads, strides, padding, precision))
+
+
+def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
+  _, vjp = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=_NHWC,
+                                                         precision=precision), x, kernel)
+  return vjp(dy)
+
+
+def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
+  """Both gradients as GEMMs over im2col-style copies of whichever side is smaller."""
   n, h, w, cin = x.shape
   kh, kw, _, cout = kernel.shape
   _, out_h, out_w, _ = dy.shape
@@ -114,7 +129,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` with a GEMM kernel gradient for plain 2-D NHWC convs.
+  """`lax.conv_general_dilated`, with GEMM gradients on CPU for plain 2-D NHWC convs.
 
   Other configurations (dilation, groups, other layouts) go to lax unchanged.
   """
