@@ -7,10 +7,11 @@ prints one JSON object with the peer's shape, `{"cnn": {"img_per_s": ..., "ms_pe
 ...}`, plus `recon_error_3000_s`, `anomaly_grid_search_s`, `anomaly_loop_baseline`,
 `anomaly_grid_search_speedup` (the four searches against the loop's four),
 `peak_memory_mb` (and `peak_device_memory_mb` on an accelerator), `device` and `threads`.
-Each model also gets `flops_per_step` (XLA's count) and `tflop_per_s`, and on a GPU
-in `PEAK_TFLOPS` the fraction of the chip's datasheet peak (`peak_fraction`). With `--peer` (or `--compare peer.json`, a saved
-output of ../shared/bench/torch_reference.py) each model also gets `ratio_vs_torch`, JAX
-images/s over the peer's, and the peer's own numbers are kept under "torch".
+Each model also gets `flops_per_step` (XLA's count) and `tflop_per_s`, and on a GPU in
+`PEAK_TFLOPS` the fraction of the chip's datasheet peak (`peak_fraction`). With `--peer`
+(or `--compare peer.json`, a saved output of ../shared/bench/torch_reference.py) each
+model also gets `ratio_vs_torch`, JAX images/s over the peer's, and the peer's own numbers
+are kept under "torch".
 
 What is timed. The tasks' own train steps (brainjax/tasks/), built from their configs with
 the `paper` preset (the study's full widths, the networks of the peer) and compiled exactly
@@ -288,8 +289,8 @@ def cpu_flops(jitted, *args):
 
 
 # Dense tensor-core peaks in TFLOP/s from the vendors' datasheets (SXM parts), keyed by
-# jax's device_kind: float32 convolutions and matmuls run as TF32 there (XLA's default
-# precision), bfloat16 at twice that.
+# jax's device_kind. JAX's default precision runs float32 convolutions and matmuls as
+# TF32 on these chips; bfloat16 runs at twice that rate.
 PEAK_TFLOPS = {'NVIDIA H100 80GB HBM3': {'float32': 494.7, 'bfloat16': 989.4},
                'NVIDIA H200': {'float32': 494.7, 'bfloat16': 989.4},
                'NVIDIA A100-SXM4-80GB': {'float32': 156.0, 'bfloat16': 312.0},

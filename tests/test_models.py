@@ -281,8 +281,8 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
 def test_conv_gradients_are_gemms_on_cpu_only(platform, convolutions):
   """The GEMM gradients are for XLA:CPU; other backends get lax's (cuDNN's) convolutions."""
   x, k = normal((2, 10, 8, 3), 0), normal((3, 3, 3, 5), 1)
-  grads = jax.jit(jax.grad(lambda x, k: jnp.sum(conv_general_dilated(x, k, (2, 2), TORCH_PAD1) ** 2),
-                           (0, 1)))
+  loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (2, 2), TORCH_PAD1) ** 2)
+  grads = jax.jit(jax.grad(loss, (0, 1)))
   module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()
   assert module.count('stablehlo.convolution') == convolutions  # forward (+ both gradients)
 
