@@ -34,8 +34,9 @@ def test_train_step_json_shape_and_peer_ratio(tmp_path, capsys):
 
 
 def test_flops_per_step_counts_the_convolutions_in_either_precision():
-  # Smoke BrainCNN at batch 4: 3x3 convs at 128, 64 and 32 px, then small
-  # dense layers; forward + both gradients is about three forward passes.
+  # Smoke BrainCNN at batch 4: 3x3 convs at 128, 64 and 32 px, then small dense layers.
+  # Forward + both gradients is about three forward passes of convolutions; BatchNorm,
+  # pooling and Adam add elementwise work (the smoke step counts about four in all).
   args = bench.parse_args(['--models', 'cnn', '--no-anomaly', '--half-precision'] + TINY)
   ours, _ = bench.benchmark_train_steps(args, log=lambda message: None)
   full = bench.StepTimer('cnn', 'smoke', 4)
