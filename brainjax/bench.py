@@ -298,7 +298,10 @@ PEAK_TFLOPS = {'NVIDIA H100 80GB HBM3': {'float32': 494.7, 'bfloat16': 989.4},
 
 
 def arithmetic_rate(flops_per_step, ms_per_step, device_kind, half_precision):
-  """{'tflop_per_s'}, plus {'peak_tflop_per_s', 'peak_fraction'} on a chip in PEAK_TFLOPS."""
+  """{'flops_per_step', 'tflop_per_s'}, plus {'peak_tflop_per_s', 'peak_fraction'} on a chip
+  in PEAK_TFLOPS; nothing when no count could be had (`cpu_flops` gave 0)."""
+  if not flops_per_step:
+    return {}
   rate = {'flops_per_step': flops_per_step,
           'tflop_per_s': flops_per_step / (ms_per_step * 1e-3) / 1e12}
   peak = PEAK_TFLOPS.get(device_kind, {}).get('bfloat16' if half_precision else 'float32')

@@ -53,6 +53,7 @@ def test_peak_fraction_only_on_known_chips():
   assert rate['tflop_per_s'] == pytest.approx(200.0)
   assert rate['peak_fraction'] == pytest.approx(200.0 / 989.4)
   assert 'peak_fraction' not in bench.arithmetic_rate(2e12, 10.0, 'cpu', half_precision=False)
+  assert bench.arithmetic_rate(0.0, 10.0, 'NVIDIA H200', half_precision=False) == {}  # no count
 
 
 def test_cvae_times_the_task_train_step():
