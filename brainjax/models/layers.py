@@ -32,10 +32,13 @@ TORCH_PAD1 = ((1, 1), (1, 1))
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv(x: Array, kernel: Array, strides, padding, precision) -> Array:
+def _lax_conv(x: Array, kernel: Array, strides, padding, precision) -> Array:
   return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
                                   precision=precision)
+
+
+# lax's convolution; its gradients are _conv_bwd's.
+_conv = jax.custom_vjp(_lax_conv, nondiff_argnums=(2, 3, 4))
 
 
 def _conv_fwd(x, kernel, strides, padding, precision):
@@ -80,8 +83,7 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
 
 
 def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
-  conv = lambda a, b: lax.conv_general_dilated(a, b, strides, padding, dimension_numbers=_NHWC,
-                                               precision=precision)
+  conv = lambda a, b: _lax_conv(a, b, strides, padding, precision)
   return jax.vjp(conv, x, kernel)[1](dy)
 
 
