@@ -21,6 +21,7 @@ import numpy as np
 
 from brainjax.data import pipeline
 from brainjax.train import checkpoints
+from brainjax.train import compile_options
 from brainjax.train import parallel
 from brainjax.train import reporting
 from brainjax.train import state as train_state
@@ -44,9 +45,14 @@ def plateau_update(plateau, val_loss, factor, patience):
 
 
 def compile_step(train_step, devices):
-  """jit (one device) or pmap (several) with the state's buffers donated."""
+  """jit (one device) or pmap (several) with the state's buffers donated.
+
+  One device gets `compile_options` for its platform; pmap takes no compile
+  options (several CPU devices are the tests' fake ones).
+  """
   if len(devices) == 1:
-    return jax.jit(functools.partial(train_step, axis_name=None), donate_argnums=(0,))
+    return jax.jit(functools.partial(train_step, axis_name=None), donate_argnums=(0,),
+                   compiler_options=compile_options.for_platform(devices[0].platform))
   return jax.pmap(functools.partial(train_step, axis_name=parallel.AXIS),
                   axis_name=parallel.AXIS, devices=devices, donate_argnums=(0,),
                   in_axes=(0, 0, None))

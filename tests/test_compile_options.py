@@ -1,0 +1,86 @@
+"""compile_options: on CPU the train step and the reconstruction error leave convolutions to Eigen."""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from brainjax.anomaly import recon_error
+from brainjax.train import compile_options
+from brainjax.train import loop
+
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
+def _conv(x, kernel):
+  return jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME', dimension_numbers=_NHWC)
+
+
+def _convolutions(hlo: str):
+  """(in YNNPACK fusions, elsewhere): the convolution instructions of a compiled program."""
+  called_by_ynn = set(re.findall(r'calls=(%[\w.\-]+), .*"__ynn_fusion"', hlo))
+  counts = [(c.split(' ', 1)[0] in called_by_ynn, c.count(' convolution('))
+            for c in re.split(r'\n(?=%|ENTRY )', hlo)]  # one computation each
+  in_ynn = sum(n for ynn, n in counts if ynn)
+  return in_ynn, sum(n for _, n in counts) - in_ynn
+
+
+def _cpu_args(*shapes):
+  cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+  return [jax.ShapeDtypeStruct(s, jnp.float32, sharding=cpu) for s in shapes]
+
+
+def test_options_are_for_cpu_only():
+  assert compile_options.for_platform('gpu') is None
+  assert compile_options.for_platform('tpu') is None
+  assert compile_options.for_platform('cpu') == {
+      'xla_cpu_experimental_ynn_fusion_type':
+      'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+def test_train_step_convolutions_leave_ynnpack():
+  def train_step(kernel, images, rng, axis_name):
+    del rng, axis_name
+    loss, grad = jax.value_and_grad(lambda k: jnp.mean(_conv(images, k) ** 2))(kernel)
+    return kernel - 0.1 * grad, {'loss': loss}
+
+  args = _cpu_args((3, 3, 32, 32), (8, 16, 16, 32)) + [jax.random.PRNGKey(0)]
+  ours = loop.compile_step(train_step, jax.devices('cpu')[:1]).lower(*args).compile().as_text()
+  default = jax.jit(train_step, static_argnums=3).lower(*args, None).compile().as_text()
+  assert _convolutions(default)[0] >= 1  # XLA's default: YNNPACK's
+  in_ynn, elsewhere = _convolutions(ours)
+  assert in_ynn == 0 and elsewhere >= 1
+
+
+def test_reconstruction_error_convolutions_leave_ynnpack():
+  def reconstruct(variables, x):
+    return _conv(jax.nn.relu(_conv(x, variables['k1'])), variables['k2'])
+
+  variables = {'k1': jnp.full((3, 3, 1, 32), 0.1), 'k2': jnp.full((3, 3, 32, 1), 0.01)}
+  (images,) = _cpu_args((4, 16, 16, 1))
+  batch_args = (reconstruct, variables, images, None, 1, True)
+  default = jax.jit(recon_error._batch_errors,  # pylint: disable=protected-access
+                    static_argnums=(0, 4, 5)).lower(*batch_args).compile().as_text()
+  assert _convolutions(default)[0] >= 1
+  jitted = recon_error._compiled_batch_errors('cpu')  # pylint: disable=protected-access
+  in_ynn, elsewhere = _convolutions(jitted.lower(*batch_args).compile().as_text())
+  assert in_ynn == 0 and elsewhere >= 1
+  # and the values are still the errors of that reconstruction
+  x = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)
+  out = recon_error.reconstruction_error(reconstruct, x, variables=variables)
+  err = np.abs(x - np.asarray(reconstruct(variables, x))).reshape(4, -1)
+  expected = (err - err.min(1, keepdims=True)) / np.ptp(err, axis=1, keepdims=True)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_an_unknown_option_falls_back_to_xla_defaults(monkeypatch):
+  monkeypatch.setattr(compile_options, '_CPU_OPTIONS',
+                      {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_RENAMED'})
+  compile_options._cpu_options_accepted.cache_clear()  # pylint: disable=protected-access
+  try:
+    assert compile_options.for_platform('cpu') is None
+  finally:
+    monkeypatch.undo()
+    compile_options._cpu_options_accepted.cache_clear()  # pylint: disable=protected-access
+  assert compile_options.for_platform('cpu') is not None
