@@ -258,7 +258,9 @@ def test_concat_channels_equals_concatenate():
 
 
 @pytest.mark.parametrize('kernel, strides, padding, features', [
-    (4, 2, TORCH_PAD1, 5),          # strided col2im input gradient
+    (4, 2, TORCH_PAD1, 5),          # strided col2im, space-to-depth kernel gradient
+    (4, 2, ((2, 1), (0, 3)), 5),    # the same where the blocks leave rows and columns out
+    (3, 2, TORCH_PAD1, 5),          # stride not dividing the kernel: strided patches
     (3, 1, 'SAME', 5),              # stride-1 col2im input gradient
     (3, 1, ((2, 0), (1, 1)), 1)])   # fewer outputs than inputs: shifted copies of dy
 def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, features):

@@ -105,13 +105,7 @@ def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
     dxp = _matmul(dy_taps, kernel.reshape(kh * kw, cin, cout).transpose(0, 2, 1).reshape(-1, cin),
                   ((3,), (0,)), precision)
   else:
-    # Kernel gradient: im2col patches of x (one strided slice per tap) times dy.
-    patches = _concat_channels([
-        lax.slice(xp, (0, a, b, 0), (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, cin),
-                  (1, sh, sw, 1))
-        for a in range(kh) for b in range(kw)])
-    dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
-    dk = dk.reshape(kernel.shape)
+    dk = _kernel_gradient(xp, dy, kernel.shape, strides, precision)
     # Input gradient: dy times the kernel gives every tap's patch gradient, and
     # col2im adds each tap's share back at its (strided) input position. lax's
     # own is an input-dilated conv when strided, pathologically slow on small
@@ -126,6 +120,39 @@ def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
               for a in range(kh) for b in range(kw))
   dx = dxp[:, top:top + h, left:left + w]
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> Array:
+  """im2col patches of the padded input xp times dy: (kh, kw, Cin, Cout).
+
+  When the stride divides the kernel (the discriminator's 4x4 stride-2 convs),
+  the patches come from s x s pixel blocks (space-to-depth): a stride-s
+  kh x kw window is (kh/s)(kw/s) whole blocks, so the patches are (kh/s)(kw/s)
+  slices of the blocks instead of kh kw strided slices of xp. XLA:CPU writes
+  them in one fused pass either way, and that pass costs about the number of
+  slices (4x4 stride 2, 64 -> 128 channels at 64 px, batch 128: 458 ms for
+  patches and GEMM against 589 ms).
+  """
+  kh, kw, cin, cout = kernel_shape
+  sh, sw = strides
+  n, out_h, out_w, _ = dy.shape
+  if (sh, sw) == (1, 1) or kh % sh or kw % sw:
+    patches = _concat_channels([
+        lax.slice(xp, (0, a, b, 0), (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, cin),
+                  (1, sh, sw, 1))
+        for a in range(kh) for b in range(kw)])
+    dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
+    return dk.reshape(kernel_shape)
+  th, tw = kh // sh, kw // sw  # blocks per window
+  hb, wb = out_h - 1 + th, out_w - 1 + tw  # blocks the windows reach
+  blocks = xp[:, :hb * sh, :wb * sw].reshape(n, hb, sh, wb, sw, cin)
+  blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * cin)
+  patches = _concat_channels([blocks[:, p:p + out_h, q:q + out_w]
+                              for p in range(th) for q in range(tw)])
+  dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
+  # Tap (a, b) = (p sh + r, q sw + t) sits at (p, q, r, t) in the patches.
+  dk = dk.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  return dk.reshape(kernel_shape)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
