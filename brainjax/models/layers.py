@@ -129,9 +129,9 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
   the patches come from s x s pixel blocks (space-to-depth): a stride-s
   kh x kw window is (kh/s)(kw/s) whole blocks, so the patches are (kh/s)(kw/s)
   slices of the blocks instead of kh kw strided slices of xp. XLA:CPU writes
-  them in one fused pass either way, and that pass costs about the number of
-  slices (4x4 stride 2, 64 -> 128 channels at 64 px, batch 128: 458 ms for
-  patches and GEMM against 589 ms).
+  them in one fused pass either way, which costs less with fewer slices (the
+  GAN step's 4x4 stride-2 conv 64 -> 128 at 64 px, batch 128: 345 against 569
+  thread-ms for the patches; the step 6% less time).
   """
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
