@@ -1,4 +1,4 @@
-"""compile_options: on CPU the train step and the reconstruction error leave convolutions to Eigen."""
+"""compile_options: on CPU the train step and the forward passes leave convolutions to Eigen."""
 import re
 
 import jax
@@ -52,6 +52,24 @@ def test_train_step_convolutions_leave_ynnpack():
   assert in_ynn == 0 and elsewhere >= 1
 
 
+def test_jit_compiles_once_with_the_options_and_the_same_values():
+  traces = []
+
+  @compile_options.jit(static_argnames='scale')
+  def forward(x, kernel, scale):
+    traces.append(1)
+    return scale * _conv(x, kernel)
+
+  x, k = jnp.full((8, 16, 16, 32), 0.5), jnp.full((3, 3, 32, 32), 0.01)
+  np.testing.assert_allclose(forward(x, k, scale=2.0), 2.0 * _conv(x, k), rtol=1e-6)
+  forward(x + 1, k, scale=2.0)
+  assert len(traces) == 1 and forward.__wrapped__(x, k, 2.0).shape == (8, 16, 16, 32)
+  default = jax.jit(forward.__wrapped__, static_argnames='scale').lower(x, k, scale=2.0)
+  assert _convolutions(default.compile().as_text())[0] >= 1
+  in_ynn, elsewhere = _convolutions(forward.lower(x, k, scale=2.0).compile().as_text())
+  assert in_ynn == 0 and elsewhere >= 1
+
+
 def test_reconstruction_error_convolutions_leave_ynnpack():
   def reconstruct(variables, x):
     return _conv(jax.nn.relu(_conv(x, variables['k1'])), variables['k2'])
@@ -59,11 +77,10 @@ def test_reconstruction_error_convolutions_leave_ynnpack():
   variables = {'k1': jnp.full((3, 3, 1, 32), 0.1), 'k2': jnp.full((3, 3, 32, 1), 0.01)}
   (images,) = _cpu_args((4, 16, 16, 1))
   batch_args = (reconstruct, variables, images, None, 1, True)
-  default = jax.jit(recon_error._batch_errors,  # pylint: disable=protected-access
-                    static_argnums=(0, 4, 5)).lower(*batch_args).compile().as_text()
-  assert _convolutions(default)[0] >= 1
-  jitted = recon_error._compiled_batch_errors('cpu')  # pylint: disable=protected-access
-  in_ynn, elsewhere = _convolutions(jitted.lower(*batch_args).compile().as_text())
+  batch_errors = recon_error._batch_errors  # pylint: disable=protected-access
+  default = jax.jit(batch_errors.__wrapped__, static_argnums=(0, 4, 5)).lower(*batch_args)
+  assert _convolutions(default.compile().as_text())[0] >= 1
+  in_ynn, elsewhere = _convolutions(batch_errors.lower(*batch_args).compile().as_text())
   assert in_ynn == 0 and elsewhere >= 1
   # and the values are still the errors of that reconstruction
   x = np.random.default_rng(0).random((4, 16, 16, 1)).astype(np.float32)

@@ -3,7 +3,6 @@
 The study's anomaly score map: a model trained on healthy slices reconstructs
 tumours badly, so the normalised absolute error is high where a tumour is.
 """
-import functools
 from typing import Any, Callable, Optional
 
 import jax
@@ -29,6 +28,7 @@ def normalised_abs_error(image: jnp.ndarray, recon: jnp.ndarray) -> jnp.ndarray:
   return minmax_normalise(jnp.abs(image - recon))
 
 
+@compile_options.jit(static_argnames=('reconstruct_fn', 'num_samples', 'with_variables'))
 def _batch_errors(reconstruct_fn, variables, x, key, num_samples, with_variables):
   """Normalised errors of one batch; the model variables are an argument, not
   constants baked into the compiled function."""
@@ -44,13 +44,6 @@ def _batch_errors(reconstruct_fn, variables, x, key, num_samples, with_variables
     return total + jnp.abs(x - reconstruct(sample_key)), None
   total, _ = jax.lax.scan(add_sample, jnp.zeros_like(x), jax.random.split(key, num_samples))
   return jax.vmap(minmax_normalise)(total / num_samples)
-
-
-@functools.cache
-def _compiled_batch_errors(platform: str):
-  """_batch_errors jitted with the compile options of `platform` (one per platform)."""
-  return jax.jit(_batch_errors, static_argnames=('reconstruct_fn', 'num_samples', 'with_variables'),
-                 compiler_options=compile_options.for_platform(platform))
 
 
 def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
@@ -95,14 +88,13 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
     return out
   batch = min(batch_size, n)
   keys = (None if rng is None else jax.random.split(rng, -(-n // batch)))
-  batch_errors = _compiled_batch_errors(jax.default_backend())
   for step, start in enumerate(range(0, n, batch)):
     chunk = images[start:start + batch]
     valid = len(chunk)
     if valid < batch:  # pad so the shape (and the compilation) never changes
       chunk = np.concatenate([chunk, np.zeros((batch - valid,) + chunk.shape[1:], chunk.dtype)])
     key = None if keys is None else keys[step]
-    errors = batch_errors(reconstruct_fn, variables, chunk, key, num_samples,
-                          variables is not None)
+    errors = _batch_errors(reconstruct_fn, variables, chunk, key, num_samples,
+                           variables is not None)
     out[start:start + valid] = np.asarray(errors)[:valid]
   return out

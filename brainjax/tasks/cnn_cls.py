@@ -14,6 +14,7 @@ from brainjax.data import pipeline
 from brainjax.evaluation import classification
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
+from brainjax.train import compile_options
 from brainjax.train import loop
 from brainjax.train import parallel
 from brainjax.train import reporting
@@ -55,7 +56,7 @@ def train_step(state, batch, rng, *, model, axis_name=None):
   return state.apply_gradients(grads, batch_stats), metrics
 
 
-@functools.partial(jax.jit, static_argnames='model')
+@compile_options.jit(static_argnames='model')
 def predict_logits(model, variables, images):
   return model.apply(variables, images, train=False).astype(jnp.float32)
 
@@ -69,7 +70,7 @@ def predict(model, variables, images, batch_size=256):
   return np.concatenate(probs) if probs else np.zeros((0,), np.float32)
 
 
-@functools.partial(jax.jit, static_argnames='model')
+@compile_options.jit(static_argnames='model')
 def _features(model, variables, images):
   return model.apply(variables, images, method=model.features).astype(jnp.float32)
 

@@ -23,6 +23,7 @@ from brainjax.tasks import cnn_cls
 from brainjax.tasks import datasets
 from brainjax.tasks import variational
 from brainjax.train import checkpoints
+from brainjax.train import compile_options
 from brainjax.train import loop
 from brainjax.train import reporting
 from brainjax.train.state import TrainState
@@ -51,7 +52,7 @@ def cvae_reconstruction_loss(recon, images):
   return jnp.sum(jnp.square(recon - images), axis=(1, 2, 3))
 
 
-@functools.partial(jax.jit, static_argnames='model')
+@compile_options.jit(static_argnames='model')
 def _batch_loss(model, variables, images, noise):
   return variational.eval_loss(model, cvae_reconstruction_loss, variables, images, noise)
 

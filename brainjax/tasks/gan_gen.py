@@ -12,6 +12,7 @@ import optax
 
 from brainjax import models
 from brainjax.tasks import generation
+from brainjax.train import compile_options
 from brainjax.train import parallel
 from brainjax.train.state import TrainState
 from brainjax.train.state import init_variables
@@ -86,7 +87,7 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
   return GANState(g, d), metrics
 
 
-@functools.partial(jax.jit, static_argnames=('generator', 'num'))
+@compile_options.jit(static_argnames=('generator', 'num'))
 def sample_images(generator, variables, rng, num):
   """`num` new slices in [0, 1]."""
   z = jax.random.normal(rng, (num, generator.latent_dim))

@@ -11,6 +11,7 @@ import optax
 from brainjax import models
 from brainjax.tasks import generation
 from brainjax.tasks import variational
+from brainjax.train import compile_options
 from brainjax.train import parallel
 from brainjax.train.state import TrainState
 from brainjax.train.state import init_variables
@@ -36,7 +37,7 @@ def vae_reconstruction_loss(logits, images):
   return optax.sigmoid_binary_cross_entropy(logits, images).sum(axis=(1, 2, 3))
 
 
-@functools.partial(jax.jit, static_argnames=('model', 'num'))
+@compile_options.jit(static_argnames=('model', 'num'))
 def sample_images(model, variables, rng, num):
   """`num` new slices in [0, 1] decoded from the prior."""
   z = jax.random.normal(rng, (num, model.latent_dim))
