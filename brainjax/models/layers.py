@@ -136,22 +136,21 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
   n, out_h, out_w, _ = dy.shape
-  if (sh, sw) == (1, 1) or kh % sh or kw % sw:
-    patches = _concat_channels([
-        lax.slice(xp, (0, a, b, 0), (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, cin),
-                  (1, sh, sw, 1))
-        for a in range(kh) for b in range(kw)])
-    dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
-    return dk.reshape(kernel_shape)
-  th, tw = kh // sh, kw // sw  # blocks per window
-  hb, wb = out_h - 1 + th, out_w - 1 + tw  # blocks the windows reach
-  blocks = xp[:, :hb * sh, :wb * sw].reshape(n, hb, sh, wb, sw, cin)
-  blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * cin)
-  patches = _concat_channels([blocks[:, p:p + out_h, q:q + out_w]
-                              for p in range(th) for q in range(tw)])
+  blocked = (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0
+  if blocked:
+    th, tw = kh // sh, kw // sw  # blocks per window
+    hb, wb = out_h - 1 + th, out_w - 1 + tw  # blocks the windows reach
+    blocks = xp[:, :hb * sh, :wb * sw].reshape(n, hb, sh, wb, sw, cin)
+    blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * cin)
+    parts = [blocks[:, p:p + out_h, q:q + out_w] for p in range(th) for q in range(tw)]
+  else:
+    parts = [lax.slice(xp, (0, a, b, 0),
+                       (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, cin), (1, sh, sw, 1))
+             for a in range(kh) for b in range(kw)]
+  patches = _concat_channels(parts)
   dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
-  # Tap (a, b) = (p sh + r, q sw + t) sits at (p, q, r, t) in the patches.
-  dk = dk.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  if blocked:  # tap (a, b) = (p sh + r, q sw + t) sits at (p, q, r, t) in the patches
+    dk = dk.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
   return dk.reshape(kernel_shape)
 
 

@@ -14,7 +14,7 @@ single-threaded convolutions overlap other work); BrainCNN's forward pass at bat
 
 `loop.compile_step` passes `for_platform` of its devices to the train step's jit;
 the forward passes (evaluation, sampling, reconstruction error) are jitted with
-`jit`, which picks the default backend's options at the first call.
+`jit`, which picks the default backend's options when called.
 """
 import functools
 from typing import Callable, Dict, Optional
