@@ -11,11 +11,15 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_cpu_collective_call_terminate_timeout_seconds=1800'
                            + ' --xla_cpu_collective_timeout_seconds=1800')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# A GPU multiplies float32 in TF32 by default (10-bit mantissa, relative errors near 5e-4):
+# the tests compare exact reformulations at float32, which is all a CPU ever computes.
+os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 # One on-disk compilation cache for the session: tests that build the same tiny networks
 # (and the launch.py subprocesses) reuse compiled programs instead of recompiling them.
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='brainjax-xla-'))
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
+import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -34,3 +38,11 @@ def br35h_dir():
 def cache_dir(tmp_path_factory):
   """A per-session preprocessing cache, so tests never touch ~/.cache."""
   return str(tmp_path_factory.getbasetemp() / 'cache')
+
+
+@pytest.fixture
+def eight_devices():
+  """Data-parallel tests need conftest's 8 fake CPU devices; a GPU run has its GPUs only."""
+  if jax.local_device_count() < 8:
+    pytest.skip(f'needs 8 local devices, the {jax.default_backend()} backend has '
+                f'{jax.local_device_count()} (JAX_PLATFORMS=cpu runs it)')

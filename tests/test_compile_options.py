@@ -4,12 +4,16 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from brainjax.anomaly import recon_error
 from brainjax.train import compile_options
 from brainjax.train import loop
 
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+# compile_options.jit compiles for the default backend: the tests that use it check the CPU's.
+on_cpu = pytest.mark.skipif(jax.default_backend() != 'cpu',
+                            reason='compile_options.jit compiles for the default backend, not the CPU')
 
 
 def _conv(x, kernel):
@@ -52,6 +56,7 @@ def test_train_step_convolutions_leave_ynnpack():
   assert in_ynn == 0 and elsewhere >= 1
 
 
+@on_cpu
 def test_jit_compiles_once_with_the_options_and_the_same_values():
   traces = []
 
@@ -70,6 +75,7 @@ def test_jit_compiles_once_with_the_options_and_the_same_values():
   assert in_ynn == 0 and elsewhere >= 1
 
 
+@on_cpu
 def test_reconstruction_error_convolutions_leave_ynnpack():
   def reconstruct(variables, x):
     return _conv(jax.nn.relu(_conv(x, variables['k1'])), variables['k2'])

@@ -117,6 +117,7 @@ def test_gan_step_equals_the_plain_three_pass_update(tmp_path):
 
 
 @pytest.mark.parametrize('task', ['vae', 'gan'])
+@pytest.mark.usefixtures('eight_devices')
 def test_eight_devices_give_the_one_device_loss_curve(task, tmp_path):
   """Same global batch of 16: gradients and BatchNorm statistics are averaged across devices."""
   module = vae_config if task == 'vae' else gan_config

@@ -107,8 +107,8 @@ def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):
   assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
 
 
+@pytest.mark.usefixtures('eight_devices')
 def test_data_parallel_run_matches_one_device(tmp_path):
-  assert jax.local_device_count() >= 4, 'conftest asks for 8 CPU devices'
   history = {n: run(tmp_path / str(n), config(num_devices=n))[0] for n in (1, 4)}
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6),
                history[1].params, history[4].params)
