@@ -261,7 +261,8 @@ def test_concat_channels_equals_concatenate():
     (4, 2, TORCH_PAD1, 5),          # strided col2im, space-to-depth kernel gradient
     (4, 2, ((2, 1), (0, 3)), 5),    # the same where the blocks leave rows and columns out
     (3, 2, TORCH_PAD1, 5),          # stride not dividing the kernel: strided patches
-    (3, 1, 'SAME', 5),              # stride-1 col2im input gradient
+    (2, 1, ((1, 0), (0, 1)), 5),    # stride-1 col2im input gradient (UpsampleConv's 2x2)
+    (3, 1, 'SAME', 5),              # lax's own gradients
     (3, 1, ((2, 0), (1, 1)), 1)])   # fewer outputs than inputs: shifted copies of dy
 def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, features):
   x = normal((2, 10, 8, 3), 0)
@@ -279,11 +280,13 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
     assert rel_err(g, w) < 1e-5
 
 
-@pytest.mark.parametrize('platform, convolutions', [('cpu', 1), ('cuda', 3), ('tpu', 3)])
-def test_conv_gradients_are_gemms_on_cpu_only(platform, convolutions):
-  """The GEMM gradients are for XLA:CPU; other backends get lax's (cuDNN's) convolutions."""
+@pytest.mark.parametrize('platform, strides, convolutions', [
+    ('cpu', 2, 1), ('cuda', 2, 3), ('tpu', 2, 3), ('cpu', 1, 3), ('cuda', 1, 3)])
+def test_conv_gradients_are_gemms_on_cpu_only(platform, strides, convolutions):
+  """The GEMM gradients are for XLA:CPU; other backends get lax's (cuDNN's) convolutions,
+  and so do 3x3 stride-1 convs between multi-channel maps, where Eigen is faster."""
   x, k = normal((2, 10, 8, 3), 0), normal((3, 3, 3, 5), 1)
-  loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (2, 2), TORCH_PAD1) ** 2)
+  loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))
   module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()
   assert module.count('stablehlo.convolution') == convolutions  # forward (+ both gradients)

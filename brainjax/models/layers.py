@@ -6,8 +6,9 @@
   64: 1.3 s against 0.08 s for a 3x3 stride-2 conv 32->64 at 64 px), and the
   input gradient of a strided conv as an input-dilated conv, which is as slow
   on small maps. Both gradients are sums over pixels and taps of small matrix
-  products, i.e. GEMMs over im2col copies. Other backends keep lax's
-  gradients (`lax.platform_dependent`). Pass it to nn.Conv
+  products, i.e. GEMMs over im2col copies. Other backends, and 3x3 stride-1
+  convs between multi-channel maps, where Eigen is faster (`_conv_bwd`), keep
+  lax's gradients (`lax.platform_dependent`). Pass it to nn.Conv
   (`conv_general_dilated=`); parameters and values are unchanged.
 - `UpsampleConv`: 2x nearest upsample then 3x3 conv (pad 1) without forming
   the upsampled map. Each output pixel parity (a, b) sees a 2x2 window of the
@@ -71,15 +72,24 @@ def _matmul(a: Array, b: Array, contract, precision) -> Array:
 
 
 def _conv_bwd(strides, padding, precision, residuals, dy):
-  """CPU: `_gemm_conv_grads`. Elsewhere lax's own gradients (cuDNN's on a GPU).
+  """lax's own gradients for 3x3 stride-1 convs between multi-channel maps, everywhere;
+  for the others `_gemm_conv_grads` on CPU and lax's (cuDNN's on a GPU) elsewhere.
 
-  On an H200 the GEMMs took 26% less time than cuDNN's for the VAE's step but 9% more
+  With `compile_options` XLA:CPU runs lax's 3x3 stride-1 gradients in Eigen, on every
+  core, and BrainCNN's step (its only such convs) took 639 ms against 721 ms with the
+  GEMMs; strided convs and the 2x2 phase kernels would stay pathological there (the
+  GAN's step 15 s against 2.5 s, the VAE's 92 s against 1.9 s). On an H100/H200 the
+  GEMMs took 11-26% less time than cuDNN's for the GAN's and VAE's steps but 9% more
   for BrainCNN's (README, Performance): choosing per layer there needs a profile.
   """
   x, kernel = residuals
+  kh, kw, cin, cout = kernel.shape
+  lax_grads = functools.partial(_lax_conv_grads, strides, padding, precision)
+  if (kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) > 1:
+    return lax_grads(x, kernel, dy)
   return lax.platform_dependent(
       x, kernel, dy, cpu=functools.partial(_gemm_conv_grads, strides, padding, precision),
-      default=functools.partial(_lax_conv_grads, strides, padding, precision))
+      default=lax_grads)
 
 
 def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
