@@ -12,7 +12,7 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_cpu_collective_timeout_seconds=1800')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # A GPU multiplies float32 in TF32 by default (10-bit mantissa, relative errors near 5e-4):
-# the tests compare exact reformulations at float32, which is all a CPU ever computes.
+# the tests compare exact reformulations at float32, as the CPU computes them anyway.
 os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 # One on-disk compilation cache for the session: tests that build the same tiny networks
 # (and the launch.py subprocesses) reuse compiled programs instead of recompiling them.

@@ -79,9 +79,9 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
   core, and BrainCNN's step (its only such convs) took 9-12% less time than with the
   GEMMs (same process, 2 cores). For strided convs and the 2x2 phase kernels lax's stay
   pathological there (the GAN's step 15 s against 2.5 s, the VAE's 92 s against 1.9 s).
-  On an H100/H200 the
-  GEMMs took 11-26% less time than cuDNN's for the GAN's and VAE's steps but 9% more
-  for BrainCNN's (README, Performance): choosing per layer there needs a profile.
+  On an H100/H200 the GEMMs took 11-26% less time than cuDNN's for the GAN's and VAE's
+  steps but 9% more for BrainCNN's (README, Performance): choosing per layer there needs
+  a profile.
   """
   x, kernel = residuals
   kh, kw, cin, cout = kernel.shape
