@@ -9,8 +9,8 @@ import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
-from brainjax.models.layers import (TORCH_PAD1, UpsampleConv, _concat_channels, conv_general_dilated,
-                                    upsample_nearest_2x)
+from brainjax.models.layers import (TORCH_PAD1, UpsampleConv, _concat_channels, _gemm_conv_grads,
+                                    conv_general_dilated, upsample_nearest_2x)
 
 SIZE = 128
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
@@ -262,34 +262,41 @@ def test_concat_channels_equals_concatenate():
     (4, 2, ((2, 1), (0, 3)), 5),    # the same where the blocks leave rows and columns out
     (3, 2, TORCH_PAD1, 5),          # stride not dividing the kernel: strided patches
     (2, 1, ((1, 0), (0, 1)), 5),    # stride-1 col2im input gradient (UpsampleConv's 2x2)
-    (3, 1, 'SAME', 5),              # lax's own gradients
+    (3, 1, 'SAME', 5),              # stride-1 3x3
     (3, 1, ((2, 0), (1, 1)), 1)])   # fewer outputs than inputs: shifted copies of dy
 def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, features):
   x = normal((2, 10, 8, 3), 0)
   k = normal((kernel, kernel, 3, features), 1)
+  lax_conv = lambda x, k, s, p: lax.conv_general_dilated(x, k, s, p,
+                                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
   def run(conv):
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding)))
     return jax.jit(jax.value_and_grad(f, (0, 1)))(x, k)
 
-  lax_conv = lambda x, k, s, p: lax.conv_general_dilated(x, k, s, p,
-                                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
   (want, want_grads), (got, got_grads) = run(lax_conv), run(conv_general_dilated)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  for g, w in zip(got_grads, want_grads):
+  # the GEMMs themselves, whichever gradients the CPU takes from them for this conv
+  pads = (lax.padtype_to_pads(x.shape[1:3], k.shape[:2], (strides, strides), padding)
+          if isinstance(padding, str) else padding)
+  dy = jnp.cos(lax_conv(x, k, (strides, strides), padding))
+  gemm_grads = jax.jit(_gemm_conv_grads, static_argnums=(0, 1, 2))(
+      (strides, strides), tuple(map(tuple, pads)), None, x, k, dy)
+  for g, w in zip(list(got_grads) + list(gemm_grads), list(want_grads) * 2):
     assert rel_err(g, w) < 1e-5
 
 
-@pytest.mark.parametrize('platform, strides, convolutions', [
-    ('cpu', 2, 1), ('cuda', 2, 3), ('tpu', 2, 3), ('cpu', 1, 3), ('cuda', 1, 3)])
-def test_conv_gradients_are_gemms_on_cpu_only(platform, strides, convolutions):
-  """The GEMM gradients are for XLA:CPU; other backends get lax's (cuDNN's) convolutions,
-  and so do 3x3 stride-1 convs between multi-channel maps, where Eigen is faster."""
-  x, k = normal((2, 10, 8, 3), 0), normal((3, 3, 3, 5), 1)
+@pytest.mark.parametrize('platform, kernel, strides, convolutions', [
+    ('cpu', 2, 1, 1), ('cpu', 3, 2, 2), ('cpu', 3, 1, 3), ('cpu', 4, 2, 2),
+    ('cuda', 2, 1, 3), ('cuda', 3, 2, 3), ('tpu', 3, 2, 3)])
+def test_cpu_picks_gemm_or_lax_gradients_per_gradient(platform, kernel, strides, convolutions):
+  """XLA:CPU: GEMM kernel gradients for 2x2 kernels, GEMM input gradients unless 3x3
+  stride 1; other backends: lax's (cuDNN's) convolutions for both."""
+  x, k = normal((2, 10, 8, 3), 0), normal((kernel, kernel, 3, 5), 1)
   loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))
   module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()
-  assert module.count('stablehlo.convolution') == convolutions  # forward (+ both gradients)
+  assert module.count('stablehlo.convolution') == convolutions  # forward + lax's gradients
 
 
 def test_upsample_conv_matches_upsample_then_conv():

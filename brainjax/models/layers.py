@@ -1,15 +1,15 @@
 """Layers shared by the four networks, with CPU-fast exact formulations.
 
-- `conv_general_dilated`: lax's convolution with GEMM gradients on CPU. XLA:CPU
-  lowers a convolution's kernel gradient as a convolution whose window is the
-  whole output map, 5-100x slower than the forward pass (measured here, batch
-  64: 1.3 s against 0.08 s for a 3x3 stride-2 conv 32->64 at 64 px), and the
-  input gradient of a strided conv as an input-dilated conv, which is as slow
-  on small maps. Both gradients are sums over pixels and taps of small matrix
-  products, i.e. GEMMs over im2col copies. Other backends, and 3x3 stride-1
-  convs between multi-channel maps, where Eigen is faster (`_conv_bwd`), keep
-  lax's gradients (`lax.platform_dependent`). Pass it to nn.Conv
-  (`conv_general_dilated=`); parameters and values are unchanged.
+- `conv_general_dilated`: lax's convolution with CPU-chosen gradients. Both
+  gradients are sums over pixels and taps of small matrix products, i.e. GEMMs
+  over im2col copies (`_gemm_conv_grads`). XLA:CPU's own (a kernel gradient is
+  a convolution whose window is the whole output map, a strided conv's input
+  gradient an input-dilated conv) were 5-100x slower than the forward pass
+  when YNNPACK ran them; in Eigen (`compile_options`) some are faster than the
+  GEMMs and some still 60-300x slower, so `_cpu_conv_grads` picks per
+  gradient. Other backends keep lax's gradients (`lax.platform_dependent`).
+  Pass it to nn.Conv (`conv_general_dilated=`); parameters and values are
+  unchanged.
 - `UpsampleConv`: 2x nearest upsample then 3x3 conv (pad 1) without forming
   the upsampled map. Each output pixel parity (a, b) sees a 2x2 window of the
   low-resolution input whose taps are sums of the 3x3 kernel's taps, so one
@@ -72,25 +72,34 @@ def _matmul(a: Array, b: Array, contract, precision) -> Array:
 
 
 def _conv_bwd(strides, padding, precision, residuals, dy):
-  """lax's own gradients for 3x3 stride-1 convs between multi-channel maps, everywhere;
-  for the others `_gemm_conv_grads` on CPU and lax's (cuDNN's on a GPU) elsewhere.
+  """`_cpu_conv_grads` on CPU; lax's own gradients elsewhere (cuDNN's on a GPU).
 
-  With `compile_options` XLA:CPU runs lax's 3x3 stride-1 gradients in Eigen, on every
-  core, and BrainCNN's step (its only such convs) took 9-12% less time than with the
-  GEMMs (same process, 2 cores). For strided convs and the 2x2 phase kernels lax's stay
-  pathological there (the GAN's step 15 s against 2.5 s, the VAE's 92 s against 1.9 s).
-  On an H100/H200 the GEMMs took 11-26% less time than cuDNN's for the GAN's and VAE's
-  steps but 9% more for BrainCNN's (README, Performance): choosing per layer there needs
-  a profile.
+  On an H100/H200 the CPU's GEMMs took 11-26% less time than cuDNN's for the GAN's and
+  VAE's steps but 9% more for BrainCNN's (README, Performance): choosing per layer there
+  needs a profile.
   """
   x, kernel = residuals
-  kh, kw, cin, cout = kernel.shape
-  lax_grads = functools.partial(_lax_conv_grads, strides, padding, precision)
-  if (kh, kw) == (3, 3) and strides == (1, 1) and min(cin, cout) > 1:
-    return lax_grads(x, kernel, dy)
   return lax.platform_dependent(
-      x, kernel, dy, cpu=functools.partial(_gemm_conv_grads, strides, padding, precision),
-      default=lax_grads)
+      x, kernel, dy, cpu=functools.partial(_cpu_conv_grads, strides, padding, precision),
+      default=functools.partial(_lax_conv_grads, strides, padding, precision))
+
+
+def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
+  """Each gradient from lax (Eigen's convolutions, with `compile_options`) where that was
+  faster on this CPU, else from `_gemm_conv_grads`; XLA drops the computations not returned.
+
+  Batch 64, 2 cores: lax's kernel gradient took 55 ms against 72 ms (3x3 stride 2, 128 -> 256
+  channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 5-28 s
+  against 33-84 ms for the 2x2 phase kernels of `UpsampleConv`. lax's input gradient took
+  45 ms against 55 ms for a 3x3 stride-1 conv (64 -> 128 at 32 px) and 56 against 47 ms when
+  strided (an input-dilated convolution).
+  """
+  kh, kw, cin, _ = kernel.shape
+  gemm_dx, gemm_dk = _gemm_conv_grads(strides, padding, precision, x, kernel, dy)
+  lax_dx, lax_dk = _lax_conv_grads(strides, padding, precision, x, kernel, dy)
+  large_kernel = kh >= 3 and kw >= 3
+  return (lax_dx if large_kernel and strides == (1, 1) else gemm_dx,
+          lax_dk if large_kernel and cin > 1 else gemm_dk)
 
 
 def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
