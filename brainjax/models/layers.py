@@ -6,7 +6,7 @@
   a convolution whose window is the whole output map, a strided conv's input
   gradient an input-dilated conv) were 5-100x slower than the forward pass
   when YNNPACK ran them; in Eigen (`compile_options`) some are faster than the
-  GEMMs and some still 60-300x slower, so `_cpu_conv_grads` picks per
+  GEMMs and some still up to 330x slower, so `_cpu_conv_grads` picks per
   gradient. Other backends keep lax's gradients (`lax.platform_dependent`).
   Pass it to nn.Conv (`conv_general_dilated=`); parameters and values are
   unchanged.
@@ -89,7 +89,7 @@ def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
   faster on this CPU, else from `_gemm_conv_grads`; XLA drops the computations not returned.
 
   Batch 64, 2 cores: lax's kernel gradient took 55 ms against 72 ms (3x3 stride 2, 128 -> 256
-  channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 5-28 s
+  channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 4.6-27.5 s
   against 33-84 ms for the 2x2 phase kernels of `UpsampleConv`. lax's input gradient took
   45 ms against 55 ms for a 3x3 stride-1 conv (64 -> 128 at 32 px) and 56 against 47 ms when
   strided (an input-dilated convolution).
