@@ -164,8 +164,10 @@ def tune_malloc():
   32 MiB (BrainCNN's first activations are 128 MiB at batch 64) with a fresh mmap,
   whose every 4 KiB page then faults and is zeroed by the kernel on first touch, and
   unmaps them on free, so every step pays it again (torch alike). One arena, no mmap
-  and no trimming let freed blocks be reused: here BrainCNN steps ran at 73-83 img/s
-  with it and 65-66 without, torch's at 77-83 and 49-51 (README, Performance). Call before
+  and no trimming let freed blocks be reused: here, at 2fc2c6d, BrainCNN steps ran at
+  73-83 img/s with it and 65-66 without, torch's at 77-83 and 49-51. Since 591c99e
+  JAX's BrainCNN no longer gains (81.9 against 85.1 img/s), torch's still does (83.3
+  against 48.4; README, Performance). Call before
   JAX's first computation (its worker threads must not have their own arenas yet).
   Returns whether glibc accepted the settings (False elsewhere, e.g. macOS).
   """
