@@ -10,7 +10,7 @@ import pytest
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
 from brainjax.models.layers import (TORCH_PAD1, UpsampleConv, _concat_channels, _gemm_conv_grads,
-                                    conv_general_dilated, upsample_nearest_2x)
+                                    conv_general_dilated, explicit_padding, upsample_nearest_2x)
 
 SIZE = 128
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
@@ -277,11 +277,10 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
   (want, want_grads), (got, got_grads) = run(lax_conv), run(conv_general_dilated)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # the GEMMs themselves, whichever gradients the CPU takes from them for this conv
-  pads = (lax.padtype_to_pads(x.shape[1:3], k.shape[:2], (strides, strides), padding)
-          if isinstance(padding, str) else padding)
+  pads = explicit_padding(x.shape, k.shape, (strides, strides), padding)
   dy = jnp.cos(lax_conv(x, k, (strides, strides), padding))
   gemm_grads = jax.jit(_gemm_conv_grads, static_argnums=(0, 1, 2))(
-      (strides, strides), tuple(map(tuple, pads)), None, x, k, dy)
+      (strides, strides), pads, None, x, k, dy)
   for g, w in zip(list(got_grads) + list(gemm_grads), list(want_grads) * 2):
     assert rel_err(g, w) < 1e-5
 

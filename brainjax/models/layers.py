@@ -92,7 +92,8 @@ def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
   channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 4.6-27.5 s
   against 33-84 ms for the 2x2 phase kernels of `UpsampleConv`. lax's input gradient took
   45 ms against 55 ms for a 3x3 stride-1 conv (64 -> 128 at 32 px) and 56 against 47 ms when
-  strided (an input-dilated convolution).
+  strided (an input-dilated convolution). For the 2x2 phase kernels it took 5-48% less time
+  per layer, but the GAN's step only 2450 against 2491 ms (noise), so they keep the GEMMs.
   """
   kh, kw, cin, _ = kernel.shape
   gemm_dx, gemm_dk = _gemm_conv_grads(strides, padding, precision, x, kernel, dy)
@@ -128,10 +129,8 @@ def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
     dk = _kernel_gradient(xp, dy, kernel.shape, strides, precision)
     # Input gradient: dy times the kernel gives every tap's patch gradient, and
     # col2im adds each tap's share back at its (strided) input position. lax's
-    # own is an input-dilated conv when strided, pathologically slow on small
-    # maps (5.6 s for 4 -> 2 px, 512 -> 1024 channels, batch 64), and a plain
-    # conv when not, 1.5-2.6x slower than this for the decoders' 2x2 phase
-    # kernels (UpsampleConv) and equal for 3x3 ones.
+    # own is an input-dilated conv when strided (in YNNPACK 5.6 s for 4 -> 2 px,
+    # 512 -> 1024 channels, batch 64); `_cpu_conv_grads` says where it is used.
     cols = _matmul(dy, kernel.reshape(-1, cout), ((3,), (1,)), precision).reshape(
         n, out_h, out_w, kh, kw, cin)
     dxp = sum(lax.pad(cols[:, :, :, a, b], jnp.zeros((), cols.dtype),
@@ -180,7 +179,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, with GEMM gradients on CPU for plain 2-D NHWC convs.
+  """`lax.conv_general_dilated`, with `_cpu_conv_grads` on CPU for plain 2-D NHWC convs.
 
   Other configurations (dilation, groups, other layouts) go to lax unchanged.
   """
@@ -194,10 +193,16 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
                                     precision, preferred_element_type)
+  strides = tuple(int(s) for s in window_strides)
+  return _conv(lhs, rhs, strides, explicit_padding(lhs.shape, rhs.shape, strides, padding),
+               precision)
+
+
+def explicit_padding(lhs_shape, rhs_shape, strides, padding):
+  """NHWC/HWIO `padding` ('SAME', 'VALID' or pairs) as ((top, bottom), (left, right)) ints."""
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-  return _conv(lhs, rhs, tuple(int(s) for s in window_strides), padding, precision)
+    padding = lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2], strides, padding)
+  return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
 def conv(features: int, kernel_size: int, strides: int = 1, dtype: Any = jnp.float32,
