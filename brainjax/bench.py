@@ -384,7 +384,11 @@ def benchmark_train_steps(args, log):
       peer[name].update(summarise(torch_times, torch_cpu, args.batch))
     log(f'{name}: jax {ours[name]["img_per_s"]:.1f} img/s'
         + (f', torch {peer[name]["img_per_s"]:.1f} img/s' if name in peer else ''))
+    # Drop the step's compiled programs and traces with it: left in JAX's caches (400,000
+    # objects after the four networks), they cost every later trace full garbage
+    # collections (the anomaly stage's first calls: 0.4 s for single-image KMeans).
     del timer
+    jax.clear_caches()
   return ours, peer
 
 
