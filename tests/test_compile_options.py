@@ -35,8 +35,10 @@ def _cpu_args(*shapes):
 
 
 def test_options_are_for_cpu_only():
-  assert compile_options.for_platform('gpu') is None
-  assert compile_options.for_platform('tpu') is None
+  for options in (compile_options.EIGEN_CONVOLUTIONS, compile_options.QUICK_COMPILE):
+    assert compile_options.for_platform('gpu', options) is None
+    assert compile_options.for_platform('tpu', options) is None
+    assert compile_options.for_platform('cpu', options) == options
   assert compile_options.for_platform('cpu') == {
       'xla_cpu_experimental_ynn_fusion_type':
       'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
@@ -96,13 +98,19 @@ def test_reconstruction_error_convolutions_leave_ynnpack():
   np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-def test_an_unknown_option_falls_back_to_xla_defaults(monkeypatch):
-  monkeypatch.setattr(compile_options, '_CPU_OPTIONS',
-                      {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_RENAMED'})
-  compile_options._cpu_options_accepted.cache_clear()  # pylint: disable=protected-access
-  try:
-    assert compile_options.for_platform('cpu') is None
-  finally:
-    monkeypatch.undo()
-    compile_options._cpu_options_accepted.cache_clear()  # pylint: disable=protected-access
-  assert compile_options.for_platform('cpu') is not None
+@pytest.mark.parametrize('renamed', [
+    {'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_RENAMED'},
+    {'xla_cpu_renamed_fusion_emitters': False}])
+def test_an_unknown_option_falls_back_to_xla_defaults(renamed):
+  assert compile_options.for_platform('cpu', renamed) is None
+  assert compile_options.for_platform('gpu', renamed) is None
+
+
+@on_cpu
+def test_quick_compile_jit_gives_the_same_values():
+  @compile_options.jit(cpu_options=compile_options.QUICK_COMPILE)
+  def loop(x):
+    return jax.lax.fori_loop(0, 5, lambda i, v: jnp.sin(v) * 1.5 + i, x)
+
+  x = jnp.linspace(-2.0, 2.0, 1000)
+  np.testing.assert_allclose(loop(x), jax.jit(loop.__wrapped__)(x), rtol=1e-6)

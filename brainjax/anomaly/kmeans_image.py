@@ -24,7 +24,6 @@ Expect little from this rule: position spans [0, 1) on two axes while most
 errors are small, so two clusters mostly split the image in halves (the study
 also found it "not able to actually detect the tumorous regions").
 """
-import functools
 from typing import Optional, Sequence
 
 import jax
@@ -33,6 +32,7 @@ import numpy as np
 
 from brainjax.anomaly import parallel
 from brainjax.anomaly import pixel_features
+from brainjax.train import compile_options
 
 # Images per jitted call: one compiled shape for every N, and few calls (each
 # call allocates its buffers, which is slow under a fragmented heap).
@@ -143,7 +143,8 @@ def coarse_factor(h: int, w: int) -> int:
   return _COARSE if h % _COARSE == 0 and w % _COARSE == 0 and min(h, w) >= 4 * _COARSE else 1
 
 
-@functools.partial(jax.jit, static_argnames=('h', 'w', 'max_iter'))
+@compile_options.jit(static_argnames=('h', 'w', 'max_iter'),
+                      cpu_options=compile_options.QUICK_COMPILE)  # compiled per process
 def _cluster_chunk(errors, num_images, h, w, max_iter):
   """(second bool (N, D), centroids (N, 2, 3)) of the first num_images images."""
   factor = coarse_factor(h, w)

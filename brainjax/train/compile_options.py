@@ -1,4 +1,4 @@
-"""XLA compile options for the convolution networks' heavy programs: Eigen's convolutions on CPU.
+"""XLA:CPU compile options: Eigen's convolutions for the networks, quick compiles for small programs.
 
 XLA:CPU (jaxlib 0.10.2) gives three kinds of work to YNNPACK by default
 (`xla_cpu_experimental_ynn_fusion_type`: single dots, single convolutions and
@@ -12,46 +12,57 @@ single-threaded convolutions overlap other work); BrainCNN's forward pass at bat
 256 675 ms against 1057 ms; the reconstruction error of 3000 slices 14.0 s against
 15.7 s (README, Performance).
 
+`QUICK_COMPILE` is for small programs whose compile time is a large part of their
+cost, like the single-image KMeans rule's Lloyd loops: XLA:CPU's older fusion
+emitters, which skip the MLIR pipeline. Same process, after malloc tuning: that
+rule's program compiled in 0.42-0.43 s against 0.65-0.66 s and ran as fast (3000
+slices in 0.43-0.44 s against 0.44-0.48 s); BrainCNN's train step compiled and ran
+its first step in 2.7 s against 4.1 s, but then ran 10% slower (788 against 717 ms),
+so the networks keep the default emitters.
+
 `loop.compile_step` passes `for_platform` of its devices to the train step's jit;
 the forward passes (evaluation, sampling, reconstruction error) are jitted with
 `jit`, which picks the default backend's options when called.
 """
 import functools
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 
 # XLA's default list (jaxlib 0.10.2) without LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION.
-_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
-                'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+EIGEN_CONVOLUTIONS = {'xla_cpu_experimental_ynn_fusion_type':
+                      'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+QUICK_COMPILE = {'xla_cpu_use_fusion_emitters': False}
 
 
-def for_platform(platform: str) -> Optional[Dict[str, str]]:
+def for_platform(platform: str,
+                 cpu_options: Dict[str, Any] = EIGEN_CONVOLUTIONS) -> Optional[Dict[str, Any]]:
   """`compiler_options` for a program compiled for `platform` (None: XLA's defaults).
 
-  Only 'cpu' gets options, and only where this jaxlib accepts them: the option is
-  experimental, and an XLA that renamed it keeps its defaults (with a warning).
+  Only 'cpu' gets options, and only where this jaxlib accepts them: they are
+  experimental, and an XLA that renamed one keeps its defaults (with a warning).
   """
-  if platform != 'cpu' or not _cpu_options_accepted():
+  if platform != 'cpu' or not _cpu_options_accepted(tuple(sorted(cpu_options.items()))):
     return None
-  return dict(_CPU_OPTIONS)
+  return dict(cpu_options)
 
 
 @functools.cache
-def _cpu_options_accepted() -> bool:
+def _cpu_options_accepted(options) -> bool:
   cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
   try:
-    jax.jit(jnp.negative, compiler_options=_CPU_OPTIONS).lower(
+    jax.jit(jnp.negative, compiler_options=dict(options)).lower(
         jax.ShapeDtypeStruct((), jnp.float32, sharding=cpu)).compile()
   except jax.errors.JaxRuntimeError as error:
-    logging.warning('XLA:CPU keeps its default YNNPACK fusions (%s): %s', _CPU_OPTIONS, error)
+    logging.warning('XLA:CPU keeps its defaults (not %s): %s', dict(options), error)
     return False
   return True
 
 
-def jit(fun: Optional[Callable] = None, /, **jit_kwargs):
+def jit(fun: Optional[Callable] = None, /, *,
+        cpu_options: Dict[str, Any] = EIGEN_CONVOLUTIONS, **jit_kwargs):
   """`jax.jit(fun, **jit_kwargs)` compiled with the default backend's `for_platform` options.
 
   Usable as `@jit(static_argnames=...)`. The backend is looked up when called, not
@@ -59,11 +70,11 @@ def jit(fun: Optional[Callable] = None, /, **jit_kwargs):
   compiled function per platform. `.lower(...)` lowers as jax.jit's does.
   """
   if fun is None:
-    return functools.partial(jit, **jit_kwargs)
+    return functools.partial(jit, cpu_options=cpu_options, **jit_kwargs)
 
   @functools.cache
   def jitted(platform: str):
-    return jax.jit(fun, compiler_options=for_platform(platform), **jit_kwargs)
+    return jax.jit(fun, compiler_options=for_platform(platform, cpu_options), **jit_kwargs)
 
   @functools.wraps(fun)  # call.__wrapped__ is fun
   def call(*args, **kwargs):
