@@ -107,10 +107,17 @@ def test_an_unknown_option_falls_back_to_xla_defaults(renamed):
 
 
 @on_cpu
-def test_quick_compile_jit_gives_the_same_values():
+def test_jit_compiles_with_the_cpu_options_it_is_given(monkeypatch):
+  requested = []
+  for_platform = compile_options.for_platform
+  monkeypatch.setattr(compile_options, 'for_platform',
+                      lambda platform, options: requested.append(options) or for_platform(
+                          platform, options))
+
   @compile_options.jit(cpu_options=compile_options.QUICK_COMPILE)
   def loop(x):
     return jax.lax.fori_loop(0, 5, lambda i, v: jnp.sin(v) * 1.5 + i, x)
 
   x = jnp.linspace(-2.0, 2.0, 1000)
   np.testing.assert_allclose(loop(x), jax.jit(loop.__wrapped__)(x), rtol=1e-6)
+  assert requested == [compile_options.QUICK_COMPILE]

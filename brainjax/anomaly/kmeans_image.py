@@ -144,7 +144,7 @@ def coarse_factor(h: int, w: int) -> int:
 
 
 @compile_options.jit(static_argnames=('h', 'w', 'max_iter'),
-                      cpu_options=compile_options.QUICK_COMPILE)  # compiled per process
+                      cpu_options=compile_options.QUICK_COMPILE)  # compiling: most of a first call
 def _cluster_chunk(errors, num_images, h, w, max_iter):
   """(second bool (N, D), centroids (N, 2, 3)) of the first num_images images."""
   factor = coarse_factor(h, w)
