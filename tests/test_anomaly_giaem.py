@@ -58,3 +58,12 @@ def test_bad_errors(errors, message):
 def test_bad_grid():
   with pytest.raises(ValueError, match='increasing'):
     giaem.giaem_grid_scores(np.zeros((2, 4), np.float32), [0.5, 0.2])
+
+
+@pytest.mark.parametrize('shape', [(5, 7), (1, 16), (4, 1), (0, 3)])
+def test_nonzero_2d_equals_np_nonzero(shape):
+  mask = np.random.default_rng(2).random(shape) < 0.4
+  got, want = pixel_features.nonzero_2d(mask), np.nonzero(mask)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)
+    assert g.dtype == w.dtype

@@ -57,7 +57,7 @@ class _BinaryRows:
   def from_mask(cls, mask: np.ndarray) -> '_BinaryRows':
     mass = mask.sum(axis=1)
     complement = mass.sum() * 2 > mask.size
-    rows, cols = np.nonzero(~mask if complement else mask)
+    rows, cols = pixel_features.nonzero_2d(~mask if complement else mask)
     indptr = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(mask)))]
     return cls(indptr, cols.astype(np.int32), complement, mask.shape[1], mass)
 
