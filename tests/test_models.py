@@ -258,7 +258,7 @@ def test_concat_channels_equals_concatenate():
 
 
 @pytest.mark.parametrize('kernel, strides, padding, features', [
-    (4, 2, TORCH_PAD1, 5),          # space-to-depth gradients (blocked input gradient on CPU)
+    (4, 2, TORCH_PAD1, 5),          # strided col2im, space-to-depth kernel gradient
     (4, 2, ((2, 1), (0, 3)), 5),    # the same where the blocks leave rows and columns out
     (2, 2, TORCH_PAD1, 5),          # one block per window
     (3, 2, TORCH_PAD1, 5),          # stride not dividing the kernel: strided patches
@@ -287,12 +287,11 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
 
 
 @pytest.mark.parametrize('platform, kernel, strides, convolutions', [
-    ('cpu', 2, 1, 1), ('cpu', 3, 2, 2), ('cpu', 3, 1, 3), ('cpu', 4, 2, 3),
+    ('cpu', 2, 1, 1), ('cpu', 3, 2, 2), ('cpu', 3, 1, 3), ('cpu', 4, 2, 2),
     ('cuda', 2, 1, 3), ('cuda', 3, 2, 3), ('tpu', 3, 2, 3)])
 def test_cpu_picks_gemm_or_lax_gradients_per_gradient(platform, kernel, strides, convolutions):
-  """XLA:CPU: GEMM kernel gradients for 2x2 kernels; input gradients from lax for 3x3
-  stride 1, from one stride-1 conv on pixel blocks for 4x4 stride 2, else from GEMMs;
-  other backends: lax's (cuDNN's) convolutions for both."""
+  """XLA:CPU: GEMM kernel gradients for 2x2 kernels, GEMM input gradients unless 3x3
+  stride 1; other backends: lax's (cuDNN's) convolutions for both."""
   x, k = normal((2, 10, 8, 3), 0), normal((kernel, kernel, 3, 5), 1)
   loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))

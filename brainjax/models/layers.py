@@ -86,8 +86,7 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
 
 def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
   """Each gradient from lax (Eigen's convolutions, with `compile_options`) where that was
-  faster on this CPU, else from `_gemm_conv_grads` or `_blocked_input_gradient`; XLA drops
-  the computations not returned.
+  faster on this CPU, else from `_gemm_conv_grads`; XLA drops the computations not returned.
 
   Batch 64, 2 cores: lax's kernel gradient took 55 ms against 72 ms (3x3 stride 2, 128 -> 256
   channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 4.6-27.5 s
@@ -95,21 +94,13 @@ def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
   45 ms against 55 ms for a 3x3 stride-1 conv (64 -> 128 at 32 px) and 56 against 47 ms when
   strided (an input-dilated convolution). For the 2x2 phase kernels it took 5-48% less time
   per layer, but the GAN's step only 2450 against 2491 ms (noise), so they keep the GEMMs.
-  Where the stride divides the kernel (the discriminator's 4x4 stride 2), the blocked input
-  gradient took 70 against 116 ms (64 -> 128 channels at 64 px) and 68 against 89 ms (128 ->
-  256 at 32 px), as much as the GEMMs at 16 px, and twice their time for 1 input channel.
   """
   kh, kw, cin, _ = kernel.shape
   gemm_dx, gemm_dk = _gemm_conv_grads(strides, padding, precision, x, kernel, dy)
   lax_dx, lax_dk = _lax_conv_grads(strides, padding, precision, x, kernel, dy)
   large_kernel = kh >= 3 and kw >= 3
-  if large_kernel and strides == (1, 1):
-    dx = lax_dx
-  elif _stride_divides_kernel(strides, kernel.shape) and cin > 1:
-    dx = _blocked_input_gradient(x.shape, kernel, dy, strides, padding, precision)
-  else:
-    dx = gemm_dx
-  return dx, lax_dk if large_kernel and cin > 1 else gemm_dk
+  return (lax_dx if large_kernel and strides == (1, 1) else gemm_dx,
+          lax_dk if large_kernel and cin > 1 else gemm_dk)
 
 
 def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
@@ -164,10 +155,12 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
   n, out_h, out_w, _ = dy.shape
-  blocked = _stride_divides_kernel(strides, kernel_shape)
+  blocked = (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0
   if blocked:
     th, tw = kh // sh, kw // sw  # blocks per window
-    blocks = _space_to_depth(xp, sh, sw, out_h - 1 + th, out_w - 1 + tw)
+    hb, wb = out_h - 1 + th, out_w - 1 + tw  # blocks the windows reach
+    blocks = xp[:, :hb * sh, :wb * sw].reshape(n, hb, sh, wb, sw, cin)
+    blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * cin)
     parts = [blocks[:, p:p + out_h, q:q + out_w] for p in range(th) for q in range(tw)]
   else:
     parts = [lax.slice(xp, (0, a, b, 0),
@@ -175,71 +168,9 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
              for a in range(kh) for b in range(kw)]
   patches = _concat_channels(parts)
   dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
-  if blocked:
-    return _unblocked_kernel(dk.reshape(th, tw, sh * sw * cin, cout), strides)
+  if blocked:  # tap (a, b) = (p sh + r, q sw + t) sits at (p, q, r, t) in the patches
+    dk = dk.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
   return dk.reshape(kernel_shape)
-
-
-def _blocked_input_gradient(x_shape, kernel: Array, dy: Array, strides, padding, precision) -> Array:
-  """The input gradient of a conv whose stride divides its kernel, as one stride-1 conv.
-
-  On s x s pixel blocks of the padded input (`_space_to_depth`) the conv is a stride-1
-  (kh/s) x (kw/s) conv with s s Cin input channels (`_blocked_kernel`), so its input
-  gradient is the full correlation of dy with that kernel flipped: a plain stride-1
-  conv that Eigen runs fast, where lax's own is input-dilated (3/4 of its products by
-  zero) and the GEMMs' col2im writes a kh kw Cin-channel copy of dy.
-  """
-  _, h, w, _ = x_shape
-  sh, sw = strides
-  (top, bottom), (left, right) = padding
-  blocked = _blocked_kernel(kernel, strides)
-  th, tw = blocked.shape[:2]
-  flipped = blocked[::-1, ::-1].transpose(0, 1, 3, 2)
-  dblocks = _lax_conv(dy, flipped, (1, 1), ((th - 1, th - 1), (tw - 1, tw - 1)), precision)
-  dxp = _depth_to_space(dblocks, sh, sw)
-  # padded rows and columns past the last window get no gradient
-  hp, wp = h + top + bottom, w + left + right
-  dxp = jnp.pad(dxp, ((0, 0), (0, hp - dxp.shape[1]), (0, wp - dxp.shape[2]), (0, 0)))
-  return dxp[:, top:top + h, left:left + w]
-
-
-def _stride_divides_kernel(strides, kernel_shape) -> bool:
-  (sh, sw), (kh, kw) = strides, kernel_shape[:2]
-  return (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0
-
-
-def _space_to_depth(a: Array, sh: int, sw: int, hb: int, wb: int) -> Array:
-  """(N, H, W, C) -> (N, hb, wb, sh sw C): the first hb x wb blocks of sh x sw pixels.
-
-  Block (p, q) holds pixel (p sh + r, q sw + t) at channels (r, t, c).
-  """
-  n, _, _, c = a.shape
-  blocks = a[:, :hb * sh, :wb * sw].reshape(n, hb, sh, wb, sw, c)
-  return blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * c)
-
-
-def _depth_to_space(blocks: Array, sh: int, sw: int) -> Array:
-  """`_space_to_depth`'s inverse: (N, hb, wb, sh sw C) -> (N, hb sh, wb sw, C)."""
-  n, hb, wb, channels = blocks.shape
-  a = blocks.reshape(n, hb, wb, sh, sw, channels // (sh * sw)).transpose(0, 1, 3, 2, 4, 5)
-  return a.reshape(n, hb * sh, wb * sw, -1)
-
-
-def _blocked_kernel(kernel: Array, strides) -> Array:
-  """(kh, kw, Cin, Cout) -> (kh/sh, kw/sw, sh sw Cin, Cout): tap (p sh + r, q sw + t) at (p, q, (r, t, c))."""
-  kh, kw, cin, cout = kernel.shape
-  sh, sw = strides
-  blocked = kernel.reshape(kh // sh, sh, kw // sw, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-  return blocked.reshape(kh // sh, kw // sw, sh * sw * cin, cout)
-
-
-def _unblocked_kernel(blocked: Array, strides) -> Array:
-  """`_blocked_kernel`'s inverse."""
-  th, tw, channels, cout = blocked.shape
-  sh, sw = strides
-  cin = channels // (sh * sw)
-  kernel = blocked.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
-  return kernel.reshape(th * sh, tw * sw, cin, cout)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
