@@ -167,8 +167,8 @@ def tune_malloc():
   and no trimming let freed blocks be reused: here, at 2fc2c6d, BrainCNN steps ran at
   73-83 img/s with it and 65-66 without, torch's at 77-83 and 49-51. Since 591c99e
   JAX's BrainCNN no longer gains (81.9 against 85.1 img/s), torch's still does (83.3
-  against 48.4; README, Performance). Call before
-  JAX's first computation (its worker threads must not have their own arenas yet).
+  against 48.4; README, Performance, has later runs of both settings). Call before JAX's
+  first computation (its worker threads must not have their own arenas yet).
   Returns whether glibc accepted the settings (False elsewhere, e.g. macOS).
   """
   try:

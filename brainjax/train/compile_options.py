@@ -10,7 +10,7 @@ three off: BrainCNN's step 2.4x slower). Train steps with this option, same
 process: GAN 15% less time, VAE 9%, BrainCNN and BrainCVAE within noise (their
 single-threaded convolutions overlap other work); BrainCNN's forward pass at batch
 256 675 ms against 1057 ms; the reconstruction error of 3000 slices 14.0 s against
-15.7 s (README, Performance).
+15.7 s.
 
 `QUICK_COMPILE` is for small programs whose compile time is a large part of their
 cost, like the single-image KMeans rule's Lloyd loops: XLA:CPU's older fusion
