@@ -38,10 +38,14 @@ def test_options_are_for_cpu_only():
   for options in (compile_options.EIGEN_CONVOLUTIONS, compile_options.QUICK_COMPILE):
     assert compile_options.for_platform('gpu', options) is None
     assert compile_options.for_platform('tpu', options) is None
-    assert compile_options.for_platform('cpu', options) == options
   assert compile_options.for_platform('cpu') == {
       'xla_cpu_experimental_ynn_fusion_type':
       'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+  quick = compile_options.for_platform('cpu', compile_options.QUICK_COMPILE)
+  if jax.__version_info__ < (0, 11):
+    assert quick == compile_options.QUICK_COMPILE
+  elif jax.__version_info__ >= (0, 11, 2):  # its XLA:CPU has no older fusion emitters left
+    assert quick is None
 
 
 def test_train_step_convolutions_leave_ynnpack():

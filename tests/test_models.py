@@ -286,13 +286,14 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
     assert rel_err(g, w) < 1e-5
 
 
-@pytest.mark.parametrize('platform, kernel, strides, convolutions', [
-    ('cpu', 2, 1, 1), ('cpu', 3, 2, 2), ('cpu', 3, 1, 3), ('cpu', 4, 2, 2),
-    ('cuda', 2, 1, 3), ('cuda', 3, 2, 3), ('tpu', 3, 2, 3)])
-def test_cpu_picks_gemm_or_lax_gradients_per_gradient(platform, kernel, strides, convolutions):
-  """XLA:CPU: GEMM kernel gradients for 2x2 kernels, GEMM input gradients unless 3x3
-  stride 1; other backends: lax's (cuDNN's) convolutions for both."""
-  x, k = normal((2, 10, 8, 3), 0), normal((kernel, kernel, 3, 5), 1)
+@pytest.mark.parametrize('platform, kernel, strides, cin, convolutions', [
+    ('cpu', 2, 1, 3, 1), ('cpu', 3, 2, 3, 2), ('cpu', 3, 1, 3, 3), ('cpu', 4, 2, 3, 2),
+    ('cpu', 3, 1, 1, 2), ('cuda', 2, 1, 3, 2), ('cuda', 3, 2, 3, 3), ('cuda', 4, 2, 1, 1),
+    ('tpu', 3, 2, 3, 3)])
+def test_each_backend_picks_gemm_or_lax_gradients(platform, kernel, strides, cin, convolutions):
+  """XLA:CPU: GEMM kernel gradients for 2x2 kernels and 1 input channel, GEMM input gradients
+  unless 3x3 stride 1; GPU: GEMMs for 1 input channel and 2x2 kernel gradients; TPU: lax's."""
+  x, k = normal((2, 10, 8, cin), 0), normal((kernel, kernel, cin, 5), 1)
   loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))
   module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()

@@ -1,13 +1,14 @@
 """Layers shared by the four networks, with CPU-fast exact formulations.
 
-- `conv_general_dilated`: lax's convolution with CPU-chosen gradients. Both
+- `conv_general_dilated`: lax's convolution with backend-chosen gradients. Both
   gradients are sums over pixels and taps of small matrix products, i.e. GEMMs
   over im2col copies (`_gemm_conv_grads`). XLA:CPU's own (a kernel gradient is
   a convolution whose window is the whole output map, a strided conv's input
   gradient an input-dilated conv) were 5-100x slower than the forward pass
   when YNNPACK ran them; in Eigen (`compile_options`) some are faster than the
-  GEMMs and some still up to 330x slower, so `_cpu_conv_grads` picks per
-  gradient. Other backends keep lax's gradients (`lax.platform_dependent`).
+  GEMMs and some still up to 330x slower, so `cpu_gemm_gradients` picks per
+  gradient; on a GPU `gpu_gemm_gradients` picks between the GEMMs and cuDNN's.
+  Other backends keep lax's gradients (`lax.platform_dependent`).
   Pass it to nn.Conv (`conv_general_dilated=`); parameters and values are
   unchanged.
 - `UpsampleConv`: 2x nearest upsample then 3x3 conv (pad 1) without forming
@@ -18,7 +19,7 @@
   (times (H+1)(W+1)/HW: the window grid has one more row and column).
 """
 import functools
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -72,21 +73,28 @@ def _matmul(a: Array, b: Array, contract, precision) -> Array:
 
 
 def _conv_bwd(strides, padding, precision, residuals, dy):
-  """`_cpu_conv_grads` on CPU; lax's own gradients elsewhere (cuDNN's on a GPU).
+  """Each gradient from lax (cuDNN's on a GPU) or from `_gemm_conv_grads`, by a rule per backend.
 
-  On an H100/H200 the CPU's GEMMs took 11-26% less time than cuDNN's for the GAN's and
-  VAE's steps but 9% more for BrainCNN's (README, Performance): choosing per layer there
-  needs a profile.
+  XLA computes both and drops the ones not returned. TPUs and other backends keep lax's.
   """
   x, kernel = residuals
+
+  def picked(gemm_for):
+    def grads(x, kernel, dy):
+      gemm_dx, gemm_dk = _gemm_conv_grads(strides, padding, precision, x, kernel, dy)
+      lax_dx, lax_dk = _lax_conv_grads(strides, padding, precision, x, kernel, dy)
+      gemm_dx_wins, gemm_dk_wins = gemm_for(kernel.shape, strides)
+      return gemm_dx if gemm_dx_wins else lax_dx, gemm_dk if gemm_dk_wins else lax_dk
+    return grads
+
   return lax.platform_dependent(
-      x, kernel, dy, cpu=functools.partial(_cpu_conv_grads, strides, padding, precision),
+      x, kernel, dy, cpu=picked(cpu_gemm_gradients), cuda=picked(gpu_gemm_gradients),
       default=functools.partial(_lax_conv_grads, strides, padding, precision))
 
 
-def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
-  """Each gradient from lax (Eigen's convolutions, with `compile_options`) where that was
-  faster on this CPU, else from `_gemm_conv_grads`; XLA drops the computations not returned.
+def cpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
+  """(GEMM input gradient?, GEMM kernel gradient?) on XLA:CPU, with Eigen's convolutions
+  (`compile_options`) as the alternative.
 
   Batch 64, 2 cores: lax's kernel gradient took 55 ms against 72 ms (3x3 stride 2, 128 -> 256
   channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 4.6-27.5 s
@@ -95,12 +103,28 @@ def _cpu_conv_grads(strides, padding, precision, x, kernel, dy):
   strided (an input-dilated convolution). For the 2x2 phase kernels it took 5-48% less time
   per layer, but the GAN's step only 2450 against 2491 ms (noise), so they keep the GEMMs.
   """
-  kh, kw, cin, _ = kernel.shape
-  gemm_dx, gemm_dk = _gemm_conv_grads(strides, padding, precision, x, kernel, dy)
-  lax_dx, lax_dk = _lax_conv_grads(strides, padding, precision, x, kernel, dy)
+  kh, kw, cin, _ = kernel_shape
   large_kernel = kh >= 3 and kw >= 3
-  return (lax_dx if large_kernel and strides == (1, 1) else gemm_dx,
-          lax_dk if large_kernel and cin > 1 else gemm_dk)
+  return not (large_kernel and tuple(strides) == (1, 1)), not (large_kernel and cin > 1)
+
+
+def gpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
+  """(GEMM input gradient?, GEMM kernel gradient?) on an NVIDIA GPU, cuDNN's convolutions
+  being the alternative.
+
+  Each gradient of each layer of the four networks timed alone on an H200 (TF32, batch 64 and
+  the discriminator's 128): the GEMMs won both gradients of the 1-channel image layers (cuDNN
+  0.07-0.29 ms against 0.04-0.10) and the kernel gradients of `UpsampleConv`'s 2x2 phase
+  kernels from 8 px up (0.11-1.39 against 0.04-0.17 ms, one tie); cuDNN won most of the rest,
+  by up to 2.4x. The rule gives away the few layers where the other choice won by less: the
+  GEMMs elsewhere by 0.09 ms at most, cuDNN's 2x2 kernel gradients at 2 and 4 px by 0.015 ms
+  (the VAE's step: 4.27 ms against 4.03 with every gradient's winner). Whole steps, float32, against
+  cuDNN's gradients throughout: GAN 5.51 -> 3.73 ms, VAE 6.42 -> 4.27, BrainCNN 2.08 -> 1.90,
+  BrainCVAE 2.23 -> 2.14; bfloat16 GAN 3.94 -> 3.49 (issue #7's notes).
+  """
+  del strides
+  kh, kw, cin, _ = kernel_shape
+  return cin == 1, cin == 1 or (kh, kw) == (2, 2)
 
 
 def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
@@ -130,7 +154,7 @@ def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
     # Input gradient: dy times the kernel gives every tap's patch gradient, and
     # col2im adds each tap's share back at its (strided) input position. lax's
     # own is an input-dilated conv when strided (in YNNPACK 5.6 s for 4 -> 2 px,
-    # 512 -> 1024 channels, batch 64); `_cpu_conv_grads` says where it is used.
+    # 512 -> 1024 channels, batch 64); `cpu_gemm_gradients` says where it is used.
     cols = _matmul(dy, kernel.reshape(-1, cout), ((3,), (1,)), precision).reshape(
         n, out_h, out_w, kh, kw, cin)
     dxp = sum(lax.pad(cols[:, :, :, a, b], jnp.zeros((), cols.dtype),
@@ -179,7 +203,7 @@ _conv.defvjp(_conv_fwd, _conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1,
                          precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated`, with `_cpu_conv_grads` on CPU for plain 2-D NHWC convs.
+  """`lax.conv_general_dilated`, with `_conv_bwd`'s gradients for plain 2-D NHWC convs.
 
   Other configurations (dilation, groups, other layouts) go to lax unchanged.
   """

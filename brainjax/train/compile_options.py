@@ -18,7 +18,8 @@ emitters, which skip the MLIR pipeline. Same process, after malloc tuning: that
 rule's program compiled in 0.42-0.43 s against 0.65-0.66 s and ran as fast (3000
 slices in 0.43-0.44 s against 0.44-0.48 s); BrainCNN's train step compiled and ran
 its first step in 2.7 s against 4.1 s, but then ran 10% slower (788 against 717 ms),
-so the networks keep the default emitters.
+so the networks keep the default emitters. jaxlib 0.11.2 no longer has the option:
+there `for_platform` logs that once and the rule compiles with XLA's defaults.
 
 `loop.compile_step` passes `for_platform` of its devices to the train step's jit;
 the forward passes (evaluation, sampling, reconstruction error) are jitted with
