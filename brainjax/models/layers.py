@@ -118,9 +118,9 @@ def gpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
   kernels from 8 px up (0.11-1.39 against 0.04-0.17 ms, one tie); cuDNN won most of the rest,
   by up to 2.4x. The rule gives away the few layers where the other choice won by less: the
   GEMMs elsewhere by 0.09 ms at most, cuDNN's 2x2 kernel gradients at 2 and 4 px by 0.015 ms
-  (the VAE's step: 4.27 ms against 4.03 with every gradient's winner). Whole steps, float32, against
-  cuDNN's gradients throughout: GAN 5.51 -> 3.73 ms, VAE 6.42 -> 4.27, BrainCNN 2.08 -> 1.90,
-  BrainCVAE 2.23 -> 2.14; bfloat16 GAN 3.94 -> 3.49 (issue #7's notes).
+  (the VAE's step: 4.27 ms against 4.03 with every gradient's winner). Whole steps, float32,
+  against cuDNN's gradients throughout: GAN 5.51 -> 3.73 ms, VAE 6.42 -> 4.27, BrainCNN
+  2.08 -> 1.90, BrainCVAE 2.23 -> 2.14; bfloat16 GAN 3.94 -> 3.49 (issue #7's notes).
   """
   del strides
   kh, kw, cin, _ = kernel_shape
