@@ -1,4 +1,6 @@
 """The four networks at 128x128 with tiny widths: shapes, ranges, modes, one training step."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,8 @@ import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
-from brainjax.models.layers import (TORCH_PAD1, UpsampleConv, _concat_channels, _gemm_conv_grads,
+from brainjax.models.layers import (TORCH_PAD1, BatchNorm, UpsampleConv, _concat_channels,
+                                    _gemm_conv_grads, normalize_batch,
                                     conv_general_dilated, explicit_padding, upsample_nearest_2x)
 
 SIZE = 128
@@ -229,6 +232,72 @@ def test_batch_norm_modes_and_statistics_shared_across_devices_with_bn_axis_name
   for got_leaf, want_leaf in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
     np.testing.assert_allclose(got_leaf[0], want_leaf, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(got_leaf[0], got_leaf[1])
+
+
+def bn_inputs(seed, dtype=jnp.float32):
+  """(8, 5, 6, 4) values with a channel of zeros (variance 0: rstd is 1/sqrt(eps) there)."""
+  x = normal((8, 5, 6, 4), seed) * jnp.array([[[[3.0, 0.5, 1.0, 0.0]]]]) + jnp.array([[[[1.0, -2.0, 3.0, 0.0]]]])
+  return x.astype(dtype)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('train', [True, False])
+def test_batch_norm_matches_flax_values_statistics_and_gradients(dtype, train):
+  x, weights = bn_inputs(0, dtype), normal((8, 5, 6, 4), 1)
+  want_model = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+  got_model = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype)
+  variables = want_model.init(key(2), x)
+  assert jax.tree.map(jnp.shape, got_model.init(key(2), x)) == jax.tree.map(jnp.shape, variables)
+  variables = jax.tree.map(lambda v: v + jax.random.uniform(key(3), v.shape), variables)
+
+  @jax.jit
+  def run(params, x):
+    def loss(params, x, model):
+      y, stats = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x,
+                             mutable=['batch_stats'])
+      return jnp.sum(jnp.tanh(y.astype(jnp.float32)) * weights), (y, stats)
+    return [jax.grad(loss, argnums=(0, 1), has_aux=True)(params, x, model)
+            for model in (want_model, got_model)]
+
+  (want_grads, (want_y, want_stats)), (got_grads, (got_y, got_stats)) = run(variables['params'], x)
+  assert got_y.dtype == want_y.dtype == dtype
+  tolerance = 1e-5 if dtype == jnp.float32 else 1e-2
+  assert rel_err(got_y.astype(jnp.float32), want_y.astype(jnp.float32)) < tolerance
+  for got, want in zip(jax.tree.leaves((got_stats, got_grads)), jax.tree.leaves((want_stats, want_grads))):
+    assert got.dtype == want.dtype
+    assert rel_err(got.astype(jnp.float32), want.astype(jnp.float32)) < tolerance
+
+
+def test_normalize_batch_gradients_match_autodiff_across_devices():
+  # Autodiff of flax's formulas on the whole batch against the written-out backward pass,
+  # on the whole batch and on two shards (vmap's axis stands in for pmap's), for a loss
+  # of y, mean and var: the shards' losses add up to the whole batch's, so each shard's
+  # dx is its part of the whole batch's and the parameters' gradients add up.
+  x, scale, bias = bn_inputs(0), normal((4,), 1), normal((4,), 2)
+  weights, w_mean, w_var = normal(x.shape, 3), normal((4,), 4), normal((4,), 5)
+
+  def reference(x, scale, bias, axis_name):
+    del axis_name
+    mean, mean_sq = x.mean((0, 1, 2)), (x * x).mean((0, 1, 2))
+    var = jnp.maximum(0.0, mean_sq - mean * mean)
+    a = lax.rsqrt(var + 1e-5) * scale
+    return (x - mean[None, None, None]) * a[None, None, None] + bias[None, None, None], mean, var
+
+  def loss(normalize, shards, x, scale, bias, weights):
+    y, mean, var = normalize(x, scale, bias, 'shards' if shards > 1 else None)
+    return jnp.sum(jnp.tanh(y) * weights) + jnp.sum(w_mean * mean + w_var * var) / shards
+
+  def grads(normalize, shards):
+    return jax.grad(functools.partial(loss, normalize, shards), argnums=(0, 1, 2))
+
+  fast = lambda x, scale, bias, axis_name: normalize_batch(x, scale, bias, 1e-5, axis_name)
+  want = jax.jit(grads(reference, 1))(x, scale, bias, weights)
+  whole = jax.jit(grads(fast, 1))(x, scale, bias, weights)
+  shards = jax.jit(jax.vmap(grads(fast, 2), in_axes=(0, None, None, 0), axis_name='shards'))(
+      x.reshape(2, 4, 5, 6, 4), scale, bias, weights.reshape(2, 4, 5, 6, 4))
+  for got in whole, (shards[0].reshape(x.shape), shards[1].sum(0), shards[2].sum(0)):
+    for g, w in zip(got, want):
+      assert rel_err(g, w) < 1e-5
 
 
 def test_bfloat16_computation_keeps_float32_params():

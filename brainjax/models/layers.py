@@ -11,6 +11,8 @@
   Other backends keep lax's gradients (`lax.platform_dependent`).
   Pass it to nn.Conv (`conv_general_dilated=`); parameters and values are
   unchanged.
+- `BatchNorm`: flax's, with a written-out backward pass (`normalize_batch`) that
+  reads the activations fewer times.
 - `UpsampleConv`: 2x nearest upsample then 3x3 conv (pad 1) without forming
   the upsampled map. Each output pixel parity (a, b) sees a 2x2 window of the
   low-resolution input whose taps are sums of the 3x3 kernel's taps, so one
@@ -238,8 +240,106 @@ def conv(features: int, kernel_size: int, strides: int = 1, dtype: Any = jnp.flo
 
 def batch_norm(train: bool, axis_name: Optional[str], dtype: Any, name: Optional[str] = None):
   """BatchNorm with torch's defaults (momentum 0.1 = flax 0.9, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name, dtype=dtype, name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                   axis_name=axis_name, dtype=dtype, name=name)
+
+
+class BatchNorm(nn.Module):
+  """nn.BatchNorm over every axis but the last, whose training pass has `normalize_batch`'s
+  backward pass.
+
+  Same variables ('params': scale, bias; 'batch_stats': mean, var, all float32), values
+  and running-statistics updates as flax's with its defaults; statistics are averaged
+  over `axis_name` when given (not while initialising, as flax).
+  """
+  use_running_average: bool
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  axis_name: Optional[str] = None
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = (x.shape[-1],)
+    mean = self.variable('batch_stats', 'mean', jnp.zeros, features, jnp.float32)
+    var = self.variable('batch_stats', 'var', jnp.ones, features, jnp.float32)
+    scale = self.param('scale', nn.initializers.ones, features, jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
+    dtype = self.dtype or jnp.result_type(x, jnp.float32)
+    if self.use_running_average:
+      return _normalize(x, mean.value, lax.rsqrt(var.value + self.epsilon), scale, bias, dtype)
+    initializing = self.is_initializing()
+    y, batch_mean, batch_var = normalize_batch(x, scale, bias, self.epsilon,
+                                               None if initializing else self.axis_name)
+    if not initializing:
+      mean.value = self.momentum * mean.value + (1 - self.momentum) * batch_mean
+      var.value = self.momentum * var.value + (1 - self.momentum) * batch_var
+    return y.astype(dtype)
+
+
+def _normalize(x, mean, rstd, scale, bias, dtype):
+  mean, a, bias = (_channels(v, x.ndim) for v in (mean, rstd * scale, bias))
+  return ((x.astype(jnp.float32) - mean) * a + bias).astype(dtype)
+
+
+def _channels(v: Array, ndim: int) -> Array:
+  """Per-channel (C,) -> (1, ..., 1, C), to broadcast against (..., C)."""
+  return v.reshape((1,) * (ndim - 1) + v.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def normalize_batch(x: Array, scale: Array, bias: Array, epsilon: float,
+                    axis_name: Optional[str]) -> Tuple[Array, Array, Array]:
+  """(y, mean, var), float32: x (..., C) normalised by its statistics over every axis but
+  the last, then scaled and shifted.
+
+  As flax computes them: float32, var = E[x^2] - E[x]^2 clipped at 0, both averaged over
+  `axis_name` (None: this device's batch). The backward pass is written out, so XLA:CPU
+  reads x and dy in two passes (the sums, then dx) and keeps x, not x - mean, for it.
+  Against nn.BatchNorm, same process, steps alternated (2 cores, batch 64): BrainCNN's step
+  ran 1.06-1.09x as fast, the VAE's 1.02-1.06x, the GAN's 0.99-1.02x (issue #7's notes).
+  """
+  return _normalize_batch_fwd(x, scale, bias, epsilon, axis_name)[0]
+
+
+def _normalize_batch_fwd(x, scale, bias, epsilon, axis_name):
+  xf = x.astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  mean, mean_sq = xf.mean(axes), (xf * xf).mean(axes)
+  if axis_name is not None:
+    mean, mean_sq = lax.pmean(jnp.stack([mean, mean_sq]), axis_name)
+  spread = mean_sq - mean * mean
+  var = jnp.maximum(0.0, spread)
+  rstd = lax.rsqrt(var + epsilon)
+  y = _normalize(x, mean, rstd, scale, bias, jnp.float32)
+  return (y, mean, var), (x, mean, rstd, scale, spread > 0)
+
+
+def _normalize_batch_bwd(epsilon, axis_name, residuals, cotangents):
+  """With a = scale * rstd, xhat = (x - mean) * rstd and M values per channel:
+  dx = a dy - a sum(dy) / M - xhat a sum(dy xhat) / M, plus the terms of the mean's and
+  var's own cotangents; sums over all devices of `axis_name`, as autodiff of pmean gives.
+  """
+  del epsilon
+  x, mean, rstd, scale, var_moves = residuals  # var_moves: var was not clipped at 0
+  dy, d_mean, d_var = cotangents
+  axes = tuple(range(x.ndim - 1))
+  dyf = dy.astype(jnp.float32)
+  xhat = (x.astype(jnp.float32) - _channels(mean, x.ndim)) * _channels(rstd, x.ndim)
+  sum_dy, sum_dy_xhat = dyf.sum(axes), (dyf * xhat).sum(axes)
+  total = jnp.stack([sum_dy, sum_dy_xhat, d_mean, d_var])
+  count = x.size // x.shape[-1]
+  if axis_name is not None:
+    total, count = lax.psum(total, axis_name), count * lax.axis_size(axis_name)
+  all_dy, all_dy_xhat, d_mean, d_var = total
+  a = scale * rstd
+  d_spread = jnp.where(var_moves, 2 * d_var / rstd - a * all_dy_xhat, 0.0)
+  dx = (_channels(a, x.ndim) * dyf + _channels((d_mean - a * all_dy) / count, x.ndim)
+        + xhat * _channels(d_spread / count, x.ndim))
+  return dx.astype(x.dtype), sum_dy_xhat, sum_dy
+
+
+normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
 
 
 def upsample_nearest_2x(x: Array) -> Array:
