@@ -236,7 +236,8 @@ def test_batch_norm_modes_and_statistics_shared_across_devices_with_bn_axis_name
 
 def bn_inputs(seed, dtype=jnp.float32):
   """(8, 5, 6, 4) values with a channel of zeros (variance 0: rstd is 1/sqrt(eps) there)."""
-  x = normal((8, 5, 6, 4), seed) * jnp.array([[[[3.0, 0.5, 1.0, 0.0]]]]) + jnp.array([[[[1.0, -2.0, 3.0, 0.0]]]])
+  spread, offset = jnp.array([3.0, 0.5, 1.0, 0.0]), jnp.array([1.0, -2.0, 3.0, 0.0])
+  x = normal((8, 5, 6, 4), seed) * spread[None, None, None] + offset[None, None, None]
   return x.astype(dtype)
 
 
@@ -263,7 +264,8 @@ def test_batch_norm_matches_flax_values_statistics_and_gradients(dtype, train):
   assert got_y.dtype == want_y.dtype == dtype
   tolerance = 1e-5 if dtype == jnp.float32 else 1e-2
   assert rel_err(got_y.astype(jnp.float32), want_y.astype(jnp.float32)) < tolerance
-  for got, want in zip(jax.tree.leaves((got_stats, got_grads)), jax.tree.leaves((want_stats, want_grads))):
+  for got, want in zip(jax.tree.leaves((got_stats, got_grads)),
+                       jax.tree.leaves((want_stats, want_grads))):
     assert got.dtype == want.dtype
     assert rel_err(got.astype(jnp.float32), want.astype(jnp.float32)) < tolerance
 
