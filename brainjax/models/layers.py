@@ -294,8 +294,9 @@ def normalize_batch(x: Array, scale: Array, bias: Array, epsilon: float,
   the last, then scaled and shifted.
 
   The statistics as flax computes them: var = E[x^2] - E[x]^2 clipped at 0, both moments
-  averaged over `axis_name` (None: this device's batch). The backward pass is written out, so XLA:CPU
-  reads x and dy in two passes (the sums, then dx) and keeps x, not x - mean, for it.
+  averaged over `axis_name` (None: this device's batch). The backward pass is written out,
+  so XLA:CPU reads x and dy in two passes (the sums, then dx) and keeps x, not x - mean,
+  for it.
   Against nn.BatchNorm, same process, steps alternated (2 cores, batch 64): BrainCNN's step
   ran 1.06-1.09x as fast, the VAE's 1.02-1.06x, the GAN's 0.99-1.02x (issue #7's notes).
   """
