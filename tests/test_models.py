@@ -357,13 +357,37 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
     assert rel_err(g, w) < 1e-5
 
 
+@pytest.mark.parametrize('dtype, tolerance', [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
+@pytest.mark.parametrize('kernel, strides, padding', [
+    (3, 1, TORCH_PAD1), (4, 2, TORCH_PAD1), (3, 2, ((2, 1), (0, 3)))])
+def test_one_channel_conv_matches_lax_values_and_gradients(kernel, strides, padding, dtype,
+                                                           tolerance):
+  """1-channel inputs: on CPU the forward pass is `_tap_sum_conv`, not a convolution."""
+  x, k = normal((2, 10, 8, 1), 0).astype(dtype), normal((kernel, kernel, 1, 5), 1).astype(dtype)
+  lax_conv = lambda x, k, s, p: lax.conv_general_dilated(x, k, s, p,
+                                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+  def run(conv):
+    f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding).astype(jnp.float32)))
+    return jax.jit(jax.value_and_grad(f, (0, 1)))(x, k)
+
+  (want, want_grads), (got, got_grads) = run(lax_conv), run(conv_general_dilated)
+  np.testing.assert_allclose(got, want, rtol=tolerance)
+  for g, w in zip(got_grads, want_grads):
+    assert g.dtype == w.dtype and rel_err(g, w) < tolerance
+  y = jax.jit(lambda x, k: conv_general_dilated(x, k, (strides, strides), padding))(x, k)
+  assert y.dtype == dtype
+  assert rel_err(y, lax_conv(x, k, (strides, strides), padding)) < tolerance
+
+
 @pytest.mark.parametrize('platform, kernel, strides, cin, convolutions', [
     ('cpu', 2, 1, 3, 1), ('cpu', 3, 2, 3, 2), ('cpu', 3, 1, 3, 3), ('cpu', 4, 2, 3, 2),
-    ('cpu', 3, 1, 1, 2), ('cuda', 2, 1, 3, 2), ('cuda', 3, 2, 3, 3), ('cuda', 4, 2, 1, 1),
+    ('cpu', 3, 1, 1, 1), ('cuda', 2, 1, 3, 2), ('cuda', 3, 2, 3, 3), ('cuda', 4, 2, 1, 1),
     ('tpu', 3, 2, 3, 3)])
 def test_each_backend_picks_gemm_or_lax_gradients(platform, kernel, strides, cin, convolutions):
   """XLA:CPU: GEMM kernel gradients for 2x2 kernels and 1 input channel, GEMM input gradients
-  unless 3x3 stride 1; GPU: GEMMs for 1 input channel and 2x2 kernel gradients; TPU: lax's."""
+  unless 3x3 stride 1, no forward convolution for 1 input channel; GPU: GEMMs for 1 input
+  channel and 2x2 kernel gradients; TPU: lax's."""
   x, k = normal((2, 10, 8, cin), 0), normal((kernel, kernel, cin, 5), 1)
   loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))
