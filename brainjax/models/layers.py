@@ -52,16 +52,24 @@ def _tap_sum_conv(x: Array, kernel: Array, strides, padding) -> Array:
   Same process, steps alternated: BrainCNN's train step 1.01-1.06x as fast (five runs);
   the other networks' steps unchanged within noise (issue #7's notes).
   """
-  n = x.shape[0]
-  kh, kw, _, _ = kernel.shape
+  kh, kw, _, cout = kernel.shape
   sh, sw = strides
   xp = jnp.pad(x.astype(jnp.float32), ((0, 0),) + tuple(padding) + ((0, 0),))
   out_h, out_w = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
-  kernel = kernel.astype(jnp.float32)
-  y = sum(lax.slice(xp, (0, a, b, 0), (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, 1),
-                    (1, sh, sw, 1)) * _channels(kernel[a, b, 0], 4)
-          for a in range(kh) for b in range(kw))
+  rows = kernel.astype(jnp.float32).reshape(kh * kw, cout)  # taps in _strided_taps' order
+  y = sum(tap * _channels(row, 4)
+          for tap, row in zip(_strided_taps(xp, kh, kw, strides, out_h, out_w), rows))
   return y.astype(x.dtype)
+
+
+def _strided_taps(xp: Array, kh: int, kw: int, strides, out_h: int, out_w: int):
+  """Per tap (a, b) of a kh x kw window, row-major: (N, out_h, out_w, C), the pixel of the
+  padded input xp under that tap for every output position."""
+  n, _, _, c = xp.shape
+  sh, sw = strides
+  return [lax.slice(xp, (0, a, b, 0), (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, c),
+                    (1, sh, sw, 1))
+          for a in range(kh) for b in range(kw)]
 
 
 def _conv_forward(x: Array, kernel: Array, strides, padding, precision) -> Array:
@@ -221,9 +229,7 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
     blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * cin)
     parts = [blocks[:, p:p + out_h, q:q + out_w] for p in range(th) for q in range(tw)]
   else:
-    parts = [lax.slice(xp, (0, a, b, 0),
-                       (n, a + sh * (out_h - 1) + 1, b + sw * (out_w - 1) + 1, cin), (1, sh, sw, 1))
-             for a in range(kh) for b in range(kw)]
+    parts = _strided_taps(xp, kh, kw, strides, out_h, out_w)
   patches = _concat_channels(parts)
   dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
   if blocked:  # tap (a, b) = (p sh + r, q sw + t) sits at (p, q, r, t) in the patches
