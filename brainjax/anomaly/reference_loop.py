@@ -152,7 +152,8 @@ def global_scores(errors, anomaly_threshold, max_iter=300):
     warnings.simplefilter('ignore', ConvergenceWarning)
     fitted = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter,
                             algorithm='lloyd').fit(x)
-  tumour, healthy = kmeans_global._tumour_first(fitted.cluster_centers_)
+  centers = fitted.cluster_centers_
+  tumour, healthy = centers[kmeans_global._tumour_first(centers)]
   d_t = np.sqrt(np.sum((x - tumour) ** 2, axis=1))
   d_h = np.sqrt(np.sum((x - healthy) ** 2, axis=1))
   den = d_t + d_h
