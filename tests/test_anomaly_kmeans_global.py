@@ -67,3 +67,30 @@ def test_identical_rows_form_one_cluster():
 def test_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
     kmeans_global.global_kmeans(_two_groups(), 0.5, **kwargs)
+
+
+@pytest.mark.parametrize('fraction', [0.2, 0.8])  # a pattern of the ones, then of the zeros
+def test_binary_rows_products_and_sums_are_exact(fraction):
+  rng = np.random.default_rng(3)
+  mask = rng.random((12, 16)) < fraction
+  x = kmeans_global._BinaryRows.from_mask(mask)
+  assert x.complement == (fraction > 0.5)
+  dense = mask.astype(np.int64)
+  vectors = {'int': rng.integers(0, 50, (2, 16)),
+             'int past int32 sums': rng.integers(2 ** 28, 2 ** 29, (2, 16)),
+             'float': rng.random((2, 16))}
+  for name, v in vectors.items():
+    for rows in (None, np.array([1, 4]), np.arange(2, 12)):  # a copy of few rows, a full pass
+      expected = (dense if rows is None else dense[rows]) @ v.T
+      got = x.rows_dot(rows, v)
+      if name == 'float':
+        np.testing.assert_allclose(got, expected, rtol=1e-12, err_msg=name)
+      else:
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected, err_msg=name)
+  weights = np.zeros(12, np.int64)
+  weights[[0, 5]], weights[7] = 1, -1
+  np.testing.assert_array_equal(x.rows_sum(weights), weights @ dense)
+  weights[:] = rng.integers(-1, 2, 12)  # most rows: the full pass
+  np.testing.assert_array_equal(x.rows_sum(weights), weights @ dense)
+  np.testing.assert_array_equal(x.rows_sum(), dense.sum(axis=0))
