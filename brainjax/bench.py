@@ -60,7 +60,8 @@ from configs import gan_gen as gan_config
 from configs import vae_gen as vae_config
 
 MODELS = ('cnn', 'cvae', 'vae', 'gan')
-PEER_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench' / 'torch_reference.py'
+PEER_SCRIPT = (pathlib.Path(__file__).resolve().parents[2] / 'shared' / 'bench'
+               / 'torch_reference.py')
 
 # Runs in the torch interpreter: the peer's own step, timed like ours (argv: script dir,
 # module, model, batch, steps, threads, device). Its tensors and modules are created on

@@ -132,8 +132,9 @@ def _anatomy(rng, u, v, level: float, t: Dict[str, float]):
     ventricles = (np.abs(np.abs(u) - curve) < width) & (np.abs(s_ + _F32(0.1)) < _F32(1.0))
     csf |= ventricles | ((np.abs(u) < _F32(0.012 * size)) & (np.abs(v - _F32(0.1)) < _F32(0.1)))
     au = np.abs(u)
-    deep = np.minimum(((au - _F32(0.24)) * _F32(1 / 0.08)) ** 2 + ((v + _F32(0.02)) * _F32(1 / 0.17)) ** 2,
-                      ((au - _F32(0.12)) * _F32(1 / 0.09)) ** 2 + ((v - _F32(0.2)) * _F32(1 / 0.11)) ** 2)
+    deep = np.minimum(
+        ((au - _F32(0.24)) * _F32(1 / 0.08)) ** 2 + ((v + _F32(0.02)) * _F32(1 / 0.17)) ** 2,
+        ((au - _F32(0.12)) * _F32(1 / 0.09)) ** 2 + ((v - _F32(0.2)) * _F32(1 / 0.11)) ** 2)
     value = _blend(value, _F32(t['deep']), _inside(deep, mid, 0.3))
   texture = _smooth_field(rng, shape, 40)
   value = value * (_F32(1.0) + _F32(0.035) * texture)
@@ -256,8 +257,8 @@ def _head(rng, height, width, positive):
   size = (right - left, bottom - top)
   if image.shape != (bottom - top, right - left):
     image = np.asarray(Image.fromarray(image, mode='F').resize(size, Image.Resampling.BILINEAR))
-    mask = Image.fromarray(mask.astype(np.float32), mode='F').resize(size, Image.Resampling.BILINEAR)
-    mask = np.asarray(mask) > 0.5
+    mask = Image.fromarray(mask.astype(np.float32), mode='F')
+    mask = np.asarray(mask.resize(size, Image.Resampling.BILINEAR)) > 0.5
   return image, mask, (top, left, bottom, right)
 
 

@@ -5,7 +5,8 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
      smoothed (Gaussian, sigma 1 px) so that noise does not pass the threshold.
   2. Background level = median of the outer 2% ring of the image, or the 5th
      percentile of the image if lower (some files have a white frame along the
-     border); noise = MAD of the high-pass residual of background pixels. Foreground = pixels above background + max(10% of the contrast up to
+     border); noise = MAD of the high-pass residual of background pixels.
+     Foreground = pixels above background + max(10% of the contrast up to
      the 99.5th percentile, 3 noise sigmas).
   3. Straight frame lines (longer than 75% of the image one way, thin the
      other) are removed, then a 3x3 binary opening removes specks and text
@@ -276,7 +277,8 @@ def preprocess(image: np.ndarray, size: int = 128,
   crop = (x[top:bottom, left:right] - np.float32(background)) * np.float32(1.0 / scale)
   np.clip(crop, 0.0, 1.0, out=crop)
   canvas = np.zeros((info.side, info.side), np.float32)
-  canvas[info.pad_top:info.pad_top + crop.shape[0], info.pad_left:info.pad_left + crop.shape[1]] = crop
+  top, left = info.pad_top, info.pad_left
+  canvas[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
   out = _resize(canvas, size, size, order=1)
   np.clip(out, 0.0, 1.0, out=out)
   return out, info

@@ -51,7 +51,10 @@ _LOG_NAMES = 5
 
 
 def _cfg(data_cfg, name, default):
-  value = data_cfg.get(name, default) if hasattr(data_cfg, 'get') else getattr(data_cfg, name, default)
+  if hasattr(data_cfg, 'get'):
+    value = data_cfg.get(name, default)
+  else:
+    value = getattr(data_cfg, name, default)
   return default if value is None else value
 
 

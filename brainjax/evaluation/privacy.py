@@ -136,7 +136,8 @@ def _as_picture(image: np.ndarray) -> np.ndarray:
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]
   if image.ndim != 2:
-    raise ValueError(f'images must be (N, H, W) or (N, H, W, 1), got a slice of shape {image.shape}')
+    raise ValueError(
+        f'images must be (N, H, W) or (N, H, W, 1), got a slice of shape {image.shape}')
   return image
 
 

@@ -76,7 +76,8 @@ def markdown(table, quality):
   if quality:
     keys = sorted({k for row in quality.values() for k in row})
     lines += ['', '## Generators: quality (BrainCNN features) and privacy (distance to closest '
-              'record)', '', '| Generator | ' + ' | '.join(keys) + ' |', '|' + '---|' * (len(keys) + 1)]
+              'record)', '', '| Generator | ' + ' | '.join(keys) + ' |',
+              '|' + '---|' * (len(keys) + 1)]
     for name, row in sorted(quality.items()):
       lines.append(f'| {name} | ' + ' | '.join(
           '–' if k not in row else f'{row[k]:.4g}' for k in keys) + ' |')

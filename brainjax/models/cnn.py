@@ -35,7 +35,8 @@ def _pool_windows(x: Array):
 def _max_pool_fwd(x: Array):
   w = _pool_windows(x)
   pooled = jnp.maximum(jnp.maximum(w[0], w[1]), jnp.maximum(w[2], w[3]))
-  first = jnp.where(w[0] == pooled, 0, jnp.where(w[1] == pooled, 1, jnp.where(w[2] == pooled, 2, 3)))
+  first = jnp.where(w[0] == pooled, 0,
+                    jnp.where(w[1] == pooled, 1, jnp.where(w[2] == pooled, 2, 3)))
   return pooled, first.astype(jnp.int8)
 
 

@@ -251,7 +251,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
            and batch_group_count == 1 and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
-           and (dimension_numbers is None or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           and (dimension_numbers is None
+                or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
                 == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
   if not plain:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -272,8 +273,9 @@ def explicit_padding(lhs_shape, rhs_shape, strides, padding):
 def conv(features: int, kernel_size: int, strides: int = 1, dtype: Any = jnp.float32,
          name: Optional[str] = None) -> nn.Conv:
   """nn.Conv with torch's padding=1 and the fast kernel gradient."""
-  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides), padding=TORCH_PAD1,
-                 dtype=dtype, conv_general_dilated=conv_general_dilated, name=name)
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
+                 padding=TORCH_PAD1, dtype=dtype, conv_general_dilated=conv_general_dilated,
+                 name=name)
 
 
 def batch_norm(train: bool, axis_name: Optional[str], dtype: Any, name: Optional[str] = None):
@@ -446,7 +448,8 @@ class UpsampleConvBlock(nn.Module):
 
 def check_image(x: Array, image_size: int, who: str) -> None:
   if x.ndim != 4 or x.shape[1:] != (image_size, image_size, 1):
-    raise ValueError(f'{who}: expected images (N, {image_size}, {image_size}, 1), got shape {x.shape}')
+    raise ValueError(
+        f'{who}: expected images (N, {image_size}, {image_size}, 1), got shape {x.shape}')
 
 
 def check_noise(noise: Array, batch: int, latent_dim: int, who: str) -> None:

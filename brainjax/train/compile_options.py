@@ -1,4 +1,4 @@
-"""XLA:CPU compile options: Eigen's convolutions for the networks, quick compiles for small programs.
+"""XLA:CPU compile options: Eigen's convolutions for networks, quick compiles for small programs.
 
 XLA:CPU (jaxlib 0.10.2) gives three kinds of work to YNNPACK by default
 (`xla_cpu_experimental_ynn_fusion_type`: single dots, single convolutions and
