@@ -120,7 +120,8 @@ class _Clusters(NamedTuple):
     return self.sums / self.sizes[:, None]
 
 
-def _split(total: np.ndarray, sum1: np.ndarray, n: int, n1: int, previous: _Clusters):
+def _split(total: np.ndarray, sum1: np.ndarray, n: int, n1: int,
+           previous: _Clusters) -> _Clusters:
   """The clusters of n rows summing to total whose n1 members of cluster 1 sum to sum1."""
   sums, sizes = previous.sums.copy(), previous.sizes.copy()
   if n1 < n:
