@@ -131,13 +131,19 @@ def _split(total: np.ndarray, sum1: np.ndarray, n: int, n1: int,
   return _Clusters(sums, sizes)
 
 
-def _sq_distances(x: _BinaryRows, rows: Optional[np.ndarray], clusters: _Clusters,
-                  x_total: np.ndarray) -> np.ndarray:
-  """(R, 2) squared distances of rows (None: all) to the two centroids.
+def _distances(mass: np.ndarray, dots: np.ndarray, sq_norms: np.ndarray) -> np.ndarray:
+  """(R, 2) Euclidean distances of binary rows with `mass` ones to two centroids c, from
+  x.c (R, 2) and |c|^2 (2,): ||x - c||^2 = |x| - 2 x.c + |c|^2."""
+  return np.sqrt(np.maximum(mass[:, None] - 2 * dots + sq_norms, 0.0))
 
-  ||x - S/m||^2 = |x| - 2 x.S / m + |S|^2 / m^2 with x.S and |S|^2 exact integers.
-  x_total (N,): each row's dot with the sum of all rows; while the clusters split
-  the rows, x.S_0 = x_total - x.S_1, so one product serves both centroids.
+
+def _cluster_distances(x: _BinaryRows, rows: Optional[np.ndarray], clusters: _Clusters,
+                       x_total: np.ndarray) -> np.ndarray:
+  """(R, 2) distances of rows (None: all) to the two clusters' centroids S / m.
+
+  x.S and |S|^2 are exact integers. x_total (N,): each row's dot with the sum of all
+  rows; while the clusters split the rows, x.S_0 = x_total - x.S_1, so one product
+  serves both centroids.
   """
   sums, sizes = clusters
   if sizes.sum() == x.mass.size:  # both clusters non-empty: sums[0] + sums[1] = total
@@ -146,8 +152,7 @@ def _sq_distances(x: _BinaryRows, rows: Optional[np.ndarray], clusters: _Cluster
   else:
     dots = x.rows_dot(rows, sums)
   mass = x.mass if rows is None else x.mass[rows]
-  sq = mass[:, None] - 2 * dots / sizes + np.sum(sums * sums, axis=1) / sizes ** 2
-  return np.maximum(sq, 0.0)
+  return _distances(mass, dots / sizes, np.sum(sums * sums, axis=1) / sizes ** 2)
 
 
 def _lloyd(x: _BinaryRows, max_iter: int):
@@ -159,7 +164,7 @@ def _lloyd(x: _BinaryRows, max_iter: int):
   sum1 = x.rows_sum(member)
   everything = _Clusters(np.stack([total, total]), np.array([n, n]))  # both at the mean row
   clusters = _split(total, sum1, n, int(member.sum()), everything)
-  dist = np.sqrt(_sq_distances(x, None, clusters, x_total))
+  dist = _cluster_distances(x, None, clusters, x_total)
   new_member = dist[:, 1] < dist[:, 0]
   upper = np.where(new_member, dist[:, 1], dist[:, 0])  # >= distance to own centroid
   lower = np.where(new_member, dist[:, 0], dist[:, 1])  # <= distance to the other
@@ -178,7 +183,7 @@ def _lloyd(x: _BinaryRows, max_iter: int):
     unsure = np.flatnonzero(upper >= lower - slack)
     new_member = member.copy()
     if unsure.size:
-      d = np.sqrt(_sq_distances(x, unsure, clusters, x_total))
+      d = _cluster_distances(x, unsure, clusters, x_total)
       closer1 = d[:, 1] < d[:, 0]
       new_member[unsure] = closer1
       upper[unsure] = np.where(closer1, d[:, 1], d[:, 0])
@@ -235,8 +240,7 @@ def global_kmeans(errors: np.ndarray, anomaly_threshold: float, alpha: float,
     raise ValueError(f'centroids must be (2, {errors.shape[1]}), got {centroids.shape}')
   mask = errors >= np.float32(anomaly_threshold)
   x = _BinaryRows.from_mask(mask)
-  sq = x.mass[:, None] - 2 * x.rows_dot(None, centroids) + np.sum(centroids ** 2, axis=1)
-  score = _scores(np.sqrt(np.maximum(sq, 0.0)))
+  score = _scores(_distances(x.mass, x.rows_dot(None, centroids), np.sum(centroids ** 2, axis=1)))
   return pixel_features.RuleOutput(
       score=score, prediction=(score >= 1.0 / (1.0 + alpha)).astype(np.int32), region=mask)
 
@@ -276,9 +280,10 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
   def fit(k: int):  # the thresholds' KMeans are independent
     x = _BinaryRows.from_sorted_rows(order, counts[:, k], ones)
     _, clusters, x_total = _lloyd(x, max_iter)
-    tumour_first = _tumour_first(clusters.centroids())
-    centroids[k] = clusters.centroids()[tumour_first]
-    scores[:, k] = _scores(np.sqrt(_sq_distances(x, None, clusters, x_total))[:, tumour_first])
+    fitted = clusters.centroids()
+    tumour_first = _tumour_first(fitted)
+    centroids[k] = fitted[tumour_first]
+    scores[:, k] = _scores(_cluster_distances(x, None, clusters, x_total)[:, tumour_first])
 
   parallel.thread_map(fit, range(thresholds.size))
   return GlobalGrid(scores, centroids)
