@@ -1,6 +1,8 @@
 """Test-wide settings, fixed before JAX starts: strict ranks and 8 fake CPU devices (for pmap)."""
+import atexit
 import os
 import pathlib
+import shutil
 import tempfile
 
 os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
@@ -16,7 +18,10 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('JAX_DEFAULT_MATMUL_PRECISION', 'highest')
 # One on-disk compilation cache for the session: tests that build the same tiny networks
 # (and the launch.py subprocesses) reuse compiled programs instead of recompiling them.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='brainjax-xla-'))
+# The process that makes it removes it at exit (pytest-xdist's workers inherit it).
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='brainjax-xla-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.5')
 
 import jax  # pylint: disable=g-import-not-at-top
