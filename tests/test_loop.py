@@ -1,5 +1,8 @@
 """The shared training skeleton: resume after a kill, NaN stop, best checkpoint, plateau, pmap."""
 import functools
+import pathlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -13,6 +16,8 @@ from brainjax.train import checkpoints
 from brainjax.train import loop
 from brainjax.train import parallel
 from brainjax.train.state import TrainState
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 class TinyNet(nn.Module):
@@ -86,6 +91,38 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   assert summary['steps'] == 12
   jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
   jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, reference.batch_stats)
+
+
+# Saves run in the background: a process killed right after starting one (os._exit skips
+# every cleanup, as SIGKILL would).
+_KILLED_MID_SAVE = """
+import os, sys
+import numpy as np
+from brainjax.train import checkpoints
+mngr = checkpoints.manager(sys.argv[1], 2)
+checkpoints.save(mngr, 5, {'w': np.full(2**23, 5, np.float32)}, {'step': 5})
+mngr.wait_until_finished()
+checkpoints.save(mngr, 10, {'w': np.full(2**23, 10, np.float32)}, {'step': 10})
+os._exit(1)
+"""
+
+
+def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):
+  directory = str(tmp_path / 'checkpoints')
+  child = subprocess.run([sys.executable, '-c', _KILLED_MID_SAVE, directory], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+  assert child.returncode == 1, child.stderr
+  template = {'w': np.zeros(2**23, np.float32)}
+  with checkpoints.manager(directory, 2) as mngr:
+    assert 5 in mngr.all_steps()
+    for step in mngr.all_steps():  # whatever was committed is whole
+      state, meta = checkpoints.restore(mngr, template, step)
+      assert meta['step'] == step and (state['w'] == step).all()
+    if 10 not in mngr.all_steps():  # cut off mid-write: the resumed run saves it again
+      checkpoints.save(mngr, 10, {'w': np.full(2**23, 10, np.float32)}, {'step': 10})
+      mngr.wait_until_finished()
+    state, meta = checkpoints.restore(mngr, template)
+    assert meta['step'] == 10 and (state['w'] == 10).all()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

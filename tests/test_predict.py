@@ -88,7 +88,8 @@ def _untrained_run(task, config_module, workdir, metrics=None):
       return (0.05 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
     return np.ones(leaf.shape, leaf.dtype)
   state = jax.tree_util.tree_map_with_path(fill, shapes)
-  checkpoints.save(checkpoints.manager(os.path.join(workdir, 'best'), 1), 0, state, {})
+  with checkpoints.manager(os.path.join(workdir, 'best'), 1) as best:
+    checkpoints.save(best, 0, state, {})
   if metrics is not None:
     reporting.write_metrics_json(workdir, metrics)
   return str(workdir)

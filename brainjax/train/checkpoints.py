@@ -13,10 +13,15 @@ def manager(directory, max_to_keep):
 
 
 def save(mngr, step, state, meta):
-  """Saves `state` (a host pytree) with a small JSON `meta` dict, and waits for it."""
+  """Starts saving `state` (a host pytree) with a small JSON `meta` dict.
+
+  Orbax writes it in the background and commits it atomically when done; the next
+  save, `mngr.wait_until_finished()` or `mngr.close()` waits for it. Until then the
+  arrays of `state` must not change (JAX keeps a device buffer that a NumPy view
+  still reads out of donation).
+  """
   mngr.save(int(step), args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
-  mngr.wait_until_finished()
 
 
 def restore(mngr, state_template, step=None):

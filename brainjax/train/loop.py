@@ -112,61 +112,70 @@ def fit(config, workdir, state, train_step, train_arrays, *,
 
   sums, count, timer = None, 0, time.perf_counter()
   summary = {}
-  while step < total_steps:
-    epoch, start = divmod(step, per_epoch)
-    for batch in pipeline.train_batches(train_arrays, config.batch_size, config.seed, epoch, start):
-      batch = parallel.shard(batch, len(devices)) if multi else batch
-      state, metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
-      step += 1
-      metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics
-      sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
-      count += 1
-      for hook in hooks:
-        hook(step)
-      end_of_epoch = step % per_epoch == 0
-      if step % config.log_every_steps == 0 or end_of_epoch:
-        totals = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-        _check_finite(totals, step, last_saved, workdir)
-        elapsed = time.perf_counter() - timer
-        totals['images_per_s'] = count * config.batch_size / elapsed
-        logging.info('step %d/%d epoch %d: %s', step, total_steps, epoch + 1,
-                     ', '.join(f'{k}={v:.4g}' for k, v in totals.items()))
-        for k, v in totals.items():
-          writer.add_scalar(f'train/{k}', v, step)
-        summary.update({f'train_{k}': v for k, v in totals.items()})
-        sums, count, timer = None, 0, time.perf_counter()
-      if end_of_epoch:
-        break
-      if step % config.checkpoint_every_steps == 0:
-        if sums is not None:
-          _check_finite({k: float(v) for k, v in jax.device_get(sums).items()}, step, last_saved,
-                        workdir)
-        save(to_host(state))
-        last_saved = step
+  # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
+  # waits for them, so a checkpoint that a message names is complete on disk.
+  try:
+    while step < total_steps:
+      epoch, start = divmod(step, per_epoch)
+      batches = pipeline.train_batches(train_arrays, config.batch_size, config.seed, epoch, start)
+      for batch in batches:
+        batch = parallel.shard(batch, len(devices)) if multi else batch
+        state, metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
+        step += 1
+        metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics
+        sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
+        count += 1
+        for hook in hooks:
+          hook(step)
+        end_of_epoch = step % per_epoch == 0
+        if step % config.log_every_steps == 0 or end_of_epoch:
+          totals = {k: float(v) / count for k, v in jax.device_get(sums).items()}
+          _check_finite(totals, step, last_saved, workdir)
+          elapsed = time.perf_counter() - timer
+          totals['images_per_s'] = count * config.batch_size / elapsed
+          logging.info('step %d/%d epoch %d: %s', step, total_steps, epoch + 1,
+                       ', '.join(f'{k}={v:.4g}' for k, v in totals.items()))
+          for k, v in totals.items():
+            writer.add_scalar(f'train/{k}', v, step)
+          summary.update({f'train_{k}': v for k, v in totals.items()})
+          sums, count, timer = None, 0, time.perf_counter()
+        if end_of_epoch:
+          break
+        if step % config.checkpoint_every_steps == 0:
+          if sums is not None:
+            _check_finite({k: float(v) for k, v in jax.device_get(sums).items()}, step, last_saved,
+                          workdir)
+          save(to_host(state))
+          last_saved = step
 
-    host_state = to_host(state)
-    if evaluate is not None:
-      results = evaluate(host_state)
-      logging.info('epoch %d eval: %s', epoch + 1,
-                   ', '.join(f'{k}={v:.4g}' for k, v in results.items()))
-      for k, v in results.items():
-        writer.add_scalar(f'val/{k}', v, step)
-      if 'loss' in results:
-        val_loss = float(results['loss'])
-        if meta['best_val_loss'] is None or val_loss < meta['best_val_loss']:
-          meta['best_val_loss'] = val_loss
-          checkpoints.save(best, step, host_state, {'val_loss': val_loss, 'epoch': epoch + 1})
-        if 'plateau_factor' in config:
-          scale = plateau.scale
-          plateau = plateau_update(plateau, val_loss, config.plateau_factor,
-                                   config.plateau_patience)
-          if plateau.scale != scale:
-            logging.info('Validation loss plateaued: learning rate -> %g', base_lr * plateau.scale)
-            host_state = train_state.set_learning_rate(host_state, base_lr * plateau.scale)
-            state = to_device(host_state)
-      summary.update({f'val_{k}': v for k, v in results.items()})
-    save(host_state)
-    last_saved = step
+      host_state = to_host(state)
+      if evaluate is not None:
+        results = evaluate(host_state)
+        logging.info('epoch %d eval: %s', epoch + 1,
+                     ', '.join(f'{k}={v:.4g}' for k, v in results.items()))
+        for k, v in results.items():
+          writer.add_scalar(f'val/{k}', v, step)
+        if 'loss' in results:
+          val_loss = float(results['loss'])
+          if meta['best_val_loss'] is None or val_loss < meta['best_val_loss']:
+            meta['best_val_loss'] = val_loss
+            checkpoints.save(best, step, host_state, {'val_loss': val_loss, 'epoch': epoch + 1})
+          if 'plateau_factor' in config:
+            scale = plateau.scale
+            plateau = plateau_update(plateau, val_loss, config.plateau_factor,
+                                     config.plateau_patience)
+            if plateau.scale != scale:
+              logging.info('Validation loss plateaued: learning rate -> %g',
+                           base_lr * plateau.scale)
+              host_state = train_state.set_learning_rate(host_state, base_lr * plateau.scale)
+              state = to_device(host_state)
+        summary.update({f'val_{k}': v for k, v in results.items()})
+      save(host_state)
+      last_saved = step
+      timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
+  finally:
+    latest.close()
+    best.close()
 
   writer.close()
   summary.update(steps=step, best_val_loss=meta['best_val_loss'] or math.nan,
