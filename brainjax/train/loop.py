@@ -2,9 +2,9 @@
 
 `fit` compiles a task's pure `train_step(state, batch, rng, axis_name) -> (state, metrics)`
 (jit on one device, pmap over several), feeds it shuffled batches, logs, checkpoints
-with Orbax, resumes from the latest checkpoint, keeps the best one by validation loss,
-lowers the learning rate on plateaus, and stops on a non-finite loss with the last good
-checkpoint intact.
+with Orbax (written in the background while training goes on), resumes from the latest
+checkpoint, keeps the best one by validation loss, lowers the learning rate on plateaus,
+and stops on a non-finite loss with the last good checkpoint intact.
 """
 import dataclasses
 import functools
