@@ -58,7 +58,7 @@ def compile_step(train_step, devices):
                   in_axes=(0, 0, None))
 
 
-def batch_shapes(arrays, batch_size, num_devices):
+def _batch_shapes(arrays, batch_size, num_devices):
   """The shapes and dtypes of one training batch of `arrays` as the step receives it."""
   lead = (batch_size,) if num_devices == 1 else (num_devices, batch_size // num_devices)
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
@@ -113,10 +113,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   writer = reporting.summary_writer(workdir)
   base_rng = jax.random.PRNGKey(config.seed)
   # Compiled ahead of the first step, so that images_per_s counts steps, not compilation.
-  start = time.perf_counter()
+  compile_start = time.perf_counter()
   p_train_step = compile_step(train_step, devices).lower(
-      state, batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
-  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - start)
+      state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
+  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
   logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s).',
                total_steps, config.num_epochs, per_epoch, config.batch_size, len(devices))
 
