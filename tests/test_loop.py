@@ -93,6 +93,18 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, reference.batch_stats)
 
 
+def test_a_finished_run_run_again_returns_its_state_without_compiling(tmp_path):
+  finished, _ = run(tmp_path, config())
+
+  def train_step_not_to_trace(*args, **kwargs):
+    raise AssertionError('the finished run compiled its train step')
+
+  again, summary = loop.fit(config(), str(tmp_path), make_state(TinyNet()),
+                            train_step_not_to_trace, data())
+  assert summary['steps'] == 12
+  jax.tree.map(np.testing.assert_array_equal, again.params, finished.params)
+
+
 # Saves run in the background: a process killed right after starting one (os._exit skips
 # every cleanup, as SIGKILL would).
 _KILLED_MID_SAVE = """

@@ -112,11 +112,12 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   state = to_device(state)
   writer = reporting.summary_writer(workdir)
   base_rng = jax.random.PRNGKey(config.seed)
-  # Compiled ahead of the first step, so that images_per_s counts steps, not compilation.
-  compile_start = time.perf_counter()
-  p_train_step = compile_step(train_step, devices).lower(
-      state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
-  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
+  if step < total_steps:  # (a finished run, run again, has no step to compile)
+    # Compiled ahead of the first step, so that images_per_s counts steps, not compilation.
+    compile_start = time.perf_counter()
+    p_train_step = compile_step(train_step, devices).lower(
+        state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
+    logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
   logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s).',
                total_steps, config.num_epochs, per_epoch, config.batch_size, len(devices))
 
