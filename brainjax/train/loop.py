@@ -79,7 +79,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   picks the best checkpoint (saved under workdir/best) and drives reduce-on-plateau when
   config has `plateau_factor`; its other entries are logged. `hooks` are called as
   hook(step) after every step (tests use one to interrupt a run).
-  Returns (final host state, summary dict of the run).
+  Returns (final host state, summary): the last logged train_* and val_* values (kept in
+  each checkpoint, so a resumed or finished run reports them too), steps, best_val_loss
+  and learning_rate.
   """
   devices = parallel.local_devices(config.num_devices)
   if config.batch_size % len(devices):
@@ -91,17 +93,19 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
   best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
 
-  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
+  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None, 'summary': {}}
   if latest.latest_step() is not None:
     state, meta = checkpoints.restore(latest, state)
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   plateau = Plateau(**meta['plateau'])
+  summary = dict(meta.get('summary', {}))  # (absent from checkpoints of older versions)
   base_lr = config.learning_rate
   step = int(state.step)
   last_saved = step
 
   def save(host_state):
-    checkpoints.save(latest, step, host_state, {**meta, 'plateau': dataclasses.asdict(plateau)})
+    checkpoints.save(latest, step, host_state,
+                     {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)})
 
   multi = len(devices) > 1
   to_device = ((lambda s: jax_utils.replicate(s, devices)) if multi
@@ -122,7 +126,6 @@ def fit(config, workdir, state, train_step, train_arrays, *,
                total_steps, config.num_epochs, per_epoch, config.batch_size, len(devices))
 
   sums, count, timer = None, 0, time.perf_counter()
-  summary = {}
   # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
   # waits for them, so a checkpoint that a message names is complete on disk.
   try:
@@ -180,7 +183,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
                            base_lr * plateau.scale)
               host_state = train_state.set_learning_rate(host_state, base_lr * plateau.scale)
               state = to_device(host_state)
-        summary.update({f'val_{k}': v for k, v in results.items()})
+        summary.update({f'val_{k}': float(v) for k, v in results.items()})
       save(host_state)
       last_saved = step
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
