@@ -93,12 +93,12 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
   best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
 
-  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None, 'summary': {}}
+  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
   if latest.latest_step() is not None:
     state, meta = checkpoints.restore(latest, state)
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   plateau = Plateau(**meta['plateau'])
-  summary = dict(meta.get('summary', {}))  # (absent from checkpoints of older versions)
+  summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
   last_saved = step
