@@ -367,15 +367,23 @@ def benchmark_train_steps(args, log):
   """{name: summary} for JAX, and {name: summary} for the peer when it runs here."""
   ours, peer = {}, {}
   for name in args.models:
+    # Wall seconds each side spends on this model (setup, compilation and the peer's process
+    # start included): the log says where a long run's time went, even if it is cut short.
+    start = time.perf_counter()
     timer = StepTimer(name, args.preset, args.batch, args.half_precision)
+    jax_s, torch_s = time.perf_counter() - start, 0.0
     jax_times, jax_cpu, torch_times, torch_cpu = [], [], [], []
     for _ in range(args.rounds):
       if args.peer:
+        start = time.perf_counter()
         result = run_peer(args, name, args.steps)
+        torch_s += time.perf_counter() - start
         torch_times += result['times']
         torch_cpu += result['cpu_times']
         peer[name] = {k: v for k, v in result.items() if k not in ('times', 'cpu_times')}
+      start = time.perf_counter()
       times, cpu = timer.run(args.steps)
+      jax_s += time.perf_counter() - start
       jax_times += times
       jax_cpu += cpu
     ours[name] = {**summarise(jax_times, jax_cpu, args.batch), 'first_step_s': timer.first_step_s}
@@ -383,8 +391,10 @@ def benchmark_train_steps(args, log):
                                       jax.devices()[0].device_kind, args.half_precision))
     if args.peer:
       peer[name].update(summarise(torch_times, torch_cpu, args.batch))
-    log(f'{name}: jax {ours[name]["img_per_s"]:.1f} img/s'
-        + (f', torch {peer[name]["img_per_s"]:.1f} img/s' if name in peer else ''))
+    log(f'{name}: jax {ours[name]["img_per_s"]:.1f} img/s (compile and first step '
+        f'{timer.first_step_s:.1f} s, {jax_s:.0f} s in all)'
+        + (f', torch {peer[name]["img_per_s"]:.1f} img/s ({torch_s:.0f} s in all)'
+           if name in peer else ''))
     # Drop the step's compiled programs and traces with it: left in JAX's caches (400,000
     # objects after the four networks), they cost every later trace full garbage
     # collections (the anomaly stage's first calls: 0.4 s for single-image KMeans).

@@ -3,6 +3,7 @@
 No timing assertions: only that every part runs and reports what it should.
 """
 import json
+import re
 
 import jax
 import pytest
@@ -20,8 +21,12 @@ def test_train_step_json_shape_and_peer_ratio(tmp_path, capsys):
   output = tmp_path / 'out.json'
   bench.main(['--models', 'cnn', '--no-anomaly', '--compare', str(peer), '--output', str(output)]
              + TINY)
-  printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  captured = capsys.readouterr()
+  printed = json.loads(captured.out.strip().splitlines()[-1])
   assert printed == json.loads(output.read_text())
+  # The log line says where the model's time went (a run cut short keeps its log).
+  assert re.search(r'^cnn: jax [\d.]+ img/s \(compile and first step [\d.]+ s, \d+ s in all\)$',
+                   captured.err, re.MULTILINE)
   cnn = printed['cnn']
   assert cnn['steps_timed'] == 2 and cnn['img_per_s'] > 0 and cnn['cpu_ms_per_step'] >= 0
   assert cnn['img_per_s'] == pytest.approx(4 / (cnn['ms_per_step'] / 1e3))
