@@ -67,7 +67,8 @@ def base_config(task, name):
   config.multihost = False  # call jax.distributed.initialize() first
 
   config.log_every_steps = 20
-  config.checkpoint_every_steps = 200  # also at the end of every epoch
+  config.checkpoint_every_secs = 60.0  # latest checkpoint at most this often (tried at log steps
+  # and epoch ends) and at the end: a killed run loses at most about this much training
   config.keep_checkpoints = 2
   return config
 
@@ -78,5 +79,5 @@ def apply_smoke(config):
   config.num_epochs = 2
   config.batch_size = 8
   config.log_every_steps = 2
-  config.checkpoint_every_steps = 4
+  config.checkpoint_every_secs = 0.0  # at every log step and epoch end: resume is tested mid-epoch
   return config

@@ -58,7 +58,7 @@ def data(n=64):
 
 def config(**overrides):
   base = dict(num_devices=1, batch_size=16, num_epochs=3, seed=0, learning_rate=0.05,
-              log_every_steps=1, checkpoint_every_steps=5, keep_checkpoints=2)
+              log_every_steps=1, checkpoint_every_secs=0.0, keep_checkpoints=2)
   return ml_collections.ConfigDict({**base, **overrides})
 
 
@@ -139,10 +139,11 @@ def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  with pytest.raises(FloatingPointError, match='non-finite loss'):
+  # The 7th step's loss is NaN; with a save at every log step the last good one is step 6.
+  with pytest.raises(FloatingPointError, match=r'non-finite loss by step 7 .*\(step 6\)'):
     run(tmp_path, config(), poison_at=6)
   state, _ = checkpoints.restore_latest(str(tmp_path), make_state(TinyNet()))
-  assert int(state.step) == 5
+  assert int(state.step) == 6
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
@@ -155,6 +156,17 @@ def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):
   assert int(best.step) == 8  # the end of epoch 2, 4 steps an epoch
   assert summary['learning_rate'] == pytest.approx(0.05 * 0.5)
   assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
+
+
+def test_saves_wait_checkpoint_every_secs_and_the_best_is_written_with_the_latest(tmp_path):
+  losses = iter([1.0, 0.5, 0.7, 0.8, 0.9])
+  cfg = config(num_epochs=5, checkpoint_every_secs=3600.0)
+  final, summary = run(tmp_path, cfg, evaluate=lambda s: {'loss': next(losses)})
+  with checkpoints.manager(str(tmp_path / 'checkpoints'), 2) as mngr:
+    assert mngr.all_steps() == [20]  # only the end: no epoch or log step was due
+  best = checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
+  assert int(best.step) == 8 and summary['best_val_loss'] == 0.5  # kept until that save
+  assert not np.array_equal(best.params['Dense_0']['kernel'], final.params['Dense_0']['kernel'])
 
 
 @pytest.mark.usefixtures('eight_devices')

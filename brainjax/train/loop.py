@@ -76,7 +76,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   """Trains `state` for config.num_epochs over `train_arrays` (a dict of equal-length arrays).
 
   evaluate(state) -> dict, called after every epoch on the host state: its 'loss' (if any)
-  picks the best checkpoint (saved under workdir/best) and drives reduce-on-plateau when
+  picks the best checkpoint (written to workdir/best with the next save of the latest one,
+  at most every config.checkpoint_every_secs and at the end) and drives reduce-on-plateau when
   config has `plateau_factor`; its other entries are logged. `hooks` are called as
   hook(step) after every step (tests use one to interrupt a run).
   Returns (final host state, summary): the last logged train_* and val_* values (kept in
@@ -101,11 +102,27 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
-  last_saved = step
+  last_saved, last_save_time = step, time.monotonic()
+  pending_best = None  # a new best (step, state, meta), written with the next save
 
   def save(host_state):
+    # The latest checkpoint and the best one are written together, so the best on disk is
+    # always the one the latest checkpoint's meta names (a resumed run continues from both).
+    nonlocal pending_best, last_saved, last_save_time
+    if pending_best is not None:
+      checkpoints.save(best, *pending_best)
+      pending_best = None
     checkpoints.save(latest, step, host_state,
                      {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)})
+    last_saved, last_save_time = step, time.monotonic()
+
+  def save_due():
+    # A save costs a fraction of a second however small the state (Orbax's per-array work,
+    # in the background but slowing the steps beside it): on a GPU, whose epochs take
+    # milliseconds, one every epoch would set the pace. So at most one every
+    # checkpoint_every_secs, and always at the end.
+    return (step == total_steps
+            or time.monotonic() - last_save_time >= config.checkpoint_every_secs)
 
   multi = len(devices) > 1
   to_device = ((lambda s: jax_utils.replicate(s, devices)) if multi
@@ -155,12 +172,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
           sums, count, timer = None, 0, time.perf_counter()
         if end_of_epoch:
           break
-        if step % config.checkpoint_every_steps == 0:
-          if sums is not None:
-            _check_finite({k: float(v) for k, v in jax.device_get(sums).items()}, step, last_saved,
-                          workdir)
+        if step % config.log_every_steps == 0 and save_due():  # (just checked finite, above)
           save(to_host(state))
-          last_saved = step
 
       host_state = to_host(state)
       if evaluate is not None:
@@ -173,7 +186,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
           val_loss = float(results['loss'])
           if meta['best_val_loss'] is None or val_loss < meta['best_val_loss']:
             meta['best_val_loss'] = val_loss
-            checkpoints.save(best, step, host_state, {'val_loss': val_loss, 'epoch': epoch + 1})
+            pending_best = (step, host_state, {'val_loss': val_loss, 'epoch': epoch + 1})
           if 'plateau_factor' in config:
             scale = plateau.scale
             plateau = plateau_update(plateau, val_loss, config.plateau_factor,
@@ -184,8 +197,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
               host_state = train_state.set_learning_rate(host_state, base_lr * plateau.scale)
               state = to_device(host_state)
         summary.update({f'val_{k}': float(v) for k, v in results.items()})
-      save(host_state)
-      last_saved = step
+      if save_due():
+        save(host_state)
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
   finally:
     latest.close()
