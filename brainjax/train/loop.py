@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 from absl import logging
 from flax import jax_utils
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -121,8 +122,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     # in the background but slowing the steps beside it): on a GPU, whose epochs take
     # milliseconds, one every epoch would set the pace. So at most one every
     # checkpoint_every_secs, and always at the end.
-    return (step == total_steps
-            or time.monotonic() - last_save_time >= config.checkpoint_every_secs)
+    due = step == total_steps or time.monotonic() - last_save_time >= config.checkpoint_every_secs
+    if jax.process_count() > 1:  # a save is collective: every host takes process 0's decision
+      due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
+    return due
 
   multi = len(devices) > 1
   to_device = ((lambda s: jax_utils.replicate(s, devices)) if multi
