@@ -68,7 +68,7 @@ def base_config(task, name):
 
   config.log_every_steps = 20
   config.checkpoint_every_secs = 60.0  # latest checkpoint at most this often (tried at log steps
-  # and epoch ends) and at the end: a killed run loses at most about this much training
+  # and epoch ends) and at the end
   config.keep_checkpoints = 2
   return config
 
