@@ -119,8 +119,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
 
   def save_due():
     # A save costs a fraction of a second however small the state (Orbax's per-array work,
-    # in the background but slowing the steps beside it): on a GPU, whose epochs take
-    # milliseconds, one every epoch would set the pace. So at most one every
+    # in the background but slowing the steps beside it): on a GPU, whose epochs can take
+    # tens of milliseconds, one every epoch would set the pace. So at most one every
     # checkpoint_every_secs, and always at the end.
     due = step == total_steps or time.monotonic() - last_save_time >= config.checkpoint_every_secs
     if jax.process_count() > 1:  # a save is collective: every host takes process 0's decision
