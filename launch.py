@@ -15,6 +15,7 @@ import jax
 from ml_collections import config_flags
 
 from brainjax.tasks import datasets
+from brainjax.train import parallel
 
 TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
 
@@ -45,6 +46,18 @@ def quiet_libraries(record):
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def initialize_hosts(environ):
+  """jax.distributed.initialize() for one host of a multi-host run.
+
+  The cluster comes from TPU, SLURM or MPI detection, or from JAX_COORDINATOR_ADDRESS with
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID (jax reads the first itself, not the other two).
+  """
+  def number(name):
+    return int(environ[name]) if environ.get(name) else None
+  jax.distributed.initialize(num_processes=number('JAX_NUM_PROCESSES'),
+                             process_id=number('JAX_PROCESS_ID'))
+
+
 def main(argv):
   logging.get_absl_logger().addFilter(quiet_libraries)
   if len(argv) > 1:
@@ -53,20 +66,22 @@ def main(argv):
   if config.task not in TASKS:
     raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
   if config.get('multihost'):
-    jax.distributed.initialize()
+    initialize_hosts(os.environ)
   # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
   # network reuse them instead of recompiling.
   jax.config.update('jax_compilation_cache_dir', os.path.join(datasets.cache_dir(config), 'xla'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=1))
+  if parallel.is_first_host():
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=1))
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
     metrics = task.train_and_evaluate(config, workdir)
+    parallel.wait_for_all_hosts('done')  # jax's exit waits minutes at most for a host still writing
   except (ValueError, FileNotFoundError, FloatingPointError) as error:
     # A bad input or setting is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)

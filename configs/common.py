@@ -63,7 +63,7 @@ def base_config(task, name):
   config.batch_size = 64  # global batch, split across devices
   config.learning_rate = 1e-3
   config.half_precision = False  # bfloat16 activations (GPU/TPU); params stay float32
-  config.num_devices = -1  # data-parallel over this many local devices; -1 = all
+  config.num_devices = -1  # data-parallel over this many local devices (of each host); -1 = all
   config.multihost = False  # call jax.distributed.initialize() first
 
   config.log_every_steps = 20

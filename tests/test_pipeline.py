@@ -1,4 +1,5 @@
 """Batching: per-epoch shuffles that a resumed run can replay, padded evaluation batches."""
+import jax
 import numpy as np
 import pytest
 
@@ -36,3 +37,13 @@ def test_shard_adds_a_device_axis():
   assert sharded['x'].shape == (4, 2, 3)
   with pytest.raises(ValueError, match='does not split'):
     parallel.shard({'x': np.zeros((6, 3))}, 4)
+
+
+@pytest.mark.usefixtures('eight_devices')
+def test_train_devices_and_one_hosts_rows():
+  assert parallel.train_devices(3) == jax.devices()[:3]
+  assert parallel.train_devices(-1) == jax.devices()
+  with pytest.raises(ValueError, match='num_devices=9, but 8 local devices exist'):
+    parallel.train_devices(9)
+  batch = {'x': np.arange(12)}  # one process holds every device: all the rows are its own
+  np.testing.assert_array_equal(parallel.host_rows(batch, jax.devices()[:4])['x'], batch['x'])

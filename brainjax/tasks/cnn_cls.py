@@ -108,11 +108,12 @@ def train_and_evaluate(config, workdir):
   split = datasets.split(config, source, 'cnn')
   train = datasets.training_examples(config, examples.take(split.train))
   val, test = examples.take(split.val), examples.take(split.test)
-  write_eval_ids(workdir, val=val, test=test)
+  if parallel.is_first_host():
+    write_eval_ids(workdir, val=val, test=test)
   logging.info('BrainCNN on %s data: %d train, %d val, %d test slices.', config.train_data,
                len(train), len(val), len(test))
 
-  devices = parallel.local_devices(config.num_devices)
+  devices = parallel.train_devices(config.num_devices)
   model = create_model(config, parallel.AXIS if len(devices) > 1 else None)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   eval_model = create_model(config)
@@ -127,5 +128,6 @@ def train_and_evaluate(config, workdir):
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   print(table_row('CNN', config.train_data, metrics))
-  reporting.write_metrics_json(workdir, metrics)
+  if parallel.is_first_host():
+    reporting.write_metrics_json(workdir, metrics)
   return metrics

@@ -25,6 +25,7 @@ from brainjax.tasks import variational
 from brainjax.train import checkpoints
 from brainjax.train import compile_options
 from brainjax.train import loop
+from brainjax.train import parallel
 from brainjax.train import reporting
 from brainjax.train.state import TrainState
 from brainjax.train.state import init_variables
@@ -80,7 +81,8 @@ def train_and_evaluate(config, workdir):
   split = datasets.split(config, source, 'anomaly')
   train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
   val, test = examples.take(split.val), examples.take(split.test)
-  cnn_cls.write_eval_ids(workdir, val=val, test=test)
+  if parallel.is_first_host():
+    cnn_cls.write_eval_ids(workdir, val=val, test=test)
   logging.info('BrainCVAE on %s healthy data: %d train; val %d (%d tumour), test %d (%d tumour).',
                config.train_data, len(train), len(val), int(val.labels.sum()), len(test),
                int(test.labels.sum()))
@@ -103,8 +105,6 @@ def train_and_evaluate(config, workdir):
                                                  variables=best.variables)
   metrics, fitted = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
-  for name, array in fitted.items():  # what predict needs to apply the rules to new slices
-    reporting.save_array(workdir, f'{name}.npy', array)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   for rule, name in RULES.items():
@@ -112,6 +112,10 @@ def train_and_evaluate(config, workdir):
       print(cnn_cls.table_row(name, config.train_data,
                               {k: metrics[f'{rule}_{k}'] for k in
                                ('accuracy', 'precision', 'recall', 'f1', 'auroc')}))
+  if not parallel.is_first_host():  # the first host writes the run's files
+    return metrics
+  for name, array in fitted.items():  # what predict needs to apply the rules to new slices
+    reporting.save_array(workdir, f'{name}.npy', array)
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
   if 'giaem_anomaly_threshold' in metrics:
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)

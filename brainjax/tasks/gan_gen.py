@@ -96,7 +96,7 @@ def sample_images(generator, variables, rng, num):
 
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the class's GAN, then exports its synthetic slices."""
-  devices = parallel.local_devices(config.num_devices)
+  devices = parallel.train_devices(config.num_devices)
   generator, discriminator = create_models(config, parallel.AXIS if len(devices) > 1 else None)
   state = create_train_state(config, generator, discriminator, jax.random.PRNGKey(config.seed))
   sample_fn = functools.partial(sample_images, create_models(config)[0])

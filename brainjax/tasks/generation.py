@@ -9,6 +9,7 @@ from brainjax.data import synthetic
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
 from brainjax.train import loop
+from brainjax.train import parallel
 from brainjax.train import reporting
 
 
@@ -37,8 +38,9 @@ def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):
 
   def evaluate(state):
     images = np.asarray(sample_fn(variables_of(state), rng, num))
-    path = os.path.join(workdir, 'samples', f'step_{int(state.step):07d}.png')
-    reporting.save_image_grid(path, images)
+    if parallel.is_first_host():
+      path = os.path.join(workdir, 'samples', f'step_{int(state.step):07d}.png')
+      reporting.save_image_grid(path, images)
     return {'sample_mean': float(images.mean())}  # a collapsed generator shows here first
 
   return evaluate
@@ -72,7 +74,8 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
                               {'image': class_training_images(config)}, evaluate=evaluate)
   else:
     raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
-  export(config, workdir, sample_fn, variables_of(state), state.step)
   summary.update(exported=config.export.num_samples)
-  reporting.write_metrics_json(workdir, summary)
+  if parallel.is_first_host():  # (the other hosts hold the same generator)
+    export(config, workdir, sample_fn, variables_of(state), state.step)
+    reporting.write_metrics_json(workdir, summary)
   return summary

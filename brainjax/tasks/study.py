@@ -20,6 +20,7 @@ from brainjax.evaluation import study_table
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
+from brainjax.train import parallel
 from brainjax.train import reporting
 from configs import cnn_cls as cnn_config
 from configs import cvae_cls as cvae_config
@@ -49,9 +50,12 @@ def run_stage(task, sub, workdir):
     return reporting.read_metrics_json(workdir)
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(sub.to_json_best_effort(indent=1))
-  return importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
+  if parallel.is_first_host():
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(sub.to_json_best_effort(indent=1))
+  metrics = importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
+  parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
+  return metrics
 
 
 def train_generators(config, workdir, split_mode):
@@ -124,13 +128,14 @@ def audit_generators(config, workdir, split_mode, exports, feature_run):
         audit = privacy.privacy_audit(s, t, h)
         row.update({f'{space}_{k}': audit[k] for k in
                     ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate')})
-        if space == 'pixel':
+        if space == 'pixel' and parallel.is_first_host():
           privacy.worst_pairs_figure(fake.images, real_train.images, audit['worst_pairs'],
                                      os.path.join(figures_dir, f'closest_{split_mode}_{kind}_'
                                                   f'{label_name}.png'),
                                      distances=audit['worst_distances'])
-      reporting.save_image_grid(os.path.join(figures_dir, f'samples_{split_mode}_{kind}_'
-                                             f'{label_name}.png'), fake.images[:32])
+      if parallel.is_first_host():
+        reporting.save_image_grid(os.path.join(figures_dir, f'samples_{split_mode}_{kind}_'
+                                               f'{label_name}.png'), fake.images[:32])
       rows[key] = {k: float(v) for k, v in row.items()}
   return rows
 
@@ -144,6 +149,8 @@ def train_and_evaluate(config, workdir):
     feature_run = next(r['run_dir'] for r in runs
                        if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
     quality.update(audit_generators(config, workdir, split_mode, exports, feature_run))
+  if not parallel.is_first_host():  # the first host writes the tables
+    return study_table.flat_summary(results, quality)
   out_dir = os.path.join(workdir, 'results')
   paths = study_table.write_tables(out_dir, results, quality)
   for path in paths:

@@ -47,7 +47,7 @@ def sample_images(model, variables, rng, num):
 
 def train_and_evaluate(config, workdir):
   """Trains (or resumes) the class's VAE, then exports its synthetic slices."""
-  devices = parallel.local_devices(config.num_devices)
+  devices = parallel.train_devices(config.num_devices)
   model = create_model(config, parallel.AXIS if len(devices) > 1 else None)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   sample_fn = functools.partial(sample_images, create_model(config))

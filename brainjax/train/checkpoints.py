@@ -7,9 +7,14 @@ import orbax.checkpoint as ocp
 
 def manager(directory, max_to_keep):
   """A CheckpointManager for `directory` (created if needed) keeping the newest `max_to_keep`."""
+  # Hosts meet at barriers named after the step; the directory's name in them keeps the
+  # latest and the best checkpoint of one step, saved together, from sharing one.
+  processes = ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=os.path.basename(os.path.abspath(directory)))
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                           multiprocessing_options=processes))
 
 
 def save(mngr, step, state, meta):

@@ -1,10 +1,10 @@
 """The one training skeleton every brainjax model shares.
 
 `fit` compiles a task's pure `train_step(state, batch, rng, axis_name) -> (state, metrics)`
-(jit on one device, pmap over several), feeds it shuffled batches, logs, checkpoints
-with Orbax (written in the background while training goes on), resumes from the latest
-checkpoint, keeps the best one by validation loss, lowers the learning rate on plateaus,
-and stops on a non-finite loss with the last good checkpoint intact.
+(jit on one device, pmap over several, of one host or many), feeds it shuffled batches,
+logs, checkpoints with Orbax (written in the background while training goes on), resumes
+from the latest checkpoint, keeps the best one by validation loss, lowers the learning rate
+on plateaus, and stops on a non-finite loss with the last good checkpoint intact.
 """
 import dataclasses
 import functools
@@ -46,7 +46,7 @@ def plateau_update(plateau, val_loss, factor, patience):
 
 
 def compile_step(train_step, devices):
-  """jit (one device) or pmap (several) with the state's buffers donated.
+  """jit (one device) or pmap (several, on every host) with the state's buffers donated.
 
   One device gets `compile_options` for its platform; pmap takes no compile
   options (several CPU devices are the tests' fake ones).
@@ -59,9 +59,9 @@ def compile_step(train_step, devices):
                   in_axes=(0, 0, None))
 
 
-def _batch_shapes(arrays, batch_size, num_devices):
+def _batch_shapes(arrays, batch_size, devices):
   """The shapes and dtypes of one training batch of `arrays` as the step receives it."""
-  lead = (batch_size,) if num_devices == 1 else (num_devices, batch_size // num_devices)
+  lead = (batch_size,) if len(devices) == 1 else (len(devices), batch_size // len(devices))
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
@@ -85,7 +85,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   each checkpoint, so a resumed or finished run reports them too), steps, best_val_loss
   and learning_rate.
   """
-  devices = parallel.local_devices(config.num_devices)
+  devices = parallel.train_devices(config.num_devices)  # every host's
   if config.batch_size % len(devices):
     raise ValueError(f'batch_size={config.batch_size} must split across {len(devices)} '
                      'devices; set --config.batch_size or --config.num_devices')
@@ -128,22 +128,25 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     return due
 
   multi = len(devices) > 1
-  to_device = ((lambda s: jax_utils.replicate(s, devices)) if multi
+  to_device = ((lambda s: jax_utils.replicate(s, parallel.this_host(devices))) if multi
                else (lambda s: jax.device_put(s, devices[0])))
   to_host = parallel.unreplicate if multi else (lambda s: jax.tree.map(np.asarray, s))
   if plateau.scale != 1.0:
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
   state = to_device(state)
-  writer = reporting.summary_writer(workdir)
+  writer = reporting.summary_writer(workdir, write=parallel.is_first_host())
   base_rng = jax.random.PRNGKey(config.seed)
-  if step < total_steps:  # (a finished run, run again, has no step to compile)
-    # Compiled ahead of the first step, so that images_per_s counts steps, not compilation.
+  p_train_step = compile_step(train_step, devices)
+  # Compiled ahead of the first step, so that images_per_s counts steps, not compilation; not
+  # by several processes, whose compiled pmap would take global arrays, not each host's part.
+  if step < total_steps and jax.process_count() == 1:
     compile_start = time.perf_counter()
-    p_train_step = compile_step(train_step, devices).lower(
-        state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
+    p_train_step = p_train_step.lower(
+        state, _batch_shapes(train_arrays, config.batch_size, devices), base_rng).compile()
     logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
-  logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s).',
-               total_steps, config.num_epochs, per_epoch, config.batch_size, len(devices))
+  logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
+               'of %d process(es).', total_steps, config.num_epochs, per_epoch,
+               config.batch_size, len(devices), jax.process_count())
 
   sums, count, timer = None, 0, time.perf_counter()
   # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
@@ -153,7 +156,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       epoch, start = divmod(step, per_epoch)
       batches = pipeline.train_batches(train_arrays, config.batch_size, config.seed, epoch, start)
       for batch in batches:
-        batch = parallel.shard(batch, len(devices)) if multi else batch
+        if multi:  # each host feeds its devices their rows of the global batch
+          batch = parallel.shard(parallel.host_rows(batch, devices),
+                                 len(parallel.this_host(devices)))
         state, metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
         step += 1
         metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics

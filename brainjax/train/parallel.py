@@ -1,20 +1,60 @@
-"""Data parallelism: which devices a run uses, and per-example randomness that does not
-depend on how the global batch is split across them."""
+"""Data parallelism: which devices (of which hosts) a run uses, which host writes its files,
+and per-example randomness that does not depend on how the global batch is split."""
+import itertools
+
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
 AXIS = 'batch'  # the pmap axis name; BatchNorm statistics and gradients are averaged over it
 
 
-def local_devices(num_devices):
-  """The first `num_devices` local devices (-1: all). Raises if more are asked than exist."""
-  devices = jax.local_devices()
+def train_devices(num_devices):
+  """The devices a run trains on: the first `num_devices` local devices (-1: all) of every process.
+
+  Listed process by process, the same list on every host (pmap needs that), so each host's
+  devices take one contiguous block of the global batch (`host_rows`).
+  Raises if more are asked than a process has.
+  """
+  local = jax.local_device_count()
   if num_devices == -1:
-    return devices
-  if not 1 <= num_devices <= len(devices):
-    raise ValueError(f'num_devices={num_devices}, but {len(devices)} local devices exist')
-  return devices[:num_devices]
+    num_devices = local
+  if not 1 <= num_devices <= local:
+    raise ValueError(f'num_devices={num_devices}, but {local} local devices exist')
+  by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return [d for _, group in itertools.groupby(by_process, key=lambda d: d.process_index)
+          for d in list(group)[:num_devices]]
+
+
+def this_host(devices):
+  """This process's devices among `devices`."""
+  return [d for d in devices if d.process_index == jax.process_index()]
+
+
+def host_rows(batch, devices):
+  """This process's rows of a global batch split evenly across `devices` in their order."""
+  mine = this_host(devices)
+  first = devices.index(mine[0])
+  def rows(x):
+    per_device = x.shape[0] // len(devices)
+    return x[first * per_device:(first + len(mine)) * per_device]
+  return jax.tree.map(rows, batch)
+
+
+def is_first_host():
+  """Whether this process writes a run's files (besides its share of each checkpoint).
+
+  Every host of a multi-host run computes the same results from the same replicated state;
+  the first writes them, so hosts sharing a workdir never write one file at once.
+  """
+  return jax.process_index() == 0
+
+
+def wait_for_all_hosts(name):
+  """A barrier across hosts (nothing on one): what the first host wrote before it, all can read."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def shard(batch, num_devices):

@@ -55,9 +55,9 @@ def load_config(workdir):
     return ml_collections.ConfigDict(tuples(json.load(f)))
 
 
-def summary_writer(workdir):
-  """TensorBoard event files in workdir/tensorboard."""
-  return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+def summary_writer(workdir, write=True):
+  """TensorBoard event files in workdir/tensorboard (none when not `write`: another host's)."""
+  return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'), write_to_disk=write)
 
 
 def image_grid(images, columns=8):

@@ -1,0 +1,118 @@
+"""Multi-host training: two processes on this machine (`jax.distributed` over localhost)
+train, checkpoint and resume exactly as one process with all their devices."""
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from test_loop import REPO, config, run
+
+# One host of two: test_loop's TinyNet on 2 of its CPU devices, 4 in all. Every epoch is a new
+# best, so the best checkpoint and the latest are saved together, as hosts must do in step.
+_HOST = """
+import sys
+import jax
+process_id, port, workdir, num_epochs = sys.argv[1:]
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=int(process_id))
+import numpy as np
+sys.path.insert(0, 'tests')
+import test_loop
+step = test_loop.train_step
+def traced_step(state, batch, rng, **kwargs):  # says, once traced, how big a device's share is
+  print('examples per device:', batch['x'].shape[0], flush=True)
+  return step(state, batch, rng, **kwargs)
+test_loop.train_step = traced_step
+final, summary = test_loop.run(workdir, test_loop.config(num_devices=2, num_epochs=int(num_epochs)),
+                               evaluate=lambda s: {'loss': 1.0 / (1 + int(s.step))})
+np.savez(f'{workdir}/final_{process_id}.npz', steps=summary['steps'], *jax.tree.leaves(final))
+"""
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _run_two_hosts(workdir, num_epochs):
+  """Both processes' final states (as leaf lists), step counts and logs."""
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  hosts = [subprocess.Popen([sys.executable, '-c', _HOST, str(i), str(port), str(workdir),
+                             str(num_epochs)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    logs = [host.communicate(timeout=600)[0] for host in hosts]
+  finally:
+    for host in hosts:
+      host.kill()
+  for host, log in zip(hosts, logs):
+    assert host.returncode == 0, log[-3000:]
+  finals = [np.load(workdir / f'final_{i}.npz') for i in range(2)]
+  return ([[f[f'arr_{k}'] for k in range(len(f.files) - 1)] for f in finals],
+          [int(f['steps']) for f in finals], logs)
+
+
+@pytest.mark.usefixtures('eight_devices')
+def test_two_hosts_train_and_resume_as_one_host_with_their_devices(tmp_path):
+  reference, _ = run(tmp_path / 'one', config(num_devices=4, num_epochs=3),
+                     evaluate=lambda s: {'loss': 1.0 / (1 + int(s.step))})
+  _run_two_hosts(tmp_path / 'two', num_epochs=2)  # then run on, resumed, to 3 epochs
+  finals, steps, logs = _run_two_hosts(tmp_path / 'two', num_epochs=3)
+
+  assert steps == [12, 12]
+  for log in logs:  # the global batch of 16 split across all 4 devices, not each host's 2
+    assert 'examples per device: 4' in log and 'examples per device: 8' not in log
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-7)
+  for final in finals:  # each host holds the whole state, the same as one process's
+    jax.tree.map(close, final, jax.tree.leaves(reference))
+  # Only the first host writes TensorBoard files: one for each of the two runs.
+  assert len(os.listdir(tmp_path / 'two' / 'tensorboard')) == 2
+
+
+def _launch_two_hosts(workdir, *args):
+  """launch.py as two hosts of a `--config.multihost=True` run; returns their outputs."""
+  port = _free_port()
+  hosts = [subprocess.Popen(
+      [sys.executable, 'launch.py', *args, '--config.multihost=True', f'--workdir={workdir}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
+           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i in range(2)]
+  try:
+    logs = [host.communicate(timeout=900)[0] for host in hosts]
+  finally:
+    for host in hosts:
+      host.kill()
+  for host, log in zip(hosts, logs):
+    assert host.returncode == 0, log[-3000:]
+  return logs
+
+
+@pytest.mark.slow  # two BrainCVAE runs and the anomaly rules, three processes: a minute or two
+def test_two_hosts_through_launch_write_one_run_equal_to_one_host(tmp_path):
+  args = ['--config=configs/cvae_cls.py:real,smoke', f'--config.cache_dir={tmp_path}/cache']
+  one = subprocess.run([sys.executable, 'launch.py', *args, '--config.num_devices=2',
+                        f'--workdir={tmp_path}/one'], cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+  assert one.returncode == 0, one.stderr[-3000:]
+  logs = _launch_two_hosts(tmp_path / 'two', *args, '--config.num_devices=1')
+
+  assert all('on 2 device(s) of 2 process(es)' in log for log in logs)
+  ours = sorted(p.name for p in (tmp_path / 'two').iterdir())
+  assert ours == sorted(p.name for p in (tmp_path / 'one').iterdir())  # config.json, figures/, ...
+  assert len(os.listdir(tmp_path / 'two' / 'tensorboard')) == 1
+  expected = json.load(open(tmp_path / 'one' / 'metrics.json'))
+  got = json.load(open(tmp_path / 'two' / 'metrics.json'))
+  assert got.keys() == expected.keys()
+  for key, value in expected.items():
+    if isinstance(value, str) or value is None:
+      assert got[key] == value, key
+    elif not key.endswith(('_seconds', '_per_s')):  # (timings differ)
+      assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
