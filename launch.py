@@ -81,7 +81,7 @@ def main(argv):
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
     metrics = task.train_and_evaluate(config, workdir)
-    parallel.wait_for_all_hosts('done')  # jax's exit waits minutes at most for a host still writing
+    parallel.wait_for_all_hosts('done')  # (jax's exit waits 5 minutes at most for a late host)
   except (ValueError, FileNotFoundError, FloatingPointError) as error:
     # A bad input or setting is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)

@@ -59,9 +59,9 @@ def compile_step(train_step, devices):
                   in_axes=(0, 0, None))
 
 
-def _batch_shapes(arrays, batch_size, devices):
+def _batch_shapes(arrays, batch_size, num_devices):
   """The shapes and dtypes of one training batch of `arrays` as the step receives it."""
-  lead = (batch_size,) if len(devices) == 1 else (len(devices), batch_size // len(devices))
+  lead = (batch_size,) if num_devices == 1 else (num_devices, batch_size // num_devices)
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
@@ -142,7 +142,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   if step < total_steps and jax.process_count() == 1:
     compile_start = time.perf_counter()
     p_train_step = p_train_step.lower(
-        state, _batch_shapes(train_arrays, config.batch_size, devices), base_rng).compile()
+        state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
     logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
   logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
                'of %d process(es).', total_steps, config.num_epochs, per_epoch,
