@@ -54,8 +54,12 @@ def initialize_hosts(environ):
   """
   def number(name):
     return int(environ[name]) if environ.get(name) else None
-  jax.distributed.initialize(num_processes=number('JAX_NUM_PROCESSES'),
-                             process_id=number('JAX_PROCESS_ID'))
+  try:
+    jax.distributed.initialize(num_processes=number('JAX_NUM_PROCESSES'),
+                               process_id=number('JAX_PROCESS_ID'))
+  except ValueError as error:  # no cluster found
+    sys.exit(f'error: --config.multihost: {error} Set JAX_COORDINATOR_ADDRESS (host:port), '
+             'JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under TPU, SLURM or MPI.')
 
 
 def main(argv):
@@ -66,6 +70,8 @@ def main(argv):
   if config.task not in TASKS:
     raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
   if config.get('multihost'):
+    if config.task == 'predict':  # (every host would write the same files)
+      sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
   # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
   # network reuse them instead of recompiling.

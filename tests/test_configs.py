@@ -48,6 +48,9 @@ def _launch(*args):
     (['--config=configs/vae_gen.py:positive,smoke', '--config.no_such_field=1'],
      'no_such_field'),
     (['--config=configs/nope.py'], 'nope.py'),
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.multihost=True'],
+     'Set JAX_COORDINATOR_ADDRESS'),
+    (['--config=configs/predict.py:smoke', '--config.multihost=True'], 'predict runs on one host'),
 ])
 def test_launch_bad_config_is_a_short_error(args, message, tmp_path):
   result = _launch(*args, f'--workdir={tmp_path}')
