@@ -43,20 +43,26 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_two_hosts(workdir, num_epochs):
-  """Both processes' final states (as leaf lists), the steps each took, and their logs."""
-  port = _free_port()
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
-  hosts = [subprocess.Popen([sys.executable, '-c', _HOST, str(i), str(port), str(workdir),
-                             str(num_epochs)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+def _two_hosts(command, env, timeout):
+  """Runs command(i) with environment env(i) as host i of two; their logs once both succeed."""
+  hosts = [subprocess.Popen(command(i), cwd=REPO, env=env(i), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for i in range(2)]
   try:
-    logs = [host.communicate(timeout=600)[0] for host in hosts]
+    logs = [host.communicate(timeout=timeout)[0] for host in hosts]
   finally:
     for host in hosts:
       host.kill()
   for host, log in zip(hosts, logs):
     assert host.returncode == 0, log[-3000:]
+  return logs
+
+
+def _run_two_hosts(workdir, num_epochs):
+  """Both processes' final states (as leaf lists), the steps each took, and their logs."""
+  port = _free_port()
+  logs = _two_hosts(
+      lambda i: [sys.executable, '-c', _HOST, str(i), str(port), str(workdir), str(num_epochs)],
+      lambda i: {**os.environ, 'JAX_PLATFORMS': 'cpu'}, timeout=600)
   finals = [np.load(workdir / f'final_{i}.npz') for i in range(2)]
   return ([[f[f'arr_{k}'] for k in range(len(f.files) - 1)] for f in finals],
           [f['steps'].tolist() for f in finals], logs)
@@ -82,19 +88,12 @@ def test_two_hosts_train_and_resume_as_one_host_with_their_devices(tmp_path):
 def _launch_two_hosts(workdir, *args):
   """launch.py as two hosts of a `--config.multihost=True` run; returns their outputs."""
   port = _free_port()
-  hosts = [subprocess.Popen(
-      [sys.executable, 'launch.py', *args, '--config.multihost=True', f'--workdir={workdir}'],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
-           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i in range(2)]
-  try:
-    logs = [host.communicate(timeout=900)[0] for host in hosts]
-  finally:
-    for host in hosts:
-      host.kill()
-  for host, log in zip(hosts, logs):
-    assert host.returncode == 0, log[-3000:]
-  return logs
+  return _two_hosts(
+      lambda i: [sys.executable, 'launch.py', *args, '--config.multihost=True',
+                 f'--workdir={workdir}'],
+      lambda i: {**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COORDINATOR_ADDRESS':
+                 f'localhost:{port}', 'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)},
+      timeout=900)
 
 
 @pytest.mark.slow  # two BrainCVAE runs and the anomaly rules, three processes: a minute or two

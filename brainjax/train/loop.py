@@ -128,7 +128,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     return due
 
   multi = len(devices) > 1
-  to_device = ((lambda s: jax_utils.replicate(s, parallel.this_host(devices))) if multi
+  host_devices = parallel.this_host(devices)
+  to_device = ((lambda s: jax_utils.replicate(s, host_devices)) if multi
                else (lambda s: jax.device_put(s, devices[0])))
   to_host = parallel.unreplicate if multi else (lambda s: jax.tree.map(np.asarray, s))
   if plateau.scale != 1.0:
@@ -157,8 +158,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       batches = pipeline.train_batches(train_arrays, config.batch_size, config.seed, epoch, start)
       for batch in batches:
         if multi:  # each host feeds its devices their rows of the global batch
-          batch = parallel.shard(parallel.host_rows(batch, devices),
-                                 len(parallel.this_host(devices)))
+          batch = parallel.shard(parallel.host_rows(batch, devices), len(host_devices))
         state, metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
         step += 1
         metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics
