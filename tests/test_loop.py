@@ -62,6 +62,12 @@ def config(**overrides):
   return ml_collections.ConfigDict({**base, **overrides})
 
 
+def predict_and_improve(state):
+  """An `evaluate` that reads the variables as a task's does, and is a new best every epoch."""
+  pred = TinyNet().apply(state.variables, data()['x'], train=False)
+  return {'loss': 1.0 / (1 + int(state.step)), 'pred_mean': float(jnp.mean(pred))}
+
+
 def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1):
   axis = parallel.AXIS if cfg.num_devices > 1 else None
   step = functools.partial(train_step, model=TinyNet(axis), poison_at=poison_at)
@@ -167,6 +173,45 @@ def test_saves_wait_checkpoint_every_secs_and_the_best_is_written_with_the_lates
   best = checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
   assert int(best.step) == 8 and summary['best_val_loss'] == 0.5  # kept until that save
   assert not np.array_equal(best.params['Dense_0']['kernel'], final.params['Dense_0']['kernel'])
+
+
+@pytest.mark.parametrize('num_devices', [1, 4])
+def test_evaluate_runs_on_the_device_state_with_no_transfer(tmp_path, request, num_devices):
+  # On a GPU a host copy of the state every epoch, and the evaluation's copies back, take
+  # tens of milliseconds: evaluate gets the state where it trains.
+  if num_devices > 1:
+    request.getfixturevalue('eight_devices')
+  first = parallel.train_devices(num_devices)[0]
+  x = jax.device_put(data()['x'])  # (uncommitted, as NumPy inputs are)
+  predicts, steps = [], []
+  losses = iter([1.0, 2.0, 0.5])  # epoch 2 lowers the rate from the device state
+
+  def evaluate(state):
+    assert all(leaf.devices() == {first} for leaf in jax.tree.leaves(state))
+    with jax.transfer_guard('disallow'):  # host arrays would be copied in: an error here
+      pred = predicts[-1](state.variables, x)
+    steps.append(int(state.step))
+    return {'loss': next(losses), 'pred_mean': float(jnp.mean(pred))}
+
+  for epochs in (2, 3):  # a fresh run, then a resumed one, each with a newly jitted predict
+    predicts.append(jax.jit(functools.partial(TinyNet().apply, train=False)))
+    final, _ = run(tmp_path, config(num_devices=num_devices, num_epochs=epochs,
+                                    plateau_factor=0.5, plateau_patience=0), evaluate=evaluate)
+  assert steps == [4, 8, 12]
+  assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
+  lowerings = []
+  def count_lowerings(event, duration, **kwargs):
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowerings.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(count_lowerings)
+  try:
+    predicts[-1](final.variables, data()['x'])  # host arrays, as a task's test predictions
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count_lowerings)
+  # On one device the program compiled for the evaluation serves host arrays too (a resumed
+  # run's state included); a pmap run's state is committed to its first device, which takes
+  # a program of its own.
+  assert len(lowerings) == (0 if num_devices == 1 else 1)
 
 
 @pytest.mark.usefixtures('eight_devices')

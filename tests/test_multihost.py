@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from test_loop import REPO, config, run
+from test_loop import REPO, config, predict_and_improve, run
 
 # One host of two: test_loop's TinyNet on 2 of its CPU devices, 4 in all. Every epoch is a new
 # best, so the best checkpoint and the latest are saved together, as hosts must do in step.
@@ -31,8 +31,7 @@ def traced_step(state, batch, rng, **kwargs):  # says, once traced, how big a de
 test_loop.train_step = traced_step
 steps = []
 final, summary = test_loop.run(workdir, test_loop.config(num_devices=2, num_epochs=int(num_epochs)),
-                               hooks=[steps.append],
-                               evaluate=lambda s: {'loss': 1.0 / (1 + int(s.step))})
+                               hooks=[steps.append], evaluate=test_loop.predict_and_improve)
 np.savez(f'{workdir}/final_{process_id}.npz', steps=steps, *jax.tree.leaves(final))
 """
 
@@ -71,7 +70,7 @@ def _run_two_hosts(workdir, num_epochs):
 @pytest.mark.usefixtures('eight_devices')
 def test_two_hosts_train_and_resume_as_one_host_with_their_devices(tmp_path):
   reference, _ = run(tmp_path / 'one', config(num_devices=4, num_epochs=3),
-                     evaluate=lambda s: {'loss': 1.0 / (1 + int(s.step))})
+                     evaluate=predict_and_improve)
   _run_two_hosts(tmp_path / 'two', num_epochs=2)  # then run on, resumed, to 3 epochs
   finals, steps, logs = _run_two_hosts(tmp_path / 'two', num_epochs=3)
 

@@ -47,3 +47,12 @@ def test_train_devices_and_one_hosts_rows():
     parallel.train_devices(9)
   batch = {'x': np.arange(12)}  # one process holds every device: all the rows are its own
   np.testing.assert_array_equal(parallel.host_rows(batch, jax.devices()[:4])['x'], batch['x'])
+
+
+@pytest.mark.usefixtures('eight_devices')
+def test_first_replica_stays_on_the_first_device():
+  devices = jax.devices()[:4]
+  replicated = jax.pmap(lambda x: x + 1, devices=devices)(np.arange(8.0).reshape(4, 2))
+  first = parallel.first_replica({'w': replicated})['w']
+  assert first.shape == (2,) and first.devices() == {devices[0]}
+  np.testing.assert_array_equal(first, [1.0, 2.0])

@@ -2,6 +2,7 @@
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -30,9 +31,10 @@ def save(mngr, step, state, meta):
 
 
 def restore(mngr, state_template, step=None):
-  """(state, meta) of `step` (default: the latest), shaped like `state_template`."""
+  """(state, meta) of `step` (default: the latest), shaped like `state_template`, on the host."""
   step = mngr.latest_step() if step is None else step
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+  # Shapes without a sharding: NumPy arrays, as saved, wherever the template lives.
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state_template)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   return restored['state'], restored['meta']

@@ -1,11 +1,11 @@
 """Data parallelism: which devices (of which hosts) a run uses, which host writes its files,
-and per-example randomness that does not depend on how the global batch is split."""
+one device's copy of a replicated state, and per-example randomness that does not depend on
+how the global batch is split."""
 import itertools
 
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 
 AXIS = 'batch'  # the pmap axis name; BatchNorm statistics and gradients are averaged over it
 
@@ -82,6 +82,15 @@ def mean_over_devices(tree, axis_name):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
-def unreplicate(tree):
-  """The first device's copy of a replicated pytree, on the host."""
-  return jax.tree.map(lambda x: np.asarray(x[0]), tree)
+@jax.jit
+def _first_rows(tree):
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def first_replica(tree):
+  """This host's first device's copy of a pmap-replicated pytree, left on that device.
+
+  From the host's own shard: indexing the global array instead (x[0]) would gather a
+  replica onto every device.
+  """
+  return _first_rows(jax.tree.map(lambda x: x.addressable_shards[0].data, tree))
