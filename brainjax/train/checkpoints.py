@@ -31,13 +31,18 @@ def save(mngr, step, state, meta):
 
 
 def restore(mngr, state_template, step=None):
-  """(state, meta) of `step` (default: the latest), shaped like `state_template`, on the host."""
+  """(state, meta) of `step` (default: the latest), shaped like `state_template`.
+
+  The state is put on the default device once, uncommitted: the jitted functions that
+  then run on it batch after batch do not copy it in at each call, and compile once for
+  it and for host arrays.
+  """
   step = mngr.latest_step() if step is None else step
-  # Shapes without a sharding: NumPy arrays, as saved, wherever the template lives.
+  # Shapes without a sharding restore NumPy arrays, wherever the template lives.
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state_template)
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  return restored['state'], restored['meta']
+  return jax.device_put(restored['state']), restored['meta']
 
 
 def restore_best(workdir, state_template):

@@ -89,9 +89,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   at most every config.checkpoint_every_secs and at the end) and drives reduce-on-plateau when
   config has `plateau_factor`; its other entries are logged. `hooks` are called as
   hook(step) after every step (tests use one to interrupt a run).
-  Returns (final host state, summary): the last logged train_* and val_* values (kept in
-  each checkpoint, so a resumed or finished run reports them too), steps, best_val_loss
-  and learning_rate.
+  Returns (final state, left on its (first) device; summary): the last logged train_* and
+  val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
+  steps, best_val_loss and learning_rate.
   """
   devices = parallel.train_devices(config.num_devices)  # every host's
   if config.batch_size % len(devices):
@@ -231,6 +231,6 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   writer.close()
   summary.update(steps=step, best_val_loss=meta['best_val_loss'] or math.nan,
                  learning_rate=base_lr * plateau.scale)
-  return to_host(state), summary
+  return on_device(state), summary
 
 
