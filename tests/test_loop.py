@@ -199,12 +199,12 @@ def test_evaluate_runs_on_the_device_state_with_no_transfer(tmp_path, request, n
                                     plateau_factor=0.5, plateau_patience=0), evaluate=evaluate)
   assert steps == [4, 8, 12]
   assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
+  best = checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
   lowerings = []
   def count_lowerings(event, duration, **kwargs):
     if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
       lowerings.append(duration)
   jax.monitoring.register_event_duration_secs_listener(count_lowerings)
-  best = checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
   try:
     predicts[-1](best.variables, data()['x'])  # as a task's test predictions run
     predicts[-1](final.variables, data()['x'])
