@@ -52,7 +52,8 @@ def test_train_devices_and_one_hosts_rows():
 @pytest.mark.usefixtures('eight_devices')
 def test_first_replica_stays_on_the_first_device():
   devices = jax.devices()[:4]
-  replicated = jax.pmap(lambda x: x + 1, devices=devices)(np.arange(8.0).reshape(4, 2))
-  first = parallel.first_replica({'w': replicated})['w']
+  # Each device holds a different row, so the test sees which device's copy comes back.
+  per_device = jax.pmap(lambda x: x + 1, devices=devices)(np.arange(8.0).reshape(4, 2))
+  first = parallel.first_replica({'w': per_device})['w']
   assert first.shape == (2,) and first.devices() == {devices[0]}
   np.testing.assert_array_equal(first, [1.0, 2.0])
