@@ -1,5 +1,6 @@
 """The shared training skeleton: resume after a kill, NaN stop, best checkpoint, plateau, pmap."""
 import functools
+import math
 import pathlib
 import subprocess
 import sys
@@ -154,14 +155,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):
-  losses = iter([1.0, 0.5, 0.7, 0.8, 0.9])
+  losses = iter([1.0, 0.0, 0.7, 0.8, 0.9])  # a perfect (zero) loss is a best like any other
   cfg = config(num_epochs=5, plateau_factor=0.5, plateau_patience=1)
   final, summary = run(tmp_path, cfg, evaluate=lambda s: {'loss': next(losses)})
-  assert summary['best_val_loss'] == 0.5
+  assert summary['best_val_loss'] == 0.0
   best = checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
   assert int(best.step) == 8  # the end of epoch 2, 4 steps an epoch
   assert summary['learning_rate'] == pytest.approx(0.05 * 0.5)
   assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
+
+
+def test_a_non_finite_validation_loss_is_never_the_best(tmp_path):
+  losses = iter([math.nan, 1.0, math.inf, 0.5])
+  _, summary = run(tmp_path, config(num_epochs=4), evaluate=lambda s: {'loss': next(losses)})
+  assert summary['best_val_loss'] == 0.5
+  assert int(checkpoints.restore_best(str(tmp_path), make_state(TinyNet())).step) == 16
 
 
 def test_saves_wait_checkpoint_every_secs_and_the_best_is_written_with_the_latest(tmp_path):

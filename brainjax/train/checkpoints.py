@@ -49,7 +49,8 @@ def restore_best(workdir, state_template):
   """The best-validation-loss state saved by `loop.fit` in `workdir`."""
   mngr = manager(os.path.join(workdir, 'best'), 1)
   if mngr.latest_step() is None:
-    raise FileNotFoundError(f'no best checkpoint in {workdir}/best: has this run been trained?')
+    raise FileNotFoundError(f'no best checkpoint in {workdir}/best: the run has not been '
+                            'trained, or none of its validation losses was finite')
   return restore(mngr, state_template)[0]
 
 

@@ -84,10 +84,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   """Trains `state` for config.num_epochs over `train_arrays` (a dict of equal-length arrays).
 
   evaluate(state) -> dict, called after every epoch on the trained state where it is (on the
-  first device of a data-parallel run; it must not keep it past its call): its 'loss' (if any)
-  picks the best checkpoint (written to workdir/best with the next save of the latest one,
-  at most every config.checkpoint_every_secs and at the end) and drives reduce-on-plateau when
-  config has `plateau_factor`; its other entries are logged. `hooks` are called as
+  first device of a data-parallel run; it must not keep it past its call): its 'loss' (if
+  any; the least finite one) picks the best checkpoint (written to workdir/best with the next
+  save of the latest one, at most every config.checkpoint_every_secs and at the end) and
+  drives reduce-on-plateau when config has `plateau_factor`; its other entries are logged. `hooks` are called as
   hook(step) after every step (tests use one to interrupt a run).
   Returns (final state, left on its (first) device; summary): the last logged train_* and
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
@@ -208,7 +208,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
           writer.add_scalar(f'val/{k}', v, step)
         if 'loss' in results:
           val_loss = float(results['loss'])
-          if meta['best_val_loss'] is None or val_loss < meta['best_val_loss']:
+          if math.isfinite(val_loss) and (meta['best_val_loss'] is None
+                                          or val_loss < meta['best_val_loss']):
             meta['best_val_loss'] = val_loss
             pending_best = (step, copy_on_device(trained),
                             {'val_loss': val_loss, 'epoch': epoch + 1})
@@ -229,7 +230,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     best.close()
 
   writer.close()
-  summary.update(steps=step, best_val_loss=meta['best_val_loss'] or math.nan,
+  best_val_loss = meta['best_val_loss']
+  summary.update(steps=step, best_val_loss=math.nan if best_val_loss is None else best_val_loss,
                  learning_rate=base_lr * plateau.scale)
   return on_device(state), summary
 
