@@ -12,6 +12,7 @@ from PIL import Image
 import pytest
 
 from brainjax.data import dedup
+from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import sources
 from brainjax.data import synthetic
@@ -181,6 +182,50 @@ def test_br35h_builder_from_folder_and_zip(tmp_path):
   assert from_zip == records
   with pytest.raises(ValueError, match='not found'):
     load_br35h_records(str(tmp_path / 'missing'), str(tmp_path / 'tfds'))
+
+
+def test_br35h_in_a_folder_holding_its_zip_is_keyed_by_that_zip(tmp_path):
+  # Two downloads, each a folder holding its zip: the second must not get the first's records.
+  for name, count in (('a', 1), ('b', 2)):
+    (tmp_path / name).mkdir()
+    with zipfile.ZipFile(tmp_path / name / 'br35h.zip', 'w') as z:
+      for i in range(count):
+        z.writestr(f'yes/y{i}.png', _png_bytes(_scan(3, i, True)))
+  first = load_br35h_records(str(tmp_path / 'a'), str(tmp_path / 'tfds'))
+  second = load_br35h_records(str(tmp_path / 'b'), str(tmp_path / 'tfds'))
+  assert [r[0] for r in first] == ['yes/y0.png']
+  assert [r[0] for r in second] == ['yes/y0.png', 'yes/y1.png']
+
+
+def test_class_folders_at_the_root_win_over_a_top_folder_s(tmp_path):
+  # The Kaggle "brain tumor detection" zip holds yes/ and no/ twice, at its root and in a top
+  # folder: read both and every scan would be loaded twice under one name (copies across splits).
+  for top in ('', 'brain_tumor_dataset/'):
+    for label in ('yes', 'no'):
+      (tmp_path / 'data' / top / label).mkdir(parents=True)
+      _scan(4, 0, label == 'yes').save(tmp_path / 'data' / top / label / f'{label}0.png')
+  assert [n for n, _, _ in layout.iter_folder(str(tmp_path / 'data'))] == ['no/no0.png',
+                                                                          'yes/yes0.png']
+  archive = tmp_path / 'data.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for path in sorted((tmp_path / 'data').rglob('*.png')):
+      z.write(path, './' + os.path.relpath(path, tmp_path / 'data'))  # bsdtar's './' names
+  assert [n for n, _, _ in layout.iter_zip(str(archive))] == ['no/no0.png', 'yes/yes0.png']
+  for top in ('a', 'b'):
+    (tmp_path / 'two' / top / 'yes').mkdir(parents=True)
+  with pytest.raises(ValueError, match='several top folders'):
+    list(layout.iter_folder(str(tmp_path / 'two')))
+
+
+def test_a_linked_class_folder_is_read(tmp_path):
+  (tmp_path / 'storage').mkdir()
+  _scan(5, 0, True).save(tmp_path / 'storage' / 'y0.png')
+  (tmp_path / 'storage' / 'loop').symlink_to(tmp_path / 'storage')  # read once, not forever
+  (tmp_path / 'data' / 'no').mkdir(parents=True)
+  _scan(5, 1).save(tmp_path / 'data' / 'no' / 'n0.png')
+  (tmp_path / 'data' / 'yes').symlink_to(tmp_path / 'storage')
+  assert [(n, y) for n, y, _ in layout.iter_folder(str(tmp_path / 'data'))] == [
+      ('no/n0.png', 0), ('yes/y0.png', 1)]
 
 
 def test_br35h_source_on_fake_download(tmp_path):

@@ -83,3 +83,35 @@ def test_bad_arguments(tmp_path):
     synthetic.write_synthetic(str(tmp_path), _images(1), 5, {})
   with pytest.raises(ValueError, match='JSON'):
     synthetic.write_synthetic(str(tmp_path), _images(1), POSITIVE, {'x': object()})
+
+
+def test_a_folder_that_is_not_an_export_is_never_written_into(tmp_path):
+  (tmp_path / 'yes').mkdir()
+  (tmp_path / 'yes' / 'patient_0.jpg').write_bytes(b'a scan')
+  with pytest.raises(ValueError, match='not a synthetic export'):
+    synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})
+  assert sorted(p.name for p in tmp_path.rglob('*')) == ['patient_0.jpg', 'yes']
+  # An empty folder (OS metadata aside) becomes an export, and a class placed there by an
+  # export interrupted before it updated the manifest is redone in place.
+  out = tmp_path / 'new'
+  out.mkdir()
+  (out / '.DS_Store').write_bytes(b'')
+  synthetic.write_synthetic(str(out), _images(2), POSITIVE, {})
+  (out / 'no').mkdir()
+  (out / 'no' / '00000.png').write_bytes(b'unrecorded')
+  synthetic.write_synthetic(str(out), _images(3), NEGATIVE, {})
+  assert len(synthetic.read_synthetic(str(out))) == 5
+
+
+def test_training_on_an_export_without_a_needed_class_is_a_clear_error(tmp_path):
+  from configs import cnn_cls
+  from brainjax.tasks import datasets
+  synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})  # tumour slices only
+  config = cnn_cls.get_config('synthetic,smoke')
+  config.synthetic_dirs = str(tmp_path)
+  real = synthetic.read_synthetic(str(tmp_path))  # (stands in for the real training slices)
+  with pytest.raises(ValueError, match='hold no negative slices'):
+    datasets.training_examples(config, real)  # BrainCNN needs both classes
+  with pytest.raises(ValueError, match='hold no negative slices'):
+    datasets.training_examples(config, real, NEGATIVE)  # the CVAE healthy ones
+  assert len(datasets.training_examples(config, real, POSITIVE)) == 2

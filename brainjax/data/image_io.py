@@ -77,9 +77,12 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
     image = image.convert('RGBA' if mode in ('PA', 'RGBa', 'La') else 'RGB')
   mode = image.mode
   if mode.startswith('I;16') or mode == 'I':
-    # 16-bit PNG/TIFF: scale by the 16-bit range (32-bit ints beyond it by their max).
+    # 16-bit PNG/TIFF (and 32-bit ints): scaled by the image's own maximum, at least 255.
+    # Scanners store 10- to 12-bit data, or less, in 16-bit files: by 65535 a clear head of
+    # values up to 400 has a contrast of 0.006 and would be judged blank. Preprocessing
+    # normalises every slice's intensity anyway.
     x = np.asarray(image).astype(np.float64)
-    top = max(65535.0, float(x.max()))
+    top = max(255.0, float(x.max()))
     return np.clip(x / top, 0.0, 1.0).astype(np.float32)
   if mode == 'F':
     x = np.asarray(image).astype(np.float64)

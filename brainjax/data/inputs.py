@@ -6,10 +6,10 @@ passed over. Only OS metadata and hidden files (layout.is_junk: .DS_Store, __MAC
 Thumbs.db, dot-files) are left out, as everywhere in brainjax. Paths are relative to
 the input, '/'-separated, in sorted order. The input is only ever opened for reading.
 
-Labels follow the yes/ no/ layout of Br35H and other public collections, with the same
-rule as the training data (layout.labelled_name): a file under `yes/` or `no/` at the
-input's root or one level down is a tumour or a healthy slice; anything else is
-unlabelled.
+Labels follow the yes/ no/ layout of Br35H and other public collections
+(layout.labelled_name): a file under `yes/` or `no/` at the input's root or one level
+down is a tumour or a healthy slice; anything else is unlabelled. Links to folders are
+followed.
 """
 import dataclasses
 import os
@@ -99,16 +99,13 @@ class Reader:
 
 def _walk_folder(root: str) -> List[InputFile]:
   files = []
-  for folder, subfolders, names in os.walk(root, onerror=None, followlinks=False):
-    subfolders.sort()
-    for name in sorted(names):
-      full = os.path.join(folder, name)
-      if not os.path.isfile(full):  # broken links, sockets, ...
-        continue
-      rel = os.path.relpath(full, root).replace(os.sep, '/')
-      if layout.is_junk(rel):
-        continue
-      files.append(InputFile(rel, label_from_path(rel), full))
+  for full in layout.walk_files(root):
+    if not os.path.isfile(full):  # broken links, sockets, ...
+      continue
+    rel = os.path.relpath(full, root).replace(os.sep, '/')
+    if layout.is_junk(rel):
+      continue
+    files.append(InputFile(rel, label_from_path(rel), full))
   return sorted(files, key=lambda f: f.path)
 
 

@@ -1,63 +1,119 @@
 """The yes/ and no/ folder layout of Br35H (and other labelled collections).
 
-Class folders may sit at the root or one level down (a top folder, as in the
-Kaggle zip); files below them are read recursively. Hidden files and OS
+Class folders sit at the root or in one top folder below it (as in the Kaggle zip),
+never both: a collection read from both would hold every file twice under the same
+name, copies that a random split would spread across train and test. Files below the
+class folders are read recursively, following links to folders. Hidden files and OS
 metadata (.DS_Store, __MACOSX/, Thumbs.db) are not scans and are ignored.
 """
 import os
 import zipfile
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
+
+from absl import logging
 
 CLASSES = ('no', 'yes')  # label 0 = healthy (NEGATIVE), 1 = tumour (POSITIVE)
 
 
+def _parts(name: str) -> List[str]:
+  """Path components, without the empty and '.' ones ('./yes/a.png' is 'yes/a.png')."""
+  return [p for p in name.replace('\\', '/').split('/') if p not in ('', '.')]
+
+
 def is_junk(name: str) -> bool:
   """OS metadata and hidden files, which are not scans."""
-  parts = name.replace('\\', '/').split('/')
-  return any(p.startswith('.') or p == '__MACOSX' for p in parts) or parts[-1] == 'Thumbs.db'
+  parts = _parts(name)
+  return (any(p.startswith('.') or p == '__MACOSX' for p in parts)
+          or (bool(parts) and parts[-1] == 'Thumbs.db'))
 
 
 def labelled_name(path: str) -> Optional[Tuple[str, int]]:
   """'[top/]yes/a/b.jpg' -> ('yes/a/b.jpg', 1); None outside yes/ and no/."""
-  parts = [p for p in path.replace('\\', '/').split('/') if p]
+  parts = _parts(path)
   for depth in (0, 1):
     if len(parts) > depth + 1 and parts[depth] in CLASSES:
       return '/'.join(parts[depth:]), CLASSES.index(parts[depth])
   return None
 
 
-def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
-  """(name relative to the class folder's parent, label, absolute path), sorted walk."""
-  for dirpath, dirnames, filenames in os.walk(root):
+def _holds_classes(folder: str) -> bool:
+  return any(os.path.isdir(os.path.join(folder, c)) for c in CLASSES)
+
+
+def _one_top(root: str, tops: List[str]) -> Optional[str]:
+  if len(tops) > 1:
+    raise ValueError(f'{root}: several top folders hold yes/ or no/ ({", ".join(tops)}); '
+                     'point at one of them')
+  return tops[0] if tops else None
+
+
+def class_root(root: str) -> Optional[str]:
+  """The folder that holds yes/ and no/: root, or its one top folder that does; else None."""
+  if not os.path.isdir(root):
+    return None
+  tops = sorted(e for e in os.listdir(root)
+                if not is_junk(e) and e not in CLASSES and os.path.isdir(os.path.join(root, e))
+                and _holds_classes(os.path.join(root, e)))
+  if _holds_classes(root):
+    if tops:
+      logging.warning('%s: reading its own yes/ and no/, not those in %s', root, ', '.join(tops))
+    return root
+  top = _one_top(root, tops)
+  return None if top is None else os.path.join(root, top)
+
+
+def has_class_folders(root: str) -> bool:
+  """Whether root holds yes/ or no/ at its root or in one top folder."""
+  return class_root(root) is not None
+
+
+def walk_files(folder: str) -> Iterator[str]:
+  """Every file below `folder` in sorted order, following links to folders once each."""
+  seen = set()
+  for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:  # a link back up the tree
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames.sort()
     for filename in sorted(filenames):
-      full = os.path.join(dirpath, filename)
-      rel = os.path.relpath(full, root)
-      found = labelled_name(rel)
-      if found and not is_junk(rel):
-        yield found[0], found[1], full
+      yield os.path.join(dirpath, filename)
+
+
+def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
+  """(name like 'yes/a/b.jpg', label, absolute path) of every file under the class folders."""
+  top = class_root(root)
+  if top is None:
+    return
+  for label, cls in enumerate(CLASSES):
+    folder = os.path.join(top, cls)
+    if not os.path.isdir(folder):
+      continue
+    for full in walk_files(folder):
+      name = '/'.join([cls] + _parts(os.path.relpath(full, folder)))
+      if not is_junk(name):
+        yield name, label, full
+
+
+def _zip_class_depth(path: str, names: List[List[str]]) -> Tuple[int, Optional[str]]:
+  """(0, None) for class folders at the zip's root, (1, top) for one top folder."""
+  if any(len(p) > 1 and p[0] in CLASSES for p in names):
+    ignored = sorted({p[0] for p in names if len(p) > 2 and p[1] in CLASSES} - set(CLASSES))
+    if ignored:
+      logging.warning('%s: reading its own yes/ and no/, not those in %s', path, ', '.join(ignored))
+    return 0, None
+  tops = sorted({p[0] for p in names if len(p) > 2 and p[1] in CLASSES})
+  return 1, _one_top(path, tops)
 
 
 def iter_zip(path: str) -> Iterator[Tuple[str, int, bytes]]:
   """(name, label, bytes) for every file under the class folders of a zip."""
   with zipfile.ZipFile(path) as archive:
-    for info in sorted(archive.infolist(), key=lambda i: i.filename):
-      found = labelled_name(info.filename)
-      if info.is_dir() or not found or is_junk(info.filename):
-        continue
-      yield found[0], found[1], archive.read(info)
-
-
-def has_class_folders(root: str) -> bool:
-  """Whether root holds yes/ or no/ at its root or one level down."""
-  if not os.path.isdir(root):
-    return False
-  for entry in os.listdir(root):
-    if entry in CLASSES and os.path.isdir(os.path.join(root, entry)):
-      return True
-  for entry in os.listdir(root):
-    sub = os.path.join(root, entry)
-    if os.path.isdir(sub) and any(
-        e in CLASSES and os.path.isdir(os.path.join(sub, e)) for e in os.listdir(sub)):
-      return True
-  return False
+    infos = [i for i in sorted(archive.infolist(), key=lambda i: i.filename)
+             if not i.is_dir() and not is_junk(i.filename)]
+    names = [_parts(i.filename) for i in infos]
+    depth, top = _zip_class_depth(path, names)
+    for info, parts in zip(infos, names):
+      if len(parts) > depth + 1 and parts[depth] in CLASSES and (top is None or parts[0] == top):
+        yield '/'.join(parts[depth:]), CLASSES.index(parts[depth]), archive.read(info)

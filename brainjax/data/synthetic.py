@@ -19,6 +19,7 @@ from typing import Any, Dict
 import numpy as np
 from PIL import Image
 
+from brainjax.data import layout
 from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
 
 FORMAT = 1
@@ -57,8 +58,9 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
                     provenance: Dict[str, Any]) -> str:
   """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/{i:05d}.png.
 
-  Replaces that class's folder if present and merges its entry (provenance
-  plus 'count') into the manifest. Returns the class folder.
+  out_dir must be new, empty or an export: that class's folder is replaced if present
+  and its entry (provenance plus 'count') merged into the manifest. Returns the class
+  folder.
   """
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 1 or len(images) == 0:
@@ -75,9 +77,19 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
     raise ValueError(f'provenance must be JSON-serialisable: {e}') from None
   folder = _FOLDERS[label]
   os.makedirs(out_dir, exist_ok=True)
-  manifest = {'format': FORMAT, 'classes': {}}
   if os.path.exists(os.path.join(out_dir, MANIFEST)):
     manifest = _read_manifest(out_dir)
+  else:
+    # Only a folder this module made is ever written into: a class folder replaced here
+    # could be someone's scans. So a new export claims an empty folder with its manifest
+    # before any class is placed (an interrupted export can then be redone).
+    present = sorted(e for e in os.listdir(out_dir) if not layout.is_junk(e))
+    if present:
+      raise ValueError(f'{out_dir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
+                       f'but no {MANIFEST}: it is not a synthetic export; export into a new '
+                       'or empty folder')
+    manifest = {'format': FORMAT, 'classes': {}}
+    _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
   pixels = np.round(np.clip(images[..., 0], 0.0, 1.0) * 255.0).astype(np.uint8)
   staging = tempfile.mkdtemp(dir=out_dir, prefix=f'.{folder}.')
   try:

@@ -75,6 +75,13 @@ def training_examples(config, real_train, label=None):
   if config.train_data not in parts:
     raise ValueError(f'train_data={config.train_data!r}; expected one of {sorted(parts)}')
   if config.train_data != 'real':
-    parts[config.train_data].append(synthetic_examples(config))
+    synthetic_part = synthetic_examples(config)
+    needed = (NEGATIVE, POSITIVE) if label is None else (label,)
+    missing = [name for name, y in LABEL_NAMES.items()
+               if y in needed and not (synthetic_part.labels == y).any()]
+    if missing:
+      raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} hold no {" or ".join(missing)} '
+                       f'slices: export them too (configs/vae_gen.py:{missing[0]})')
+    parts[config.train_data].append(synthetic_part)
   train = examples_lib.concatenate(parts[config.train_data])
   return train if label is None else train.with_label(label)

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from brainjax.data import layout
 
 
-def _locate(manual_dir: str) -> Tuple[str, str]:
+def locate(manual_dir: str) -> Tuple[str, str]:
   """('folder' | 'zip', path) of the data inside the manual directory."""
   if os.path.isfile(manual_dir) and zipfile.is_zipfile(manual_dir):
     return 'zip', manual_dir
@@ -52,7 +52,7 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    kind, path = _locate(os.fspath(dl_manager.manual_dir))
+    kind, path = locate(os.fspath(dl_manager.manual_dir))
     return {'train': self._generate_examples(kind, path)}
 
   def _generate_examples(self, kind: str, path: str):

@@ -18,11 +18,12 @@ def _fingerprint(path: str) -> str:
   means pointing at a different download never reuses a stale copy.
   """
   h = hashlib.sha256()
-  if os.path.isfile(path):
-    stat = os.stat(path)
-    h.update(f'zip|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
+  kind, found = builder_lib.locate(path)  # a zip given, or found in the folder given
+  if kind == 'zip':
+    stat = os.stat(found)
+    h.update(f'zip|{os.path.abspath(found)}|{stat.st_size}|{stat.st_mtime_ns}'.encode())
   else:
-    for name, _, full in layout.iter_folder(path):
+    for name, _, full in layout.iter_folder(found):
       stat = os.stat(full)
       h.update(f'{name}|{stat.st_size}|{stat.st_mtime_ns}\n'.encode())
   return h.hexdigest()[:16]
