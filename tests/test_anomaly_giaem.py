@@ -43,6 +43,7 @@ def test_threshold_codes_exact_for_uniform_and_irregular_grids():
     np.testing.assert_array_equal(pixel_features.remap_codes(codes, grid, sub),
                                   np.searchsorted(sub, errors, side='right'))
   assert pixel_features.remap_codes(codes, grid, np.array([0.123], np.float32)) is None
+  assert pixel_features.threshold_codes(np.zeros((0, 300), np.float32), grid).shape == (0, 300)
 
 
 @pytest.mark.parametrize('errors, message', [

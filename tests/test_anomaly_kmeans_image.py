@@ -76,6 +76,16 @@ def test_scores_and_rule_agree():
   np.testing.assert_array_equal(out.prediction, scores >= np.median(scores))
 
 
+def test_a_constant_map_has_no_anomalous_cluster():
+  # A perfect reconstruction normalises to zeros: two clusters split it by position only.
+  errors = np.zeros((2, 32 * 32), np.float32)
+  errors[1, :40] = 0.9  # and a map with a hot corner, for contrast
+  out = kmeans_image.kmeans_image(errors, tumor_index=0.01)
+  assert out.score[0] == 0.0 and not out.region[0].any() and out.prediction[0] == 0
+  assert out.score[1] > 0.0
+  assert reference_loop.anomalous_share(errors[0], 32, 32) == 0.0
+
+
 def test_bad_max_iter():
   with pytest.raises(ValueError, match='max_iter'):
     kmeans_image.kmeans_image_scores(np.zeros((1, 16), np.float32), max_iter=0)

@@ -56,7 +56,7 @@ def test_matches_sklearn(seed):
   assert m['f1'] == pytest.approx(skm.f1_score(labels, preds, **kw))
   assert m['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
   assert m['specificity'] == pytest.approx(skm.recall_score(labels, preds, pos_label=0, **kw))
-  macro = dict(average='macro', labels=[0, 1], **kw)
+  macro = dict(average='macro', **kw)  # over the classes in labels or predictions
   assert m['weighted_precision'] == pytest.approx(skm.precision_score(labels, preds, **macro))
   assert m['weighted_recall'] == pytest.approx(skm.recall_score(labels, preds, **macro))
   assert m['weighted_f1'] == pytest.approx(skm.f1_score(labels, preds, **macro))
@@ -81,6 +81,11 @@ def test_single_class_auroc_is_nan_and_balanced_accuracy_like_sklearn():
   with pytest.warns(UserWarning):
     expected = skm.balanced_accuracy_score(labels, preds)
   assert m['balanced_accuracy'] == pytest.approx(expected)
+  for labels, preds in (([0, 0, 0], [0, 0, 0]), ([1, 1, 1], [1, 1, 1]), ([1, 1, 1], [1, 0, 1])):
+    m = classification.classification_metrics(labels, preds)
+    for name in ('precision', 'recall', 'f1'):  # all healthy, all called healthy: 1, not 0.5
+      assert m[f'weighted_{name}'] == pytest.approx(getattr(skm, f'{name}_score')(
+          labels, preds, average='macro', zero_division=0)), (labels, preds, name)
 
 
 def test_vectorised_counts_match_scalar_path():

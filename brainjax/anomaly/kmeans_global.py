@@ -5,7 +5,7 @@ x_i (pixel anomalous or not) and split the N rows into two clusters with KMeans.
 The tumour cluster is the one whose centroid has the larger anomalous mass (sum
 of centroid entries: the mean number of anomalous pixels of its members). With
 d_T, d_H the Euclidean distances of an image to the tumour / healthy centroids,
-the image is a tumour iff d_T <= alpha * d_H.
+the image is a tumour iff d_T <= alpha * d_H (one on both centroids: iff alpha >= 1).
 Score (continuous, for ROC AUC and the alpha grid): s = d_H / (d_T + d_H) in
 [0, 1] (0.5 when both are 0); tumour iff s >= 1 / (1 + alpha). alpha = 1 is plain
 nearest-centroid; alpha < 1 shrinks the tumour cluster, which is our reading of

@@ -2,8 +2,9 @@
 
 Rule. Each image's pixels, with features (error, row / H, col / W) (see
 pixel_features), are split into two clusters by Lloyd's algorithm; the anomalous
-cluster is the one whose centroid has the larger error; score = the anomalous
-cluster's share of the image; tumour if score >= tumor_index. The clustering
+cluster is the one whose centroid has the larger error (equal errors: neither, as
+in a constant map); score = the anomalous cluster's share of the image; tumour if
+score >= tumor_index. The clustering
 depends on no hyperparameter, so it is computed once per image and every
 tumor_index is then a comparison.
 
@@ -190,9 +191,12 @@ def kmeans_image_clusters(errors: np.ndarray, image_shape: Optional[Sequence[int
   # Calls from one thread per core run side by side (1.7x on 2 cores; XLA's own
   # threads have little to split in such small steps).
   parallel.thread_map(cluster, [slice(start, start + batch) for start in range(0, n, batch)])
-  # The anomalous cluster has the larger mean error (ties: the first cluster).
+  # The anomalous cluster has the larger mean error. Equal ones (a constant map, which
+  # minmax normalisation makes all zeros: a perfect reconstruction) split the image by
+  # position only, so neither is anomalous, as GIAEM and DBSCAN find nothing there.
   second_is_anomalous = centroids[:, 1, 0] > centroids[:, 0, 0]
-  anomalous = second == second_is_anomalous[:, None]
+  tie = centroids[:, 1, 0] == centroids[:, 0, 0]
+  anomalous = (second == second_is_anomalous[:, None]) & ~tie[:, None]
   return anomalous, second, centroids
 
 

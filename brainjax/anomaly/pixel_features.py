@@ -112,6 +112,8 @@ def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
   lo = thresholds[0]
   scale = np.float32((num - 1) / (np.float64(thresholds[-1]) - np.float64(lo)))
   out = np.empty(errors.shape, dtype)
+  if out.size == 0:
+    return out
   flat_in, flat_out = errors.reshape(len(errors), -1), out.reshape(len(errors), -1)
 
   def fill(rows: slice):

@@ -126,8 +126,10 @@ def anomalous_share(error_row, h, w, max_iter=100):
     init = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter).fit(
         coarse).cluster_centers_
   fitted = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter).fit(features)
-  anomalous = int(np.argmax(fitted.cluster_centers_[:, 0]))  # ties: the first
-  return np.mean(fitted.labels_ == anomalous)
+  centres = fitted.cluster_centers_[:, 0]
+  if centres[0] == centres[1]:  # no anomalous cluster
+    return 0.0
+  return np.mean(fitted.labels_ == int(np.argmax(centres)))
 
 
 def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,

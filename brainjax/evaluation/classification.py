@@ -20,7 +20,9 @@ reported 39.88 / 49.27 / 44.08. Hence
   weighted_precision = (precision_tumour + precision_healthy) / 2
   weighted_recall    = (recall_tumour + recall_healthy) / 2
   weighted_f1        = (f1_tumour + f1_healthy) / 2
-(the per-class F1s are averaged, not the F1 of the averaged P and R).
+(the per-class F1s are averaged, not the F1 of the averaged P and R). Like
+scikit-learn's, the averages run over the classes that occur in the labels or the
+predictions: a set of healthy slices all called healthy scores 1, not 0.5.
 """
 from typing import Dict, Optional
 
@@ -52,6 +54,10 @@ def metrics_from_confusion(tn, fp, fn, tp) -> Dict[str, np.ndarray]:
   f1_neg = _ratio(2 * tn, 2 * tn + fn + fp)
   classes_present = (pos > 0).astype(np.float64) + (neg > 0)
   balanced = _ratio(recall * (pos > 0) + specificity * (neg > 0), classes_present)
+  # Macro averages run over the classes in the labels or the predictions, as scikit-learn's.
+  tumour_seen, healthy_seen = (tp + fn + fp) > 0, (tn + fp + fn) > 0
+  seen = tumour_seen.astype(np.float64) + healthy_seen
+  macro = lambda tumour, healthy: _ratio(tumour * tumour_seen + healthy * healthy_seen, seen)
   return {
       'accuracy': _ratio(tp + tn, pos + neg),
       'precision': precision,
@@ -59,9 +65,9 @@ def metrics_from_confusion(tn, fp, fn, tp) -> Dict[str, np.ndarray]:
       'f1': f1_pos,
       'specificity': specificity,
       'balanced_accuracy': balanced,
-      'weighted_precision': (precision + npv) / 2,
-      'weighted_recall': (recall + specificity) / 2,
-      'weighted_f1': (f1_pos + f1_neg) / 2,
+      'weighted_precision': macro(precision, npv),
+      'weighted_recall': macro(recall, specificity),
+      'weighted_f1': macro(f1_pos, f1_neg),
   }
 
 

@@ -1,4 +1,4 @@
-"""Table 1 of the study, recomputed: mean ± std over seeds, beside the published numbers."""
+"""Table 1 of the study, recomputed: mean ± sample std over seeds, beside the published numbers."""
 import csv
 import json
 import os
@@ -46,7 +46,8 @@ def aggregate(results):
     for c in COLUMNS:
       values = np.array([r[c] for r in runs if r[c] is not None], np.float64) * 100
       row[c] = float(values.mean()) if len(values) else None
-      row[f'{c}_std'] = float(values.std()) if len(values) else None
+      # the sample standard deviation (ddof=1): seeds are a sample of the runs one could do
+      row[f'{c}_std'] = float(values.std(ddof=1)) if len(values) > 1 else (0.0 if len(values) else None)
     published = PUBLISHED.get((model, train_data))
     for name, value in zip(('accuracy', 'precision', 'recall', 'f1'), published or [None] * 4):
       row[f'study_{name}'] = value
