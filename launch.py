@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from brainjax.tasks import datasets
 from brainjax.train import parallel
+from brainjax.train import reporting
 
 TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
 
@@ -35,7 +36,11 @@ def parse_flags(argv):
     FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
     return remaining
   except (KeyError, AttributeError) as error:  # an override of a field the config lacks
-    sys.exit(f'error: unknown config field {error} (in: {given})')
+    detail = error
+    while isinstance(detail, BaseException) and detail.args:  # (a KeyError in an AttributeError)
+      detail = detail.args[0]
+    detail = ' '.join(str(detail).split())  # one line
+    sys.exit(f'error: unknown config field {detail} (in: {given})')
   except (flags.Error, OSError, ValueError, TypeError) as error:
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
     sys.exit(f'error: {last_line} (in: {given})')
@@ -80,8 +85,10 @@ def main(argv):
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_first_host():
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=1))
+    try:
+      reporting.write_config(workdir, config)
+    except ValueError as error:
+      sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')

@@ -1,28 +1,26 @@
-"""Fields every brainjax config shares, and the `name.py:variant,flag=value` parser.
+"""Fields every brainjax config shares, and the `name.py:variant,modifier` parser.
 
-A config string such as `configs/cnn_cls.py:synthetic,smoke,seed=3` reaches `get_config`
-as 'synthetic,smoke,seed=3'. `parse_arg` turns it into options: bare words are variants or
-modifiers, `key=value` pairs override defaults (in the style of big_vision).
+A config string such as `configs/cnn_cls.py:synthetic,smoke` reaches `get_config` as
+'synthetic,smoke'. `parse_arg` turns it into options: one variant and any modifiers (in
+the style of big_vision). Values are set with `--config.<field>=<value>`.
 """
 import ml_collections
 
 
-def parse_arg(arg, variants, modifiers=('smoke',), **defaults):
-  """Parses 'variant,modifier,key=value' against the allowed words of one config file.
+def parse_arg(arg, variants, modifiers=('smoke',)):
+  """Parses 'variant,modifier' against the allowed words of one config file.
 
   Returns an ml_collections.ConfigDict with `variant` (the one chosen, first in
-  `variants` by default), one boolean per modifier and the `defaults` (overridden by
-  `key=value`, cast to the default's type). Anything unknown is a one-line ValueError.
+  `variants` by default) and one boolean per modifier. Anything unknown is a one-line
+  ValueError.
   """
-  options = {'variant': variants[0], **{m: False for m in modifiers}, **defaults}
+  options = {'variant': variants[0], **{m: False for m in modifiers}}
   chosen = []
   for word in filter(None, (w.strip() for w in (arg or '').split(','))):
     if '=' in word:
-      key, value = word.split('=', 1)
-      if key not in defaults:
-        raise ValueError(f'unknown config option {key!r}; options: {sorted(defaults)}')
-      options[key] = type(defaults[key])(value)
-    elif word in variants:
+      raise ValueError(f'{word!r}: set values with --config.<field>=<value>, not in the '
+                       'config string')
+    if word in variants:
       chosen.append(word)
     elif word in modifiers:
       options[word] = True

@@ -65,6 +65,9 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
   `step_fn` is the compiled-by-`loop.fit` train step, `sample_fn(variables, rng, num)` the
   jitted sampler and `variables_of(state)` the generator's variables in a training state.
   """
+  for field in ('num_samples', 'batch_size'):  # checked before training, not after it
+    if config.export[field] < 1:
+      raise ValueError(f'export.{field}={config.export[field]}: it must be at least 1')
   if config.mode == 'generate':
     state, _ = checkpoints.restore_latest(workdir, state)
     summary = {}

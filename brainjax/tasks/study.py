@@ -51,8 +51,7 @@ def run_stage(task, sub, workdir):
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_first_host():
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(sub.to_json_best_effort(indent=1))
+    reporting.write_config(workdir, sub)
   metrics = importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return metrics
@@ -140,7 +139,18 @@ def audit_generators(config, workdir, split_mode, exports, feature_run):
   return rows
 
 
+def check_config(config):
+  """One-line errors for generator names the study does not know, before any stage runs."""
+  generators = config.generators.split(',')
+  if set(generators) - {'vae', 'gan'}:
+    raise ValueError(f'generators={config.generators!r}: choose from vae, gan (comma-separated)')
+  if set(config.synthetic_sources.split(',')) - set(generators):
+    raise ValueError(f'synthetic_sources={config.synthetic_sources!r} names a generator the '
+                     f'study does not train (generators={config.generators!r})')
+
+
 def train_and_evaluate(config, workdir):
+  check_config(config)
   results, quality = [], {}
   for split_mode in config.split_modes.split(','):
     exports = train_generators(config, workdir, split_mode)

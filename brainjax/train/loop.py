@@ -93,6 +93,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
   steps, best_val_loss and learning_rate.
   """
+  for field in ('num_epochs', 'batch_size', 'log_every_steps', 'keep_checkpoints'):
+    if config[field] < 1:  # (0 checkpoints kept: a rerun could not resume)
+      raise ValueError(f'{field}={config[field]}: it must be at least 1')
   devices = parallel.train_devices(config.num_devices)  # every host's
   if config.batch_size % len(devices):
     raise ValueError(f'batch_size={config.batch_size} must split across {len(devices)} '

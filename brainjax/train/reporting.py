@@ -55,6 +55,62 @@ def load_config(workdir):
     return ml_collections.ConfigDict(tuples(json.load(f)))
 
 
+# Config fields a rerun may change in a workdir that holds a run: how long and how it runs,
+# and what it does with the trained model, not what is trained (a dotted field matches if
+# any of its parts is listed, e.g. export.dir or overrides.cnn_cls.num_epochs).
+RERUN_FIELDS = frozenset({
+    'num_epochs', 'checkpoint_every_secs', 'log_every_steps', 'keep_checkpoints', 'cache_dir',
+    'num_devices', 'multihost', 'mode', 'export', 'anomaly', 'seeds', 'split_modes'})
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_changes(saved, config):
+  """['field: saved -> new', ...] of the fields (beyond RERUN_FIELDS) where two run configs
+  (JSON dicts) differ; fields only one of them has (another version's) are not compared."""
+  old, new = _flat(saved), _flat(config)
+  return [f'{k}: {old[k]!r} -> {new[k]!r}' for k in sorted(old.keys() & new.keys())
+          if old[k] != new[k] and not RERUN_FIELDS.intersection(k.split('.'))]
+
+
+def write_config(workdir, config):
+  """Writes workdir/config.json, unless workdir holds something else than this run.
+
+  A workdir is new, empty, or the same run's (resumed, or rerun with RERUN_FIELDS changed;
+  a predict run may be redone with any inputs): a run resumed with other settings would mix
+  two runs in one checkpoint, and other files in it could be someone's data. A ValueError
+  names what is there.
+  """
+  path = os.path.join(workdir, 'config.json')
+  new = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    if saved.get('task') != new['task']:
+      raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
+                       'choose another --workdir')
+    changed = [] if new['task'] == 'predict' else config_changes(saved, new)
+    if changed:
+      raise ValueError(f'{workdir} holds a run with other settings ({"; ".join(changed[:3])}'
+                       f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose '
+                       'another --workdir')
+  else:
+    present = sorted(e for e in os.listdir(workdir) if not e.startswith('.'))
+    if present:
+      raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
+                       'but no config.json: not a brainjax workdir; choose a new or empty one')
+  with atomic_open(path) as f:
+    f.write(config.to_json_best_effort(indent=1))
+
+
 def summary_writer(workdir, write=True):
   """TensorBoard event files in workdir/tensorboard (none when not `write`: another host's)."""
   return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'), write_to_disk=write)
