@@ -42,8 +42,9 @@ from brainjax.data.preprocess import CropInfo
 
 DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
 PHANTOM_DEFAULT_PER_CLASS = 1500
-# Bump when preprocessing or the phantom changes, so that old caches are not reused.
-PREPROCESS_VERSION = 1
+# Bump when decoding, preprocessing or the phantom changes, so that old caches are not reused
+# (2: 16-bit images scaled by their maximum).
+PREPROCESS_VERSION = 2
 PHANTOM_VERSION = 1
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 _CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
