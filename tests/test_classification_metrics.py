@@ -112,3 +112,11 @@ def test_vectorised_counts_match_scalar_path():
 def test_bad_input_raises(labels, preds, message):
   with pytest.raises(ValueError, match=message):
     classification.classification_metrics(labels, preds)
+
+
+def test_table1_spread_over_seeds_is_the_sample_std():
+  from brainjax.evaluation import study_table
+  runs = [dict(task='cnn_cls', split='random', train_data='real', source='-',
+               metrics={'accuracy': a}) for a in (0.6, 0.7, 0.8)]
+  (row,) = study_table.aggregate(runs)
+  assert row['accuracy'] == pytest.approx(70.0) and row['accuracy_std'] == pytest.approx(10.0)

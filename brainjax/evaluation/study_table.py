@@ -47,7 +47,8 @@ def aggregate(results):
       values = np.array([r[c] for r in runs if r[c] is not None], np.float64) * 100
       row[c] = float(values.mean()) if len(values) else None
       # the sample standard deviation (ddof=1): seeds are a sample of the runs one could do
-      row[f'{c}_std'] = float(values.std(ddof=1)) if len(values) > 1 else (0.0 if len(values) else None)
+      row[f'{c}_std'] = (float(values.std(ddof=1)) if len(values) > 1
+                         else 0.0 if len(values) else None)
     published = PUBLISHED.get((model, train_data))
     for name, value in zip(('accuracy', 'precision', 'recall', 'f1'), published or [None] * 4):
       row[f'study_{name}'] = value

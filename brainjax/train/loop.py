@@ -87,8 +87,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   first device of a data-parallel run; it must not keep it past its call): its 'loss' (if
   any; the least finite one) picks the best checkpoint (written to workdir/best with the next
   save of the latest one, at most every config.checkpoint_every_secs and at the end) and
-  drives reduce-on-plateau when config has `plateau_factor`; its other entries are logged. `hooks` are called as
-  hook(step) after every step (tests use one to interrupt a run).
+  drives reduce-on-plateau when config has `plateau_factor`; its other entries are logged.
+  `hooks` are called as hook(step) after every step (tests use one to interrupt a run).
   Returns (final state, left on its (first) device; summary): the last logged train_* and
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
   steps, best_val_loss and learning_rate.
