@@ -47,18 +47,20 @@ def _one_top(root: str, tops: List[str]) -> Optional[str]:
   return tops[0] if tops else None
 
 
+def _class_tops(root: str) -> List[str]:
+  """The top folders of root that hold yes/ or no/."""
+  return sorted(e for e in os.listdir(root)
+                if not is_junk(e) and e not in CLASSES and os.path.isdir(os.path.join(root, e))
+                and _holds_classes(os.path.join(root, e)))
+
+
 def class_root(root: str) -> Optional[str]:
   """The folder that holds yes/ and no/: root, or its one top folder that does; else None."""
   if not os.path.isdir(root):
     return None
-  tops = sorted(e for e in os.listdir(root)
-                if not is_junk(e) and e not in CLASSES and os.path.isdir(os.path.join(root, e))
-                and _holds_classes(os.path.join(root, e)))
   if _holds_classes(root):
-    if tops:
-      logging.warning('%s: reading its own yes/ and no/, not those in %s', root, ', '.join(tops))
     return root
-  top = _one_top(root, tops)
+  top = _one_top(root, _class_tops(root))
   return None if top is None else os.path.join(root, top)
 
 
@@ -86,6 +88,9 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   top = class_root(root)
   if top is None:
     return
+  ignored = _class_tops(root) if top == root else []
+  if ignored:
+    logging.warning('%s: reading its own yes/ and no/, not those in %s', root, ', '.join(ignored))
   for label, cls in enumerate(CLASSES):
     folder = os.path.join(top, cls)
     if not os.path.isdir(folder):

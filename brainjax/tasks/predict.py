@@ -531,8 +531,7 @@ def _smoke_inputs(config, workdir):
       sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
       sub.cache_dir = datasets.cache_dir(config)
       os.makedirs(model_dir, exist_ok=True)
-      with open(os.path.join(model_dir, 'config.json'), 'w') as f:
-        f.write(sub.to_json_best_effort(indent=1))
+      reporting.write_config(model_dir, sub)
       logging.info('Smoke: training a tiny %s run in %s.', config.smoke_task, model_dir)
       importlib.import_module(f'brainjax.tasks.{config.smoke_task}').train_and_evaluate(
           sub, model_dir)

@@ -90,7 +90,8 @@ def write_config(workdir, config):
   names what is there.
   """
   path = os.path.join(workdir, 'config.json')
-  new = json.loads(config.to_json_best_effort())
+  text = config.to_json_best_effort(indent=1)
+  new = json.loads(text)
   if os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
@@ -108,7 +109,7 @@ def write_config(workdir, config):
       raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
                        'but no config.json: not a brainjax workdir; choose a new or empty one')
   with atomic_open(path) as f:
-    f.write(config.to_json_best_effort(indent=1))
+    f.write(text)
 
 
 def summary_writer(workdir, write=True):
