@@ -52,6 +52,17 @@ def test_audit_flags_copies_of_training_data():
   assert audit['worst_distances'][-1] <= np.sort(audit['synthetic_dcr'])[5]
 
 
+def test_a_copier_is_flagged_when_the_holdout_shares_copies_with_train():
+  # A random split of data with duplicates (Br35H) puts copies of training slices in the
+  # holdout: 6% of it here, which makes the 5% threshold exactly 0.
+  rng = np.random.default_rng(5)
+  train = rng.random((100, 8, 8, 1))
+  holdout = np.concatenate([train[:6], rng.random((94, 8, 8, 1))])
+  audit = privacy.privacy_audit(train[:50], train, holdout)
+  assert audit['threshold'] == 0.0
+  assert audit['memorisation_rate'] == 1.0
+
+
 def test_audit_independent_generator_is_near_nominal_rate():
   rng = np.random.default_rng(3)
   train, holdout, synthetic = (rng.normal(size=(n, 16)) for n in (400, 1000, 1000))
