@@ -120,3 +120,16 @@ def test_table1_spread_over_seeds_is_the_sample_std():
                metrics={'accuracy': a}) for a in (0.6, 0.7, 0.8)]
   (row,) = study_table.aggregate(runs)
   assert row['accuracy'] == pytest.approx(70.0) and row['accuracy_std'] == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize('undefined', [math.nan, None])  # a fresh run's NaN, a resumed run's null
+def test_table1_cell_with_an_undefined_seed_is_undefined(undefined):
+  from brainjax.evaluation import study_table
+  runs = [dict(task='cnn_cls', split='random', train_data='real', source='-',
+               metrics={'accuracy': 0.8, 'auroc': auroc}) for auroc in (0.9, undefined)]
+  (row,) = study_table.aggregate(runs)
+  assert row['seeds'] == 2 and row['auroc'] is None and row['auroc_std'] is None
+  assert '| – |' in study_table.markdown([row], {})
+  (one,) = study_table.aggregate(runs[:1])
+  assert one['accuracy'] == pytest.approx(80.0) and one['accuracy_std'] is None
+  assert '| 80.00 |' in study_table.markdown([one], {})

@@ -33,6 +33,11 @@ def _rows_of_run(run):
           for rule, name in RULES.items() if f'{rule}_accuracy' in m]
 
 
+def _defined(value):
+  """A float, or None (JSON's null, the table's '–') where it is undefined."""
+  return float(value) if np.isfinite(value) else None
+
+
 def aggregate(results):
   """Groups runs by (split, model, train data, synthetic source) and averages over seeds."""
   groups = {}
@@ -44,11 +49,12 @@ def aggregate(results):
   for (split, model, train_data, source), runs in groups.items():
     row = dict(split=split, model=model, train_data=train_data, source=source, seeds=len(runs))
     for c in COLUMNS:
-      values = np.array([r[c] for r in runs if r[c] is not None], np.float64) * 100
-      row[c] = float(values.mean()) if len(values) else None
+      # None is metrics.json's NaN (undefined, e.g. ROC AUC of a one-class test set): a seed
+      # with an undefined value makes the mean over all seeds undefined, not the mean of fewer.
+      values = np.array([np.nan if r[c] is None else r[c] for r in runs], np.float64) * 100
+      row[c] = _defined(values.mean())
       # the sample standard deviation (ddof=1): seeds are a sample of the runs one could do
-      row[f'{c}_std'] = (float(values.std(ddof=1)) if len(values) > 1
-                         else 0.0 if len(values) else None)
+      row[f'{c}_std'] = _defined(values.std(ddof=1)) if len(values) > 1 else None
     published = PUBLISHED.get((model, train_data))
     for name, value in zip(('accuracy', 'precision', 'recall', 'f1'), published or [None] * 4):
       row[f'study_{name}'] = value
@@ -59,7 +65,7 @@ def aggregate(results):
 def _cell(row, c):
   if row[c] is None:
     return '–'
-  return f'{row[c]:.2f} ± {row[c + "_std"]:.2f}' if row['seeds'] > 1 else f'{row[c]:.2f}'
+  return f'{row[c]:.2f}' if row[c + '_std'] is None else f'{row[c]:.2f} ± {row[c + "_std"]:.2f}'
 
 
 def markdown(table, quality):
