@@ -2,7 +2,10 @@
 import json
 import os
 
+import pytest
+
 from brainjax.tasks import study
+from brainjax.train import reporting
 from configs import study as study_config
 
 
@@ -20,9 +23,9 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path):
   assert '96.67 / 95.42 / 97.99 / 96.69' in table  # the study's CNN/real row beside ours
   rows = json.load(open(os.path.join(results, 'table1.json')))
   assert {r['train_data'] for r in rows['table1']} == {'real', 'synthetic', 'mixed'}
-  assert set(rows['generators']) == {'random/vae_positive', 'random/vae_negative'}
-  assert 0 <= rows['generators']['random/vae_positive']['tumour_visibility'] <= 1
-  assert os.path.exists(os.path.join(results, 'figures', 'samples_random_vae_positive.png'))
+  assert set(rows['generators']) == {'random/seed0/vae_positive', 'random/seed0/vae_negative'}
+  assert 0 <= rows['generators']['random/seed0/vae_positive']['tumour_visibility'] <= 1
+  assert os.path.exists(os.path.join(results, 'figures', 'samples_random_seed0_vae_positive.png'))
   assert 'random/CNN/real/accuracy' in summary
   # Every stage left metrics.json: a second call reruns no stage and gives the same table.
   stage_files = sorted(os.path.join(d, 'metrics.json') for d, _, fs in os.walk(workdir)
@@ -32,3 +35,49 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path):
   again = study.train_and_evaluate(config, workdir)
   assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)  # NaN-safe
   assert [os.path.getmtime(f) for f in stage_files] == stamps
+
+
+def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkeypatch):
+  # A generator trained on seed 0's split has seen most of seed 1's test slices, so the
+  # synthetic and mixed rows of seed 1 must use generators trained on seed 1's split.
+  config = study_config.get_config('quick,smoke')
+  config.seeds, config.generators = 2, 'vae,gan'
+  stages = {}
+  def fake_stage(task, sub, run_dir):
+    stages[run_dir] = sub
+    return {}
+  monkeypatch.setattr(study, 'run_stage', fake_stage)
+  monkeypatch.setattr(study, 'audit_generators', lambda *args: {})
+  monkeypatch.setattr(study.study_table, 'write_tables', lambda *args: [os.devnull])
+  monkeypatch.setattr(study.reporting, 'write_metrics_json', lambda *args: None)
+  study.train_and_evaluate(config, str(tmp_path))
+  export_seed = {sub.export.dir: sub.seed for sub in stages.values() if 'export' in sub}
+  assert sorted(export_seed.values()) == [0] * 4 + [1] * 4  # vae and gan, two classes, 2 seeds
+  synthetic = [sub for sub in stages.values() if sub.get('train_data', 'real') != 'real']
+  assert len(synthetic) == 2 * 2 * 2  # seeds x tasks x (synthetic, mixed) from the vae
+  for sub in synthetic:
+    assert {export_seed[d] for d in sub.synthetic_dirs.split(',')} == {sub.seed}
+
+
+def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):
+  config = study_config.get_config('quick,smoke')
+  workdir = str(tmp_path)
+  reporting.write_config(workdir, config)
+  config.seeds, config.checkpoint_every_secs = 3, 5.0  # more seeds; how it runs
+  reporting.write_config(workdir, config)
+  config.overrides.cnn_cls.num_epochs = 7  # a finished stage would keep its old metrics
+  with pytest.raises(ValueError, match='overrides.cnn_cls.num_epochs: 1 -> 7'):
+    reporting.write_config(workdir, config)
+
+
+def test_a_finished_stage_of_other_settings_is_an_error(tmp_path):
+  config = study_config.get_config('quick,smoke')
+  stage = str(tmp_path)
+  sub = study.sub_config(config, 'cnn_cls', 'real', 'random', 0)
+  reporting.write_config(stage, sub)
+  reporting.write_metrics_json(stage, {'accuracy': 0.5, 'auroc': float('nan')})
+  sub.cache_dir = str(tmp_path / 'elsewhere')  # how it runs: the stage is still done
+  assert study.run_stage('cnn_cls', sub, stage) == {'accuracy': 0.5, 'auroc': None}
+  sub.learning_rate = 0.5  # e.g. another version's default
+  with pytest.raises(ValueError, match='learning_rate'):
+    study.run_stage('cnn_cls', sub, stage)

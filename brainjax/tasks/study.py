@@ -4,8 +4,13 @@ generative quality, a privacy audit and Table 1 (issue 6).
 Every stage is an ordinary task run in its own sub-workdir; a stage whose metrics.json
 exists is done and never rerun, so an interrupted study resumes at the first unfinished
 stage (and that stage resumes from its own checkpoints).
+
+Each seed repeats the whole pipeline on its own split: generators, exports, classifiers and
+the generators' audit. Generators train only on their seed's training slices, so no
+classifier is tested on a slice its synthetic data was derived from.
 """
 import importlib
+import json
 import os
 
 from absl import logging
@@ -45,25 +50,30 @@ def sub_config(config, task, variant, split_mode, seed):
 
 
 def run_stage(task, sub, workdir):
-  """Runs one task unless its metrics.json already exists; returns its metrics."""
+  """Runs one task unless its metrics.json already exists; returns its metrics as written."""
   if os.path.exists(os.path.join(workdir, 'metrics.json')):
+    # Another version's stage defaults may differ: its metrics would not be this config's.
+    changed = reporting.config_changes(reporting.read_config_json(workdir),
+                                       json.loads(sub.to_json_best_effort()), reporting.RUN_FIELDS)
+    if changed:
+      raise ValueError(reporting.changes_message(workdir, changed))
     return reporting.read_metrics_json(workdir)
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_first_host():
     reporting.write_config(workdir, sub)
-  metrics = importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
+  importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
-  return metrics
+  return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)
 
 
-def train_generators(config, workdir, split_mode):
+def train_generators(config, workdir, split_mode, seed):
   """One generator per (kind, class); returns {kind: {label: export_dir}}."""
   exports = {}
   for kind in config.generators.split(','):
     for label in ('positive', 'negative'):
-      sub = sub_config(config, f'{kind}_gen', label, split_mode, config.seed)
-      run_dir = os.path.join(workdir, split_mode, 'generators', f'{kind}_{label}')
+      sub = sub_config(config, f'{kind}_gen', label, split_mode, seed)
+      run_dir = os.path.join(workdir, split_mode, f'seed{seed}', 'generators', f'{kind}_{label}')
       sub.export.num_samples = config.num_synthetic
       sub.export.dir = os.path.join(run_dir, 'synthetic')
       run_stage(f'{kind}_gen', sub, run_dir)
@@ -71,23 +81,22 @@ def train_generators(config, workdir, split_mode):
   return exports
 
 
-def train_classifiers(config, workdir, split_mode, exports):
-  """BrainCNN and BrainCVAE on real / synthetic / mixed data for every seed and source."""
+def train_classifiers(config, workdir, split_mode, seed, exports):
+  """BrainCNN and BrainCVAE on real / synthetic / mixed data for every synthetic source."""
   results = []
-  for seed in range(config.seed, config.seed + config.seeds):
-    for task in ('cnn_cls', 'cvae_cls'):
-      for train_data in ('real', 'synthetic', 'mixed'):
-        sources = ['-'] if train_data == 'real' else config.synthetic_sources.split(',')
-        for source in sources:
-          sub = sub_config(config, task, train_data, split_mode, seed)
-          if source != '-':
-            labels = ('positive', 'negative') if task == 'cnn_cls' else ('negative',)
-            sub.synthetic_dirs = ','.join(exports[source][label] for label in labels)
-          name = f'{task}_{train_data}' + ('' if source == '-' else f'_{source}')
-          run_dir = os.path.join(workdir, split_mode, f'seed{seed}', name)
-          metrics = run_stage(task, sub, run_dir)
-          results.append(dict(task=task, train_data=train_data, source=source, seed=seed,
-                              split=split_mode, run_dir=run_dir, metrics=metrics))
+  for task in ('cnn_cls', 'cvae_cls'):
+    for train_data in ('real', 'synthetic', 'mixed'):
+      sources = ['-'] if train_data == 'real' else config.synthetic_sources.split(',')
+      for source in sources:
+        sub = sub_config(config, task, train_data, split_mode, seed)
+        if source != '-':
+          labels = ('positive', 'negative') if task == 'cnn_cls' else ('negative',)
+          sub.synthetic_dirs = ','.join(exports[source][label] for label in labels)
+        name = f'{task}_{train_data}' + ('' if source == '-' else f'_{source}')
+        run_dir = os.path.join(workdir, split_mode, f'seed{seed}', name)
+        metrics = run_stage(task, sub, run_dir)
+        results.append(dict(task=task, train_data=train_data, source=source, seed=seed,
+                            split=split_mode, run_dir=run_dir, metrics=metrics))
   return results
 
 
@@ -101,9 +110,9 @@ def _cnn_features(run_dir, images):
           cnn_cls.predict(model, state.variables, images))
 
 
-def audit_generators(config, workdir, split_mode, exports, feature_run):
+def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   """Fréchet distance, k-NN precision/recall, tumour visibility and distance to closest record."""
-  sub = sub_config(config, 'cnn_cls', 'real', split_mode, config.seed)
+  sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
   source = datasets.real_source(sub)
   examples = source.examples
   split = datasets.split(sub, source, 'cnn')
@@ -117,7 +126,8 @@ def audit_generators(config, workdir, split_mode, exports, feature_run):
       real_f, _ = _cnn_features(feature_run, real_train.images)
       fake_f, fake_p = _cnn_features(feature_run, fake.images)
       hold_f, _ = _cnn_features(feature_run, real_holdout.images)
-      key = f'{split_mode}/{kind}_{label_name}'
+      name = f'{split_mode}_seed{seed}_{kind}_{label_name}'
+      key = f'{split_mode}/seed{seed}/{kind}_{label_name}'
       row = dict(frechet_distance=generative_quality.frechet_distance(real_f, fake_f),
                  **generative_quality.knn_precision_recall(real_f, fake_f, k=config.knn_k))
       if label == POSITIVE:
@@ -129,12 +139,11 @@ def audit_generators(config, workdir, split_mode, exports, feature_run):
                     ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate')})
         if space == 'pixel' and parallel.is_first_host():
           privacy.worst_pairs_figure(fake.images, real_train.images, audit['worst_pairs'],
-                                     os.path.join(figures_dir, f'closest_{split_mode}_{kind}_'
-                                                  f'{label_name}.png'),
+                                     os.path.join(figures_dir, f'closest_{name}.png'),
                                      distances=audit['worst_distances'])
       if parallel.is_first_host():
-        reporting.save_image_grid(os.path.join(figures_dir, f'samples_{split_mode}_{kind}_'
-                                               f'{label_name}.png'), fake.images[:32])
+        reporting.save_image_grid(os.path.join(figures_dir, f'samples_{name}.png'),
+                                  fake.images[:32])
       rows[key] = {k: float(v) for k, v in row.items()}
   return rows
 
@@ -153,12 +162,13 @@ def train_and_evaluate(config, workdir):
   check_config(config)
   results, quality = [], {}
   for split_mode in config.split_modes.split(','):
-    exports = train_generators(config, workdir, split_mode)
-    runs = train_classifiers(config, workdir, split_mode, exports)
-    results += runs
-    feature_run = next(r['run_dir'] for r in runs
-                       if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
-    quality.update(audit_generators(config, workdir, split_mode, exports, feature_run))
+    for seed in range(config.seed, config.seed + config.seeds):
+      exports = train_generators(config, workdir, split_mode, seed)
+      runs = train_classifiers(config, workdir, split_mode, seed, exports)
+      results += runs
+      feature_run = next(r['run_dir'] for r in runs
+                         if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
+      quality.update(audit_generators(config, workdir, split_mode, seed, exports, feature_run))
   if not parallel.is_first_host():  # the first host writes the tables
     return study_table.flat_summary(results, quality)
   out_dir = os.path.join(workdir, 'results')

@@ -45,22 +45,30 @@ def read_metrics_json(workdir):
     return json.load(f)
 
 
+def read_config_json(workdir):
+  """The config a run saved as workdir/config.json, as a JSON dict."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    return json.load(f)
+
+
 def load_config(workdir):
   """The config a run saved as workdir/config.json, as a ConfigDict (JSON lists -> tuples)."""
   def tuples(x):
     if isinstance(x, dict):
       return {k: tuples(v) for k, v in x.items()}
     return tuple(tuples(v) for v in x) if isinstance(x, list) else x
-  with open(os.path.join(workdir, 'config.json')) as f:
-    return ml_collections.ConfigDict(tuples(json.load(f)))
+  return ml_collections.ConfigDict(tuples(read_config_json(workdir)))
 
 
-# Config fields a rerun may change in a workdir that holds a run: how long and how it runs,
-# and what it does with the trained model, not what is trained (a dotted field matches if
-# any of its parts is listed, e.g. export.dir or overrides.cnn_cls.num_epochs).
-RERUN_FIELDS = frozenset({
-    'num_epochs', 'checkpoint_every_secs', 'log_every_steps', 'keep_checkpoints', 'cache_dir',
-    'num_devices', 'multihost', 'mode', 'export', 'anomaly', 'seeds', 'split_modes'})
+# Config fields a rerun may change in a workdir that holds a run (a dotted field matches if
+# any of its parts is listed, e.g. export.dir). Any run: how it runs, not what it computes.
+RUN_FIELDS = frozenset({'checkpoint_every_secs', 'log_every_steps', 'keep_checkpoints',
+                        'cache_dir', 'num_devices', 'multihost'})
+# A task's run: also how long it trains and what it does with the trained model.
+RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly'}
+# A study: also which seeds and split modes it runs. Not its stages' settings: a finished
+# stage is never rerun, and a generator's new export would leave its classifiers stale.
+STUDY_RERUN_FIELDS = RUN_FIELDS | {'seeds', 'split_modes'}
 
 
 def _flat(tree, prefix=''):
@@ -73,36 +81,40 @@ def _flat(tree, prefix=''):
   return out
 
 
-def config_changes(saved, config):
-  """['field: saved -> new', ...] of the fields (beyond RERUN_FIELDS) where two run configs
+def config_changes(saved, config, allowed=RERUN_FIELDS):
+  """['field: saved -> new', ...] of the fields (beyond `allowed`) where two run configs
   (JSON dicts) differ; fields only one of them has (another version's) are not compared."""
   old, new = _flat(saved), _flat(config)
   return [f'{k}: {old[k]!r} -> {new[k]!r}' for k in sorted(old.keys() & new.keys())
-          if old[k] != new[k] and not RERUN_FIELDS.intersection(k.split('.'))]
+          if old[k] != new[k] and not allowed.intersection(k.split('.'))]
+
+
+def changes_message(workdir, changed):
+  """The one-line error for a workdir whose run has other settings."""
+  return (f'{workdir} holds a run with other settings ({"; ".join(changed[:3])}'
+          f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose another --workdir')
 
 
 def write_config(workdir, config):
   """Writes workdir/config.json, unless workdir holds something else than this run.
 
-  A workdir is new, empty, or the same run's (resumed, or rerun with RERUN_FIELDS changed;
-  a predict run may be redone with any inputs): a run resumed with other settings would mix
-  two runs in one checkpoint, and other files in it could be someone's data. A ValueError
-  names what is there.
+  A workdir is new, empty, or the same run's (resumed, or rerun with RERUN_FIELDS changed,
+  STUDY_RERUN_FIELDS for a study; a predict run may be redone with any inputs): a run
+  resumed with other settings would mix two runs in one checkpoint, and other files in it
+  could be someone's data. A ValueError names what is there.
   """
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
   new = json.loads(text)
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
+    saved = read_config_json(workdir)
     if saved.get('task') != new['task']:
       raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
                        'choose another --workdir')
-    changed = [] if new['task'] == 'predict' else config_changes(saved, new)
+    allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
+    changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
     if changed:
-      raise ValueError(f'{workdir} holds a run with other settings ({"; ".join(changed[:3])}'
-                       f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose '
-                       'another --workdir')
+      raise ValueError(changes_message(workdir, changed))
   else:
     present = sorted(e for e in os.listdir(workdir) if not e.startswith('.'))
     if present:
