@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import jax
@@ -188,6 +189,21 @@ def test_list_inputs_folder_and_zip_agree(tmp_path):
     inputs.list_inputs(tmp_path / 'missing')
 
 
+def test_zip_members_sharing_a_path_are_read_once_the_last(tmp_path):
+  scan, blank = phantom.phantom_slice(5, 0, positive=True).image, np.zeros((40, 40), np.uint8)
+  archive = tmp_path / 'in.zip'
+  with warnings.catch_warnings(), zipfile.ZipFile(archive, 'w') as z:
+    warnings.simplefilter('ignore')  # zipfile warns of the duplicate name we mean to write
+    z.writestr('yes/a.png', _png_bytes(scan))
+    z.writestr('yes\\a.png', _png_bytes(scan))  # the same output path, written on Windows
+    z.writestr('dup.png', _png_bytes(scan))
+    z.writestr('dup.png', _png_bytes(blank))  # a name added twice: unzip leaves the last
+  listed = inputs.list_inputs(archive)
+  assert [(f.path, f.label) for f in listed] == [('dup.png', None), ('yes\\a.png', 1)]
+  with inputs.Reader() as reader:
+    assert reader.read(listed[0]).max() == 0
+
+
 def test_label_and_safe_paths():
   assert inputs.label_from_path('yes/deeper/x.png') == 1
   assert inputs.label_from_path('Br35H/no/x.png') == 0  # class folders one level down
@@ -355,7 +371,30 @@ def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   (tmp_path / 'no' / 'a.png').write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))
   first, _ = _predict(cnn_run, tmp_path, tmp_path / 'out')
   second, _ = _predict(cnn_run, tmp_path, tmp_path / 'out')  # out/ now holds a csv and json
-  assert list(first) == list(second) == ['no/a.png']
+  (tmp_path.parent / f'{tmp_path.name}_link').symlink_to(tmp_path)
+  linked, _ = _predict(cnn_run, tmp_path.parent / f'{tmp_path.name}_link', tmp_path / 'out')
+  assert list(first) == list(second) == list(linked) == ['no/a.png']
+
+
+def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
+  scan = _png_bytes(phantom.phantom_slice(5, 0, positive=True).image)
+  (tmp_path / 'first' / 'yes').mkdir(parents=True)
+  (tmp_path / 'first' / 'yes' / 'a.png').write_bytes(scan)
+  _predict(cvae_run, tmp_path / 'first', tmp_path / 'out')
+  assert (tmp_path / 'out' / 'maps' / 'yes' / 'a.png.npy').exists()
+
+  (tmp_path / 'second').mkdir()
+  latin1 = os.fsdecode(b'scan_\xe9.png')  # a name that is not UTF-8, from an old disk
+  too_long = 'x' * 250 + '.png'  # fine as an input, too long as maps/<name>.npy
+  for name in (latin1, too_long):
+    (tmp_path / 'second' / name).write_bytes(scan)
+  rows, metrics = _predict(cvae_run, tmp_path / 'second', tmp_path / 'out')
+  assert rows['scan_\\udce9.png']['status'] == 'ok'  # the CSV escapes the undecodable byte
+  assert rows[too_long]['status'] == 'ok; maps not written: File name too long'
+  assert metrics['num_without_maps'] == 1 and metrics['num_predicted'] == 2
+  assert os.listdir(tmp_path / 'out' / 'maps') == [latin1 + '.npy']  # the first run's are gone
+  with pytest.raises(ValueError, match='output folder'):
+    _predict(cvae_run, tmp_path / 'out' / 'maps', tmp_path / 'out')
 
 
 @pytest.mark.slow

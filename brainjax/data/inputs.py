@@ -18,6 +18,7 @@ import zipfile
 import zlib
 from typing import List, Optional
 
+from absl import logging
 import numpy as np
 
 from brainjax.data import image_io
@@ -70,7 +71,7 @@ class Reader:
         archive = self._archives.get(file.source)
         if archive is None:
           archive = self._archives[file.source] = zipfile.ZipFile(file.source)
-        info = archive.getinfo(file.path)
+        info = archive.getinfo(file.path)  # the last member of that name, as listed
         if info.file_size > MAX_MEMBER_BYTES:
           raise image_io.UnreadableImage(f'zip member too large ({info.file_size} bytes)')
         return archive.read(info)
@@ -116,7 +117,13 @@ def _list_zip(path: str) -> List[InputFile]:
                if not i.is_dir() and not layout.is_junk(i.filename)]
   except (zipfile.BadZipFile, OSError) as e:
     raise ValueError(f'cannot read zip input {path!r}: {e}') from None
-  return [InputFile(n, label_from_path(n), path, in_zip=True) for n in sorted(names)]
+  # Members that share a path ('a.png' twice, or 'yes\\a.png' beside 'yes/a.png') would share
+  # an output file: the last one is read, as unzip would leave it on disk.
+  last = {safe_relpath(n): n for n in names}
+  if len(last) < len(names):
+    logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
+                    'is read.', path, len(names) - len(last))
+  return [InputFile(n, label_from_path(n), path, in_zip=True) for n in sorted(last.values())]
 
 
 def list_inputs(path) -> List[InputFile]:

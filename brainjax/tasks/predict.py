@@ -32,6 +32,7 @@ import dataclasses
 import functools
 import importlib
 import os
+import shutil
 import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
@@ -466,7 +467,8 @@ def _csv_rows(prepared: Prepared, preds: Predictions, rules: Sequence[str]):
 
 
 def write_predictions_csv(path: str, fields: Sequence[str], rows: Sequence[Dict[str, Any]]):
-  with reporting.atomic_open(path, newline='') as f:
+  # A file name that is not UTF-8 (a Latin-1 disk) is written with its bytes escaped.
+  with reporting.atomic_open(path, newline='', encoding='utf-8', errors='backslashreplace') as f:
     writer = csv.DictWriter(f, fieldnames=fields, restval='')
     writer.writeheader()
     writer.writerows(rows)
@@ -481,20 +483,45 @@ def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
   return metrics
 
 
+MAP_FOLDERS = {'maps': '.npy', 'regions': '.png', 'overlays': '.png'}
+
+
 def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.ndarray,
-                       region: np.ndarray, info: preprocess_lib.CropInfo):
-  """maps/, regions/ and overlays/ of one input (re-reads the scan for the overlay)."""
+                       region: np.ndarray, info: preprocess_lib.CropInfo) -> Optional[str]:
+  """maps/, regions/ and overlays/ of one input (re-reads the scan for the overlay).
+
+  Returns None, or why they could not be written (e.g. a name too long for the file system).
+  """
   map_orig, region_orig = original_grid_outputs(image, errors, region, info)
   rel = inputs_lib.safe_relpath(item.path)
-  paths = {k: os.path.join(workdir, k, rel + ext)
-           for k, ext in (('maps', '.npy'), ('regions', '.png'), ('overlays', '.png'))}
-  for p in paths.values():
-    os.makedirs(os.path.dirname(p), exist_ok=True)
-  np.save(paths['maps'], map_orig)
-  # Fast zlib level: PNG encoding is otherwise most of a BrainCVAE prediction's time.
-  Image.fromarray(region_orig.astype(np.uint8) * 255).save(paths['regions'], compress_level=1)
-  scan = image_io.to_gray_float(item.load())
-  Image.fromarray(overlay(scan, map_orig, region_orig)).save(paths['overlays'], compress_level=1)
+  paths = {k: os.path.join(workdir, k, rel + ext) for k, ext in MAP_FOLDERS.items()}
+  try:
+    for p in paths.values():
+      os.makedirs(os.path.dirname(p), exist_ok=True)
+    np.save(paths['maps'], map_orig)
+    # Fast zlib level: PNG encoding is otherwise most of a BrainCVAE prediction's time.
+    Image.fromarray(region_orig.astype(np.uint8) * 255).save(paths['regions'], compress_level=1)
+    scan = image_io.to_gray_float(item.load())
+    Image.fromarray(overlay(scan, map_orig, region_orig)).save(paths['overlays'],
+                                                               compress_level=1)
+  except (OSError, image_io.UnreadableImage) as e:
+    return getattr(e, 'strerror', None) or str(e)
+  return None
+
+
+def _clear_map_outputs(workdir: str, input_path: str):
+  """Removes an earlier prediction's maps/, regions/ and overlays/ from this workdir."""
+  folders = [os.path.join(workdir, name) for name in MAP_FOLDERS]
+  real_input = os.path.realpath(input_path)
+  for folder in map(os.path.realpath, folders):
+    if real_input == folder or real_input.startswith(folder + os.sep):
+      raise ValueError(f'input {input_path!r} lies in an output folder of --workdir {workdir!r}, '
+                       'which a prediction replaces: choose another --workdir')
+  for folder in folders:
+    if os.path.islink(folder):  # someone's link: drop it, never what it points to
+      os.unlink(folder)
+    elif os.path.isdir(folder):
+      shutil.rmtree(folder)
 
 
 def _drop_near_duplicates(config, run: Run, prepared: Prepared,
@@ -562,9 +589,10 @@ def train_and_evaluate(config, workdir):
   if not model_dir:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
-  out = os.path.abspath(workdir) + os.sep
-  if out.startswith(os.path.abspath(input_path) + os.sep):  # the workdir is in the input:
-    files = [f for f in files if not os.path.abspath(f.source).startswith(out)]  # not ours
+  out = os.path.realpath(workdir) + os.sep
+  if out.startswith(os.path.realpath(input_path) + os.sep):  # the workdir is in the input:
+    files = [f for f in files if not os.path.realpath(f.source).startswith(out)]  # not ours
+  _clear_map_outputs(workdir, input_path)  # an earlier prediction's would mix with these
   run = load_run(model_dir)
   rules = run_rules(run, config.rules)
   logging.info('Predicting %d files of %s with the %s run %s%s.', len(files), input_path,
@@ -579,11 +607,19 @@ def train_and_evaluate(config, workdir):
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
     seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()
+    num_without_maps = 0
     if rules and config.write_maps:
       with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:
-        list(pool.map(lambda j: _write_map_outputs(
+        failures = list(pool.map(lambda j: _write_map_outputs(
             workdir, prepared.items[prepared.ok[j]], prepared.images[j, ..., 0],
             preds.errors[j], preds.region[j], prepared.infos[j]), range(len(prepared.ok))))
+      for i, failure in zip(prepared.ok, failures):
+        if failure:
+          prepared.status[i] = f'ok; maps not written: {failure}'
+          num_without_maps += 1
+      if num_without_maps:
+        logging.warning('%d maps not written; see the status column of predictions.csv.',
+                        num_without_maps)
       seconds['maps'] = time.perf_counter() - tick
 
   fields, rows = _csv_rows(prepared, preds, rules)
@@ -591,7 +627,8 @@ def train_and_evaluate(config, workdir):
   seconds['total'] = time.perf_counter() - start
   metrics = dict(num_inputs=len(files), num_predicted=len(prepared.ok),
                  num_skipped=len(files) - len(prepared.ok), num_unreadable=num_unreadable,
-                 num_near_duplicates=num_duplicates, model_task=run.task,
+                 num_near_duplicates=num_duplicates, num_without_maps=num_without_maps,
+                 model_task=run.task,
                  model_dir=os.path.abspath(model_dir),
                  **{f'seconds_{k}': v for k, v in seconds.items()})
   if rules:
