@@ -26,8 +26,18 @@ def test_benchmark_reports_every_rule():
   config.dbscan_anomaly_thresholds = (0.6,)
   config.dbscan_eps = (2.5 / 32,)
   config.dbscan_min_samples = (4,)
-  out = reference_loop.benchmark(errors, labels, config, loop_images=4, loop_grid_fraction=0.2)
+  out = reference_loop.benchmark(errors, labels, config)
   assert set(out) == set(config.rules)
   for timing in out.values():
     assert timing['fast_s'] > 0 and timing['loop_s'] > 0
     assert timing['speedup'] == timing['loop_s'] / timing['fast_s']
+    assert timing['same_selection'] is True
+
+
+def test_benchmark_says_when_the_selections_differ(monkeypatch):
+  errors, labels, _ = reference_loop.synthetic_error_maps(8, 32, seed=2)
+  config = evaluate.default_anomaly_config()
+  config.num_anomaly_thresholds = config.num_tumor_index = 4
+  monkeypatch.setattr(reference_loop, 'loop_giaem', lambda *args: ({'tumor_index': -1.0}, 0.0))
+  out = reference_loop.benchmark(errors, labels, config, rules=['giaem'])
+  assert out['giaem']['same_selection'] is False

@@ -19,8 +19,9 @@ def test_train_step_json_shape_and_peer_ratio(tmp_path, capsys):
   peer = tmp_path / 'peer.json'
   peer.write_text(json.dumps({'cnn': {'img_per_s': 2.0, 'ms_per_step': 2000.0}}))
   output = tmp_path / 'out.json'
-  bench.main(['--models', 'cnn', '--no-anomaly', '--compare', str(peer), '--output', str(output)]
-             + TINY)
+  # --compare takes the full-size networks (the peer's): the paper BrainCNN at batch 4.
+  bench.main(['--models', 'cnn', '--no-anomaly', '--compare', str(peer), '--output', str(output),
+              '--batch', '4', '--steps', '2'])
   captured = capsys.readouterr()
   printed = json.loads(captured.out.strip().splitlines()[-1])
   assert printed == json.loads(output.read_text())
@@ -82,7 +83,7 @@ def test_every_task_step_runs():
 
 
 def test_anomaly_stage_reports_every_rule(capsys):
-  bench.main(['--models', '', '--anomaly-slices', '12', '--baseline-slices', '4'] + TINY)
+  bench.main(['--models', '', '--anomaly-slices', '12'] + TINY)
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   rules = {'giaem', 'dbscan', 'kmeans', 'global_kmeans'}
   assert printed['recon_error_12_first_call_s'] > printed['recon_error_12_s'] > 0
@@ -91,7 +92,8 @@ def test_anomaly_stage_reports_every_rule(capsys):
   assert printed['anomaly_total_s'] == pytest.approx(
       printed['recon_error_12_first_call_s'] + sum(printed['anomaly_grid_search_s'].values()))
   for baseline in printed['anomaly_loop_baseline'].values():
-    assert baseline['loop_s'] >= baseline['loop_measured_s'] > 0 and baseline['speedup'] > 0
+    assert baseline['loop_s'] > 0 and baseline['speedup'] > 0
+    assert baseline['same_selection'] is True
   assert printed['anomaly_grid_search_speedup'] == pytest.approx(
       sum(b['loop_s'] for b in printed['anomaly_loop_baseline'].values())
       / sum(printed['anomaly_grid_search_s'].values()))
@@ -109,8 +111,9 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
   with pytest.raises(SystemExit, match='error: cannot run the peer'):
     bench.main(['--models', 'cnn', '--no-anomaly', '--peer', '--peer-script', str(script),
                 '--torch-python', str(tmp_path / 'no-such-python'), '--steps', '1'])
-  with pytest.raises(SystemExit):  # a tiny JAX network against the full-size peer
-    bench.parse_args(['--peer', '--preset', 'smoke'])
+  for peer in (['--peer'], ['--compare', 'peer.json']):  # a tiny network against the peer's
+    with pytest.raises(SystemExit):
+      bench.parse_args(peer + ['--preset', 'smoke'])
   with pytest.raises(SystemExit, match='error: .*no-such.json'):
     bench.main(['--models', '', '--no-anomaly', '--compare', str(tmp_path / 'no-such.json')])
 

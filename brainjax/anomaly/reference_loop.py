@@ -2,12 +2,13 @@
 by grid point, with scikit-learn and NumPy loops.
 
 Used (a) in tests, to check that the fast grid search selects the same
-hyperparameters, and (b) by the benchmark, to measure the speed-up. The loop
-recomputes what a direct implementation recomputes: GIAEM's anomalous fraction at
-every grid point, one scikit-learn DBSCAN per image and outer grid point, one
-scikit-learn KMeans per image (single-image rule) or per threshold (global rule),
-and the metric of every grid point from its own predictions. Rule definitions
-and tie-breaking are those of the fast path (see the rule modules).
+hyperparameters, and (b) by the benchmark, to measure the speed-up. The loop does
+each rule's per-image work once for the parameters it depends on, as a careful
+direct implementation would: GIAEM's anomalous fraction once per threshold, one
+scikit-learn DBSCAN per image and (threshold, eps, min_samples), one scikit-learn
+KMeans per image (single-image rule) or per threshold (global rule); then the
+metric of every grid point from its own predictions. Rule definitions and
+tie-breaking are those of the fast path (see the rule modules).
 
 Also: synthetic error maps for benchmarks and tests, and the benchmark itself.
 """
@@ -75,8 +76,8 @@ class _Best:
 def loop_giaem(errors, labels, anomaly_thresholds, tumor_indices, metric='f1'):
   best = _Best(metric)
   for t in np.asarray(anomaly_thresholds, np.float32):
+    fraction = np.mean(errors >= t, axis=1)
     for ti in np.asarray(tumor_indices, np.float64):
-      fraction = np.mean(errors >= t, axis=1)
       best.offer(labels, (fraction >= ti).astype(int),
                  dict(anomaly_threshold=float(t), tumor_index=float(ti)))
   return best.params, best.value
@@ -173,70 +174,58 @@ def loop_global_kmeans(errors, labels, anomaly_thresholds, alphas, metric='f1', 
 
 
 def benchmark(errors: np.ndarray, labels: np.ndarray, config=None,
-              loop_images: int = 30, loop_grid_fraction: float = 0.02,
               rules: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
   """Seconds of each rule's full validation grid search, fast path vs the loop.
 
-  The loop is timed on `loop_images` images (GIAEM: on a fraction of the
-  thresholds, all images; global KMeans: in full) and extrapolated linearly to
-  the full problem; its cost is linear in both. Returns {rule: {fast_s, loop_s
-  (extrapolated), speedup, fast_cpu_s, loop_cpu_s (extrapolated), ...}}; CPU
-  seconds (process time, all threads) are the fairer comparison on a shared
-  machine.
+  Both run in full on the same maps (no extrapolation) and must select the same
+  hyperparameters. Returns {rule: {fast_s, loop_s, speedup, fast_cpu_s, loop_cpu_s,
+  cpu_speedup, same_selection}}; CPU seconds (process time, all threads) are the
+  fairer comparison on a shared machine.
   """
   config = config or evaluate.default_anomaly_config()
   errors = pixel_features.check_errors(errors)
   labels = np.asarray(labels)
-  n = len(errors)
   metric = config.selection_metric
   shape = pixel_features.image_shape(errors.shape[1], config.image_shape)
   tumor_indices = evaluate.tumor_index_grid(config)
   thresholds = evaluate.anomaly_threshold_grid(config.num_anomaly_thresholds)
   global_thresholds = evaluate.anomaly_threshold_grid(config.num_global_thresholds)
   alphas = evaluate.alpha_grid(config)
-  sub = np.random.default_rng(0).choice(n, size=min(loop_images, n), replace=False)
-  image_scale = n / sub.size
-  out = {}
+  dbscan_grid = (np.sort(np.asarray(config.dbscan_anomaly_thresholds)), config.dbscan_eps,
+                 config.dbscan_min_samples, tumor_indices, metric, shape)
+  searches = {  # rule: (fast search -> Selection, loop -> (params, value))
+      'giaem': (
+          lambda: grid_search.search_giaem(errors, labels, thresholds, tumor_indices, metric),
+          lambda: loop_giaem(errors, labels, thresholds, tumor_indices, metric)),
+      'dbscan': (
+          lambda: grid_search.search_dbscan(errors, labels, *dbscan_grid),
+          lambda: loop_dbscan(errors, labels, *dbscan_grid)),
+      'kmeans': (
+          lambda: grid_search.search_kmeans_image(errors, labels, tumor_indices, metric, shape,
+                                                  config.kmeans_max_iter),
+          lambda: loop_kmeans_image(errors, labels, tumor_indices, metric, shape,
+                                    config.kmeans_max_iter)),
+      'global_kmeans': (
+          lambda: grid_search.search_global_kmeans(errors, labels, global_thresholds, alphas,
+                                                   metric, None, config.global_max_iter),
+          lambda: loop_global_kmeans(errors, labels, global_thresholds, alphas, metric,
+                                     config.global_max_iter)),
+  }
 
   def timed(fn):
-    """(wall seconds, CPU seconds of all threads of this process)."""
+    """(result, wall seconds, CPU seconds of all threads of this process)."""
     start, start_cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - start, time.process_time() - start_cpu
+    result = fn()
+    return result, time.perf_counter() - start, time.process_time() - start_cpu
 
+  out = {}
   for rule in rules or config.rules:
-    if rule == 'giaem':
-      fast = timed(lambda: grid_search.search_giaem(errors, labels, thresholds, tumor_indices,
-                                                    metric))
-      # every grid point touches all images: time a slice of the grid on all images
-      k = max(1, int(round(thresholds.size * loop_grid_fraction)))
-      loop = timed(lambda: loop_giaem(errors, labels, thresholds[:k], tumor_indices, metric))
-      scale, note = thresholds.size / k, f'{k} of {thresholds.size} thresholds'
-    elif rule == 'dbscan':
-      args = (np.sort(np.asarray(config.dbscan_anomaly_thresholds)), config.dbscan_eps,
-              config.dbscan_min_samples, tumor_indices, metric, shape)
-      fast = timed(lambda: grid_search.search_dbscan(errors, labels, *args))
-      loop = timed(lambda: loop_dbscan(errors[sub], labels[sub], *args))
-      scale, note = image_scale, f'{sub.size} of {n} images'
-    elif rule == 'kmeans':
-      fast = timed(lambda: grid_search.search_kmeans_image(
-          errors, labels, tumor_indices, metric, shape, config.kmeans_max_iter))
-      loop = timed(lambda: loop_kmeans_image(errors[sub], labels[sub], tumor_indices, metric,
-                                             shape, config.kmeans_max_iter))
-      scale, note = image_scale, f'{sub.size} of {n} images'
-    elif rule == 'global_kmeans':
-      fast = timed(lambda: grid_search.search_global_kmeans(
-          errors, labels, global_thresholds, alphas, metric, None, config.global_max_iter))
-      # Every threshold: one KMeans over all images each, whose cost varies 4x along
-      # the grid (most at both ends), so a slice of it would not extrapolate.
-      loop = timed(lambda: loop_global_kmeans(errors, labels, global_thresholds, alphas, metric,
-                                              config.global_max_iter))
-      scale, note = 1.0, f'all {global_thresholds.size} thresholds'
-    else:
+    if rule not in searches:
       raise ValueError(f'unknown anomaly rule {rule!r}')
-    (fast, fast_cpu), (loop, loop_cpu) = fast, loop
-    out[rule] = dict(fast_s=fast, loop_s=loop * scale, loop_measured_s=loop,
-                     speedup=loop * scale / fast, fast_cpu_s=fast_cpu, loop_cpu_s=loop_cpu * scale,
-                     cpu_speedup=loop_cpu * scale / max(fast_cpu, 1e-9),
-                     loop_extrapolated_from=note)
+    fast_search, loop_search = searches[rule]
+    found, fast, fast_cpu = timed(fast_search)
+    (params, _), loop, loop_cpu = timed(loop_search)
+    out[rule] = dict(fast_s=fast, loop_s=loop, speedup=loop / fast, fast_cpu_s=fast_cpu,
+                     loop_cpu_s=loop_cpu, cpu_speedup=loop_cpu / max(fast_cpu, 1e-9),
+                     same_selection=found.params == params)
   return out
