@@ -159,6 +159,8 @@ def test_vae_task_trains_resumes_and_exports(tmp_path):
   again = vae_gen.train_and_evaluate(config, workdir)
   np.testing.assert_equal(again, first)  # the same metrics.json, the last losses included
   assert 'train_loss' in again
+  trained = open(os.path.join(workdir, 'metrics.json')).read()
   regenerated = vae_gen.train_and_evaluate(
       ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
-  assert regenerated['exported'] == 10
+  assert regenerated['exported'] == 10 and regenerated['train_loss'] == first['train_loss']
+  assert open(os.path.join(workdir, 'metrics.json')).read() == trained  # training's kept

@@ -108,10 +108,62 @@ def test_training_on_an_export_without_a_needed_class_is_a_clear_error(tmp_path)
   from brainjax.tasks import datasets
   synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})  # tumour slices only
   config = cnn_cls.get_config('synthetic,smoke')
-  config.synthetic_dirs = str(tmp_path)
+  config.synthetic_dirs, config.data.image_size = str(tmp_path), 16
   real = synthetic.read_synthetic(str(tmp_path))  # (stands in for the real training slices)
   with pytest.raises(ValueError, match='hold no negative slices'):
     datasets.training_examples(config, real)  # BrainCNN needs both classes
   with pytest.raises(ValueError, match='hold no negative slices'):
     datasets.training_examples(config, real, NEGATIVE)  # the CVAE healthy ones
   assert len(datasets.training_examples(config, real, POSITIVE)) == 2
+  config.data.image_size = 32  # not a shape error deep in the model
+  with pytest.raises(ValueError, match='hold 16x16 slices, this run reads 32x32'):
+    datasets.training_examples(config, real, POSITIVE)
+
+
+def test_a_class_being_replaced_is_never_read_under_the_old_provenance(tmp_path, monkeypatch):
+  out = str(tmp_path)
+  synthetic.write_synthetic(out, _images(3), POSITIVE, {'run': 'a'})
+  real_replace = os.replace
+
+  def killed_after_the_swap(src, dst):
+    if dst.endswith('manifest.json') and '"b"' in open(src).read():
+      raise KeyboardInterrupt  # the new images are in place, their manifest entry is not
+    return real_replace(src, dst)
+
+  monkeypatch.setattr(os, 'replace', killed_after_the_swap)
+  with pytest.raises(KeyboardInterrupt):
+    synthetic.write_synthetic(out, _images(3, seed=1), POSITIVE, {'run': 'b'})
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match='does not list it'):
+    synthetic.read_synthetic(out)
+  synthetic.write_synthetic(out, _images(3, seed=1), POSITIVE, {'run': 'b'})  # redone
+  assert len(synthetic.read_synthetic(out)) == 3
+
+
+def test_an_export_replacing_a_class_while_it_is_read_is_an_error(tmp_path, monkeypatch):
+  out = str(tmp_path)
+  synthetic.write_synthetic(out, _images(3), POSITIVE, {'run': 'a'})
+  real_open = synthetic.Image.open
+  def open_during_an_export(path, *args):
+    if path.endswith('00000.png'):  # another process re-exports after the first image
+      synthetic.write_synthetic(out, _images(3, seed=1), POSITIVE, {'run': 'b'})
+    return real_open(path, *args)
+  monkeypatch.setattr(synthetic.Image, 'open', open_during_an_export)
+  with pytest.raises(ValueError, match='replaced while it was read'):
+    synthetic.read_synthetic(out)
+
+
+def test_names_widen_past_99999_and_sort_in_their_order():
+  assert synthetic._file_names(3) == ['00000.png', '00001.png', '00002.png']
+  names = synthetic._file_names(100001)  # '100000.png' would sort before '10001.png'
+  assert names[0] == '000000.png' and names[-1] == '100000.png' and sorted(names) == names
+
+
+def test_an_export_is_readable_by_others_under_the_umask(tmp_path):
+  old = os.umask(0o022)
+  try:
+    synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})
+  finally:
+    os.umask(old)
+  assert (tmp_path / 'manifest.json').stat().st_mode & 0o777 == 0o644
+  assert (tmp_path / 'yes').stat().st_mode & 0o777 == 0o755

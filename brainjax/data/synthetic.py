@@ -5,15 +5,16 @@ Layout of an export folder:
   out_dir/yes/00000.png   8-bit grayscale, already preprocessed (size x size)
   out_dir/no/00000.png
 
-Each class is written to a temporary folder and renamed into place, and the
-manifest is replaced atomically, so an interrupted export never leaves a
-half-written class folder behind. Reading does not crop again: the images are
-already in the preprocessed frame.
+Each class is written to a staging folder and renamed into place, and the
+manifest is replaced atomically. A class's manifest entry is dropped before its
+folder is replaced and written after, so an interrupted export leaves a class the
+reader refuses, never one image set under another's provenance. Names have at
+least five digits, more when the count needs them. Reading does not crop again:
+the images are already in the preprocessed frame.
 """
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Dict
 
 import numpy as np
@@ -43,15 +44,29 @@ def _read_manifest(out_dir: str) -> Dict[str, Any]:
 
 
 def _write_json_atomic(path: str, value) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.manifest.', suffix='.tmp')
+  # A name of this process's own, made with open() (not mkstemp: its 0600 mode would keep
+  # other users of a shared study folder from reading the export).
+  tmp = os.path.join(os.path.dirname(path), f'.manifest.{os.getpid()}.tmp')
   try:
-    with os.fdopen(fd, 'w') as f:
+    with open(tmp, 'w') as f:
       json.dump(value, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
+
+
+def _fresh_folder(path: str) -> str:
+  """An empty folder at `path` (made with the umask's mode, unlike mkdtemp's 0700)."""
+  shutil.rmtree(path, ignore_errors=True)  # a leftover of a killed process with this pid
+  os.makedirs(path)
+  return path
+
+
+def _file_names(count: int):
+  width = max(5, len(str(count - 1)))
+  return [f'{i:0{width}d}.png' for i in range(count)]
 
 
 def write_synthetic(out_dir: str, images: np.ndarray, label: int,
@@ -91,13 +106,15 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
     manifest = {'format': FORMAT, 'classes': {}}
     _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
   pixels = np.round(np.clip(images[..., 0], 0.0, 1.0) * 255.0).astype(np.uint8)
-  staging = tempfile.mkdtemp(dir=out_dir, prefix=f'.{folder}.')
+  staging = _fresh_folder(os.path.join(out_dir, f'.{folder}.{os.getpid()}.staging'))
   try:
-    for i, pixel in enumerate(pixels):
-      Image.fromarray(pixel, mode='L').save(os.path.join(staging, f'{i:05d}.png'))
+    for name, pixel in zip(_file_names(len(pixels)), pixels):
+      Image.fromarray(pixel, mode='L').save(os.path.join(staging, name))
     final = os.path.join(out_dir, folder)
+    if manifest['classes'].pop(folder, None) is not None:  # unlisted while it is replaced
+      _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
     if os.path.exists(final):
-      trash = tempfile.mkdtemp(dir=out_dir, prefix=f'.{folder}.old.')
+      trash = _fresh_folder(os.path.join(out_dir, f'.{folder}.{os.getpid()}.old'))
       os.replace(final, os.path.join(trash, folder))
       os.replace(staging, final)
       shutil.rmtree(trash)
@@ -128,10 +145,11 @@ def read_synthetic(out_dir: str) -> Examples:
       if names:
         raise ValueError(f'{path} has {len(names)} images but the manifest does not list it')
       continue
-    expected = [f'{i:05d}.png' for i in range(int(entry.get('count', -1)))]
+    expected = _file_names(max(0, int(entry.get('count', 0))))
     if names != expected:
-      raise ValueError(f'{path} holds {len(names)} images but the manifest says '
-                       f'{entry.get("count")} (expected 00000.png ... in order)')
+      raise ValueError(f'{path} holds {len(names)} images named {names[:1]}...{names[-1:]}, '
+                       f'but the manifest says {entry.get("count")} named {expected[:1]}...')
+    folder_id = os.stat(path).st_ino
     for name in names:
       with Image.open(os.path.join(path, name)) as image:
         pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
@@ -142,6 +160,11 @@ def read_synthetic(out_dir: str) -> Examples:
       images.append(pixels)
       labels.append(label)
       ids.append(f'{folder}/{name}')
+    # An export replacing this class while it was read would mix two image sets.
+    if os.stat(path).st_ino != folder_id or _read_manifest(out_dir)['classes'].get(
+        folder) != entry:
+      raise ValueError(f'{path} was replaced while it was read (an export running?): '
+                       'read it again once the export is done')
   if not images:
     raise ValueError(f'{out_dir} holds no synthetic images')
   return Examples(images=np.stack(images)[..., None], labels=np.asarray(labels, np.int32),

@@ -82,6 +82,11 @@ def training_examples(config, real_train, label=None):
     if missing:
       raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} hold no {" or ".join(missing)} '
                        f'slices: export them too (configs/vae_gen.py:{missing[0]})')
+    size = config.data.image_size
+    if synthetic_part.images.shape[1:3] != (size, size):
+      raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} hold '
+                       f'{"x".join(map(str, synthetic_part.images.shape[1:3]))} slices, this run '
+                       f'reads {size}x{size} (data.image_size): export at that size')
     parts[config.train_data].append(synthetic_part)
   train = examples_lib.concatenate(parts[config.train_data])
   return train if label is None else train.with_label(label)

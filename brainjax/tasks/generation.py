@@ -69,8 +69,11 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
     if config.export[field] < 1:
       raise ValueError(f'export.{field}={config.export[field]}: it must be at least 1')
   if config.mode == 'generate':
-    state, _ = checkpoints.restore_latest(workdir, state)
-    summary = {}
+    state, meta = checkpoints.restore_latest(workdir, state)
+    # A re-export changes what was exported, not what training measured.
+    metrics_path = os.path.join(workdir, 'metrics.json')
+    summary = (reporting.read_metrics_json(workdir) if os.path.isfile(metrics_path)
+               else dict(meta.get('summary', {})))
   elif config.mode == 'train':
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
     state, summary = loop.fit(config, workdir, state, step_fn,

@@ -11,6 +11,8 @@ import tensorboardX
 
 
 def _json_number(value):
+  if value is None:  # read back from a metrics.json
+    return None
   value = float(value)
   return value if math.isfinite(value) else None  # JSON has no NaN; null says "undefined"
 
