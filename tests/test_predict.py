@@ -388,6 +388,9 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
   too_long = 'x' * 250 + '.png'  # fine as an input, too long as maps/<name>.npy
   for name in (latin1, too_long):
     (tmp_path / 'second' / name).write_bytes(scan)
+  with pytest.raises(FileNotFoundError):  # a rerun that fails keeps the earlier maps
+    _predict(tmp_path / 'no_such_run', tmp_path / 'second', tmp_path / 'out')
+  assert (tmp_path / 'out' / 'maps' / 'yes' / 'a.png.npy').exists()
   rows, metrics = _predict(cvae_run, tmp_path / 'second', tmp_path / 'out')
   assert rows['scan_\\udce9.png']['status'] == 'ok'  # the CSV escapes the undecodable byte
   assert rows[too_long]['status'] == 'ok; maps not written: File name too long'

@@ -77,6 +77,7 @@ def test_a_finished_stage_of_other_settings_is_an_error(tmp_path):
   reporting.write_config(stage, sub)
   reporting.write_metrics_json(stage, {'accuracy': 0.5, 'auroc': float('nan')})
   sub.cache_dir = str(tmp_path / 'elsewhere')  # how it runs: the stage is still done
+  sub.synthetic_dirs = str(tmp_path / 'moved' / 'synthetic')  # so is a moved study's stage
   assert study.run_stage('cnn_cls', sub, stage) == {'accuracy': 0.5, 'auroc': None}
   sub.learning_rate = 0.5  # e.g. another version's default
   with pytest.raises(ValueError, match='learning_rate'):

@@ -140,13 +140,15 @@ def test_a_class_being_replaced_is_never_read_under_the_old_provenance(tmp_path,
   assert len(synthetic.read_synthetic(out)) == 3
 
 
-def test_an_export_replacing_a_class_while_it_is_read_is_an_error(tmp_path, monkeypatch):
+@pytest.mark.parametrize('new_count', [3, 2])  # the same names, or fewer of them
+def test_an_export_replacing_a_class_while_it_is_read_is_an_error(new_count, tmp_path,
+                                                                  monkeypatch):
   out = str(tmp_path)
   synthetic.write_synthetic(out, _images(3), POSITIVE, {'run': 'a'})
   real_open = synthetic.Image.open
   def open_during_an_export(path, *args):
     if path.endswith('00000.png'):  # another process re-exports after the first image
-      synthetic.write_synthetic(out, _images(3, seed=1), POSITIVE, {'run': 'b'})
+      synthetic.write_synthetic(out, _images(new_count, seed=1), POSITIVE, {'run': 'b'})
     return real_open(path, *args)
   monkeypatch.setattr(synthetic.Image, 'open', open_during_an_export)
   with pytest.raises(ValueError, match='replaced while it was read'):

@@ -149,22 +149,26 @@ def read_synthetic(out_dir: str) -> Examples:
     if names != expected:
       raise ValueError(f'{path} holds {len(names)} images named {names[:1]}...{names[-1:]}, '
                        f'but the manifest says {entry.get("count")} named {expected[:1]}...')
-    folder_id = os.stat(path).st_ino
-    for name in names:
-      with Image.open(os.path.join(path, name)) as image:
-        pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
-      if shape is None:
-        shape = pixels.shape
-      elif pixels.shape != shape:
-        raise ValueError(f'{path}/{name} is {pixels.shape}, other images are {shape}')
-      images.append(pixels)
-      labels.append(label)
-      ids.append(f'{folder}/{name}')
-    # An export replacing this class while it was read would mix two image sets.
-    if os.stat(path).st_ino != folder_id or _read_manifest(out_dir)['classes'].get(
-        folder) != entry:
-      raise ValueError(f'{path} was replaced while it was read (an export running?): '
-                       'read it again once the export is done')
+    replaced = ValueError(f'{path} was replaced while it was read (an export running?): '
+                          'read it again once the export is done')
+    try:
+      folder_id = os.stat(path).st_ino
+      for name in names:
+        with Image.open(os.path.join(path, name)) as image:
+          pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
+        if shape is None:
+          shape = pixels.shape
+        elif pixels.shape != shape:
+          raise ValueError(f'{path}/{name} is {pixels.shape}, other images are {shape}')
+        images.append(pixels)
+        labels.append(label)
+        ids.append(f'{folder}/{name}')
+      # An export replacing this class while it was read would mix two image sets.
+      if os.stat(path).st_ino != folder_id or _read_manifest(out_dir)['classes'].get(
+          folder) != entry:
+        raise replaced
+    except FileNotFoundError:  # the folder was moved aside, or a file went with it
+      raise replaced from None
   if not images:
     raise ValueError(f'{out_dir} holds no synthetic images')
   return Examples(images=np.stack(images)[..., None], labels=np.asarray(labels, np.int32),

@@ -509,15 +509,19 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
   return None
 
 
-def _clear_map_outputs(workdir: str, input_path: str):
-  """Removes an earlier prediction's maps/, regions/ and overlays/ from this workdir."""
-  folders = [os.path.join(workdir, name) for name in MAP_FOLDERS]
+def _check_input_outside_map_folders(workdir: str, input_path: str):
+  """The map folders are replaced by each prediction: they must not hold its input."""
   real_input = os.path.realpath(input_path)
-  for folder in map(os.path.realpath, folders):
+  for name in MAP_FOLDERS:
+    folder = os.path.realpath(os.path.join(workdir, name))
     if real_input == folder or real_input.startswith(folder + os.sep):
       raise ValueError(f'input {input_path!r} lies in an output folder of --workdir {workdir!r}, '
                        'which a prediction replaces: choose another --workdir')
-  for folder in folders:
+
+
+def _clear_map_outputs(workdir: str):
+  """Removes an earlier prediction's maps/, regions/ and overlays/ from this workdir."""
+  for folder in (os.path.join(workdir, name) for name in MAP_FOLDERS):
     if os.path.islink(folder):  # someone's link: drop it, never what it points to
       os.unlink(folder)
     elif os.path.isdir(folder):
@@ -592,7 +596,7 @@ def train_and_evaluate(config, workdir):
   out = os.path.realpath(workdir) + os.sep
   if out.startswith(os.path.realpath(input_path) + os.sep):  # the workdir is in the input:
     files = [f for f in files if not os.path.realpath(f.source).startswith(out)]  # not ours
-  _clear_map_outputs(workdir, input_path)  # an earlier prediction's would mix with these
+  _check_input_outside_map_folders(workdir, input_path)
   run = load_run(model_dir)
   rules = run_rules(run, config.rules)
   logging.info('Predicting %d files of %s with the %s run %s%s.', len(files), input_path,
@@ -607,6 +611,7 @@ def train_and_evaluate(config, workdir):
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
     seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()
+    _clear_map_outputs(workdir)  # an earlier prediction's, once this one has its results
     num_without_maps = 0
     if rules and config.write_maps:
       with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:

@@ -49,12 +49,17 @@ def sub_config(config, task, variant, split_mode, seed):
   return sub
 
 
+# Stage fields that are paths inside the study's workdir: they change when it moves.
+_STAGE_PATHS = frozenset({'dir', 'synthetic_dirs'})
+
+
 def run_stage(task, sub, workdir):
   """Runs one task unless its metrics.json already exists; returns its metrics as written."""
   if os.path.exists(os.path.join(workdir, 'metrics.json')):
     # Another version's stage defaults may differ: its metrics would not be this config's.
     changed = reporting.config_changes(reporting.read_config_json(workdir),
-                                       json.loads(sub.to_json_best_effort()), reporting.RUN_FIELDS)
+                                       json.loads(sub.to_json_best_effort()),
+                                       reporting.RUN_FIELDS | _STAGE_PATHS)
     if changed:
       raise ValueError(reporting.changes_message(workdir, changed))
     return reporting.read_metrics_json(workdir)
