@@ -82,3 +82,10 @@ def test_a_finished_stage_of_other_settings_is_an_error(tmp_path):
   sub.learning_rate = 0.5  # e.g. another version's default
   with pytest.raises(ValueError, match='learning_rate'):
     study.run_stage('cnn_cls', sub, stage)
+
+
+def test_a_study_whose_seeds_share_generators_is_not_resumed(tmp_path):
+  config = study_config.get_config('quick,smoke')
+  (tmp_path / 'random' / 'generators' / 'vae_positive').mkdir(parents=True)  # the old layout
+  with pytest.raises(ValueError, match='share one set of generators'):
+    study.train_and_evaluate(config, str(tmp_path))

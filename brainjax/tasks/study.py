@@ -163,8 +163,19 @@ def check_config(config):
                      f'study does not train (generators={config.generators!r})')
 
 
+def check_layout(config, workdir):
+  """A study begun before each seed had its own generators cannot be resumed: its later
+  seeds' finished stages trained on generators that saw their test slices."""
+  for split_mode in config.split_modes.split(','):
+    if os.path.isdir(os.path.join(workdir, split_mode, 'generators')):
+      raise ValueError(f'{workdir} holds a study whose seeds share one set of generators '
+                       '(an earlier brainjax; their later seeds were tested on slices those '
+                       'generators saw): run the study in a new --workdir')
+
+
 def train_and_evaluate(config, workdir):
   check_config(config)
+  check_layout(config, workdir)
   results, quality = [], {}
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
