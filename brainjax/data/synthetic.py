@@ -65,13 +65,14 @@ def _fresh_folder(path: str) -> str:
 
 
 def _file_names(count: int):
+  """00000.png, 00001.png, ...: one width for all, so text order is numeric order."""
   width = max(5, len(str(count - 1)))
   return [f'{i:0{width}d}.png' for i in range(count)]
 
 
 def write_synthetic(out_dir: str, images: np.ndarray, label: int,
                     provenance: Dict[str, Any]) -> str:
-  """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/{i:05d}.png.
+  """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/00000.png, ...
 
   out_dir must be new, empty or an export: that class's folder is replaced if present
   and its entry (provenance plus 'count') merged into the manifest. Returns the class
