@@ -36,6 +36,10 @@ def test_groups_link_copies_transitively():
   assert len(set(groups[[0, 1, 2, 3]])) == 4
   assert dedup.group_summary(groups) == {'images': 8, 'groups': 4, 'grouped_images': 6,
                                          'largest_group': 3}
+  # A user's own group ids (make_split takes any) are counted too, not only small integers.
+  named = np.array([f'g{g}' for g in groups])
+  assert dedup.group_summary(named) == dedup.group_summary(groups - 100)
+  assert dedup.group_summary(named) == dedup.group_summary(groups)
   # A stricter threshold never merges more.
   assert len(np.unique(dedup.near_duplicate_groups(images, 0.9999))) >= 4
 

@@ -120,7 +120,6 @@ def group_summary(groups: np.ndarray) -> dict:
   groups = np.asarray(groups)
   if groups.size == 0:
     return {'images': 0, 'groups': 0, 'grouped_images': 0, 'largest_group': 0}
-  sizes = np.bincount(groups)
-  sizes = sizes[sizes > 0]
+  _, sizes = np.unique(groups, return_counts=True)  # any ids: negative, strings, hashes
   return {'images': int(groups.size), 'groups': int(len(sizes)),
           'grouped_images': int(sizes[sizes > 1].sum()), 'largest_group': int(sizes.max())}

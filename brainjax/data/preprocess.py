@@ -6,7 +6,7 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
   2. Background level = median of the outer 2% ring of the image, or the 5th
      percentile of the image if lower (some files have a white frame along the
      border); noise = MAD of the high-pass residual of background pixels.
-     Foreground = pixels above background + max(10% of the contrast up to
+     Foreground = pixels above background + max(6% of the contrast up to
      the 99.5th percentile, 3 noise sigmas).
   3. Straight frame lines (longer than 75% of the image one way, thin the
      other) are removed, then a 3x3 binary opening removes specks and text
