@@ -37,7 +37,7 @@ def make_state(model, learning_rate=0.05):
   return TrainState.create(variables, optax.inject_hyperparams(optax.adam)(learning_rate))
 
 
-def train_step(state, batch, rng, *, model, axis_name=None, poison_at=-1):
+def train_step(state, batch, rng, *, model, axis_name=None, poison_at=-1, nan_grad_at=-1):
   noise = parallel.example_normal(rng, batch['x'].shape[0], (), axis_name)
 
   def loss_fn(params):
@@ -49,6 +49,8 @@ def train_step(state, batch, rng, *, model, axis_name=None, poison_at=-1):
 
   (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = parallel.mean_over_devices(grads, axis_name)
+  # A finite loss with a NaN gradient (the gradient of sqrt at 0, say).
+  grads = jax.tree.map(lambda g: jnp.where(state.step == nan_grad_at, jnp.nan, g), grads)
   return state.apply_gradients(grads, stats), parallel.mean_over_devices({'loss': loss}, axis_name)
 
 
@@ -69,9 +71,10 @@ def predict_and_improve(state):
   return {'loss': 1.0 / (1 + int(state.step)), 'pred_mean': float(jnp.mean(pred))}
 
 
-def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1):
+def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1, nan_grad_at=-1):
   axis = parallel.AXIS if cfg.num_devices > 1 else None
-  step = functools.partial(train_step, model=TinyNet(axis), poison_at=poison_at)
+  step = functools.partial(train_step, model=TinyNet(axis), poison_at=poison_at,
+                           nan_grad_at=nan_grad_at)
   return loop.fit(cfg, str(workdir), make_state(TinyNet()), step, data(), hooks=hooks,
                   evaluate=evaluate)
 
@@ -152,6 +155,21 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   state, _ = checkpoints.restore_latest(str(tmp_path), make_state(TinyNet()))
   assert int(state.step) == 6
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_a_finite_loss_with_a_non_finite_update_is_never_saved(tmp_path):
+  # The 6th update makes the parameters NaN while its step's loss (of the old ones) is finite.
+  with pytest.raises(FloatingPointError,
+                     match=r'non-finite parameters or optimizer state at step 6.*\(step 5\)'):
+    run(tmp_path, config(), nan_grad_at=5)
+  state, _ = checkpoints.restore_latest(str(tmp_path), make_state(TinyNet()))
+  assert int(state.step) == 5
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_a_non_finite_loss_before_the_first_save_names_no_checkpoint(tmp_path):
+  with pytest.raises(FloatingPointError, match='by step 3 .*No checkpoint had been saved yet'):
+    run(tmp_path, config(checkpoint_every_secs=3600.0), poison_at=2)
 
 
 def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):

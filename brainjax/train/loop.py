@@ -72,11 +72,20 @@ def _batch_shapes(arrays, batch_size, num_devices):
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
+def _non_finite(what, step, last_saved, workdir):
+  kept = (f'The last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints.'
+          if last_saved is not None else 'No checkpoint had been saved yet.')
+  return FloatingPointError(f'non-finite {what}; stopped. {kept}')
+
+
 def _check_finite(totals, step, last_saved, workdir):
   if not all(math.isfinite(v) for v in totals.values()):
-    raise FloatingPointError(
-        f'non-finite loss by step {step} ({totals}); stopped. The last good checkpoint '
-        f'(step {last_saved}) is kept in {workdir}/checkpoints.')
+    raise _non_finite(f'loss by step {step} ({totals})', step, last_saved, workdir)
+
+
+def _all_finite(host_state):
+  return all(np.isfinite(x).all() for x in jax.tree.leaves(host_state)
+             if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
 def fit(config, workdir, state, train_step, train_arrays, *,
@@ -114,13 +123,19 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
-  last_saved, last_save_time = step, time.monotonic()
+  last_saved = step if latest.latest_step() is not None else None  # (for error messages)
+  last_save_time = time.monotonic()
   pending_best = None  # a new best (step, state, meta), written with the next save
 
   def save(host_state):
     # The latest checkpoint and the best one are written together, so the best on disk is
     # always the one the latest checkpoint's meta names (a resumed run continues from both).
     nonlocal pending_best, last_saved, last_save_time
+    # A finite loss can come with a non-finite update (e.g. the gradient of sqrt at 0): such
+    # a state is never saved, or every rerun would resume into it.
+    if not _all_finite(host_state):
+      raise _non_finite(f'parameters or optimizer state at step {step}', step, last_saved,
+                        workdir)
     if pending_best is not None:
       best_step, best_state, best_meta = pending_best
       checkpoints.save(best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
@@ -164,6 +179,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     p_train_step = p_train_step.lower(
         state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
     logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
+  if step > total_steps:  # a run stopped mid-epoch, rerun with fewer epochs
+    logging.warning('The run has trained %d steps, more than num_epochs=%d give (%d): its '
+                    'state at step %d is used.', step, config.num_epochs, total_steps, step)
   logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
                'of %d process(es).', total_steps, config.num_epochs, per_epoch,
                config.batch_size, len(devices), jax.process_count())
