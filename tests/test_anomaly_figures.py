@@ -17,3 +17,19 @@ def test_writes_png(tmp_path):
       labels[picked], predictions=np.array([1, 0, 0, 0]), names=list('abcd'), title='GIAEM')
   with Image.open(path) as png:
     assert png.format == 'PNG' and png.size[0] > 300 and png.size[1] > 300
+
+
+def test_a_rerun_without_giaem_leaves_no_giaem_figure(tmp_path, cache_dir):
+  # A rerun may change anomaly.rules; the figure of a rule it no longer runs would be stale.
+  import os
+  from brainjax.tasks import cvae_cls
+  from configs import cvae_cls as cvae_config
+  config = cvae_config.get_config('real,smoke')
+  config.cache_dir = cache_dir
+  workdir = str(tmp_path)
+  cvae_cls.train_and_evaluate(config, workdir)
+  figure = os.path.join(workdir, 'figures', 'anomaly_examples.png')
+  assert os.path.exists(figure)
+  config.anomaly.rules = ('kmeans',)
+  metrics = cvae_cls.train_and_evaluate(config, workdir)
+  assert 'giaem_f1' not in metrics and not os.path.exists(figure)

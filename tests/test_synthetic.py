@@ -169,3 +169,22 @@ def test_an_export_is_readable_by_others_under_the_umask(tmp_path):
     os.umask(old)
   assert (tmp_path / 'manifest.json').stat().st_mode & 0o777 == 0o644
   assert (tmp_path / 'yes').stat().st_mode & 0o777 == 0o755
+
+
+def test_an_export_from_a_generator_of_another_split_is_refused(tmp_path):
+  # A generator trained on seed 0's split saw slices that seed 1's classifier tests on.
+  from configs import cnn_cls, vae_gen
+  from brainjax.tasks import datasets
+  generator = vae_gen.get_config('positive,smoke')
+  for label in (POSITIVE, NEGATIVE):
+    synthetic.write_synthetic(str(tmp_path), _images(2), label,
+                              {'split_key': datasets.split_key(generator)})
+  config = cnn_cls.get_config('synthetic,smoke')
+  config.synthetic_dirs = str(tmp_path)
+  assert len(datasets.synthetic_examples(config)) == 4
+  config.seed = 1
+  with pytest.raises(ValueError, match=r'another split .*seed: 0 -> 1'):
+    datasets.synthetic_examples(config)
+  config.seed, config.split = 0, 'grouped'
+  with pytest.raises(ValueError, match=r"another split .*split: 'random' -> 'grouped'"):
+    datasets.synthetic_examples(config)

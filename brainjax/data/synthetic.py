@@ -28,7 +28,7 @@ MANIFEST = 'manifest.json'
 _FOLDERS = {POSITIVE: 'yes', NEGATIVE: 'no'}
 
 
-def _read_manifest(out_dir: str) -> Dict[str, Any]:
+def read_manifest(out_dir: str) -> Dict[str, Any]:
   path = os.path.join(out_dir, MANIFEST)
   if not os.path.isfile(path):
     raise ValueError(f'{out_dir} is not a synthetic export: {MANIFEST} is missing')
@@ -94,7 +94,7 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
   folder = _FOLDERS[label]
   os.makedirs(out_dir, exist_ok=True)
   if os.path.exists(os.path.join(out_dir, MANIFEST)):
-    manifest = _read_manifest(out_dir)
+    manifest = read_manifest(out_dir)
   else:
     # Only a folder this module made is ever written into: a class folder replaced here
     # could be someone's scans. So a new export claims an empty folder with its manifest
@@ -131,7 +131,7 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
 
 def read_synthetic(out_dir: str) -> Examples:
   """Reads an export folder as Examples (ids like 'yes/00012.png'), no cropping."""
-  manifest = _read_manifest(out_dir)
+  manifest = read_manifest(out_dir)
   unknown = set(manifest['classes']) - set(_FOLDERS.values())
   if unknown:
     raise ValueError(f'{out_dir}/{MANIFEST} names unknown classes {sorted(unknown)}')
@@ -165,7 +165,7 @@ def read_synthetic(out_dir: str) -> Examples:
         labels.append(label)
         ids.append(f'{folder}/{name}')
       # An export replacing this class while it was read would mix two image sets.
-      if os.stat(path).st_ino != folder_id or _read_manifest(out_dir)['classes'].get(
+      if os.stat(path).st_ino != folder_id or read_manifest(out_dir)['classes'].get(
           folder) != entry:
         raise replaced
     except FileNotFoundError:  # the folder was moved aside, or a file went with it

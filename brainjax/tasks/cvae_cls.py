@@ -117,10 +117,13 @@ def train_and_evaluate(config, workdir):
   for name, array in fitted.items():  # what predict needs to apply the rules to new slices
     reporting.save_array(workdir, f'{name}.npy', array)
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
+  figure = os.path.join(workdir, 'figures', 'anomaly_examples.png')
+  if os.path.exists(figure):  # an earlier evaluation's, maybe with other rules
+    os.remove(figure)
   if 'giaem_anomaly_threshold' in metrics:
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
     figures.save_anomaly_figure(
-        os.path.join(workdir, 'figures', 'anomaly_examples.png'), test.images[pick],
+        figure, test.images[pick],
         np.asarray(reconstruct(model, best.variables, test.images[pick])), test_errors[pick],
         test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
         names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')

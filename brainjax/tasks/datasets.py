@@ -5,8 +5,10 @@ real / synthetic / mixed variants of a classifier are scored on exactly the same
 Generators train only on slices that are in the training part of both protocols, so no
 synthetic image is derived from a slice a classifier is later tested on.
 """
+import json
 import os
 
+from absl import logging
 import numpy as np
 
 from brainjax.data import dedup
@@ -15,6 +17,7 @@ from brainjax.data import sources
 from brainjax.data import splits
 from brainjax.data import synthetic
 from brainjax.data.examples import NEGATIVE, POSITIVE
+from brainjax.train import reporting
 
 LABEL_NAMES = {'negative': NEGATIVE, 'positive': POSITIVE}
 
@@ -44,6 +47,16 @@ def split(config, source, protocol):
                            seed=config.seed, groups=groups, threshold=config.dedup_threshold)
 
 
+def split_key(config):
+  """What decides which real slices are train, validation and test: a generator's export
+  records it, and a classifier reads only exports whose generator saw its own split."""
+  data = config.data.to_dict()
+  if data.get('data_dir'):
+    data['data_dir'] = os.path.realpath(data['data_dir'])
+  return json.loads(json.dumps(dict(data=data, split=config.split, seed=config.seed,
+                                    dedup_threshold=config.dedup_threshold)))
+
+
 def generator_training_set(config, source, label):
   """Slices of class `label` that are training data under both protocols."""
   examples = source.examples
@@ -66,7 +79,24 @@ def synthetic_examples(config):
       raise FileNotFoundError(
           f'no synthetic dataset at {d!r}: train a generator first (python launch.py '
           '--config=configs/vae_gen.py:positive, and :negative) or set --config.synthetic_dirs')
+    _check_same_split(config, d)
   return examples_lib.concatenate(synthetic.read_synthetic(d) for d in dirs)
+
+
+def _check_same_split(config, export_dir):
+  """A generator trained on another split (seed, split mode, data) may have trained on this
+  run's validation or test slices: its export would leak them into training."""
+  own = split_key(config)
+  for folder, entry in synthetic.read_manifest(export_dir)['classes'].items():
+    if 'split_key' not in entry:  # an export of an older version, or not a generator's
+      logging.warning('%s/%s does not record the split its generator trained on: it cannot be '
+                      'checked against this run\'s test slices.', export_dir, folder)
+    elif entry['split_key'] != own:
+      changed = reporting.config_changes(entry['split_key'], own, allowed=frozenset())
+      raise ValueError(f'{export_dir}/{folder} comes from a generator trained on another split '
+                       f'of the real data ({"; ".join(changed[:3])}): it may have seen this '
+                       'run\'s test slices; export from a generator run with the same seed, '
+                       'split and data settings')
 
 
 def training_examples(config, real_train, label=None):

@@ -53,7 +53,8 @@ def export(config, workdir, sample_fn, variables, step):
   images = sample_in_batches(sample_fn, variables, rng, config.export.num_samples,
                              config.export.batch_size)
   provenance = dict(generator=config.task, checkpoint=os.path.abspath(workdir),
-                    checkpoint_step=int(step), seed=config.export.seed, data=config.data.dataset)
+                    checkpoint_step=int(step), seed=config.export.seed, data=config.data.dataset,
+                    split_key=datasets.split_key(config))
   synthetic.write_synthetic(out_dir, images, datasets.LABEL_NAMES[config.label], provenance)
   logging.info('Exported %d synthetic %s slices to %s.', len(images), config.label, out_dir)
   return out_dir
