@@ -72,7 +72,7 @@ def _batch_shapes(arrays, batch_size, num_devices):
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
-def _non_finite(what, step, last_saved, workdir):
+def _non_finite(what, last_saved, workdir):
   kept = (f'The last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints.'
           if last_saved is not None else 'No checkpoint had been saved yet.')
   return FloatingPointError(f'non-finite {what}; stopped. {kept}')
@@ -80,7 +80,7 @@ def _non_finite(what, step, last_saved, workdir):
 
 def _check_finite(totals, step, last_saved, workdir):
   if not all(math.isfinite(v) for v in totals.values()):
-    raise _non_finite(f'loss by step {step} ({totals})', step, last_saved, workdir)
+    raise _non_finite(f'loss by step {step} ({totals})', last_saved, workdir)
 
 
 def _all_finite(host_state):
@@ -134,8 +134,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     # A finite loss can come with a non-finite update (e.g. the gradient of sqrt at 0): such
     # a state is never saved, or every rerun would resume into it.
     if not _all_finite(host_state):
-      raise _non_finite(f'parameters or optimizer state at step {step}', step, last_saved,
-                        workdir)
+      raise _non_finite(f'parameters or optimizer state at step {step}', last_saved, workdir)
     if pending_best is not None:
       best_step, best_state, best_meta = pending_best
       checkpoints.save(best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
