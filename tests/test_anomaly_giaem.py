@@ -50,6 +50,9 @@ def test_threshold_codes_exact_for_uniform_and_irregular_grids():
     (np.zeros((2, 2, 2)), r'\(N, H\*W\)'),
     (np.full((2, 4), 1.5), r'\[0, 1\]'),
     (np.full((2, 4), np.nan), r'\[0, 1\]'),
+    (np.array([[0.2, np.nan, 0.5, 0.1]]), r'\[0, 1\]'),  # one NaN among valid errors
+    (np.array([[0.2, np.inf, 0.5, 0.1]]), r'\[0, 1\]'),
+    (np.array([[0.2, -np.inf, 0.5, 0.1]]), r'\[0, 1\]'),
 ])
 def test_bad_errors(errors, message):
   with pytest.raises(ValueError, match=message):

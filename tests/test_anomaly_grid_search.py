@@ -38,15 +38,18 @@ def test_ties_pick_the_first_grid_point():
   assert (chosen.outer, chosen.inner, chosen.value) == (0, 0, 1.0)
 
 
-def test_confusion_grid_in_blocks(monkeypatch):
-  monkeypatch.setattr(grid_search, '_MAX_BROADCAST', 50)
+def test_confusion_grid_counts_every_grid_point():
   rng = np.random.default_rng(0)
   labels = rng.integers(0, 2, 30)
-  scores = rng.random((30, 9))
-  tn, fp, fn, tp = grid_search.confusion_grid(scores, labels, [0.2, 0.5])
-  assert tp[3, 1] == np.sum((scores[:, 3] >= 0.5) & (labels == 1))
-  assert fp[8, 0] == np.sum((scores[:, 8] >= 0.2) & (labels == 0))
+  scores = np.round(rng.random((30, 9)), 1)  # scores equal to cut-offs: >= counts them
+  cutoffs = [0.0, 0.2, 0.5, 1.1]
+  tn, fp, fn, tp = grid_search.confusion_grid(scores, labels, cutoffs)
+  predicted = scores[:, :, None] >= np.asarray(cutoffs)  # (N, C, V)
+  np.testing.assert_array_equal(tp, predicted[labels == 1].sum(axis=0))
+  np.testing.assert_array_equal(fp, predicted[labels == 0].sum(axis=0))
   np.testing.assert_array_equal(tn + fp + fn + tp, 30)
+  one_class = grid_search.confusion_grid(scores, np.ones(30), cutoffs)
+  np.testing.assert_array_equal(one_class[1], 0)  # no healthy image: no false positive
 
 
 def test_bad_metric_and_labels():

@@ -221,9 +221,10 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
   def score_chunk(chunk: slice):
     # The pairs at the lowest threshold (the most candidates) and the largest eps
     # contain those of every grid point: find them once per chunk of images.
-    lowest = _Candidates(errors[chunk], thresholds[0], float(eps_values.max()), h, w)
+    candidates = _Candidates(errors[chunk], thresholds[0], float(eps_values.max()), h, w)
     for t, threshold in enumerate(thresholds):
-      candidates = lowest if t == 0 else lowest.restrict(threshold)
+      if t:  # thresholds ascend: each one's candidates are a subset of the previous one's
+        candidates = candidates.restrict(threshold)
       for e, eps in enumerate(eps_values):
         for m, label in enumerate(candidates.clusters(eps, min_samples_values)):
           largest = _largest_clusters(label, candidates.image, chunk.stop - chunk.start)

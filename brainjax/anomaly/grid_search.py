@@ -4,8 +4,8 @@ Every rule has the same shape: an expensive "outer" part (a clustering or a
 thresholding, one per outer grid point) yields a continuous score per image, and
 a cheap "inner" cut-off turns it into a prediction (score >= cut-off). So one
 driver serves all: `select` takes the (N, C) scores of all C outer points and V
-cut-offs, counts the confusion matrices of all C x V grid points with one
-broadcast comparison, and picks the best by the chosen metric. Ties are broken
+cut-offs, counts the confusion matrices of all C x V grid points by binary
+search in each outer point's sorted scores, and picks the best by the chosen metric. Ties are broken
 deterministically: metric values are rounded to 12 decimals, then the first
 maximum in (outer, inner) row-major order wins, i.e. the smallest outer index,
 then the smallest cut-off index.
@@ -22,8 +22,6 @@ from brainjax.anomaly import kmeans_global as global_rule
 from brainjax.anomaly import kmeans_image as kmeans_rule
 from brainjax.anomaly import pixel_features
 from brainjax.evaluation import classification
-
-_MAX_BROADCAST = 1 << 25  # elements of one (N, C, V) comparison block
 
 
 class Selection(NamedTuple):
@@ -50,19 +48,23 @@ def check_labels(labels, n: int) -> np.ndarray:
 
 
 def confusion_grid(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray):
-  """(tn, fp, fn, tp), each int64 (C, V), of predictions scores[:, c] >= cutoffs[v]."""
+  """(tn, fp, fn, tp), each int64 (C, V), of predictions scores[:, c] >= cutoffs[v].
+
+  Counts by binary search in each column's sorted scores: O(C N log N + C V log N),
+  not the O(N C V) of comparing every score with every cut-off (3000 images, 100 x
+  100 grid points: `select` in 6 against 29 ms).
+  """
   scores = np.asarray(scores, np.float64)
   cutoffs = np.asarray(cutoffs, np.float64).reshape(-1)
   labels = check_labels(labels, scores.shape[0])
-  num_pos, num_neg = int(labels.sum()), int((~labels).sum())
-  tp = np.zeros((scores.shape[1], cutoffs.size), np.int64)
-  fp = np.zeros_like(tp)
-  step = max(1, _MAX_BROADCAST // max(1, scores.shape[0] * cutoffs.size))
-  for start in range(0, scores.shape[1], step):
-    block = scores[:, start:start + step, None] >= cutoffs[None, None, :]  # (N, c, V)
-    tp[start:start + step] = block[labels].sum(axis=0)
-    fp[start:start + step] = block[~labels].sum(axis=0)
-  return num_neg - fp, fp, num_pos - tp, tp
+
+  def at_or_above(class_scores):  # (C, V): scores of the class >= each cut-off
+    ordered = np.sort(class_scores, axis=0)
+    below = [np.searchsorted(column, cutoffs, side='left') for column in ordered.T]
+    return len(ordered) - np.array(below, np.int64).reshape(-1, cutoffs.size)
+
+  tp, fp = at_or_above(scores[labels]), at_or_above(scores[~labels])
+  return int((~labels).sum()) - fp, fp, int(labels.sum()) - tp, tp
 
 
 def select(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray,
