@@ -9,7 +9,7 @@ from brainjax.train import reporting
 from configs import study as study_config
 
 
-def test_study_smoke_writes_table1_and_resumes(tmp_path):
+def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   config = study_config.get_config('quick,smoke')
   config.cache_dir = str(tmp_path / 'cache')
   workdir = str(tmp_path / 'study')
@@ -35,6 +35,14 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path):
   again = study.train_and_evaluate(config, workdir)
   assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)  # NaN-safe
   assert [os.path.getmtime(f) for f in stage_files] == stamps
+  # An interrupted stage resumes with the study's folder named another way (relative here):
+  # its config holds paths inside the study.
+  unfinished = os.path.join(workdir, 'random', 'seed0', 'cnn_cls_synthetic_vae', 'metrics.json')
+  os.remove(unfinished)
+  monkeypatch.chdir(tmp_path)
+  resumed = study.train_and_evaluate(config, 'study')
+  assert json.dumps(resumed, sort_keys=True) == json.dumps(summary, sort_keys=True)
+  assert os.path.exists(unfinished)
 
 
 def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkeypatch):

@@ -49,7 +49,8 @@ def sub_config(config, task, variant, split_mode, seed):
   return sub
 
 
-# Stage fields that are paths inside the study's workdir: they change when it moves.
+# Stage fields that are paths inside the study's workdir: they change when it moves or is
+# named another way (relative, absolute), so a finished or interrupted stage is still its own.
 _STAGE_PATHS = frozenset({'dir', 'synthetic_dirs'})
 
 
@@ -66,7 +67,7 @@ def run_stage(task, sub, workdir):
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
   if parallel.is_first_host():
-    reporting.write_config(workdir, sub)
+    reporting.write_config(workdir, sub, reporting.RERUN_FIELDS | _STAGE_PATHS)
   importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)

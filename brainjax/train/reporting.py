@@ -97,13 +97,13 @@ def changes_message(workdir, changed):
           f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose another --workdir')
 
 
-def write_config(workdir, config):
+def write_config(workdir, config, allowed=None):
   """Writes workdir/config.json, unless workdir holds something else than this run.
 
-  A workdir is new, empty, or the same run's (resumed, or rerun with RERUN_FIELDS changed,
-  STUDY_RERUN_FIELDS for a study; a predict run may be redone with any inputs): a run
-  resumed with other settings would mix two runs in one checkpoint, and other files in it
-  could be someone's data. A ValueError names what is there.
+  A workdir is new, empty, or the same run's (resumed, or rerun with `allowed` fields
+  changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
+  redone with any inputs): a run resumed with other settings would mix two runs in one
+  checkpoint, and other files in it could be someone's data. A ValueError names what is there.
   """
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
@@ -113,7 +113,8 @@ def write_config(workdir, config):
     if saved.get('task') != new['task']:
       raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
                        'choose another --workdir')
-    allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
+    if allowed is None:
+      allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
     changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
     if changed:
       raise ValueError(changes_message(workdir, changed))
