@@ -10,7 +10,7 @@ for a BrainCVAE, maps/, regions/ and overlays/ (see brainjax/tasks/predict.py).
 
 `smoke`: when model_dir and input are empty, the run first trains a tiny `smoke_task`
 model (configs/<smoke_task>.py:real,smoke, on the embedded phantom) into
-<workdir>/smoke_model and writes data.num_per_class phantom slices per class into
+<workdir>/smoke_model_<smoke_task> and writes data.num_per_class phantom slices per class into
 <workdir>/smoke_input/{yes,no}, then predicts them: the whole command end to end, no
 data or trained run needed.
 """

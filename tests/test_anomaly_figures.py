@@ -1,5 +1,6 @@
 """The Figure 4/5-like PNG."""
 import numpy as np
+import pytest
 from PIL import Image
 
 from brainjax.anomaly import figures
@@ -19,7 +20,7 @@ def test_writes_png(tmp_path):
     assert png.format == 'PNG' and png.size[0] > 300 and png.size[1] > 300
 
 
-def test_a_rerun_without_giaem_leaves_no_giaem_figure(tmp_path, cache_dir):
+def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, monkeypatch):
   # A rerun may change anomaly.rules; the figure of a rule it no longer runs would be stale.
   import os
   from brainjax.tasks import cvae_cls
@@ -33,3 +34,14 @@ def test_a_rerun_without_giaem_leaves_no_giaem_figure(tmp_path, cache_dir):
   config.anomaly.rules = ('kmeans',)
   metrics = cvae_cls.train_and_evaluate(config, workdir)
   assert 'giaem_f1' not in metrics and not os.path.exists(figure)
+  # Killed between the fitted arrays and metrics.json: unfinished, not new centroids beside
+  # the old metrics' thresholds (predict would combine them).
+  config.anomaly.rules = ('global_kmeans',)
+
+  def killed(*args):
+    raise KeyboardInterrupt('simulated kill')
+
+  monkeypatch.setattr(cvae_cls.reporting, 'save_array', killed)
+  with pytest.raises(KeyboardInterrupt):
+    cvae_cls.train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'metrics.json'))

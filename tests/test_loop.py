@@ -16,6 +16,7 @@ import pytest
 from brainjax.train import checkpoints
 from brainjax.train import loop
 from brainjax.train import parallel
+from brainjax.train import reporting
 from brainjax.train.state import TrainState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,12 +72,12 @@ def predict_and_improve(state):
   return {'loss': 1.0 / (1 + int(state.step)), 'pred_mean': float(jnp.mean(pred))}
 
 
-def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1, nan_grad_at=-1):
+def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1, nan_grad_at=-1, data_key=None):
   axis = parallel.AXIS if cfg.num_devices > 1 else None
   step = functools.partial(train_step, model=TinyNet(axis), poison_at=poison_at,
                            nan_grad_at=nan_grad_at)
   return loop.fit(cfg, str(workdir), make_state(TinyNet()), step, data(), hooks=hooks,
-                  evaluate=evaluate)
+                  evaluate=evaluate, data_key=data_key)
 
 
 def test_plateau_lowers_the_rate_after_patience_epochs():
@@ -114,6 +115,27 @@ def test_a_finished_run_run_again_returns_its_state_and_summary_without_compilin
   jax.tree.map(np.testing.assert_array_equal, again.params, finished.params)
   assert {'train_loss', 'train_images_per_s', 'val_loss'} <= set(summary)
   assert summary == finished_summary
+
+
+def test_a_run_resumes_only_on_its_own_training_data(tmp_path):
+  run(tmp_path, config(num_epochs=1), data_key='export A')
+  with pytest.raises(ValueError, match='trained on other data than it reads now'):
+    run(tmp_path, config(num_epochs=2), data_key='export B')
+  with pytest.raises(ValueError, match='trained on other data'):
+    run(tmp_path, config(num_epochs=1), data_key='export B')  # finished: not redone on B either
+  assert run(tmp_path, config(num_epochs=2), data_key='export A')[1]['steps'] == 8
+  assert run(tmp_path, config(num_epochs=3))[1]['steps'] == 12  # no key: not compared
+
+
+def test_a_run_that_trains_again_is_unfinished_until_its_task_writes_metrics(tmp_path):
+  # A rerun with more epochs replaces best/; the old metrics.json (predict's rule settings
+  # for a BrainCVAE) would sit beside another model if the rerun were killed.
+  run(tmp_path, config(num_epochs=1))
+  reporting.write_metrics_json(str(tmp_path), {'steps': 4})
+  run(tmp_path, config(num_epochs=1))  # nothing to train: the run stays finished
+  assert (tmp_path / 'metrics.json').exists()
+  run(tmp_path, config(num_epochs=2))
+  assert not (tmp_path / 'metrics.json').exists()
 
 
 # Saves run in the background: a process killed right after starting one (os._exit skips

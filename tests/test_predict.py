@@ -449,3 +449,12 @@ def test_smoke_config_runs_end_to_end(tmp_path):
   rows = _read_csv(tmp_path / 'predictions.csv')
   assert len(rows) == 12 and all(r['status'] == 'ok' for r in rows.values())
   assert 'accuracy' in json.loads((tmp_path / 'metrics.json').read_text())
+  # Rerun with fewer slices and the other task: its own model, and only the new slices.
+  result = subprocess.run(
+      [sys.executable, 'launch.py', '--config=configs/predict.py:smoke',
+       f'--workdir={tmp_path}', f'--config.cache_dir={tmp_path / "cache"}',
+       '--config.data.num_per_class=3', '--config.smoke_task=cvae_cls'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert len(_read_csv(tmp_path / 'predictions.csv')) == 6
+  assert json.loads((tmp_path / 'metrics.json').read_text())['model_task'] == 'cvae_cls'

@@ -188,3 +188,58 @@ def test_an_export_from_a_generator_of_another_split_is_refused(tmp_path):
   config.seed, config.split = 0, 'grouped'
   with pytest.raises(ValueError, match=r"another split .*split: 'random' -> 'grouped'"):
     datasets.synthetic_examples(config)
+
+
+def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):
+  # loop.fit refuses to resume a run whose key changed: a classifier killed (or finished) on
+  # one export would otherwise continue on another.
+  from configs import cnn_cls, cvae_cls
+  from brainjax.tasks import datasets
+  out = str(tmp_path / 'export')
+  for label in (POSITIVE, NEGATIVE):
+    synthetic.write_synthetic(out, _images(2), label, {'seed': 0})
+  cnn, cvae = cnn_cls.get_config('synthetic,smoke'), cvae_cls.get_config('synthetic,smoke')
+  cnn.synthetic_dirs = cvae.synthetic_dirs = out
+  both = synthetic.read_synthetic(out)
+  healthy = both.with_label(NEGATIVE)
+  keys = datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)
+  os.rename(out, str(tmp_path / 'moved'))  # a moved study: the same data
+  cnn.synthetic_dirs = cvae.synthetic_dirs = str(tmp_path / 'moved')
+  assert (datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)) == keys
+  synthetic.write_synthetic(str(tmp_path / 'moved'), _images(2, seed=5), POSITIVE, {'seed': 1})
+  assert datasets.training_key(cnn, both) != keys[0]  # same ids, another export
+  assert datasets.training_key(cvae, healthy) == keys[1]  # the CVAE reads no tumour slices
+  real = cnn_cls.get_config('real,smoke')
+  assert datasets.training_key(real, both) != datasets.training_key(real, both.take([0, 1, 2]))
+
+
+def test_exports_of_both_classes_at_once_keep_both_entries(tmp_path, monkeypatch):
+  # Two generators exporting into one folder: each manifest update re-reads the manifest
+  # under a lock, so neither writes back a copy without the other's class.
+  out = str(tmp_path)
+  synthetic.write_synthetic(out, _images(1), NEGATIVE, {'run': 0})
+  file_names = synthetic._file_names
+
+  def names_while_the_other_class_is_exported(count):
+    monkeypatch.setattr(synthetic, '_file_names', file_names)
+    synthetic.write_synthetic(out, _images(2), NEGATIVE, {'run': 1})  # as another process would
+    return file_names(count)
+
+  monkeypatch.setattr(synthetic, '_file_names', names_while_the_other_class_is_exported)
+  synthetic.write_synthetic(out, _images(3), POSITIVE, {'run': 2})
+  classes = synthetic.read_manifest(out)['classes']
+  assert (classes['no']['run'], classes['yes']['run']) == (1, 2)
+  assert len(synthetic.read_synthetic(out)) == 5
+
+
+def test_a_killed_exports_staging_folder_is_removed_by_the_next(tmp_path):
+  import subprocess
+  import sys
+  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                        capture_output=True, text=True, check=True).stdout.strip()
+  for pid in (dead, str(os.getppid())):  # a finished process, and a running one
+    (tmp_path / f'.yes.{pid}.staging').mkdir()
+    (tmp_path / f'.yes.{pid}.staging' / '00000.png').write_bytes(b'half')
+  synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})
+  assert sorted(f for f in os.listdir(tmp_path) if f.startswith('.')) == [
+      f'.yes.{os.getppid()}.staging']  # another export may still be writing that one

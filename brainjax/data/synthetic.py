@@ -8,14 +8,17 @@ Layout of an export folder:
 Each class is written to a staging folder and renamed into place, and the
 manifest is replaced atomically. A class's manifest entry is dropped before its
 folder is replaced and written after, so an interrupted export leaves a class the
-reader refuses, never one image set under another's provenance. Names have at
-least five digits, more when the count needs them. Reading does not crop again:
-the images are already in the preprocessed frame.
+reader refuses, never one image set under another's provenance. Manifest updates
+hold a lock on the folder, so exports of the two classes may run at once. Names
+have at least five digits, more when the count needs them. Reading does not crop
+again: the images are already in the preprocessed frame.
 """
+import contextlib
+import fcntl
 import json
 import os
 import shutil
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 from PIL import Image
@@ -25,7 +28,7 @@ from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
 
 FORMAT = 1
 MANIFEST = 'manifest.json'
-_FOLDERS = {POSITIVE: 'yes', NEGATIVE: 'no'}
+FOLDERS = {POSITIVE: 'yes', NEGATIVE: 'no'}
 
 
 def read_manifest(out_dir: str) -> Dict[str, Any]:
@@ -57,6 +60,56 @@ def _write_json_atomic(path: str, value) -> None:
     raise
 
 
+@contextlib.contextmanager
+def _locked(out_dir: str):
+  """Holds an exclusive lock on the export folder itself (no lock file left in it).
+
+  Where the file system cannot lock a folder (some NFS mounts), an export goes on without:
+  only exports into one folder at once need the lock.
+  """
+  fd = os.open(out_dir, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+      pass
+    yield
+  finally:
+    os.close(fd)  # (releases the lock)
+
+
+def _set_entry(out_dir: str, folder: str, entry: Optional[Dict[str, Any]]) -> None:
+  """Sets (None: drops) one class's manifest entry, re-reading the manifest under the lock:
+  another process's export of the other class may have changed it since."""
+  with _locked(out_dir):
+    manifest = read_manifest(out_dir)
+    if entry is None:
+      if manifest['classes'].pop(folder, None) is None:
+        return
+    else:
+      manifest['classes'][folder] = entry
+    _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+
+
+def _is_running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # another user's
+    return True
+  return True
+
+
+def _remove_leftovers(out_dir: str, folder: str) -> None:
+  """The staging and old folders of this class left by killed exports on this machine."""
+  for name in os.listdir(out_dir):
+    parts = name.split('.')  # '.yes.1234.staging' -> ['', 'yes', '1234', 'staging']
+    if (len(parts) == 4 and parts[:2] == ['', folder] and parts[2].isdigit()
+        and parts[3] in ('staging', 'old') and not _is_running(int(parts[2]))):
+      shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+
+
 def _fresh_folder(path: str) -> str:
   """An empty folder at `path` (made with the umask's mode, unlike mkdtemp's 0700)."""
   shutil.rmtree(path, ignore_errors=True)  # a leftover of a killed process with this pid
@@ -85,16 +138,16 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
     raise ValueError('images hold NaN or infinite values')
   if images.min() < -1e-3 or images.max() > 1.0 + 1e-3:  # beyond rounding error
     raise ValueError(f'images must be within [0, 1], got [{images.min()}, {images.max()}]')
-  if label not in _FOLDERS:
+  if label not in FOLDERS:
     raise ValueError(f'label must be {NEGATIVE} (no) or {POSITIVE} (yes), got {label}')
   try:
     json.dumps(provenance)
   except TypeError as e:
     raise ValueError(f'provenance must be JSON-serialisable: {e}') from None
-  folder = _FOLDERS[label]
+  folder = FOLDERS[label]
   os.makedirs(out_dir, exist_ok=True)
   if os.path.exists(os.path.join(out_dir, MANIFEST)):
-    manifest = read_manifest(out_dir)
+    read_manifest(out_dir)  # (a readable one)
   else:
     # Only a folder this module made is ever written into: a class folder replaced here
     # could be someone's scans. So a new export claims an empty folder with its manifest
@@ -104,16 +157,14 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
       raise ValueError(f'{out_dir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
                        f'but no {MANIFEST}: it is not a synthetic export; export into a new '
                        'or empty folder')
-    manifest = {'format': FORMAT, 'classes': {}}
-    _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+    _write_json_atomic(os.path.join(out_dir, MANIFEST), {'format': FORMAT, 'classes': {}})
   pixels = np.round(np.clip(images[..., 0], 0.0, 1.0) * 255.0).astype(np.uint8)
   staging = _fresh_folder(os.path.join(out_dir, f'.{folder}.{os.getpid()}.staging'))
   try:
     for name, pixel in zip(_file_names(len(pixels)), pixels):
       Image.fromarray(pixel, mode='L').save(os.path.join(staging, name))
     final = os.path.join(out_dir, folder)
-    if manifest['classes'].pop(folder, None) is not None:  # unlisted while it is replaced
-      _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+    _set_entry(out_dir, folder, None)  # unlisted while it is replaced
     if os.path.exists(final):
       trash = _fresh_folder(os.path.join(out_dir, f'.{folder}.{os.getpid()}.old'))
       os.replace(final, os.path.join(trash, folder))
@@ -124,21 +175,21 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
-  manifest['classes'][folder] = {**provenance, 'count': int(len(pixels))}
-  _write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
+  _set_entry(out_dir, folder, {**provenance, 'count': int(len(pixels))})
+  _remove_leftovers(out_dir, folder)
   return final
 
 
 def read_synthetic(out_dir: str) -> Examples:
   """Reads an export folder as Examples (ids like 'yes/00012.png'), no cropping."""
   manifest = read_manifest(out_dir)
-  unknown = set(manifest['classes']) - set(_FOLDERS.values())
+  unknown = set(manifest['classes']) - set(FOLDERS.values())
   if unknown:
     raise ValueError(f'{out_dir}/{MANIFEST} names unknown classes {sorted(unknown)}')
   images, labels, ids = [], [], []
   shape = None
   for label in (NEGATIVE, POSITIVE):
-    folder = _FOLDERS[label]
+    folder = FOLDERS[label]
     entry = manifest['classes'].get(folder)
     path = os.path.join(out_dir, folder)
     names = sorted(f for f in os.listdir(path) if f.endswith('.png')) if os.path.isdir(path) else []

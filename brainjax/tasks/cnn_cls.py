@@ -119,7 +119,7 @@ def train_and_evaluate(config, workdir):
   eval_model = create_model(config)
   state, summary = loop.fit(
       config, workdir, state, functools.partial(train_step, model=model),
-      {'image': train.images, 'label': train.labels},
+      {'image': train.images, 'label': train.labels}, data_key=datasets.training_key(config, train),
       evaluate=lambda s: validation_metrics(eval_model, s.variables, val))
 
   best = checkpoints.restore_best(workdir, state)

@@ -94,7 +94,7 @@ def train_and_evaluate(config, workdir):
       config, workdir, state,
       functools.partial(variational.train_step, model=model,
                         reconstruction_loss=cvae_reconstruction_loss),
-      {'image': train.images},
+      {'image': train.images}, data_key=datasets.training_key(config, train),
       evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)
@@ -114,6 +114,8 @@ def train_and_evaluate(config, workdir):
                                ('accuracy', 'precision', 'recall', 'f1', 'auroc')}))
   if not parallel.is_first_host():  # the first host writes the run's files
     return metrics
+  # The fitted arrays and metrics.json describe one evaluation: none until both are written.
+  reporting.remove_metrics_json(workdir)
   for name, array in fitted.items():  # what predict needs to apply the rules to new slices
     reporting.save_array(workdir, f'{name}.npy', array)
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.

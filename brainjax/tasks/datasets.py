@@ -5,6 +5,7 @@ real / synthetic / mixed variants of a classifier are scored on exactly the same
 Generators train only on slices that are in the training part of both protocols, so no
 synthetic image is derived from a slice a classifier is later tested on.
 """
+import hashlib
 import json
 import os
 
@@ -69,11 +70,16 @@ def generator_training_set(config, source, label):
   return examples.take(keep & (examples.labels == label))
 
 
-def synthetic_examples(config):
-  """The generator exports named (comma-separated) by config.synthetic_dirs, joined."""
+def _export_dirs(config):
   dirs = [d.strip() for d in config.synthetic_dirs.split(',') if d.strip()]
   if not dirs:
     raise ValueError('config.synthetic_dirs is empty: name the synthetic exports to train on')
+  return dirs
+
+
+def synthetic_examples(config):
+  """The generator exports named (comma-separated) by config.synthetic_dirs, joined."""
+  dirs = _export_dirs(config)
   for d in dirs:
     if not os.path.isdir(d):
       raise FileNotFoundError(
@@ -120,3 +126,19 @@ def training_examples(config, real_train, label=None):
     parts[config.train_data].append(synthetic_part)
   train = examples_lib.concatenate(parts[config.train_data])
   return train if label is None else train.with_label(label)
+
+
+def training_key(config, train):
+  """A digest of what a run trains on, which `loop.fit` keeps with each checkpoint: the
+  training slices' ids and labels, and the manifest entries of the synthetic classes among
+  them (a re-export keeps the ids and changes the entries). A resumed run on other data
+  would continue one model on two training sets."""
+  exports = []
+  if config.get('train_data', 'real') != 'real':
+    folders = {synthetic.FOLDERS[label] for label in np.unique(train.labels).tolist()}
+    for export_dir in _export_dirs(config):
+      classes = synthetic.read_manifest(export_dir)['classes']
+      exports.append({f: classes[f] for f in sorted(folders & classes.keys())})
+  text = json.dumps(dict(ids=[str(i) for i in train.ids], labels=train.labels.tolist(),
+                         exports=exports), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()

@@ -13,12 +13,12 @@ from brainjax.train import parallel
 from brainjax.train import reporting
 
 
-def class_training_images(config):
-  """(N, S, S, 1) real training slices of the config's class (config.label)."""
+def class_training_set(config):
+  """The real training slices (Examples) of the config's class (config.label)."""
   source = datasets.real_source(config)
   train = datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
   logging.info('Training a %s generator on %d %s slices.', config.task, len(train), config.label)
-  return train.images
+  return train
 
 
 def sample_in_batches(sample_fn, variables, rng, num, batch_size):
@@ -77,8 +77,9 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
                else dict(meta.get('summary', {})))
   elif config.mode == 'train':
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
-    state, summary = loop.fit(config, workdir, state, step_fn,
-                              {'image': class_training_images(config)}, evaluate=evaluate)
+    train = class_training_set(config)
+    state, summary = loop.fit(config, workdir, state, step_fn, {'image': train.images},
+                              data_key=datasets.training_key(config, train), evaluate=evaluate)
   else:
     raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
   summary.update(exported=config.export.num_samples)

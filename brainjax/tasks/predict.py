@@ -555,10 +555,10 @@ def _smoke_inputs(config, workdir):
   """Smoke mode: a tiny trained run and phantom slices when none are given."""
   model_dir, input_path = config.model_dir, config.input
   if not model_dir:
-    model_dir = os.path.join(workdir, 'smoke_model')
+    if config.smoke_task not in MODEL_TASKS:
+      raise ValueError(f'smoke_task={config.smoke_task!r}; expected one of {MODEL_TASKS}')
+    model_dir = os.path.join(workdir, f'smoke_model_{config.smoke_task}')  # one per task
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
-      if config.smoke_task not in MODEL_TASKS:
-        raise ValueError(f'smoke_task={config.smoke_task!r}; expected one of {MODEL_TASKS}')
       sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
       sub.cache_dir = datasets.cache_dir(config)
       os.makedirs(model_dir, exist_ok=True)
@@ -568,6 +568,7 @@ def _smoke_inputs(config, workdir):
           sub, model_dir)
   if not input_path:
     input_path = os.path.join(workdir, 'smoke_input')
+    shutil.rmtree(input_path, ignore_errors=True)  # this mode's own: a rerun's count replaces it
     write_phantom_folder(input_path, config.data.num_per_class, seed=config.data.seed + 1)
   return model_dir, input_path
 

@@ -88,7 +88,7 @@ def _all_finite(host_state):
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
-def fit(config, workdir, state, train_step, train_arrays, *,
+def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[str] = None,
         evaluate: Optional[Callable] = None, hooks: Sequence[Callable] = ()):
   """Trains `state` for config.num_epochs over `train_arrays` (a dict of equal-length arrays).
 
@@ -97,6 +97,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   any; the least finite one) picks the best checkpoint (written to workdir/best with the next
   save of the latest one, at most every config.checkpoint_every_secs and at the end) and
   drives reduce-on-plateau when config has `plateau_factor`; its other entries are logged.
+  `data_key` (e.g. `datasets.training_key`) names the training data: kept with each
+  checkpoint, a resume on other data is a ValueError (checkpoints without one resume).
   `hooks` are called as hook(step) after every step (tests use one to interrupt a run).
   Returns (final state, left on its (first) device; summary): the last logged train_* and
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
@@ -118,7 +120,14 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
   if latest.latest_step() is not None:
     state, meta = checkpoints.restore(latest, state)
+    if None not in (data_key, meta.get('data_key')) and meta['data_key'] != data_key:
+      latest.close()
+      best.close()
+      raise ValueError(f'{workdir} was trained on other data than it reads now (a synthetic '
+                       'export redone since, or slices added to or removed from the data '
+                       'folder): train on these in a new --workdir')
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
+  meta['data_key'] = data_key
   plateau = Plateau(**meta['plateau'])
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
@@ -178,6 +187,11 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     p_train_step = p_train_step.lower(
         state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
     logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
+  if step < total_steps and parallel.is_first_host():
+    # The run trains again (more epochs, or an interrupted rerun): until its task writes
+    # metrics.json anew, the old one would describe another model than best/ holds (predict
+    # and the study read it as the run's).
+    reporting.remove_metrics_json(workdir)
   if step > total_steps:  # a run stopped mid-epoch, rerun with fewer epochs
     logging.warning('The run has trained %d steps, more than num_epochs=%d give (%d): its '
                     'state at step %d is used.', step, config.num_epochs, total_steps, step)

@@ -34,6 +34,13 @@ def write_metrics_json(workdir, metrics):
   return path
 
 
+def remove_metrics_json(workdir):
+  """Marks a run unfinished (its metrics.json, if any, no longer describes it)."""
+  path = os.path.join(workdir, 'metrics.json')
+  if os.path.lexists(path):
+    os.remove(path)
+
+
 def save_array(workdir, name, array):
   """Writes `array` to workdir/name (.npy) atomically; returns the path."""
   path = os.path.join(workdir, name)
