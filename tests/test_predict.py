@@ -229,13 +229,16 @@ def test_rules_to_use_follows_the_runs_validation():
   assert predict.rules_to_use('selected', dict(metrics, selected_rule='giaem')) == ['giaem']
 
 
-def test_global_kmeans_needs_the_runs_saved_centroids(cvae_run, tmp_path):
+def test_the_rules_need_the_runs_saved_centroids_and_metrics(cvae_run, tmp_path):
   run = tmp_path / 'run'
   shutil.copytree(cvae_run, run)
   os.remove(run / predict.GLOBAL_CENTROIDS_FILE)
   with pytest.raises(FileNotFoundError, match='global_kmeans rule needs the centroids'):
     predict.predict_paths(str(run), [], rules='global_kmeans')
   assert predict.predict_paths(str(run), [], rules='giaem') == []  # other rules still work
+  os.remove(run / 'metrics.json')  # as a stopped rerun leaves it: its rules are being refitted
+  with pytest.raises(ValueError, match='no metrics.json: the run has not finished'):
+    predict.predict_paths(str(run), [], rules='giaem')
 
 
 # ----------------------------------------------------------------------------- geometry

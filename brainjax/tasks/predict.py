@@ -116,6 +116,12 @@ def load_run(run_dir: str) -> Run:
   metrics = {}
   if os.path.isfile(os.path.join(run_dir, 'metrics.json')):
     metrics = reporting.read_metrics_json(run_dir)
+  elif config.task == 'cvae_cls':  # its rules' settings are there
+    raise ValueError(f'{run_dir!r} has no metrics.json: the run has not finished (or a rerun of '
+                     'it was stopped); run its command again to the end')
+  else:
+    logging.warning('%s has no metrics.json: the run has not finished (or a rerun of it was '
+                    'stopped); predicting with its best checkpoint so far.', run_dir)
   return Run(run_dir, config.task, config, model, state.variables, metrics)
 
 
