@@ -14,7 +14,6 @@ have at least five digits, more when the count needs them. Reading does not crop
 again: the images are already in the preprocessed frame.
 """
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -22,6 +21,11 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 from PIL import Image
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: exports go without the folder lock
+  fcntl = None
 
 from brainjax.data import layout
 from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
@@ -64,18 +68,21 @@ def _write_json_atomic(path: str, value) -> None:
 def _locked(out_dir: str):
   """Holds an exclusive lock on the export folder itself (no lock file left in it).
 
-  Where the file system cannot lock a folder (some NFS mounts), an export goes on without:
-  only exports into one folder at once need the lock.
+  Where the system cannot lock a folder (some NFS mounts, Windows), an export goes on
+  without: only exports into one folder at once need the lock.
   """
-  fd = os.open(out_dir, os.O_RDONLY)
+  fd = None
   try:
-    try:
+    fd = os.open(out_dir, os.O_RDONLY)
+    if fcntl is not None:
       fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
-      pass
+  except OSError:
+    pass
+  try:
     yield
   finally:
-    os.close(fd)  # (releases the lock)
+    if fd is not None:
+      os.close(fd)  # (releases the lock)
 
 
 def _set_entry(out_dir: str, folder: str, entry: Optional[Dict[str, Any]]) -> None:
@@ -92,6 +99,8 @@ def _set_entry(out_dir: str, folder: str, entry: Optional[Dict[str, Any]]) -> No
 
 
 def _is_running(pid: int) -> bool:
+  if os.name != 'posix':  # (Windows' os.kill would end the process)
+    return True
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
