@@ -107,3 +107,17 @@ def test_reading_never_modifies_the_file(tmp_path):
   before = path.read_bytes()
   image_io.read_image_file(path)
   assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize('fmt', ['PNG', 'JPEG'])
+def test_exif_orientation_is_applied(fmt):
+  # A phone photo of a slice stored sideways with orientation 6 (display rotated 90° clockwise).
+  stored = np.zeros((20, 40), np.uint8)
+  stored[:5, :10] = 255  # top left as stored
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  buffer = io.BytesIO()
+  Image.fromarray(stored).save(buffer, fmt, exif=exif.tobytes())
+  shown = image_io.decode_image(buffer.getvalue())
+  assert shown.shape == (40, 20)
+  assert shown[:10, -5:].mean() > 0.9 and shown[:10, :5].mean() < 0.1  # top right as shown

@@ -292,3 +292,59 @@ def test_phantom_full_timing(tmp_path):
   examples = sources.load_examples(_cfg(num_per_class=1500, image_size=128), str(tmp_path))
   print(f'phantom 3000 generated + preprocessed in {time.time() - start:.1f}s')
   assert len(examples) == 3000
+
+
+def test_br35h_prepared_copy_follows_a_file_changed_in_place(tmp_path):
+  # Same name, size and mtime, other bytes: the prepared copy is keyed on contents.
+  folder = _fake_br35h(tmp_path / 'download')
+  target = folder / 'yes' / 'y0.jpg'
+  load_br35h_records(str(folder), str(tmp_path / 'tfds'))
+  data = bytearray(target.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  stat = target.stat()
+  target.write_bytes(bytes(data))
+  os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  records = dict((name, raw) for name, _, raw in load_br35h_records(str(folder),
+                                                                     str(tmp_path / 'tfds')))
+  assert records['yes/y0.jpg'] == bytes(data)
+  archive = tmp_path / 'br35h.zip'
+  for flip in (False, True):
+    with zipfile.ZipFile(archive, 'w') as z:  # stored: the same size either way
+      z.writestr('yes/y0.jpg', bytes(data[:-1]) + bytes([data[-1] ^ flip]))
+    os.utime(archive, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    (record,) = load_br35h_records(str(archive), str(tmp_path / 'tfds'))
+    assert record[2][-1] == data[-1] ^ flip
+
+
+def test_zip_members_sharing_a_path_are_read_once_the_last(tmp_path):
+  archive = tmp_path / 'data.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    z.writestr('yes/y0.png', b'first')
+    z.writestr('./yes/y0.png', b'second')
+    with pytest.warns(UserWarning, match='Duplicate name'):
+      z.writestr('yes/y0.png', b'third')
+    z.writestr('no/n0.png', b'healthy')
+  assert [(n, raw) for n, _, raw in layout.iter_zip(str(archive))] == [
+      ('no/n0.png', b'healthy'), ('yes/y0.png', b'third')]
+
+
+def test_a_link_up_the_tree_and_a_fifo_are_not_read(tmp_path):
+  # yes/loop -> .. would read no/ again under yes/, as tumour slices; a FIFO would block.
+  for label in ('yes', 'no'):
+    (tmp_path / label).mkdir()
+    (tmp_path / label / f'{label}0.png').write_bytes(b'x')
+  (tmp_path / 'yes' / 'loop').symlink_to(tmp_path)
+  os.mkfifo(tmp_path / 'yes' / 'pipe.png')
+  (tmp_path / 'no' / 'broken.png').symlink_to(tmp_path / 'missing.png')  # kept: reported
+  assert [(n, y) for n, y, _ in layout.iter_folder(str(tmp_path))] == [
+      ('no/broken.png', 0), ('no/no0.png', 0), ('yes/yes0.png', 1)]
+
+
+def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path):
+  folder = _fake_br35h(tmp_path / 'download')
+  (folder / 'no' / 'gone.jpg').symlink_to(tmp_path / 'missing.jpg')
+  odd = os.path.join(os.fsencode(folder / 'no'), b'caf\xe9.jpg')
+  with open(odd, 'wb') as f:
+    f.write((folder / 'no' / 'n0.jpg').read_bytes())
+  names = [name for name, _, _ in load_br35h_records(str(folder), str(tmp_path / 'tfds'))]
+  assert 'no/caf\\xe9.jpg' in names and 'no/gone.jpg' not in names

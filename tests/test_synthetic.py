@@ -243,3 +243,13 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next(tmp_path):
   synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})
   assert sorted(f for f in os.listdir(tmp_path) if f.startswith('.')) == [
       f'.yes.{os.getppid()}.staging']  # another export may still be writing that one
+
+
+def test_a_classifier_refuses_real_data_of_one_class(tmp_path):
+  from brainjax.tasks import datasets
+  synthetic.write_synthetic(str(tmp_path), _images(3), NEGATIVE, {})
+  only_healthy = synthetic.read_synthetic(str(tmp_path))  # (stands in for a real folder)
+  with pytest.raises(ValueError, match=r'no tumour slices \(none readable in yes/\)'):
+    datasets.check_both_classes(only_healthy)
+  synthetic.write_synthetic(str(tmp_path), _images(1), POSITIVE, {})
+  datasets.check_both_classes(synthetic.read_synthetic(str(tmp_path)))

@@ -1,8 +1,8 @@
 """Decodes image files of any common mode into float32 grayscale in [0, 1].
 
 Br35H mixes JPEG and PNG in modes RGB, L, RGBA and P; other collections add
-16-bit PNGs. Everything becomes a 2-D float32 array so that preprocessing sees
-one format. Files that cannot be decoded completely raise `UnreadableImage`
+16-bit PNGs. Everything becomes a 2-D float32 array, oriented as the file is
+displayed (EXIF orientation applied), so that preprocessing sees one format. Files that cannot be decoded completely raise `UnreadableImage`
 with a one-line reason, so callers can count and log a skip.
 
 Truncation: PIL raises on truncated data as long as
@@ -17,10 +17,12 @@ import warnings
 
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 # ITU-R BT.601 luma, the weights PIL uses for 'RGB' -> 'L'.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b'\xff\xd8', b'\xff\xda', b'\xff\xd9'
+_EXIF_ORIENTATION = 0x0112
 
 
 class UnreadableImage(ValueError):
@@ -116,6 +118,8 @@ def decode_image(data: bytes) -> np.ndarray:
         image.load()
         if image.width == 0 or image.height == 0:
           raise UnreadableImage(f'image has zero size {image.size}')
+        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as the file is displayed
+          image = ImageOps.exif_transpose(image)
         return _pil_to_array(image)
   except UnreadableImage:
     raise

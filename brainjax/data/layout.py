@@ -70,17 +70,28 @@ def has_class_folders(root: str) -> bool:
 
 
 def walk_files(folder: str) -> Iterator[str]:
-  """Every file below `folder` in sorted order, following links to folders once each."""
+  """Every file below `folder` in sorted order, following links to folders once each.
+
+  A link to `folder` or to a folder above it is not followed (it would walk `folder`'s
+  siblings, e.g. no/ from inside yes/); FIFOs, sockets and devices are skipped (reading
+  one could block forever); broken links are kept, for the reader to report.
+  """
+  root = os.path.realpath(folder)
   seen = set()
   for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
     real = os.path.realpath(dirpath)
-    if real in seen:  # a link back up the tree
+    above = dirpath != folder and (root + os.sep).startswith(real.rstrip(os.sep) + os.sep)
+    if real in seen or above:  # a link back up the tree
       dirnames[:] = []
       continue
     seen.add(real)
     dirnames.sort()
     for filename in sorted(filenames):
-      yield os.path.join(dirpath, filename)
+      path = os.path.join(dirpath, filename)
+      if os.path.exists(path) and not os.path.isfile(path):
+        logging.warning('%s is not a regular file: skipped.', path)
+        continue
+      yield path
 
 
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
@@ -117,6 +128,13 @@ def iter_zip(path: str) -> Iterator[Tuple[str, int, bytes]]:
   with zipfile.ZipFile(path) as archive:
     infos = [i for i in sorted(archive.infolist(), key=lambda i: i.filename)
              if not i.is_dir() and not is_junk(i.filename)]
+    # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last is read, as
+    # unzip would leave it on disk.
+    last = {'/'.join(_parts(i.filename)): i for i in infos}
+    if len(last) < len(infos):
+      logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
+                      'is read.', path, len(infos) - len(last))
+    infos = [last[name] for name in sorted(last)]
     names = [_parts(i.filename) for i in infos]
     depth, top = _zip_class_depth(path, names)
     for info, parts in zip(infos, names):

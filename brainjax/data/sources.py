@@ -43,8 +43,8 @@ from brainjax.data.preprocess import CropInfo
 DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
 PHANTOM_DEFAULT_PER_CLASS = 1500
 # Bump when decoding, preprocessing or the phantom changes, so that old caches are not reused
-# (2: 16-bit images scaled by their maximum).
-PREPROCESS_VERSION = 2
+# (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied).
+PREPROCESS_VERSION = 3
 PHANTOM_VERSION = 1
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 _CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
@@ -119,12 +119,13 @@ def load_source(data_cfg, cache_dir: str) -> Source:
     digests = [hashlib.sha256(job[3]).hexdigest() for job in jobs]
   else:
     jobs = _folder_jobs(data_dir, n)
-    digests = [_file_digest(job[3]) for job in jobs]
+    digests = [file_digest(job[3]) for job in jobs]
   key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
   return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source=data_dir)
 
 
-def _file_digest(path: str) -> str:
+def file_digest(path: str) -> str:
+  """SHA-256 of a file's contents ('unreadable: <reason>' when it cannot be read)."""
   h = hashlib.sha256()
   try:
     with open(path, 'rb') as f:

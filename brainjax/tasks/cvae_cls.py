@@ -78,6 +78,7 @@ def reconstruct(model, variables, images):
 def train_and_evaluate(config, workdir):
   source = datasets.real_source(config)
   examples = source.examples
+  datasets.check_both_classes(examples)
   split = datasets.split(config, source, 'anomaly')
   train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
   val, test = examples.take(split.val), examples.take(split.test)

@@ -33,6 +33,15 @@ def real_source(config):
   return sources.load_source(config.data, cache_dir(config))
 
 
+def check_both_classes(examples):
+  """A classifier is trained and scored on both classes: real data of one is a mistake
+  (e.g. an empty yes/ folder), whose metrics would be meaningless."""
+  for name, label, folder in (('tumour', POSITIVE, 'yes'), ('healthy', NEGATIVE, 'no')):
+    if not (examples.labels == label).any():
+      raise ValueError(f'the real data hold no {name} slices (none readable in {folder}/): a '
+                       'classifier needs both classes')
+
+
 def split(config, source, protocol):
   """The `protocol` ('cnn' or 'anomaly') split of a real source in config.split mode.
 

@@ -6,8 +6,9 @@ the builder free of TensorFlow (array_record files, Tensor/Text features).
 """
 import os
 import zipfile
-from typing import Tuple
+from typing import Optional, Tuple
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -62,12 +63,21 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
       items = ((name, label, _read(full)) for name, label, full in layout.iter_folder(path))
     count = 0
     for name, label, data in items:
+      if data is None:
+        continue
       count += 1
+      # A name that is not UTF-8 (Text features are) keeps its bytes as escapes.
+      name = name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
       yield name, {'image_bytes': data, 'label': label, 'filename': name}
     if count == 0:
       raise ValueError(f'no files under yes/ or no/ in {path}')
 
 
-def _read(path: str) -> bytes:
-  with open(path, 'rb') as f:
-    return f.read()
+def _read(path: str) -> Optional[bytes]:
+  """The file's bytes, or None (logged) for one that cannot be read (e.g. a broken link)."""
+  try:
+    with open(path, 'rb') as f:
+      return f.read()
+  except OSError as e:
+    logging.warning('%r cannot be read (%s): skipped.', path, e.strerror or e)
+    return None
