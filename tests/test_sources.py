@@ -323,9 +323,10 @@ def test_zip_members_sharing_a_path_are_read_once_the_last(tmp_path):
     z.writestr('./yes/y0.png', b'second')
     with pytest.warns(UserWarning, match='Duplicate name'):
       z.writestr('yes/y0.png', b'third')
+      z.writestr('./yes/y0.png', b'last')  # last in the archive, not in name order
     z.writestr('no/n0.png', b'healthy')
   assert [(n, raw) for n, _, raw in layout.iter_zip(str(archive))] == [
-      ('no/n0.png', b'healthy'), ('yes/y0.png', b'third')]
+      ('no/n0.png', b'healthy'), ('yes/y0.png', b'last')]
 
 
 def test_a_link_up_the_tree_and_a_fifo_are_not_read(tmp_path):

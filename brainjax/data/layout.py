@@ -126,10 +126,9 @@ def _zip_class_depth(path: str, names: List[List[str]]) -> Tuple[int, Optional[s
 def iter_zip(path: str) -> Iterator[Tuple[str, int, bytes]]:
   """(name, label, bytes) for every file under the class folders of a zip."""
   with zipfile.ZipFile(path) as archive:
-    infos = [i for i in sorted(archive.infolist(), key=lambda i: i.filename)
-             if not i.is_dir() and not is_junk(i.filename)]
-    # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last is read, as
-    # unzip would leave it on disk.
+    infos = [i for i in archive.infolist() if not i.is_dir() and not is_junk(i.filename)]
+    # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
+    # archive is read, as unzip would leave it on disk.
     last = {'/'.join(_parts(i.filename)): i for i in infos}
     if len(last) < len(infos):
       logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
