@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from brainjax.tasks import datasets
 from brainjax.train import parallel
 from brainjax.train import reporting
+from configs import common
 
 TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
 
@@ -74,6 +75,10 @@ def main(argv):
   config = FLAGS.config
   if config.task not in TASKS:
     raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  try:
+    common.check_values(config)
+  except ValueError as error:
+    sys.exit(f'error: {error}')
   if config.get('multihost'):
     if config.task == 'predict':  # (every host would write the same files)
       sys.exit('error: predict runs on one host; drop --config.multihost')
@@ -83,20 +88,21 @@ def main(argv):
   jax.config.update('jax_compilation_cache_dir', os.path.join(datasets.cache_dir(config), 'xla'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
-  os.makedirs(workdir, exist_ok=True)
-  if parallel.is_first_host():
-    try:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if parallel.is_first_host():
       reporting.write_config(workdir, config)
-    except ValueError as error:
-      sys.exit(f'error: {error}')
+  except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
+    sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
     metrics = task.train_and_evaluate(config, workdir)
     parallel.wait_for_all_hosts('done')  # (jax's exit waits 5 minutes at most for a late host)
-  except (ValueError, FileNotFoundError, FloatingPointError) as error:
-    # A bad input or setting is the user's to fix: one line (the traceback with --verbosity=1).
+  except (ValueError, OSError, FloatingPointError) as error:
+    # A bad input or setting, or a path that cannot be written (a file where a folder is
+    # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)
     sys.exit(f'error: {error}')
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))

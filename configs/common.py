@@ -2,8 +2,11 @@
 
 A config string such as `configs/cnn_cls.py:synthetic,smoke` reaches `get_config` as
 'synthetic,smoke'. `parse_arg` turns it into options: one variant and any modifiers (in
-the style of big_vision). Values are set with `--config.<field>=<value>`.
+the style of big_vision). Values are set with `--config.<field>=<value>`. `check_values`
+refuses values no run can use, before any work.
 """
+import math
+
 import ml_collections
 
 
@@ -79,3 +82,39 @@ def apply_smoke(config):
   config.log_every_steps = 2
   config.checkpoint_every_secs = 0.0  # at every log step and epoch end: resume is tested mid-epoch
   return config
+
+
+def _finite(v):
+  return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# Top-level numeric fields a config may have: (what a valid value passes, how to say it).
+_RANGES = {
+    'seed': (lambda v: isinstance(v, int) and 0 <= v < 2 ** 32, 'an integer in [0, 2**32)'),
+    'learning_rate': (lambda v: _finite(v) and v > 0, 'a finite number > 0'),
+    'b1': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'b2': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
+    'weight_decay': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'kl_weight': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'plateau_factor': (lambda v: _finite(v) and 0 < v <= 1, 'in (0, 1]'),
+    'plateau_patience': (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+}
+_NETWORKS = ('model', 'generator', 'discriminator')
+
+
+def check_values(config):
+  """A ValueError naming the first field whose value no run can use: an optimiser setting
+  out of range (a negative learning rate trains away from the data without a word), or a
+  network size below 1 (a traceback deep in Flax)."""
+  for field, (valid, what) in _RANGES.items():
+    if field in config and not valid(config[field]):
+      raise ValueError(f'{field}={config[field]!r}: it must be {what}')
+  for network in _NETWORKS:
+    for field, value in (config[network].items() if network in config else ()):
+      if field.endswith('_rate'):
+        if not (_finite(value) and 0 <= value < 1):
+          raise ValueError(f'{network}.{field}={value!r}: it must be in [0, 1)')
+      elif value is not None:
+        sizes = value if isinstance(value, (tuple, list)) else (value,)
+        if not sizes or not all(isinstance(n, int) and n >= 1 for n in sizes):
+          raise ValueError(f'{network}.{field}={value!r}: network sizes must be integers >= 1')

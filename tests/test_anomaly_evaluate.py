@@ -82,8 +82,14 @@ def test_default_config_grids():
 
 
 @pytest.mark.parametrize('change, message', [
-    (dict(rules=('giaem', 'svm')), 'unknown anomaly rule'),
+    (dict(rules=('giaem', 'svm')), r'anomaly.rules=.*choose one or more'),
+    (dict(rules=()), r'anomaly.rules=\(\)'),
     (dict(tumor_index_spacing='cubic'), 'tumor_index_spacing'),
+    (dict(tumor_index_min=2.0, tumor_index_max=3.0), r'fractions in \(0, 1\]'),
+    (dict(dbscan_anomaly_thresholds=(0.5, 1.5)), r'must be in \[0, 1\)'),
+    (dict(dbscan_eps=(0.0,)), 'eps must be positive'),
+    (dict(global_max_iter=0), 'global_max_iter=0'),
+    (dict(selection_metric='auc'), 'selection_metric'),
 ])
 def test_bad_config(data, change, message):
   (val_e, val_y, _), (test_e, test_y, _) = data

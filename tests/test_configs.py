@@ -59,12 +59,51 @@ def _launch(*args):
     (['--config=configs/study.py:quick,smoke', '--config.generators=vea'], "generators='vea'"),
     (['--config=configs/study.py:quick,smoke', '--config.synthetic_sources=gan'],
      "synthetic_sources='gan'"),
+    (['--config=configs/cnn_cls.py:real,smoke', '--config.learning_rate=-1'],
+     'learning_rate=-1.0: it must be a finite number > 0'),
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=0'],
+     'model.latent_dim=0: network sizes must be integers >= 1'),
+    (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
+      '--config.seeds=0'], 'seeds=0'),
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.data.image_size=100'],
+     'image_size 100 is not a multiple of 2**6'),
 ])
 def test_launch_bad_config_is_a_short_error(args, message, tmp_path):
   result = _launch(*args, f'--workdir={tmp_path}')
   assert result.returncode != 0
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
+  (tmp_path / 'file').write_text('mine')
+  result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "file"}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'error: [Errno 17] File exists' in result.stderr
+  assert (tmp_path / 'file').read_text() == 'mine'
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('seed', 2 ** 40, 'seed='),
+    ('b1', 1.0, r'b1=1.0: it must be in \[0, 1\)'),
+    ('plateau_factor', -1.0, 'plateau_factor'),
+    ('plateau_patience', -3, 'plateau_patience'),
+    ('learning_rate', float('nan'), 'learning_rate=nan'),
+    ('model.dropout_rate', 2.0, r'model.dropout_rate=2.0: it must be in \[0, 1\)'),
+    ('model.dense_widths', (16, 0, 8), 'model.dense_widths'),
+])
+def test_values_no_run_can_use_are_refused(field, value, message):
+  from configs import cnn_cls, gan_gen
+  config = cnn_cls.get_config('real,smoke')
+  common.check_values(config)
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(ValueError, match=message):
+    common.check_values(config)
+  gan = gan_gen.get_config('positive,smoke')
+  common.check_values(gan)  # (generator.base_channels None: the default)
+  gan.generator.widths = (8, -4, 4, 4)
+  with pytest.raises(ValueError, match='generator.widths'):
+    common.check_values(gan)
 
 
 def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):

@@ -164,3 +164,29 @@ def test_vae_task_trains_resumes_and_exports(tmp_path):
       ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
   assert regenerated['exported'] == 10 and regenerated['train_loss'] == first['train_loss']
   assert open(os.path.join(workdir, 'metrics.json')).read() == trained  # training's kept
+
+
+def test_the_networks_are_built_for_data_image_size():
+  # The VAE, the GAN and BrainCVAE took 128 px whatever data.image_size said.
+  from brainjax.tasks import cvae_cls
+  from configs import cvae_cls as cvae_config
+  key = jax.random.PRNGKey(0)
+  for module, config in ((vae_gen, vae_config.get_config('positive,smoke')),
+                         (cvae_cls, cvae_config.get_config('real,smoke'))):
+    config.data.image_size = 64
+    model = module.create_model(config)
+    state = jax.eval_shape(lambda: module.create_train_state(config, model, key))
+    x = jax.ShapeDtypeStruct((2, 64, 64, 1), np.float32)
+    noise = jax.ShapeDtypeStruct((2, model.latent_dim), np.float32)
+    recon = jax.eval_shape(lambda v, a, z: model.apply(v, a, z, train=False,
+                                                       mutable=False)[0], state.variables, x, noise)
+    assert recon.shape == (2, 64, 64, 1)
+  config = gan_config.get_config('positive,smoke')
+  config.data.image_size = 64
+  generator, discriminator = gan_gen.create_models(config)
+  state = jax.eval_shape(lambda: gan_gen.create_train_state(config, generator, discriminator, key))
+  z = jax.ShapeDtypeStruct((2, generator.latent_dim), np.float32)
+  fake = jax.eval_shape(lambda v, z: generator.apply(v, z, train=False), state.generator.variables,
+                        z)
+  assert fake.shape == (2, 64, 64, 1)
+  jax.eval_shape(lambda v, x: discriminator.apply(v, x), state.discriminator.variables, fake)

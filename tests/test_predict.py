@@ -379,6 +379,16 @@ def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   assert list(first) == list(second) == list(linked) == ['no/a.png']
 
 
+def test_bad_predict_settings_are_named(cnn_run, tmp_path):
+  (tmp_path / 'in').mkdir()
+  with pytest.raises(ValueError, match='batch_size=0'):
+    _predict(cnn_run, tmp_path / 'in', tmp_path / 'out', batch_size=0)
+  with pytest.raises(FileNotFoundError, match="dedup_against='/nonexistent'"):
+    _predict(cnn_run, tmp_path / 'in', tmp_path / 'out', dedup_against='/nonexistent')
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')  # empty: a warning
+  assert rows == {} and metrics['num_inputs'] == 0
+
+
 def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
   scan = _png_bytes(phantom.phantom_slice(5, 0, positive=True).image)
   (tmp_path / 'first' / 'yes').mkdir(parents=True)

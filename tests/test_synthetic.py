@@ -245,11 +245,23 @@ def test_a_killed_exports_staging_folder_is_removed_by_the_next(tmp_path):
       f'.yes.{os.getppid()}.staging']  # another export may still be writing that one
 
 
-def test_a_classifier_refuses_real_data_of_one_class(tmp_path):
+def test_a_classifier_refuses_data_of_one_class_or_a_set_without_one(tmp_path):
+  from types import SimpleNamespace
+  from configs import cnn_cls
   from brainjax.tasks import datasets
-  synthetic.write_synthetic(str(tmp_path), _images(3), NEGATIVE, {})
-  only_healthy = synthetic.read_synthetic(str(tmp_path))  # (stands in for a real folder)
+  config = cnn_cls.get_config('real,smoke')
+
+  def source():  # the export stands in for a real folder
+    return SimpleNamespace(examples=synthetic.read_synthetic(str(tmp_path)))
+
+  synthetic.write_synthetic(str(tmp_path), _images(30), NEGATIVE, {})
   with pytest.raises(ValueError, match=r'no tumour slices \(none readable in yes/\)'):
-    datasets.check_both_classes(only_healthy)
-  synthetic.write_synthetic(str(tmp_path), _images(1), POSITIVE, {})
-  datasets.check_both_classes(synthetic.read_synthetic(str(tmp_path)))
+    datasets.classifier_split(config, source(), 'cnn')
+  with pytest.raises(ValueError, match='no tumour slices to train on'):  # a generator's
+    datasets.generator_training_set(config, source(), POSITIVE)
+  synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})  # too few to share out
+  with pytest.raises(ValueError, match='leaves no tumour slices in the (val|test) set'):
+    datasets.classifier_split(config, source(), 'cnn')
+  synthetic.write_synthetic(str(tmp_path), _images(30), POSITIVE, {})
+  assert len(datasets.classifier_split(config, source(), 'cnn').test) == 6
+  assert len(datasets.classifier_split(config, source(), 'anomaly').train) > 0

@@ -196,7 +196,7 @@ def _largest_clusters(label: np.ndarray, image: np.ndarray, num_images: int) -> 
   return largest
 
 
-def _check_params(eps_values, min_samples_values):
+def check_params(eps_values, min_samples_values):
   eps_values = np.asarray(eps_values, np.float64).reshape(-1)
   if eps_values.size == 0 or not (eps_values > 0).all() or not np.isfinite(eps_values).all():
     raise ValueError(f'eps must be positive and finite, got {eps_values}')
@@ -214,7 +214,7 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
   errors = pixel_features.check_errors(errors)
   h, w = pixel_features.image_shape(errors.shape[1], image_shape)
   thresholds = pixel_features.check_grid(anomaly_thresholds, 'anomaly_thresholds')
-  eps_values, min_samples_values = _check_params(eps_values, min_samples_values)
+  eps_values, min_samples_values = check_params(eps_values, min_samples_values)
   n = len(errors)
   scores = np.zeros((n, thresholds.size, eps_values.size, min_samples_values.size))
 
@@ -243,7 +243,7 @@ def dbscan_labels(errors: np.ndarray, anomaly_threshold: float, eps: float, min_
   """
   errors = pixel_features.check_errors(errors)
   h, w = pixel_features.image_shape(errors.shape[1], image_shape)
-  (eps,), (min_samples,) = _check_params([eps], [min_samples])
+  (eps,), (min_samples,) = check_params([eps], [min_samples])
   threshold = np.float32(anomaly_threshold)
   out = np.full(errors.shape, -1, np.int64)
   for chunk in _image_chunks((errors >= threshold).sum(axis=1)):

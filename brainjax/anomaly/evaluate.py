@@ -72,8 +72,8 @@ def anomaly_threshold_grid(num: int) -> np.ndarray:
 
 def tumor_index_grid(config) -> np.ndarray:
   lo, hi, num = config.tumor_index_min, config.tumor_index_max, config.num_tumor_index
-  if num < 1 or not 0 < lo <= hi:
-    raise ValueError(f'bad tumor_index grid: min {lo}, max {hi}, num {num}')
+  if num < 1 or not 0 < lo <= hi <= 1:  # a fraction of the image
+    raise ValueError(f'bad tumor_index grid (fractions in (0, 1]): min {lo}, max {hi}, num {num}')
   if config.tumor_index_spacing == 'geometric':
     return np.geomspace(lo, hi, num)
   if config.tumor_index_spacing == 'linear':
@@ -86,6 +86,30 @@ def alpha_grid(config) -> np.ndarray:
   if config.num_alpha < 1 or not 0 < config.alpha_min <= config.alpha_max:
     raise ValueError(f'bad alpha grid: {config.alpha_min}..{config.alpha_max} x {config.num_alpha}')
   return np.geomspace(config.alpha_min, config.alpha_max, config.num_alpha)
+
+
+def check_config(config) -> None:
+  """A ValueError for anomaly settings no evaluation can use: cvae_cls checks them before it
+  trains, not after."""
+  rules = tuple(config.rules)
+  if not rules or set(rules) - set(RULES):
+    raise ValueError(f'anomaly.rules={rules!r}: choose one or more of {RULES}')
+  if config.selection_metric not in classification.METRIC_NAMES:
+    raise ValueError(f'anomaly.selection_metric={config.selection_metric!r}: choose from '
+                     f'{classification.METRIC_NAMES}')
+  anomaly_threshold_grid(config.num_anomaly_thresholds)
+  anomaly_threshold_grid(config.num_global_thresholds)
+  tumor_index_grid(config)
+  alpha_grid(config)
+  thresholds = pixel_features.check_grid(np.sort(np.asarray(config.dbscan_anomaly_thresholds)),
+                                         'dbscan_anomaly_thresholds')
+  if thresholds.min() < 0 or thresholds.max() >= 1:  # normalised errors lie in [0, 1]
+    raise ValueError(f'anomaly.dbscan_anomaly_thresholds={config.dbscan_anomaly_thresholds}: '
+                     'they must be in [0, 1)')
+  dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
+  for field in ('kmeans_max_iter', 'global_max_iter'):
+    if config[field] < 1:
+      raise ValueError(f'anomaly.{field}={config[field]}: it must be at least 1')
 
 
 def _global_codes(codes, config):
@@ -171,10 +195,8 @@ def evaluate_anomaly_rules(
   if shape is None and test_masks is not None:
     shape = np.shape(test_masks)[1:3]
   shape = pixel_features.image_shape(val_errors.shape[1], shape)
+  check_config(config)
   rules = tuple(config.rules)
-  for rule in rules:
-    if rule not in RULES:
-      raise ValueError(f'unknown anomaly rule {rule!r}; choose from {RULES}')
   codes = None
   if 'giaem' in rules or 'global_kmeans' in rules:  # computed once, shared
     codes = pixel_features.threshold_codes(

@@ -105,8 +105,7 @@ def write_eval_ids(workdir, **sets):
 def train_and_evaluate(config, workdir):
   source = datasets.real_source(config)
   examples = source.examples
-  datasets.check_both_classes(examples)
-  split = datasets.split(config, source, 'cnn')
+  split = datasets.classifier_split(config, source, 'cnn')
   train = datasets.training_examples(config, examples.take(split.train))
   val, test = examples.take(split.val), examples.take(split.test)
   if parallel.is_first_host():

@@ -37,7 +37,7 @@ RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMean
 def create_model(config, axis_name=None):
   del axis_name  # the BrainCVAE has no BatchNorm
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  return models.get_model('cvae', **config.model, dtype=dtype)
+  return models.get_model('cvae', **config.model, image_size=config.data.image_size, dtype=dtype)
 
 
 def create_train_state(config, model, rng):
@@ -78,8 +78,8 @@ def reconstruct(model, variables, images):
 def train_and_evaluate(config, workdir):
   source = datasets.real_source(config)
   examples = source.examples
-  datasets.check_both_classes(examples)
-  split = datasets.split(config, source, 'anomaly')
+  anomaly_evaluate.check_config(config.anomaly)  # before training, not after
+  split = datasets.classifier_split(config, source, 'anomaly')
   train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
   val, test = examples.take(split.val), examples.take(split.test)
   if parallel.is_first_host():

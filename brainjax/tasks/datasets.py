@@ -33,13 +33,28 @@ def real_source(config):
   return sources.load_source(config.data, cache_dir(config))
 
 
-def check_both_classes(examples):
-  """A classifier is trained and scored on both classes: real data of one is a mistake
-  (e.g. an empty yes/ folder), whose metrics would be meaningless."""
-  for name, label, folder in (('tumour', POSITIVE, 'yes'), ('healthy', NEGATIVE, 'no')):
-    if not (examples.labels == label).any():
+_CLASS_NAMES = ((NEGATIVE, 'healthy', 'no'), (POSITIVE, 'tumour', 'yes'))
+
+
+def classifier_split(config, source, protocol):
+  """`split` for a classifier (protocol 'cnn' or 'anomaly'), refused when the data hold one
+  class (e.g. an empty yes/ folder: accuracy 1.0 of nothing), or a set it trains, validates or
+  tests on lacks a class it needs (too few slices, or a grouped split that kept them together)."""
+  labels = source.examples.labels
+  for label, name, folder in _CLASS_NAMES:
+    if not (labels == label).any():
       raise ValueError(f'the real data hold no {name} slices (none readable in {folder}/): a '
                        'classifier needs both classes')
+  parts = split(config, source, protocol)
+  for part, ids in parts._asdict().items():
+    needed = (NEGATIVE,) if (protocol, part) == ('anomaly', 'train') else (NEGATIVE, POSITIVE)
+    for label, name, _ in _CLASS_NAMES:
+      if label in needed and not (labels[ids] == label).any():
+        raise ValueError(
+            f'the {config.split} split (seed {config.seed}) leaves no {name} slices in the '
+            f'{part} set ({len(labels)} slices in all): use more (data.num_per_class)'
+            + (', or a dedup_threshold that groups fewer' if config.split == 'grouped' else ''))
+  return parts
 
 
 def split(config, source, protocol):
@@ -76,7 +91,14 @@ def generator_training_set(config, source, label):
     in_anomaly_train = np.zeros(len(examples), bool)
     in_anomaly_train[split(config, source, 'anomaly').train] = True
     keep &= in_anomaly_train
-  return examples.take(keep & (examples.labels == label))
+  train = examples.take(keep & (examples.labels == label))
+  if not len(train):
+    name, folder = next((n, f) for y, n, f in _CLASS_NAMES if y == label)
+    raise ValueError(f'no {name} slices to train on: none readable in {folder}/, or the '
+                     f'{config.split} split (seed {config.seed}) keeps none for training; use '
+                     'more (data.num_per_class)' + (', or a dedup_threshold that groups fewer'
+                                                     if config.split == 'grouped' else ''))
+  return train
 
 
 def _export_dirs(config):

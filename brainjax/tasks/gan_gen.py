@@ -29,8 +29,10 @@ class GANState(flax.struct.PyTreeNode):
 
 def create_models(config, axis_name=None):
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  return (models.get_model('generator', **config.generator, dtype=dtype, bn_axis_name=axis_name),
-          models.get_model('discriminator', **config.discriminator, dtype=dtype))
+  size = config.data.image_size
+  return (models.get_model('generator', **config.generator, image_size=size, dtype=dtype,
+                           bn_axis_name=axis_name),
+          models.get_model('discriminator', **config.discriminator, image_size=size, dtype=dtype))
 
 
 def create_train_state(config, generator, discriminator, rng):

@@ -599,7 +599,13 @@ def train_and_evaluate(config, workdir):
     model_dir, input_path = _smoke_inputs(config, workdir)
   if not model_dir:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
+  if config.batch_size < 1:
+    raise ValueError(f'batch_size={config.batch_size}: it must be at least 1')
+  if config.dedup_against and not os.path.exists(config.dedup_against):
+    raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
+  if not files:
+    logging.warning('%s holds no files: nothing to predict.', input_path)
   out = os.path.realpath(workdir) + os.sep
   if out.startswith(os.path.realpath(input_path) + os.sep):  # the workdir is in the input:
     files = [f for f in files if not os.path.realpath(f.source).startswith(out)]  # not ours

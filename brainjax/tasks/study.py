@@ -28,6 +28,7 @@ from brainjax.train import checkpoints
 from brainjax.train import parallel
 from brainjax.train import reporting
 from configs import cnn_cls as cnn_config
+from configs import common
 from configs import cvae_cls as cvae_config
 from configs import gan_gen as gan_config
 from configs import vae_gen as vae_config
@@ -155,13 +156,28 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
 
 
 def check_config(config):
-  """One-line errors for generator names the study does not know, before any stage runs."""
+  """One-line errors for settings no study can use, before any stage runs."""
   generators = config.generators.split(',')
   if set(generators) - {'vae', 'gan'}:
     raise ValueError(f'generators={config.generators!r}: choose from vae, gan (comma-separated)')
   if set(config.synthetic_sources.split(',')) - set(generators):
     raise ValueError(f'synthetic_sources={config.synthetic_sources!r} names a generator the '
                      f'study does not train (generators={config.generators!r})')
+  modes = config.split_modes.split(',')
+  if set(modes) - {'random', 'grouped'} or len(set(modes)) < len(modes):
+    raise ValueError(f'split_modes={config.split_modes!r}: random and/or grouped, each once')
+  for field in ('seeds', 'knn_k'):
+    if not (isinstance(config[field], int) and config[field] >= 1):
+      raise ValueError(f'{field}={config[field]!r}: it must be an integer >= 1')
+  if config.preset not in ('', 'smoke', 'paper'):
+    raise ValueError(f"preset={config.preset!r}: choose '', 'smoke' or 'paper'")
+  # Every stage's own settings, overrides included (a bad one would stop the study hours in).
+  stages = [(f'{kind}_gen', 'positive') for kind in generators]
+  for task, variant in stages + [('cnn_cls', 'real'), ('cvae_cls', 'real')]:
+    try:
+      common.check_values(sub_config(config, task, variant, modes[0], config.seed))
+    except ValueError as error:
+      raise ValueError(f'overrides.{task}: {error}') from None
 
 
 def check_layout(config, workdir):

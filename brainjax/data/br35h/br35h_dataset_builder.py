@@ -17,13 +17,15 @@ from brainjax.data import layout
 
 def locate(manual_dir: str) -> Tuple[str, str]:
   """('folder' | 'zip', path) of the data inside the manual directory."""
-  if os.path.isfile(manual_dir) and zipfile.is_zipfile(manual_dir):
+  if os.path.isfile(manual_dir):
+    if not zipfile.is_zipfile(manual_dir):
+      raise ValueError(f'{manual_dir} is not a readable zip archive')
     return 'zip', manual_dir
   if layout.has_class_folders(manual_dir):
     return 'folder', manual_dir
   zips = sorted(f for f in os.listdir(manual_dir) if f.lower().endswith('.zip'))
   if len(zips) == 1:
-    return 'zip', os.path.join(manual_dir, zips[0])
+    return locate(os.path.join(manual_dir, zips[0]))
   raise ValueError(
       f'{manual_dir} holds neither yes/ and no/ folders (at its root or one level down) nor '
       f'exactly one .zip of them (found {len(zips)} zips)')

@@ -62,8 +62,11 @@ def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, b
   if not builder.is_prepared():
     logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
     source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=source))
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=source))
+    except ValueError as error:  # (it names the link to a zip in `prepared`, not the user's)
+      raise ValueError(f'{manual_dir}: {error}') from None
   data = builder.as_data_source('train')
   records = []
   for i in range(len(data)):
