@@ -83,9 +83,12 @@ def main(argv):
     if config.task == 'predict':  # (every host would write the same files)
       sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
+  cache = datasets.cache_dir(config)
+  if os.path.exists(cache) and not os.path.isdir(cache):
+    sys.exit(f'error: the cache folder {cache!r} is a file (--config.cache_dir, BRAINJAX_CACHE)')
   # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
   # network reuse them instead of recompiling.
-  jax.config.update('jax_compilation_cache_dir', os.path.join(datasets.cache_dir(config), 'xla'))
+  jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
   try:
