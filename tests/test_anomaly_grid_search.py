@@ -50,6 +50,7 @@ def test_confusion_grid_counts_every_grid_point():
   np.testing.assert_array_equal(tn + fp + fn + tp, 30)
   one_class = grid_search.confusion_grid(scores, np.ones(30), cutoffs)
   np.testing.assert_array_equal(one_class[1], 0)  # no healthy image: no false positive
+  assert grid_search.confusion_grid(scores, labels, [])[3].shape == (9, 0)
 
 
 def test_bad_metric_and_labels():

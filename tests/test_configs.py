@@ -100,7 +100,7 @@ def test_values_no_run_can_use_are_refused(field, value, message):
   with pytest.raises(ValueError, match=message):
     common.check_values(config)
   gan = gan_gen.get_config('positive,smoke')
-  common.check_values(gan)  # (generator.base_channels None: the default)
+  common.check_values(gan)
   gan.generator.widths = (8, -4, 4, 4)
   with pytest.raises(ValueError, match='generator.widths'):
     common.check_values(gan)

@@ -61,7 +61,7 @@ def confusion_grid(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray):
   def at_or_above(class_scores):  # (C, V): scores of the class >= each cut-off
     ordered = np.sort(class_scores, axis=0)
     below = [np.searchsorted(column, cutoffs, side='left') for column in ordered.T]
-    return len(ordered) - np.array(below, np.int64).reshape(-1, cutoffs.size)
+    return len(ordered) - np.array(below, np.int64).reshape(ordered.shape[1], cutoffs.size)
 
   tp, fp = at_or_above(scores[labels]), at_or_above(scores[~labels])
   return int((~labels).sum()) - fp, fp, int(labels.sum()) - tp, tp

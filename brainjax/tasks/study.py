@@ -169,8 +169,8 @@ def check_config(config):
   for field in ('seeds', 'knn_k'):
     if not (isinstance(config[field], int) and config[field] >= 1):
       raise ValueError(f'{field}={config[field]!r}: it must be an integer >= 1')
-  if config.preset not in ('', 'smoke', 'paper'):
-    raise ValueError(f"preset={config.preset!r}: choose '', 'smoke' or 'paper'")
+  if set(filter(None, config.preset.split(','))) - {'smoke', 'paper'}:
+    raise ValueError(f"preset={config.preset!r}: '', or smoke and/or paper (comma-separated)")
   # Every stage's own settings, overrides included (a bad one would stop the study hours in).
   stages = [(f'{kind}_gen', 'positive') for kind in generators]
   for task, variant in stages + [('cnn_cls', 'real'), ('cvae_cls', 'real')]:
