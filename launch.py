@@ -20,6 +20,7 @@ from brainjax.train import reporting
 from configs import common
 
 TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
+TRAINING_TASKS = TASKS[:4]
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and metrics.json go '
@@ -75,14 +76,16 @@ def main(argv):
   config = FLAGS.config
   if config.task not in TASKS:
     raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
-  try:
-    common.check_values(config)
-  except ValueError as error:
-    sys.exit(f'error: {error}')
   if config.get('multihost'):
     if config.task == 'predict':  # (every host would write the same files)
       sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
+  try:  # before config.json is written: a fix of batch_size is then no rerun of other settings
+    common.check_values(config)
+    if config.task in TRAINING_TASKS:
+      parallel.check_batch_split(config)
+  except ValueError as error:
+    sys.exit(f'error: {error}')
   cache = datasets.cache_dir(config)
   if os.path.exists(cache) and not os.path.isdir(cache):
     sys.exit(f'error: the cache folder {cache!r} is a file (--config.cache_dir, BRAINJAX_CACHE)')

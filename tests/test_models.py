@@ -426,3 +426,25 @@ def test_max_pool_matches_flax_values_and_gradients_with_ties(ties):
   np.testing.assert_array_equal(got_grad, want_grad)  # the first maximum of a window gets it all
   with pytest.raises(ValueError, match='spatial size must be even'):
     max_pool_2x2(jnp.zeros((1, 3, 4, 1)))
+
+
+def test_cnn_dropout_masks_do_not_depend_on_the_device_count():
+  # vmap with an axis name stands in for pmap: two shards of two images must drop the units
+  # one batch of four drops (each example's mask keyed by its index in the global batch).
+  x = jax.random.uniform(key(1), (4, 16, 16, 1))
+  single = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4))
+  sharded = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4), bn_axis_name='devices')
+  variables = jax.jit(single.init, static_argnames='train')(key(0), x, train=False)
+
+  @jax.jit
+  def run(variables, x, rng):
+    want, _ = single.apply(variables, x, train=True, rngs={'dropout': rng}, mutable=['batch_stats'])
+    got, _ = jax.vmap(lambda xs: sharded.apply(variables, xs, train=True, rngs={'dropout': rng},
+                                               mutable=['batch_stats']),
+                      axis_name='devices')(x.reshape(2, 2, 16, 16, 1))
+    return want, got.reshape(4, -1)
+
+  want, got = run(variables, x, key(3))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  other, _ = run(variables, x, key(4))
+  assert not np.allclose(other, want)  # (the masks do depend on the key)

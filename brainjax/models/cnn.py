@@ -51,6 +51,24 @@ def _max_pool_bwd(first: Array, dy: Array):
 max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+class ExampleDropout(nn.Module):
+  """Dropout whose mask of example i depends only on the 'dropout' key and i's index in the
+  *global* batch (its position over `axis_name`'s devices), as `parallel.example_normal`
+  draws the generators' noise: a run on 8 devices drops the units a 1-device run drops."""
+  rate: float
+  axis_name: Optional[str] = None
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    if deterministic or self.rate == 0:
+      return x
+    rng = self.make_rng('dropout')
+    offset = 0 if self.axis_name is None else lax.axis_index(self.axis_name) * x.shape[0]
+    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(x.shape[0]))
+    keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - self.rate, x.shape[1:]))(keys)
+    return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
+
+
 class BrainCNN(nn.Module):
   """Images (N, H, W, 1) in [0, 1] -> class logits (N, num_classes), float32.
 
@@ -76,7 +94,7 @@ class BrainCNN(nn.Module):
       x = max_pool_2x2(nn.relu(batch_norm(train, self.bn_axis_name, self.dtype)(x)))
     x = x.reshape(x.shape[0], -1)
     for width in self.dense_widths:
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      x = ExampleDropout(self.dropout_rate, self.bn_axis_name)(x, deterministic=not train)
       x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
     if return_features:
       return x.astype(jnp.float32)

@@ -174,10 +174,12 @@ def check_config(config):
   # Every stage's own settings, overrides included (a bad one would stop the study hours in).
   stages = [(f'{kind}_gen', 'positive') for kind in generators]
   for task, variant in stages + [('cnn_cls', 'real'), ('cvae_cls', 'real')]:
+    sub = sub_config(config, task, variant, modes[0], config.seed)
     try:
-      common.check_values(sub_config(config, task, variant, modes[0], config.seed))
+      common.check_values(sub)
     except ValueError as error:
       raise ValueError(f'overrides.{task}: {error}') from None
+    parallel.check_batch_split(sub, prefix=f'overrides.{task}.')
 
 
 def check_layout(config, workdir):

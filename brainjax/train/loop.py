@@ -107,10 +107,8 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
   for field in ('num_epochs', 'batch_size', 'log_every_steps', 'keep_checkpoints'):
     if config[field] < 1:  # (0 checkpoints kept: a rerun could not resume)
       raise ValueError(f'{field}={config[field]}: it must be at least 1')
+  parallel.check_batch_split(config)  # (launch.py checks it before writing config.json)
   devices = parallel.train_devices(config.num_devices)  # every host's
-  if config.batch_size % len(devices):
-    raise ValueError(f'batch_size={config.batch_size} must split across {len(devices)} '
-                     'devices; set --config.batch_size or --config.num_devices')
   num_examples = len(next(iter(train_arrays.values())))
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = per_epoch * config.num_epochs

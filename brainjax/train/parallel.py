@@ -21,10 +21,21 @@ def train_devices(num_devices):
   if num_devices == -1:
     num_devices = local
   if not 1 <= num_devices <= local:
-    raise ValueError(f'num_devices={num_devices}, but {local} local devices exist')
+    raise ValueError(f'num_devices={num_devices}: choose -1 (all) or 1 to {local}, the local '
+                     'devices of this process')
   by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   return [d for _, group in itertools.groupby(by_process, key=lambda d: d.process_index)
           for d in list(group)[:num_devices]]
+
+
+def check_batch_split(config, prefix=''):
+  """A ValueError unless config.batch_size splits evenly across the devices the run trains on."""
+  count = len(train_devices(config.num_devices))
+  if config.batch_size % count:
+    divisors = [n for n in range(1, count + 1) if config.batch_size % n == 0]
+    raise ValueError(f'{prefix}batch_size={config.batch_size} does not split across {count} '
+                     f'devices: set num_devices to one of {divisors} (or, in a new workdir, '
+                     f'{prefix}batch_size to a multiple of {count})')
 
 
 def this_host(devices):
