@@ -57,3 +57,16 @@ def test_first_replica_stays_on_the_first_device():
   first = parallel.first_replica({'w': per_device})['w']
   assert first.shape == (2,) and first.devices() == {devices[0]}
   np.testing.assert_array_equal(first, [1.0, 2.0])
+
+
+def test_a_batch_that_does_not_split_names_the_num_devices_that_do(monkeypatch):
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(batch_size=12, num_devices=-1))
+  # Two hosts of four devices (num_devices counts each host's): 12 splits over 2 x 1, 2, 3.
+  monkeypatch.setattr(parallel, 'train_devices', lambda n: list(range(8 if n == -1 else 2 * n)))
+  monkeypatch.setattr(parallel.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(parallel.jax, 'local_device_count', lambda: 4)
+  with pytest.raises(ValueError, match=r'across 8 devices: set num_devices to one of \[1, 2, 3\]'):
+    parallel.check_batch_split(config)
+  config.num_devices = 3
+  parallel.check_batch_split(config)

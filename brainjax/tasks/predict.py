@@ -567,6 +567,7 @@ def _smoke_inputs(config, workdir):
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
       sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
       sub.cache_dir = datasets.cache_dir(config)
+      sub.num_devices = config.num_devices
       os.makedirs(model_dir, exist_ok=True)
       reporting.write_config(model_dir, sub)
       logging.info('Smoke: training a tiny %s run in %s.', config.smoke_task, model_dir)

@@ -30,11 +30,13 @@ def train_devices(num_devices):
 
 def check_batch_split(config, prefix=''):
   """A ValueError unless config.batch_size splits evenly across the devices the run trains on."""
-  count = len(train_devices(config.num_devices))
+  count, hosts = len(train_devices(config.num_devices)), jax.process_count()
   if config.batch_size % count:
-    divisors = [n for n in range(1, count + 1) if config.batch_size % n == 0]
+    # num_devices counts each host's devices.
+    fits = [n for n in range(1, jax.local_device_count() + 1)
+            if config.batch_size % (n * hosts) == 0]
     raise ValueError(f'{prefix}batch_size={config.batch_size} does not split across {count} '
-                     f'devices: set num_devices to one of {divisors} (or, in a new workdir, '
+                     f'devices: set num_devices to one of {fits} (or, in a new workdir, '
                      f'{prefix}batch_size to a multiple of {count})')
 
 
