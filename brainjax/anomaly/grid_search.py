@@ -5,10 +5,10 @@ thresholding, one per outer grid point) yields a continuous score per image, and
 a cheap "inner" cut-off turns it into a prediction (score >= cut-off). So one
 driver serves all: `select` takes the (N, C) scores of all C outer points and V
 cut-offs, counts the confusion matrices of all C x V grid points by binary
-search in each outer point's sorted scores, and picks the best by the chosen metric. Ties are broken
-deterministically: metric values are rounded to 12 decimals, then the first
-maximum in (outer, inner) row-major order wins, i.e. the smallest outer index,
-then the smallest cut-off index.
+search in each outer point's sorted scores, and picks the best by the chosen
+metric. Ties are broken deterministically: metric values are rounded to 12
+decimals, then the first maximum in (outer, inner) row-major order wins, i.e. the
+smallest outer index, then the smallest cut-off index.
 
 The per-rule wrappers below map grid indices back to named hyperparameters.
 """

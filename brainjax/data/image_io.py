@@ -2,8 +2,9 @@
 
 Br35H mixes JPEG and PNG in modes RGB, L, RGBA and P; other collections add
 16-bit PNGs. Everything becomes a 2-D float32 array, oriented as the file is
-displayed (EXIF orientation applied), so that preprocessing sees one format. Files that cannot be decoded completely raise `UnreadableImage`
-with a one-line reason, so callers can count and log a skip.
+displayed (EXIF orientation applied), so that preprocessing sees one format.
+Files that cannot be decoded completely raise `UnreadableImage` with a one-line
+reason, so callers can count and log a skip.
 
 Truncation: PIL raises on truncated data as long as
 `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` keeps its default (False); we never set

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from brainjax.models.layers import batch_norm, conv
+from brainjax.models.layers import batch_norm, conv, example_keys
 
 Array = jax.Array
 
@@ -53,8 +53,8 @@ max_pool_2x2.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 class ExampleDropout(nn.Module):
   """Dropout whose mask of example i depends only on the 'dropout' key and i's index in the
-  *global* batch (its position over `axis_name`'s devices), as `parallel.example_normal`
-  draws the generators' noise: a run on 8 devices drops the units a 1-device run drops."""
+  *global* batch (`layers.example_keys`, as the generators' noise is drawn): a run on 8
+  devices drops the units a 1-device run drops."""
   rate: float
   axis_name: Optional[str] = None
 
@@ -62,9 +62,7 @@ class ExampleDropout(nn.Module):
   def __call__(self, x: Array, deterministic: bool) -> Array:
     if deterministic or self.rate == 0:
       return x
-    rng = self.make_rng('dropout')
-    offset = 0 if self.axis_name is None else lax.axis_index(self.axis_name) * x.shape[0]
-    keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(x.shape[0]))
+    keys = example_keys(self.make_rng('dropout'), x.shape[0], self.axis_name)
     keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - self.rate, x.shape[1:]))(keys)
     return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
 

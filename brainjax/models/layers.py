@@ -383,6 +383,14 @@ def _normalize_batch_bwd(epsilon, axis_name, residuals, cotangents):
 normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
 
 
+def example_keys(rng: Array, local_batch: int, axis_name: Optional[str] = None) -> Array:
+  """One PRNG key per example of this device's rows, fold_in(rng, i) with i the example's
+  index in the *global* batch (rows of device d start at d * local_batch): random draws made
+  from them do not depend on how many devices share the batch."""
+  offset = 0 if axis_name is None else lax.axis_index(axis_name) * local_batch
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
+
+
 def upsample_nearest_2x(x: Array) -> Array:
   """(N, H, W, C) -> (N, 2H, 2W, C), nearest neighbour (torch nn.Upsample(2))."""
   n, h, w, c = x.shape

@@ -14,6 +14,7 @@ import numpy as np
 
 from brainjax.data import dedup
 from brainjax.data import examples as examples_lib
+from brainjax.data import layout
 from brainjax.data import sources
 from brainjax.data import splits
 from brainjax.data import synthetic
@@ -33,7 +34,13 @@ def real_source(config):
   return sources.load_source(config.data, cache_dir(config))
 
 
-_CLASS_NAMES = ((NEGATIVE, 'healthy', 'no'), (POSITIVE, 'tumour', 'yes'))
+_CLASS_NAMES = {NEGATIVE: 'healthy', POSITIVE: 'tumour'}  # (folders: layout.CLASSES[label])
+
+
+def _more_slices(config):
+  """How to give a split more slices of each class."""
+  return 'use more (data.num_per_class)' + (', or a dedup_threshold that groups fewer'
+                                            if config.split == 'grouped' else '')
 
 
 def classifier_split(config, source, protocol):
@@ -41,19 +48,18 @@ def classifier_split(config, source, protocol):
   class (e.g. an empty yes/ folder: accuracy 1.0 of nothing), or a set it trains, validates or
   tests on lacks a class it needs (too few slices, or a grouped split that kept them together)."""
   labels = source.examples.labels
-  for label, name, folder in _CLASS_NAMES:
+  for label, name in _CLASS_NAMES.items():
     if not (labels == label).any():
-      raise ValueError(f'the real data hold no {name} slices (none readable in {folder}/): a '
-                       'classifier needs both classes')
+      raise ValueError(f'the real data hold no {name} slices (none readable in '
+                       f'{layout.CLASSES[label]}/): a classifier needs both classes')
   parts = split(config, source, protocol)
   for part, ids in parts._asdict().items():
     needed = (NEGATIVE,) if (protocol, part) == ('anomaly', 'train') else (NEGATIVE, POSITIVE)
-    for label, name, _ in _CLASS_NAMES:
-      if label in needed and not (labels[ids] == label).any():
-        raise ValueError(
-            f'the {config.split} split (seed {config.seed}) leaves no {name} slices in the '
-            f'{part} set ({len(labels)} slices in all): use more (data.num_per_class)'
-            + (', or a dedup_threshold that groups fewer' if config.split == 'grouped' else ''))
+    for label in needed:
+      if not (labels[ids] == label).any():
+        raise ValueError(f'the {config.split} split (seed {config.seed}) leaves no '
+                         f'{_CLASS_NAMES[label]} slices in the {part} set ({len(labels)} slices '
+                         f'in all): {_more_slices(config)}')
   return parts
 
 
@@ -93,11 +99,9 @@ def generator_training_set(config, source, label):
     keep &= in_anomaly_train
   train = examples.take(keep & (examples.labels == label))
   if not len(train):
-    name, folder = next((n, f) for y, n, f in _CLASS_NAMES if y == label)
-    raise ValueError(f'no {name} slices to train on: none readable in {folder}/, or the '
-                     f'{config.split} split (seed {config.seed}) keeps none for training; use '
-                     'more (data.num_per_class)' + (', or a dedup_threshold that groups fewer'
-                                                     if config.split == 'grouped' else ''))
+    raise ValueError(f'no {_CLASS_NAMES[label]} slices to train on: none readable in '
+                     f'{layout.CLASSES[label]}/, or the {config.split} split (seed {config.seed}) '
+                     f'keeps none for training; {_more_slices(config)}')
   return train
 
 

@@ -5,7 +5,8 @@ import itertools
 
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
+
+from brainjax.models import layers
 
 AXIS = 'batch'  # the pmap axis name; BatchNorm statistics and gradients are averaged over it
 
@@ -85,8 +86,7 @@ def example_normal(rng, local_batch, shape, axis_name=None):
   The key of example i of the global batch is fold_in(rng, i), so an 8-device run draws
   exactly the noise a 1-device run draws for the same global batch.
   """
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
-  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
+  keys = layers.example_keys(rng, local_batch, axis_name)
   return jax.vmap(lambda k: jax.random.normal(k, shape))(keys)
 
 
