@@ -121,3 +121,23 @@ def test_exif_orientation_is_applied(fmt):
   shown = image_io.decode_image(buffer.getvalue())
   assert shown.shape == (40, 20)
   assert shown[:10, -5:].mean() > 0.9 and shown[:10, :5].mean() < 0.1  # top right as shown
+
+
+@pytest.mark.parametrize('fmt', ['TIFF', 'GIF', 'PNG'])
+def test_several_frames_are_refused_one_frame_read(fmt):
+  # A stack of slices (multi-page TIFF, animated GIF or PNG) is not one slice: refused,
+  # so a caller counts a skip instead of training on whichever frame comes first.
+  frames = [Image.fromarray(_gradient()), Image.fromarray(255 - _gradient())]
+  stack = _encode(frames[0], fmt, save_all=True, append_images=frames[1:])
+  with pytest.raises(image_io.UnreadableImage, match='2 frames in one file'):
+    image_io.decode_image(stack)
+  single = image_io.decode_image(_encode(frames[0], fmt))
+  np.testing.assert_allclose(single, _gradient() / 255.0, atol=1.5 / 255)
+
+
+def test_a_camera_mpo_jpeg_reads_its_main_picture():
+  frames = [Image.fromarray(_gradient()).convert('RGB'), Image.new('RGB', (60, 40))]
+  mpo = _encode(frames[0], 'MPO', save_all=True, append_images=frames[1:])
+  with Image.open(io.BytesIO(mpo)) as image:
+    assert image.format == 'MPO' and image.n_frames == 2
+  np.testing.assert_allclose(image_io.decode_image(mpo), _gradient() / 255.0, atol=3 / 255)

@@ -3,8 +3,9 @@
 Br35H mixes JPEG and PNG in modes RGB, L, RGBA and P; other collections add
 16-bit PNGs. Everything becomes a 2-D float32 array, oriented as the file is
 displayed (EXIF orientation applied), so that preprocessing sees one format.
-Files that cannot be decoded completely raise `UnreadableImage` with a one-line
-reason, so callers can count and log a skip.
+Files that cannot be decoded completely, and files of several frames (a TIFF stack,
+an animated GIF), raise `UnreadableImage` with a one-line reason, so callers can count
+and log a skip.
 
 Truncation: PIL raises on truncated data as long as
 `PIL.ImageFile.LOAD_TRUNCATED_IMAGES` keeps its default (False); we never set
@@ -119,6 +120,12 @@ def decode_image(data: bytes) -> np.ndarray:
         image.load()
         if image.width == 0 or image.height == 0:
           raise UnreadableImage(f'image has zero size {image.size}')
+        # A stack of slices or an animation: which frame would be the slice? (A camera's
+        # MPO JPEG keeps previews or other views after its main picture, the first frame.)
+        frames = getattr(image, 'n_frames', 1)
+        if frames > 1 and image.format != 'MPO':
+          raise UnreadableImage(f'{frames} frames in one file (a stack or an animation): '
+                                'save each slice as a file of its own')
         if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as the file is displayed
           image = ImageOps.exif_transpose(image)
         return _pil_to_array(image)
