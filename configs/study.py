@@ -22,11 +22,14 @@ def get_config(arg=None):
   config.knn_k = 3  # neighbours of the k-NN precision/recall estimate
   config.data.num_per_class = 300
   config.num_synthetic = 300
-  # BrainCNN needs the study's 20 epochs: at lr 1e-3 its first steps blow the logits up
-  # (the PyTorch peer too) and 6 epochs left it at chance.
+  # BrainCNN on 420 phantom slices (6 steps an epoch): at the study's lr 1e-3 its first steps
+  # blow the logits up (the PyTorch peer's too) and 20 epochs stayed at chance; at 1e-4 it
+  # learns after a noisy first dozen epochs, which the study's plateau patience (5 epochs)
+  # would end by cutting the rate. 40 epochs: test ROC AUC 0.91, accuracy 82%.
   config.overrides = ml_collections.ConfigDict(dict(
       vae_gen=dict(num_epochs=30), gan_gen=dict(num_epochs=15),
-      cnn_cls=dict(num_epochs=20), cvae_cls=dict(num_epochs=10)))
+      cnn_cls=dict(num_epochs=40, learning_rate=1e-4, plateau_patience=20),
+      cvae_cls=dict(num_epochs=10)))
   if opts.variant == 'paper':
     config.preset = 'paper'
     config.data.dataset = 'br35h'

@@ -46,7 +46,7 @@ PHANTOM_DEFAULT_PER_CLASS = 1500
 # (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied; 4: files of several
 # frames refused).
 PREPROCESS_VERSION = 4
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 _CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
 _LOG_NAMES = 5
