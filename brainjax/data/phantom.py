@@ -146,8 +146,8 @@ def _sample_lesions(rng, count):
   """Centre (brain coordinates), radius and extent of the edema of each lesion."""
   lesions = []
   for _ in range(count):
-    # Version 1 drew 6-26% and cores from 45% strength: the quick study's BrainCNN
-    # (420 slices) stayed near chance on them (test ROC AUC 0.75 against 0.91 now).
+    # Version 1 drew 6-26%, with cores from 45% strength: the quick study's BrainCNN
+    # (420 slices) reached a test ROC AUC of 0.75 on it, 0.91 on these.
     radius = math.exp(rng.uniform(math.log(0.10), math.log(0.35)))
     rho = rng.uniform(0.1, 0.78 - 0.5 * radius)
     angle = rng.uniform(0, 2 * math.pi)
