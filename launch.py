@@ -19,8 +19,8 @@ from brainjax.train import parallel
 from brainjax.train import reporting
 from configs import common
 
-TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
-TRAINING_TASKS = TASKS[:4]
+TRAINING_TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls')  # their batch splits across devices
+TASKS = TRAINING_TASKS + ('study', 'predict')
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and metrics.json go '
