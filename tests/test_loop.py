@@ -194,6 +194,27 @@ def test_a_non_finite_loss_before_the_first_save_names_no_checkpoint(tmp_path):
     run(tmp_path, config(checkpoint_every_secs=3600.0), poison_at=2)
 
 
+def test_a_non_finite_loss_before_the_first_save_keeps_the_best_so_far(tmp_path):
+  # 4 steps an epoch, no save due: the best (epoch 2, step 8) is only in memory when the
+  # 11th step's loss is NaN. It is written as the best and as the latest checkpoint.
+  losses = iter([1.0, 0.5, 0.7])
+  cfg = config(num_epochs=4, checkpoint_every_secs=3600.0, plateau_factor=0.5,
+               plateau_patience=0)
+  with pytest.raises(FloatingPointError, match=r'by step 11 .*\(step 8\)'):
+    run(tmp_path, cfg, poison_at=10, evaluate=lambda s: {'loss': next(losses)})
+  template = make_state(TinyNet())
+  best = checkpoints.restore_best(str(tmp_path), template)
+  latest, meta = checkpoints.restore_latest(str(tmp_path), template)
+  assert int(best.step) == int(latest.step) == 8
+  jax.tree.map(np.testing.assert_array_equal, best.params, latest.params)
+  # The run's bookkeeping as it was at step 8: epoch 1's loss was beaten, so no plateau yet.
+  assert meta['best_val_loss'] == 0.5 and meta['plateau']['scale'] == 1.0
+  assert meta['summary']['val_loss'] == 0.5
+  # A rerun (here with a finite loss) resumes from that state.
+  _, summary = run(tmp_path, cfg, evaluate=lambda s: {'loss': 0.1})
+  assert summary['steps'] == 16 and summary['best_val_loss'] == 0.1
+
+
 def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):
   losses = iter([1.0, 0.0, 0.7, 0.8, 0.9])  # a perfect (zero) loss is a best like any other
   cfg = config(num_epochs=5, plateau_factor=0.5, plateau_patience=1)

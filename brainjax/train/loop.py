@@ -78,11 +78,6 @@ def _non_finite(what, last_saved, workdir):
   return FloatingPointError(f'non-finite {what}; stopped. {kept}')
 
 
-def _check_finite(totals, step, last_saved, workdir):
-  if not all(math.isfinite(v) for v in totals.values()):
-    raise _non_finite(f'loss by step {step} ({totals})', last_saved, workdir)
-
-
 def _all_finite(host_state):
   return all(np.isfinite(x).all() for x in jax.tree.leaves(host_state)
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
@@ -132,7 +127,10 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
   step = int(state.step)
   last_saved = step if latest.latest_step() is not None else None  # (for error messages)
   last_save_time = time.monotonic()
-  pending_best = None  # a new best (step, state, meta), written with the next save
+  pending_best = None  # a new best (step, state, its meta, the run's meta then): next save's
+
+  def run_meta():
+    return {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)}
 
   def save(host_state):
     # The latest checkpoint and the best one are written together, so the best on disk is
@@ -141,14 +139,26 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
     # A finite loss can come with a non-finite update (e.g. the gradient of sqrt at 0): such
     # a state is never saved, or every rerun would resume into it.
     if not _all_finite(host_state):
-      raise _non_finite(f'parameters or optimizer state at step {step}', last_saved, workdir)
+      raise stop_non_finite(f'parameters or optimizer state at step {step}')
     if pending_best is not None:
-      best_step, best_state, best_meta = pending_best
+      best_step, best_state, best_meta, _ = pending_best
       checkpoints.save(best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
       pending_best = None
-    checkpoints.save(latest, step, host_state,
-                     {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)})
+    checkpoints.save(latest, step, host_state, run_meta())
     last_saved, last_save_time = step, time.monotonic()
+
+  def stop_non_finite(what):
+    # A best found since the last save is not lost with the run: it is written as the best
+    # and as the latest checkpoint (so the pair stays consistent, and a rerun resumes from
+    # the last good state, not from an older one or from scratch).
+    nonlocal pending_best, last_saved
+    if pending_best is not None:
+      best_step, best_state, best_meta, best_run_meta = pending_best
+      host_best = jax.tree.map(np.asarray, best_state)
+      checkpoints.save(best, best_step, host_best, best_meta)
+      checkpoints.save(latest, best_step, host_best, best_run_meta)
+      pending_best, last_saved = None, best_step
+    return _non_finite(what, last_saved, workdir)
 
   def save_due():
     # A save costs a fraction of a second however small the state (Orbax's per-array work,
@@ -217,7 +227,8 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
         end_of_epoch = step % per_epoch == 0
         if step % config.log_every_steps == 0 or end_of_epoch:
           totals = {k: float(v) / count for k, v in jax.device_get(sums).items()}
-          _check_finite(totals, step, last_saved, workdir)
+          if not all(math.isfinite(v) for v in totals.values()):
+            raise stop_non_finite(f'loss by step {step} ({totals})')
           elapsed = time.perf_counter() - timer
           totals['images_per_s'] = count * config.batch_size / elapsed
           logging.info('step %d/%d epoch %d: %s', step, total_steps, epoch + 1,
@@ -244,7 +255,7 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
                                           or val_loss < meta['best_val_loss']):
             meta['best_val_loss'] = val_loss
             pending_best = (step, copy_on_device(trained),
-                            {'val_loss': val_loss, 'epoch': epoch + 1})
+                            {'val_loss': val_loss, 'epoch': epoch + 1}, None)
           if 'plateau_factor' in config:
             scale = plateau.scale
             plateau = plateau_update(plateau, val_loss, config.plateau_factor,
@@ -254,6 +265,8 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
                            base_lr * plateau.scale)
               state = to_device(train_state.set_learning_rate(trained, base_lr * plateau.scale))
         summary.update({f'val_{k}': float(v) for k, v in results.items()})
+        if pending_best is not None and pending_best[0] == step:  # the run's meta at the best
+          pending_best = pending_best[:3] + (run_meta(),)
       if save_due():
         save(to_host(state))
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
