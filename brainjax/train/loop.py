@@ -249,13 +249,13 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
                      ', '.join(f'{k}={v:.4g}' for k, v in results.items()))
         for k, v in results.items():
           writer.add_scalar(f'val/{k}', v, step)
+        new_best = None
         if 'loss' in results:
           val_loss = float(results['loss'])
           if math.isfinite(val_loss) and (meta['best_val_loss'] is None
                                           or val_loss < meta['best_val_loss']):
             meta['best_val_loss'] = val_loss
-            pending_best = (step, copy_on_device(trained),
-                            {'val_loss': val_loss, 'epoch': epoch + 1}, None)
+            new_best = {'val_loss': val_loss, 'epoch': epoch + 1}
           if 'plateau_factor' in config:
             scale = plateau.scale
             plateau = plateau_update(plateau, val_loss, config.plateau_factor,
@@ -265,8 +265,8 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
                            base_lr * plateau.scale)
               state = to_device(train_state.set_learning_rate(trained, base_lr * plateau.scale))
         summary.update({f'val_{k}': float(v) for k, v in results.items()})
-        if pending_best is not None and pending_best[0] == step:  # the run's meta at the best
-          pending_best = pending_best[:3] + (run_meta(),)
+        if new_best is not None:
+          pending_best = (step, copy_on_device(trained), new_best, run_meta())
       if save_due():
         save(to_host(state))
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
