@@ -114,7 +114,7 @@ def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   config.num_epochs, config.log_every_steps = 5, 1  # how long and how: a resume may change
   reporting.write_config(str(tmp_path), config)
   config.learning_rate = 0.5  # what it learns: not in the same checkpoint
-  with pytest.raises(ValueError, match=r'learning_rate: 0.001 -> 0.5'):
+  with pytest.raises(ValueError, match=r'learning_rate: 0.0001 -> 0.5'):
     reporting.write_config(str(tmp_path), config)
   from configs import predict
   with pytest.raises(ValueError, match='holds a cnn_cls run'):  # e.g. predict into its model
