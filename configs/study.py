@@ -38,8 +38,10 @@ def get_config(arg=None):
     config.split_modes = 'random,grouped'
     config.seeds = 3
     config.num_synthetic = 1500
+    # The stages' paper presets; their epochs written out so that a flag can change them.
     config.overrides = ml_collections.ConfigDict(dict(
-        vae_gen={}, gan_gen={}, cnn_cls={}, cvae_cls={}))
+        vae_gen=dict(num_epochs=100), gan_gen=dict(num_epochs=200),
+        cnn_cls=dict(num_epochs=20), cvae_cls=dict(num_epochs=10)))
   if opts.smoke:
     common.apply_smoke(config)
     config.preset = 'smoke'
