@@ -80,10 +80,13 @@ def main(argv):
     if config.task == 'predict':  # (every host would write the same files)
       sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
+  task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:  # before config.json is written: a fix of batch_size is then no rerun of other settings
     common.check_values(config)
     if config.task in TRAINING_TASKS:
       parallel.check_batch_split(config)
+    if hasattr(task, 'check_config'):  # the task's own settings (a study's generators, ...)
+      task.check_config(config)
   except ValueError as error:
     sys.exit(f'error: {error}')
   cache = datasets.cache_dir(config)
@@ -102,7 +105,6 @@ def main(argv):
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
-  task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
     metrics = task.train_and_evaluate(config, workdir)
     parallel.wait_for_all_hosts('done')  # (jax's exit waits 5 minutes at most for a late host)

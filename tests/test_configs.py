@@ -65,6 +65,8 @@ def _launch(*args):
      'model.latent_dim=0: network sizes must be integers >= 1'),
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
       '--config.seeds=0'], 'seeds=0'),
+    (['--config=configs/study.py:paper', '--config.overrides.gan_gen.num_epochs=1',
+      '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.data.image_size=100'],
      'image_size 100 is not a multiple of 2**6'),
 ])
@@ -73,6 +75,37 @@ def test_launch_bad_config_is_a_short_error(args, message, tmp_path):
   assert result.returncode != 0
   assert message in result.stderr
   assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('variant', ['quick', 'paper'])
+def test_a_study_s_stage_overrides_restate_the_stage_config_s_own_settings(variant):
+  # They are written out so that a flag can change them (test_launch_bad_config_is_a_short_error
+  # passes one for each variant); they must not drift from the stages' own configs.
+  from brainjax.tasks import study as study_task
+  from configs import study
+  config = study.get_config(variant)
+  for task, module in study_task.CONFIG_MODULES.items():
+    if variant == 'quick' and task.endswith('_gen'):  # (quick trains its generators less)
+      continue
+    stage_variant = 'real' if task.endswith('_cls') else 'positive'
+    sub = study_task.sub_config(config, task, stage_variant, 'random', 0)
+    own = module.get_config(f'{stage_variant},paper' if variant == 'paper' else stage_variant)
+    for field in config.overrides[task]:
+      assert sub[field] == own[field], (task, field)
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config=configs/study.py:quick,smoke', '--config.generators=vea'], "generators='vea'"),
+    (['--config=configs/study.py:quick,smoke', '--config.seeds=0'], 'seeds=0'),
+    (['--config=configs/cvae_cls.py:real,smoke', '--config.anomaly.selection_metric=nope'],
+     'anomaly.selection_metric'),
+])
+def test_a_task_setting_refused_writes_no_config_json(args, message, tmp_path):
+  # (config.json would hold the refused value, and a rerun with it fixed would be refused as a
+  # change of settings)
+  result = _launch(*args, f'--workdir={tmp_path / "run"}')
+  assert result.returncode != 0 and message in result.stderr
+  assert not (tmp_path / 'run' / 'config.json').exists()
 
 
 def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):

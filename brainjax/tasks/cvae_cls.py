@@ -75,10 +75,15 @@ def reconstruct(model, variables, images):
   return model.apply(variables, images, method=model.reconstruct)
 
 
+def check_config(config):
+  """A ValueError for anomaly settings no evaluation can use (before training, not after)."""
+  anomaly_evaluate.check_config(config.anomaly)
+
+
 def train_and_evaluate(config, workdir):
+  check_config(config)
   source = datasets.real_source(config)
   examples = source.examples
-  anomaly_evaluate.check_config(config.anomaly)  # before training, not after
   split = datasets.classifier_split(config, source, 'anomaly')
   train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
   val, test = examples.take(split.val), examples.take(split.test)

@@ -175,8 +175,11 @@ def check_config(config):
   stages = [(f'{kind}_gen', 'positive') for kind in generators]
   for task, variant in stages + [('cnn_cls', 'real'), ('cvae_cls', 'real')]:
     sub = sub_config(config, task, variant, modes[0], config.seed)
+    stage = importlib.import_module(f'brainjax.tasks.{task}')
     try:
       common.check_values(sub)
+      if hasattr(stage, 'check_config'):
+        stage.check_config(sub)
     except ValueError as error:
       raise ValueError(f'overrides.{task}: {error}') from None
     parallel.check_batch_split(sub, prefix=f'overrides.{task}.')
