@@ -81,13 +81,15 @@ def main(argv):
       sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
-  try:  # before config.json is written: a fix of batch_size is then no rerun of other settings
+  # Before config.json is written: a value fixed after a refusal (a batch size, a study's
+  # generators, the path of a classifier's exports) is then no change of the run's settings.
+  try:
     common.check_values(config)
     if config.task in TRAINING_TASKS:
       parallel.check_batch_split(config)
-    if hasattr(task, 'check_config'):  # the task's own settings (a study's generators, ...)
+    if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data
       task.check_config(config)
-  except ValueError as error:
+  except (ValueError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')
   cache = datasets.cache_dir(config)
   if os.path.exists(cache) and not os.path.isdir(cache):

@@ -99,6 +99,10 @@ def test_a_study_s_stage_overrides_restate_the_stage_config_s_own_settings(varia
     (['--config=configs/study.py:quick,smoke', '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/cvae_cls.py:real,smoke', '--config.anomaly.selection_metric=nope'],
      'anomaly.selection_metric'),
+    (['--config=configs/cnn_cls.py:synthetic,smoke', '--config.synthetic_dirs=no/such/export'],
+     "no synthetic dataset at 'no/such/export'"),
+    (['--config=configs/cvae_cls.py:mixed,smoke', '--config.synthetic_dirs=no/such/export'],
+     "no synthetic dataset at 'no/such/export'"),
 ])
 def test_a_task_setting_refused_writes_no_config_json(args, message, tmp_path):
   # (config.json would hold the refused value, and a rerun with it fixed would be refused as a

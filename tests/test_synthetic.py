@@ -181,13 +181,14 @@ def test_an_export_from_a_generator_of_another_split_is_refused(tmp_path):
                               {'split_key': datasets.split_key(generator)})
   config = cnn_cls.get_config('synthetic,smoke')
   config.synthetic_dirs = str(tmp_path)
+  assert datasets.check_training_data(config) == [str(tmp_path)]
   assert len(datasets.synthetic_examples(config)) == 4
   config.seed = 1
   with pytest.raises(ValueError, match=r'another split .*seed: 0 -> 1'):
-    datasets.synthetic_examples(config)
+    datasets.check_training_data(config)
   config.seed, config.split = 0, 'grouped'
   with pytest.raises(ValueError, match=r"another split .*split: 'random' -> 'grouped'"):
-    datasets.synthetic_examples(config)
+    datasets.check_training_data(config)
 
 
 def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):

@@ -101,6 +101,11 @@ def write_eval_ids(workdir, **sets):
     json.dump({k: sorted(map(str, v.ids)) for k, v in sets.items()}, f)
 
 
+def check_config(config):
+  """A ValueError or FileNotFoundError for training data no run can use (before training)."""
+  datasets.check_training_data(config)
+
+
 def train_and_evaluate(config, workdir):
   source = datasets.real_source(config)
   examples = source.examples

@@ -76,7 +76,9 @@ def reconstruct(model, variables, images):
 
 
 def check_config(config):
-  """A ValueError for anomaly settings no evaluation can use (before training, not after)."""
+  """A ValueError or FileNotFoundError for training data or anomaly settings no run can use
+  (before training, not after)."""
+  datasets.check_training_data(config)
   anomaly_evaluate.check_config(config.anomaly)
 
 

@@ -112,8 +112,17 @@ def _export_dirs(config):
   return dirs
 
 
-def synthetic_examples(config):
-  """The generator exports named (comma-separated) by config.synthetic_dirs, joined."""
+_TRAIN_DATA = ('real', 'synthetic', 'mixed')
+
+
+def check_training_data(config):
+  """A classifier's train_data, and for synthetic or mixed data the exports it names: each
+  present and from a generator of this run's split. Cheap: launch.py runs it before it
+  writes config.json (a path fixed after a refusal is then no change of settings)."""
+  if config.train_data not in _TRAIN_DATA:
+    raise ValueError(f'train_data={config.train_data!r}; expected one of {_TRAIN_DATA}')
+  if config.train_data == 'real':
+    return []
   dirs = _export_dirs(config)
   for d in dirs:
     if not os.path.isdir(d):
@@ -121,7 +130,12 @@ def synthetic_examples(config):
           f'no synthetic dataset at {d!r}: train a generator first (python launch.py '
           '--config=configs/vae_gen.py:positive, and :negative) or set --config.synthetic_dirs')
     _check_same_split(config, d)
-  return examples_lib.concatenate(synthetic.read_synthetic(d) for d in dirs)
+  return dirs
+
+
+def synthetic_examples(config):
+  """The generator exports named (comma-separated) by config.synthetic_dirs, joined."""
+  return examples_lib.concatenate(synthetic.read_synthetic(d) for d in _export_dirs(config))
 
 
 def _check_same_split(config, export_dir):
@@ -143,10 +157,9 @@ def _check_same_split(config, export_dir):
 def training_examples(config, real_train, label=None):
   """Real, synthetic or mixed training slices (config.train_data), optionally of one class."""
   parts = {'real': [real_train], 'synthetic': [], 'mixed': [real_train]}
-  if config.train_data not in parts:
-    raise ValueError(f'train_data={config.train_data!r}; expected one of {sorted(parts)}')
+  check_training_data(config)
   if config.train_data != 'real':
-    synthetic_part = synthetic_examples(config)
+    synthetic_part = synthetic_examples(config)  # (the exports just checked)
     needed = (NEGATIVE, POSITIVE) if label is None else (label,)
     missing = [name for name, y in LABEL_NAMES.items()
                if y in needed and not (synthetic_part.labels == y).any()]
