@@ -14,6 +14,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from brainjax.data import sources
 from brainjax.tasks import datasets
 from brainjax.train import parallel
 from brainjax.train import reporting
@@ -87,6 +88,8 @@ def main(argv):
     common.check_values(config)
     if config.task in TRAINING_TASKS:
       parallel.check_batch_split(config)
+    if config.task != 'predict':  # (which reads its model's data settings, not its own)
+      sources.check_location(config.data)
     if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data
       task.check_config(config)
   except (ValueError, FileNotFoundError) as error:

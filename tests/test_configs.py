@@ -66,7 +66,7 @@ def _launch(*args):
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
       '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/study.py:paper', '--config.overrides.gan_gen.num_epochs=1',
-      '--config.seeds=0'], 'seeds=0'),
+      '--config.data.dataset=phantom', '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.data.image_size=100'],
      'image_size 100 is not a multiple of 2**6'),
 ])
@@ -103,8 +103,18 @@ def test_a_study_s_stage_overrides_restate_the_stage_config_s_own_settings(varia
      "no synthetic dataset at 'no/such/export'"),
     (['--config=configs/cvae_cls.py:mixed,smoke', '--config.synthetic_dirs=no/such/export'],
      "no synthetic dataset at 'no/such/export'"),
+    (['--config=configs/cnn_cls.py:real,smoke', '--config.data.dataset=br35h',
+      '--config.data.data_dir=no/such/br35h'], 'such/br35h does not exist'),
+    (['--config=configs/vae_gen.py:negative,smoke', '--config.data.dataset=folder',
+      '--config.data.data_dir=no/such/folder'], 'such/folder does not exist'),
+    (['--config=configs/gan_gen.py:positive,smoke', '--config.data.dataset=br35h',
+      '--config.data.data_dir=configs'], 'holds neither yes/ and no/ folders'),
+    (['--config=configs/cvae_cls.py:real,smoke', '--config.data.dataset=folder',
+      '--config.data.data_dir=configs'], 'has no yes/ or no/ folder'),
+    (['--config=configs/study.py:quick,smoke', '--config.data.dataset=folder'],
+     'data.data_dir must point at the folder data'),
 ])
-def test_a_task_setting_refused_writes_no_config_json(args, message, tmp_path):
+def test_a_setting_refused_writes_no_config_json(args, message, tmp_path):
   # (config.json would hold the refused value, and a rerun with it fixed would be refused as a
   # change of settings)
   result = _launch(*args, f'--workdir={tmp_path / "run"}')

@@ -69,6 +69,23 @@ def has_class_folders(root: str) -> bool:
   return class_root(root) is not None
 
 
+def locate_download(path: str) -> Tuple[str, str]:
+  """('folder' | 'zip', where) of a download: yes/ and no/ in path (or in its one top folder),
+  path itself a zip, or the one zip inside path."""
+  if os.path.isfile(path):
+    if not zipfile.is_zipfile(path):
+      raise ValueError(f'{path} is not a readable zip archive')
+    return 'zip', path
+  if has_class_folders(path):
+    return 'folder', path
+  zips = sorted(f for f in os.listdir(path) if f.lower().endswith('.zip'))
+  if len(zips) == 1:
+    return locate_download(os.path.join(path, zips[0]))
+  raise ValueError(
+      f'{path} holds neither yes/ and no/ folders (at its root or one level down) nor '
+      f'exactly one .zip of them (found {len(zips)} zips)')
+
+
 def walk_files(folder: str) -> Iterator[str]:
   """Every file below `folder` in sorted order, following links to folders once each.
 

@@ -97,9 +97,8 @@ def load_source(data_cfg, cache_dir: str) -> Source:
   The raw thumbnails (whole canvas, 32x32) are a second view for near-duplicate
   grouping: `dedup.near_duplicate_groups(examples.images, t, extra_views=[raw])`.
   """
+  check_location(data_cfg)
   dataset = _cfg(data_cfg, 'dataset', None)
-  if dataset not in DATASETS:
-    raise ValueError(f'unknown data.dataset {dataset!r}; valid: {", ".join(DATASETS)}')
   size, margin, n = _settings(data_cfg)
   data_dir = _cfg(data_cfg, 'data_dir', '')
   if dataset == 'synthetic':
@@ -111,8 +110,6 @@ def load_source(data_cfg, cache_dir: str) -> Source:
     jobs = [('phantom', f'{folder}/phantom_{index:05d}.png', int(positive), (seed, index))
             for positive, folder in ((False, 'no'), (True, 'yes')) for index in range(count)]
     return _cached(cache_dir, 'phantom', key, size, margin, jobs, with_masks=True)
-  if not data_dir:
-    raise ValueError(f'data.data_dir must point at the {dataset} data')
   if dataset == 'br35h':
     from brainjax.data import br35h  # pylint: disable=g-import-not-at-top  (imports TFDS)
     records = br35h.load_br35h_records(data_dir, os.path.join(cache_dir, 'tfds'))
@@ -123,6 +120,32 @@ def load_source(data_cfg, cache_dir: str) -> Source:
     digests = [file_digest(job[3]) for job in jobs]
   key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
   return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source=data_dir)
+
+
+def check_location(data_cfg) -> None:
+  """A ValueError unless the configured data could be where it is said to be. Cheap (a few
+  stat calls, no file read): launch.py runs it before writing config.json, so that a
+  mistyped data_dir fixed in the rerun is no change of the run's settings."""
+  dataset = _cfg(data_cfg, 'dataset', None)
+  if dataset not in DATASETS:
+    raise ValueError(f'unknown data.dataset {dataset!r}; valid: {", ".join(DATASETS)}')
+  if dataset == 'phantom':
+    return
+  data_dir = _cfg(data_cfg, 'data_dir', '')
+  if not data_dir:
+    raise ValueError(f'data.data_dir must point at the {dataset} data')
+  path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
+  if not os.path.exists(path):
+    where = ('the unzipped Br35H download (yes/ and no/) or its .zip' if dataset == 'br35h'
+             else 'a folder of yes/ and no/' if dataset == 'folder' else 'a synthetic export')
+    raise ValueError(f'data.data_dir {path} does not exist: point it at {where}')
+  if dataset == 'br35h':
+    layout.locate_download(path)
+  elif dataset == 'folder':
+    if not os.path.isdir(path):
+      raise ValueError(f'data.data_dir {path} is not a folder')
+    if not layout.has_class_folders(path):
+      raise ValueError(f'{path} has no yes/ or no/ folder (at its root or one level down)')
 
 
 def file_digest(path: str) -> str:
@@ -156,11 +179,7 @@ def _first_per_class(records: Sequence[Tuple], n: int) -> List[Tuple]:
 
 
 def _folder_jobs(root: str, n: int):
-  root = os.path.abspath(os.path.expanduser(os.fspath(root)))
-  if not os.path.isdir(root):
-    raise ValueError(f'data.data_dir {root} is not a folder')
-  if not layout.has_class_folders(root):
-    raise ValueError(f'{root} has no yes/ or no/ folder (at its root or one level down)')
+  root = os.path.abspath(os.path.expanduser(os.fspath(root)))  # (checked: check_location)
   found = list(layout.iter_folder(root))
   if not found:
     raise ValueError(f'{root}: the yes/ and no/ folders hold no files')
@@ -306,8 +325,6 @@ def _read_cache(path) -> Source:
 
 
 def _load_synthetic(data_dir, size, n) -> Source:
-  if not data_dir:
-    raise ValueError('data.data_dir must point at a synthetic export folder')
   examples = synthetic.read_synthetic(data_dir)
   if examples.images.shape[1:3] != (size, size):
     raise ValueError(f'synthetic images in {data_dir} are {examples.images.shape[1:3]}, '

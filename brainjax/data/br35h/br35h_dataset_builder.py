@@ -5,30 +5,13 @@ preprocesses them itself (brainjax.data.image_io / preprocess), and this keeps
 the builder free of TensorFlow (array_record files, Tensor/Text features).
 """
 import os
-import zipfile
-from typing import Optional, Tuple
+from typing import Optional
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
 from brainjax.data import layout
-
-
-def locate(manual_dir: str) -> Tuple[str, str]:
-  """('folder' | 'zip', path) of the data inside the manual directory."""
-  if os.path.isfile(manual_dir):
-    if not zipfile.is_zipfile(manual_dir):
-      raise ValueError(f'{manual_dir} is not a readable zip archive')
-    return 'zip', manual_dir
-  if layout.has_class_folders(manual_dir):
-    return 'folder', manual_dir
-  zips = sorted(f for f in os.listdir(manual_dir) if f.lower().endswith('.zip'))
-  if len(zips) == 1:
-    return locate(os.path.join(manual_dir, zips[0]))
-  raise ValueError(
-      f'{manual_dir} holds neither yes/ and no/ folders (at its root or one level down) nor '
-      f'exactly one .zip of them (found {len(zips)} zips)')
 
 
 class Br35h(tfds.core.GeneratorBasedBuilder):
@@ -55,7 +38,7 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    kind, path = locate(os.fspath(dl_manager.manual_dir))
+    kind, path = layout.locate_download(os.fspath(dl_manager.manual_dir))
     return {'train': self._generate_examples(kind, path)}
 
   def _generate_examples(self, kind: str, path: str):

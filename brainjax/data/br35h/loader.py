@@ -20,7 +20,7 @@ def _fingerprint(path: str) -> str:
   never reuses a stale copy. Hashing Br35H's 70 MB takes a fraction of a second.
   """
   h = hashlib.sha256()
-  kind, found = builder_lib.locate(path)  # a zip given, or found in the folder given
+  kind, found = layout.locate_download(path)  # a zip given, or found in the folder given
   if kind == 'zip':
     h.update(f'zip|{sources.file_digest(found)}'.encode())
   else:
@@ -52,8 +52,8 @@ def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, b
   """
   manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
   if not os.path.exists(manual_dir):
-    raise ValueError(f'Br35H data not found at {manual_dir}: '
-                     f'{builder_lib.Br35h.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}')
+    instructions = ' '.join(builder_lib.Br35h.MANUAL_DOWNLOAD_INSTRUCTIONS.split())  # one line
+    raise ValueError(f'Br35H data not found at {manual_dir}: {instructions}')
   if os.path.isfile(manual_dir) and not manual_dir.lower().endswith('.zip'):
     raise ValueError(f'{manual_dir} is a file but not a .zip')
   key = _fingerprint(manual_dir)
