@@ -158,6 +158,9 @@ def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   from brainjax.train import reporting
   config = cnn_cls.get_config('real,smoke')
   reporting.write_config(str(tmp_path), config)
+  config.data.num_per_class = 3  # config.json alone: the run stopped before it began
+  reporting.write_config(str(tmp_path), config)
+  (tmp_path / 'checkpoints').mkdir()  # now it has begun
   config.num_epochs, config.log_every_steps = 5, 1  # how long and how: a resume may change
   reporting.write_config(str(tmp_path), config)
   config.learning_rate = 0.5  # what it learns: not in the same checkpoint

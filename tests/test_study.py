@@ -71,6 +71,7 @@ def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):
   config = study_config.get_config('quick,smoke')
   workdir = str(tmp_path)
   reporting.write_config(workdir, config)
+  (tmp_path / 'random').mkdir()  # its first stages have begun
   config.seeds, config.checkpoint_every_secs = 3, 5.0  # more seeds; how it runs
   reporting.write_config(workdir, config)
   config.overrides.cnn_cls.num_epochs = 7  # a finished stage would keep its old metrics

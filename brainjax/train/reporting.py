@@ -111,10 +111,13 @@ def write_config(workdir, config, allowed=None):
   changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
   redone with any inputs): a run resumed with other settings would mix two runs in one
   checkpoint, and other files in it could be someone's data. A ValueError names what is there.
+  A config.json alone is a run of the task that stopped before it wrote anything (e.g. it
+  refused its data): its rerun may fix any setting.
   """
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
   new = json.loads(text)
+  present = sorted(e for e in os.listdir(workdir) if not e.startswith('.'))
   if os.path.exists(path):
     saved = read_config_json(workdir)
     if saved.get('task') != new['task']:
@@ -123,13 +126,11 @@ def write_config(workdir, config, allowed=None):
     if allowed is None:
       allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
     changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
-    if changed:
+    if changed and present != ['config.json']:  # (alone, it is replaced)
       raise ValueError(changes_message(workdir, changed))
-  else:
-    present = sorted(e for e in os.listdir(workdir) if not e.startswith('.'))
-    if present:
-      raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
-                       'but no config.json: not a brainjax workdir; choose a new or empty one')
+  elif present:
+    raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
+                     'but no config.json: not a brainjax workdir; choose a new or empty one')
   with atomic_open(path) as f:
     f.write(text)
 
