@@ -82,8 +82,7 @@ def main(argv):
       sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
-  # Before config.json is written: a value fixed after a refusal (a batch size, a study's
-  # generators, the path of a classifier's exports) is then no change of the run's settings.
+  # Settings checked before anything is written: a refused run leaves no workdir behind.
   try:
     common.check_values(config)
     if config.task in TRAINING_TASKS:

@@ -124,8 +124,7 @@ def load_source(data_cfg, cache_dir: str) -> Source:
 
 def check_location(data_cfg) -> None:
   """A ValueError unless the configured data could be where it is said to be. Cheap (a few
-  stat calls, no file read): launch.py runs it before writing config.json, so that a
-  mistyped data_dir fixed in the rerun is no change of the run's settings."""
+  stat calls, no file read): launch.py runs it before it writes anything."""
   dataset = _cfg(data_cfg, 'dataset', None)
   if dataset not in DATASETS:
     raise ValueError(f'unknown data.dataset {dataset!r}; valid: {", ".join(DATASETS)}')

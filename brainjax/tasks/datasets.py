@@ -118,7 +118,7 @@ _TRAIN_DATA = ('real', 'synthetic', 'mixed')
 def check_training_data(config):
   """A classifier's train_data, and for synthetic or mixed data the exports it names: each
   present and from a generator of this run's split. Cheap: launch.py runs it before it
-  writes config.json (a path fixed after a refusal is then no change of settings)."""
+  writes anything."""
   if config.train_data not in _TRAIN_DATA:
     raise ValueError(f'train_data={config.train_data!r}; expected one of {_TRAIN_DATA}')
   if config.train_data == 'real':
