@@ -67,6 +67,18 @@ def test_rgb_and_uint8_inputs_match_gray():
   assert info_a == info_b
 
 
+def test_an_image_of_burnt_in_text_only_holds_no_head():
+  from PIL import Image, ImageDraw
+  canvas = Image.new('L', (256, 256))
+  draw = ImageDraw.Draw(canvas)
+  for row in range(8):
+    draw.text((10, 10 + 30 * row), f'PATIENT 0{row} L R 1.5T SE TR=500', fill=255)
+  image = np.asarray(canvas, np.float32) / 255
+  assert (image > 0.5).mean() > 0.02  # more ink than the near-blank limit (0.5%)
+  with pytest.raises(preprocess.BlankImage, match='no head: its largest region is 10 px thick'):
+    preprocess.preprocess(image)
+
+
 @pytest.mark.parametrize('image', [
     np.zeros((64, 64)), np.full((64, 64), 0.6), np.full((3, 3), 0.2),
     np.random.default_rng(0).normal(0.1, 0.01, (128, 128)).clip(0, 1),

@@ -44,8 +44,8 @@ DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
 PHANTOM_DEFAULT_PER_CLASS = 1500
 # Bump when decoding, preprocessing or the phantom changes, so that old caches are not reused
 # (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied; 4: files of several
-# frames refused).
-PREPROCESS_VERSION = 4
+# frames refused; 5: images of text or lines only refused).
+PREPROCESS_VERSION = 5
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 _CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
