@@ -114,12 +114,10 @@ def test_a_study_s_stage_overrides_restate_the_stage_config_s_own_settings(varia
     (['--config=configs/study.py:quick,smoke', '--config.data.dataset=folder'],
      'data.data_dir must point at the folder data'),
 ])
-def test_a_setting_refused_writes_no_config_json(args, message, tmp_path):
-  # (config.json would hold the refused value, and a rerun with it fixed would be refused as a
-  # change of settings)
+def test_a_setting_refused_leaves_no_workdir(args, message, tmp_path):
   result = _launch(*args, f'--workdir={tmp_path / "run"}')
   assert result.returncode != 0 and message in result.stderr
-  assert not (tmp_path / 'run' / 'config.json').exists()
+  assert not (tmp_path / 'run').exists()
 
 
 def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
