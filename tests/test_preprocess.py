@@ -75,7 +75,7 @@ def test_an_image_of_burnt_in_text_only_holds_no_head():
     draw.text((10, 10 + 30 * row), f'PATIENT 0{row} L R 1.5T SE TR=500', fill=255)
   image = np.asarray(canvas, np.float32) / 255
   assert (image > 0.5).mean() > 0.02  # more ink than the near-blank limit (0.5%)
-  with pytest.raises(preprocess.BlankImage, match='no head: its largest region is 10 px thick'):
+  with pytest.raises(preprocess.BlankImage, match='no head: its largest region is'):
     preprocess.preprocess(image)
 
 

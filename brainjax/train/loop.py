@@ -127,7 +127,7 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
   step = int(state.step)
   last_saved = step if latest.latest_step() is not None else None  # (for error messages)
   last_save_time = time.monotonic()
-  pending_best = None  # a new best (step, state, its meta, the run's meta then): next save's
+  pending_best = None  # a new best (step, state, its meta, the run's meta then), saved next
 
   def run_meta():
     return {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)}
