@@ -83,7 +83,7 @@ def check_config(config):
 
 
 def train_and_evaluate(config, workdir):
-  check_config(config)
+  anomaly_evaluate.check_config(config.anomaly)  # before training (the data: training_examples)
   source = datasets.real_source(config)
   examples = source.examples
   split = datasets.classifier_split(config, source, 'anomaly')
