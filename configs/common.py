@@ -98,14 +98,21 @@ _RANGES = {
     'kl_weight': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
     'plateau_factor': (lambda v: _finite(v) and 0 < v <= 1, 'in (0, 1]'),
     'plateau_patience': (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
+    'num_epochs': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+    'batch_size': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+    'log_every_steps': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+    # (0 checkpoints kept: a rerun could not resume)
+    'keep_checkpoints': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+    'checkpoint_every_secs': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
 }
 _NETWORKS = ('model', 'generator', 'discriminator')
 
 
 def check_values(config):
   """A ValueError naming the first field whose value no run can use: an optimiser setting
-  out of range (a negative learning rate trains away from the data without a word), or a
-  network size below 1 (a traceback deep in Flax)."""
+  out of range (a negative learning rate trains away from the data without a word), a run
+  length, batch or checkpoint setting below 1, or a network size below 1 (a traceback deep
+  in Flax)."""
   for field, (valid, what) in _RANGES.items():
     if field in config and not valid(config[field]):
       raise ValueError(f'{field}={config[field]!r}: it must be {what}')

@@ -86,6 +86,10 @@ class BrainCNN(nn.Module):
     """Logits, or with return_features the last hidden activations (N, dense_widths[-1])."""
     if x.ndim != 4 or x.shape[-1] != 1:
       raise ValueError(f'BrainCNN: expected images (N, H, W, 1), got shape {x.shape}')
+    pools = 2 ** len(self.conv_widths)  # one 2x2 max pool per conv block
+    if x.shape[1] % pools or x.shape[2] % pools:
+      raise ValueError(f'BrainCNN: image size {x.shape[1]}x{x.shape[2]} is not a multiple of '
+                       f'{pools} (one 2x2 max pool per conv block)')
     x = x.astype(self.dtype)
     for width in self.conv_widths:
       x = conv(width, 3, dtype=self.dtype)(x)

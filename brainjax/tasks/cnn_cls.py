@@ -19,6 +19,7 @@ from brainjax.train import loop
 from brainjax.train import parallel
 from brainjax.train import reporting
 from brainjax.train.state import TrainState
+from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
 
@@ -102,7 +103,9 @@ def write_eval_ids(workdir, **sets):
 
 
 def check_config(config):
-  """A ValueError or FileNotFoundError for training data no run can use (before training)."""
+  """A ValueError or FileNotFoundError for a network or training data no run can use
+  (launch.py calls it before writing anything)."""
+  check_networks(lambda rng: create_train_state(config, create_model(config), rng))
   datasets.check_training_data(config)
 
 

@@ -28,6 +28,7 @@ from brainjax.train import loop
 from brainjax.train import parallel
 from brainjax.train import reporting
 from brainjax.train.state import TrainState
+from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
 RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
@@ -76,8 +77,9 @@ def reconstruct(model, variables, images):
 
 
 def check_config(config):
-  """A ValueError or FileNotFoundError for training data or anomaly settings no run can use
-  (before training, not after)."""
+  """A ValueError or FileNotFoundError for a network, training data or anomaly settings no
+  run can use (launch.py calls it before writing anything)."""
+  check_networks(lambda rng: create_train_state(config, create_model(config), rng))
   datasets.check_training_data(config)
   anomaly_evaluate.check_config(config.anomaly)
 

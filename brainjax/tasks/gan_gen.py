@@ -15,6 +15,7 @@ from brainjax.tasks import generation
 from brainjax.train import compile_options
 from brainjax.train import parallel
 from brainjax.train.state import TrainState
+from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
 
@@ -94,6 +95,12 @@ def sample_images(generator, variables, rng, num):
   """`num` new slices in [0, 1]."""
   z = jax.random.normal(rng, (num, generator.latent_dim))
   return (generator.apply(variables, z, train=False).astype(jnp.float32) + 1.0) / 2.0
+
+
+def check_config(config):
+  """A ValueError for settings no run can use (launch.py calls it before writing anything)."""
+  generation.check_config(config)
+  check_networks(lambda rng: create_train_state(config, *create_models(config), rng))
 
 
 def train_and_evaluate(config, workdir):

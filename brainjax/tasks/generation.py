@@ -60,28 +60,33 @@ def export(config, workdir, sample_fn, variables, step):
   return out_dir
 
 
+def check_config(config):
+  """A ValueError for a mode or export setting no run can use (before training, not after)."""
+  if config.mode not in ('train', 'generate'):
+    raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
+  for field in ('num_samples', 'batch_size'):
+    if not (isinstance(config.export[field], int) and config.export[field] >= 1):
+      raise ValueError(f'export.{field}={config.export[field]!r}: it must be an integer >= 1')
+
+
 def run(config, workdir, state, step_fn, sample_fn, variables_of):
   """The generator task: train (or, in mode 'generate', restore) then export.
 
   `step_fn` is the compiled-by-`loop.fit` train step, `sample_fn(variables, rng, num)` the
   jitted sampler and `variables_of(state)` the generator's variables in a training state.
   """
-  for field in ('num_samples', 'batch_size'):  # checked before training, not after it
-    if config.export[field] < 1:
-      raise ValueError(f'export.{field}={config.export[field]}: it must be at least 1')
+  check_config(config)  # (launch.py checks it first; a direct caller here)
   if config.mode == 'generate':
     state, meta = checkpoints.restore_latest(workdir, state)
     # A re-export changes what was exported, not what training measured.
     metrics_path = os.path.join(workdir, 'metrics.json')
     summary = (reporting.read_metrics_json(workdir) if os.path.isfile(metrics_path)
                else dict(meta.get('summary', {})))
-  elif config.mode == 'train':
+  else:
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
     train = class_training_set(config)
     state, summary = loop.fit(config, workdir, state, step_fn, {'image': train.images},
                               data_key=datasets.training_key(config, train), evaluate=evaluate)
-  else:
-    raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
   summary.update(exported=config.export.num_samples)
   if parallel.is_first_host():  # (the other hosts hold the same generator)
     export(config, workdir, sample_fn, variables_of(state), state.step)

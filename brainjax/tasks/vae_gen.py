@@ -14,6 +14,7 @@ from brainjax.tasks import variational
 from brainjax.train import compile_options
 from brainjax.train import parallel
 from brainjax.train.state import TrainState
+from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
 
@@ -44,6 +45,12 @@ def sample_images(model, variables, rng, num):
   z = jax.random.normal(rng, (num, model.latent_dim))
   logits = model.apply(variables, z, train=False, method=model.decode)
   return jax.nn.sigmoid(logits.astype(jnp.float32))
+
+
+def check_config(config):
+  """A ValueError for settings no run can use (launch.py calls it before writing anything)."""
+  generation.check_config(config)
+  check_networks(lambda rng: create_train_state(config, create_model(config), rng))
 
 
 def train_and_evaluate(config, workdir):

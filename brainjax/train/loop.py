@@ -99,10 +99,11 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
   steps, best_val_loss and learning_rate.
   """
+  # (launch.py checks these, configs/common.py's check_values, before writing config.json)
   for field in ('num_epochs', 'batch_size', 'log_every_steps', 'keep_checkpoints'):
-    if config[field] < 1:  # (0 checkpoints kept: a rerun could not resume)
+    if config[field] < 1:
       raise ValueError(f'{field}={config[field]}: it must be at least 1')
-  parallel.check_batch_split(config)  # (launch.py checks it before writing config.json)
+  parallel.check_batch_split(config)
   devices = parallel.train_devices(config.num_devices)  # every host's
   num_examples = len(next(iter(train_arrays.values())))
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)

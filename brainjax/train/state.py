@@ -31,6 +31,12 @@ class TrainState(flax.struct.PyTreeNode):
                         batch_stats=batch_stats, opt_state=opt_state)
 
 
+def check_networks(create_state):
+  """Traces `create_state(rng)` for its shapes only (no compute, no memory): a network that
+  cannot take the configured image size is a ValueError before a run writes anything."""
+  jax.eval_shape(create_state, jax.random.PRNGKey(0))
+
+
 def set_learning_rate(state, learning_rate):
   """Sets the rate of an `optax.inject_hyperparams` optimiser (reduce-on-plateau is host-side)."""
   hyperparams = dict(state.opt_state.hyperparams,
