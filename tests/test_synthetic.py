@@ -20,9 +20,14 @@ def test_round_trip_with_provenance(tmp_path):
   synthetic.write_synthetic(out, no, NEGATIVE, {'generator': 'gan', 'seed': 2})
   manifest = json.load(open(os.path.join(out, 'manifest.json')))
   assert manifest['format'] == 1
+  digest = manifest['classes']['yes'].pop('pixels_sha256')
   assert manifest['classes']['yes'] == {'generator': 'vae', 'seed': 1, 'count': 3}
   assert manifest['classes']['no']['count'] == 2
   examples = synthetic.read_synthetic(out)
+  # The digest is of the 8-bit images as written (what a classifier reads back).
+  written = np.round(examples.images[2:, ..., 0] * 255).astype(np.uint8)
+  assert digest == synthetic.pixels_digest(written)
+  assert digest != synthetic.pixels_digest(written[:2])
   assert list(examples.ids) == ['no/00000.png', 'no/00001.png', 'yes/00000.png', 'yes/00001.png',
                                 'yes/00002.png']
   np.testing.assert_array_equal(examples.labels, [0, 0, 1, 1, 1])
@@ -38,7 +43,8 @@ def test_rewriting_a_class_replaces_it(tmp_path):
   synthetic.write_synthetic(out, _images(2), POSITIVE, {'run': 'b'})
   examples = synthetic.read_synthetic(out)
   assert len(examples) == 2
-  assert json.load(open(tmp_path / 'manifest.json'))['classes']['yes'] == {'run': 'b', 'count': 2}
+  entry = json.load(open(tmp_path / 'manifest.json'))['classes']['yes']
+  assert {k: entry[k] for k in ('run', 'count')} == {'run': 'b', 'count': 2}
 
 
 def test_missing_or_inconsistent_manifest(tmp_path):
@@ -207,7 +213,11 @@ def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):
   os.rename(out, str(tmp_path / 'moved'))  # a moved study: the same data
   cnn.synthetic_dirs = cvae.synthetic_dirs = str(tmp_path / 'moved')
   assert (datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)) == keys
-  synthetic.write_synthetic(str(tmp_path / 'moved'), _images(2, seed=5), POSITIVE, {'seed': 1})
+  # The same images re-exported by a generator whose workdir moved: the same data.
+  synthetic.write_synthetic(str(tmp_path / 'moved'), _images(2), POSITIVE,
+                            {'seed': 0, 'checkpoint': str(tmp_path / 'elsewhere')})
+  assert (datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)) == keys
+  synthetic.write_synthetic(str(tmp_path / 'moved'), _images(2, seed=5), POSITIVE, {'seed': 0})
   assert datasets.training_key(cnn, both) != keys[0]  # same ids, another export
   assert datasets.training_key(cvae, healthy) == keys[1]  # the CVAE reads no tumour slices
   real = cnn_cls.get_config('real,smoke')

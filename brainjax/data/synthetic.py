@@ -1,7 +1,8 @@
 """Synthetic data sets written by the generators, read back as a data source.
 
 Layout of an export folder:
-  out_dir/manifest.json   {'format': 1, 'classes': {'yes': {...provenance, 'count': N}, 'no': ...}}
+  out_dir/manifest.json   {'format': 1, 'classes': {'yes': {...provenance, 'count': N,
+                          'pixels_sha256': digest of the images}, 'no': ...}}
   out_dir/yes/00000.png   8-bit grayscale, already preprocessed (size x size)
   out_dir/no/00000.png
 
@@ -14,6 +15,7 @@ have at least five digits, more when the count needs them. Reading does not crop
 again: the images are already in the preprocessed frame.
 """
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -132,6 +134,13 @@ def _file_names(count: int):
   return [f'{i:0{width}d}.png' for i in range(count)]
 
 
+def pixels_digest(pixels: np.ndarray) -> str:
+  """sha256 of uint8 images (N, H, W) and their shape: what a class's slices are, whatever
+  wrote them."""
+  return hashlib.sha256(repr(pixels.shape).encode() + np.ascontiguousarray(pixels).tobytes()
+                        ).hexdigest()
+
+
 def write_synthetic(out_dir: str, images: np.ndarray, label: int,
                     provenance: Dict[str, Any]) -> str:
   """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/00000.png, ...
@@ -184,7 +193,8 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
     raise
-  _set_entry(out_dir, folder, {**provenance, 'count': int(len(pixels))})
+  _set_entry(out_dir, folder, {**provenance, 'count': int(len(pixels)),
+                               'pixels_sha256': pixels_digest(pixels)})
   _remove_leftovers(out_dir, folder)
   return final
 

@@ -176,17 +176,26 @@ def training_examples(config, real_train, label=None):
   return train if label is None else train.with_label(label)
 
 
+def _content(entry):
+  """A manifest entry's record of the images themselves: their digest, where the export
+  wrote one, so that the same images re-exported from a moved generator workdir (another
+  `checkpoint` path) are the same data; an older export's whole entry."""
+  if 'pixels_sha256' in entry:
+    return {k: entry[k] for k in ('count', 'pixels_sha256')}
+  return entry
+
+
 def training_key(config, train):
   """A digest of what a run trains on, which `loop.fit` keeps with each checkpoint: the
-  training slices' ids and labels, and the manifest entries of the synthetic classes among
-  them (a re-export keeps the ids and changes the entries). A resumed run on other data
-  would continue one model on two training sets."""
+  training slices' ids and labels, and what the synthetic classes among them hold (a
+  re-export keeps the ids). A resumed run on other data would continue one model on two
+  training sets."""
   exports = []
   if config.get('train_data', 'real') != 'real':
     folders = {synthetic.FOLDERS[label] for label in np.unique(train.labels).tolist()}
     for export_dir in _export_dirs(config):
       classes = synthetic.read_manifest(export_dir)['classes']
-      exports.append({f: classes[f] for f in sorted(folders & classes.keys())})
+      exports.append({f: _content(classes[f]) for f in sorted(folders & classes.keys())})
   text = json.dumps(dict(ids=[str(i) for i in train.ids], labels=train.labels.tolist(),
                          exports=exports), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()

@@ -118,8 +118,8 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
       latest.close()
       best.close()
       raise ValueError(f'{workdir} was trained on other data than it reads now (a synthetic '
-                       'export redone since, or slices added to or removed from the data '
-                       'folder): train on these in a new --workdir')
+                       'export redone since with other images, or slices added to or removed '
+                       'from the data folder): train on these in a new --workdir')
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   meta['data_key'] = data_key
   plateau = Plateau(**meta['plateau'])
