@@ -144,6 +144,7 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
         audit = privacy.privacy_audit(s, t, h)
         row.update({f'{space}_{k}': audit[k] for k in
                     ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate')})
+        row['memorisation_nominal_rate'] = audit['nominal_rate']  # (a copy-free generator's)
         if space == 'pixel' and parallel.is_first_host():
           privacy.worst_pairs_figure(fake.images, real_train.images, audit['worst_pairs'],
                                      os.path.join(figures_dir, f'closest_{name}.png'),
