@@ -85,6 +85,14 @@ def test_precision_recall_match_brute_force_with_small_blocks():
   assert 0.0 < got['precision'] < 1.0 and 0.0 < got['recall'] < 1.0
 
 
+def test_precision_recall_match_brute_force_far_from_the_origin():
+  rng = np.random.default_rng(7)
+  base = rng.normal(size=(1, 32)) * 1e4
+  real, fake = (base + 1e-3 * rng.normal(size=(60, 32)) for _ in range(2))
+  got = gq.knn_precision_recall(real, fake, k=3)
+  assert (got['precision'], got['recall']) == pytest.approx(_brute_precision_recall(real, fake, 3))
+
+
 def test_precision_recall_identical_and_far_apart():
   real = np.random.default_rng(5).normal(size=(100, 8))
   assert gq.knn_precision_recall(real, real) == {'precision': 1.0, 'recall': 1.0}

@@ -28,6 +28,17 @@ def test_dcr_is_exact_for_near_copies():
   np.testing.assert_allclose(distances, expected, rtol=1e-12)
 
 
+def test_dcr_finds_the_nearest_record_under_a_large_common_offset():
+  # Features far from the origin with small gaps between them: the distance expansion
+  # must not round the gaps away (it picked the wrong record for a quarter of these).
+  rng = np.random.default_rng(2)
+  base = rng.normal(size=(1, 64)) * 1e3
+  references = base + 1e-5 * rng.normal(size=(200, 64))
+  queries = base + 1e-5 * rng.normal(size=(100, 64))
+  _, indices = privacy.distance_to_closest_record(queries, references)
+  np.testing.assert_array_equal(indices, cdist(queries, references).argmin(axis=1))
+
+
 def test_dcr_rejects_mismatched_dimensions():
   with pytest.raises(ValueError, match='dimensions differ'):
     privacy.distance_to_closest_record(np.zeros((2, 3)), np.zeros((2, 4)))

@@ -130,6 +130,10 @@ def knn_precision_recall(real_features, fake_features, k: int = 3,
   if block < 1:
     raise ValueError(f'block must be >= 1, got {block}')
   real, fake = _check_pair(real_features, fake_features, min_rows=k + 1)
+  # Centred: distances come from the |q|^2 + |r|^2 - 2 q.r expansion, whose rounding
+  # grows with the norms, so a common offset would blur small gaps.
+  centre = real.mean(axis=0)
+  real, fake = real - centre, fake - centre
   real_radii = _knn_radii(real, k, block)
   fake_radii = _knn_radii(fake, k, block)
   return {

@@ -30,8 +30,9 @@ def distance_to_closest_record(queries, references, block: int = 1024
 
   Both sets are processed `block` rows at a time (in float64), so memory is
   O(block * (block + D)) beyond the inputs. The nearest neighbour is found with
-  the |q|^2 + |r|^2 - 2 q.r expansion and its distance is then recomputed
-  directly, so returned distances carry no cancellation error, even for
+  the |q|^2 + |r|^2 - 2 q.r expansion, on rows centred on the references' mean (a
+  common offset would otherwise swamp small gaps), and its distance is then
+  recomputed directly, so returned distances carry no cancellation error, even for
   near-copies. Ties go to the lowest reference index.
 
   Args:
@@ -52,11 +53,12 @@ def distance_to_closest_record(queries, references, block: int = 1024
   n, m = len(q_all), len(r_all)
   best_sq = np.full(n, np.inf)
   best_idx = np.zeros(n, dtype=np.int64)
+  centre = r_all.mean(axis=0, dtype=np.float64)
   for r_start in range(0, m, block):
-    r = r_all[r_start:r_start + block].astype(np.float64)
+    r = r_all[r_start:r_start + block].astype(np.float64) - centre
     r_sq = np.sum(r ** 2, axis=1)
     for q_start in range(0, n, block):
-      q = q_all[q_start:q_start + block].astype(np.float64)
+      q = q_all[q_start:q_start + block].astype(np.float64) - centre
       sq = np.sum(q ** 2, axis=1)[:, None] + r_sq[None, :] - 2.0 * (q @ r.T)
       j = np.argmin(sq, axis=1)
       candidate = sq[np.arange(len(q)), j]
@@ -101,7 +103,7 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
   Returns:
     A dict with floats 'median_synthetic_dcr', 'median_holdout_dcr',
     'dcr_ratio' (synthetic median / holdout median; < 1 means closer than new
-    real data), 'threshold' (the holdout quantile), 'memorisation_rate',
+    real data; NaN when both are 0), 'threshold' (the holdout quantile), 'memorisation_rate',
     'nominal_rate' (the rate expected of a generator that copies nothing: quantile,
     or 1 / (H + 1) for a holdout too small for it); arrays 'synthetic_dcr' (S,),
     'synthetic_nearest' (S,) train indices, 'holdout_dcr' (H,); and
@@ -126,7 +128,8 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
   return {
       'median_synthetic_dcr': median_syn,
       'median_holdout_dcr': median_hold,
-      'dcr_ratio': median_syn / median_hold if median_hold > 0 else float('inf'),
+      'dcr_ratio': (median_syn / median_hold if median_hold > 0
+                    else float('inf') if median_syn > 0 else float('nan')),  # (0 / 0)
       'threshold': threshold,
       # <=, not <: if 5% of the holdout are exact copies of training slices, the
       # threshold is 0, and a generator that emits copies must still count as memorising.
