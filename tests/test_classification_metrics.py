@@ -122,6 +122,16 @@ def test_table1_spread_over_seeds_is_the_sample_std():
   assert row['accuracy'] == pytest.approx(70.0) and row['accuracy_std'] == pytest.approx(10.0)
 
 
+def test_table1_sets_the_study_s_numbers_beside_its_vae_synthetic_rows_only():
+  # The study discarded its GAN's samples: its synthetic rows are the VAE's.
+  from brainjax.evaluation import study_table
+  runs = [dict(task='cnn_cls', split='random', train_data='synthetic', source=source,
+               metrics={'accuracy': 0.6}) for source in ('vae', 'gan')]
+  vae, gan = study_table.aggregate(runs)
+  assert (vae['source'], vae['study_accuracy']) == ('vae', 58.16)
+  assert (gan['source'], gan['study_accuracy']) == ('gan', None)
+
+
 @pytest.mark.parametrize('undefined', [math.nan, None])  # a fresh run's NaN, a resumed run's null
 def test_table1_cell_with_an_undefined_seed_is_undefined(undefined):
   from brainjax.evaluation import study_table

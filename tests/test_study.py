@@ -58,13 +58,34 @@ def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkey
   monkeypatch.setattr(study, 'audit_generators', lambda *args: {})
   monkeypatch.setattr(study.study_table, 'write_tables', lambda *args: [os.devnull])
   monkeypatch.setattr(study.reporting, 'write_metrics_json', lambda *args: None)
+  # An earlier run's summary and table: gone until this run writes its own.
+  (tmp_path / 'results').mkdir()
+  for stale in ('metrics.json', 'results/table1.md', 'results/table1.json'):
+    (tmp_path / stale).write_text('{}')
   study.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / 'metrics.json').exists()
+  assert not list((tmp_path / 'results').iterdir())
   export_seed = {sub.export.dir: sub.seed for sub in stages.values() if 'export' in sub}
   assert sorted(export_seed.values()) == [0] * 4 + [1] * 4  # vae and gan, two classes, 2 seeds
   synthetic = [sub for sub in stages.values() if sub.get('train_data', 'real') != 'real']
   assert len(synthetic) == 2 * 2 * 2  # seeds x tasks x (synthetic, mixed) from the vae
   for sub in synthetic:
     assert {export_seed[d] for d in sub.synthetic_dirs.split(',')} == {sub.seed}
+
+
+def test_the_study_s_own_settings_reach_every_stage():
+  config = study_config.get_config('quick,smoke')
+  config.dedup_threshold, config.log_every_steps, config.keep_checkpoints = 0.5, 7, 4
+  config.checkpoint_every_secs, config.num_synthetic = 3.0, 20
+  config.overrides.vae_gen.batch_size = config.overrides.cnn_cls.learning_rate = 2
+  for task in study_config.STAGES:
+    sub = study.sub_config(config, task, 'real' if task.endswith('_cls') else 'positive',
+                           'grouped', 5)
+    assert (sub.split, sub.seed, sub.dedup_threshold, sub.log_every_steps,
+            sub.keep_checkpoints, sub.checkpoint_every_secs) == ('grouped', 5, 0.5, 7, 4, 3.0)
+    assert 'export' not in sub or sub.export.num_samples == 20
+  assert study.sub_config(config, 'vae_gen', 'negative', 'random', 0).batch_size == 2
+  assert study.sub_config(config, 'cnn_cls', 'mixed', 'random', 0).learning_rate == 2
 
 
 def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):

@@ -7,7 +7,8 @@ def steps_per_epoch(num_examples, batch_size):
   steps = num_examples // batch_size
   if steps == 0:
     raise ValueError(f'batch_size={batch_size} is larger than the {num_examples} training '
-                     'examples; lower --config.batch_size')
+                     'examples; lower --config.batch_size (in a study: '
+                     '--config.overrides.<task>.batch_size)')
   return steps
 
 

@@ -9,6 +9,7 @@ Each seed repeats the whole pipeline on its own split: generators, exports, clas
 the generators' audit. Generators train only on their seed's training slices, so no
 classifier is tested on a slice its synthetic data was derived from.
 """
+import glob
 import importlib
 import json
 import os
@@ -44,8 +45,11 @@ def sub_config(config, task, variant, split_mode, seed):
   sub.cache_dir = config.cache_dir
   sub.split = split_mode
   sub.seed = seed
-  sub.num_devices = config.num_devices
-  sub.half_precision = config.half_precision
+  for field in ('dedup_threshold', 'num_devices', 'half_precision', 'log_every_steps',
+                'checkpoint_every_secs', 'keep_checkpoints'):
+    sub[field] = config[field]
+  if task.endswith('_gen'):
+    sub.export.num_samples = config.num_synthetic
   sub.update_from_flattened_dict(dict(config.overrides.get(task, {})))
   return sub
 
@@ -81,7 +85,6 @@ def train_generators(config, workdir, split_mode, seed):
     for label in ('positive', 'negative'):
       sub = sub_config(config, f'{kind}_gen', label, split_mode, seed)
       run_dir = os.path.join(workdir, split_mode, f'seed{seed}', 'generators', f'{kind}_{label}')
-      sub.export.num_samples = config.num_synthetic
       sub.export.dir = os.path.join(run_dir, 'synthetic')
       run_stage(f'{kind}_gen', sub, run_dir)
       exports.setdefault(kind, {})[label] = sub.export.dir
@@ -159,17 +162,22 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
 def check_config(config):
   """One-line errors for settings no study can use, before any stage runs."""
   generators = config.generators.split(',')
-  if set(generators) - {'vae', 'gan'}:
-    raise ValueError(f'generators={config.generators!r}: choose from vae, gan (comma-separated)')
-  if set(config.synthetic_sources.split(',')) - set(generators):
-    raise ValueError(f'synthetic_sources={config.synthetic_sources!r} names a generator the '
-                     f'study does not train (generators={config.generators!r})')
+  if set(generators) - {'vae', 'gan'} or len(set(generators)) < len(generators):
+    raise ValueError(f'generators={config.generators!r}: vae and/or gan (comma-separated), '
+                     'each once')
+  sources = config.synthetic_sources.split(',')
+  if set(sources) - set(generators) or len(set(sources)) < len(sources):
+    raise ValueError(f'synthetic_sources={config.synthetic_sources!r}: generators the study '
+                     f'trains (generators={config.generators!r}), each once')
   modes = config.split_modes.split(',')
   if set(modes) - {'random', 'grouped'} or len(set(modes)) < len(modes):
     raise ValueError(f'split_modes={config.split_modes!r}: random and/or grouped, each once')
   for field in ('seeds', 'knn_k'):
     if not (isinstance(config[field], int) and config[field] >= 1):
       raise ValueError(f'{field}={config[field]!r}: it must be an integer >= 1')
+  if not (isinstance(config.num_synthetic, int) and config.num_synthetic > config.knn_k):
+    raise ValueError(f'num_synthetic={config.num_synthetic!r}: it must be an integer above '
+                     f'knn_k={config.knn_k} (the k-NN estimate needs k + 1 samples)')
   if set(filter(None, config.preset.split(','))) - {'smoke', 'paper'}:
     raise ValueError(f"preset={config.preset!r}: '', or smoke and/or paper (comma-separated)")
   # Every stage's own settings, overrides included (a bad one would stop the study hours in).
@@ -199,6 +207,10 @@ def check_layout(config, workdir):
 def train_and_evaluate(config, workdir):
   check_config(config)
   check_layout(config, workdir)
+  if parallel.is_first_host():  # until this run writes its own, they describe an older one
+    reporting.remove_metrics_json(workdir)
+    for path in glob.glob(os.path.join(workdir, 'results', 'table1.*')):
+      os.remove(path)
   results, quality = [], {}
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
