@@ -92,7 +92,12 @@ def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):
   config = study_config.get_config('quick,smoke')
   workdir = str(tmp_path)
   reporting.write_config(workdir, config)
-  (tmp_path / 'random').mkdir()  # its first stages have begun
+  stage = tmp_path / 'random' / 'seed0' / 'generators' / 'vae_positive'
+  stage.mkdir(parents=True)
+  (stage / 'config.json').write_text('{}')  # its first stage has begun (and was refused)
+  config.overrides.vae_gen.batch_size = 2  # e.g. what that stage's refusal asked for
+  reporting.write_config(workdir, config)
+  (stage / 'metrics.json').write_text('{}')  # a finished stage
   config.seeds, config.checkpoint_every_secs = 3, 5.0  # more seeds; how it runs
   reporting.write_config(workdir, config)
   config.overrides.cnn_cls.num_epochs = 7  # a finished stage would keep its old metrics

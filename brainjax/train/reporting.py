@@ -104,6 +104,12 @@ def changes_message(workdir, changed):
           f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose another --workdir')
 
 
+def _finished_stages(workdir):
+  """Whether any run below workdir (a study's stages) has written its metrics.json."""
+  return any('metrics.json' in files for folder, _, files in os.walk(workdir)
+             if folder != workdir)
+
+
 def write_config(workdir, config, allowed=None):
   """Writes workdir/config.json, unless workdir holds something else than this run.
 
@@ -112,7 +118,8 @@ def write_config(workdir, config, allowed=None):
   redone with any inputs): a run resumed with other settings would mix two runs in one
   checkpoint, and other files in it could be someone's data. A ValueError names what is there.
   A config.json alone is a run of the task that stopped before it wrote anything (e.g. it
-  refused its data): its rerun may fix any setting.
+  refused its data): its rerun may fix any setting. So is a study none of whose stages has
+  finished (each begun stage still refuses what its own run cannot take).
   """
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
@@ -126,7 +133,9 @@ def write_config(workdir, config, allowed=None):
     if allowed is None:
       allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
     changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
-    if changed and present != ['config.json']:  # (alone, it is replaced)
+    begun = present != ['config.json'] and not (new['task'] == 'study'
+                                                 and not _finished_stages(workdir))
+    if changed and begun:  # (if not, its config.json is replaced)
       raise ValueError(changes_message(workdir, changed))
   elif present:
     raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
