@@ -124,7 +124,11 @@ def test_a_run_resumes_only_on_its_own_training_data(tmp_path):
   with pytest.raises(ValueError, match='trained on other data'):
     run(tmp_path, config(num_epochs=1), data_key='export B')  # finished: not redone on B either
   assert run(tmp_path, config(num_epochs=2), data_key='export A')[1]['steps'] == 8
-  assert run(tmp_path, config(num_epochs=3))[1]['steps'] == 12  # no key: not compared
+  # A key with its older forms: a checkpoint holding one resumes, and then keeps the key.
+  assert run(tmp_path, config(num_epochs=3), data_key=('export C', 'export A'))[1]['steps'] == 12
+  with pytest.raises(ValueError, match='trained on other data'):
+    run(tmp_path, config(num_epochs=4), data_key='export A')
+  assert run(tmp_path, config(num_epochs=4))[1]['steps'] == 16  # no key: not compared
 
 
 def test_a_run_that_trains_again_is_unfinished_until_its_task_writes_metrics(tmp_path):

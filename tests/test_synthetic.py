@@ -209,19 +209,46 @@ def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):
   cnn.synthetic_dirs = cvae.synthetic_dirs = out
   both = synthetic.read_synthetic(out)
   healthy = both.with_label(NEGATIVE)
-  keys = datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)
+  def keys():  # (the key a checkpoint keeps: the first of training_key's two)
+    return datasets.training_key(cnn, both)[0], datasets.training_key(cvae, healthy)[0]
+  first = keys()
   os.rename(out, str(tmp_path / 'moved'))  # a moved study: the same data
   cnn.synthetic_dirs = cvae.synthetic_dirs = str(tmp_path / 'moved')
-  assert (datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)) == keys
+  assert keys() == first
   # The same images re-exported by a generator whose workdir moved: the same data.
   synthetic.write_synthetic(str(tmp_path / 'moved'), _images(2), POSITIVE,
                             {'seed': 0, 'checkpoint': str(tmp_path / 'elsewhere')})
-  assert (datasets.training_key(cnn, both), datasets.training_key(cvae, healthy)) == keys
+  assert keys() == first
   synthetic.write_synthetic(str(tmp_path / 'moved'), _images(2, seed=5), POSITIVE, {'seed': 0})
-  assert datasets.training_key(cnn, both) != keys[0]  # same ids, another export
-  assert datasets.training_key(cvae, healthy) == keys[1]  # the CVAE reads no tumour slices
+  assert keys()[0] != first[0]  # same ids, another export
+  assert keys()[1] == first[1]  # the CVAE reads no tumour slices
   real = cnn_cls.get_config('real,smoke')
-  assert datasets.training_key(real, both) != datasets.training_key(real, both.take([0, 1, 2]))
+  assert (datasets.training_key(real, both)[0]
+          != datasets.training_key(real, both.take([0, 1, 2]))[0])
+
+
+def test_a_run_begun_on_an_export_without_a_digest_resumes_on_its_rewrite(tmp_path):
+  # Exports written before they recorded a digest of their images: a checkpoint then kept
+  # the key of the whole manifest entry; the same export rewritten now has a digest too.
+  from configs import cnn_cls
+  from brainjax.tasks import datasets
+  out = str(tmp_path / 'export')
+  for label in (POSITIVE, NEGATIVE):
+    synthetic.write_synthetic(out, _images(2, seed=label), label, {'seed': 0})
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  for entry in manifest['classes'].values():
+    del entry['pixels_sha256']
+  json.dump(manifest, open(os.path.join(out, 'manifest.json'), 'w'))
+  config = cnn_cls.get_config('synthetic,smoke')
+  config.synthetic_dirs = out
+  train = synthetic.read_synthetic(out)
+  kept, _ = datasets.training_key(config, train)  # what the older brainjax kept
+  synthetic.write_synthetic(out, _images(2, seed=POSITIVE), POSITIVE, {'seed': 0})
+  key, older = datasets.training_key(config, train)
+  assert key != kept and older == kept
+  # A checkpoint written now keeps `key`, which other images change.
+  synthetic.write_synthetic(out, _images(2, seed=7), POSITIVE, {'seed': 0})
+  assert key not in datasets.training_key(config, train)
 
 
 def test_exports_of_both_classes_at_once_keep_both_entries(tmp_path, monkeypatch):

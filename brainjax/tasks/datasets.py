@@ -186,16 +186,27 @@ def _content(entry):
 
 
 def training_key(config, train):
-  """A digest of what a run trains on, which `loop.fit` keeps with each checkpoint: the
+  """Digests of what a run trains on, for `loop.fit` to keep with each checkpoint: the
   training slices' ids and labels, and what the synthetic classes among them hold (a
   re-export keeps the ids). A resumed run on other data would continue one model on two
-  training sets."""
-  exports = []
+  training sets.
+
+  Returns (key, older key): the older is what brainjax computed before exports recorded a
+  digest of their images (their whole manifest entries), so that a run begun then resumes on
+  the same export rewritten since.
+  """
+  entries = []
   if config.get('train_data', 'real') != 'real':
     folders = {synthetic.FOLDERS[label] for label in np.unique(train.labels).tolist()}
     for export_dir in _export_dirs(config):
       classes = synthetic.read_manifest(export_dir)['classes']
-      exports.append({f: _content(classes[f]) for f in sorted(folders & classes.keys())})
-  text = json.dumps(dict(ids=[str(i) for i in train.ids], labels=train.labels.tolist(),
-                         exports=exports), sort_keys=True)
-  return hashlib.sha256(text.encode()).hexdigest()
+      entries.append({f: classes[f] for f in sorted(folders & classes.keys())})
+
+  def key(exports):
+    text = json.dumps(dict(ids=[str(i) for i in train.ids], labels=train.labels.tolist(),
+                           exports=exports), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+  older = [{f: {k: v for k, v in e.items() if k != 'pixels_sha256'} for f, e in classes.items()}
+           for classes in entries]
+  return key([{f: _content(e) for f, e in classes.items()} for classes in entries]), key(older)

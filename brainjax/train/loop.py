@@ -11,7 +11,7 @@ import functools
 import math
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 from absl import logging
 from flax import jax_utils
@@ -83,7 +83,8 @@ def _all_finite(host_state):
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
-def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[str] = None,
+def fit(config, workdir, state, train_step, train_arrays, *,
+        data_key: Union[str, Sequence[str], None] = None,
         evaluate: Optional[Callable] = None, hooks: Sequence[Callable] = ()):
   """Trains `state` for config.num_epochs over `train_arrays` (a dict of equal-length arrays).
 
@@ -92,8 +93,9 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
   any; the least finite one) picks the best checkpoint (written to workdir/best with the next
   save of the latest one, at most every config.checkpoint_every_secs and at the end) and
   drives reduce-on-plateau when config has `plateau_factor`; its other entries are logged.
-  `data_key` (e.g. `datasets.training_key`) names the training data: kept with each
-  checkpoint, a resume on other data is a ValueError (checkpoints without one resume).
+  `data_key` (e.g. `datasets.training_key`) names the training data, or is (its key, older
+  forms of it): the key is kept with each checkpoint, and a resume whose checkpoint holds
+  another is a ValueError (checkpoints without one resume).
   `hooks` are called as hook(step) after every step (tests use one to interrupt a run).
   Returns (final state, left on its (first) device; summary): the last logged train_* and
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
@@ -104,6 +106,7 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
     if config[field] < 1:
       raise ValueError(f'{field}={config[field]}: it must be at least 1')
   parallel.check_batch_split(config)
+  data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
   devices = parallel.train_devices(config.num_devices)  # every host's
   num_examples = len(next(iter(train_arrays.values())))
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
@@ -114,14 +117,14 @@ def fit(config, workdir, state, train_step, train_arrays, *, data_key: Optional[
   meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
   if latest.latest_step() is not None:
     state, meta = checkpoints.restore(latest, state)
-    if None not in (data_key, meta.get('data_key')) and meta['data_key'] != data_key:
+    if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
       latest.close()
       best.close()
       raise ValueError(f'{workdir} was trained on other data than it reads now (a synthetic '
                        'export redone since with other images, or slices added to or removed '
                        'from the data folder): train on these in a new --workdir')
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
-  meta['data_key'] = data_key
+  meta['data_key'] = data_keys[0] if data_keys else None
   plateau = Plateau(**meta['plateau'])
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
