@@ -91,6 +91,8 @@ def _launch(*args):
      "synthetic_sources='vae,vae'"),
     (['--config=configs/study.py:quick,smoke', '--config.num_synthetic=0'], 'num_synthetic=0'),
     (['--config=configs/study.py:quick,smoke', '--config.knn_k=16'], 'num_synthetic=16'),
+    (['--config=configs/study.py:quick,smoke', '--config.num_synthetic=4'],
+     'cvae_cls trained on synthetic slices only gets 4, fewer than its batch_size=8'),
     (['--config=configs/study.py:quick,smoke', '--config.num_epochs=3'], 'num_epochs'),
     (['--config=configs/cnn_cls.py:real,smoke', '--config.data.image_size=100'],
      'BrainCNN: image size 100x100 is not a multiple of 8'),

@@ -195,6 +195,15 @@ def check_config(config):
     except ValueError as error:
       raise ValueError(f'overrides.{task}: {error}') from None
     parallel.check_batch_split(sub, prefix=f'overrides.{task}.')
+  # A synthetic-only classifier trains on the exports alone (both classes for BrainCNN, the
+  # healthy one for BrainCVAE): at least one batch of them, or it would stop after the
+  # generators and real-data classifiers finished, when its settings can no longer change.
+  for task, exported in (('cnn_cls', 2 * config.num_synthetic), ('cvae_cls', config.num_synthetic)):
+    batch = sub_config(config, task, 'synthetic', modes[0], config.seed).batch_size
+    if batch > exported:
+      raise ValueError(f'num_synthetic={config.num_synthetic}: {task} trained on synthetic '
+                       f'slices only gets {exported}, fewer than its batch_size={batch}; '
+                       f'raise num_synthetic or lower overrides.{task}.batch_size')
 
 
 def check_layout(config, workdir):
