@@ -99,6 +99,7 @@ def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):
   reporting.write_config(workdir, config)
   (stage / 'metrics.json').write_text('{}')  # a finished stage
   config.seeds, config.checkpoint_every_secs = 3, 5.0  # more seeds; how it runs
+  config.knn_k = 5  # the audit, recomputed by every run
   reporting.write_config(workdir, config)
   config.overrides.cnn_cls.num_epochs = 7  # a finished stage would keep its old metrics
   with pytest.raises(ValueError, match='overrides.cnn_cls.num_epochs: 1 -> 7'):

@@ -136,6 +136,9 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
     for label_name, label in (('positive', POSITIVE), ('negative', NEGATIVE)):
       fake = synthetic.read_synthetic(dirs[label_name])
       real_train, real_holdout = train.with_label(label), holdout.with_label(label)
+      if len(real_train) <= config.knn_k:
+        raise ValueError(f'knn_k={config.knn_k}: the k-NN estimate needs more real training '
+                         f'slices, {label_name} has {len(real_train)}; lower it (a rerun may)')
       real_f, _ = _cnn_features(feature_run, real_train.images)
       fake_f, fake_p = _cnn_features(feature_run, fake.images)
       hold_f, _ = _cnn_features(feature_run, real_holdout.images)

@@ -75,9 +75,10 @@ RUN_FIELDS = frozenset({'checkpoint_every_secs', 'log_every_steps', 'keep_checkp
                         'cache_dir', 'num_devices', 'multihost'})
 # A task's run: also how long it trains and what it does with the trained model.
 RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly'}
-# A study: also which seeds and split modes it runs. Not its stages' settings: a finished
-# stage is never rerun, and a generator's new export would leave its classifiers stale.
-STUDY_RERUN_FIELDS = RUN_FIELDS | {'seeds', 'split_modes'}
+# A study: also which seeds and split modes it runs, and its audit's knn_k (recomputed by
+# every run). Not its stages' settings: a finished stage is never rerun, and a generator's
+# new export would leave its classifiers stale.
+STUDY_RERUN_FIELDS = RUN_FIELDS | {'seeds', 'split_modes', 'knn_k'}
 
 
 def _flat(tree, prefix=''):
