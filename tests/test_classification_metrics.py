@@ -114,6 +114,16 @@ def test_bad_input_raises(labels, preds, message):
     classification.classification_metrics(labels, preds)
 
 
+@pytest.mark.parametrize('labels, scores, message', [
+    ([-1, 1], [0.2, 0.8], 'only 0'),  # (as booleans these gave NaN; scikit-learn says 1.0)
+    ([0, 1], [0.2, float('nan')], 'NaN'),
+    ([0, 1], [0.2], 'differ'),
+])
+def test_auroc_refuses_what_it_cannot_score(labels, scores, message):
+  with pytest.raises(ValueError, match=message):
+    classification.auroc(labels, scores)
+
+
 def test_table1_spread_over_seeds_is_the_sample_std():
   from brainjax.evaluation import study_table
   runs = [dict(task='cnn_cls', split='random', train_data='real', source='-',

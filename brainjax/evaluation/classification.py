@@ -73,8 +73,12 @@ def metrics_from_confusion(tn, fp, fn, tp) -> Dict[str, np.ndarray]:
 
 def auroc(labels, scores) -> float:
   """Area under the ROC curve (ties count one half); NaN when one class is absent."""
-  labels = np.asarray(labels).astype(bool)
+  labels = _as_binary('labels', labels)
   scores = np.asarray(scores, np.float64)
+  if scores.shape != labels.shape:
+    raise ValueError(f'scores {scores.shape} and labels {labels.shape} differ')
+  if not np.isfinite(scores).all():
+    raise ValueError('scores contain NaN or inf')
   num_pos = int(labels.sum())
   num_neg = labels.size - num_pos
   if num_pos == 0 or num_neg == 0:
@@ -123,10 +127,5 @@ def classification_metrics(labels, predictions,
   out = {k: float(v) for k, v in metrics_from_confusion(tn, fp, fn, tp).items()}
   out.update(tn=tn, fp=fp, fn=fn, tp=tp)
   if scores is not None:
-    scores = np.asarray(scores, np.float64)
-    if scores.shape != np.shape(labels):
-      raise ValueError(f'scores {scores.shape} and labels {np.shape(labels)} differ')
-    if not np.isfinite(scores).all():
-      raise ValueError('scores contain NaN or inf')
     out['auroc'] = auroc(labels, scores)
   return out
