@@ -30,18 +30,29 @@ def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, mo
   workdir = str(tmp_path)
   cvae_cls.train_and_evaluate(config, workdir)
   figure = os.path.join(workdir, 'figures', 'anomaly_examples.png')
-  assert os.path.exists(figure)
+  centroids = os.path.join(workdir, 'global_kmeans_centroids.npy')
+  assert os.path.exists(figure) and os.path.exists(centroids)
   config.anomaly.rules = ('kmeans',)
   metrics = cvae_cls.train_and_evaluate(config, workdir)
   assert 'giaem_f1' not in metrics and not os.path.exists(figure)
+  assert not os.path.exists(centroids)
+  metrics_json = os.path.join(workdir, 'metrics.json')
+  assert os.path.exists(metrics_json)
+
+  def killed(*args, **kwargs):
+    raise KeyboardInterrupt('simulated kill')
+
+  # Killed while the rules run: unfinished, not the old metrics under the new config.
+  config.anomaly.rules = ('dbscan',)
+  with monkeypatch.context() as patch:
+    patch.setattr(cvae_cls.anomaly_evaluate, 'evaluate_anomaly_rules', killed)
+    with pytest.raises(KeyboardInterrupt):
+      cvae_cls.train_and_evaluate(config, workdir)
+  assert not os.path.exists(metrics_json)
   # Killed between the fitted arrays and metrics.json: unfinished, not new centroids beside
   # the old metrics' thresholds (predict would combine them).
   config.anomaly.rules = ('global_kmeans',)
-
-  def killed(*args):
-    raise KeyboardInterrupt('simulated kill')
-
   monkeypatch.setattr(cvae_cls.reporting, 'save_array', killed)
   with pytest.raises(KeyboardInterrupt):
     cvae_cls.train_and_evaluate(config, workdir)
-  assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
+  assert not os.path.exists(metrics_json)

@@ -23,6 +23,8 @@ from brainjax.anomaly import pixel_features
 from brainjax.evaluation import classification
 
 RULES = ('giaem', 'dbscan', 'kmeans', 'global_kmeans')
+# What evaluate_anomaly_rules fits beyond its metrics (a run keeps them as <name>.npy).
+FITTED_ARRAYS = ('global_kmeans_centroids',)
 
 
 def default_anomaly_config() -> ml_collections.ConfigDict:
@@ -217,6 +219,6 @@ def evaluate_anomaly_rules(
                  metrics['seconds'])
     results.update({f'{rule}_{k}': v for k, v in metrics.items()})
     if rule == 'global_kmeans':
-      fitted['global_kmeans_centroids'] = np.asarray(found.extra['centroids'], np.float32)
+      fitted[FITTED_ARRAYS[0]] = np.asarray(found.extra['centroids'], np.float32)
   results['selected_rule'] = select_rule(results, config.selection_metric)
   return results, fitted

@@ -31,6 +31,7 @@ from brainjax.train.state import TrainState
 from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
+FIGURE = os.path.join('figures', 'anomaly_examples.png')
 RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
          'global_kmeans': 'VAE (Global KMeans)'}
 
@@ -86,6 +87,13 @@ def check_config(config):
 
 def train_and_evaluate(config, workdir):
   anomaly_evaluate.check_config(config.anomaly)  # before training (the data: training_examples)
+  if parallel.is_first_host():
+    # An earlier evaluation's results (a rerun may change anomaly.*): none until this one's
+    # are written, so an interrupted or failed rerun leaves no old ones under its config.
+    reporting.remove_metrics_json(workdir)
+    for stale in (*(f'{name}.npy' for name in anomaly_evaluate.FITTED_ARRAYS), FIGURE):
+      if os.path.exists(os.path.join(workdir, stale)):
+        os.remove(os.path.join(workdir, stale))
   source = datasets.real_source(config)
   examples = source.examples
   split = datasets.classifier_split(config, source, 'anomaly')
@@ -124,18 +132,13 @@ def train_and_evaluate(config, workdir):
                                ('accuracy', 'precision', 'recall', 'f1', 'auroc')}))
   if not parallel.is_first_host():  # the first host writes the run's files
     return metrics
-  # The fitted arrays and metrics.json describe one evaluation: none until both are written.
-  reporting.remove_metrics_json(workdir)
   for name, array in fitted.items():  # what predict needs to apply the rules to new slices
     reporting.save_array(workdir, f'{name}.npy', array)
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
-  figure = os.path.join(workdir, 'figures', 'anomaly_examples.png')
-  if os.path.exists(figure):  # an earlier evaluation's, maybe with other rules
-    os.remove(figure)
   if 'giaem_anomaly_threshold' in metrics:
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
     figures.save_anomaly_figure(
-        figure, test.images[pick],
+        os.path.join(workdir, FIGURE), test.images[pick],
         np.asarray(reconstruct(model, best.variables, test.images[pick])), test_errors[pick],
         test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
         names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
