@@ -377,6 +377,21 @@ def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   (tmp_path.parent / f'{tmp_path.name}_link').symlink_to(tmp_path)
   linked, _ = _predict(cnn_run, tmp_path.parent / f'{tmp_path.name}_link', tmp_path / 'out')
   assert list(first) == list(second) == list(linked) == ['no/a.png']
+  # Nor an earlier run's (launch.py writes its config.json), from a run into another folder.
+  (tmp_path / 'out' / 'config.json').write_text(predict_config.get_config().to_json())
+  other, _ = _predict(cnn_run, tmp_path, tmp_path / 'out_b')
+  assert list(other) == ['no/a.png']
+
+
+def test_a_broken_link_in_the_input_is_a_skipped_row(cnn_run, tmp_path):
+  (tmp_path / 'in' / 'no').mkdir(parents=True)
+  scan = phantom.phantom_slice(4, 0, False).image
+  (tmp_path / 'in' / 'no' / 'a.png').write_bytes(_png_bytes(scan))
+  (tmp_path / 'in' / 'no' / 'gone.png').symlink_to(tmp_path / 'missing.png')
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')
+  assert list(rows) == ['no/a.png', 'no/gone.png']
+  assert rows['no/gone.png']['status'].startswith('skipped: cannot read file')
+  assert metrics['num_inputs'] == 2
 
 
 def test_bad_predict_settings_are_named(cnn_run, tmp_path):

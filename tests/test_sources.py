@@ -228,6 +228,16 @@ def test_a_linked_class_folder_is_read(tmp_path):
       ('no/n0.png', 0), ('yes/y0.png', 1)]
 
 
+def test_a_link_to_a_folder_inside_reads_that_folder_where_it_is(tmp_path):
+  # misc/linked -> site/ sorts before site/: its files must keep site/'s labels, once.
+  (tmp_path / 'site' / 'yes').mkdir(parents=True)
+  _scan(5, 0, True).save(tmp_path / 'site' / 'yes' / 's.png')
+  (tmp_path / 'misc').mkdir()
+  (tmp_path / 'misc' / 'linked').symlink_to(tmp_path / 'site')
+  assert [os.path.relpath(p, tmp_path) for p in layout.walk_files(str(tmp_path))] == [
+      'site/yes/s.png']
+
+
 def test_br35h_source_on_fake_download(tmp_path):
   _fake_br35h(tmp_path / 'br35h')
   examples = sources.load_examples(

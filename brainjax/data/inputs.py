@@ -100,9 +100,7 @@ class Reader:
 
 def _walk_folder(root: str) -> List[InputFile]:
   files = []
-  for full in layout.walk_files(root):
-    if not os.path.isfile(full):  # broken links, sockets, ...
-      continue
+  for full in layout.walk_files(root):  # (broken links kept: a skipped row says so)
     rel = os.path.relpath(full, root).replace(os.sep, '/')
     if layout.is_junk(rel):
       continue

@@ -90,15 +90,19 @@ def walk_files(folder: str) -> Iterator[str]:
   """Every file below `folder` in sorted order, following links to folders once each.
 
   A link to `folder` or to a folder above it is not followed (it would walk `folder`'s
-  siblings, e.g. no/ from inside yes/); FIFOs, sockets and devices are skipped (reading
-  one could block forever); broken links are kept, for the reader to report.
+  siblings, e.g. no/ from inside yes/), nor a link to a folder inside `folder`, which is
+  read where it is (its path, not the link's, gives its files' labels); FIFOs, sockets and
+  devices are skipped (reading one could block forever); broken links are kept, for the
+  reader to report.
   """
   root = os.path.realpath(folder)
+  inside = {os.path.realpath(d) for d, _, _ in os.walk(folder)}  # (not through links)
   seen = set()
   for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
     real = os.path.realpath(dirpath)
     above = dirpath != folder and (root + os.sep).startswith(real.rstrip(os.sep) + os.sep)
-    if real in seen or above:  # a link back up the tree
+    linked = os.path.normpath(os.path.join(root, os.path.relpath(dirpath, folder))) != real
+    if real in seen or above or (linked and real in inside):  # read once, where it is
       dirnames[:] = []
       continue
     seen.add(real)

@@ -515,6 +515,22 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
   return None
 
 
+def _predict_workdirs_among(files) -> List[str]:
+  """Folders (real paths, ending in a separator) of the input files that hold a predict
+  run's config.json."""
+  found = []
+  for f in files:
+    if f.in_zip or os.path.basename(f.source) != 'config.json':
+      continue
+    try:
+      task = reporting.read_config_json(os.path.dirname(f.source)).get('task')
+    except (OSError, ValueError, AttributeError):  # not a brainjax config
+      continue
+    if task == 'predict':
+      found.append(os.path.dirname(os.path.realpath(f.source)) + os.sep)
+  return found
+
+
 def _check_input_outside_map_folders(workdir: str, input_path: str):
   """The map folders are replaced by each prediction: they must not hold its input."""
   real_input = os.path.realpath(input_path)
@@ -607,9 +623,12 @@ def train_and_evaluate(config, workdir):
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
   if not files:
     logging.warning('%s holds no files: nothing to predict.', input_path)
-  out = os.path.realpath(workdir) + os.sep
-  if out.startswith(os.path.realpath(input_path) + os.sep):  # the workdir is in the input:
-    files = [f for f in files if not os.path.realpath(f.source).startswith(out)]  # not ours
+  # Predict workdirs in the input (this one, or an earlier run's): outputs, not scans.
+  outputs = [os.path.realpath(workdir) + os.sep] + _predict_workdirs_among(files)
+  kept = [f for f in files if f.in_zip or not os.path.realpath(f.source).startswith(tuple(outputs))]
+  if len(kept) < len(files):
+    logging.info('Not reading %d files of predict workdirs in the input.', len(files) - len(kept))
+  files = kept
   _check_input_outside_map_folders(workdir, input_path)
   run = load_run(model_dir)
   rules = run_rules(run, config.rules)
