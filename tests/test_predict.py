@@ -428,6 +428,21 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
     _predict(cvae_run, tmp_path / 'out' / 'maps', tmp_path / 'out')
 
 
+def test_a_backslash_in_a_folder_s_file_name_is_a_character(cvae_run, tmp_path):
+  # Left by unzipping a Windows-made zip on Linux: 'yes\\a.png' at the root is no file of
+  # yes/, and its maps are not yes/a.png's.
+  healthy, tumour = (_png_bytes(phantom.phantom_slice(5, 0, positive=p).image)
+                     for p in (False, True))
+  (tmp_path / 'in' / 'yes').mkdir(parents=True)
+  (tmp_path / 'in' / 'yes' / 'a.png').write_bytes(tumour)
+  (tmp_path / 'in' / 'yes\\a.png').write_bytes(healthy)
+  rows, _ = _predict(cvae_run, tmp_path / 'in', tmp_path / 'out')
+  assert (rows['yes/a.png']['true_label'], rows['yes\\a.png']['true_label']) == ('1', '')
+  ours = np.load(tmp_path / 'out' / 'maps' / 'yes' / 'a.png.npy')
+  theirs = np.load(tmp_path / 'out' / 'maps' / 'yes\\a.png.npy')
+  assert not np.array_equal(ours, theirs)
+
+
 @pytest.mark.slow
 def test_regions_find_phantom_tumours_better_than_chance(tmp_path, cache_dir):
   """regions/ lines up with the scans: single-image KMeans' tumour regions overlap the true

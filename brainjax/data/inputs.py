@@ -29,15 +29,20 @@ from brainjax.data.examples import NEGATIVE, POSITIVE
 MAX_MEMBER_BYTES = 512 << 20
 
 
-def label_from_path(relpath: str) -> Optional[int]:
-  """POSITIVE / NEGATIVE for a path under yes/ or no/ (see the module doc), else None."""
-  found = layout.labelled_name(relpath)
+def label_from_path(relpath: str, backslash: bool = True) -> Optional[int]:
+  """POSITIVE / NEGATIVE for a path under yes/ or no/ (see the module doc), else None;
+  `backslash`: a separator too (zip names; not a folder's file names)."""
+  found = layout.labelled_name(relpath, backslash)
   return None if found is None else found[1]
 
 
-def safe_relpath(relpath: str) -> str:
-  """`relpath` without empty, '.' and '..' parts: it cannot leave an output folder."""
-  parts = [p for p in relpath.replace('\\', '/').split('/') if p not in ('', '.', '..')]
+def safe_relpath(relpath: str, backslash: bool = True) -> str:
+  """`relpath` without empty, '.' and '..' parts: it cannot leave an output folder;
+  `backslash`: a separator too (zip names; not a folder's file names, where two files
+  'a\\b.png' and 'a/b.png' would otherwise share one output)."""
+  if backslash:
+    relpath = relpath.replace('\\', '/')
+  parts = [p for p in relpath.split('/') if p not in ('', '.', '..')]
   return '/'.join(parts) or '_'
 
 
@@ -104,7 +109,7 @@ def _walk_folder(root: str) -> List[InputFile]:
     rel = os.path.relpath(full, root).replace(os.sep, '/')
     if layout.is_junk(rel):
       continue
-    files.append(InputFile(rel, label_from_path(rel), full))
+    files.append(InputFile(rel, label_from_path(rel, backslash=False), full))
   return sorted(files, key=lambda f: f.path)
 
 

@@ -15,9 +15,15 @@ from absl import logging
 CLASSES = ('no', 'yes')  # label 0 = healthy (NEGATIVE), 1 = tumour (POSITIVE)
 
 
-def _parts(name: str) -> List[str]:
-  """Path components, without the empty and '.' ones ('./yes/a.png' is 'yes/a.png')."""
-  return [p for p in name.replace('\\', '/').split('/') if p not in ('', '.')]
+def _parts(name: str, backslash: bool = True) -> List[str]:
+  """Path components, without the empty and '.' ones ('./yes/a.png' is 'yes/a.png').
+
+  `backslash`: it separates too, as in zips made on Windows (in a folder's file name on
+  Linux it is a character).
+  """
+  if backslash:
+    name = name.replace('\\', '/')
+  return [p for p in name.split('/') if p not in ('', '.')]
 
 
 def is_junk(name: str) -> bool:
@@ -27,9 +33,9 @@ def is_junk(name: str) -> bool:
           or (bool(parts) and parts[-1] == 'Thumbs.db'))
 
 
-def labelled_name(path: str) -> Optional[Tuple[str, int]]:
-  """'[top/]yes/a/b.jpg' -> ('yes/a/b.jpg', 1); None outside yes/ and no/."""
-  parts = _parts(path)
+def labelled_name(path: str, backslash: bool = True) -> Optional[Tuple[str, int]]:
+  """'[top/]yes/a/b.jpg' -> ('yes/a/b.jpg', 1); None outside yes/ and no/ (see _parts)."""
+  parts = _parts(path, backslash)
   for depth in (0, 1):
     if len(parts) > depth + 1 and parts[depth] in CLASSES:
       return '/'.join(parts[depth:]), CLASSES.index(parts[depth])

@@ -133,6 +133,7 @@ class Item(NamedTuple):
   path: str
   label: Optional[int]
   load: Callable[[], np.ndarray]
+  in_zip: bool = False  # (its path's backslashes separate folders)
 
 
 @dataclasses.dataclass
@@ -175,7 +176,7 @@ def prepare(items: Sequence[Item], size: int, margin: float, num_threads: int = 
 
 
 def file_items(files: Sequence[inputs_lib.InputFile], reader: inputs_lib.Reader) -> List[Item]:
-  return [Item(f.path, f.label, lambda f=f: reader.read(f)) for f in files]
+  return [Item(f.path, f.label, lambda f=f: reader.read(f), f.in_zip) for f in files]
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -499,7 +500,7 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
   Returns None, or why they could not be written (e.g. a name too long for the file system).
   """
   map_orig, region_orig = original_grid_outputs(image, errors, region, info)
-  rel = inputs_lib.safe_relpath(item.path)
+  rel = inputs_lib.safe_relpath(item.path, backslash=item.in_zip)
   paths = {k: os.path.join(workdir, k, rel + ext) for k, ext in MAP_FOLDERS.items()}
   try:
     for p in paths.values():
