@@ -383,6 +383,15 @@ def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   assert list(other) == ['no/a.png']
 
 
+def test_an_input_inside_the_workdir_is_read(cnn_run, tmp_path):
+  # Smoke mode writes its input into <workdir>/smoke_input; the workdir holds it, not its outputs.
+  (tmp_path / 'smoke_input' / 'no').mkdir(parents=True)
+  scan = phantom.phantom_slice(4, 0, False).image
+  (tmp_path / 'smoke_input' / 'no' / 'a.png').write_bytes(_png_bytes(scan))
+  rows, _ = _predict(cnn_run, tmp_path / 'smoke_input', tmp_path)
+  assert list(rows) == ['no/a.png'] and rows['no/a.png']['status'] == 'ok'
+
+
 def test_a_broken_link_in_the_input_is_a_skipped_row(cnn_run, tmp_path):
   (tmp_path / 'in' / 'no').mkdir(parents=True)
   scan = phantom.phantom_slice(4, 0, False).image

@@ -624,8 +624,12 @@ def train_and_evaluate(config, workdir):
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
   if not files:
     logging.warning('%s holds no files: nothing to predict.', input_path)
-  # Predict workdirs in the input (this one, or an earlier run's): outputs, not scans.
-  outputs = [os.path.realpath(workdir) + os.sep] + _predict_workdirs_among(files)
+  # Predict workdirs in the input (this one, or an earlier run's): outputs, not scans. A
+  # workdir holding the input (smoke mode writes it there) is not in it.
+  outputs = _predict_workdirs_among(files)
+  own = os.path.realpath(workdir) + os.sep
+  if own.startswith(os.path.realpath(input_path) + os.sep):
+    outputs.append(own)
   kept = [f for f in files if f.in_zip or not os.path.realpath(f.source).startswith(tuple(outputs))]
   if len(kept) < len(files):
     logging.info('Not reading %d files of predict workdirs in the input.', len(files) - len(kept))
