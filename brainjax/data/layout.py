@@ -102,13 +102,14 @@ def walk_files(folder: str) -> Iterator[str]:
   reader to report.
   """
   root = os.path.realpath(folder)
-  inside = {os.path.realpath(d) for d, _, _ in os.walk(folder)}  # (not through links)
+  # A real path below root is a folder of the tree itself (realpath leaves no link in it).
+  inside = root.rstrip(os.sep) + os.sep
   seen = set()
   for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
     real = os.path.realpath(dirpath)
     above = dirpath != folder and (root + os.sep).startswith(real.rstrip(os.sep) + os.sep)
     linked = os.path.normpath(os.path.join(root, os.path.relpath(dirpath, folder))) != real
-    if real in seen or above or (linked and real in inside):  # read once, where it is
+    if real in seen or above or (linked and real.startswith(inside)):  # read where it is
       dirnames[:] = []
       continue
     seen.add(real)
