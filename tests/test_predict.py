@@ -340,6 +340,16 @@ def test_labelled_folder_metrics_match_sklearn(cnn_run, tmp_path):
     assert metrics[key] == pytest.approx(value, abs=1e-6), key
 
 
+def test_a_class_nobody_labelled_has_no_recall():
+  scores = np.array([0.9, 0.2, 0.7])
+  tumour_only = predict.labelled_metrics(np.array([1, 1, 1]), np.array([1, 0, 1]), scores)
+  assert np.isnan(tumour_only['specificity'])
+  assert tumour_only['sensitivity'] == tumour_only['recall'] == pytest.approx(2 / 3)
+  healthy_only = predict.labelled_metrics(np.array([0, 0, 0]), np.array([1, 0, 1]), scores)
+  assert np.isnan(healthy_only['sensitivity']) and np.isnan(healthy_only['recall'])
+  assert healthy_only['specificity'] == pytest.approx(1 / 3)
+
+
 def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
   scan = phantom.phantom_slice(7, 0, positive=True).image
   path = tmp_path / 'one.png'

@@ -13,7 +13,8 @@ What the command writes in its workdir:
   folder, 0 under `no`, empty otherwise).
 - metrics.json: counts (inputs, predicted, skipped, near-duplicates) and, when some
   predicted inputs have labels, accuracy, balanced accuracy, sensitivity, specificity,
-  precision, F1, ROC AUC and the confusion matrix (tn, fp, fn, tp).
+  precision, F1, ROC AUC and the confusion matrix (tn, fp, fn, tp); a class no input is
+  labelled with has no recall (sensitivity or specificity: null, as ROC AUC).
 - BrainCVAE runs: maps/<path>.npy, the reconstruction-error map in the original file's
   pixel grid (float32, larger = more anomalous, 0 outside the head); regions/<path>.png,
   the leading rule's tumour region in that grid, inside the head (0/255);
@@ -483,8 +484,18 @@ def write_predictions_csv(path: str, fields: Sequence[str], rows: Sequence[Dict[
 
 def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
                      scores: np.ndarray) -> Dict[str, float]:
-  """External-validation metrics of the labelled, predicted inputs."""
+  """External-validation metrics of the labelled, predicted inputs.
+
+  The recall of a class no input is labelled with is undefined (NaN, null in
+  metrics.json), not scikit-learn's zero_division 0: a folder of tumour slices
+  alone has no specificity, and 0.0 would read as every healthy slice missed.
+  """
   metrics = classification.classification_metrics(labels, predictions, scores)
+  labels = np.asarray(labels)
+  if not (labels == 1).any():
+    metrics['recall'] = float('nan')
+  if not (labels == 0).any():
+    metrics['specificity'] = float('nan')
   metrics['sensitivity'] = metrics['recall']
   metrics['num_labelled'] = int(len(labels))
   return metrics
