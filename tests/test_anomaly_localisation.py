@@ -30,3 +30,10 @@ def test_no_tumour_images_gives_nan():
 def test_shape_mismatch():
   with pytest.raises(ValueError, match='differ'):
     localisation.dice_iou(np.zeros((2, 9), bool), np.zeros((2, 4, 4)))
+
+
+def test_a_non_finite_mask_is_refused():
+  masks = np.zeros((1, 2, 2))
+  masks[0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match='NaN or inf'):
+    localisation.dice_iou(np.zeros((1, 4), bool), masks)

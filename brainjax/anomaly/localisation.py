@@ -14,7 +14,10 @@ def dice_iou(predicted: np.ndarray, masks: np.ndarray):
   predicted: bool (N, H*W) or (N, H, W); masks: (N, H, W) or (N, H*W), nonzero = tumour.
   """
   predicted = np.asarray(predicted).reshape(len(predicted), -1).astype(bool)
-  masks = np.asarray(masks).reshape(len(masks), -1) != 0
+  masks = np.asarray(masks)
+  if np.issubdtype(masks.dtype, np.inexact) and not np.isfinite(masks).all():
+    raise ValueError('masks contain NaN or inf (NaN != 0 would count as tumour)')
+  masks = masks.reshape(len(masks), -1) != 0
   if predicted.shape != masks.shape:
     raise ValueError(f'predicted {predicted.shape} and masks {masks.shape} differ')
   inter = np.sum(predicted & masks, axis=1).astype(np.float64)
