@@ -365,6 +365,24 @@ def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
   assert records[0]['predicted_label'] == int(records[0]['score'] >= 0.5)
 
 
+def test_predict_paths_reads_a_zip_and_a_folder(cnn_run, tmp_path):
+  scans = {'yes/a.png': phantom.phantom_slice(7, 0, positive=True).image,
+           'no/b.png': phantom.phantom_slice(7, 1, positive=False).image}
+  with zipfile.ZipFile(tmp_path / 'in.zip', 'w') as archive:
+    for name, scan in scans.items():
+      archive.writestr(name, _png_bytes(scan))
+      (tmp_path / 'in' / name).parent.mkdir(parents=True, exist_ok=True)
+      (tmp_path / 'in' / name).write_bytes(_png_bytes(scan))
+  zipped, folder = (predict.predict_paths(cnn_run, str(tmp_path / x)) for x in ('in.zip', 'in'))
+  assert sorted(r['path'] for r in zipped) == [f'{tmp_path}/in.zip/{n}' for n in sorted(scans)]
+  assert sorted(r['path'] for r in folder) == [f'{tmp_path}/in/{n}' for n in sorted(scans)]
+  for records in (zipped, folder):
+    assert [r['status'] for r in records] == ['ok', 'ok']
+    assert sorted(r['true_label'] for r in records) == [0, 1]
+  by_name = lambda records: {r['path'].rsplit('/', 2)[-2]: r['score'] for r in records}
+  assert by_name(zipped) == pytest.approx(by_name(folder), abs=1e-6)
+
+
 def test_dedup_against_skips_and_counts_near_duplicates(cnn_run, tmp_path):
   scans = [phantom.phantom_slice(9, i, positive=False).image for i in range(3)]
   for i, scan in enumerate(scans):

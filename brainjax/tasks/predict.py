@@ -176,8 +176,10 @@ def prepare(items: Sequence[Item], size: int, margin: float, num_threads: int = 
   return Prepared(items, status, images, [results[i][1] for i in ok], ok)
 
 
-def file_items(files: Sequence[inputs_lib.InputFile], reader: inputs_lib.Reader) -> List[Item]:
-  return [Item(f.path, f.label, lambda f=f: reader.read(f), f.in_zip) for f in files]
+def file_items(files: Sequence[inputs_lib.InputFile], reader: inputs_lib.Reader,
+               prefix: str = '') -> List[Item]:
+  """Items named prefix + each file's path (the file itself is read by its own path)."""
+  return [Item(prefix + f.path, f.label, lambda f=f: reader.read(f), f.in_zip) for f in files]
 
 
 # ----------------------------------------------------------------------------- the rules
@@ -410,10 +412,10 @@ def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
     elif isinstance(x, (str, os.PathLike)):
       files = inputs_lib.list_inputs(x)
       if os.path.isdir(x) or len(files) != 1 or files[0].in_zip:
-        files = [dataclasses.replace(f, path=f'{os.fspath(x)}/{f.path}') for f in files]
+        # Only the name shown changes: a zip member is read by its path in the zip.
+        items += file_items(files, reader, prefix=f'{os.fspath(x)}/')
       else:
-        files = [dataclasses.replace(files[0], path=os.fspath(x))]
-      items += file_items(files, reader)
+        items += file_items([dataclasses.replace(files[0], path=os.fspath(x))], reader)
     else:
       array = np.asarray(x)
       items.append(Item(f'array_{i}', None, lambda a=array: a))
