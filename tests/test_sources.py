@@ -339,6 +339,22 @@ def test_zip_members_sharing_a_path_are_read_once_the_last(tmp_path):
       ('no/n0.png', b'healthy'), ('yes/y0.png', b'last')]
 
 
+def test_a_damaged_zip_member_is_skipped_not_fatal(tmp_path):
+  archive = tmp_path / 'br35h.zip'
+  with zipfile.ZipFile(archive, 'w', zipfile.ZIP_DEFLATED) as z:
+    for name in ('no/n0.png', 'yes/y0.png', 'yes/y1.png'):
+      z.writestr(name, _png_bytes(_scan(5, len(name), name.startswith('yes'))))
+  data = bytearray(archive.read_bytes())
+  info = zipfile.ZipFile(archive).getinfo('yes/y0.png')
+  start = info.header_offset + 30 + len(info.filename) + len(info.extra)  # its local header
+  data[start + info.compress_size // 2] ^= 1  # a CRC error (or a bad deflate stream)
+  archive.write_bytes(bytes(data))
+  assert [(n, raw is None) for n, _, raw in layout.iter_zip(str(archive))] == [
+      ('no/n0.png', False), ('yes/y0.png', True), ('yes/y1.png', False)]
+  records = load_br35h_records(str(archive), str(tmp_path / 'tfds'))
+  assert [r[0] for r in records] == ['no/n0.png', 'yes/y1.png']
+
+
 def test_a_link_up_the_tree_and_a_fifo_are_not_read(tmp_path):
   # yes/loop -> .. would read no/ again under yes/, as tumour slices; a FIFO would block.
   for label in ('yes', 'no'):

@@ -15,7 +15,6 @@ import dataclasses
 import os
 import threading
 import zipfile
-import zlib
 from typing import List, Optional
 
 from absl import logging
@@ -24,9 +23,6 @@ import numpy as np
 from brainjax.data import image_io
 from brainjax.data import layout
 from brainjax.data.examples import NEGATIVE, POSITIVE
-
-# A zip member claiming more than this is refused before it is inflated (zip bombs).
-MAX_MEMBER_BYTES = 512 << 20
 
 
 def label_from_path(relpath: str, backslash: bool = True) -> Optional[int]:
@@ -76,12 +72,11 @@ class Reader:
         archive = self._archives.get(file.source)
         if archive is None:
           archive = self._archives[file.source] = zipfile.ZipFile(file.source)
-        info = archive.getinfo(file.path)  # the last member of that name, as listed
-        if info.file_size > MAX_MEMBER_BYTES:
-          raise image_io.UnreadableImage(f'zip member too large ({info.file_size} bytes)')
-        return archive.read(info)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError,
-            NotImplementedError, RuntimeError) as e:  # RuntimeError: an encrypted member
+        # The last member of that name, as listed.
+        return layout.read_member(archive, archive.getinfo(file.path))
+    except ValueError as e:  # too large
+      raise image_io.UnreadableImage(str(e)) from None
+    except layout.MEMBER_READ_ERRORS + (KeyError,) as e:
       raise image_io.UnreadableImage(f'cannot read zip member: {e}') from None
 
   def read(self, file: InputFile) -> np.ndarray:

@@ -8,6 +8,7 @@ metadata (.DS_Store, __MACOSX/, Thumbs.db) are not scans and are ignored.
 """
 import os
 import zipfile
+import zlib
 from typing import Iterator, List, Optional, Tuple
 
 from absl import logging
@@ -151,8 +152,25 @@ def _zip_class_depth(path: str, names: List[List[str]]) -> Tuple[int, Optional[s
   return 1, _one_top(path, tops)
 
 
-def iter_zip(path: str) -> Iterator[Tuple[str, int, bytes]]:
-  """(name, label, bytes) for every file under the class folders of a zip."""
+# A zip member claiming more than this is refused before it is inflated (zip bombs).
+MAX_MEMBER_BYTES = 512 << 20
+# What reading one damaged member raises (RuntimeError: an encrypted member).
+MEMBER_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
+                      RuntimeError)
+
+
+def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+  """A member's bytes; raises one of MEMBER_READ_ERRORS, or ValueError if too large."""
+  if info.file_size > MAX_MEMBER_BYTES:
+    raise ValueError(f'zip member too large ({info.file_size} bytes)')
+  return archive.read(info)
+
+
+def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
+  """(name, label, bytes) for every file under the class folders of a zip.
+
+  bytes is None (logged) for a member that cannot be read: damaged, encrypted or too large.
+  """
   with zipfile.ZipFile(path) as archive:
     infos = [i for i in archive.infolist() if not i.is_dir() and not is_junk(i.filename)]
     # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
@@ -166,4 +184,9 @@ def iter_zip(path: str) -> Iterator[Tuple[str, int, bytes]]:
     depth, top = _zip_class_depth(path, names)
     for info, parts in zip(infos, names):
       if len(parts) > depth + 1 and parts[depth] in CLASSES and (top is None or parts[0] == top):
-        yield '/'.join(parts[depth:]), CLASSES.index(parts[depth]), archive.read(info)
+        try:
+          data = read_member(archive, info)
+        except MEMBER_READ_ERRORS + (ValueError,) as e:
+          logging.warning('%s: member %r cannot be read (%s): skipped.', path, info.filename, e)
+          data = None
+        yield '/'.join(parts[depth:]), CLASSES.index(parts[depth]), data
