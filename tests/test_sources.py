@@ -197,6 +197,31 @@ def test_br35h_in_a_folder_holding_its_zip_is_keyed_by_that_zip(tmp_path):
   assert [r[0] for r in second] == ['yes/y0.png', 'yes/y1.png']
 
 
+def test_a_zip_is_linked_afresh_after_an_interrupted_preparation(tmp_path):
+  # An interrupted run left <prepared>/manual/br35h.zip -> a/br35h.zip; the zip (same key) has
+  # moved to b/, and a/ holds another zip, or nothing: neither may be read or written.
+  from brainjax.data.br35h import loader
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'b').mkdir()
+  moved = tmp_path / 'b' / 'br35h.zip'
+  with zipfile.ZipFile(moved, 'w') as z:
+    z.writestr('yes/y0.png', b'y0')
+  staging = tmp_path / 'prepared' / 'manual'
+  for other in (b'another zip', None):
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / 'br35h.zip').unlink(missing_ok=True)
+    (staging / 'br35h.zip').symlink_to(tmp_path / 'a' / 'br35h.zip')
+    (staging / 'partial.zip').write_bytes(b'part of an earlier copy')
+    if other is not None:
+      (tmp_path / 'a' / 'br35h.zip').write_bytes(other)
+    else:
+      (tmp_path / 'a' / 'br35h.zip').unlink()
+    assert loader._manual_dir_for(str(moved), str(staging)) == str(staging)
+    assert os.listdir(staging) == ['br35h.zip']
+    assert (staging / 'br35h.zip').read_bytes() == moved.read_bytes()
+  assert os.listdir(tmp_path / 'a') == []
+
+
 def test_class_folders_at_the_root_win_over_a_top_folder_s(tmp_path):
   # The Kaggle "brain tumor detection" zip holds yes/ and no/ twice, at its root and in a top
   # folder: read both and every scan would be loaded twice under one name (copies across splits).

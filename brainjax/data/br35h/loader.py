@@ -30,16 +30,20 @@ def _fingerprint(path: str) -> str:
 
 
 def _manual_dir_for(path: str, staging: str) -> str:
-  """TFDS wants a directory; a zip given directly is linked into one."""
+  """TFDS wants a directory; a zip given directly is linked into one (staging, ours).
+
+  Made afresh each time: what an interrupted preparation left there (a link to where
+  the zip was then, a partial copy) is no longer the zip given.
+  """
   if os.path.isdir(path):
     return path
-  os.makedirs(staging, exist_ok=True)
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
   link = os.path.join(staging, os.path.basename(path))
-  if not os.path.exists(link):
-    try:
-      os.symlink(os.path.abspath(path), link)
-    except OSError:  # filesystems without symlinks
-      shutil.copyfile(path, link)
+  try:
+    os.symlink(os.path.abspath(path), link)
+  except OSError:  # filesystems without symlinks
+    shutil.copyfile(path, link)
   return staging
 
 
