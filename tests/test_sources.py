@@ -115,10 +115,14 @@ def test_damaged_cache_is_rebuilt(tmp_path):
   cache = str(tmp_path)
   first = sources.load_examples(_cfg(num_per_class=1), cache)
   (path,) = [os.path.join(cache, f) for f in os.listdir(cache) if f.endswith('.npz')]
-  with open(path, 'wb') as f:
-    f.write(b'not an npz')
-  again = sources.load_examples(_cfg(num_per_class=1), cache)
-  np.testing.assert_array_equal(first.images, again.images)
+  whole = open(path, 'rb').read()
+  flipped = bytearray(whole)
+  flipped[len(whole) // 3] ^= 1  # inside images.npy: a CRC error
+  for damaged in (b'not an npz', b'', whole[:1000], bytes(flipped)):
+    with open(path, 'wb') as f:
+      f.write(damaged)
+    again = sources.load_examples(_cfg(num_per_class=1), cache)
+    np.testing.assert_array_equal(first.images, again.images)
 
 
 def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder, tmp_path,

@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import zipfile
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
@@ -261,7 +262,8 @@ def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
       logging.info('Loaded %d preprocessed %s examples from cache %s', len(result[0]), dataset,
                    path)
       return result
-    except (OSError, ValueError, KeyError) as e:  # damaged cache: rebuild it
+    # Damaged cache: rebuild it. A truncated or corrupted .npz raises BadZipFile or EOFError.
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
       logging.warning('Ignoring unreadable cache %s (%s); rebuilding', path, e)
   results = _run_jobs(jobs, size, margin)
   kept = [r for r in results if r[2] is not None]
