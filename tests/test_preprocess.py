@@ -18,7 +18,7 @@ def _dice(a, b):
   return 2 * (a & b).sum() / max(1, a.sum() + b.sum())
 
 
-@pytest.mark.parametrize('shape', [(5, 5), (37, 90), (300, 220), (3000, 2000)])
+@pytest.mark.parametrize('shape', [(16, 16), (37, 90), (300, 220), (3000, 2000), (16, 192)])
 def test_any_size_gives_size_square_in_unit_range(shape):
   h, w = shape
   image = _disk_image(h, w, h * 0.45, w * 0.55, 0.3 * min(h, w) + 1)
@@ -86,6 +86,18 @@ def test_an_image_of_burnt_in_text_only_holds_no_head():
 def test_blank_and_near_blank_raise(image):
   with pytest.raises(preprocess.BlankImage):
     preprocess.preprocess(image)
+
+
+@pytest.mark.parametrize('shape', [(12, 12), (15, 15), (1, 300), (10, 5000), (322, 116400)])
+def test_too_small_or_too_narrow_is_no_head(shape):
+  # Pure noise this small passed as a head (no smoothing, so no noise estimate), and the
+  # strip's head box asked for a 116400 px square canvas (43 GiB).
+  noise = np.random.default_rng(0).random(shape, np.float32)
+  with pytest.raises(preprocess.BlankImage, match='too small or too narrow'):
+    preprocess.preprocess(noise)
+  h, w = shape
+  with pytest.raises(preprocess.BlankImage, match='too small or too narrow'):
+    preprocess.preprocess(_disk_image(h, w, h / 2, w / 2, min(h, w) / 2))
 
 
 def test_tiny_speck_is_near_blank():

@@ -57,10 +57,14 @@ _MIN_FOREGROUND = 0.005    # head area below this fraction of the image: near-bl
 # a 256 px image: 0.025 and 0.05.
 _THIN_CHECK_AREA = 0.10
 _MIN_THICKNESS = 0.08
+# Shorter side of the working copy below which no head is looked for: the noise estimate
+# needs the smoothed image, and smoothing would merge so few pixels with their background.
+# (16 px: a 16 x 16 image, or a 1:12 strip; Br35H's smallest is 150 px a side.)
+_MIN_WORK_SIDE = 16
 
 
 class BlankImage(ValueError):
-  """The slice holds no head (blank, near-blank or pure noise)."""
+  """The slice holds no head (blank, near-blank, pure noise, too small or too narrow)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +163,9 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   h, w = x.shape
   work, fy, fx = _work_copy(x)
   wh, ww = work.shape
-  smooth = ndimage.gaussian_filter(work, 1.0, truncate=2.0) if min(wh, ww) >= 16 else work
+  if min(wh, ww) < _MIN_WORK_SIDE:
+    raise BlankImage(f'no head: a {h} x {w} px image is too small or too narrow to hold one')
+  smooth = ndimage.gaussian_filter(work, 1.0, truncate=2.0)
   ring = max(1, round(_BORDER_FRACTION * min(wh, ww)))
   if min(wh, ww) <= 2 * ring:
     border = smooth.ravel()

@@ -45,8 +45,9 @@ DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
 PHANTOM_DEFAULT_PER_CLASS = 1500
 # Bump when decoding, preprocessing or the phantom changes, so that old caches are not reused
 # (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied; 4: files of several
-# frames refused; 5: images of text or lines only refused).
-PREPROCESS_VERSION = 5
+# frames refused; 5: images of text or lines only refused; 6: images under 16 px a side, or
+# narrower than 1:12, refused).
+PREPROCESS_VERSION = 6
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 _CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
