@@ -384,6 +384,25 @@ def test_a_damaged_zip_member_is_skipped_not_fatal(tmp_path):
   assert [r[0] for r in records] == ['no/n0.png', 'yes/y1.png']
 
 
+def test_a_backslash_in_a_folder_s_file_name_is_a_character(tmp_path):
+  # On Linux 'yes/a\\b.png' and 'yes/a/b.png' are two files: two ids, not one twice.
+  (tmp_path / 'yes' / 'a').mkdir(parents=True)
+  (tmp_path / 'yes' / 'a' / 'b.png').write_bytes(b'x')
+  (tmp_path / 'yes' / 'a\\b.png').write_bytes(b'y')
+  (tmp_path / 'yes' / 'c\\.d.png').write_bytes(b'z')  # not a hidden file
+  (tmp_path / 'no').mkdir()
+  (tmp_path / 'no' / '._n0.png').write_bytes(b'macOS metadata')
+  assert sorted(n for n, _, _ in layout.iter_folder(str(tmp_path))) == [
+      'yes/a/b.png', 'yes/a\\b.png', 'yes/c\\.d.png']
+
+
+def test_macos_metadata_beside_a_zip_is_not_a_second_zip(tmp_path):
+  with zipfile.ZipFile(tmp_path / 'br35h.zip', 'w') as z:
+    z.writestr('yes/a.png', b'')
+  (tmp_path / '._br35h.zip').write_bytes(b'\x00\x05\x16\x07 Mac OS X')
+  assert layout.locate_download(str(tmp_path)) == ('zip', str(tmp_path / 'br35h.zip'))
+
+
 def test_a_link_up_the_tree_and_a_fifo_are_not_read(tmp_path):
   # yes/loop -> .. would read no/ again under yes/, as tumour slices; a FIFO would block.
   for label in ('yes', 'no'):

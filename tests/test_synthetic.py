@@ -37,6 +37,14 @@ def test_round_trip_with_provenance(tmp_path):
   assert not [f for f in os.listdir(out) if f.startswith('.')]  # no staging leftovers
 
 
+def test_macos_metadata_in_an_export_is_not_an_image(tmp_path):
+  out = str(tmp_path / 'export')
+  synthetic.write_synthetic(out, _images(2), POSITIVE, {})
+  with open(os.path.join(out, 'yes', '._00000.png'), 'wb') as f:
+    f.write(b'\x00\x05\x16\x07 Mac OS X')
+  assert list(synthetic.read_synthetic(out).ids) == ['yes/00000.png', 'yes/00001.png']
+
+
 def test_rewriting_a_class_replaces_it(tmp_path):
   out = str(tmp_path)
   synthetic.write_synthetic(out, _images(4), POSITIVE, {'run': 'a'})

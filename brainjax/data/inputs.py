@@ -102,7 +102,7 @@ def _walk_folder(root: str) -> List[InputFile]:
   files = []
   for full in layout.walk_files(root):  # (broken links kept: a skipped row says so)
     rel = os.path.relpath(full, root).replace(os.sep, '/')
-    if layout.is_junk(rel):
+    if layout.is_junk(rel, backslash=False):
       continue
     files.append(InputFile(rel, label_from_path(rel, backslash=False), full))
   return sorted(files, key=lambda f: f.path)

@@ -27,9 +27,9 @@ def _parts(name: str, backslash: bool = True) -> List[str]:
   return [p for p in name.split('/') if p not in ('', '.')]
 
 
-def is_junk(name: str) -> bool:
-  """OS metadata and hidden files, which are not scans."""
-  parts = _parts(name)
+def is_junk(name: str, backslash: bool = True) -> bool:
+  """OS metadata and hidden files (macOS's ._a.png too), which are not scans (see _parts)."""
+  parts = _parts(name, backslash)
   return (any(p.startswith('.') or p == '__MACOSX' for p in parts)
           or (bool(parts) and parts[-1] == 'Thumbs.db'))
 
@@ -57,8 +57,8 @@ def _one_top(root: str, tops: List[str]) -> Optional[str]:
 def _class_tops(root: str) -> List[str]:
   """The top folders of root that hold yes/ or no/."""
   return sorted(e for e in os.listdir(root)
-                if not is_junk(e) and e not in CLASSES and os.path.isdir(os.path.join(root, e))
-                and _holds_classes(os.path.join(root, e)))
+                if not is_junk(e, backslash=False) and e not in CLASSES
+                and os.path.isdir(os.path.join(root, e)) and _holds_classes(os.path.join(root, e)))
 
 
 def class_root(root: str) -> Optional[str]:
@@ -85,7 +85,8 @@ def locate_download(path: str) -> Tuple[str, str]:
     return 'zip', path
   if has_class_folders(path):
     return 'folder', path
-  zips = sorted(f for f in os.listdir(path) if f.lower().endswith('.zip'))
+  zips = sorted(f for f in os.listdir(path)
+                if f.lower().endswith('.zip') and not is_junk(f, backslash=False))
   if len(zips) == 1:
     return locate_download(os.path.join(path, zips[0]))
   raise ValueError(
@@ -136,8 +137,10 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
     if not os.path.isdir(folder):
       continue
     for full in walk_files(folder):
-      name = '/'.join([cls] + _parts(os.path.relpath(full, folder)))
-      if not is_junk(name):
+      # A backslash in a file name is a character here (yes/a\b.png is not yes/a/b.png).
+      rel = os.path.relpath(full, folder).replace(os.sep, '/')
+      name = '/'.join([cls] + _parts(rel, backslash=False))
+      if not is_junk(name, backslash=False):
         yield name, label, full
 
 

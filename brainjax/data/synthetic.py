@@ -170,7 +170,7 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
     # Only a folder this module made is ever written into: a class folder replaced here
     # could be someone's scans. So a new export claims an empty folder with its manifest
     # before any class is placed (an interrupted export can then be redone).
-    present = sorted(e for e in os.listdir(out_dir) if not layout.is_junk(e))
+    present = sorted(e for e in os.listdir(out_dir) if not layout.is_junk(e, backslash=False))
     if present:
       raise ValueError(f'{out_dir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
                        f'but no {MANIFEST}: it is not a synthetic export; export into a new '
@@ -211,7 +211,9 @@ def read_synthetic(out_dir: str) -> Examples:
     folder = FOLDERS[label]
     entry = manifest['classes'].get(folder)
     path = os.path.join(out_dir, folder)
-    names = sorted(f for f in os.listdir(path) if f.endswith('.png')) if os.path.isdir(path) else []
+    names = (sorted(f for f in os.listdir(path)
+                    if f.endswith('.png') and not layout.is_junk(f, backslash=False))
+             if os.path.isdir(path) else [])
     if entry is None:
       if names:
         raise ValueError(f'{path} has {len(names)} images but the manifest does not list it')
