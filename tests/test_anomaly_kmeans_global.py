@@ -56,6 +56,17 @@ def test_grid_matches_single_fits():
     np.testing.assert_allclose(grid.scores[:, k], kmeans_global.global_kmeans(errors, t, 1).score)
 
 
+def test_rows_sharing_the_largest_mass_still_split():
+  # Masses 2, 2, 2, 0: none above the median, so the start put both centroids on the mean row
+  # and every score was 0.5. Now those at the largest mass start cluster 1.
+  errors = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], np.float32)
+  centroids = kmeans_global.fit_global_kmeans(errors, 0.5)
+  np.testing.assert_allclose(centroids, [[2 / 3, 2 / 3, 1 / 3, 1 / 3], [0, 0, 0, 0]])
+  ours = kmeans_global.global_kmeans(errors, 0.5, 1.0).score
+  np.testing.assert_allclose(ours, reference_loop.global_scores(errors, 0.5), atol=1e-12)
+  assert ours[3] == 0.0 and (ours[:3] > 0.5).all()
+
+
 def test_identical_rows_form_one_cluster():
   errors = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (5, 1))
   out = kmeans_global.global_kmeans(errors, 0.5, 1.0)

@@ -78,12 +78,19 @@ def test_scores_and_rule_agree():
 
 def test_a_constant_map_has_no_anomalous_cluster():
   # A perfect reconstruction normalises to zeros: two clusters split it by position only.
-  errors = np.zeros((2, 32 * 32), np.float32)
+  # Any other constant too (called directly): its two clusters' mean errors, from sums of
+  # different sizes, differed by a rounding error, and half the map was called anomalous.
+  errors = np.zeros((4, 32 * 32), np.float32)
   errors[1, :40] = 0.9  # and a map with a hot corner, for contrast
+  errors[2], errors[3] = 0.3, 0.7
   out = kmeans_image.kmeans_image(errors, tumor_index=0.01)
-  assert out.score[0] == 0.0 and not out.region[0].any() and out.prediction[0] == 0
+  for i in (0, 2, 3):
+    assert out.score[i] == 0.0 and not out.region[i].any() and out.prediction[i] == 0
+    assert reference_loop.anomalous_share(errors[i], 32, 32) == 0.0
   assert out.score[1] > 0.0
-  assert reference_loop.anomalous_share(errors[0], 32, 32) == 0.0
+  for value in (0.3, 0.7):  # 8 x 8: no coarse stage
+    flat = np.full((1, 64), value, np.float32)
+    assert kmeans_image.kmeans_image(flat, tumor_index=0.01, image_shape=(8, 8)).score[0] == 0.0
 
 
 def test_bad_max_iter():

@@ -14,12 +14,15 @@ paper gives no formula).
 At test time the centroids fitted on the validation images are kept (the fitted
 model); passing no centroids fits on the given images instead.
 
-KMeans. Lloyd's algorithm from a deterministic start: the images with
-above-median anomalous mass form the first cluster (cluster 1), the others
-cluster 0; iterate until no assignment changes (or max_iter); a point
-equidistant from both centroids joins cluster 0; an empty cluster keeps its
-centroid. Same result as scikit-learn's KMeans(2, init=<those two centroids>,
-n_init=1, tol=0) up to floating-point ties.
+KMeans. Lloyd's algorithm from a deterministic start (start_members): the
+images with above-median anomalous mass form the first cluster (cluster 1), the
+others cluster 0; iterate until no assignment changes (or max_iter); a point
+nearer neither centroid joins cluster 0; an empty cluster keeps its centroid.
+Same result as scikit-learn's KMeans(2, init=<those two centroids>, n_init=1,
+tol=0) up to ties: distances are compared in floating point (from exact integer
+products, but rounded), so a row exactly as far from both may go either way, as
+in scikit-learn. When every row has the same mass, both centroids start at the
+mean row and every score is 0.5 (scikit-learn would move its empty cluster).
 
 Why it is fast. Rows are binary, so ||x - c||^2 = |x| - 2 x.c + |c|^2 and Lloyd
 needs only sparse products with the anomalous pixels (or, when more than half the
@@ -155,12 +158,23 @@ def _cluster_distances(x: _BinaryRows, rows: Optional[np.ndarray], clusters: _Cl
   return _distances(mass, dots / sizes, np.sum(sums * sums, axis=1) / sizes ** 2)
 
 
+def start_members(mass: np.ndarray) -> np.ndarray:
+  """bool (N,): the rows that start in cluster 1, those of above-median mass.
+
+  When at least half the rows share the largest mass none is above the median:
+  then those of the largest mass (an empty start cluster would put both centroids
+  on the mean row, and no row would ever leave cluster 0).
+  """
+  high = mass > np.median(mass)
+  return high if high.any() else mass == mass.max(initial=0)
+
+
 def _lloyd(x: _BinaryRows, max_iter: int):
   """Two-means of the rows of x: (in_cluster_1 bool (N,), clusters, x_total (N,))."""
   n = x.mass.size
   total = x.rows_sum()
   x_total = x.rows_dot(None, total[None])[:, 0]
-  member = x.mass > np.median(x.mass)
+  member = start_members(x.mass)
   sum1 = x.rows_sum(member)
   everything = _Clusters(np.stack([total, total]), np.array([n, n]))  # both at the mean row
   clusters = _split(total, sum1, n, int(member.sum()), everything)

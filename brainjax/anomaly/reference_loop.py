@@ -147,7 +147,7 @@ def global_scores(errors, anomaly_threshold, max_iter=300):
   """scikit-learn KMeans(2) over the thresholded rows, started like kmeans_global."""
   x = (errors >= np.float32(anomaly_threshold)).astype(np.float64)
   mass = x.sum(axis=1)
-  high = mass > np.median(mass)
+  high = kmeans_global.start_members(mass)
   mean_all = x.mean(axis=0)
   init = np.stack([x[~high].mean(axis=0) if (~high).any() else mean_all,
                    x[high].mean(axis=0) if high.any() else mean_all])
