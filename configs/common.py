@@ -104,6 +104,8 @@ _RANGES = {
     # (0 checkpoints kept: a rerun could not resume)
     'keep_checkpoints': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
     'checkpoint_every_secs': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
+    'split': (lambda v: v in ('random', 'grouped'), "'random' or 'grouped'"),
+    'dedup_threshold': (lambda v: _finite(v) and -1 <= v < 1, 'a correlation in [-1, 1)'),
 }
 _NETWORKS = ('model', 'generator', 'discriminator')
 
@@ -111,8 +113,8 @@ _NETWORKS = ('model', 'generator', 'discriminator')
 def check_values(config):
   """A ValueError naming the first field whose value no run can use: an optimiser setting
   out of range (a negative learning rate trains away from the data without a word), a run
-  length, batch or checkpoint setting below 1, or a network size below 1 (a traceback deep
-  in Flax)."""
+  length, batch or checkpoint setting below 1, a split mode or near-duplicate threshold no
+  split takes, or a network size below 1 (a traceback deep in Flax)."""
   for field, (valid, what) in _RANGES.items():
     if field in config and not valid(config[field]):
       raise ValueError(f'{field}={config[field]!r}: it must be {what}')

@@ -32,6 +32,18 @@ def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, mo
   figure = os.path.join(workdir, 'figures', 'anomaly_examples.png')
   centroids = os.path.join(workdir, 'global_kmeans_centroids.npy')
   assert os.path.exists(figure) and os.path.exists(centroids)
+  # A rerun refused (other data, fewer epochs, a batch the data cannot fill) changes nothing.
+  outputs = [figure, centroids, os.path.join(workdir, 'metrics.json'),
+             os.path.join(workdir, 'eval_ids.json')]
+  before = [open(p, 'rb').read() for p in outputs]
+  for field, value, message in (('data.num_per_class', 20, 'trained on other data'),
+                                ('num_epochs', 1, 'more than num_epochs=1 give'),
+                                ('batch_size', 64, 'batch_size=64 is larger than')):
+    refused = config.copy_and_resolve_references()
+    refused.update_from_flattened_dict({field: value})
+    with pytest.raises(ValueError, match=message):
+      cvae_cls.train_and_evaluate(refused, workdir)
+    assert [open(p, 'rb').read() for p in outputs] == before, field
   config.anomaly.rules = ('kmeans',)
   metrics = cvae_cls.train_and_evaluate(config, workdir)
   assert 'giaem_f1' not in metrics and not os.path.exists(figure)

@@ -97,6 +97,10 @@ def _launch(*args):
     (['--config=configs/cnn_cls.py:real,smoke', '--config.data.image_size=100'],
      'BrainCNN: image size 100x100 is not a multiple of 8'),
     (['--config=configs/cnn_cls.py:real,smoke', '--config.num_epochs=0'], 'num_epochs=0'),
+    (['--config=configs/cnn_cls.py:real,smoke', '--config.data.image_size=0'],
+     'data.image_size must be >= 8, got 0'),
+    (['--config=configs/cnn_cls.py:real,smoke', '--config.split=foo'],
+     "split='foo': it must be 'random' or 'grouped'"),
     (['--config=configs/gan_gen.py:positive,smoke', '--config.mode=sample'], "mode='sample'"),
 ])
 def test_a_refused_setting_is_one_line_and_leaves_no_workdir(args, message, tmp_path):
@@ -140,6 +144,8 @@ def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
     ('learning_rate', float('nan'), 'learning_rate=nan'),
     ('model.dropout_rate', 2.0, r'model.dropout_rate=2.0: it must be in \[0, 1\)'),
     ('model.dense_widths', (16, 0, 8), 'model.dense_widths'),
+    ('dedup_threshold', 1.5, r'dedup_threshold=1.5: it must be a correlation in \[-1, 1\)'),
+    ('dedup_threshold', float('nan'), 'dedup_threshold=nan'),
 ])
 def test_values_no_run_can_use_are_refused(field, value, message):
   from configs import cnn_cls, gan_gen
@@ -153,6 +159,23 @@ def test_values_no_run_can_use_are_refused(field, value, message):
   gan.generator.widths = (8, -4, 4, 4)
   with pytest.raises(ValueError, match='generator.widths'):
     common.check_values(gan)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('data.image_size', 0, 'data.image_size must be >= 8'),
+    ('data.margin', 0.6, r'data.margin must be in \[0, 0.5\)'),
+    ('data.num_per_class', -1, 'data.num_per_class must be >= 0'),
+    ('data.seed', -1, r'data.seed must be an integer in \[0, 2\*\*32\)'),
+])
+def test_data_settings_no_source_can_read_are_refused_before_any_file_is_read(field, value,
+                                                                             message):
+  from brainjax.data import sources
+  from configs import cnn_cls
+  config = cnn_cls.get_config('real,smoke')
+  sources.check_location(config.data)
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(ValueError, match=message):
+    sources.check_location(config.data)
 
 
 def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):

@@ -131,6 +131,19 @@ def test_a_run_resumes_only_on_its_own_training_data(tmp_path):
   assert run(tmp_path, config(num_epochs=4))[1]['steps'] == 16  # no key: not compared
 
 
+def test_check_resume_refuses_what_fit_would_before_anything_is_written(tmp_path):
+  with pytest.raises(ValueError, match='batch_size=16 is larger than the 8 training examples'):
+    loop.check_resume(config(), str(tmp_path / 'new'), 8)
+  assert not (tmp_path / 'new').exists()
+  run(tmp_path, config(num_epochs=2))  # 8 steps
+  loop.check_resume(config(num_epochs=2), str(tmp_path), 64)
+  # Fewer epochs than it has trained: config.json would misdescribe the model it holds.
+  with pytest.raises(ValueError, match=r'trained 8 steps \(4 an epoch\), more than '
+                                       r'num_epochs=1 give: rerun with num_epochs >= 2'):
+    run(tmp_path, config(num_epochs=1))
+  assert run(tmp_path, config(num_epochs=2))[1]['steps'] == 8
+
+
 def test_a_run_that_trains_again_is_unfinished_until_its_task_writes_metrics(tmp_path):
   # A rerun with more epochs replaces best/; the old metrics.json (predict's rule settings
   # for a BrainCVAE) would sit beside another model if the rerun were killed.

@@ -72,6 +72,9 @@ def _settings(data_cfg):
     raise ValueError(f'data.margin must be in [0, 0.5), got {margin}')
   if n < 0:
     raise ValueError(f'data.num_per_class must be >= 0, got {n}')
+  seed = _cfg(data_cfg, 'seed', 0)
+  if not (isinstance(seed, int) and 0 <= seed < 2 ** 32):
+    raise ValueError(f'data.seed must be an integer in [0, 2**32), got {seed!r}')
   return size, margin, n
 
 
@@ -125,8 +128,10 @@ def load_source(data_cfg, cache_dir: str) -> Source:
 
 
 def check_location(data_cfg) -> None:
-  """A ValueError unless the configured data could be where it is said to be. Cheap (a few
-  stat calls, no file read): launch.py runs it before it writes anything."""
+  """A ValueError unless the configured data could be where it is said to be, with settings
+  it can be read with. Cheap (a few stat calls, no file read): launch.py runs it before it
+  writes anything."""
+  _settings(data_cfg)
   dataset = _cfg(data_cfg, 'dataset', None)
   if dataset not in DATASETS:
     raise ValueError(f'unknown data.dataset {dataset!r}; valid: {", ".join(DATASETS)}')

@@ -98,7 +98,7 @@ def table_row(model_name, train_data, metrics):
 
 def write_eval_ids(workdir, **sets):
   """Records which real slices were validated and tested on (the same for every variant)."""
-  with open(os.path.join(workdir, 'eval_ids.json'), 'w') as f:
+  with reporting.atomic_open(os.path.join(workdir, 'eval_ids.json')) as f:
     json.dump({k: sorted(map(str, v.ids)) for k, v in sets.items()}, f)
 
 
@@ -115,6 +115,8 @@ def train_and_evaluate(config, workdir):
   split = datasets.classifier_split(config, source, 'cnn')
   train = datasets.training_examples(config, examples.take(split.train))
   val, test = examples.take(split.val), examples.take(split.test)
+  data_key = datasets.training_key(config, train)
+  loop.check_resume(config, workdir, len(train), data_key)  # a refused rerun changes nothing
   if parallel.is_first_host():
     write_eval_ids(workdir, val=val, test=test)
   logging.info('BrainCNN on %s data: %d train, %d val, %d test slices.', config.train_data,
@@ -126,7 +128,7 @@ def train_and_evaluate(config, workdir):
   eval_model = create_model(config)
   state, summary = loop.fit(
       config, workdir, state, functools.partial(train_step, model=model),
-      {'image': train.images, 'label': train.labels}, data_key=datasets.training_key(config, train),
+      {'image': train.images, 'label': train.labels}, data_key=data_key,
       evaluate=lambda s: validation_metrics(eval_model, s.variables, val))
 
   best = checkpoints.restore_best(workdir, state)

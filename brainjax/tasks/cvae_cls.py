@@ -87,6 +87,13 @@ def check_config(config):
 
 def train_and_evaluate(config, workdir):
   anomaly_evaluate.check_config(config.anomaly)  # before training (the data: training_examples)
+  source = datasets.real_source(config)
+  examples = source.examples
+  split = datasets.classifier_split(config, source, 'anomaly')
+  train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
+  val, test = examples.take(split.val), examples.take(split.test)
+  data_key = datasets.training_key(config, train)
+  loop.check_resume(config, workdir, len(train), data_key)  # a refused rerun changes nothing
   if parallel.is_first_host():
     # An earlier evaluation's results (a rerun may change anomaly.*): none until this one's
     # are written, so an interrupted or failed rerun leaves no old ones under its config.
@@ -94,12 +101,6 @@ def train_and_evaluate(config, workdir):
     for stale in (*(f'{name}.npy' for name in anomaly_evaluate.FITTED_ARRAYS), FIGURE):
       if os.path.exists(os.path.join(workdir, stale)):
         os.remove(os.path.join(workdir, stale))
-  source = datasets.real_source(config)
-  examples = source.examples
-  split = datasets.classifier_split(config, source, 'anomaly')
-  train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE)
-  val, test = examples.take(split.val), examples.take(split.test)
-  if parallel.is_first_host():
     cnn_cls.write_eval_ids(workdir, val=val, test=test)
   logging.info('BrainCVAE on %s healthy data: %d train; val %d (%d tumour), test %d (%d tumour).',
                config.train_data, len(train), len(val), int(val.labels.sum()), len(test),
@@ -112,7 +113,7 @@ def train_and_evaluate(config, workdir):
       config, workdir, state,
       functools.partial(variational.train_step, model=model,
                         reconstruction_loss=cvae_reconstruction_loss),
-      {'image': train.images}, data_key=datasets.training_key(config, train),
+      {'image': train.images}, data_key=data_key,
       evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)

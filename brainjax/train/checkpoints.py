@@ -6,15 +6,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
-def manager(directory, max_to_keep):
-  """A CheckpointManager for `directory` (created if needed) keeping the newest `max_to_keep`."""
+def manager(directory, max_to_keep, create=True):
+  """A CheckpointManager for `directory` (created if needed, and `create`) keeping the newest
+  `max_to_keep`."""
   # Hosts meet at barriers named after the step; the directory's name in them keeps the
   # latest and the best checkpoint of one step, saved together, from sharing one.
   processes = ocp.options.MultiprocessingOptions(
       barrier_sync_key_prefix=os.path.basename(os.path.abspath(directory)))
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
                                            multiprocessing_options=processes))
 
 
@@ -43,6 +44,23 @@ def restore(mngr, state_template, step=None):
   restored = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   return jax.device_put(restored['state']), restored['meta']
+
+
+def latest_meta(workdir):
+  """(step, meta) of the latest checkpoint in workdir/checkpoints, or None; reads no arrays
+  and creates nothing.
+
+  (Every host takes the same path through it, whether the folder exists yet or not, as a
+  creating manager would meet the others at a barrier.)
+  """
+  mngr = manager(os.path.join(workdir, 'checkpoints'), 1, create=False)
+  try:
+    step = mngr.latest_step()
+    if step is None:
+      return None
+    return step, mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  finally:
+    mngr.close()
 
 
 def restore_best(workdir, state_template):

@@ -83,6 +83,36 @@ def _all_finite(host_state):
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
+def check_resume(config, workdir, num_examples: int,
+                 data_key: Union[str, Sequence[str], None] = None) -> None:
+  """The ValueError `fit` would raise before training, raised before anything is written.
+
+  A task calls it once it knows its training data, so that a run `fit` refuses leaves its
+  workdir as it was (the results of the run it holds included): the run-length fields, a
+  batch the devices cannot split or the data cannot fill, a checkpoint trained on other
+  data (see `fit`'s data_key), or one trained further than num_epochs reach.
+  """
+  # (launch.py checks these, configs/common.py's check_values, before writing config.json)
+  for field in ('num_epochs', 'batch_size', 'log_every_steps', 'keep_checkpoints'):
+    if config[field] < 1:
+      raise ValueError(f'{field}={config[field]}: it must be at least 1')
+  parallel.check_batch_split(config)
+  per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
+  latest = checkpoints.latest_meta(workdir)
+  if latest is None:
+    return
+  step, meta = latest
+  data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
+  if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
+    raise ValueError(f'{workdir} was trained on other data than it reads now (a synthetic '
+                     'export redone since with other images, or slices added to or removed '
+                     'from the data folder): train on these in a new --workdir')
+  if step > per_epoch * config.num_epochs:
+    raise ValueError(f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
+                     f'num_epochs={config.num_epochs} give: rerun with num_epochs >= '
+                     f'{-(-step // per_epoch)}, or choose another --workdir')
+
+
 def fit(config, workdir, state, train_step, train_arrays, *,
         data_key: Union[str, Sequence[str], None] = None,
         evaluate: Optional[Callable] = None, hooks: Sequence[Callable] = ()):
@@ -101,28 +131,18 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
   steps, best_val_loss and learning_rate.
   """
-  # (launch.py checks these, configs/common.py's check_values, before writing config.json)
-  for field in ('num_epochs', 'batch_size', 'log_every_steps', 'keep_checkpoints'):
-    if config[field] < 1:
-      raise ValueError(f'{field}={config[field]}: it must be at least 1')
-  parallel.check_batch_split(config)
+  num_examples = len(next(iter(train_arrays.values())))
+  check_resume(config, workdir, num_examples, data_key)
   data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
   devices = parallel.train_devices(config.num_devices)  # every host's
-  num_examples = len(next(iter(train_arrays.values())))
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = per_epoch * config.num_epochs
   latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
   best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
 
   meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
-  if latest.latest_step() is not None:
+  if latest.latest_step() is not None:  # (its data and length: check_resume)
     state, meta = checkpoints.restore(latest, state)
-    if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
-      latest.close()
-      best.close()
-      raise ValueError(f'{workdir} was trained on other data than it reads now (a synthetic '
-                       'export redone since with other images, or slices added to or removed '
-                       'from the data folder): train on these in a new --workdir')
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   meta['data_key'] = data_keys[0] if data_keys else None
   plateau = Plateau(**meta['plateau'])
@@ -204,9 +224,6 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     # metrics.json anew, the old one would describe another model than best/ holds (predict
     # and the study read it as the run's).
     reporting.remove_metrics_json(workdir)
-  if step > total_steps:  # a run stopped mid-epoch, rerun with fewer epochs
-    logging.warning('The run has trained %d steps, more than num_epochs=%d give (%d): its '
-                    'state at step %d is used.', step, config.num_epochs, total_steps, step)
   logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
                'of %d process(es).', total_steps, config.num_epochs, per_epoch,
                config.batch_size, len(devices), jax.process_count())
