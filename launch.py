@@ -101,10 +101,11 @@ def main(argv):
   jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
+  previous_config = None
   try:
     os.makedirs(workdir, exist_ok=True)
     if parallel.is_first_host():
-      reporting.write_config(workdir, config)
+      previous_config = reporting.write_config(workdir, config)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
@@ -116,6 +117,8 @@ def main(argv):
     # A bad input or setting, or a path that cannot be written (a file where a folder is
     # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)
+    if isinstance(error, reporting.RerunRefused) and parallel.is_first_host():
+      reporting.put_back_config(workdir, previous_config)
     sys.exit(f'error: {error}')
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
 

@@ -207,3 +207,16 @@ def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
   assert result.returncode != 0 and 'holds a cnn_cls run' in result.stderr
   assert 'Traceback' not in result.stderr
   assert (tmp_path / 'config.json').read_text() == '{"task": "cnn_cls", "learning_rate": 0.001}'
+
+
+def test_a_refused_rerun_leaves_its_run_s_config_json(tmp_path, cache_dir):
+  # Fewer epochs than it has trained: launch writes config.json (num_epochs may change on a
+  # rerun) before the task finds out; the refusal puts the run's own back.
+  args = ['--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path}',
+          f'--config.cache_dir={cache_dir}']
+  assert _launch(*args).returncode == 0
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  result = _launch(*args, '--config.num_epochs=1')
+  assert result.returncode != 0 and 'more than num_epochs=1 give' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before

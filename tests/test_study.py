@@ -143,3 +143,21 @@ def test_quick_study_cnn_learns_the_phantom(tmp_path, cache_dir):
   print(f"\nquick-study BrainCNN on the phantom: test ROC AUC {metrics['auroc']:.3f}, "
         f"accuracy {metrics['accuracy']:.3f}")
   assert metrics['auroc'] > 0.8 and metrics['accuracy'] > 0.65
+
+
+def test_a_stage_s_refused_rerun_leaves_its_config_json(tmp_path, monkeypatch):
+  from brainjax.tasks import cnn_cls
+  from configs import cnn_cls as cnn_config
+  stage = cnn_config.get_config('real,smoke')
+  reporting.write_config(str(tmp_path), stage)
+  (tmp_path / 'checkpoints').mkdir()  # begun
+  before = (tmp_path / 'config.json').read_bytes()
+
+  def refuse(config, workdir):
+    raise reporting.RerunRefused(f'{workdir} has trained further')
+
+  monkeypatch.setattr(cnn_cls, 'train_and_evaluate', refuse)
+  stage.num_epochs = 1
+  with pytest.raises(ValueError, match='study stage cnn_cls in .*has trained further'):
+    study.run_stage('cnn_cls', stage, str(tmp_path))
+  assert (tmp_path / 'config.json').read_bytes() == before

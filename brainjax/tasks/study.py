@@ -71,11 +71,14 @@ def run_stage(task, sub, workdir):
     return reporting.read_metrics_json(workdir)
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
+  previous = None
   if parallel.is_first_host():
-    reporting.write_config(workdir, sub, reporting.RERUN_FIELDS | _STAGE_PATHS)
+    previous = reporting.write_config(workdir, sub, reporting.RERUN_FIELDS | _STAGE_PATHS)
   try:
     importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   except ValueError as error:  # (which stage: the fix is an overrides.<task> flag)
+    if isinstance(error, reporting.RerunRefused) and parallel.is_first_host():
+      reporting.put_back_config(workdir, previous)
     raise ValueError(f'study stage {task} in {workdir}: {error}') from error
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)

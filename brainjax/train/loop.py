@@ -89,8 +89,9 @@ def check_resume(config, workdir, num_examples: int,
 
   A task calls it once it knows its training data, so that a run `fit` refuses leaves its
   workdir as it was (the results of the run it holds included): the run-length fields, a
-  batch the devices cannot split or the data cannot fill, a checkpoint trained on other
-  data (see `fit`'s data_key), or one trained further than num_epochs reach.
+  batch the devices cannot split or the data cannot fill, and, as reporting.RerunRefused
+  (its caller puts config.json back), a checkpoint trained on other data (see `fit`'s
+  data_key) or one trained further than num_epochs reach.
   """
   # (launch.py checks these, configs/common.py's check_values, before writing config.json)
   for field in ('num_epochs', 'batch_size', 'log_every_steps', 'keep_checkpoints'):
@@ -104,11 +105,11 @@ def check_resume(config, workdir, num_examples: int,
   step, meta = latest
   data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
   if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
-    raise ValueError(f'{workdir} was trained on other data than it reads now (a synthetic '
+    raise reporting.RerunRefused(f'{workdir} was trained on other data than it reads now (a synthetic '
                      'export redone since with other images, or slices added to or removed '
                      'from the data folder): train on these in a new --workdir')
   if step > per_epoch * config.num_epochs:
-    raise ValueError(f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
+    raise reporting.RerunRefused(f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
                      f'num_epochs={config.num_epochs} give: rerun with num_epochs >= '
                      f'{-(-step // per_epoch)}, or choose another --workdir')
 

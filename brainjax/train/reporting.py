@@ -111,8 +111,14 @@ def _finished_stages(workdir):
              if folder != workdir)
 
 
+class RerunRefused(ValueError):
+  """A workdir's run cannot be rerun so (trained on other data, or further than asked): raised
+  before the run changes any file, so that its caller puts back the config.json it held."""
+
+
 def write_config(workdir, config, allowed=None):
-  """Writes workdir/config.json, unless workdir holds something else than this run.
+  """Writes workdir/config.json, unless workdir holds something else than this run; returns
+  the text it replaced (None if none), for `put_back_config` after a RerunRefused.
 
   A workdir is new, empty, or the same run's (resumed, or rerun with `allowed` fields
   changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
@@ -126,8 +132,11 @@ def write_config(workdir, config, allowed=None):
   text = config.to_json_best_effort(indent=1)
   new = json.loads(text)
   present = sorted(e for e in os.listdir(workdir) if not e.startswith('.'))
+  previous = None
   if os.path.exists(path):
-    saved = read_config_json(workdir)
+    with open(path) as f:
+      previous = f.read()
+    saved = json.loads(previous)
     if saved.get('task') != new['task']:
       raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
                        'choose another --workdir')
@@ -143,6 +152,15 @@ def write_config(workdir, config, allowed=None):
                      'but no config.json: not a brainjax workdir; choose a new or empty one')
   with atomic_open(path) as f:
     f.write(text)
+  return previous
+
+
+def put_back_config(workdir, previous):
+  """Restores the config.json text `write_config` replaced (nothing if it replaced none): a
+  refused rerun leaves the run's description as it found it."""
+  if previous is not None:
+    with atomic_open(os.path.join(workdir, 'config.json')) as f:
+      f.write(previous)
 
 
 def summary_writer(workdir, write=True):
