@@ -131,6 +131,17 @@ def test_a_run_resumes_only_on_its_own_training_data(tmp_path):
   assert run(tmp_path, config(num_epochs=4))[1]['steps'] == 16  # no key: not compared
 
 
+def test_reading_a_workdir_without_checkpoints_creates_nothing_in_it(tmp_path):
+  # (predict or mode=generate pointed at a run that stopped before training: a folder made
+  # there would lock it, as begun, against the corrected rerun)
+  with pytest.raises(FileNotFoundError, match='no best checkpoint'):
+    checkpoints.restore_best(str(tmp_path), make_state(TinyNet()))
+  with pytest.raises(FileNotFoundError, match='no checkpoint'):
+    checkpoints.restore_latest(str(tmp_path), make_state(TinyNet()))
+  assert checkpoints.latest_meta(str(tmp_path)) is None
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_check_resume_refuses_what_fit_would_before_anything_is_written(tmp_path):
   with pytest.raises(ValueError, match='batch_size=16 is larger than the 8 training examples'):
     loop.check_resume(config(), str(tmp_path / 'new'), 8)

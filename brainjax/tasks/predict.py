@@ -555,13 +555,15 @@ def _check_input_outside_map_folders(workdir: str, input_path: str):
                        'which a prediction replaces: choose another --workdir')
 
 
-def _clear_map_outputs(workdir: str):
-  """Removes an earlier prediction's maps/, regions/ and overlays/ from this workdir."""
-  for folder in (os.path.join(workdir, name) for name in MAP_FOLDERS):
-    if os.path.islink(folder):  # someone's link: drop it, never what it points to
-      os.unlink(folder)
-    elif os.path.isdir(folder):
-      shutil.rmtree(folder)
+def _clear_outputs(workdir: str):
+  """Removes an earlier prediction's metrics.json, predictions.csv, maps/, regions/ and
+  overlays/ from this workdir."""
+  reporting.remove_metrics_json(workdir)
+  for path in (os.path.join(workdir, name) for name in ('predictions.csv', *MAP_FOLDERS)):
+    if os.path.islink(path) or os.path.isfile(path):  # a link: dropped, never what it points to
+      os.unlink(path)
+    elif os.path.isdir(path):
+      shutil.rmtree(path)
 
 
 def _drop_near_duplicates(config, run: Run, prepared: Prepared,
@@ -648,6 +650,9 @@ def train_and_evaluate(config, workdir):
     logging.info('Not reading %d files of predict workdirs in the input.', len(files) - len(kept))
   files = kept
   _check_input_outside_map_folders(workdir, input_path)
+  # An earlier prediction's outputs: none until this one's are written (config.json, which
+  # launch.py has rewritten, describes this one; a refused or killed one leaves none).
+  _clear_outputs(workdir)
   run = load_run(model_dir)
   rules = run_rules(run, config.rules)
   logging.info('Predicting %d files of %s with the %s run %s%s.', len(files), input_path,
@@ -662,7 +667,6 @@ def train_and_evaluate(config, workdir):
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
     seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()
-    _clear_map_outputs(workdir)  # an earlier prediction's, once this one has its results
     num_without_maps = 0
     if rules and config.write_maps:
       with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:

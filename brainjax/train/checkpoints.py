@@ -64,8 +64,9 @@ def latest_meta(workdir):
 
 
 def restore_best(workdir, state_template):
-  """The best-validation-loss state saved by `loop.fit` in `workdir`."""
-  mngr = manager(os.path.join(workdir, 'best'), 1)
+  """The best-validation-loss state saved by `loop.fit` in `workdir` (which it leaves as it
+  is: predict reads a run it must not change)."""
+  mngr = manager(os.path.join(workdir, 'best'), 1, create=False)
   if mngr.latest_step() is None:
     raise FileNotFoundError(f'no best checkpoint in {workdir}/best: the run has not been '
                             'trained, or none of its validation losses was finite')
@@ -73,8 +74,8 @@ def restore_best(workdir, state_template):
 
 
 def restore_latest(workdir, state_template):
-  """The newest state saved by `loop.fit` in `workdir`."""
-  mngr = manager(os.path.join(workdir, 'checkpoints'), 1)
+  """The newest state saved by `loop.fit` in `workdir` (which it leaves as it is)."""
+  mngr = manager(os.path.join(workdir, 'checkpoints'), 1, create=False)
   if mngr.latest_step() is None:
     raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: has this run been trained?')
   return restore(mngr, state_template)
