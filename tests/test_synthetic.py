@@ -311,3 +311,21 @@ def test_a_classifier_refuses_data_of_one_class_or_a_set_without_one(tmp_path):
   synthetic.write_synthetic(str(tmp_path), _images(30), POSITIVE, {})
   assert len(datasets.classifier_split(config, source(), 'cnn').test) == 6
   assert len(datasets.classifier_split(config, source(), 'anomaly').train) > 0
+
+
+def test_a_generator_refuses_an_export_folder_it_could_not_write_before_training(tmp_path):
+  # (it trained to the end, then stopped on the folder)
+  from brainjax.tasks import generation
+  from configs import vae_gen
+  config = vae_gen.get_config('positive,smoke')
+  config.export.dir = str(tmp_path / 'theirs')
+  generation.check_config(config)  # absent: fine
+  (tmp_path / 'theirs').mkdir()
+  generation.check_config(config)  # empty: fine
+  (tmp_path / 'theirs' / 'keep.txt').write_text('x')
+  with pytest.raises(ValueError, match='holds keep.txt but no manifest.json'):
+    generation.check_config(config)
+  config.export.dir = str(tmp_path / 'theirs' / 'keep.txt')
+  with pytest.raises(ValueError, match='is not a folder'):
+    generation.check_config(config)
+  assert (tmp_path / 'theirs' / 'keep.txt').read_text() == 'x'

@@ -141,6 +141,24 @@ def pixels_digest(pixels: np.ndarray) -> str:
                         ).hexdigest()
 
 
+def check_export_target(out_dir: str) -> None:
+  """A ValueError unless out_dir can take an export: absent, empty, or an export (with a
+  readable manifest). Only a folder this module made is ever written into: a class folder
+  replaced here could be someone's scans."""
+  if not os.path.lexists(out_dir):
+    return
+  if not os.path.isdir(out_dir):
+    raise ValueError(f'{out_dir} is not a folder: export into a new or empty folder')
+  if os.path.exists(os.path.join(out_dir, MANIFEST)):
+    read_manifest(out_dir)  # (a readable one)
+    return
+  present = sorted(e for e in os.listdir(out_dir) if not layout.is_junk(e, backslash=False))
+  if present:
+    raise ValueError(f'{out_dir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
+                     f'but no {MANIFEST}: it is not a synthetic export; export into a new '
+                     'or empty folder')
+
+
 def write_synthetic(out_dir: str, images: np.ndarray, label: int,
                     provenance: Dict[str, Any]) -> str:
   """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/00000.png, ...
@@ -163,18 +181,11 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
   except TypeError as e:
     raise ValueError(f'provenance must be JSON-serialisable: {e}') from None
   folder = FOLDERS[label]
+  check_export_target(out_dir)
   os.makedirs(out_dir, exist_ok=True)
-  if os.path.exists(os.path.join(out_dir, MANIFEST)):
-    read_manifest(out_dir)  # (a readable one)
-  else:
-    # Only a folder this module made is ever written into: a class folder replaced here
-    # could be someone's scans. So a new export claims an empty folder with its manifest
-    # before any class is placed (an interrupted export can then be redone).
-    present = sorted(e for e in os.listdir(out_dir) if not layout.is_junk(e, backslash=False))
-    if present:
-      raise ValueError(f'{out_dir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
-                       f'but no {MANIFEST}: it is not a synthetic export; export into a new '
-                       'or empty folder')
+  if not os.path.exists(os.path.join(out_dir, MANIFEST)):
+    # A new export claims its empty folder with its manifest before any class is placed
+    # (an interrupted export can then be redone).
     _write_json_atomic(os.path.join(out_dir, MANIFEST), {'format': FORMAT, 'classes': {}})
   pixels = np.round(np.clip(images[..., 0], 0.0, 1.0) * 255.0).astype(np.uint8)
   staging = _fresh_folder(os.path.join(out_dir, f'.{folder}.{os.getpid()}.staging'))

@@ -67,6 +67,8 @@ def check_config(config):
   for field in ('num_samples', 'batch_size'):
     if not (isinstance(config.export[field], int) and config.export[field] >= 1):
       raise ValueError(f'export.{field}={config.export[field]!r}: it must be an integer >= 1')
+  if config.export.dir:  # (the default, <workdir>/synthetic, is the run's own)
+    synthetic.check_export_target(config.export.dir)
 
 
 def run(config, workdir, state, step_fn, sample_fn, variables_of):
