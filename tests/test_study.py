@@ -32,7 +32,11 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
                        if 'metrics.json' in fs and d != workdir)
   assert len(stage_files) == 8  # 2 generators, 3 CNNs, 3 CVAEs
   stamps = [os.path.getmtime(f) for f in stage_files]
+  dropped = os.path.join(results, 'figures', 'samples_random_seed1_vae_positive.png')
+  open(dropped, 'wb').close()  # of a seed an earlier run had and this one drops
   again = study.train_and_evaluate(config, workdir)
+  assert not os.path.exists(dropped)
+  assert os.path.exists(os.path.join(results, 'figures', 'samples_random_seed0_vae_positive.png'))
   assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)  # NaN-safe
   assert [os.path.getmtime(f) for f in stage_files] == stamps
   # An interrupted stage resumes with the study's folder named another way (relative here):
@@ -158,6 +162,10 @@ def test_a_stage_s_refused_rerun_leaves_its_config_json(tmp_path, monkeypatch):
 
   monkeypatch.setattr(cnn_cls, 'train_and_evaluate', refuse)
   stage.num_epochs = 1
-  with pytest.raises(ValueError, match='study stage cnn_cls in .*has trained further'):
+  with pytest.raises(reporting.RerunRefused, match='study stage cnn_cls in .*has trained further'):
+    study.run_stage('cnn_cls', stage, str(tmp_path))
+  assert (tmp_path / 'config.json').read_bytes() == before
+  stage.learning_rate = 0.5  # a setting a begun stage cannot take: refused as a rerun too
+  with pytest.raises(reporting.RerunRefused, match='study stage cnn_cls in .*learning_rate'):
     study.run_stage('cnn_cls', stage, str(tmp_path))
   assert (tmp_path / 'config.json').read_bytes() == before

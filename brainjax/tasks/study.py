@@ -13,6 +13,7 @@ import glob
 import importlib
 import json
 import os
+import shutil
 
 from absl import logging
 import jax
@@ -72,14 +73,18 @@ def run_stage(task, sub, workdir):
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
   previous = None
-  if parallel.is_first_host():
-    previous = reporting.write_config(workdir, sub, reporting.RERUN_FIELDS | _STAGE_PATHS)
   try:
+    if parallel.is_first_host():
+      previous = reporting.write_config(workdir, sub, reporting.RERUN_FIELDS | _STAGE_PATHS)
     importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   except ValueError as error:  # (which stage: the fix is an overrides.<task> flag)
-    if isinstance(error, reporting.RerunRefused) and parallel.is_first_host():
+    # A refused rerun of a begun stage: its config.json as it was, and the study's too
+    # (launch.py puts that back on a RerunRefused).
+    refused = isinstance(error, reporting.RerunRefused)
+    if refused and parallel.is_first_host():
       reporting.put_back_config(workdir, previous)
-    raise ValueError(f'study stage {task} in {workdir}: {error}') from error
+    raise (reporting.RerunRefused if refused else ValueError)(
+        f'study stage {task} in {workdir}: {error}') from error
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)
 
@@ -229,6 +234,8 @@ def train_and_evaluate(config, workdir):
     reporting.remove_metrics_json(workdir)
     for path in glob.glob(os.path.join(workdir, 'results', 'table1.*')):
       os.remove(path)
+    # (every run redraws its seeds' and split modes' figures: those of dropped ones would stay)
+    shutil.rmtree(os.path.join(workdir, 'results', 'figures'), ignore_errors=True)
   results, quality = [], {}
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):

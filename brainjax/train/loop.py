@@ -105,13 +105,15 @@ def check_resume(config, workdir, num_examples: int,
   step, meta = latest
   data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
   if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
-    raise reporting.RerunRefused(f'{workdir} was trained on other data than it reads now (a synthetic '
-                     'export redone since with other images, or slices added to or removed '
-                     'from the data folder): train on these in a new --workdir')
+    raise reporting.RerunRefused(
+        f'{workdir} was trained on other data than it reads now (a synthetic export redone '
+        'since with other images, or slices added to or removed from the data folder): train '
+        'on these in a new --workdir')
   if step > per_epoch * config.num_epochs:
-    raise reporting.RerunRefused(f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
-                     f'num_epochs={config.num_epochs} give: rerun with num_epochs >= '
-                     f'{-(-step // per_epoch)}, or choose another --workdir')
+    raise reporting.RerunRefused(
+        f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
+        f'num_epochs={config.num_epochs} give: rerun with num_epochs >= '
+        f'{-(-step // per_epoch)}, or choose another --workdir')
 
 
 def fit(config, workdir, state, train_step, train_arrays, *,

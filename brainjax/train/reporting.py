@@ -146,7 +146,7 @@ def write_config(workdir, config, allowed=None):
     begun = present != ['config.json'] and not (new['task'] == 'study'
                                                  and not _finished_stages(workdir))
     if changed and begun:  # (if not, its config.json is replaced)
-      raise ValueError(changes_message(workdir, changed))
+      raise RerunRefused(changes_message(workdir, changed))
   elif present:
     raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
                      'but no config.json: not a brainjax workdir; choose a new or empty one')
