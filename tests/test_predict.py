@@ -542,3 +542,16 @@ def test_smoke_config_runs_end_to_end(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert len(_read_csv(tmp_path / 'predictions.csv')) == 6
   assert json.loads((tmp_path / 'metrics.json').read_text())['model_task'] == 'cvae_cls'
+
+
+@pytest.mark.parametrize('text, message', [
+    ('[]', 'is not a brainjax run config'),
+    ('{"task": "cnn_cls"', 'is not a brainjax run config'),
+    ('{"task": "cnn_cls"}', 'lacks a setting its model needs'),
+    ('{"task": "vae_gen"}', "is a 'vae_gen' run; predict needs"),
+])
+def test_a_model_dir_whose_config_is_no_classifier_s_is_a_one_line_error(text, message, tmp_path):
+  (tmp_path / 'config.json').write_text(text)
+  with pytest.raises(ValueError, match=message):
+    predict.load_run(str(tmp_path))
+  assert os.listdir(tmp_path) == ['config.json']

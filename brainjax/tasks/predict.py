@@ -95,7 +95,10 @@ def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """The config.json a run wrote, with lists turned back into tuples."""
   if not os.path.isfile(os.path.join(run_dir, 'config.json')):
     raise FileNotFoundError(f'{run_dir!r} has no config.json: not the workdir of a brainjax run')
-  return reporting.load_config(run_dir)
+  try:
+    return reporting.load_config(run_dir)
+  except (ValueError, TypeError, AttributeError) as e:  # (JSONDecodeError is a ValueError)
+    raise ValueError(f'{run_dir}/config.json is not a brainjax run config: {e}') from None
 
 
 def _task_module(task: str):
@@ -110,9 +113,13 @@ def load_run(run_dir: str) -> Run:
     raise ValueError(f'{run_dir!r} is a {config.get("task")!r} run; predict needs a '
                      f'{" or ".join(MODEL_TASKS)} run')
   task = _task_module(config.task)
-  model = task.create_model(config)
-  # Shapes only: initialising real weights op by op costs seconds of compilation.
-  template = jax.eval_shape(lambda: task.create_train_state(config, model, jax.random.PRNGKey(0)))
+  try:
+    model = task.create_model(config)
+    # Shapes only: initialising real weights op by op costs seconds of compilation.
+    template = jax.eval_shape(
+        lambda: task.create_train_state(config, model, jax.random.PRNGKey(0)))
+  except (AttributeError, KeyError) as e:  # a hand-edited config.json, or another version's
+    raise ValueError(f'{run_dir}/config.json lacks a setting its model needs: {e}') from None
   state = checkpoints.restore_best(run_dir, template)
   metrics = {}
   if os.path.isfile(os.path.join(run_dir, 'metrics.json')):
