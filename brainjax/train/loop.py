@@ -11,7 +11,7 @@ import functools
 import math
 import os
 import time
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 from absl import logging
 from flax import jax_utils
@@ -83,6 +83,11 @@ def _all_finite(host_state):
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
 
 
+def _data_keys(data_key: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
+  """fit's data_key as (its key, older forms of it); () for none."""
+  return (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
+
+
 def check_resume(config, workdir, num_examples: int,
                  data_key: Union[str, Sequence[str], None] = None) -> None:
   """The ValueError `fit` would raise before training, raised before anything is written.
@@ -103,7 +108,7 @@ def check_resume(config, workdir, num_examples: int,
   if latest is None:
     return
   step, meta = latest
-  data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
+  data_keys = _data_keys(data_key)
   if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
     raise reporting.RerunRefused(
         f'{workdir} was trained on other data than it reads now (a synthetic export redone '
@@ -136,7 +141,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   """
   num_examples = len(next(iter(train_arrays.values())))
   check_resume(config, workdir, num_examples, data_key)
-  data_keys = (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
+  data_keys = _data_keys(data_key)
   devices = parallel.train_devices(config.num_devices)  # every host's
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = per_epoch * config.num_epochs
