@@ -1,0 +1,41 @@
+"""BrainCNN's test ROC AUC and validation loss come from its logits, not rounded probabilities."""
+import jax.numpy as jnp
+import numpy as np
+from sklearn import metrics as sk
+
+from brainjax.data.examples import Examples
+from brainjax.tasks import cnn_cls
+
+# logit(tumour) - logit(healthy): every one above 17, where a float32 P(tumour) is 1.0,
+# but a healthy slice at 18 and 19 ranks below every tumour slice.
+MARGINS = np.array([20., 25., 30., 18., -5., 40., 19.])
+LABELS = np.array([1, 1, 1, 0, 0, 1, 0], np.int32)
+
+
+def _examples():
+  images = np.zeros((len(MARGINS), 8, 8, 1), np.float32)
+  images[:, 0, 0, 0] = MARGINS  # the stub model reads its margin from the first pixel
+  return Examples(images=images, labels=LABELS, ids=np.array([str(i) for i in range(7)]))
+
+
+def _stub_logits(model, variables, images):
+  del model, variables
+  return jnp.stack([jnp.zeros(len(images)), images[:, 0, 0, 0]], axis=1)
+
+
+def test_confident_scores_keep_their_order(monkeypatch):
+  monkeypatch.setattr(cnn_cls, 'predict_logits', _stub_logits)
+  assert (cnn_cls.predict(None, None, _examples().images)[MARGINS > 17] == 1.0).all()  # ties
+  metrics = cnn_cls.evaluation_metrics(None, None, _examples(), batch_size=4)
+  assert metrics['auroc'] == sk.roc_auc_score(LABELS, MARGINS) == 1.0
+  assert (metrics['tp'], metrics['fp'], metrics['tn'], metrics['fn']) == (4, 2, 1, 0)
+
+
+def test_validation_loss_is_the_logits_cross_entropy(monkeypatch):
+  monkeypatch.setattr(cnn_cls, 'predict_logits', _stub_logits)
+  out = cnn_cls.validation_metrics(None, None, _examples(), batch_size=4)
+  probabilities = 1 / (1 + np.exp(-MARGINS))
+  np.testing.assert_allclose(out['loss'], sk.log_loss(LABELS, probabilities, labels=[0, 1]),
+                             rtol=1e-6)
+  assert out['loss'] > 5.2  # not 4.56, the clipped float32 probabilities' loss
+  assert out['accuracy'] == np.mean((MARGINS >= 0) == LABELS)
