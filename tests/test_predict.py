@@ -340,6 +340,27 @@ def test_labelled_folder_metrics_match_sklearn(cnn_run, tmp_path):
     assert metrics[key] == pytest.approx(value, abs=1e-6), key
 
 
+def test_labelled_auc_ranks_log_odds_not_rounded_probabilities(cnn_run, tmp_path, monkeypatch):
+  """Log-odds above ~37 all round to probability 1.0 in float64; ROC AUC still ranks them."""
+  seen = []
+
+  def confident_logits(model, variables, images):  # log-odds 40 + 1000 x mean intensity
+    del model, variables
+    seen.append(np.asarray(images))
+    return jax.numpy.stack([jax.numpy.zeros(len(images)),
+                            40 + 1000 * images.mean(axis=(1, 2, 3))], axis=1)
+
+  monkeypatch.setattr(cnn_cls, 'predict_logits', confident_logits)
+  predict.write_phantom_folder(str(tmp_path / 'in'), num_per_class=8, seed=11)
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')
+  scores = np.array([float(r['score']) for r in rows.values()])
+  assert (scores == 1.0).all()  # every probability ties ...
+  y = np.array([int(r['true_label']) for r in rows.values()])
+  log_odds = 40 + 1000 * np.concatenate(seen).astype(np.float64).mean(axis=(1, 2, 3))[:len(y)]
+  assert metrics['auroc'] == pytest.approx(sk_metrics.roc_auc_score(y, log_odds), abs=1e-6)
+  assert metrics['auroc'] != 0.5  # ... so ranking them would give chance
+
+
 def test_a_class_nobody_labelled_has_no_recall():
   scores = np.array([0.9, 0.2, 0.7])
   tumour_only = predict.labelled_metrics(np.array([1, 1, 1]), np.array([1, 0, 1]), scores)

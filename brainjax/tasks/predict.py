@@ -44,6 +44,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy import special
 
 from brainjax.anomaly import dbscan
 from brainjax.anomaly import evaluate as anomaly_evaluate
@@ -310,6 +311,9 @@ class Predictions(NamedTuple):
   rule_scores / rule_labels: per rule (BrainCVAE only; empty for a BrainCNN).
   errors: float32 (N, S*S) normalised reconstruction errors (BrainCVAE) or None.
   region: bool (N, S*S), the leading rule's region (BrainCVAE) or None.
+  log_odds: float64 (N,), the BrainCNN's logit(tumour) - logit(healthy), or None. ROC AUC
+    ranks these: the probability rounds to exactly 1.0 from log-odds of about 37, where
+    confident calls, tumour and healthy alike, would tie.
   """
   score: np.ndarray
   label: np.ndarray
@@ -317,6 +321,7 @@ class Predictions(NamedTuple):
   rule_labels: Dict[str, np.ndarray]
   errors: Optional[np.ndarray]
   region: Optional[np.ndarray]
+  log_odds: Optional[np.ndarray] = None
 
 
 def predict_images(run: Run, images: np.ndarray, rules: Sequence[str] = (),
@@ -332,8 +337,9 @@ def predict_images(run: Run, images: np.ndarray, rules: Sequence[str] = (),
                        np.zeros((0, pixels), np.float32) if rules else None,
                        np.zeros((0, pixels), bool) if rules else None)
   if run.task == 'cnn_cls':
-    probs = _task_module('cnn_cls').predict(run.model, run.variables, images, batch)
-    return Predictions(probs, (probs >= 0.5).astype(np.int32), {}, {}, None, None)
+    log_odds = _task_module('cnn_cls').predict_margins(run.model, run.variables, images, batch)
+    probs = special.expit(log_odds)  # float64: 1.0 only from log-odds ~37 on
+    return Predictions(probs, (log_odds >= 0).astype(np.int32), {}, {}, None, None, log_odds)
   errors = reconstruction_errors(run, images, batch)
   shape = images.shape[1:3]
   outputs = {r: apply_rule(run, r, errors, shape) for r in rules}
@@ -708,7 +714,8 @@ def train_and_evaluate(config, workdir):
   known = np.array([l is not None for l in labels], bool)
   if known.any():
     y = labels[known].astype(np.int32)
-    metrics.update(labelled_metrics(y, preds.label[known], preds.score[known]))
+    ranked = preds.score if preds.log_odds is None else preds.log_odds
+    metrics.update(labelled_metrics(y, preds.label[known], ranked[known]))
     for r in rules[1:]:
       extra = labelled_metrics(y, preds.rule_labels[r][known], preds.rule_scores[r][known])
       metrics.update({f'{r}_{k}': v for k, v in extra.items()})
