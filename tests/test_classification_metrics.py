@@ -1,4 +1,5 @@
 """Classification metrics against hand-computed confusion matrices and scikit-learn."""
+import json
 import math
 
 import numpy as np
@@ -153,3 +154,29 @@ def test_table1_cell_with_an_undefined_seed_is_undefined(undefined):
   (one,) = study_table.aggregate(runs[:1])
   assert one['accuracy'] == pytest.approx(80.0) and one['accuracy_std'] is None
   assert '| 80.00 |' in study_table.markdown([one], {})
+
+
+def test_synthetic_gap_is_paired_by_seed(tmp_path):
+  from brainjax.evaluation import study_table
+
+  def run(train_data, source, seed, accuracy, auroc=None):
+    return dict(task='cnn_cls', split='grouped', train_data=train_data, source=source, seed=seed,
+                metrics={'accuracy': accuracy, 'auroc': auroc})
+
+  runs = [run('real', '-', 0, 0.90, 0.95), run('real', '-', 1, 0.80, 0.85),
+          run('synthetic', 'vae', 0, 0.60, 0.70), run('synthetic', 'vae', 1, 0.70),
+          run('synthetic', 'gan', 0, 0.50), run('mixed', 'vae', 0, 0.99)]
+  vae, gan = study_table.synthetic_gaps(runs)
+  assert (vae['source'], vae['accuracy_gap_seeds']) == ('vae', 2)
+  # per seed -30 and -10 points: mean -20, sample std 14.14 (not the gap of the means' spread)
+  assert vae['accuracy_gap'] == pytest.approx(-20.0)
+  assert vae['accuracy_gap_std'] == pytest.approx(np.std([-30.0, -10.0], ddof=1))
+  assert vae['auroc_gap'] == pytest.approx(-25.0) and vae['auroc_gap_seeds'] == 1
+  assert vae['auroc_gap_std'] is None
+  assert gan['accuracy_gap'] == pytest.approx(-40.0) and gan['auroc_gap'] is None
+  md_path, _, json_path = study_table.write_tables(str(tmp_path), runs, {})
+  assert '| grouped | CNN | VAE | -20.00 ± 14.14 | -25.00 | 2 |' in open(md_path).read()
+  assert len(json.load(open(json_path))['synthetic_gap']) == 2
+  flat = study_table.flat_summary(runs, {})
+  assert flat['grouped/CNN/synthetic/vae/accuracy_gap'] == pytest.approx(-20.0)
+  assert 'grouped/CNN/synthetic/gan/auroc_gap' not in flat

@@ -63,13 +63,44 @@ def aggregate(results):
   return table
 
 
+GAP_COLUMNS = ('accuracy', 'auroc')
+
+
+def synthetic_gaps(results):
+  """Train on synthetic, test on real: each synthetic row's value minus the real row's, in
+  percentage points, paired by seed (same split, model and test slices); mean ± sample std.
+
+  A seed lacking either run, or with an undefined value, is left out of that column.
+  """
+  real, synthetic = {}, {}
+  for run in results:
+    for model, values in _rows_of_run(run):
+      if run['train_data'] == 'real':
+        real[(run['split'], model, run['seed'])] = values
+      elif run['train_data'] == 'synthetic':
+        synthetic.setdefault((run['split'], model, run['source']), {})[run['seed']] = values
+  gaps = []
+  for (split, model, source), seeds in synthetic.items():
+    row = dict(split=split, model=model, source=source)
+    for c in GAP_COLUMNS:
+      pairs = [(v[c], real[(split, model, seed)][c]) for seed, v in seeds.items()
+               if (split, model, seed) in real]
+      diffs = np.array([100 * (a - b) for a, b in pairs if a is not None and b is not None
+                        and np.isfinite(a) and np.isfinite(b)], np.float64)
+      row[f'{c}_gap'] = float(diffs.mean()) if diffs.size else None
+      row[f'{c}_gap_std'] = float(diffs.std(ddof=1)) if diffs.size > 1 else None
+      row[f'{c}_gap_seeds'] = int(diffs.size)
+    gaps.append(row)
+  return gaps
+
+
 def _cell(row, c):
   if row[c] is None:
     return '–'
   return f'{row[c]:.2f}' if row[c + '_std'] is None else f'{row[c]:.2f} ± {row[c + "_std"]:.2f}'
 
 
-def markdown(table, quality):
+def markdown(table, quality, gaps=()):
   lines = ['| Split | Model | Train data | Accuracy | Precision | Recall | F1 | ROC AUC | '
            'F1 (class-balanced) | Study: Acc / P / R / F1 |', '|' + '---|' * 10]
   for r in table:
@@ -82,6 +113,15 @@ def markdown(table, quality):
             'class-balanced averages, comparable with the F1 (class-balanced) column. '
             f'Mean ± std over {max((r["seeds"] for r in table), default=0)} seed(s); test '
             'sets are real slices only.']
+  if gaps:
+    lines += ['', '## Train on synthetic, test on real: gap to the real row', '',
+              '| Split | Model | Synthetic data | Accuracy gap (pp) | ROC AUC gap (pp) | Seeds |',
+              '|' + '---|' * 6]
+    for g in gaps:
+      cells = [_cell(g, f'{c}_gap') for c in GAP_COLUMNS]
+      lines.append(f'| {g["split"]} | {g["model"]} | {g["source"].upper()} | ' + ' | '.join(cells)
+                   + f' | {g["accuracy_gap_seeds"]} |')
+    lines += ['', 'Synthetic-only minus real-only, per seed on the same test slices.']
   if quality:
     keys = sorted({k for row in quality.values() for k in row})
     lines += ['', '## Generators: quality (BrainCNN features) and privacy (distance to closest '
@@ -96,16 +136,16 @@ def markdown(table, quality):
 def write_tables(out_dir, results, quality):
   """results/table1.md, .csv and .json; returns their paths (markdown first)."""
   os.makedirs(out_dir, exist_ok=True)
-  table = aggregate(results)
+  table, gaps = aggregate(results), synthetic_gaps(results)
   paths = [os.path.join(out_dir, f'table1.{ext}') for ext in ('md', 'csv', 'json')]
   with open(paths[0], 'w') as f:
-    f.write(markdown(table, quality))
+    f.write(markdown(table, quality, gaps))
   with open(paths[1], 'w', newline='') as f:
     writer = csv.DictWriter(f, fieldnames=list(table[0]) if table else ['split'])
     writer.writeheader()
     writer.writerows(table)
   with open(paths[2], 'w') as f:
-    json.dump({'table1': table, 'generators': quality}, f, indent=1)
+    json.dump({'table1': table, 'synthetic_gap': gaps, 'generators': quality}, f, indent=1)
   return paths
 
 
@@ -116,6 +156,10 @@ def flat_summary(results, quality):
     prefix = f'{row["split"]}/{row["model"]}/{row["train_data"]}' + (
         '' if row['source'] == '-' else f'/{row["source"]}')
     flat.update({f'{prefix}/{c}': row[c] for c in COLUMNS if row[c] is not None})
+  for row in synthetic_gaps(results):
+    prefix = f'{row["split"]}/{row["model"]}/synthetic/{row["source"]}'
+    flat.update({f'{prefix}/{c}_gap': row[f'{c}_gap'] for c in GAP_COLUMNS
+                 if row[f'{c}_gap'] is not None})
   for name, row in quality.items():
     flat.update({f'{name}/{k}': v for k, v in row.items()})
   return flat
