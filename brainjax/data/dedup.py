@@ -8,10 +8,10 @@ connected components of that graph (single linkage, i.e. union-find).
 Measured on Br35H (3000 images; no group mixes labels), groups / images in
 multi-image groups / largest group:
                                      > 0.995            > 0.98
-  raw files' thumbnails (whole       1564 / 2174 / 17   995 / 2675 / 38
+  raw files' thumbnails (whole       1564 / 2172 / 17   995 / 2675 / 38
     canvas; the data README's view)
   preprocessed 128x128 images        1721 / 1933 / 16   1122 / 2538 / 22
-  either view (extra_views)          1453 / 2286 / 17   907 / 2719 / 38
+  either view (extra_views)          1454 / 2284 / 17   907 / 2719 / 38
 The views disagree: preprocessed thumbnails miss copies that were re-cropped,
 re-contrasted or sharpened differently; raw thumbnails miss copies placed on
 another canvas. For leakage-safe splits link a pair if either view does
