@@ -2,6 +2,8 @@
 import functools
 import math
 import pathlib
+import signal
+import struct
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from tensorboardX.proto import event_pb2
 
 from brainjax.train import checkpoints
 from brainjax.train import loop
@@ -196,6 +199,52 @@ def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):
       mngr.wait_until_finished()
     state, meta = checkpoints.restore(mngr, template)
     assert meta['step'] == 10 and (state['w'] == 10).all()
+
+
+# A run killed without any cleanup (SIGKILL) in its 7th step of 12, with a save at every step.
+_KILLED_RUN = """
+import os, signal, sys
+sys.path.insert(0, 'tests')
+import test_loop
+def kill(step):
+  if step == 7:
+    os.kill(os.getpid(), signal.SIGKILL)
+test_loop.run(sys.argv[1], test_loop.config(), hooks=[kill])
+"""
+
+
+def tensorboard_scalars(workdir):
+  """{tag: [(step, value), ...]} as TensorBoard shows workdir/tensorboard: its event files
+  read in name order, where a SessionLog START at step P hides the earlier events at steps
+  >= P (TensorBoard's purge of a crashed run's orphaned data)."""
+  scalars = {}
+  for path in sorted((pathlib.Path(workdir) / 'tensorboard').iterdir()):
+    data, offset = path.read_bytes(), 0
+    while offset + 12 <= len(data):
+      size, = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + size])
+      offset += 12 + size + 4
+      if event.session_log.status == event_pb2.SessionLog.START:
+        scalars = {tag: [(s, v) for s, v in points if s < event.step]
+                   for tag, points in scalars.items()}
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+def test_tensorboard_holds_every_step_once_after_a_kill_and_a_resume(tmp_path):
+  # The killed run's scalars up to its last checkpoint are on disk (those written before
+  # a save), and the resumed run's replace the ones it logs again.
+  run(tmp_path / 'whole', config())
+  whole = tensorboard_scalars(tmp_path / 'whole')
+  child = subprocess.run([sys.executable, '-c', _KILLED_RUN, str(tmp_path / 'killed')],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+  assert 1 <= checkpoints.latest_meta(str(tmp_path / 'killed'))[0] <= 6
+  run(tmp_path / 'killed', config())
+  resumed = tensorboard_scalars(tmp_path / 'killed')
+  assert [s for s, _ in resumed['train/loss']] == list(range(1, 13))
+  assert resumed['train/loss'] == whole['train/loss']
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -177,6 +177,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       checkpoints.save(best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
       pending_best = None
     checkpoints.save(latest, step, host_state, run_meta())
+    # Every scalar logged up to this step is on disk before the checkpoint can be: a run
+    # killed after it resumes from it and logs only the steps after it again.
+    writer.flush()
     last_saved, last_save_time = step, time.monotonic()
 
   def stop_non_finite(what):
@@ -217,7 +220,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   if plateau.scale != 1.0:
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
   state = to_device(state)
-  writer = reporting.summary_writer(workdir, write=parallel.is_first_host())
+  # (from step + 1: what an earlier, killed run logged after the checkpoint this run resumes
+  # from, it logs again; TensorBoard shows this run's)
+  writer = reporting.summary_writer(workdir, write=parallel.is_first_host(), purge_step=step + 1)
   base_rng = jax.random.PRNGKey(config.seed)
   p_train_step = compile_step(train_step, devices)
   # Compiled ahead of the first step, so that images_per_s counts steps, not compilation; not
@@ -302,8 +307,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   finally:
     latest.close()
     best.close()
+    writer.close()
 
-  writer.close()
   best_val_loss = meta['best_val_loss']
   summary.update(steps=step, best_val_loss=math.nan if best_val_loss is None else best_val_loss,
                  learning_rate=base_lr * plateau.scale)

@@ -3,11 +3,14 @@ import contextlib
 import json
 import math
 import os
+import time
 
 import numpy as np
 from PIL import Image
 import ml_collections
-import tensorboardX
+from tensorboardX import event_file_writer
+from tensorboardX import summary as tensorboard_summary
+from tensorboardX.proto import event_pb2
 
 
 def _json_number(value):
@@ -163,9 +166,57 @@ def put_back_config(workdir, previous):
       f.write(previous)
 
 
-def summary_writer(workdir, write=True):
-  """TensorBoard event files in workdir/tensorboard (none when not `write`: another host's)."""
-  return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'), write_to_disk=write)
+class SummaryWriter:
+  """TensorBoard scalars written to one event file in the calling thread: what `flush`
+  returns after is on disk. (tensorboardX's SummaryWriter writes from a thread of its own,
+  flushing every 2 minutes: a killed run lost every scalar since, those logged before its
+  last checkpoint included, and its `flush` leaves the events still queued.)"""
+
+  def __init__(self, logdir, purge_step=None):
+    os.makedirs(logdir, exist_ok=True)
+    # (the process id: two runs started within a second would share one name, and the
+    # second would truncate the first's file)
+    self._writer = event_file_writer.EventsWriter(os.path.join(logdir, 'events'),
+                                                  filename_suffix=f'.{os.getpid()}')
+    if purge_step is not None:
+      # TensorBoard hides the events of earlier files at steps >= purge_step: those a
+      # killed run logged after its last checkpoint, which the resumed run logs again.
+      self._writer.write_event(event_pb2.Event(
+          wall_time=time.time(), step=int(purge_step),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+
+  def add_scalar(self, tag, value, step):
+    self._writer.write_event(event_pb2.Event(
+        wall_time=time.time(), step=int(step),
+        summary=tensorboard_summary.scalar(tag, float(value))))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+class _NoWriter:
+  def add_scalar(self, tag, value, step):
+    pass
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def summary_writer(workdir, write=True, purge_step=None):
+  """TensorBoard event files in workdir/tensorboard (none when not `write`: another host's).
+
+  `purge_step`: the first step this run logs, when a run before it (killed) may have logged
+  it too.
+  """
+  if not write:
+    return _NoWriter()
+  return SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step)
 
 
 def image_grid(images, columns=8):
