@@ -247,6 +247,34 @@ def test_tensorboard_holds_every_step_once_after_a_kill_and_a_resume(tmp_path):
   assert resumed['train/loss'] == whole['train/loss']
 
 
+def test_a_best_saved_without_its_latest_checkpoint_counts_as_trained(tmp_path, monkeypatch):
+  # Saves at epoch ends, every epoch a new best. The run is killed (no cleanup) when the best
+  # of step 12 is committed and the latest of step 12 is not: the two commit one after the
+  # other (the best first, in practice), so a kill can land between them.
+  real_save = checkpoints.save
+
+  def save_then_killed(mngr, step, state, meta):
+    real_save(mngr, step, state, meta)
+    if step == 12 and pathlib.Path(str(mngr.directory)).name == 'best':
+      mngr.wait_until_finished()
+      raise KeyboardInterrupt('killed')
+
+  monkeypatch.setattr(checkpoints, 'save', save_then_killed)
+  evaluate = lambda s: {'loss': 1.0 / int(s.step)}
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path, config(log_every_steps=4), evaluate=evaluate)
+  monkeypatch.setattr(checkpoints, 'save', real_save)
+  assert checkpoints.latest_meta(str(tmp_path))[0] == 8
+  assert checkpoints.best_step(str(tmp_path)) == 12
+  # A rerun that would end at step 8 would report epoch 2's best validation loss and test
+  # the model of step 12 (best/), beyond its run: refused, as any run shorter than trained.
+  with pytest.raises(reporting.RerunRefused, match=r'trained 12 steps .* num_epochs >= 3'):
+    run(tmp_path, config(num_epochs=2, log_every_steps=4), evaluate=evaluate)
+  _, summary = run(tmp_path, config(log_every_steps=4), evaluate=evaluate)
+  assert summary['best_val_loss'] == 1 / 12
+  assert int(checkpoints.restore_best(str(tmp_path), make_state(TinyNet())).step) == 12
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   # The 7th step's loss is NaN; with a save at every log step the last good one is step 6.
   with pytest.raises(FloatingPointError, match=r'non-finite loss by step 7 .*\(step 6\)'):

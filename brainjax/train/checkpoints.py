@@ -63,6 +63,16 @@ def latest_meta(workdir):
     mngr.close()
 
 
+def best_step(workdir):
+  """The step of the best checkpoint in workdir/best, or None; reads no arrays and creates
+  nothing (as `latest_meta`)."""
+  mngr = manager(os.path.join(workdir, 'best'), 1, create=False)
+  try:
+    return mngr.latest_step()
+  finally:
+    mngr.close()
+
+
 def restore_best(workdir, state_template):
   """The best-validation-loss state saved by `loop.fit` in `workdir` (which it leaves as it
   is: predict reads a run it must not change)."""

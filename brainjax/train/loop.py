@@ -105,15 +105,19 @@ def check_resume(config, workdir, num_examples: int,
   parallel.check_batch_split(config)
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   latest = checkpoints.latest_meta(workdir)
-  if latest is None:
-    return
-  step, meta = latest
-  data_keys = _data_keys(data_key)
-  if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
-    raise reporting.RerunRefused(
-        f'{workdir} was trained on other data than it reads now (a synthetic export redone '
-        'since with other images, or slices added to or removed from the data folder): train '
-        'on these in a new --workdir')
+  step = 0
+  if latest is not None:
+    step, meta = latest
+    data_keys = _data_keys(data_key)
+    if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
+      raise reporting.RerunRefused(
+          f'{workdir} was trained on other data than it reads now (a synthetic export redone '
+          'since with other images, or slices added to or removed from the data folder): '
+          'train on these in a new --workdir')
+  # The best checkpoint and the latest are written one after the other: a run killed between
+  # the two commits holds a best of a later step than its latest. It has trained that far
+  # (a shorter rerun would end before that step, its best/ still holding the later model).
+  step = max(step, checkpoints.best_step(workdir) or 0)
   if step > per_epoch * config.num_epochs:
     raise reporting.RerunRefused(
         f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
