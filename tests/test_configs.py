@@ -102,6 +102,11 @@ def _launch(*args):
     (['--config=configs/cnn_cls.py:real,smoke', '--config.split=foo'],
      "split='foo': it must be 'random' or 'grouped'"),
     (['--config=configs/gan_gen.py:positive,smoke', '--config.mode=sample'], "mode='sample'"),
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.label=tumour'], "label='tumour'"),
+    (['--config=configs/gan_gen.py:negative,smoke', '--config.export.seed=4294967296'],
+     'export.seed=4294967296: it must be an integer in [0, 2**32)'),
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.export.seed=-1'],
+     'export.seed=-1'),
 ])
 def test_a_refused_setting_is_one_line_and_leaves_no_workdir(args, message, tmp_path):
   result = _launch(*args, f'--workdir={tmp_path / "run"}')
