@@ -85,7 +85,7 @@ def main(argv):
   # Settings checked before anything is written: a refused run leaves no workdir behind.
   try:
     common.check_values(config)
-    if config.task in TRAINING_TASKS:
+    if config.task in TRAINING_TASKS and config.get('mode') != 'generate':  # (which trains not)
       parallel.check_batch_split(config)
     if config.task != 'predict':  # (which reads its model's data settings, not its own)
       sources.check_location(config.data)

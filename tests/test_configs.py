@@ -1,5 +1,6 @@
 """Config strings, overrides and launch.py's one-line errors."""
 import importlib
+import os
 import pathlib
 import subprocess
 import sys
@@ -225,3 +226,15 @@ def test_a_refused_rerun_leaves_its_run_s_config_json(tmp_path, cache_dir):
   assert result.returncode != 0 and 'more than num_epochs=1 give' in result.stderr
   assert 'Traceback' not in result.stderr
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_machine(tmp_path):
+  # A generator trained at batch 8 re-exported on a machine of 3 devices: nothing trains, so
+  # the batch needs no split (it was refused: "batch_size=8 does not split across 3 devices").
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=3')
+  result = subprocess.run([sys.executable, 'launch.py', '--config=configs/vae_gen.py:positive,smoke',
+                           '--config.mode=generate', f'--workdir={tmp_path / "run"}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'does not split' not in result.stderr
+  assert 'no checkpoint in' in result.stderr  # (the run has not been trained)
