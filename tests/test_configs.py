@@ -238,3 +238,15 @@ def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_mach
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert 'does not split' not in result.stderr
   assert 'no checkpoint in' in result.stderr  # (the run has not been trained)
+
+
+@pytest.mark.parametrize('text', ['[1, 2]', '{"task": "vae_gen"', '{"model": "resnet"}'])
+def test_a_workdir_whose_config_json_is_not_a_run_s_is_one_line_and_kept(text, tmp_path):
+  # A folder of another tool's config.json (or a damaged one): a list was an AttributeError
+  # traceback, malformed JSON a parser message that named no file.
+  (tmp_path / 'config.json').write_text(text)
+  result = _launch('--config=configs/vae_gen.py:positive,smoke', f'--workdir={tmp_path}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'config.json is not the config of a brainjax run' in result.stderr
+  assert (tmp_path / 'config.json').read_text() == text
+  assert [p.name for p in tmp_path.iterdir()] == ['config.json']

@@ -139,7 +139,14 @@ def write_config(workdir, config, allowed=None):
   if os.path.exists(path):
     with open(path) as f:
       previous = f.read()
-    saved = json.loads(previous)
+    try:
+      saved = json.loads(previous)
+    except ValueError:  # (JSONDecodeError)
+      saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get('task'), str):
+      # (another tool's config.json, or none a run wrote: a list was an AttributeError)
+      raise ValueError(f'{path} is not the config of a brainjax run: not a brainjax workdir; '
+                       'choose a new or empty one')
     if saved.get('task') != new['task']:
       raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
                        'choose another --workdir')
