@@ -164,6 +164,13 @@ def test_vae_task_trains_resumes_and_exports(tmp_path):
       ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
   assert regenerated['exported'] == 10 and regenerated['train_loss'] == first['train_loss']
   assert open(os.path.join(workdir, 'metrics.json')).read() == trained  # training's kept
+  # An unfinished run (a rerun that trains again removes metrics.json until it ends): its
+  # re-export's metrics.json says which step it exported (it had no steps at all).
+  os.remove(os.path.join(workdir, 'metrics.json'))
+  unfinished = vae_gen.train_and_evaluate(
+      ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
+  assert unfinished['steps'] == first['steps'] == provenance['checkpoint_step']
+  assert json.load(open(os.path.join(workdir, 'metrics.json')))['steps'] == first['steps']
 
 
 def test_the_networks_are_built_for_data_image_size():

@@ -89,8 +89,12 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
     state, meta = checkpoints.restore_latest(workdir, state)
     # A re-export changes what was exported, not what training measured.
     metrics_path = os.path.join(workdir, 'metrics.json')
-    summary = (reporting.read_metrics_json(workdir) if os.path.isfile(metrics_path)
-               else dict(meta.get('summary', {})))
+    if os.path.isfile(metrics_path):
+      summary = reporting.read_metrics_json(workdir)
+    else:  # an unfinished run (killed, or stopped on a non-finite loss): say how far it got
+      summary = dict(meta.get('summary', {}), steps=int(state.step))
+      logging.warning('%s has not finished training: exporting its latest checkpoint, step %d.',
+                      workdir, int(state.step))
   else:
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
     train = class_training_set(config)
