@@ -85,8 +85,11 @@ def main(argv):
   # Settings checked before anything is written: a refused run leaves no workdir behind.
   try:
     common.check_values(config)
-    if config.task in TRAINING_TASKS and config.get('mode') != 'generate':  # (which trains not)
-      parallel.check_batch_split(config)
+    if config.task in TRAINING_TASKS:
+      if config.get('mode') == 'generate':  # (trains nothing: no batch to split)
+        parallel.train_devices(config.num_devices)
+      else:
+        parallel.check_batch_split(config)
     if config.task != 'predict':  # (which reads its model's data settings, not its own)
       sources.check_location(config.data)
     if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data

@@ -238,6 +238,13 @@ def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_mach
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert 'does not split' not in result.stderr
   assert 'no checkpoint in' in result.stderr  # (the run has not been trained)
+  # A device count this machine lacks is still refused before anything is written.
+  result = subprocess.run([sys.executable, 'launch.py', '--config=configs/vae_gen.py:positive,smoke',
+                           '--config.mode=generate', '--config.num_devices=4',
+                           f'--workdir={tmp_path / "other"}'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+  assert result.returncode != 0 and 'num_devices=4: choose -1 (all) or 1 to 3' in result.stderr
+  assert 'Traceback' not in result.stderr and not (tmp_path / 'other').exists()
 
 
 @pytest.mark.parametrize('text', ['[1, 2]', '{"task": "vae_gen"', '{"model": "resnet"}'])
