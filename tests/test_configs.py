@@ -191,7 +191,13 @@ def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   reporting.write_config(str(tmp_path), config)
   config.data.num_per_class = 3  # config.json alone: the run stopped before it began
   reporting.write_config(str(tmp_path), config)
-  (tmp_path / 'checkpoints').mkdir()  # now it has begun
+  (tmp_path / 'checkpoints' / '3.orbax-checkpoint-tmp-1').mkdir(parents=True)  # a killed save
+  (tmp_path / 'tensorboard').mkdir()
+  config.learning_rate = 0.5  # no checkpoint yet: it has not trained, any setting may change
+  reporting.write_config(str(tmp_path), config)
+  config.learning_rate = 1e-4
+  reporting.write_config(str(tmp_path), config)
+  (tmp_path / 'checkpoints' / '2').mkdir()  # a committed checkpoint: now it has begun
   config.num_epochs, config.log_every_steps = 5, 1  # how long and how: a resume may change
   reporting.write_config(str(tmp_path), config)
   config.learning_rate = 0.5  # what it learns: not in the same checkpoint

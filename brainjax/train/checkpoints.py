@@ -46,6 +46,18 @@ def restore(mngr, state_template, step=None):
   return jax.device_put(restored['state']), restored['meta']
 
 
+def holds_checkpoint(workdir):
+  """Whether workdir/checkpoints or workdir/best holds a committed checkpoint: a folder named
+  by its step (Orbax commits one by renaming its temporary folder to that). Lists folders
+  only, no manager: one host may call it alone."""
+  for name in ('checkpoints', 'best'):
+    folder = os.path.join(workdir, name)
+    if os.path.isdir(folder) and any(e.isdigit() and os.path.isdir(os.path.join(folder, e))
+                                     for e in os.listdir(folder)):
+      return True
+  return False
+
+
 def latest_meta(workdir):
   """(step, meta) of the latest checkpoint in workdir/checkpoints, or None; reads no arrays
   and creates nothing.

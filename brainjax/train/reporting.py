@@ -12,6 +12,8 @@ from tensorboardX import event_file_writer
 from tensorboardX import summary as tensorboard_summary
 from tensorboardX.proto import event_pb2
 
+from brainjax.train import checkpoints
+
 
 def _json_number(value):
   if value is None:  # read back from a metrics.json
@@ -119,6 +121,12 @@ class RerunRefused(ValueError):
   before the run changes any file, so that its caller puts back the config.json it held."""
 
 
+# What a run writes before its first checkpoint: a workdir holding no more than these, and no
+# committed checkpoint in them, is a run that stopped before it had trained (e.g. a loss that
+# was not finite from the first steps), which a rerun may fix with other settings.
+_BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tensorboard'}
+
+
 def write_config(workdir, config, allowed=None):
   """Writes workdir/config.json, unless workdir holds something else than this run; returns
   the text it replaced (None if none), for `put_back_config` after a RerunRefused.
@@ -127,9 +135,9 @@ def write_config(workdir, config, allowed=None):
   changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
   redone with any inputs): a run resumed with other settings would mix two runs in one
   checkpoint, and other files in it could be someone's data. A ValueError names what is there.
-  A config.json alone is a run of the task that stopped before it wrote anything (e.g. it
-  refused its data): its rerun may fix any setting. So is a study none of whose stages has
-  finished (each begun stage still refuses what its own run cannot take).
+  A run that stopped before its first checkpoint (e.g. it refused its data, or its loss was
+  not finite from the start) has not begun: its rerun may fix any setting. So is a study none
+  of whose stages has finished (each begun stage still refuses what its own run cannot take).
   """
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
@@ -153,8 +161,10 @@ def write_config(workdir, config, allowed=None):
     if allowed is None:
       allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
     changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
-    begun = present != ['config.json'] and not (new['task'] == 'study'
-                                                 and not _finished_stages(workdir))
+    if new['task'] == 'study':
+      begun = bool(_finished_stages(workdir))
+    else:
+      begun = bool(set(present) - _BEFORE_TRAINING) or checkpoints.holds_checkpoint(workdir)
     if changed and begun:  # (if not, its config.json is replaced)
       raise RerunRefused(changes_message(workdir, changed))
   elif present:
