@@ -210,13 +210,14 @@ def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
 def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> Array:
   """im2col patches of the padded input xp times dy: (kh, kw, Cin, Cout).
 
-  When the stride divides the kernel (the discriminator's 4x4 stride-2 convs),
-  the patches come from s x s pixel blocks (space-to-depth): a stride-s
+  When the stride divides the kernel (4x4 stride 2: of the discriminator's convs only
+  the first, on the 1-channel image, comes here; `cpu_gemm_gradients` gives the wider
+  ones to lax), the patches come from s x s pixel blocks (space-to-depth): a stride-s
   kh x kw window is (kh/s)(kw/s) whole blocks, so the patches are (kh/s)(kw/s)
   slices of the blocks instead of kh kw strided slices of xp. XLA:CPU writes
-  them in one fused pass either way, which costs less with fewer slices (the
-  GAN step's 4x4 stride-2 conv 64 -> 128 at 64 px, batch 128: 345 against 569
-  thread-ms for the patches; the step 6% less time).
+  them in one fused pass either way, which costs less with fewer slices (measured
+  when the 64 -> 128 conv at 64 px still came here, batch 128: 345 against 569
+  thread-ms for the patches).
   """
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
