@@ -99,6 +99,11 @@ def main(argv):
   cache = datasets.cache_dir(config)
   if os.path.exists(cache) and not os.path.isdir(cache):
     sys.exit(f'error: the cache folder {cache!r} is a file (--config.cache_dir, BRAINJAX_CACHE)')
+  try:
+    os.makedirs(cache, exist_ok=True)
+  except OSError as error:  # (e.g. below a file, or an unwritable HOME)
+    sys.exit(f'error: cannot use the cache folder {cache!r} (--config.cache_dir, BRAINJAX_CACHE):'
+             f' {error.strerror or error}')
   # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
   # network reuse them instead of recompiling.
   jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))

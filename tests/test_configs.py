@@ -263,3 +263,13 @@ def test_a_workdir_whose_config_json_is_not_a_run_s_is_one_line_and_kept(text, t
   assert 'config.json is not the config of a brainjax run' in result.stderr
   assert (tmp_path / 'config.json').read_text() == text
   assert [p.name for p in tmp_path.iterdir()] == ['config.json']
+
+
+def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path):
+  (tmp_path / 'file').write_text('')
+  for cache, reason in ((tmp_path / 'file', 'is a file'), (tmp_path / 'file' / 'sub', 'Not a directory')):
+    result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "run"}',
+                     f'--config.cache_dir={cache}')
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert f'the cache folder {str(cache)!r}' in result.stderr and reason in result.stderr
+    assert not (tmp_path / 'run').exists()
