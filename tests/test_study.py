@@ -154,7 +154,7 @@ def test_a_stage_s_refused_rerun_leaves_its_config_json(tmp_path, monkeypatch):
   from configs import cnn_cls as cnn_config
   stage = cnn_config.get_config('real,smoke')
   reporting.write_config(str(tmp_path), stage)
-  (tmp_path / 'checkpoints').mkdir()  # begun
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)  # begun: a committed checkpoint
   before = (tmp_path / 'config.json').read_bytes()
 
   def refuse(config, workdir):
