@@ -101,3 +101,17 @@ def test_errors():
     splits.make_split(labels, 'cnn', 'grouped', 0)
   with pytest.raises(ValueError, match='fractions'):
     splits.cnn_split(labels, 0, fractions=(0.5, 0.6, 0.1))
+
+
+@pytest.mark.parametrize('seed', range(5))
+def test_cnn_grouped_stratifies_mixed_groups_by_their_majority(seed):
+  # 10 mostly-healthy groups (0, 0, 1) and 10 mostly-tumour groups (0, 1, 1): stratified by
+  # majority, each kind splits 7/2/1 on its own. Counted as tumour if any slice is (the
+  # anomaly protocol's rule), all 20 would share one stratum and the kinds would mix freely.
+  labels = np.array([0, 0, 1] * 10 + [0, 1, 1] * 10)
+  groups = np.repeat(np.arange(20), 3)
+  split = splits.cnn_split(labels, seed=seed, groups=groups)
+  _check_partition(split, len(labels))
+  for kind in (range(10), range(10, 20)):
+    per_split = [len(np.intersect1d(np.unique(groups[part]), kind)) for part in split]
+    assert per_split == [7, 2, 1], (seed, per_split)
