@@ -71,6 +71,9 @@ def test_identical_rows_form_one_cluster():
   errors = np.tile(np.linspace(0, 1, 16, dtype=np.float32), (5, 1))
   out = kmeans_global.global_kmeans(errors, 0.5, 1.0)
   np.testing.assert_allclose(out.score, 0.5)  # equidistant from equal centroids
+  # d_T <= alpha * d_H with equality at alpha = 1: a tie is a tumour (score >= 1 / (1 + alpha))
+  np.testing.assert_array_equal(out.prediction, 1)
+  assert not kmeans_global.global_kmeans(errors, 0.5, 0.99).prediction.any()
 
 
 @pytest.mark.parametrize('kwargs, message', [
