@@ -397,3 +397,15 @@ def test_data_parallel_run_matches_one_device(tmp_path):
                history[1].params, history[4].params)
   jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6),
                history[1].batch_stats, history[4].batch_stats)
+
+
+def test_every_step_draws_its_own_randomness(tmp_path):
+  # (A VAE's latent noise or a CNN's dropout masks repeated at every step would still train,
+  # and resume, deterministically: only the draws themselves show it.)
+  def step_with_draw(state, batch, rng, *, axis_name=None):
+    state, metrics = train_step(state, batch, rng, model=TinyNet(), axis_name=axis_name)
+    return state, {**metrics, 'draw': jax.random.uniform(rng)}
+
+  loop.fit(config(), str(tmp_path), make_state(TinyNet()), step_with_draw, data())
+  draws = [value for _, value in tensorboard_scalars(tmp_path)['train/draw']]
+  assert len(draws) == 12 and len(set(draws)) == 12
