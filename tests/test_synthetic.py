@@ -329,3 +329,32 @@ def test_a_generator_refuses_an_export_folder_it_could_not_write_before_training
   with pytest.raises(ValueError, match='is not a folder'):
     generation.check_config(config)
   assert (tmp_path / 'theirs' / 'keep.txt').read_text() == 'x'
+
+
+@pytest.mark.parametrize('split', ['random', 'grouped'])
+def test_a_generator_trains_only_on_slices_no_classifier_evaluates_on(split, tmp_path):
+  # Healthy exports train both classifiers (BrainCVAE reads healthy slices only), tumour
+  # exports only BrainCNN: each generator must not have seen those classifiers' validation or
+  # test slices (for healthy ones, the anomaly protocol's too). Grouped, 10 healthy slices
+  # have a tumour copy: BrainCNN's split stratifies such a pair as healthy, the anomaly
+  # protocol as tumour (so it validates or tests on both).
+  from types import SimpleNamespace
+  from configs import vae_gen
+  from brainjax.tasks import datasets
+  healthy = _images(40)
+  synthetic.write_synthetic(str(tmp_path), healthy, NEGATIVE, {})
+  synthetic.write_synthetic(str(tmp_path), np.concatenate([healthy[:10], _images(30, seed=1)]),
+                            POSITIVE, {})
+  examples = synthetic.read_synthetic(str(tmp_path))
+  source = SimpleNamespace(examples=examples, raw_thumbnails=examples.images)
+  for variant, label, protocols in (('negative', NEGATIVE, ('cnn', 'anomaly')),
+                                    ('positive', POSITIVE, ('cnn',))):
+    config = vae_gen.get_config(f'{variant},smoke')
+    config.split = split
+    evaluated = set()
+    for protocol in protocols:
+      parts = datasets.split(config, source, protocol)
+      evaluated |= set(examples.ids[np.concatenate([parts.val, parts.test])])
+    train = datasets.generator_training_set(config, source, label)
+    assert len(train) > 0 and (train.labels == label).all()
+    assert not set(train.ids) & evaluated, variant
