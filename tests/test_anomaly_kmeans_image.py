@@ -96,3 +96,13 @@ def test_a_constant_map_has_no_anomalous_cluster():
 def test_bad_max_iter():
   with pytest.raises(ValueError, match='max_iter'):
     kmeans_image.kmeans_image_scores(np.zeros((1, 16), np.float32), max_iter=0)
+
+
+def test_equidistant_pixels_join_the_first_cluster_like_sklearn():
+  # Errors and positions in quarters: distances are exact, and many pixels lie exactly as far
+  # from both centroids. scikit-learn puts them in the first cluster; so must the rule.
+  rng = np.random.default_rng(0)
+  errors = rng.choice([0.0, 0.25, 0.5, 1.0], size=(24, 16)).astype(np.float32)
+  ours = kmeans_image.kmeans_image_scores(errors, image_shape=(4, 4))
+  expected = [reference_loop.anomalous_share(row, 4, 4) for row in errors]
+  np.testing.assert_array_equal(ours, expected)
