@@ -108,3 +108,12 @@ def test_binary_rows_products_and_sums_are_exact(fraction):
   weights[:] = rng.integers(-1, 2, 12)  # most rows: the full pass
   np.testing.assert_array_equal(x.rows_sum(weights), weights @ dense)
   np.testing.assert_array_equal(x.rows_sum(), dense.sum(axis=0))
+
+
+def test_the_start_puts_the_rows_above_the_median_mass_in_cluster_1():
+  # (reference_loop.global_scores starts scikit-learn with this same function, so the
+  # agreement tests above cannot see a change to it)
+  np.testing.assert_array_equal(kmeans_global.start_members(np.array([3, 0, 2, 4, 1])),
+                                [True, False, False, True, False])
+  np.testing.assert_array_equal(kmeans_global.start_members(np.array([5, 1, 5, 5])),
+                                [True, False, True, True])  # none above the median 5
