@@ -39,6 +39,13 @@ def test_dcr_finds_the_nearest_record_under_a_large_common_offset():
   np.testing.assert_array_equal(indices, cdist(queries, references).argmin(axis=1))
 
 
+def test_dcr_ties_go_to_the_lowest_reference_index_across_blocks():
+  references = np.array([[1.0], [-1.0], [3.0], [1.0]])  # 0, 1 and 3 all at distance 1 from 0
+  for block in (1, 2, 4):
+    distances, indices = privacy.distance_to_closest_record(np.zeros((1, 1)), references, block)
+    assert (distances[0], indices[0]) == (1.0, 0), block
+
+
 def test_dcr_rejects_mismatched_dimensions():
   with pytest.raises(ValueError, match='dimensions differ'):
     privacy.distance_to_closest_record(np.zeros((2, 3)), np.zeros((2, 4)))
