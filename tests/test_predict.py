@@ -241,6 +241,27 @@ def test_the_rules_need_the_runs_saved_centroids_and_metrics(cvae_run, tmp_path)
     predict.predict_paths(str(run), [], rules='giaem')
 
 
+def test_each_rule_scores_with_the_settings_the_run_selected(cvae_run):
+  # (The other tests see that every rule gives a score, not which one: a rule applied with its
+  # settings swapped, or global KMeans refitted on the inputs, passed them.)
+  from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image
+  run = predict.load_run(cvae_run)
+  images = np.stack([preprocess.preprocess(phantom.phantom_slice(5, i, positive=i < 2).image)[0]
+                     for i in range(4)])[..., None]
+  got = predict.predict_images(run, images, rules=predict.RULES)
+  errors = predict.reconstruction_errors(run, images)
+  np.testing.assert_array_equal(got.errors, errors)
+  centroids = np.load(os.path.join(cvae_run, predict.GLOBAL_CENTROIDS_FILE))
+  want = {'giaem': giaem.giaem(errors, 0.5, 0.05),
+          'dbscan': dbscan.dbscan(errors, 0.7, 0.02, 4, 0.001),
+          'kmeans': kmeans_image.kmeans_image(errors, 0.3),
+          'global_kmeans': kmeans_global.global_kmeans(errors, 0.5, 1.0, centroids=centroids)}
+  for rule, out in want.items():
+    np.testing.assert_array_equal(got.rule_scores[rule], out.score, err_msg=rule)
+    np.testing.assert_array_equal(got.rule_labels[rule], out.prediction, err_msg=rule)
+  np.testing.assert_array_equal(got.region, want['giaem'].region)  # the leading rule's
+
+
 # ----------------------------------------------------------------------------- geometry
 
 
