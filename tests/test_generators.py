@@ -207,8 +207,8 @@ def test_kl_to_standard_normal_against_the_closed_form():
   want = np.sum((var + mean.astype(np.float64) ** 2 - 1) / 2 - logvar / 2, axis=-1)
   got = np.asarray(variational.kl_to_standard_normal(mean, logvar))
   assert got.shape == (3,) and got[0] == 0.0
-  np.testing.assert_allclose(got, want, rtol=1e-6)
-  np.testing.assert_allclose(got[1], 0.5 + 0.5 * (1 - np.log(2.0)), rtol=1e-6)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(got[1], 0.5 + 0.5 * (1 - np.log(2.0)), rtol=1e-5)
 
 
 def test_negative_elbo_weighs_the_kl_and_averages_over_the_batch():
@@ -218,9 +218,9 @@ def test_negative_elbo_weighs_the_kl_and_averages_over_the_batch():
   logvar = np.zeros((2, 1), np.float32)  # KL 0.5 and 2
   recon = lambda out, img: (out - img).sum(axis=1)
   loss, terms = variational.negative_elbo(recon, output, images, mean, logvar, kl_weight=0.1)
-  np.testing.assert_allclose(loss, ((6 + 0.1 * 0.5) + (1 + 0.1 * 2)) / 2, rtol=1e-6)
-  np.testing.assert_allclose(terms['reconstruction'], 3.5, rtol=1e-6)
-  np.testing.assert_allclose(terms['kl'], 1.25, rtol=1e-6)
+  np.testing.assert_allclose(loss, ((6 + 0.1 * 0.5) + (1 + 0.1 * 2)) / 2, rtol=1e-5)
+  np.testing.assert_allclose(terms['reconstruction'], 3.5, rtol=1e-5)
+  np.testing.assert_allclose(terms['kl'], 1.25, rtol=1e-5)
 
 
 def test_reconstruction_losses_sum_over_each_image():
@@ -229,7 +229,7 @@ def test_reconstruction_losses_sum_over_each_image():
   images = rng.random((2, 4, 4, 1)).astype(np.float32)
   other = rng.random((2, 4, 4, 1)).astype(np.float32)
   np.testing.assert_allclose(cvae_cls.cvae_reconstruction_loss(other, images),
-                             ((other - images) ** 2).sum(axis=(1, 2, 3)), rtol=1e-6)
+                             ((other - images) ** 2).sum(axis=(1, 2, 3)), rtol=1e-5)
   logits = rng.normal(size=(2, 4, 4, 1)).astype(np.float32)
   p = 1 / (1 + np.exp(-logits.astype(np.float64)))
   bce = -(images * np.log(p) + (1 - images) * np.log1p(-p))
@@ -244,7 +244,7 @@ def test_gan_losses_are_the_non_saturating_cross_entropies():
   # D: real -> 1, fake -> 0; G: -log D(G(z)), whose gradient does not vanish where D wins.
   np.testing.assert_allclose(gan_gen.discriminator_loss(real, fake),
                              neg_log_sigmoid(real).mean() + neg_log_sigmoid(-fake).mean(),
-                             rtol=1e-6)
-  np.testing.assert_allclose(gan_gen.generator_loss(fake), neg_log_sigmoid(fake).mean(), rtol=1e-6)
+                             rtol=1e-5)
+  np.testing.assert_allclose(gan_gen.generator_loss(fake), neg_log_sigmoid(fake).mean(), rtol=1e-5)
   grad = jax.grad(lambda f: gan_gen.generator_loss(f))(np.array([-10.0], np.float32))
   assert float(grad[0]) < -0.99
