@@ -70,6 +70,19 @@ def initialize_hosts(environ):
              'JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under TPU, SLURM or MPI.')
 
 
+def cache_problem(cache):
+  """Why the cache folder could not be made ('' if it can), found without making it (it may
+  lie inside the workdir, which must be empty until the run writes its config.json)."""
+  if os.path.exists(cache):
+    return '' if os.path.isdir(cache) else 'it is a file'
+  parent = os.path.dirname(os.path.abspath(cache))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    return f'{parent} is a file'
+  return '' if os.access(parent, os.W_OK | os.X_OK) else f'{parent} is not writable'
+
+
 def main(argv):
   logging.get_absl_logger().addFilter(quiet_libraries)
   if len(argv) > 1:
@@ -97,13 +110,10 @@ def main(argv):
   except (ValueError, FileNotFoundError) as error:
     sys.exit(f'error: {error}')
   cache = datasets.cache_dir(config)
-  if os.path.exists(cache) and not os.path.isdir(cache):
-    sys.exit(f'error: the cache folder {cache!r} is a file (--config.cache_dir, BRAINJAX_CACHE)')
-  try:
-    os.makedirs(cache, exist_ok=True)
-  except OSError as error:  # (e.g. below a file, or an unwritable HOME)
+  problem = cache_problem(cache)
+  if problem:
     sys.exit(f'error: cannot use the cache folder {cache!r} (--config.cache_dir, BRAINJAX_CACHE):'
-             f' {error.strerror or error}')
+             f' {problem}')
   # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
   # network reuse them instead of recompiling.
   jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))

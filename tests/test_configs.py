@@ -267,7 +267,11 @@ def test_a_workdir_whose_config_json_is_not_a_run_s_is_one_line_and_kept(text, t
 
 def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path):
   (tmp_path / 'file').write_text('')
-  for cache, reason in ((tmp_path / 'file', 'is a file'), (tmp_path / 'file' / 'sub', 'Not a directory')):
+  (tmp_path / 'locked').mkdir(mode=0o500)
+  cases = [(tmp_path / 'file', 'it is a file'), (tmp_path / 'file' / 'sub', 'file is a file')]
+  if os.geteuid() != 0:  # (root writes anywhere)
+    cases.append((tmp_path / 'locked' / 'cache', 'locked is not writable'))
+  for cache, reason in cases:
     result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "run"}',
                      f'--config.cache_dir={cache}')
     assert result.returncode != 0 and 'Traceback' not in result.stderr
