@@ -45,6 +45,24 @@ def plateau_update(plateau, val_loss, factor, patience):
   return Plateau(best=plateau.best, bad_epochs=plateau.bad_epochs + 1, scale=plateau.scale)
 
 
+def _rescore_best(meta, plateau, results):
+  """(meta, plateau) with the best checkpoint's loss as this run's `evaluate` measures it.
+
+  A resumed run compares its epochs with the best's loss, which an older version may have
+  measured otherwise (BrainCNN's was a clipped log of float32 probabilities, below the
+  cross-entropy its logits give): the best would stay at an epoch a later one beats. The
+  same code measures the same loss, so a plain resume changes nothing.
+  """
+  old, new = meta['best_val_loss'], float(results.get('loss', math.nan))
+  if not math.isfinite(new) or math.isclose(new, old, rel_tol=1e-6):
+    return meta, plateau
+  logging.warning('The best checkpoint\'s validation loss measures %.6g now, %.6g when it was '
+                  'saved (an older version): later epochs are compared with %.6g.', new, old, new)
+  if plateau.best == old:
+    plateau = dataclasses.replace(plateau, best=new)
+  return {**meta, 'best_val_loss': new}, plateau
+
+
 def compile_step(train_step, devices):
   """jit (one device) or pmap (several, on every host) with the state's buffers donated.
 
@@ -158,6 +176,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   meta['data_key'] = data_keys[0] if data_keys else None
   plateau = Plateau(**meta['plateau'])
+  if (evaluate is not None and meta['best_val_loss'] is not None
+      and int(state.step) < per_epoch * config.num_epochs and best.latest_step() is not None):
+    meta, plateau = _rescore_best(meta, plateau, evaluate(checkpoints.restore(best, state)[0]))
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
