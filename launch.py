@@ -75,9 +75,13 @@ def cache_problem(cache):
   lie inside the workdir, which must be empty until the run writes its config.json)."""
   if os.path.exists(cache):
     return '' if os.path.isdir(cache) else 'it is a file'
+  if os.path.lexists(cache):  # (a link to nothing: makedirs says only 'File exists')
+    return 'it is a link to nothing'
   parent = os.path.dirname(os.path.abspath(cache))
-  while not os.path.exists(parent):
+  while not os.path.lexists(parent):
     parent = os.path.dirname(parent)
+  if not os.path.exists(parent):
+    return f'{parent} is a link to nothing'
   if not os.path.isdir(parent):
     return f'{parent} is a file'
   return '' if os.access(parent, os.W_OK | os.X_OK) else f'{parent} is not writable'

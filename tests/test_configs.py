@@ -268,7 +268,10 @@ def test_a_workdir_whose_config_json_is_not_a_run_s_is_one_line_and_kept(text, t
 def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path):
   (tmp_path / 'file').write_text('')
   (tmp_path / 'locked').mkdir(mode=0o500)
-  cases = [(tmp_path / 'file', 'it is a file'), (tmp_path / 'file' / 'sub', 'file is a file')]
+  (tmp_path / 'link').symlink_to(tmp_path / 'nowhere')  # (makedirs: a bare 'File exists')
+  cases = [(tmp_path / 'file', 'it is a file'), (tmp_path / 'file' / 'sub', 'file is a file'),
+           (tmp_path / 'link', 'it is a link to nothing'),
+           (tmp_path / 'link' / 'sub', 'link is a link to nothing')]
   if os.geteuid() != 0:  # (root writes anywhere)
     cases.append((tmp_path / 'locked' / 'cache', 'locked is not writable'))
   for cache, reason in cases:
