@@ -265,6 +265,24 @@ def test_a_workdir_whose_config_json_is_not_a_run_s_is_one_line_and_kept(text, t
   assert [p.name for p in tmp_path.iterdir()] == ['config.json']
 
 
+def test_a_generator_stopped_before_its_first_checkpoint_has_not_begun(tmp_path):
+  # Its first epoch's sample grid is written before any checkpoint (one at most every
+  # checkpoint_every_secs): killed then, it has trained nothing a rerun resumes.
+  from configs import vae_gen
+  from brainjax.train import reporting
+  config = vae_gen.get_config('positive,smoke')
+  reporting.write_config(str(tmp_path), config)
+  for folder in ('checkpoints', 'best', 'tensorboard', 'samples'):
+    (tmp_path / folder).mkdir()
+  (tmp_path / 'samples' / 'step_0000002.png').write_bytes(b'')
+  config.learning_rate = config.learning_rate / 10
+  reporting.write_config(str(tmp_path), config)
+  (tmp_path / 'checkpoints' / '2').mkdir()  # a committed checkpoint: now it has begun
+  config.learning_rate = config.learning_rate * 10
+  with pytest.raises(reporting.RerunRefused, match='learning_rate'):
+    reporting.write_config(str(tmp_path), config)
+
+
 def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path):
   (tmp_path / 'file').write_text('')
   (tmp_path / 'locked').mkdir(mode=0o500)

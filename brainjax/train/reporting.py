@@ -123,8 +123,10 @@ class RerunRefused(ValueError):
 
 # What a run writes before its first checkpoint: a workdir holding no more than these, and no
 # committed checkpoint in them, is a run that stopped before it had trained (e.g. a loss that
-# was not finite from the first steps), which a rerun may fix with other settings.
-_BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tensorboard'}
+# was not finite from the first steps), which a rerun may fix with other settings. (A
+# generator's samples/ holds a grid from each epoch's end, the first before any checkpoint.)
+_BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tensorboard',
+                    'samples'}
 
 
 def write_config(workdir, config, allowed=None):
