@@ -175,7 +175,9 @@ def test_synthetic_gap_is_paired_by_seed(tmp_path):
   assert vae['auroc_gap_std'] is None
   assert gan['accuracy_gap'] == pytest.approx(-40.0) and gan['auroc_gap'] is None
   md_path, _, json_path = study_table.write_tables(str(tmp_path), runs, {})
-  assert '| grouped | CNN | VAE | -20.00 ± 14.14 | -25.00 | 2 |' in open(md_path).read()
+  # (the ROC AUC gap is seed 0's alone: its row says so)
+  assert '| grouped | CNN | VAE | -20.00 ± 14.14 | -25.00 | 2 / 1 |' in open(md_path).read()
+  assert '| grouped | CNN | GAN | -40.00 | – | 1 / 0 |' in open(md_path).read()
   assert len(json.load(open(json_path))['synthetic_gap']) == 2
   flat = study_table.flat_summary(runs, {})
   assert flat['grouped/CNN/synthetic/vae/accuracy_gap'] == pytest.approx(-20.0)
