@@ -138,9 +138,3 @@ def list_inputs(path) -> List[InputFile]:
       return _list_zip(path)
     raise ValueError(f'input {path!r} is named .zip but is not a readable zip archive')
   return [InputFile(os.path.basename(path), None, path)]
-
-
-def has_label_folders(files: List[InputFile]) -> bool:
-  """True when the input holds both `yes` and `no` files (Br35H's layout)."""
-  labels = {f.label for f in files}
-  return POSITIVE in labels and NEGATIVE in labels
