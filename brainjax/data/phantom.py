@@ -24,7 +24,7 @@ convention) inside the brain. Deterministic in (seed, index, positive).
 """
 import dataclasses
 import math
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 from PIL import Image
@@ -323,12 +323,3 @@ def _burn_in(rng, image):
     y = height - 4
     image[y, width // 4: 3 * width // 4] = level
     image[y - 3:y, width // 4: 3 * width // 4: max(2, width // 40)] = level
-
-
-def phantom_slices(num_per_class: int, seed: int) -> Iterator[Tuple[str, PhantomSlice]]:
-  """Yields ('no/phantom_00000.png', slice), ... then the 'yes/' slices."""
-  if num_per_class < 0:
-    raise ValueError(f'num_per_class must be >= 0, got {num_per_class}')
-  for positive, folder in ((False, 'no'), (True, 'yes')):
-    for index in range(num_per_class):
-      yield f'{folder}/phantom_{index:05d}.png', phantom_slice(seed, index, positive)
