@@ -67,11 +67,11 @@ def _digest_tree(root):
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
   with pytest.raises(ValueError, match='phantom, br35h, folder, synthetic'):
-    sources.load_examples(_cfg(dataset='mnist'), str(tmp_path))
+    sources.load_source(_cfg(dataset='mnist'), str(tmp_path))
 
 
 def test_phantom_examples_masks_and_infos(tmp_path):
-  examples, infos = sources.load_examples_with_info(_cfg(num_per_class=3, seed=4), str(tmp_path))
+  examples, infos, _ = sources.load_source(_cfg(num_per_class=3, seed=4), str(tmp_path))
   assert examples.images.shape == (6, 64, 64, 1) and examples.images.dtype == np.float32
   assert examples.masks.shape == (6, 64, 64) and examples.masks.dtype == np.uint8
   assert list(examples.ids[:2]) == ['no/phantom_00000.png', 'no/phantom_00001.png']
@@ -94,7 +94,7 @@ def test_phantom_examples_masks_and_infos(tmp_path):
 
 def test_cache_hit_and_key(tmp_path, monkeypatch):
   cache = str(tmp_path)
-  first = sources.load_examples(_cfg(), cache)
+  first = sources.load_source(_cfg(), cache).examples
   assert len([f for f in os.listdir(cache) if f.endswith('.npz')]) == 1
   assert not [f for f in os.listdir(cache) if f.endswith('.tmp')]
 
@@ -102,18 +102,18 @@ def test_cache_hit_and_key(tmp_path, monkeypatch):
     raise AssertionError('preprocessing ran although the cache holds the result')
 
   monkeypatch.setattr(sources, '_run_jobs', no_work)
-  second, infos = sources.load_examples_with_info(_cfg(), cache)
+  second, infos, _ = sources.load_source(_cfg(), cache)
   np.testing.assert_array_equal(first.images, second.images)
   np.testing.assert_array_equal(first.masks, second.masks)
   assert list(first.ids) == list(second.ids) and len(infos) == len(second)
   for change in (dict(image_size=32), dict(margin=0.1), dict(seed=1), dict(num_per_class=2)):
     with pytest.raises(AssertionError, match='cache holds'):
-      sources.load_examples(_cfg(**change), cache)  # a new key: it would have to recompute
+      sources.load_source(_cfg(**change), cache)  # a new key: it would have to recompute
 
 
 def test_damaged_cache_is_rebuilt(tmp_path):
   cache = str(tmp_path)
-  first = sources.load_examples(_cfg(num_per_class=1), cache)
+  first = sources.load_source(_cfg(num_per_class=1), cache).examples
   (path,) = [os.path.join(cache, f) for f in os.listdir(cache) if f.endswith('.npz')]
   whole = open(path, 'rb').read()
   flipped = bytearray(whole)
@@ -121,7 +121,7 @@ def test_damaged_cache_is_rebuilt(tmp_path):
   for damaged in (b'not an npz', b'', whole[:1000], bytes(flipped)):
     with open(path, 'wb') as f:
       f.write(damaged)
-    again = sources.load_examples(_cfg(num_per_class=1), cache)
+    again = sources.load_source(_cfg(num_per_class=1), cache).examples
     np.testing.assert_array_equal(first.images, again.images)
 
 
@@ -130,7 +130,7 @@ def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder,
   before = _digest_tree(messy_folder)
   warnings = []
   monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
-  examples, infos = sources.load_examples_with_info(
+  examples, infos, _ = sources.load_source(
       _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=0), str(tmp_path))
   names = set(examples.ids)
   assert {'yes/yes0.jpg', 'yes/nested/deep.png', 'no/sixteen.png', 'no/nested/deep.png'} <= names
@@ -142,8 +142,8 @@ def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder,
   assert _digest_tree(messy_folder) == before
   # The first N files per class in sorted name order (then unusable ones are skipped):
   # no/blank.png and yes/corrupt.jpg are among them.
-  few = sources.load_examples(
-      _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=2), str(tmp_path))
+  few = sources.load_source(
+      _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=2), str(tmp_path)).examples
   assert list(few.ids) == ['no/nested/deep.png', 'yes/nested/deep.png']
 
 
@@ -151,15 +151,15 @@ def test_folder_errors(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()
   with pytest.raises(ValueError, match='no yes/ or no/'):
-    sources.load_examples(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
+    sources.load_source(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
   (empty / 'yes').mkdir()
   with pytest.raises(ValueError, match='hold no files'):
-    sources.load_examples(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
+    sources.load_source(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
   (empty / 'yes' / 'a.txt').write_text('text')
   with pytest.raises(ValueError, match='all skipped'):
-    sources.load_examples(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
+    sources.load_source(_cfg(dataset='folder', data_dir=str(empty)), str(tmp_path))
   with pytest.raises(ValueError, match='data_dir'):
-    sources.load_examples(_cfg(dataset='br35h', data_dir=''), str(tmp_path))
+    sources.load_source(_cfg(dataset='br35h', data_dir=''), str(tmp_path))
 
 
 def _fake_br35h(root):
@@ -269,7 +269,7 @@ def test_a_link_to_a_folder_inside_reads_that_folder_where_it_is(tmp_path):
 
 def test_br35h_source_on_fake_download(tmp_path):
   _fake_br35h(tmp_path / 'br35h')
-  examples = sources.load_examples(
+  examples, _, _ = sources.load_source(
       _cfg(dataset='br35h', data_dir=str(tmp_path / 'br35h'), num_per_class=0), str(tmp_path))
   assert list(examples.ids) == ['no/n0.jpg', 'no/n1.jpg', 'yes/y0.jpg', 'yes/y1.jpg']
 
@@ -279,17 +279,17 @@ def test_synthetic_source_is_not_recropped(tmp_path):
   images = rng.uniform(size=(3, 64, 64, 1)).astype(np.float32)
   images[:, :20] = 0.0
   synthetic.write_synthetic(str(tmp_path / 'syn'), images, 1, {'generator': 'test'})
-  examples, infos = sources.load_examples_with_info(
+  examples, infos, _ = sources.load_source(
       _cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn')), str(tmp_path))
   np.testing.assert_allclose(examples.images, images, atol=0.5 / 255 + 1e-6)
   assert infos[0].orig_shape == (64, 64) and infos[0].side == 64
   with pytest.raises(ValueError, match='image_size'):
-    sources.load_examples(_cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn'),
-                               image_size=128), str(tmp_path))
+    sources.load_source(_cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn'),
+                             image_size=128), str(tmp_path))
 
 
 def test_real_br35h_smoke(br35h_dir, cache_dir):
-  examples, infos = sources.load_examples_with_info(
+  examples, infos, _ = sources.load_source(
       _cfg(dataset='br35h', data_dir=str(br35h_dir), num_per_class=4, image_size=128), cache_dir)
   assert len(examples) == 8 and examples.images.shape[1:] == (128, 128, 1)
   np.testing.assert_array_equal(examples.labels, [0] * 4 + [1] * 4)
@@ -304,10 +304,10 @@ def test_real_br35h_full(br35h_dir, tmp_path):
   before = _digest_tree(os.path.join(br35h_dir, 'no'))
   cfg = _cfg(dataset='br35h', data_dir=str(br35h_dir), num_per_class=0, image_size=128)
   start = time.time()
-  examples = sources.load_examples(cfg, str(tmp_path))
+  examples = sources.load_source(cfg, str(tmp_path)).examples
   first = time.time() - start
   start = time.time()
-  again = sources.load_examples(cfg, str(tmp_path))
+  again = sources.load_source(cfg, str(tmp_path)).examples
   cached = time.time() - start
   print(f'Br35H 3000: first {first:.1f}s, cached {cached:.1f}s')
   assert len(examples) == 3000 and (examples.labels == 1).sum() == 1500
@@ -328,7 +328,7 @@ def test_real_br35h_full(br35h_dir, tmp_path):
 @pytest.mark.slow
 def test_phantom_full_timing(tmp_path):
   start = time.time()
-  examples = sources.load_examples(_cfg(num_per_class=1500, image_size=128), str(tmp_path))
+  examples = sources.load_source(_cfg(num_per_class=1500, image_size=128), str(tmp_path)).examples
   print(f'phantom 3000 generated + preprocessed in {time.time() - start:.1f}s')
   assert len(examples) == 3000
 

@@ -85,17 +85,6 @@ class Source(NamedTuple):
   raw_thumbnails: np.ndarray  # (N, 32, 32) float32 of the whole raw file (for dedup)
 
 
-def load_examples(data_cfg, cache_dir: str) -> Examples:
-  """The preprocessed examples of the configured source (see module doc)."""
-  return load_source(data_cfg, cache_dir).examples
-
-
-def load_examples_with_info(data_cfg, cache_dir: str) -> Tuple[Examples, List[CropInfo]]:
-  """Examples plus, per example, the CropInfo that maps its output back to its file."""
-  source = load_source(data_cfg, cache_dir)
-  return source.examples, source.crops
-
-
 def load_source(data_cfg, cache_dir: str) -> Source:
   """Examples, CropInfos and raw-file thumbnails of the configured source.
 
