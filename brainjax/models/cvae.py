@@ -4,7 +4,7 @@ The two large transposed convolutions (kernels S/4+1 and S/2+1, 33 and 65 at
 128 px) use `DFTConvTranspose`: same parameters and results as
 nn.ConvTranspose(..., padding='VALID'), minutes faster per step on CPU.
 """
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -64,7 +64,6 @@ class BrainCVAE(nn.Module):
   conv_widths: Sequence[int] = (32, 64)
   image_size: int = 128
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None  # unused: the study's CVAE has no BatchNorm
 
   def setup(self):
     if len(self.conv_widths) != 2 or self.image_size % 4:

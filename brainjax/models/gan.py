@@ -55,7 +55,6 @@ class Discriminator(nn.Module):
   widths: Sequence[int] = (64, 128, 256, 512)
   image_size: int = 128
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None  # unused: no BatchNorm in D
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
