@@ -40,7 +40,7 @@ def train_step(state, batch, rng, *, model, reconstruction_loss, kl_weight=1.0, 
   return state.apply_gradients(grads, batch_stats), metrics
 
 
-def eval_loss(model, reconstruction_loss, variables, images, noise, kl_weight=1.0):
+def eval_loss(model, reconstruction_loss, variables, images, noise):
   """The negative ELBO of `images` in inference mode (for validation)."""
   output, mean, logvar = model.apply(variables, images, noise, train=False)
-  return negative_elbo(reconstruction_loss, output, images, mean, logvar, kl_weight)[0]
+  return negative_elbo(reconstruction_loss, output, images, mean, logvar)[0]
