@@ -1,4 +1,4 @@
-"""reconstruction_error: batching, padding, normalisation, stochastic averaging."""
+"""reconstruction_error: batching, padding, normalisation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,40 +48,8 @@ def test_constant_error_is_zero():
   assert np.all(out == 0)
 
 
-def test_stochastic_mode_averages_samples_before_normalising():
-  images = np.random.default_rng(2).random((5, 6, 6, 1)).astype(np.float32)
-  rng = jax.random.key(3)
-
-  @jax.jit
-  def noisy(x, key):
-    return x + jax.random.normal(key, x.shape)
-
-  out = recon_error.reconstruction_error(noisy, images, batch_size=3, num_samples=4, rng=rng)
-  # The documented key derivation: one key per batch, num_samples keys per batch.
-  expected = []
-  batch_keys = jax.random.split(rng, 2)
-  for b in range(2):
-    x = images[3 * b:3 * b + 3]
-    x = np.concatenate([x, np.zeros((3 - len(x),) + x.shape[1:], np.float32)])
-    sample_keys = jax.random.split(batch_keys[b], 4)
-    mean = np.mean([np.abs(x - np.asarray(noisy(x, sample_keys[s]))) for s in range(4)],
-                   axis=0)
-    expected.append(_expected(x, x - mean))
-  np.testing.assert_allclose(out, np.concatenate(expected)[:5], atol=1e-5)
-
-
-def test_one_sample_with_key_equals_deterministic_when_key_unused():
-  images = np.random.default_rng(4).random((4, 8, 8, 1)).astype(np.float32)
-  a = recon_error.reconstruction_error(_box_blur, images)
-  b = recon_error.reconstruction_error(lambda x, key: _box_blur(x), images,
-                                       rng=jax.random.key(0))
-  np.testing.assert_allclose(a, b, atol=1e-6)
-
-
 @pytest.mark.parametrize('kwargs, message', [
     (dict(images=np.zeros((2, 8, 8))), r'\(N, H, W, 1\)'),
-    (dict(num_samples=2), 'needs rng'),
-    (dict(num_samples=0), '>= 1'),
     (dict(batch_size=0), 'batch_size'),
 ])
 def test_bad_arguments(kwargs, message):

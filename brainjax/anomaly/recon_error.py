@@ -3,7 +3,7 @@
 The study's anomaly score map: a model trained on healthy slices reconstructs
 tumours badly, so the normalised absolute error is high where a tumour is.
 """
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,44 +28,27 @@ def normalised_abs_error(image: jnp.ndarray, recon: jnp.ndarray) -> jnp.ndarray:
   return minmax_normalise(jnp.abs(image - recon))
 
 
-@compile_options.jit(static_argnames=('reconstruct_fn', 'num_samples', 'with_variables'))
-def _batch_errors(reconstruct_fn, variables, x, key, num_samples, with_variables):
+@compile_options.jit(static_argnames=('reconstruct_fn', 'with_variables'))
+def _batch_errors(reconstruct_fn, variables, x, with_variables):
   """Normalised errors of one batch; the model variables are an argument, not
   constants baked into the compiled function."""
   x = x.astype(jnp.float32)
-
-  def reconstruct(*args):
-    return reconstruct_fn(variables, x, *args) if with_variables else reconstruct_fn(x, *args)
-
-  if key is None:
-    return jax.vmap(normalised_abs_error)(x, reconstruct())
-
-  def add_sample(total, sample_key):
-    return total + jnp.abs(x - reconstruct(sample_key)), None
-  total, _ = jax.lax.scan(add_sample, jnp.zeros_like(x), jax.random.split(key, num_samples))
-  return jax.vmap(minmax_normalise)(total / num_samples)
+  recon = reconstruct_fn(variables, x) if with_variables else reconstruct_fn(x)
+  return jax.vmap(normalised_abs_error)(x, recon)
 
 
 def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
-                         batch_size: int = 256, num_samples: int = 1,
-                         rng: Optional[jax.Array] = None,
-                         variables: Any = None) -> np.ndarray:
+                         batch_size: int = 256, variables: Any = None) -> np.ndarray:
   """Normalised per-pixel error of every image, float32 (N, H*W).
 
   Args:
     reconstruct_fn: a JAX function (traced under jit), batched NHWC in and out:
-      `reconstruct_fn(images)`, or `reconstruct_fn(images, key)` when `rng` is
-      given (stochastic: e.g. one latent sample per call); with `variables`,
-      those get `variables` first: `reconstruct_fn(variables, images[, key])`.
+      `reconstruct_fn(images)`, or with `variables` `reconstruct_fn(variables, images)`.
       Pass a function that stays the same object across calls (e.g. a module
       function or a functools.partial kept around) to reuse the compilation.
     images: float (N, H, W, 1).
     batch_size: images per jitted call; the last batch is padded to the same
       shape, so the whole run compiles once.
-    num_samples: stochastic mode only: the absolute error is averaged over this
-      many reconstructions (keys split from `rng`) before normalising.
-    rng: a PRNG key; selects the stochastic mode. Batch b uses
-      split(rng, num_batches)[b], split again into num_samples keys.
     variables: model parameters passed to the compiled function as an argument;
       closing over them instead makes XLA constant-fold the decoder at compile
       time (seconds).
@@ -76,10 +59,6 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 1:
     raise ValueError(f'images must be (N, H, W, 1), got {images.shape}')
-  if num_samples < 1:
-    raise ValueError(f'num_samples must be >= 1, got {num_samples}')
-  if rng is None and num_samples != 1:
-    raise ValueError('num_samples > 1 needs rng (and reconstruct_fn(images, key))')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
   n, h, w, _ = images.shape
@@ -87,14 +66,11 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
   if n == 0:
     return out
   batch = min(batch_size, n)
-  keys = (None if rng is None else jax.random.split(rng, -(-n // batch)))
-  for step, start in enumerate(range(0, n, batch)):
+  for start in range(0, n, batch):
     chunk = images[start:start + batch]
     valid = len(chunk)
     if valid < batch:  # pad so the shape (and the compilation) never changes
       chunk = np.concatenate([chunk, np.zeros((batch - valid,) + chunk.shape[1:], chunk.dtype)])
-    key = None if keys is None else keys[step]
-    errors = _batch_errors(reconstruct_fn, variables, chunk, key, num_samples,
-                           variables is not None)
+    errors = _batch_errors(reconstruct_fn, variables, chunk, variables is not None)
     out[start:start + valid] = np.asarray(errors)[:valid]
   return out
