@@ -36,8 +36,7 @@ RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMean
          'global_kmeans': 'VAE (Global KMeans)'}
 
 
-def create_model(config, axis_name=None):
-  del axis_name  # the BrainCVAE has no BatchNorm
+def create_model(config):
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   return models.get_model('cvae', **config.model, image_size=config.data.image_size, dtype=dtype)
 
