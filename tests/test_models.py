@@ -74,7 +74,7 @@ def test_vae_shapes_ranges_and_train_mode_batch_norm():
   @jax.jit
   def run(variables, x, noise, z):
     train = model.apply(variables, x, noise, train=True, mutable=['batch_stats'])
-    return train, model.apply(variables, z, train=False, method='decode_image')
+    return train, jax.nn.sigmoid(model.apply(variables, z, train=False, method='decode'))
 
   z = mean + jnp.exp(0.5 * logvar) * noise
   ((logits, _, _), train_state), image = run(variables, x, noise, z)
@@ -82,8 +82,8 @@ def test_vae_shapes_ranges_and_train_mode_batch_norm():
   # Train mode normalises with batch statistics and moves the running ones.
   assert not tree_equal(train_state['batch_stats'], variables['batch_stats'])
   assert not np.allclose(logits, eval_logits)
-  # The reconstruction decodes z = mean + exp(logvar / 2) * noise; decode_image
-  # is its sigmoid, in [0, 1].
+  # The reconstruction decodes z = mean + exp(logvar / 2) * noise; its sigmoid is
+  # in [0, 1].
   assert image.shape == (4, SIZE, SIZE, 1) and 0 <= float(image.min()) and float(image.max()) <= 1
   np.testing.assert_allclose(image, jax.nn.sigmoid(eval_logits), atol=1e-5)
 

@@ -4,7 +4,7 @@ Layout follows the PyTorch peer (bench/torch_reference.py, GenVAE): the issue's
 "six (upsample, conv, BN, ReLU) steps 1024->...->64->1, sigmoid" is five
 upsample+conv+BN+ReLU blocks 1024->512->512->256->128->64 and a last
 upsample + conv 64->1 without BatchNorm, whose output goes through the sigmoid.
-The decoder returns logits; `decode_image` (or the caller) applies the sigmoid,
+The decoder returns logits; the caller applies the sigmoid (vae_gen.sample_images),
 so the loss can use the numerically stable BCE-with-logits.
 """
 from typing import Any, Optional, Sequence, Tuple
@@ -82,10 +82,6 @@ class VAE(nn.Module):
   def decode(self, z: Array, train: bool) -> Array:
     """Latents (N, latent_dim) -> reconstruction logits (N, H, W, 1)."""
     return self.decoder(z, train)
-
-  def decode_image(self, z: Array, train: bool = False) -> Array:
-    """Latents -> images in [0, 1]."""
-    return nn.sigmoid(self.decode(z, train))
 
   def __call__(self, x: Array, noise: Array, train: bool) -> Tuple[Array, Array, Array]:
     """(recon_logits, mean, logvar); z = mean + exp(logvar / 2) * noise.
