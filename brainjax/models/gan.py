@@ -1,6 +1,6 @@
 """DCGAN-style generator and discriminator of the study (section 5.1).
 
-Layout follows the PyTorch peer (bench/torch_reference.py): the generator's
+Layout follows the PyTorch peer (../shared/bench/torch_reference.py): the generator's
 dense layer gives an 8x8 map of widths[0] channels, three upsample+conv+BN+ReLU
 blocks go 128->128->64->32 (16, 32, 64 px), and a last upsample + conv 32->1
 + tanh gives 128 px. (The issue's "four blocks 128->128->64->32 then a final
