@@ -88,9 +88,6 @@ class CropInfo:
   background: float = 0.0
   scale: float = 1.0
 
-  def to_dict(self) -> Dict[str, Any]:
-    return dataclasses.asdict(self)
-
   @classmethod
   def from_dict(cls, d: Dict[str, Any]) -> 'CropInfo':
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
