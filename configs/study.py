@@ -37,10 +37,9 @@ def get_config(arg=None):
   config.synthetic_sources = 'vae'  # generators whose exports train the synthetic/mixed rows
   config.split_modes = 'random'  # 'random,grouped' shows how much accuracy is leakage
   config.seeds = 1  # classifier stages are repeated over seeds seed, seed+1, ...
-  config.num_synthetic = 1500  # slices exported per generator and class
+  config.num_synthetic = 300  # slices exported per generator and class
   config.knn_k = 3  # neighbours of the k-NN precision/recall estimate
   config.data.num_per_class = 300
-  config.num_synthetic = 300
   # The classifiers keep their configs' defaults (the reasons are there): on these 420
   # training slices BrainCNN reached 82% (test ROC AUC 0.91), and BrainCVAE's GIAEM and
   # DBSCAN rules ROC AUC 0.73 and 0.72. The generators train less than theirs.
