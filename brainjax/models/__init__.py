@@ -2,7 +2,6 @@
 import flax.linen as nn
 
 from brainjax.models.cnn import BrainCNN
-from brainjax.models.conv_transpose import DFTConvTranspose, FFTConvTranspose, conv_transpose_dft
 from brainjax.models.cvae import BrainCVAE
 from brainjax.models.gan import Discriminator, Generator
 from brainjax.models.vae import VAE

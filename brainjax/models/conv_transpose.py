@@ -198,7 +198,3 @@ class DFTConvTranspose(nn.Module):
       bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
     return y
-
-
-# The name the issue and the task brief use for this module.
-FFTConvTranspose = DFTConvTranspose
