@@ -28,7 +28,6 @@ class Selection(NamedTuple):
   outer: int  # index into the flattened outer grid
   inner: int  # index of the cut-off
   value: float  # the metric there
-  table: np.ndarray  # (C, V) metric at every grid point
 
 
 class SearchResult(NamedTuple):
@@ -79,7 +78,7 @@ def select(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray,
   table = classification.metrics_from_confusion(*confusion_grid(scores, labels, cutoffs))[metric]
   best = int(np.argmax(np.round(table, 12)))  # first maximum in row-major order
   outer, inner = divmod(best, table.shape[1])
-  return Selection(outer, inner, float(table[outer, inner]), table)
+  return Selection(outer, inner, float(table[outer, inner]))
 
 
 def search_giaem(errors, labels, anomaly_thresholds: Sequence[float],
