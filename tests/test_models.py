@@ -13,7 +13,7 @@ from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, 
 from brainjax.models.cnn import max_pool_2x2
 from brainjax.models.layers import (TORCH_PAD1, BatchNorm, UpsampleConv, _concat_channels,
                                     _gemm_conv_grads, normalize_batch,
-                                    conv_general_dilated, explicit_padding, upsample_nearest_2x)
+                                    conv_general_dilated, explicit_padding)
 
 SIZE = 128
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
@@ -393,6 +393,13 @@ def test_each_backend_picks_gemm_or_lax_gradients(platform, kernel, strides, cin
   grads = jax.jit(jax.grad(loss, (0, 1)))
   module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()
   assert module.count('stablehlo.convolution') == convolutions  # forward + lax's gradients
+
+
+def upsample_nearest_2x(x):
+  """(N, H, W, C) -> (N, 2H, 2W, C), nearest neighbour (torch nn.Upsample(2))."""
+  n, h, w, c = x.shape
+  x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
+  return x.reshape(n, 2 * h, 2 * w, c)
 
 
 def test_upsample_conv_matches_upsample_then_conv():

@@ -392,13 +392,6 @@ def example_keys(rng: Array, local_batch: int, axis_name: Optional[str] = None) 
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
 
 
-def upsample_nearest_2x(x: Array) -> Array:
-  """(N, H, W, C) -> (N, 2H, 2W, C), nearest neighbour (torch nn.Upsample(2))."""
-  n, h, w, c = x.shape
-  x = jnp.broadcast_to(x[:, :, None, :, None, :], (n, h, 2, w, 2, c))
-  return x.reshape(n, 2 * h, 2 * w, c)
-
-
 # _PHASE_ROWS[a][t]: the 3x3 kernel rows that land on row t of the 2x2 window
 # for output rows of parity a. Even rows 2r read input rows r-1 (kernel row 0)
 # and r (rows 1 and 2); odd rows 2r+1 read r (rows 0 and 1) and r+1 (row 2).
@@ -421,7 +414,8 @@ def phase_kernels(kernel: Array) -> Array:
 
 
 class UpsampleConv(nn.Module):
-  """conv3x3_pad1(upsample_nearest_2x(x)), same parameters as that nn.Conv."""
+  """A 3x3 pad-1 conv of x upsampled 2x nearest-neighbour (torch nn.Upsample(2)), same
+  parameters as that nn.Conv."""
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
