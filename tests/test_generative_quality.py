@@ -53,7 +53,6 @@ def test_frechet_fewer_samples_than_dimensions():
   assert gq.frechet_distance(x, x) == pytest.approx(0.0, abs=1e-8)
   fd = gq.frechet_distance(x, y)
   assert np.isfinite(fd) and fd > 64 * 0.9  # the mean shift alone contributes 64
-  assert gq.frechet_distance(x, y, eps=1e-6) == pytest.approx(fd, rel=1e-4)
 
 
 def test_frechet_rejects_bad_input():

@@ -37,7 +37,7 @@ def _sqrtm_psd(s: np.ndarray) -> np.ndarray:
   return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
 
 
-def frechet_distance(real_features, fake_features, eps: float = 0.0) -> float:
+def frechet_distance(real_features, fake_features) -> float:
   """Fréchet distance between Gaussians fitted to two feature sets.
 
   FD = |mu_r - mu_f|^2 + tr(S_r) + tr(S_f) - 2 tr((S_r S_f)^(1/2)), with unbiased
@@ -45,8 +45,7 @@ def frechet_distance(real_features, fake_features, eps: float = 0.0) -> float:
   the eigenvalues of the symmetric PSD matrix S_r^(1/2) S_f S_r^(1/2), which has
   the same spectrum as S_r S_f; this never produces imaginary parts and is exact
   for singular covariances (round-off negatives are clipped to 0), so no offset
-  is needed. `eps` > 0 adds eps * I to both covariances for callers who want the
-  conventional regularisation.
+  is needed.
 
   Fewer samples than dimensions (N or M <= D) is allowed: the covariance is then
   rank-deficient (rank <= N - 1) and the distance is that between the two
@@ -56,19 +55,15 @@ def frechet_distance(real_features, fake_features, eps: float = 0.0) -> float:
   Args:
     real_features: (N, D), N >= 2.
     fake_features: (M, D), M >= 2.
-    eps: non-negative diagonal offset added to both covariances.
 
   Returns:
     The distance (>= 0) as a float.
   """
   real, fake = _check_pair(real_features, fake_features, min_rows=2)
-  if eps < 0:
-    raise ValueError(f'eps must be >= 0, got {eps}')
   mu_r, mu_f = real.mean(axis=0), fake.mean(axis=0)
   # np.cov on a (N, 1) column returns a 0-d array; atleast_2d keeps D = 1 working.
-  eye = np.eye(real.shape[1])
-  cov_r = np.atleast_2d(np.cov(real, rowvar=False)) + eps * eye
-  cov_f = np.atleast_2d(np.cov(fake, rowvar=False)) + eps * eye
+  cov_r = np.atleast_2d(np.cov(real, rowvar=False))
+  cov_f = np.atleast_2d(np.cov(fake, rowvar=False))
   root_r = _sqrtm_psd(cov_r)
   middle = root_r @ cov_f @ root_r
   middle = 0.5 * (middle + middle.T)  # exact symmetry for eigvalsh
