@@ -19,8 +19,9 @@ PUBLISHED = {
     ('VAE (Global KMeans)', 'synthetic'): (79.39, 68.26, 69.44, 68.80),
     ('VAE (Global KMeans)', 'mixed'): (78.8, 39.88, 49.27, 44.08),
 }
-RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
-         'global_kmeans': 'VAE (Global KMeans)'}
+# The Table 1 row of each anomaly rule.
+RULE_ROW_NAMES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
+                  'global_kmeans': 'VAE (Global KMeans)'}
 COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'weighted_precision',
            'weighted_recall', 'weighted_f1')
 
@@ -31,7 +32,7 @@ def _rows_of_run(run):
   if run['task'] == 'cnn_cls':
     return [('CNN', {c: m.get(c) for c in COLUMNS})]
   return [(name, {c: m.get(f'{rule}_{c}') for c in COLUMNS})
-          for rule, name in RULES.items() if f'{rule}_accuracy' in m]
+          for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
 
 
 def _defined(value):

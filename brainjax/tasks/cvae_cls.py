@@ -32,8 +32,9 @@ from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
 FIGURE = os.path.join('figures', 'anomaly_examples.png')
-RULES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
-         'global_kmeans': 'VAE (Global KMeans)'}
+# The Table 1 row of each anomaly rule.
+RULE_ROW_NAMES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
+                  'global_kmeans': 'VAE (Global KMeans)'}
 
 
 def create_model(config):
@@ -125,7 +126,7 @@ def train_and_evaluate(config, workdir):
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
-  for rule, name in RULES.items():
+  for rule, name in RULE_ROW_NAMES.items():
     if f'{rule}_accuracy' in metrics:
       print(cnn_cls.table_row(name, config.train_data,
                               {k: metrics[f'{rule}_{k}'] for k in
