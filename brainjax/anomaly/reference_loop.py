@@ -29,8 +29,7 @@ from brainjax.anomaly import pixel_features
 from brainjax.evaluation import classification
 
 
-def synthetic_error_maps(num_images: int, size: int = 128, tumour_fraction: float = 0.5,
-                         seed: int = 0):
+def synthetic_error_maps(num_images: int, size: int = 128, seed: int = 0):
   """Error maps that look like a CVAE's: (errors float32 (N, size*size), labels, masks).
 
   Smoothed noise inside an elliptic 'brain', a bright rim at its edge, faint noise
@@ -39,7 +38,7 @@ def synthetic_error_maps(num_images: int, size: int = 128, tumour_fraction: floa
   """
   rng = np.random.default_rng(seed)
   yy, xx = np.meshgrid(np.arange(size), np.arange(size), indexing='ij')
-  labels = (rng.random(num_images) < tumour_fraction).astype(np.int32)
+  labels = (rng.random(num_images) < 0.5).astype(np.int32)  # about half tumour maps
   errors = np.empty((num_images, size * size), np.float32)
   masks = np.zeros((num_images, size, size), np.uint8)
   noise = ndimage.gaussian_filter(
