@@ -1,4 +1,5 @@
-"""Training state: parameters, BatchNorm statistics, optimiser state and the run's RNG key."""
+"""Training state: step count, parameters, BatchNorm statistics and optimiser state (the run's RNG
+key is not kept here: loop.fit derives each step's from config.seed)."""
 from typing import Any
 
 import flax
