@@ -66,7 +66,8 @@ def validation_loss(model, variables, images, seed, batch_size=256):
   for i, batch in enumerate(pipeline.eval_batches({'image': images}, batch_size)):
     noise = jax.random.normal(jax.random.PRNGKey(seed + i), (batch_size, model.latent_dim))
     n = int(batch['weight'].sum())
-    # The loss is a batch mean; padding rows repeat the last image, so weight the full batch.
+    # The loss is the mean over the batch's n real rows (the padding, copies of the last image,
+    # is cut off), so it is weighted by n.
     total += float(_batch_loss(model, variables, batch['image'][:n], noise[:n])) * n
     count += n
   return {'loss': total / max(count, 1)}
