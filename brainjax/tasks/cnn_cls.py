@@ -70,7 +70,7 @@ def predict(model, variables, images, batch_size=256):
   return np.concatenate(probs) if probs else np.zeros((0,), np.float32)
 
 
-def predict_margins(model, variables, images, batch_size=256):
+def predict_log_odds(model, variables, images, batch_size=256):
   """Tumour log-odds (N,), logit(tumour) - logit(healthy) in float64, in fixed-shape batches.
 
   The score to rank and to score a loss by: a float32 probability is exactly 1.0 from a
@@ -78,11 +78,11 @@ def predict_margins(model, variables, images, batch_size=256):
   tumour and healthy alike (ROC AUC counts such ties one half), and a clipped log of it
   caps a confidently wrong slice's cross-entropy (at 16.1 for a clip of 1e-7).
   """
-  margins = []
+  log_odds = []
   for batch in pipeline.eval_batches({'image': images}, batch_size):
     logits = np.asarray(predict_logits(model, variables, batch['image']), np.float64)
-    margins.append((logits[:, 1] - logits[:, 0])[batch['weight'] > 0])
-  return np.concatenate(margins) if margins else np.zeros((0,), np.float64)
+    log_odds.append((logits[:, 1] - logits[:, 0])[batch['weight'] > 0])
+  return np.concatenate(log_odds) if log_odds else np.zeros((0,), np.float64)
 
 
 @compile_options.jit(static_argnames='model')
@@ -103,7 +103,7 @@ def validation_metrics(model, variables, examples, batch_size=256):
   The cross-entropy of the logits, as training's: log(1 + exp(-+margin)), not a clipped
   log of a float32 probability (which was 16.1 for any confidently wrong slice).
   """
-  m = predict_margins(model, variables, examples.images, batch_size)
+  m = predict_log_odds(model, variables, examples.images, batch_size)
   y = np.asarray(examples.labels)
   loss = np.mean(np.logaddexp(0.0, np.where(y == 1, -m, m)))
   return {'loss': float(loss), 'accuracy': float(np.mean((m >= 0) == y))}
@@ -112,7 +112,7 @@ def validation_metrics(model, variables, examples, batch_size=256):
 def evaluation_metrics(model, variables, examples, batch_size=256):
   """classification_metrics of `examples`: tumour if P(tumour) >= 0.5 (log-odds >= 0); ROC
   AUC of the log-odds (the probability's order, without its rounding ties at 1.0)."""
-  m = predict_margins(model, variables, examples.images, batch_size)
+  m = predict_log_odds(model, variables, examples.images, batch_size)
   return classification.classification_metrics(examples.labels, (m >= 0).astype(int), m)
 
 

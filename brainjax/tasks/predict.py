@@ -337,7 +337,7 @@ def predict_images(run: Run, images: np.ndarray, rules: Sequence[str] = (),
                        np.zeros((0, pixels), np.float32) if rules else None,
                        np.zeros((0, pixels), bool) if rules else None)
   if run.task == 'cnn_cls':
-    log_odds = _task_module('cnn_cls').predict_margins(run.model, run.variables, images, batch)
+    log_odds = _task_module('cnn_cls').predict_log_odds(run.model, run.variables, images, batch)
     probs = special.expit(log_odds)  # float64: 1.0 only from log-odds ~37 on
     return Predictions(probs, (log_odds >= 0).astype(np.int32), {}, {}, None, None, log_odds)
   errors = reconstruction_errors(run, images, batch)
