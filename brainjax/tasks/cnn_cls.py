@@ -61,28 +61,33 @@ def predict_logits(model, variables, images):
   return model.apply(variables, images, train=False).astype(jnp.float32)
 
 
+def _per_slice(score, images, batch_size, empty):
+  """score(batch) (a row per slice) of preprocessed (N, S, S, 1) slices in fixed-shape batches
+  (one compiled shape), the padding rows dropped; `empty` for no slices."""
+  parts = [np.asarray(score(batch['image']))[batch['weight'] > 0]
+           for batch in pipeline.eval_batches({'image': images}, batch_size)]
+  return np.concatenate(parts) if parts else empty
+
+
 def predict(model, variables, images, batch_size=256):
-  """Tumour probabilities (N,) for preprocessed (N, S, S, 1) slices, in fixed-shape batches."""
-  probs = []
-  for batch in pipeline.eval_batches({'image': images}, batch_size):
-    logits = predict_logits(model, variables, batch['image'])
-    probs.append(np.asarray(jax.nn.softmax(logits)[:, 1])[batch['weight'] > 0])
-  return np.concatenate(probs) if probs else np.zeros((0,), np.float32)
+  """Tumour probabilities (N,) float32 for preprocessed (N, S, S, 1) slices."""
+  return _per_slice(lambda x: jax.nn.softmax(predict_logits(model, variables, x))[:, 1],
+                    images, batch_size, np.zeros((0,), np.float32))
 
 
 def predict_log_odds(model, variables, images, batch_size=256):
-  """Tumour log-odds (N,), logit(tumour) - logit(healthy) in float64, in fixed-shape batches.
+  """Tumour log-odds (N,), logit(tumour) - logit(healthy) in float64.
 
   The score to rank and to score a loss by: a float32 probability is exactly 1.0 from a
   margin of about 17 on (float64's from about 37), so confident calls would tie there,
   tumour and healthy alike (ROC AUC counts such ties one half), and a clipped log of it
   caps a confidently wrong slice's cross-entropy (at 16.1 for a clip of 1e-7).
   """
-  log_odds = []
-  for batch in pipeline.eval_batches({'image': images}, batch_size):
-    logits = np.asarray(predict_logits(model, variables, batch['image']), np.float64)
-    log_odds.append((logits[:, 1] - logits[:, 0])[batch['weight'] > 0])
-  return np.concatenate(log_odds) if log_odds else np.zeros((0,), np.float64)
+  def log_odds(x):
+    logits = np.asarray(predict_logits(model, variables, x), np.float64)
+    return logits[:, 1] - logits[:, 0]
+
+  return _per_slice(log_odds, images, batch_size, np.zeros((0,), np.float64))
 
 
 @compile_options.jit(static_argnames='model')
