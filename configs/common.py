@@ -118,6 +118,11 @@ def check_values(config):
   for field, (valid, what) in _RANGES.items():
     if field in config and not valid(config[field]):
       raise ValueError(f'{field}={config[field]!r}: it must be {what}')
+  # (jax.random.PRNGKey drops the bits above 32: export.seed=2**32 would export seed 0's
+  # images under another seed's name, and 2**63 is an OverflowError after training)
+  valid_seed, what = _RANGES['seed']
+  if 'export' in config and not valid_seed(config.export.seed):
+    raise ValueError(f'export.seed={config.export.seed!r}: it must be {what}')
   for network in _NETWORKS:
     for field, value in (config[network].items() if network in config else ()):
       if field.endswith('_rate'):
