@@ -37,8 +37,9 @@ def parse_flags(argv):
   try:
     remaining = FLAGS(argv)
     FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
-    return remaining
   except (KeyError, AttributeError) as error:  # an override of a field the config lacks
+    if "attribute 'get_config'" in str(error):
+      sys.exit(f'error: the config file defines no get_config() (in: {given})')
     detail = error
     while isinstance(detail, BaseException) and detail.args:  # (a KeyError in an AttributeError)
       detail = detail.args[0]
@@ -47,6 +48,11 @@ def parse_flags(argv):
   except (flags.Error, OSError, ValueError, TypeError) as error:
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
     sys.exit(f'error: {last_line} (in: {given})')
+  if 'task' in config_flags.get_override_values(FLAGS['config']):
+    # (Each config file holds one task's fields: another task would fail deep in its code.)
+    sys.exit(f'error: --config.task cannot be changed: the config file sets it; use '
+             f'configs/<task>.py (in: {given})')
+  return remaining
 
 
 def quiet_libraries(record):
