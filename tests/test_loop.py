@@ -107,6 +107,27 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, resumed.batch_stats, reference.batch_stats)
 
 
+@pytest.mark.parametrize('damaged', ['meta/metadata', 'state/_METADATA'])
+def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes(tmp_path, damaged):
+  reference, _ = run(tmp_path / 'whole', config())
+
+  def kill_at_7(step):
+    if step == 7:
+      raise KeyboardInterrupt('simulated kill')
+
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / 'killed', config(), hooks=[kill_at_7])
+  folder = tmp_path / 'killed' / 'checkpoints'
+  newest = max(int(step.name) for step in folder.iterdir() if step.name.isdigit())
+  (folder / str(newest) / damaged).write_text('{"trunc')
+  with pytest.raises(ValueError, match=f'cannot read the checkpoint {folder / str(newest)} '):
+    run(tmp_path / 'killed', config())
+  (folder / str(newest)).rename(tmp_path / 'moved_out')  # as the message says
+  resumed, summary = run(tmp_path / 'killed', config())
+  assert summary['steps'] == 12
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
+
+
 def test_a_finished_run_run_again_returns_its_state_and_summary_without_compiling(tmp_path):
   finished, finished_summary = run(tmp_path, config(), evaluate=lambda s: {'loss': 1.0})
 

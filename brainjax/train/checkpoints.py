@@ -41,9 +41,23 @@ def restore(mngr, state_template, step=None):
   step = mngr.latest_step() if step is None else step
   # Shapes without a sharding restore NumPy arrays, wherever the template lives.
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state_template)
-  restored = mngr.restore(step, args=ocp.args.Composite(
+  restored = _read(mngr, step, ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   return jax.device_put(restored['state']), restored['meta']
+
+
+def _read(mngr, step, args):
+  """mngr.restore(step, args), a damaged checkpoint one ValueError that names its folder
+  (Orbax's own is a JSON parser's or tensorstore's message, without the path or a remedy)."""
+  try:
+    return mngr.restore(step, args=args)
+  except (ValueError, OSError) as error:
+    folder = os.path.join(str(mngr.directory), str(step))
+    reason = ' '.join(str(error).split())
+    reason = reason if len(reason) <= 200 else reason[:200] + '...'
+    raise ValueError(f'cannot read the checkpoint {folder} ({type(error).__name__}: {reason}): '
+                     'move that folder out (a rerun resumes from the checkpoint before it), or '
+                     'train in a new --workdir') from error
 
 
 def holds_checkpoint(workdir):
@@ -70,7 +84,7 @@ def latest_meta(workdir):
     step = mngr.latest_step()
     if step is None:
       return None
-    return step, mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    return step, _read(mngr, step, ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   finally:
     mngr.close()
 
