@@ -204,6 +204,17 @@ os._exit(1)
 """
 
 
+def test_event_files_made_within_one_second_are_read_in_the_order_they_were_made(tmp_path):
+  # A run resumed within a second of its killed predecessor: TensorBoard reads the files by
+  # name, and the resumed run's purge marker must come after the killed run's events.
+  for step in range(4):
+    writer = reporting.summary_writer(str(tmp_path), purge_step=step + 1)
+    writer.add_scalar('train/loss', float(step), step + 1)
+    writer.close()
+  assert tensorboard_scalars(tmp_path) == {'train/loss': [(1, 0.0), (2, 1.0), (3, 2.0),
+                                                          (4, 3.0)]}
+
+
 def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):
   directory = str(tmp_path / 'checkpoints')
   child = subprocess.run([sys.executable, '-c', _KILLED_MID_SAVE, directory], cwd=REPO,

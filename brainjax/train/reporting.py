@@ -193,10 +193,12 @@ class SummaryWriter:
 
   def __init__(self, logdir, purge_step=None):
     os.makedirs(logdir, exist_ok=True)
-    # (the process id: two runs started within a second would share one name, and the
-    # second would truncate the first's file)
-    self._writer = event_file_writer.EventsWriter(os.path.join(logdir, 'events'),
-                                                  filename_suffix=f'.{os.getpid()}')
+    # TensorBoard reads a folder's event files in name order, and a name starts with the
+    # second its file was made in: the nanosecond suffix orders two files of one second (a
+    # run resumed within a second of its killed predecessor, whose events its purge marker
+    # must follow) and keeps the second from truncating the first.
+    self._writer = event_file_writer.EventsWriter(
+        os.path.join(logdir, 'events'), filename_suffix=f'.{time.time_ns():020d}.{os.getpid()}')
     if purge_step is not None:
       # TensorBoard hides the events of earlier files at steps >= purge_step: those a
       # killed run logged after its last checkpoint, which the resumed run logs again.
