@@ -173,6 +173,19 @@ def test_vae_task_trains_resumes_and_exports(tmp_path):
   assert json.load(open(os.path.join(workdir, 'metrics.json')))['steps'] == first['steps']
 
 
+def test_a_run_from_step_0_leaves_no_grids_of_an_earlier_attempt(tmp_path):
+  # An attempt that stopped before its first checkpoint, with other settings: its grid of a
+  # step this run's epochs do not end at.
+  workdir = tmp_path / 'run'
+  (workdir / 'samples').mkdir(parents=True)
+  (workdir / 'samples' / 'step_0000005.png').write_bytes(b'an earlier attempt')
+  config = smoke(vae_config, 'positive', tmp_path, num_devices=1)
+  summary = vae_gen.train_and_evaluate(config, str(workdir))
+  per_epoch = summary['steps'] // config.num_epochs
+  assert sorted(os.listdir(workdir / 'samples')) == [
+      f'step_{per_epoch * (epoch + 1):07d}.png' for epoch in range(config.num_epochs)]
+
+
 def test_the_networks_are_built_for_data_image_size():
   # The VAE, the GAN and BrainCVAE took 128 px whatever data.image_size said.
   from brainjax.tasks import cvae_cls

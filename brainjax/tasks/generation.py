@@ -1,5 +1,6 @@
 """What the VAE and GAN tasks share: their training slices, sample grids and the export."""
 import os
+import re
 
 from absl import logging
 import jax
@@ -44,6 +45,16 @@ def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):
     return {'sample_mean': float(images.mean())}  # a collapsed generator shows here first
 
   return evaluate
+
+
+def remove_sample_grids(workdir):
+  """Deletes the grids `sample_grid_callback` wrote in workdir/samples: a run starting from
+  step 0 there follows one that stopped before its first checkpoint, maybe with other
+  settings and steps, whose grids would stand beside its own as if they were its."""
+  folder = os.path.join(workdir, 'samples')
+  for name in os.listdir(folder) if os.path.isdir(folder) else ():
+    if re.fullmatch(r'step_\d{7}\.png', name):
+      os.remove(os.path.join(folder, name))
 
 
 def export(config, workdir, sample_fn, variables, step):
@@ -91,6 +102,8 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
       logging.warning('%s has not finished training: exporting its latest checkpoint, step %d.',
                       workdir, int(state.step))
   else:
+    if parallel.is_first_host() and not checkpoints.holds_checkpoint(workdir):
+      remove_sample_grids(workdir)
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
     train = class_training_set(config)
     state, summary = loop.fit(config, workdir, state, step_fn, {'image': train.images},
