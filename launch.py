@@ -145,7 +145,11 @@ def main(argv):
     # A bad input or setting, or a path that cannot be written (a file where a folder is
     # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)
-    if isinstance(error, reporting.RerunRefused) and parallel.is_first_host():
+    # A refused rerun, or one that failed before it touched the results (e.g. on its data:
+    # a run that trains again removes metrics.json first), leaves the config.json that
+    # describes them.
+    kept_results = os.path.exists(os.path.join(workdir, 'metrics.json'))
+    if (isinstance(error, reporting.RerunRefused) or kept_results) and parallel.is_first_host():
       reporting.put_back_config(workdir, previous_config)
     sys.exit(f'error: {error}')
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))

@@ -237,6 +237,30 @@ def test_a_refused_rerun_leaves_its_run_s_config_json(tmp_path, cache_dir):
   assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+def test_a_rerun_that_fails_on_its_data_leaves_its_run_s_config_json(tmp_path, cache_dir):
+  # A rerun with a setting a rerun may change, whose data have since become unreadable: the
+  # results it did not replace keep the config.json that describes them.
+  from PIL import Image
+  from brainjax.data import phantom
+  for folder, positive in (('yes', True), ('no', False)):
+    (tmp_path / 'data' / folder).mkdir(parents=True)
+    for index in range(12):
+      image = phantom.phantom_slice(0, index, positive).image
+      Image.fromarray(image).save(tmp_path / 'data' / folder / f'{index}.png')
+  args = ['--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "run"}',
+          f'--config.cache_dir={cache_dir}', '--config.data.dataset=folder',
+          f'--config.data.data_dir={tmp_path / "data"}']
+  first = _launch(*args)
+  assert first.returncode == 0, first.stderr[-2000:]
+  before = {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()}
+  for path in (tmp_path / 'data' / 'no').iterdir():
+    path.write_text('no longer an image')
+  result = _launch(*args, '--config.log_every_steps=3')
+  assert result.returncode != 0 and 'no healthy slices' in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()} == before
+
+
 def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_machine(tmp_path):
   # A generator trained at batch 8 re-exported on a machine of 3 devices: nothing trains, so
   # the batch needs no split (it was refused: "batch_size=8 does not split across 3 devices").
