@@ -93,7 +93,9 @@ def test_no_candidates_scores_zero():
   assert np.all(dbscan.dbscan(errors, 0.5, 0.3, 1, 0.0).region == False)  # noqa: E712
 
 
-@pytest.mark.parametrize('eps, min_samples', [([0.0], [2]), ([0.1], [0]), ([0.1], [1.5])])
-def test_bad_parameters(eps, min_samples):
-  with pytest.raises(ValueError):
+@pytest.mark.parametrize('eps, min_samples, message', [
+    ([0.0], [2], 'eps must be positive'), ([0.1], [0], 'min_samples must be integers >= 1'),
+    ([0.1], [1.5], 'min_samples must be integers >= 1')])
+def test_bad_parameters(eps, min_samples, message):
+  with pytest.raises(ValueError, match=message):
     dbscan.dbscan_grid_scores(np.zeros((1, 16), np.float32), [0.5], eps, min_samples)

@@ -71,7 +71,7 @@ def test_tumours_change_the_image_where_the_mask_is():
 
 
 def test_phantom_slice_refuses_a_negative_seed():
-  with pytest.raises(ValueError):
+  with pytest.raises(ValueError, match='seed and index must be >= 0'):
     phantom.phantom_slice(-1, 0, True)
 
 

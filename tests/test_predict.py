@@ -496,7 +496,7 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
     (tmp_path / 'second' / name).write_bytes(scan)
   # A rerun that fails leaves none of the earlier outputs beside its config.json (launch.py
   # has rewritten it): nothing there describes another run than it says.
-  with pytest.raises(FileNotFoundError):
+  with pytest.raises(FileNotFoundError, match='has no config.json'):
     _predict(tmp_path / 'no_such_run', tmp_path / 'second', tmp_path / 'out')
   assert sorted(os.listdir(tmp_path / 'out')) == []
   _predict(cvae_run, tmp_path / 'first', tmp_path / 'out')
