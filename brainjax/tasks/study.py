@@ -121,14 +121,13 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
   return results
 
 
-def _cnn_features(run_dir, images):
-  """Penultimate activations and tumour probabilities of a trained real-data BrainCNN."""
+def _feature_cnn(run_dir):
+  """(model, variables) of the trained real-data BrainCNN in run_dir, restored once."""
   sub = reporting.load_config(run_dir)
   model = cnn_cls.create_model(sub)
-  state = checkpoints.restore_best(run_dir, cnn_cls.create_train_state(
-      sub, model, jax.random.PRNGKey(0)))
-  return (cnn_cls.features(model, state.variables, images),
-          cnn_cls.predict(model, state.variables, images))
+  # Shapes only: the restore fills them (initial weights would cost seconds to draw).
+  template = jax.eval_shape(lambda: cnn_cls.create_train_state(sub, model, jax.random.PRNGKey(0)))
+  return model, checkpoints.restore_best(run_dir, template).variables
 
 
 def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
@@ -138,24 +137,30 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   examples = source.examples
   split = datasets.split(sub, source, 'cnn')
   train, holdout = examples.take(split.train), examples.take(split.test)
+  cnn, variables = _feature_cnn(feature_run)
+  features = lambda images: cnn_cls.features(cnn, variables, images)  # penultimate activations
+  real = {}  # label: (training slices, holdout slices, their features), for every generator
+  for label_name, label in (('positive', POSITIVE), ('negative', NEGATIVE)):
+    real_train, real_holdout = train.with_label(label), holdout.with_label(label)
+    if len(real_train) <= config.knn_k:
+      raise ValueError(f'knn_k={config.knn_k}: the k-NN estimate needs more real training '
+                       f'slices, {label_name} has {len(real_train)}; lower it (a rerun may)')
+    real[label] = (real_train, real_holdout, features(real_train.images),
+                   features(real_holdout.images))
   rows = {}
   figures_dir = os.path.join(workdir, 'results', 'figures')
   for kind, dirs in exports.items():
     for label_name, label in (('positive', POSITIVE), ('negative', NEGATIVE)):
       fake = synthetic.read_synthetic(dirs[label_name])
-      real_train, real_holdout = train.with_label(label), holdout.with_label(label)
-      if len(real_train) <= config.knn_k:
-        raise ValueError(f'knn_k={config.knn_k}: the k-NN estimate needs more real training '
-                         f'slices, {label_name} has {len(real_train)}; lower it (a rerun may)')
-      real_f, _ = _cnn_features(feature_run, real_train.images)
-      fake_f, fake_p = _cnn_features(feature_run, fake.images)
-      hold_f, _ = _cnn_features(feature_run, real_holdout.images)
+      real_train, real_holdout, real_f, hold_f = real[label]
+      fake_f = features(fake.images)
       name = f'{split_mode}_seed{seed}_{kind}_{label_name}'
       key = f'{split_mode}/seed{seed}/{kind}_{label_name}'
       row = dict(frechet_distance=generative_quality.frechet_distance(real_f, fake_f),
                  **generative_quality.knn_precision_recall(real_f, fake_f, k=config.knn_k))
       if label == POSITIVE:
-        row['tumour_visibility'] = generative_quality.tumour_visibility(fake_p)
+        row['tumour_visibility'] = generative_quality.tumour_visibility(
+            cnn_cls.predict(cnn, variables, fake.images))
       for space, (s, t, h) in {'pixel': (fake.images, real_train.images, real_holdout.images),
                                'feature': (fake_f, real_f, hold_f)}.items():
         audit = privacy.privacy_audit(s, t, h)
