@@ -423,7 +423,7 @@ def time_reconstruction_error(preset, num_slices, half_precision=False, batch_si
   variables = cvae_cls.create_train_state(config, model, init_rng).variables
   size = config.data.image_size
   images = np.asarray(jax.random.uniform(image_rng, (num_slices, size, size, 1), jnp.float32))
-  reconstruct_fn = functools.partial(cvae_cls.reconstruct, model)
+  reconstruct_fn = cvae_cls.Reconstruction(model)
   seconds = []
   for _ in range(2):
     start = time.perf_counter()

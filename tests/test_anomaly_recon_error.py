@@ -77,3 +77,45 @@ def test_variables_are_an_argument_and_compilation_is_reused():
   np.testing.assert_allclose(b, _expected(images, np.sqrt(images)), atol=1e-5)
   assert np.abs(a - b).max() > 0.1
   assert len(traces) == 1  # new variables, same compiled function
+
+
+def test_sets_of_similar_sizes_share_one_compilation():
+  # (a run's validation and test slices; a few slices pad only to the next power of two)
+  traces = []
+
+  def reconstruct(x):
+    traces.append(x.shape[0])
+    return _box_blur(x)
+
+  for n in (5, 7, 12, 3):
+    images = np.random.default_rng(n).random((n, 8, 8, 1)).astype(np.float32)
+    out = recon_error.reconstruction_error(reconstruct, images, batch_size=8)
+    recons = ndimage.uniform_filter(images[..., 0].astype(np.float64), size=(1, 3, 3),
+                                    mode='constant')[..., None]
+    np.testing.assert_allclose(out, _expected(images, recons), atol=2e-5)
+  assert traces == [8, 4]  # 5, 7 and 12 in batches of 8; 3 in one of 4
+
+
+def test_a_cvae_reconstruction_compiles_once_per_network_whoever_builds_it():
+  from brainjax.tasks import cvae_cls
+  from configs import cvae_cls as cvae_config
+  config = cvae_config.get_config('real,smoke')
+  variables = cvae_cls.create_train_state(config, cvae_cls.create_model(config),
+                                          jax.random.PRNGKey(0)).variables
+  images = np.random.default_rng(0).random((3, 128, 128, 1)).astype(np.float32)
+  first = recon_error.reconstruction_error(
+      cvae_cls.Reconstruction(cvae_cls.create_model(config)), images, variables=variables)
+  lowerings = []
+
+  def count_lowerings(event, duration, **kwargs):
+    if event == '/jax/core/compile/jaxpr_to_mlir_module_duration':
+      lowerings.append(duration)
+
+  jax.monitoring.register_event_duration_secs_listener(count_lowerings)
+  try:  # another, equal model's (as every predict call builds one)
+    again = recon_error.reconstruction_error(
+        cvae_cls.Reconstruction(cvae_cls.create_model(config)), images, variables=variables)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count_lowerings)
+  np.testing.assert_array_equal(again, first)
+  assert not lowerings

@@ -44,11 +44,11 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
   Args:
     reconstruct_fn: a JAX function (traced under jit), batched NHWC in and out:
       `reconstruct_fn(images)`, or with `variables` `reconstruct_fn(variables, images)`.
-      Pass a function that stays the same object across calls (e.g. a module
-      function or a functools.partial kept around) to reuse the compilation.
+      A static argument of the jitted batches: the compilation is reused for an equal
+      one (the same function, or e.g. `cvae_cls.Reconstruction` of an equal model; a
+      functools.partial is equal only to itself).
     images: float (N, H, W, 1).
-    batch_size: images per jitted call; the last batch is padded to the same
-      shape, so the whole run compiles once.
+    batch_size: the most images per jitted call.
     variables: model parameters passed to the compiled function as an argument;
       closing over them instead makes XLA constant-fold the decoder at compile
       time (seconds).
@@ -65,7 +65,10 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
   out = np.empty((n, h * w), np.float32)
   if n == 0:
     return out
-  batch = min(batch_size, n)
+  # Batches of one shape, the last padded: the smallest power of two that holds every image
+  # (at most batch_size), so that sets of similar sizes (a run's validation and test
+  # slices) share one compilation, and a few images do not pay for batch_size.
+  batch = min(batch_size, 1 << (n - 1).bit_length())
   for start in range(0, n, batch):
     chunk = images[start:start + batch]
     valid = len(chunk)

@@ -4,6 +4,7 @@ Training data is real, synthetic or mixed healthy slices; the best checkpoint (v
 loss on the real healthy validation slices) reconstructs the real val/test sets, and the
 four anomaly rules (brainjax/anomaly/) turn reconstruction errors into tumour calls.
 """
+import dataclasses
 import functools
 import os
 
@@ -56,26 +57,37 @@ def cvae_reconstruction_loss(recon, images):
 
 
 @compile_options.jit(static_argnames='model')
-def _batch_loss(model, variables, images, noise):
-  return variational.eval_loss(model, cvae_reconstruction_loss, variables, images, noise)
+def _batch_loss_sum(model, variables, images, noise, weight):
+  return variational.eval_loss_sum(model, cvae_reconstruction_loss, variables, images, noise,
+                                   weight)
 
 
 def validation_loss(model, variables, images, seed, batch_size=256):
-  """Negative ELBO of the healthy validation slices, with fixed noise (comparable across epochs)."""
-  total, count = 0.0, 0
+  """Negative ELBO of the healthy validation slices, with fixed noise (comparable across epochs):
+  the mean over slices. Every batch has one shape (the last padded, its padding weighted 0),
+  so it compiles once."""
+  total = 0.0
   for i, batch in enumerate(pipeline.eval_batches({'image': images}, batch_size)):
     noise = jax.random.normal(jax.random.PRNGKey(seed + i), (batch_size, model.latent_dim))
-    n = int(batch['weight'].sum())
-    # The loss is the mean over the batch's n real rows (the padding, copies of the last image,
-    # is cut off), so it is weighted by n.
-    total += float(_batch_loss(model, variables, batch['image'][:n], noise[:n])) * n
-    count += n
-  return {'loss': total / max(count, 1)}
+    total += float(_batch_loss_sum(model, variables, batch['image'], noise, batch['weight']))
+  return {'loss': total / max(len(images), 1)}
 
 
 def reconstruct(model, variables, images):
   """The deterministic (z = mean) reconstruction the anomaly rules use."""
   return model.apply(variables, images, method=model.reconstruct)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconstruction:
+  """`reconstruct` with one model, as `recon_error.reconstruction_error` takes it. Equal for
+  equal models (a functools.partial is equal only to itself), so that function's jitted
+  batches, which take it as a static argument, compile once per network and batch shape,
+  whoever builds it and how often."""
+  model: models.BrainCVAE
+
+  def __call__(self, variables, images):
+    return reconstruct(self.model, variables, images)
 
 
 def check_config(config):
@@ -118,10 +130,9 @@ def train_and_evaluate(config, workdir):
       evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)
-  reconstruct_fn = functools.partial(reconstruct, model)  # one object: one compilation
-  val_errors = recon_error.reconstruction_error(reconstruct_fn, val.images,
+  val_errors = recon_error.reconstruction_error(Reconstruction(model), val.images,
                                                 variables=best.variables)
-  test_errors = recon_error.reconstruction_error(reconstruct_fn, test.images,
+  test_errors = recon_error.reconstruction_error(Reconstruction(model), test.images,
                                                  variables=best.variables)
   metrics, fitted = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
@@ -141,7 +152,9 @@ def train_and_evaluate(config, workdir):
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
     figures.save_anomaly_figure(
         os.path.join(workdir, FIGURE), test.images[pick],
-        np.asarray(reconstruct(model, best.variables, test.images[pick])), test_errors[pick],
+        # (jitted: op by op, the forward pass took seconds of small compilations)
+        np.asarray(compile_options.jit(reconstruct, static_argnames='model')(
+            model, best.variables, test.images[pick])), test_errors[pick],
         test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
         names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
   reporting.write_metrics_json(workdir, metrics)

@@ -268,7 +268,7 @@ def run_rules(run: Run, spec: str) -> List[str]:
 
 def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
   """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches."""
-  reconstruct = functools.partial(_task_module('cvae_cls').reconstruct, run.model)
+  reconstruct = _task_module('cvae_cls').Reconstruction(run.model)
   return recon_error.reconstruction_error(reconstruct, images, batch_size=batch_size,
                                           variables=run.variables)
 

@@ -14,11 +14,15 @@ def kl_to_standard_normal(mean, logvar):
   return -0.5 * jnp.sum(1 + logvar - jnp.square(mean) - jnp.exp(logvar), axis=-1)
 
 
+def _elbo_terms(reconstruction_loss, output, images, mean, logvar):
+  """Per image: (reconstruction_loss(output, images), KL), in float32."""
+  f32 = lambda x: x.astype(jnp.float32)
+  return reconstruction_loss(f32(output), images), kl_to_standard_normal(f32(mean), f32(logvar))
+
+
 def negative_elbo(reconstruction_loss, output, images, mean, logvar, kl_weight=1.0):
   """Batch mean of reconstruction_loss(output, images) + kl_weight * KL, and both terms."""
-  f32 = lambda x: x.astype(jnp.float32)
-  rec = reconstruction_loss(f32(output), images)
-  kl = kl_to_standard_normal(f32(mean), f32(logvar))
+  rec, kl = _elbo_terms(reconstruction_loss, output, images, mean, logvar)
   return jnp.mean(rec + kl_weight * kl), {'reconstruction': jnp.mean(rec), 'kl': jnp.mean(kl)}
 
 
@@ -40,7 +44,9 @@ def train_step(state, batch, rng, *, model, reconstruction_loss, kl_weight=1.0, 
   return state.apply_gradients(grads, batch_stats), metrics
 
 
-def eval_loss(model, reconstruction_loss, variables, images, noise):
-  """The negative ELBO of `images` in inference mode (for validation)."""
+def eval_loss_sum(model, reconstruction_loss, variables, images, noise, weight):
+  """The negative ELBO of `images` in inference mode (for validation), summed with `weight`
+  (0 for a fixed-shape batch's padding)."""
   output, mean, logvar = model.apply(variables, images, noise, train=False)
-  return negative_elbo(reconstruction_loss, output, images, mean, logvar)[0]
+  rec, kl = _elbo_terms(reconstruction_loss, output, images, mean, logvar)
+  return jnp.sum((rec + kl) * weight)
