@@ -2,6 +2,7 @@
 import functools
 import math
 import pathlib
+import shutil
 import signal
 import struct
 import subprocess
@@ -305,6 +306,29 @@ def test_a_best_saved_without_its_latest_checkpoint_counts_as_trained(tmp_path, 
   _, summary = run(tmp_path, config(log_every_steps=4), evaluate=evaluate)
   assert summary['best_val_loss'] == 1 / 12
   assert int(checkpoints.restore_best(str(tmp_path), make_state(TinyNet())).step) == 12
+
+
+def test_a_kill_between_the_best_and_the_latest_commit_resumes_to_the_same_run(tmp_path):
+  # The best commits first: a kill before the latest's commit leaves best/8 beside
+  # checkpoints/7. That best is no older version's to measure anew: taken as the run's best,
+  # epoch 2 trained again would not beat it, and the plateau would lower the rate.
+  cfg = config(plateau_factor=0.5, plateau_patience=0)
+  reference, _ = run(tmp_path / 'whole', cfg, evaluate=predict_and_improve)
+
+  def kill_at_9(step):
+    if step == 9:
+      raise KeyboardInterrupt('simulated kill')
+
+  with pytest.raises(KeyboardInterrupt):
+    run(tmp_path / 'killed', cfg, hooks=[kill_at_9], evaluate=predict_and_improve)
+  shutil.rmtree(tmp_path / 'killed' / 'checkpoints' / '8')
+  assert checkpoints.best_step(str(tmp_path / 'killed')) == 8
+  assert checkpoints.latest_meta(str(tmp_path / 'killed'))[0] == 7
+  resumed, summary = run(tmp_path / 'killed', cfg, evaluate=predict_and_improve)
+  assert summary['learning_rate'] == cfg.learning_rate  # every epoch improved: never lowered
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
+  best = checkpoints.restore_best(str(tmp_path / 'killed'), make_state(TinyNet()))
+  assert int(best.step) == 12
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):

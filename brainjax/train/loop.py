@@ -176,8 +176,13 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   meta['data_key'] = data_keys[0] if data_keys else None
   plateau = Plateau(**meta['plateau'])
+  # A run killed between the two commits of a save holds a best of a later step than its
+  # latest checkpoint (the best commits first): a model this run will train again, and not
+  # the best its resumed meta names, so not one to measure anew. (Its own save of that step's
+  # best then finds it there, and Orbax keeps it.)
   if (evaluate is not None and meta['best_val_loss'] is not None
-      and int(state.step) < per_epoch * config.num_epochs and best.latest_step() is not None):
+      and int(state.step) < per_epoch * config.num_epochs
+      and best.latest_step() is not None and best.latest_step() <= int(state.step)):
     meta, plateau = _rescore_best(meta, plateau, evaluate(checkpoints.restore(best, state)[0]))
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
@@ -268,7 +273,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
 
   sums, count, timer = None, 0, time.perf_counter()
   # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
-  # waits for them, so a checkpoint that a message names is complete on disk.
+  # waits for them, so a checkpoint that a message names is complete on disk. (An interrupt
+  # that arrives during that wait cuts the save short: Orbax leaves it uncommitted, as a
+  # temporary folder the resumed run's save of that step replaces.)
   try:
     while step < total_steps:
       epoch, start = divmod(step, per_epoch)
