@@ -144,7 +144,9 @@ def write_config(workdir, config, allowed=None):
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
   new = json.loads(text)
-  present = sorted(e for e in os.listdir(workdir) if not e.startswith('.'))
+  # (config.json.tmp: this function's own, left by a kill before it became config.json)
+  present = sorted(e for e in os.listdir(workdir)
+                   if not e.startswith('.') and e != 'config.json.tmp')
   previous = None
   if os.path.exists(path):
     with open(path) as f:
