@@ -141,6 +141,11 @@ def main(argv):
   try:
     metrics = task.train_and_evaluate(config, workdir)
     parallel.wait_for_all_hosts('done')  # (jax's exit waits 5 minutes at most for a late host)
+  except KeyboardInterrupt:  # (Ctrl-C: the checkpoints written so far are whole)
+    logging.debug('Traceback:', exc_info=True)
+    print(f'Interrupted: the same command resumes {workdir} from its last checkpoint.',
+          file=sys.stderr)
+    sys.exit(130)  # (128 + SIGINT, as a shell reports it)
   except (ValueError, OSError, FloatingPointError) as error:
     # A bad input or setting, or a path that cannot be written (a file where a folder is
     # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).

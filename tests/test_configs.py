@@ -216,6 +216,37 @@ def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   assert sorted(p.name for p in (tmp_path / 'scans').iterdir()) == ['a.png']
 
 
+def test_a_workdir_left_with_only_a_half_written_config_json_starts_the_run(tmp_path):
+  # A first launch killed while writing config.json: its rerun was refused ("holds
+  # config.json.tmp but no config.json: not a brainjax workdir").
+  from brainjax.train import reporting
+  from configs import cnn_cls
+  (tmp_path / 'config.json.tmp').write_text('{"task": "cnn_')
+  assert reporting.write_config(str(tmp_path), cnn_cls.get_config('real,smoke')) is None
+  assert sorted(os.listdir(tmp_path)) == ['config.json']
+
+
+_INTERRUPTED_RUN = """
+import sys
+from absl import app
+import launch
+from brainjax.tasks import vae_gen
+def interrupted(config, workdir):
+  raise KeyboardInterrupt
+vae_gen.train_and_evaluate = interrupted
+sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1]]
+app.run(launch.main, flags_parser=launch.parse_flags)
+"""
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
+  result = subprocess.run([sys.executable, '-c', _INTERRUPTED_RUN, str(tmp_path / 'run')],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 130
+  assert 'Traceback' not in result.stderr
+  assert f'Interrupted: the same command resumes {tmp_path / "run"}' in result.stderr
+
+
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
   (tmp_path / 'config.json').write_text('{"task": "cnn_cls", "learning_rate": 0.001}')
   result = _launch('--config=configs/vae_gen.py:positive,smoke', f'--workdir={tmp_path}')
