@@ -121,12 +121,15 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes(tmp_path, d
   folder = tmp_path / 'killed' / 'checkpoints'
   newest = max(int(step.name) for step in folder.iterdir() if step.name.isdigit())
   (folder / str(newest) / damaged).write_text('{"trunc')
-  with pytest.raises(ValueError, match=f'cannot read the checkpoint {folder / str(newest)} '):
+  with pytest.raises(ValueError, match=f'cannot read the checkpoint {folder / str(newest)}, '):
     run(tmp_path / 'killed', config())
   (folder / str(newest)).rename(tmp_path / 'moved_out')  # as the message says
+  # (and a save a kill cut short, whose temporary folder the resumed run deletes)
+  shutil.copytree(tmp_path / 'moved_out', folder / f'{newest}.orbax-checkpoint-tmp-1700000000000000')
   resumed, summary = run(tmp_path / 'killed', config())
   assert summary['steps'] == 12
   jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
+  assert sorted(p.name for p in folder.iterdir()) == ['11', '12']  # (no 6 kept from the tmp)
 
 
 def test_a_finished_run_run_again_returns_its_state_and_summary_without_compiling(tmp_path):

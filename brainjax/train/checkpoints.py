@@ -15,7 +15,11 @@ def manager(directory, max_to_keep, create=True):
       barrier_sync_key_prefix=os.path.basename(os.path.abspath(directory)))
   return ocp.CheckpointManager(
       os.path.abspath(directory),
+      # A creating manager is the training run's own: it deletes the temporary folder of a
+      # save a kill cut short (as large as the state). One that only reads must not: another
+      # process may be saving there (predict reading a run still training).
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create,
+                                           cleanup_tmp_directories=create,
                                            multiprocessing_options=processes))
 
 
@@ -47,7 +51,7 @@ def restore(mngr, state_template, step=None):
 
 
 def _read(mngr, step, args):
-  """mngr.restore(step, args), a damaged checkpoint one ValueError that names its folder
+  """mngr.restore(step, args), an unreadable checkpoint one ValueError that names its folder
   (Orbax's own is a JSON parser's or tensorstore's message, without the path or a remedy)."""
   try:
     return mngr.restore(step, args=args)
@@ -55,9 +59,12 @@ def _read(mngr, step, args):
     folder = os.path.join(str(mngr.directory), str(step))
     reason = ' '.join(str(error).split())
     reason = reason if len(reason) <= 200 else reason[:200] + '...'
-    raise ValueError(f'cannot read the checkpoint {folder} ({type(error).__name__}: {reason}): '
-                     'move that folder out (a rerun resumes from the checkpoint before it), or '
-                     'train in a new --workdir') from error
+    # (best/ keeps one checkpoint: none before it to fall back on)
+    remedy = ('train in a new --workdir' if os.path.basename(str(mngr.directory)) == 'best' else
+              'move that folder out (a rerun resumes from the checkpoint before it), or train '
+              'in a new --workdir')
+    raise ValueError(f'cannot read the checkpoint {folder}, damaged or written by another '
+                     f'version ({type(error).__name__}: {reason}): {remedy}') from error
 
 
 def holds_checkpoint(workdir):

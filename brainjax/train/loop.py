@@ -179,7 +179,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   # A run killed between the two commits of a save holds a best of a later step than its
   # latest checkpoint (the best commits first): a model this run will train again, and not
   # the best its resumed meta names, so not one to measure anew. (Its own save of that step's
-  # best then finds it there, and Orbax keeps it.)
+  # best then finds it there, and Orbax keeps it: the same model, up to float rounding where
+  # the rerun's arithmetic differs, e.g. on another device count.)
   if (evaluate is not None and meta['best_val_loss'] is not None
       and int(state.step) < per_epoch * config.num_epochs
       and best.latest_step() is not None and best.latest_step() <= int(state.step)):
@@ -274,8 +275,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   sums, count, timer = None, 0, time.perf_counter()
   # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
   # waits for them, so a checkpoint that a message names is complete on disk. (An interrupt
-  # that arrives during that wait cuts the save short: Orbax leaves it uncommitted, as a
-  # temporary folder the resumed run's save of that step replaces.)
+  # that arrives during that wait cuts the save short: Orbax leaves it uncommitted, and the
+  # resumed run's manager deletes its temporary folder.)
   try:
     while step < total_steps:
       epoch, start = divmod(step, per_epoch)
