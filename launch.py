@@ -141,21 +141,19 @@ def main(argv):
   try:
     metrics = task.train_and_evaluate(config, workdir)
     parallel.wait_for_all_hosts('done')  # (jax's exit waits 5 minutes at most for a late host)
-  except KeyboardInterrupt:  # (Ctrl-C: the checkpoints written so far are whole)
-    logging.debug('Traceback:', exc_info=True)
-    print(f'Interrupted: the same command resumes {workdir} from its last checkpoint.',
-          file=sys.stderr)
-    sys.exit(130)  # (128 + SIGINT, as a shell reports it)
-  except (ValueError, OSError, FloatingPointError) as error:
+  except (ValueError, OSError, FloatingPointError, KeyboardInterrupt) as error:
     # A bad input or setting, or a path that cannot be written (a file where a folder is
     # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)
-    # A refused rerun, or one that failed before it touched the results (e.g. on its data:
-    # a run that trains again removes metrics.json first), leaves the config.json that
-    # describes them.
+    # A refused rerun, or one stopped before it touched the results (e.g. on its data: a run
+    # that trains again removes metrics.json first), leaves the config.json that describes them.
     kept_results = os.path.exists(os.path.join(workdir, 'metrics.json'))
     if (isinstance(error, reporting.RerunRefused) or kept_results) and parallel.is_first_host():
       reporting.put_back_config(workdir, previous_config)
+    if isinstance(error, KeyboardInterrupt):  # (Ctrl-C: the checkpoints written so far are whole)
+      print(f'Interrupted: the same command goes on with {workdir} from where it stopped (its '
+            'last checkpoint, if any).', file=sys.stderr)
+      sys.exit(130)  # (128 + SIGINT, as a shell reports it)
     sys.exit(f'error: {error}')
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
 

@@ -224,6 +224,12 @@ def test_a_workdir_left_with_only_a_half_written_config_json_starts_the_run(tmp_
   (tmp_path / 'config.json.tmp').write_text('{"task": "cnn_')
   assert reporting.write_config(str(tmp_path), cnn_cls.get_config('real,smoke')) is None
   assert sorted(os.listdir(tmp_path)) == ['config.json']
+  # Likewise a half-written file of a run killed before its first checkpoint: it has not
+  # begun, so its rerun may change any setting.
+  (tmp_path / 'eval_ids.json.tmp').write_text('{"val": [')
+  other = cnn_cls.get_config('real,smoke')
+  other.learning_rate /= 10
+  assert reporting.write_config(str(tmp_path), other) is not None
 
 
 _INTERRUPTED_RUN = """
@@ -234,17 +240,25 @@ from brainjax.tasks import vae_gen
 def interrupted(config, workdir):
   raise KeyboardInterrupt
 vae_gen.train_and_evaluate = interrupted
-sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1]]
+sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1],
+            *sys.argv[2:]]
 app.run(launch.main, flags_parser=launch.parse_flags)
 """
 
 
 def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
-  result = subprocess.run([sys.executable, '-c', _INTERRUPTED_RUN, str(tmp_path / 'run')],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+  interrupted = lambda *args: subprocess.run(
+      [sys.executable, '-c', _INTERRUPTED_RUN, str(tmp_path / 'run'), *args], cwd=REPO,
+      capture_output=True, text=True, timeout=120)
+  result = interrupted()
   assert result.returncode == 130
   assert 'Traceback' not in result.stderr
-  assert f'Interrupted: the same command resumes {tmp_path / "run"}' in result.stderr
+  assert f'Interrupted: the same command goes on with {tmp_path / "run"}' in result.stderr
+  # A rerun stopped before it touched the run's results leaves their config.json.
+  (tmp_path / 'run' / 'metrics.json').write_text('{}')
+  config = (tmp_path / 'run' / 'config.json').read_text()
+  assert interrupted('--config.log_every_steps=3').returncode == 130
+  assert (tmp_path / 'run' / 'config.json').read_text() == config
 
 
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):

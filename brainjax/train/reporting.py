@@ -144,9 +144,10 @@ def write_config(workdir, config, allowed=None):
   path = os.path.join(workdir, 'config.json')
   text = config.to_json_best_effort(indent=1)
   new = json.loads(text)
-  # (config.json.tmp: this function's own, left by a kill before it became config.json)
-  present = sorted(e for e in os.listdir(workdir)
-                   if not e.startswith('.') and e != 'config.json.tmp')
+  # (X.tmp: a file atomic_open was writing when a kill came, which counts as X would;
+  # config.json's own is replaced below)
+  present = sorted({e[:-len('.tmp')] if e.endswith('.tmp') else e
+                    for e in os.listdir(workdir) if not e.startswith('.')} - {'config.json'})
   previous = None
   if os.path.exists(path):
     with open(path) as f:
