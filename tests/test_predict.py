@@ -596,3 +596,13 @@ def test_a_model_dir_whose_config_is_no_classifier_s_is_a_one_line_error(text, m
   with pytest.raises(ValueError, match=message):
     predict.load_run(str(tmp_path))
   assert os.listdir(tmp_path) == ['config.json']
+
+
+def test_a_refused_smoke_run_leaves_its_workdir_as_it_was(tmp_path):
+  # Its settings are checked before smoke mode draws its inputs and trains its model: these
+  # were replaced, and then the refusal left the old config.json and metrics.json over them.
+  config = predict_config.get_config('smoke')
+  config.dedup_against = str(tmp_path / 'no_such_folder')
+  with pytest.raises(FileNotFoundError, match='no_such_folder'):
+    predict.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()

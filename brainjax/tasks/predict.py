@@ -641,14 +641,15 @@ def train_and_evaluate(config, workdir):
   """Predicts config.input with the run in config.model_dir; writes into workdir."""
   start = time.perf_counter()
   model_dir, input_path = config.model_dir, config.input
-  if config.get('smoke'):
-    model_dir, input_path = _smoke_inputs(config, workdir)
-  if not model_dir:
-    raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
+  # (before smoke mode replaces its inputs: a refused run changes nothing)
   if config.batch_size < 1:
     raise ValueError(f'batch_size={config.batch_size}: it must be at least 1')
   if config.dedup_against and not os.path.exists(config.dedup_against):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
+  if config.get('smoke'):
+    model_dir, input_path = _smoke_inputs(config, workdir)
+  if not model_dir:
+    raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
   if not files:
     logging.warning('%s holds no files: nothing to predict.', input_path)
