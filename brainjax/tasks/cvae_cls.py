@@ -78,6 +78,11 @@ def reconstruct(model, variables, images):
   return model.apply(variables, images, method=model.reconstruct)
 
 
+# (for a few slices outside reconstruction_error: op by op, the forward pass took seconds of
+# small compilations)
+_reconstruct_jitted = compile_options.jit(reconstruct, static_argnames='model')
+
+
 @dataclasses.dataclass(frozen=True)
 class Reconstruction:
   """`reconstruct` with one model, as `recon_error.reconstruction_error` takes it. Equal for
@@ -152,9 +157,8 @@ def train_and_evaluate(config, workdir):
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
     figures.save_anomaly_figure(
         os.path.join(workdir, FIGURE), test.images[pick],
-        # (jitted: op by op, the forward pass took seconds of small compilations)
-        np.asarray(compile_options.jit(reconstruct, static_argnames='model')(
-            model, best.variables, test.images[pick])), test_errors[pick],
+        np.asarray(_reconstruct_jitted(model, best.variables, test.images[pick])),
+        test_errors[pick],
         test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
         names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
   reporting.write_metrics_json(workdir, metrics)
