@@ -7,6 +7,7 @@ import importlib
 import logging as std_logging
 import os
 import sys
+import types
 
 from absl import app
 from absl import flags
@@ -38,8 +39,11 @@ def parse_flags(argv):
     remaining = FLAGS(argv)
     FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
   except (KeyError, AttributeError) as error:  # an override of a field the config lacks
-    if "attribute 'get_config'" in str(error):
-      sys.exit(f'error: the config file defines no get_config() (in: {given})')
+    module = getattr(error, 'obj', None)
+    if isinstance(module, types.ModuleType):  # (the config file's own code, not an override)
+      if error.name == 'get_config' and _is_config_file(module, argv):
+        sys.exit(f'error: the config file defines no get_config() (in: {given})')
+      sys.exit(f'error: the config file failed: {error} (in: {given})')
     detail = error
     while isinstance(detail, BaseException) and detail.args:  # (a KeyError in an AttributeError)
       detail = detail.args[0]
@@ -53,6 +57,13 @@ def parse_flags(argv):
     sys.exit(f'error: --config.task cannot be changed: the config file sets it; use '
              f'configs/<task>.py (in: {given})')
   return remaining
+
+
+def _is_config_file(module, argv):
+  """Whether `module` was loaded from the file of argv's --config=<file>[:<options>]."""
+  files = [a.split('=', 1)[1].split(':')[0] for a in argv if a.startswith('--config=')]
+  path = getattr(module, '__file__', None)
+  return bool(files and path) and os.path.abspath(path) == os.path.abspath(files[-1])
 
 
 def quiet_libraries(record):

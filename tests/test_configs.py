@@ -261,6 +261,16 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
   assert (tmp_path / 'run' / 'config.json').read_text() == config
 
 
+def test_a_config_file_whose_code_fails_is_not_called_an_unknown_field(tmp_path):
+  (tmp_path / 'slip.py').write_text('from configs import common\n'
+                                    'def get_config(arg=None):\n'
+                                    '  return common.get_config(arg)\n')
+  result = _launch(f'--config={tmp_path / "slip.py"}', f'--workdir={tmp_path / "run"}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert "the config file failed: module 'configs.common' has no attribute" in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
   (tmp_path / 'config.json').write_text('{"task": "cnn_cls", "learning_rate": 0.001}')
   result = _launch('--config=configs/vae_gen.py:positive,smoke', f'--workdir={tmp_path}')
