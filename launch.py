@@ -38,16 +38,18 @@ def parse_flags(argv):
   try:
     remaining = FLAGS(argv)
     FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
-  except (KeyError, AttributeError) as error:  # an override of a field the config lacks
-    module = getattr(error, 'obj', None)
-    if isinstance(module, types.ModuleType):  # (the config file's own code, not an override)
-      if error.name == 'get_config' and _is_config_file(module, argv):
-        sys.exit(f'error: the config file defines no get_config() (in: {given})')
-      sys.exit(f'error: the config file failed: {error} (in: {given})')
-    detail = error
+  except (KeyError, AttributeError) as error:  # an override of a field the config lacks, or
+    detail = error                                # the config file's own code failing
     while isinstance(detail, BaseException) and detail.args:  # (a KeyError in an AttributeError)
       detail = detail.args[0]
     detail = ' '.join(str(detail).split())  # one line
+    module = getattr(error, 'obj', None)
+    if (isinstance(module, types.ModuleType) and error.name == 'get_config'
+        and _config_file(argv) == os.path.abspath(getattr(module, '__file__', '') or '')):
+      sys.exit(f'error: the config file defines no get_config() (in: {given})')
+    overridden = [a.split('=')[0].split('.')[-1] for a in argv if a.startswith('--config.')]
+    if isinstance(module, types.ModuleType) or not any(f in detail for f in overridden):
+      sys.exit(f'error: the config file failed: {detail} (in: {given})')
     sys.exit(f'error: unknown config field {detail} (in: {given})')
   except (flags.Error, OSError, ValueError, TypeError) as error:
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
@@ -59,11 +61,14 @@ def parse_flags(argv):
   return remaining
 
 
-def _is_config_file(module, argv):
-  """Whether `module` was loaded from the file of argv's --config=<file>[:<options>]."""
-  files = [a.split('=', 1)[1].split(':')[0] for a in argv if a.startswith('--config=')]
-  path = getattr(module, '__file__', None)
-  return bool(files and path) and os.path.abspath(path) == os.path.abspath(files[-1])
+def _config_file(argv):
+  """The absolute path of the file that argv's --config names (None if none)."""
+  for i, arg in enumerate(argv):
+    value = (arg.split('=', 1)[1] if arg.startswith('--config=') else
+             argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
+    if value:
+      return os.path.abspath(value.split(':')[0])
+  return None
 
 
 def quiet_libraries(record):

@@ -269,6 +269,9 @@ def test_a_config_file_whose_code_fails_is_not_called_an_unknown_field(tmp_path)
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert "the config file failed: module 'configs.common' has no attribute" in result.stderr
   assert not (tmp_path / 'run').exists()
+  (tmp_path / 'slip.py').write_text("def get_config(arg=None):\n  return {}['learning']\n")
+  result = _launch(f'--config={tmp_path / "slip.py"}', f'--workdir={tmp_path / "run"}')
+  assert 'error: the config file failed: learning' in result.stderr  # (a KeyError in it)
 
 
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
