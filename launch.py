@@ -7,6 +7,7 @@ import importlib
 import logging as std_logging
 import os
 import sys
+import time
 import types
 
 from absl import app
@@ -154,6 +155,7 @@ def main(argv):
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
+  start = time.time()
   try:
     metrics = task.train_and_evaluate(config, workdir)
     parallel.wait_for_all_hosts('done')  # (jax's exit waits 5 minutes at most for a late host)
@@ -161,9 +163,9 @@ def main(argv):
     # A bad input or setting, or a path that cannot be written (a file where a folder is
     # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)
-    # A refused rerun, or one stopped before it touched the results (e.g. on its data: a run
-    # that trains again removes metrics.json first), leaves the config.json that describes them.
-    kept_results = os.path.exists(os.path.join(workdir, 'metrics.json'))
+    # A refused rerun, or one stopped before it touched the results (e.g. on its data), leaves
+    # the config.json that describes them.
+    kept_results = reporting.untouched_since(workdir, start)
     if (isinstance(error, reporting.RerunRefused) or kept_results) and parallel.is_first_host():
       reporting.put_back_config(workdir, previous_config)
     if isinstance(error, KeyboardInterrupt):  # (Ctrl-C: the checkpoints written so far are whole)

@@ -238,6 +238,8 @@ from absl import app
 import launch
 from brainjax.tasks import vae_gen
 def interrupted(config, workdir):
+  if config.export.num_samples == 7:  # (the run had written new results)
+    open(workdir + '/metrics.json', 'w').write('{"new": 1}')
   raise KeyboardInterrupt
 vae_gen.train_and_evaluate = interrupted
 sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1],
@@ -259,6 +261,9 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
   config = (tmp_path / 'run' / 'config.json').read_text()
   assert interrupted('--config.log_every_steps=3').returncode == 130
   assert (tmp_path / 'run' / 'config.json').read_text() == config
+  # ... and one stopped after it wrote new results keeps the config.json that made them.
+  assert interrupted('--config.export.num_samples=7').returncode == 130
+  assert '"num_samples": 7' in (tmp_path / 'run' / 'config.json').read_text()
 
 
 def test_a_config_file_whose_code_fails_is_not_called_an_unknown_field(tmp_path):

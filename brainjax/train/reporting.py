@@ -180,6 +180,22 @@ def write_config(workdir, config, allowed=None):
   return previous
 
 
+def untouched_since(workdir, start):
+  """Whether workdir holds metrics.json and nothing in it but its config.json was written or
+  removed after `start` (a time.time()): a run stopped before it changed its results (a
+  task removes metrics.json before it changes them, and writes it last)."""
+  if not os.path.isfile(os.path.join(workdir, 'metrics.json')):
+    return False
+  for root, folders, files in os.walk(workdir):  # (a folder's time changes with its entries)
+    for name in folders + files:
+      if root == workdir and name in ('config.json', 'config.json.tmp'):
+        continue
+      # (a second's margin: some file systems keep coarser times)
+      if os.lstat(os.path.join(root, name)).st_mtime > start - 1.0:
+        return False
+  return True
+
+
 def put_back_config(workdir, previous):
   """Restores the config.json text `write_config` replaced (nothing if it replaced none): a
   refused rerun leaves the run's description as it found it."""
