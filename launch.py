@@ -39,8 +39,9 @@ def parse_flags(argv):
   try:
     remaining = FLAGS(argv)
     FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
-  except (KeyError, AttributeError) as error:  # an override of a field the config lacks, or
-    detail = error                                # the config file's own code failing
+  except (KeyError, AttributeError) as error:
+    # An override of a field the config lacks, or the config file's own code failing.
+    detail = error
     while isinstance(detail, BaseException) and detail.args:  # (a KeyError in an AttributeError)
       detail = detail.args[0]
     detail = ' '.join(str(detail).split())  # one line
