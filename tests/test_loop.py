@@ -84,6 +84,14 @@ def run(workdir, cfg, hooks=(), evaluate=None, poison_at=-1, nan_grad_at=-1, dat
                   evaluate=evaluate, data_key=data_key)
 
 
+def interrupt_at(kill_step):
+  """A `fit` hook that stops the run as a kill would, after step `kill_step`."""
+  def hook(step):
+    if step == kill_step:
+      raise KeyboardInterrupt('simulated kill')
+  return hook
+
+
 def test_plateau_lowers_the_rate_after_patience_epochs():
   p = loop.Plateau()
   for loss in [1.0, 0.9, 0.95, 0.95]:
@@ -95,13 +103,8 @@ def test_plateau_lowers_the_rate_after_patience_epochs():
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   reference, _ = run(tmp_path / 'whole', config())
-
-  def kill_at_7(step):
-    if step == 7:
-      raise KeyboardInterrupt('simulated kill')
-
   with pytest.raises(KeyboardInterrupt):
-    run(tmp_path / 'killed', config(), hooks=[kill_at_7])
+    run(tmp_path / 'killed', config(), hooks=[interrupt_at(7)])
   resumed, summary = run(tmp_path / 'killed', config())
   assert summary['steps'] == 12
   jax.tree.map(np.testing.assert_array_equal, resumed.params, reference.params)
@@ -111,13 +114,8 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
 @pytest.mark.parametrize('damaged', ['meta/metadata', 'state/_METADATA'])
 def test_a_damaged_checkpoint_is_named_and_the_one_before_it_resumes(tmp_path, damaged):
   reference, _ = run(tmp_path / 'whole', config())
-
-  def kill_at_7(step):
-    if step == 7:
-      raise KeyboardInterrupt('simulated kill')
-
   with pytest.raises(KeyboardInterrupt):
-    run(tmp_path / 'killed', config(), hooks=[kill_at_7])
+    run(tmp_path / 'killed', config(), hooks=[interrupt_at(7)])
   folder = tmp_path / 'killed' / 'checkpoints'
   newest = max(int(step.name) for step in folder.iterdir() if step.name.isdigit())
   (folder / str(newest) / damaged).write_text('{"trunc')
@@ -317,13 +315,8 @@ def test_a_kill_between_the_best_and_the_latest_commit_resumes_to_the_same_run(t
   # epoch 2 trained again would not beat it, and the plateau would lower the rate.
   cfg = config(plateau_factor=0.5, plateau_patience=0)
   reference, _ = run(tmp_path / 'whole', cfg, evaluate=predict_and_improve)
-
-  def kill_at_9(step):
-    if step == 9:
-      raise KeyboardInterrupt('simulated kill')
-
   with pytest.raises(KeyboardInterrupt):
-    run(tmp_path / 'killed', cfg, hooks=[kill_at_9], evaluate=predict_and_improve)
+    run(tmp_path / 'killed', cfg, hooks=[interrupt_at(9)], evaluate=predict_and_improve)
   shutil.rmtree(tmp_path / 'killed' / 'checkpoints' / '8')
   assert checkpoints.best_step(str(tmp_path / 'killed')) == 8
   assert checkpoints.latest_meta(str(tmp_path / 'killed'))[0] == 7
