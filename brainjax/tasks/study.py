@@ -16,7 +16,6 @@ import os
 import shutil
 
 from absl import logging
-import jax
 import ml_collections
 
 from brainjax.data import synthetic
@@ -26,7 +25,7 @@ from brainjax.evaluation import privacy
 from brainjax.evaluation import study_table
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import datasets
-from brainjax.train import checkpoints
+from brainjax.tasks import predict
 from brainjax.train import parallel
 from brainjax.train import reporting
 from configs import cnn_cls as cnn_config
@@ -121,15 +120,6 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
   return results
 
 
-def _feature_cnn(run_dir):
-  """(model, variables) of the trained real-data BrainCNN in run_dir, restored once."""
-  sub = reporting.load_config(run_dir)
-  model = cnn_cls.create_model(sub)
-  # Shapes only: the restore fills them (initial weights would cost seconds to draw).
-  template = jax.eval_shape(lambda: cnn_cls.create_train_state(sub, model, jax.random.PRNGKey(0)))
-  return model, checkpoints.restore_best(run_dir, template).variables
-
-
 def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   """Fréchet distance, k-NN precision/recall, tumour visibility and distance to closest record."""
   sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
@@ -137,8 +127,9 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   examples = source.examples
   split = datasets.split(sub, source, 'cnn')
   train, holdout = examples.take(split.train), examples.take(split.test)
-  cnn, variables = _feature_cnn(feature_run)
-  features = lambda images: cnn_cls.features(cnn, variables, images)  # penultimate activations
+  cnn = predict.load_run(feature_run)  # the trained real-data BrainCNN, restored once
+  # (penultimate activations)
+  features = lambda images: cnn_cls.features(cnn.model, cnn.variables, images)
   real = {}  # label: (training slices, holdout slices, their features), for every generator
   for label_name, label in (('positive', POSITIVE), ('negative', NEGATIVE)):
     real_train, real_holdout = train.with_label(label), holdout.with_label(label)
@@ -160,7 +151,7 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
                  **generative_quality.knn_precision_recall(real_f, fake_f, k=config.knn_k))
       if label == POSITIVE:
         row['tumour_visibility'] = generative_quality.tumour_visibility(
-            cnn_cls.predict(cnn, variables, fake.images))
+            cnn_cls.predict(cnn.model, cnn.variables, fake.images))
       for space, (s, t, h) in {'pixel': (fake.images, real_train.images, real_holdout.images),
                                'feature': (fake_f, real_f, hold_f)}.items():
         audit = privacy.privacy_audit(s, t, h)
