@@ -52,6 +52,7 @@ import numpy as np
 
 from brainjax.anomaly import recon_error
 from brainjax.anomaly import reference_loop
+from brainjax.anomaly import synthetic_maps
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import cvae_cls
 from brainjax.tasks import gan_gen
@@ -452,8 +453,8 @@ def benchmark_anomaly(args, log):
   `anomaly_total_s` is what a cvae_cls evaluation pays: the reconstruction error's
   first call (compilation included) plus the four grid searches.
 
-  The grid searches run on CVAE-like synthetic error maps (reference_loop's
-  generator; half tumour): their cost depends on how many pixels are anomalous,
+  The grid searches run on CVAE-like synthetic error maps (synthetic_maps,
+  half tumour): their cost depends on how many pixels are anomalous,
   which an untrained CVAE would not show realistically. The scikit-learn/NumPy loop
   runs in full on the same maps; `speedup` is its time over the fast one's, and
   `same_selection` says whether both chose the same hyperparameters.
@@ -461,7 +462,7 @@ def benchmark_anomaly(args, log):
   n = args.anomaly_slices
   first_s, recon_s = time_reconstruction_error(args.preset, n, args.half_precision)
   log(f'reconstruction error of {n} slices: {recon_s:.2f} s ({first_s:.2f} s with compilation)')
-  errors, labels, _ = reference_loop.synthetic_error_maps(n, seed=0)
+  errors, labels, _ = synthetic_maps.synthetic_error_maps(n, seed=0)
   timings = reference_loop.benchmark(errors, labels, anomaly_grid_config(args.preset))
   for rule, t in timings.items():
     log(f'{rule}: grid search {t["fast_s"]:.2f} s, loop {t["loop_s"]:.1f} s '

@@ -9,7 +9,7 @@ import ml_collections
 from brainjax.anomaly import evaluate as anomaly_evaluate
 from configs import common
 
-VAE_EXPORTS = 'runs/vae_gen_negative/synthetic'
+HEALTHY_VAE_EXPORT = 'runs/vae_gen_negative/synthetic'
 
 
 def get_config(arg=None):
@@ -17,7 +17,7 @@ def get_config(arg=None):
                           modifiers=('smoke', 'paper'))
   config = common.base_config('cvae_cls', f'cvae_cls_{opts.variant}' + '_smoke' * opts.smoke)
   config.train_data = opts.variant
-  config.synthetic_dirs = VAE_EXPORTS
+  config.synthetic_dirs = HEALTHY_VAE_EXPORT
   config.model = ml_collections.ConfigDict(dict(latent_dim=64, conv_widths=(32, 64)))
   # At the study's 1e-3 the sigmoid decoder saturates and the reconstruction collapses to a
   # constant (measured: black on Br35H, a white head mask on the phantom), so the "anomaly"
@@ -40,6 +40,6 @@ def get_config(arg=None):
     config.num_epochs = 10
   if opts.smoke:
     common.apply_smoke(config)
-    config.synthetic_dirs = VAE_EXPORTS.replace('/synthetic', '_smoke/synthetic')
+    config.synthetic_dirs = HEALTHY_VAE_EXPORT.replace('/synthetic', '_smoke/synthetic')
     config.model = ml_collections.ConfigDict(dict(latent_dim=8, conv_widths=(4, 8)))
   return config

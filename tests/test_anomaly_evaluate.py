@@ -4,14 +4,14 @@ import math
 import numpy as np
 import pytest
 
-from brainjax.anomaly import dbscan, evaluate, giaem, kmeans_global, localisation, reference_loop
+from brainjax.anomaly import dbscan, evaluate, giaem, kmeans_global, localisation, synthetic_maps
 from brainjax.evaluation import classification
 
 
 @pytest.fixture(scope='module')
 def data():
-  val = reference_loop.synthetic_error_maps(40, 32, seed=11)
-  test = reference_loop.synthetic_error_maps(30, 32, seed=12)
+  val = synthetic_maps.synthetic_error_maps(40, 32, seed=11)
+  test = synthetic_maps.synthetic_error_maps(30, 32, seed=12)
   return val, test
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from brainjax.anomaly import grid_search, reference_loop
+from brainjax.anomaly import grid_search, reference_loop, synthetic_maps
 from brainjax.evaluation import classification
 
 
@@ -61,7 +61,7 @@ def test_bad_metric_and_labels():
 
 @pytest.fixture(scope='module')
 def small_set():
-  errors, labels, _ = reference_loop.synthetic_error_maps(24, 32, seed=7)
+  errors, labels, _ = synthetic_maps.synthetic_error_maps(24, 32, seed=7)
   return errors, labels
 
 

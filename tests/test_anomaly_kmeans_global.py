@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from brainjax.anomaly import kmeans_global, reference_loop
+from brainjax.anomaly import kmeans_global, reference_loop, synthetic_maps
 
 
 def _two_groups():
@@ -42,13 +42,13 @@ def test_alpha_rule():
 # 0.01 and 0.02: 71% and 57% of the pixels anomalous (the complement pattern, rows moving)
 @pytest.mark.parametrize('threshold', [0.0, 0.01, 0.02, 0.05, 0.3, 0.6, 0.9])
 def test_matches_sklearn_lloyd_from_the_same_start(threshold):
-  errors, _, _ = reference_loop.synthetic_error_maps(60, 24, seed=1)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(60, 24, seed=1)
   ours = kmeans_global.global_kmeans(errors, threshold, 1.0).score
   np.testing.assert_allclose(ours, reference_loop.global_scores(errors, threshold), atol=1e-12)
 
 
 def test_grid_matches_single_fits():
-  errors, _, _ = reference_loop.synthetic_error_maps(40, 24, seed=2)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(40, 24, seed=2)
   thresholds = np.array([0.0, 0.01, 0.02, 0.1, 0.4, 0.8], np.float32)  # dense and sparse regimes
   grid = kmeans_global.global_kmeans_grid_scores(errors, thresholds)
   for k, t in enumerate(thresholds):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from brainjax.anomaly import kmeans_image, pixel_features, reference_loop
+from brainjax.anomaly import kmeans_image, pixel_features, reference_loop, synthetic_maps
 
 
 def _blob_map(size=16, seed=0):
@@ -29,7 +29,7 @@ def test_well_separated_map_known_answer_and_sklearn_partition():
 
 @pytest.mark.parametrize('size', [32, 30])  # 30: no coarse stage
 def test_matches_sklearn_lloyd_from_the_same_start(size):
-  errors, _, _ = reference_loop.synthetic_error_maps(6, size, seed=4)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(6, size, seed=4)
   anomalous, _, _ = kmeans_image.kmeans_image_clusters(errors)
   ours = anomalous.mean(axis=1)
   expected = [reference_loop.anomalous_share(row, size, size) for row in errors]
@@ -38,7 +38,7 @@ def test_matches_sklearn_lloyd_from_the_same_start(size):
 
 @pytest.mark.parametrize('max_iter', [1, 3])
 def test_max_iter_stops_like_sklearn(max_iter):
-  errors, _, _ = reference_loop.synthetic_error_maps(6, 32, seed=4)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(6, 32, seed=4)
   anomalous, _, _ = kmeans_image.kmeans_image_clusters(errors, max_iter=max_iter)
   expected = [reference_loop.anomalous_share(row, 32, 32, max_iter) for row in errors]
   np.testing.assert_allclose(anomalous.mean(axis=1), expected)
@@ -48,7 +48,7 @@ def test_each_image_clustered_as_if_alone():
   # More maps than one call takes and than there are slots: slots get refilled,
   # the last call is padded.
   n = kmeans_image._IMAGES_PER_CALL + 6
-  errors, _, _ = reference_loop.synthetic_error_maps(n, 32, seed=7)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(n, 32, seed=7)
   _, second, centroids = kmeans_image.kmeans_image_clusters(errors)
   for i in (0, kmeans_image._SLOTS, n - 7, n - 1):
     _, alone, alone_centroids = kmeans_image.kmeans_image_clusters(errors[i:i + 1])
@@ -58,7 +58,7 @@ def test_each_image_clustered_as_if_alone():
 
 def test_inertia_close_to_sklearn_kmeans_plus_plus():
   # Lloyd finds a local optimum: mostly the one k-means++ with 10 restarts finds.
-  errors, _, _ = reference_loop.synthetic_error_maps(5, 32, seed=5)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(5, 32, seed=5)
   _, second, centroids = kmeans_image.kmeans_image_clusters(errors)
   ratios = []
   for row, member, c in zip(errors, second, centroids):
@@ -69,7 +69,7 @@ def test_inertia_close_to_sklearn_kmeans_plus_plus():
 
 
 def test_scores_and_rule_agree():
-  errors, _, _ = reference_loop.synthetic_error_maps(5, 32, seed=6)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(5, 32, seed=6)
   scores = kmeans_image.kmeans_image_scores(errors)
   out = kmeans_image.kmeans_image(errors, tumor_index=float(np.median(scores)))
   np.testing.assert_array_equal(out.score, scores)

@@ -1,23 +1,23 @@
 """Synthetic error maps and the benchmark harness (tiny sizes)."""
 import numpy as np
 
-from brainjax.anomaly import evaluate, reference_loop
+from brainjax.anomaly import evaluate, reference_loop, synthetic_maps
 
 
 def test_synthetic_maps():
-  errors, labels, masks = reference_loop.synthetic_error_maps(12, 32, seed=0)
+  errors, labels, masks = synthetic_maps.synthetic_error_maps(12, 32, seed=0)
   assert errors.shape == (12, 1024) and errors.dtype == np.float32
   np.testing.assert_allclose(errors.min(axis=1), 0)
   np.testing.assert_allclose(errors.max(axis=1), 1)
   assert set(np.unique(labels)) <= {0, 1}
   assert np.all(masks[labels == 1].reshape(-1, 1024).sum(axis=1) > 0)
   assert np.all(masks[labels == 0] == 0)
-  again, _, _ = reference_loop.synthetic_error_maps(12, 32, seed=0)
+  again, _, _ = synthetic_maps.synthetic_error_maps(12, 32, seed=0)
   np.testing.assert_array_equal(errors, again)
 
 
 def test_benchmark_reports_every_rule():
-  errors, labels, _ = reference_loop.synthetic_error_maps(16, 32, seed=1)
+  errors, labels, _ = synthetic_maps.synthetic_error_maps(16, 32, seed=1)
   config = evaluate.default_anomaly_config()
   config.num_anomaly_thresholds = 10
   config.num_global_thresholds = 5
@@ -35,7 +35,7 @@ def test_benchmark_reports_every_rule():
 
 
 def test_benchmark_says_when_the_selections_differ(monkeypatch):
-  errors, labels, _ = reference_loop.synthetic_error_maps(8, 32, seed=2)
+  errors, labels, _ = synthetic_maps.synthetic_error_maps(8, 32, seed=2)
   config = evaluate.default_anomaly_config()
   config.num_anomaly_thresholds = config.num_tumor_index = 4
   monkeypatch.setattr(reference_loop, 'loop_giaem', lambda *args: ({'tumor_index': -1.0}, 0.0))

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from brainjax.anomaly import parallel
+from brainjax.anomaly import threads
 from brainjax.anomaly import pixel_features
 
 # Upper bound on candidate pixels clustered at once (memory ~ this x window size).
@@ -230,7 +230,7 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
           largest = _largest_clusters(label, candidates.image, chunk.stop - chunk.start)
           scores[chunk, t, e, m] = largest / (h * w)
 
-  parallel.thread_map(score_chunk, _image_chunks((errors >= thresholds[0]).sum(axis=1)))
+  threads.thread_map(score_chunk, _image_chunks((errors >= thresholds[0]).sum(axis=1)))
   return scores
 
 

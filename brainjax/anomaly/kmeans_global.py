@@ -41,7 +41,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from scipy import sparse
 
-from brainjax.anomaly import parallel
+from brainjax.anomaly import threads
 from brainjax.anomaly import pixel_features
 
 
@@ -283,7 +283,7 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
   def sort_rows(rows: slice):
     order[rows] = np.argsort(np.iinfo(codes.dtype).max - codes[rows], axis=1, kind='stable')
 
-  parallel.thread_map(sort_rows, parallel.row_chunks(n, d))
+  threads.thread_map(sort_rows, threads.row_chunks(n, d))
   scores = np.zeros((n, thresholds.size))
   centroids = np.zeros((thresholds.size, 2, d))
   # Read-only and shared: as many ones as the largest pattern stores (at most half the entries).
@@ -299,5 +299,5 @@ def global_kmeans_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[f
     centroids[k] = fitted[tumour_first]
     scores[:, k] = _scores(_cluster_distances(x, None, clusters, x_total)[:, tumour_first])
 
-  parallel.thread_map(fit, range(thresholds.size))
+  threads.thread_map(fit, range(thresholds.size))
   return GlobalGrid(scores, centroids)

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax.anomaly import parallel
+from brainjax.anomaly import threads
 from brainjax.anomaly import pixel_features
 from brainjax.train import compile_options
 
@@ -189,7 +189,7 @@ def kmeans_image_clusters(errors: np.ndarray, image_shape: Optional[Sequence[int
 
   # Calls from one thread per core run side by side (1.7x on 2 cores; XLA's own
   # threads have little to split in such small steps).
-  parallel.thread_map(cluster, [slice(start, start + batch) for start in range(0, n, batch)])
+  threads.thread_map(cluster, [slice(start, start + batch) for start in range(0, n, batch)])
   # The anomalous cluster has the larger mean error. Equal ones (a constant map, which
   # minmax normalisation makes all zeros: a perfect reconstruction) split the image by
   # position only, so neither is anomalous, as GIAEM and DBSCAN find nothing there. (A

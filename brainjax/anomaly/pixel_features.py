@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from brainjax.anomaly import parallel
+from brainjax.anomaly import threads
 
 
 class RuleOutput(NamedTuple):
@@ -126,7 +126,7 @@ def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     code += np.take(above[1:], guess) <= e
     flat_out[rows] = code
 
-  parallel.thread_map(fill, parallel.row_chunks(len(flat_in), flat_in.shape[1]))
+  threads.thread_map(fill, threads.row_chunks(len(flat_in), flat_in.shape[1]))
   return out
 
 
@@ -158,6 +158,6 @@ def counts_above(codes: np.ndarray, num_thresholds: int,
       index = index.reshape(-1)[mask[rows].reshape(-1).astype(bool)]
     hist[rows] = np.bincount(index.reshape(-1), minlength=len(c) * bins).reshape(len(c), bins)
 
-  parallel.thread_map(fill, parallel.row_chunks(n, codes.shape[1]))
+  threads.thread_map(fill, threads.row_chunks(n, codes.shape[1]))
   # pixels with code > k are those in bins k+1..T: a reversed cumulative sum.
   return np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]

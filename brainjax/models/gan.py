@@ -1,9 +1,9 @@
 """DCGAN-style generator and discriminator of the study (section 5.1).
 
-Layout follows the PyTorch peer (../shared/bench/torch_reference.py): the generator's
+Layout follows the PyTorch peer of `brainjax.bench --peer`: the generator's
 dense layer gives an 8x8 map of widths[0] channels, three upsample+conv+BN+ReLU
 blocks go 128->128->64->32 (16, 32, 64 px), and a last upsample + conv 32->1
-+ tanh gives 128 px. (The issue's "four blocks 128->128->64->32 then a final
++ tanh gives 128 px. (The spec's "four blocks 128->128->64->32 then a final
 conv" counts the last upsample+conv as a block; the peer is the precise form.)
 Images are in [-1, 1] on both sides: callers rescale real [0, 1] data.
 """
@@ -22,11 +22,10 @@ class Generator(nn.Module):
   """z (N, latent_dim) -> images (N, image_size, image_size, 1) in [-1, 1].
 
   widths[i] is the channel count after i upsamplings; the dense map (image_size
-  / 2**len(widths) px: 8 for 128) has base_channels channels (None: widths[0]),
+  / 2**len(widths) px: 8 for 128) has widths[0] channels (the study's 128 x 8 x 8),
   widths[1:] are the block outputs, and the last upsample + conv gives 1.
   """
   latent_dim: int = 100
-  base_channels: Optional[int] = None  # the brief's 128 = widths[0]
   widths: Sequence[int] = (128, 128, 64, 32)
   image_size: int = 128
   dtype: Any = jnp.float32
@@ -37,7 +36,7 @@ class Generator(nn.Module):
     if z.ndim != 2 or z.shape[1] != self.latent_dim:
       raise ValueError(f'Generator: z must be (N, {self.latent_dim}), got shape {z.shape}')
     size = start_size(self.image_size, len(self.widths), 'Generator')
-    base = self.widths[0] if self.base_channels is None else self.base_channels
+    base = self.widths[0]
     x = nn.Dense(size * size * base, dtype=self.dtype)(z.astype(self.dtype))
     x = nn.relu(x).reshape(z.shape[0], size, size, base)
     for width in self.widths[1:]:

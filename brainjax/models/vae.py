@@ -1,6 +1,6 @@
 """Generative VAE of the study (section 5.1), one per class.
 
-Layout follows the PyTorch peer (../shared/bench/torch_reference.py, GenVAE): the issue's
+Layout follows the PyTorch peer of `brainjax.bench --peer` (its GenVAE): the spec's
 "six (upsample, conv, BN, ReLU) steps 1024->...->64->1, sigmoid" is five
 upsample+conv+BN+ReLU blocks 1024->512->512->256->128->64 and a last
 upsample + conv 64->1 without BatchNorm, whose output goes through the sigmoid.

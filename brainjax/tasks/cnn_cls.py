@@ -97,9 +97,8 @@ def _features(model, variables, images):
 
 def features(model, variables, images, batch_size=256):
   """Penultimate-layer activations (N, 128): the feature space of the study's quality metrics."""
-  out = [np.asarray(_features(model, variables, b['image']))[b['weight'] > 0]
-         for b in pipeline.eval_batches({'image': images}, batch_size)]
-  return np.concatenate(out)
+  return _per_slice(lambda x: _features(model, variables, x), images, batch_size,
+                    np.zeros((0, model.dense_widths[-1]), np.float32))
 
 
 def validation_metrics(model, variables, examples, batch_size=256):

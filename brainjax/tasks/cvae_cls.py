@@ -20,6 +20,7 @@ from brainjax.anomaly import figures
 from brainjax.anomaly import recon_error
 from brainjax.data import pipeline
 from brainjax.data.examples import NEGATIVE
+from brainjax.evaluation import study_table
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import datasets
 from brainjax.tasks import variational
@@ -33,9 +34,6 @@ from brainjax.train.state import check_networks
 from brainjax.train.state import init_variables
 
 FIGURE = os.path.join('figures', 'anomaly_examples.png')
-# The Table 1 row of each anomaly rule.
-RULE_ROW_NAMES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
-                  'global_kmeans': 'VAE (Global KMeans)'}
 
 
 def create_model(config):
@@ -143,7 +141,7 @@ def train_and_evaluate(config, workdir):
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
-  for rule, name in RULE_ROW_NAMES.items():
+  for rule, name in study_table.RULE_ROW_NAMES.items():
     if f'{rule}_accuracy' in metrics:
       print(cnn_cls.table_row(name, config.train_data,
                               {k: metrics[f'{rule}_{k}'] for k in

@@ -1,4 +1,4 @@
-"""Applies a trained BrainCNN or BrainCVAE run to new scans (issue 9).
+"""Applies a trained BrainCNN or BrainCVAE run to new scans.
 
 Command: `python launch.py --config=configs/predict.py --config.model_dir=<run>
 --config.input=<file, folder or zip> --workdir=<out>`. Notebook: `predict_paths(run_dir,

@@ -1,5 +1,5 @@
 """The whole study in one command: generators, synthetic exports, classifiers, anomaly rules,
-generative quality, a privacy audit and Table 1 (issue 6).
+generative quality, a privacy audit and Table 1.
 
 Every stage is an ordinary task run in its own sub-workdir; a stage whose metrics.json
 exists is done and never rerun, so an interrupted study resumes at the first unfinished

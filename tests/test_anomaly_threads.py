@@ -2,14 +2,14 @@
 import numpy as np
 import pytest
 
-from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image, parallel
-from brainjax.anomaly import reference_loop
+from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image, threads
+from brainjax.anomaly import synthetic_maps
 
 
 def test_thread_map_keeps_order_and_raises():
-  assert parallel.thread_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
-  assert parallel.thread_map(str, []) == []
-  assert 1 <= parallel.num_workers() <= parallel.MAX_WORKERS
+  assert threads.thread_map(lambda x: x * x, range(7)) == [x * x for x in range(7)]
+  assert threads.thread_map(str, []) == []
+  assert 1 <= threads.num_workers() <= threads.MAX_WORKERS
 
   def fail(x):
     if x == 3:
@@ -17,15 +17,15 @@ def test_thread_map_keeps_order_and_raises():
     return x
 
   with pytest.raises(ValueError, match='three'):
-    parallel.thread_map(fail, range(5))
+    threads.thread_map(fail, range(5))
 
 
 def test_row_chunks_cover_every_row_once(monkeypatch):
-  monkeypatch.setattr(parallel, 'CHUNK_ELEMENTS', 100)
-  chunks = parallel.row_chunks(23, 30)  # 3 rows of 30 values per chunk
+  monkeypatch.setattr(threads, 'CHUNK_ELEMENTS', 100)
+  chunks = threads.row_chunks(23, 30)  # 3 rows of 30 values per chunk
   assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 6), (6, 9), (9, 12), (12, 15),
                                                  (15, 18), (18, 21), (21, 23)]
-  assert [(c.start, c.stop) for c in parallel.row_chunks(2, 1000)] == [(0, 1), (1, 2)]
+  assert [(c.start, c.stop) for c in threads.row_chunks(2, 1000)] == [(0, 1), (1, 2)]
 
 
 def _all_rules(errors):
@@ -38,13 +38,13 @@ def _all_rules(errors):
 
 
 def test_rules_do_not_depend_on_the_thread_count(monkeypatch):
-  errors, _, _ = reference_loop.synthetic_error_maps(40, size=32, seed=3)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(40, size=32, seed=3)
   # Small chunks, so every rule splits its work into many pieces.
-  monkeypatch.setattr(parallel, 'CHUNK_ELEMENTS', 3 * 32 * 32)
+  monkeypatch.setattr(threads, 'CHUNK_ELEMENTS', 3 * 32 * 32)
   monkeypatch.setattr(dbscan, '_MAX_CANDIDATES_PER_CHUNK', 500)
-  monkeypatch.setattr(parallel, 'num_workers', lambda: 1)
+  monkeypatch.setattr(threads, 'num_workers', lambda: 1)
   serial = _all_rules(errors)
-  monkeypatch.setattr(parallel, 'num_workers', lambda: 4)
+  monkeypatch.setattr(threads, 'num_workers', lambda: 4)
   threaded = _all_rules(errors)
   for rule, values in serial.items():
     assert np.asarray(values).any(), rule  # not a trivial all-zero answer
