@@ -5,7 +5,7 @@ import pathlib
 import shutil
 import tempfile
 
-os.environ.setdefault('JAX_NUMPY_RANK_PROMOTION', 'raise')
+os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
 # The 8 fake devices share 2 cores on CI: a collective may wait minutes for its slowest
 # device there, which XLA would otherwise treat as stuck and abort the process.
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image, threads
+from brainjax import threads
+from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image
 from brainjax.anomaly import synthetic_maps
 
 

@@ -157,12 +157,16 @@ def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
     ('dedup_threshold', float('nan'), 'dedup_threshold=nan'),
 ])
 def test_values_no_run_can_use_are_refused(field, value, message):
-  from configs import cnn_cls, gan_gen
+  from configs import cnn_cls
   config = cnn_cls.get_config('real,smoke')
   common.check_values(config)
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):
     common.check_values(config)
+
+
+def test_a_network_width_below_one_is_refused():
+  from configs import gan_gen
   gan = gan_gen.get_config('positive,smoke')
   common.check_values(gan)
   gan.generator.widths = (8, -4, 4, 4)

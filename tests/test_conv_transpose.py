@@ -9,12 +9,6 @@ import pytest
 from brainjax.models.conv_transpose import DFTConvTranspose, conv_transpose_dft
 
 
-@pytest.fixture(autouse=True)
-def _strict_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
-
-
 @jax.jit
 def lax_reference(x, kernel):
   return lax.conv_transpose(x, kernel, (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))

@@ -23,12 +23,6 @@ TINY_CNN = dict(conv_widths=(4, 4, 8), dense_widths=(16, 16, 8))
 TINY_CVAE = dict(latent_dim=8, conv_widths=(4, 4))
 
 
-@pytest.fixture(autouse=True)
-def _strict_rank_promotion():
-  with jax.numpy_rank_promotion('raise'):
-    yield
-
-
 def key(seed):
   # 'rbg' keys: XLA:CPU compiles their generator far faster than threefry's
   # (model inits compile in seconds instead of tens of seconds).

@@ -285,7 +285,7 @@ def test_region_survives_preprocessing_and_back(index, canvas, offset):
   region = _ellipse(full.shape, offset[0] + 0.45 * h, offset[1] + 0.6 * w, 0.12 * h, 0.18 * w)
 
   _, info = preprocess.preprocess(full, size=128, margin=0.05)
-  small = preprocess.apply_crop(region.astype(np.uint8), info, size=128, order=0)
+  small = preprocess.apply_crop(region.astype(np.uint8), info, size=128)
   back = predict.region_to_original(small, info)
   assert back.shape == full.shape
   assert _dice(back, region) > 0.9

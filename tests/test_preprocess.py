@@ -141,7 +141,7 @@ def test_region_maps_back_onto_itself(seed, index):
   yy, xx = np.mgrid[0:canvas.shape[0], 0:canvas.shape[1]]
   cy, cx = (info.top + info.bottom) / 2 + 7, (info.left + info.right) / 2 - 11
   region = ((yy - cy) / 30) ** 2 + ((xx - cx) / 22) ** 2 < 1
-  small = preprocess.apply_crop(region.astype(np.uint8), info, size=128, order=0)
+  small = preprocess.apply_crop(region.astype(np.uint8), info, size=128)
   assert small.dtype == np.uint8 and small.shape == (128, 128)
   back = preprocess.to_original_grid(small.astype(np.float32), info) >= 0.5
   assert back.shape == canvas.shape
@@ -149,7 +149,7 @@ def test_region_maps_back_onto_itself(seed, index):
   assert not back[:, :info.left].any() and not back[:info.top].any()  # 0 outside the crop
 
 
-def test_inverse_is_zero_outside_the_crop_and_bilinear_apply():
+def test_inverse_is_zero_outside_the_crop():
   image = _disk_image(200, 120, 100, 60, 40)
   _, info = preprocess.preprocess(image)
   ones = preprocess.to_original_grid(np.ones((64, 64), np.float32), info)
@@ -157,12 +157,8 @@ def test_inverse_is_zero_outside_the_crop_and_bilinear_apply():
   inside[info.top:info.bottom, info.left:info.right] = True
   np.testing.assert_allclose(ones[inside], 1.0, atol=1e-5)
   assert ones[~inside].max() == 0.0
-  smooth = preprocess.apply_crop(image, info, size=64, order=1)
-  assert smooth.dtype == np.float32 and smooth.shape == (64, 64)
   with pytest.raises(ValueError, match='shape'):
     preprocess.apply_crop(np.zeros((10, 10)), info)
-  with pytest.raises(ValueError, match='order'):
-    preprocess.apply_crop(image, info, order=3)
 
 
 def test_input_array_is_not_modified():

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse import csgraph
 
-from brainjax.anomaly import threads
+from brainjax import threads
 from brainjax.anomaly import pixel_features
 
 # Upper bound on candidate pixels clustered at once (memory ~ this x window size).

@@ -23,6 +23,14 @@ from brainjax.anomaly import pixel_features
 from brainjax.evaluation import classification
 
 RULES = ('giaem', 'dbscan', 'kmeans', 'global_kmeans')
+# Each rule's hyperparameters: what its grid search selects, and what a run's metrics.json
+# keeps as '<rule>_<name>'.
+RULE_PARAMS = {
+    'giaem': ('anomaly_threshold', 'tumor_index'),
+    'dbscan': ('anomaly_threshold', 'eps', 'min_samples', 'tumor_index'),
+    'kmeans': ('tumor_index',),
+    'global_kmeans': ('anomaly_threshold', 'alpha'),
+}
 # What evaluate_anomaly_rules fits beyond its metrics (a run keeps them as <name>.npy).
 FITTED_ARRAYS = ('global_kmeans_centroids',)
 
@@ -123,37 +131,50 @@ def _global_codes(codes, config):
       anomaly_threshold_grid(config.num_global_thresholds))
 
 
-def _search_and_apply(rule, config, val_errors, val_labels, test_errors, shape, codes):
-  """(SearchResult on validation, RuleOutput on test) of one rule.
+def apply_rule(rule: str, errors: np.ndarray, params: Dict[str, float],
+               image_shape=None, kmeans_max_iter: int = 100,
+               global_centroids: Optional[np.ndarray] = None) -> pixel_features.RuleOutput:
+  """One rule with its selected hyperparameters (RULE_PARAMS[rule]) on (N, H*W) errors.
 
-  codes: threshold codes of val_errors for the GIAEM grid, or None.
+  Global KMeans also needs the (2, H*W) centroids (tumour first) fitted on validation.
   """
+  if rule == 'giaem':
+    return giaem_rule.giaem(errors, params['anomaly_threshold'], params['tumor_index'])
+  if rule == 'dbscan':
+    return dbscan_rule.dbscan(errors, params['anomaly_threshold'], params['eps'],
+                              int(params['min_samples']), params['tumor_index'], image_shape)
+  if rule == 'kmeans':
+    return kmeans_rule.kmeans_image(errors, params['tumor_index'], image_shape,
+                                    max_iter=kmeans_max_iter)
+  if rule == 'global_kmeans':
+    if global_centroids is None:
+      raise ValueError('the global_kmeans rule needs the centroids fitted on validation')
+    return global_rule.global_kmeans(errors, params['anomaly_threshold'], params['alpha'],
+                                     centroids=global_centroids)
+  raise ValueError(f'unknown anomaly rule {rule!r}; choose from {RULES}')
+
+
+def _search(rule, config, val_errors, val_labels, shape, codes) -> grid_search.SearchResult:
+  """One rule's validation grid search. codes: threshold codes of val_errors for the GIAEM
+  grid, or None."""
   metric = config.selection_metric
   tumor_indices = tumor_index_grid(config)
   if rule == 'giaem':
-    found = grid_search.search_giaem(
+    return grid_search.search_giaem(
         val_errors, val_labels, anomaly_threshold_grid(config.num_anomaly_thresholds),
         tumor_indices, metric, codes)
-    out = giaem_rule.giaem(test_errors, **found.params)
-  elif rule == 'dbscan':
-    found = grid_search.search_dbscan(
+  if rule == 'dbscan':
+    return grid_search.search_dbscan(
         val_errors, val_labels, np.sort(np.asarray(config.dbscan_anomaly_thresholds)),
         config.dbscan_eps, config.dbscan_min_samples, tumor_indices, metric, shape)
-    out = dbscan_rule.dbscan(test_errors, image_shape=shape, **found.params)
-  elif rule == 'kmeans':
-    found = grid_search.search_kmeans_image(
+  if rule == 'kmeans':
+    return grid_search.search_kmeans_image(
         val_errors, val_labels, tumor_indices, metric, shape, config.kmeans_max_iter)
-    out = kmeans_rule.kmeans_image(test_errors, image_shape=shape,
-                                   max_iter=config.kmeans_max_iter, **found.params)
-  elif rule == 'global_kmeans':
-    found = grid_search.search_global_kmeans(
+  if rule == 'global_kmeans':
+    return grid_search.search_global_kmeans(
         val_errors, val_labels, anomaly_threshold_grid(config.num_global_thresholds),
         alpha_grid(config), metric, _global_codes(codes, config), config.global_max_iter)
-    out = global_rule.global_kmeans(test_errors, centroids=found.extra['centroids'],
-                                    **found.params)
-  else:
-    raise ValueError(f'unknown anomaly rule {rule!r}; choose from {RULES}')
-  return found, out
+  raise ValueError(f'unknown anomaly rule {rule!r}; choose from {RULES}')
 
 
 def select_rule(metrics: Dict[str, Any], selection_metric: str = 'f1') -> str:
@@ -206,8 +227,9 @@ def evaluate_anomaly_rules(
   results, fitted = {}, {}
   for rule in rules:
     start = time.perf_counter()
-    found, out = _search_and_apply(rule, config, val_errors, val_labels, test_errors, shape,
-                                   codes)
+    found = _search(rule, config, val_errors, val_labels, shape, codes)
+    out = apply_rule(rule, test_errors, found.params, shape, config.kmeans_max_iter,
+                     found.extra.get('centroids'))
     metrics = classification.classification_metrics(test_labels, out.prediction, out.score)
     metrics[f'val_{found.metric}'] = found.value
     metrics.update(found.params)

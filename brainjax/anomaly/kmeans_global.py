@@ -41,7 +41,7 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from scipy import sparse
 
-from brainjax.anomaly import threads
+from brainjax import threads
 from brainjax.anomaly import pixel_features
 
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from brainjax.anomaly import threads
+from brainjax import threads
 from brainjax.anomaly import pixel_features
 from brainjax.train import compile_options
 

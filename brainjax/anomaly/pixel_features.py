@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from brainjax.anomaly import threads
+from brainjax import threads
 
 
 class RuleOutput(NamedTuple):
@@ -144,9 +144,8 @@ def remap_codes(codes: np.ndarray, thresholds: np.ndarray,
   return table.astype(dtype)[codes]
 
 
-def counts_above(codes: np.ndarray, num_thresholds: int,
-                 mask: Optional[np.ndarray] = None) -> np.ndarray:
-  """int64 (N, T): per image, pixels with code > k (optionally only where mask)."""
+def counts_above(codes: np.ndarray, num_thresholds: int) -> np.ndarray:
+  """int64 (N, T): per image, pixels with code > k."""
   n = len(codes)
   bins = num_thresholds + 1
   hist = np.zeros((n, bins), np.int64)
@@ -154,8 +153,6 @@ def counts_above(codes: np.ndarray, num_thresholds: int,
   def fill(rows: slice):
     c = codes[rows]
     index = c.astype(np.intp) + np.arange(len(c), dtype=np.intp)[:, None] * bins
-    if mask is not None:
-      index = index.reshape(-1)[mask[rows].reshape(-1).astype(bool)]
     hist[rows] = np.bincount(index.reshape(-1), minlength=len(c) * bins).reshape(len(c), bins)
 
   threads.thread_map(fill, threads.row_chunks(n, codes.shape[1]))

@@ -110,9 +110,7 @@ class CropInfo:
 
 def _resize(array: np.ndarray, height: int, width: int, order: int) -> np.ndarray:
   """float32 2-D resize; order 0 nearest, 1 antialiased bilinear."""
-  resample = {0: Image.Resampling.NEAREST, 1: Image.Resampling.BILINEAR}.get(order)
-  if resample is None:
-    raise ValueError(f'order must be 0 (nearest) or 1 (bilinear), got {order}')
+  resample = {0: Image.Resampling.NEAREST, 1: Image.Resampling.BILINEAR}[order]
   if array.shape == (height, width):
     return array.astype(np.float32, copy=True)
   image = Image.fromarray(np.ascontiguousarray(array, dtype=np.float32), mode='F')
@@ -246,12 +244,9 @@ def crop_info(shape, box, margin: float, background: float = 0.0, scale: float =
                   int(side), (side - h) // 2, (side - w) // 2, float(background), float(scale))
 
 
-def apply_crop(array: np.ndarray, info: CropInfo, size: int = 128, order: int = 0) -> np.ndarray:
-  """Applies the geometric transform of `info` to an (H, W) array (e.g. a mask).
-
-  order 0 (nearest) keeps the array's dtype (use it for masks); order 1
-  (bilinear) returns float32.
-  """
+def apply_crop(array: np.ndarray, info: CropInfo, size: int = 128) -> np.ndarray:
+  """Applies the geometric transform of `info` to an (H, W) mask: nearest neighbour, the
+  array's dtype kept."""
   array = np.asarray(array)
   if array.shape != info.orig_shape:
     raise ValueError(f'array shape {array.shape} does not match the original {info.orig_shape}')
@@ -259,19 +254,18 @@ def apply_crop(array: np.ndarray, info: CropInfo, size: int = 128, order: int = 
   h, w = info.bottom - info.top, info.right - info.left
   canvas[info.pad_top:info.pad_top + h, info.pad_left:info.pad_left + w] = (
       array[info.top:info.bottom, info.left:info.right])
-  out = _resize(canvas, size, size, order)
-  return out.astype(array.dtype) if order == 0 else out
+  return _resize(canvas, size, size, order=0).astype(array.dtype)
 
 
-def to_original_grid(map_: np.ndarray, info: CropInfo, order: int = 1) -> np.ndarray:
-  """Maps a (size, size) output-space map back to the original (H, W) grid.
+def to_original_grid(map_: np.ndarray, info: CropInfo) -> np.ndarray:
+  """Maps a (size, size) output-space map back to the original (H, W) grid, bilinearly.
 
   Undoes resize, centring and crop; 0 outside the crop box. float32.
   """
   map_ = np.asarray(map_, np.float32)
   if map_.ndim != 2 or map_.shape[0] != map_.shape[1]:
     raise ValueError(f'expected a square 2-D map, got shape {map_.shape}')
-  canvas = _resize(map_, info.side, info.side, order)
+  canvas = _resize(map_, info.side, info.side, order=1)
   h, w = info.bottom - info.top, info.right - info.left
   out = np.zeros(info.orig_shape, np.float32)
   out[info.top:info.bottom, info.left:info.right] = (

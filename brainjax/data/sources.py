@@ -32,6 +32,7 @@ from absl import logging
 import numpy as np
 from PIL import Image
 
+from brainjax import threads
 from brainjax.data import dedup
 from brainjax.data import image_io
 from brainjax.data import layout
@@ -201,7 +202,7 @@ def _run_job(job, size: int, margin: float):
   except preprocess_lib.BlankImage as e:
     return name, label, None, f'blank: {e}'
   if mask is not None:
-    mask = preprocess_lib.apply_crop(mask, info, size, order=0)
+    mask = preprocess_lib.apply_crop(mask, info, size)
   return name, label, (out, info, mask, _raw_thumbnail(image)), None
 
 
@@ -211,17 +212,9 @@ def _raw_thumbnail(image: np.ndarray) -> np.ndarray:
   return np.asarray(thumb, np.float32)
 
 
-def _workers() -> int:
-  try:
-    cores = len(os.sched_getaffinity(0))
-  except AttributeError:
-    cores = os.cpu_count() or 1
-  return max(1, min(8, cores))
-
-
 def _run_jobs(jobs, size: int, margin: float):
   """Runs the jobs in order, in worker processes when there are many."""
-  workers = _workers()
+  workers = threads.num_workers()
   # Spawned workers re-import the main script; a script read from stdin has none.
   main_file = getattr(sys.modules.get('__main__'), '__file__', None)
   if (workers == 1 or len(jobs) < _PARALLEL_MIN_JOBS

@@ -271,18 +271,17 @@ def explicit_padding(lhs_shape, rhs_shape, strides, padding):
   return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
-def conv(features: int, kernel_size: int, strides: int = 1, dtype: Any = jnp.float32,
-         name: Optional[str] = None) -> nn.Conv:
+def conv(features: int, kernel_size: int, strides: int = 1,
+         dtype: Any = jnp.float32) -> nn.Conv:
   """nn.Conv with torch's padding=1 and the fast kernel gradient."""
   return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
-                 padding=TORCH_PAD1, dtype=dtype, conv_general_dilated=conv_general_dilated,
-                 name=name)
+                 padding=TORCH_PAD1, dtype=dtype, conv_general_dilated=conv_general_dilated)
 
 
-def batch_norm(train: bool, axis_name: Optional[str], dtype: Any, name: Optional[str] = None):
+def batch_norm(train: bool, axis_name: Optional[str], dtype: Any):
   """BatchNorm with torch's defaults (momentum 0.1 = flax 0.9, eps 1e-5)."""
   return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                   axis_name=axis_name, dtype=dtype, name=name)
+                   axis_name=axis_name, dtype=dtype)
 
 
 class BatchNorm(nn.Module):

@@ -46,11 +46,8 @@ from PIL import Image
 from scipy import ndimage
 from scipy import special
 
-from brainjax.anomaly import dbscan
+from brainjax import threads
 from brainjax.anomaly import evaluate as anomaly_evaluate
-from brainjax.anomaly import giaem
-from brainjax.anomaly import kmeans_global
-from brainjax.anomaly import kmeans_image
 from brainjax.anomaly import recon_error
 from brainjax.data import dedup
 from brainjax.data import image_io
@@ -165,7 +162,7 @@ def _prepare_one(item: Item, size: int, margin: float):
 
 
 def _threads(num_threads: int) -> int:
-  return num_threads if num_threads > 0 else (os.cpu_count() or 1)
+  return num_threads if num_threads > 0 else threads.num_workers()
 
 
 def prepare(items: Sequence[Item], size: int, margin: float, num_threads: int = 0) -> Prepared:
@@ -193,15 +190,9 @@ def file_items(files: Sequence[inputs_lib.InputFile], reader: inputs_lib.Reader,
 # ----------------------------------------------------------------------------- the rules
 
 
-# Hyperparameters each rule reads from the run's metrics.json, as '<rule>_<name>'.
-RULE_PARAMS = {
-    'giaem': ('anomaly_threshold', 'tumor_index'),
-    'dbscan': ('anomaly_threshold', 'eps', 'min_samples', 'tumor_index'),
-    'kmeans': ('tumor_index',),
-    'global_kmeans': ('anomaly_threshold', 'alpha'),
-}
+RULE_PARAMS = anomaly_evaluate.RULE_PARAMS
 # Global KMeans also needs the two centroids its cvae_cls run fitted on validation.
-GLOBAL_CENTROIDS_FILE = 'global_kmeans_centroids.npy'
+GLOBAL_CENTROIDS_FILE = anomaly_evaluate.FITTED_ARRAYS[0] + '.npy'
 
 
 def rule_params(metrics: Dict[str, Any], rule: str) -> Dict[str, float]:
@@ -284,21 +275,10 @@ def global_centroids(run: Run) -> np.ndarray:
 
 def apply_rule(run: Run, rule: str, errors: np.ndarray, image_shape):
   """The rule's RuleOutput (score, prediction, region) for (N, H*W) normalised errors."""
-  params = rule_params(run.metrics, rule)
-  anomaly = run.config.get('anomaly', {})
-  if rule == 'giaem':
-    return giaem.giaem(errors, params['anomaly_threshold'], params['tumor_index'])
-  if rule == 'dbscan':
-    return dbscan.dbscan(errors, params['anomaly_threshold'], params['eps'],
-                         int(params['min_samples']), params['tumor_index'], image_shape)
-  if rule == 'kmeans':
-    return kmeans_image.kmeans_image(errors, params['tumor_index'], image_shape,
-                                     max_iter=int(anomaly.get('kmeans_max_iter', 100)))
-  if rule == 'global_kmeans':
-    centroids = global_centroids(run)
-    return kmeans_global.global_kmeans(errors, params['anomaly_threshold'], params['alpha'],
-                                       centroids=centroids)
-  raise ValueError(f'unknown rule {rule!r}; known: {", ".join(RULES)}')
+  max_iter = int(run.config.get('anomaly', {}).get('kmeans_max_iter', 100))
+  centroids = global_centroids(run) if rule == 'global_kmeans' else None
+  return anomaly_evaluate.apply_rule(rule, errors, rule_params(run.metrics, rule), image_shape,
+                                     max_iter, centroids)
 
 
 # ----------------------------------------------------------------------------- predicting

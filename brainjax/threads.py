@@ -1,4 +1,5 @@
-"""Threads, one per core, for the anomaly rules' independent NumPy/SciPy pieces.
+"""The cores this process may use, and threads, one per core, for independent NumPy/SciPy
+pieces (the anomaly rules'; preprocessing sizes its worker processes with num_workers).
 
 The rules' heavy kernels (comparisons, sorts, bincount, SciPy's sparse products
 and graph search, jitted JAX calls) release the GIL, so independent pieces (row
