@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from brainjax.data import sources
 from brainjax.tasks import datasets
 from brainjax.train import parallel
-from brainjax.train import reporting
+from brainjax.train import reruns
 from configs import common
 
 TRAINING_TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls')  # their batch splits across devices
@@ -151,7 +151,7 @@ def main(argv):
   try:
     os.makedirs(workdir, exist_ok=True)
     if parallel.is_first_host():
-      previous_config = reporting.write_config(workdir, config)
+      previous_config = reruns.write_config(workdir, config)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
@@ -166,9 +166,9 @@ def main(argv):
     logging.debug('Traceback:', exc_info=True)
     # A refused rerun, or one stopped before it touched the results (e.g. on its data), leaves
     # the config.json that describes them.
-    kept_results = reporting.untouched_since(workdir, start)
-    if (isinstance(error, reporting.RerunRefused) or kept_results) and parallel.is_first_host():
-      reporting.put_back_config(workdir, previous_config)
+    kept_results = reruns.untouched_since(workdir, start)
+    if (isinstance(error, reruns.RerunRefused) or kept_results) and parallel.is_first_host():
+      reruns.put_back_config(workdir, previous_config)
     if isinstance(error, KeyboardInterrupt):  # (Ctrl-C: the checkpoints written so far are whole)
       print(f'Interrupted: the same command goes on with {workdir} from where it stopped (its '
             'last checkpoint, if any).', file=sys.stderr)

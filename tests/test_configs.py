@@ -193,47 +193,47 @@ def test_data_settings_no_source_can_read_are_refused_before_any_file_is_read(fi
 
 def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   from configs import cnn_cls
-  from brainjax.train import reporting
+  from brainjax.train import reruns
   config = cnn_cls.get_config('real,smoke')
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   config.data.num_per_class = 3  # config.json alone: the run stopped before it began
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   (tmp_path / 'checkpoints' / '3.orbax-checkpoint-tmp-1').mkdir(parents=True)  # a killed save
   (tmp_path / 'tensorboard').mkdir()
   config.learning_rate = 0.5  # no checkpoint yet: it has not trained, any setting may change
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   config.learning_rate = 1e-4
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   (tmp_path / 'checkpoints' / '2').mkdir()  # a committed checkpoint: now it has begun
   config.num_epochs, config.log_every_steps = 5, 1  # how long and how: a resume may change
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   config.learning_rate = 0.5  # what it learns: not in the same checkpoint
   with pytest.raises(ValueError, match=r'learning_rate: 0.0001 -> 0.5'):
-    reporting.write_config(str(tmp_path), config)
+    reruns.write_config(str(tmp_path), config)
   from configs import predict
   with pytest.raises(ValueError, match='holds a cnn_cls run'):  # e.g. predict into its model
-    reporting.write_config(str(tmp_path), predict.get_config('smoke'))
+    reruns.write_config(str(tmp_path), predict.get_config('smoke'))
   (tmp_path / 'scans').mkdir()
   (tmp_path / 'scans' / 'a.png').write_bytes(b'')
   with pytest.raises(ValueError, match='not a brainjax workdir'):  # e.g. predict into its input
-    reporting.write_config(str(tmp_path / 'scans'), predict.get_config('smoke'))
+    reruns.write_config(str(tmp_path / 'scans'), predict.get_config('smoke'))
   assert sorted(p.name for p in (tmp_path / 'scans').iterdir()) == ['a.png']
 
 
 def test_a_workdir_left_with_only_a_half_written_config_json_starts_the_run(tmp_path):
   # A first launch killed while writing config.json: its rerun was refused ("holds
   # config.json.tmp but no config.json: not a brainjax workdir").
-  from brainjax.train import reporting
+  from brainjax.train import reruns
   from configs import cnn_cls
   (tmp_path / 'config.json.tmp').write_text('{"task": "cnn_')
-  assert reporting.write_config(str(tmp_path), cnn_cls.get_config('real,smoke')) is None
+  assert reruns.write_config(str(tmp_path), cnn_cls.get_config('real,smoke')) is None
   assert sorted(os.listdir(tmp_path)) == ['config.json']
   # Likewise a half-written file of a run killed before its first checkpoint: it has not
   # begun, so its rerun may change any setting.
   (tmp_path / 'eval_ids.json.tmp').write_text('{"val": [')
   other = cnn_cls.get_config('real,smoke')
   other.learning_rate /= 10
-  assert reporting.write_config(str(tmp_path), other) is not None
+  assert reruns.write_config(str(tmp_path), other) is not None
 
 
 _INTERRUPTED_RUN = """
@@ -363,18 +363,18 @@ def test_a_generator_stopped_before_its_first_checkpoint_has_not_begun(tmp_path)
   # Its first epoch's sample grid is written before any checkpoint (one at most every
   # checkpoint_every_secs): killed then, it has trained nothing a rerun resumes.
   from configs import vae_gen
-  from brainjax.train import reporting
+  from brainjax.train import reruns
   config = vae_gen.get_config('positive,smoke')
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   for folder in ('checkpoints', 'best', 'tensorboard', 'samples'):
     (tmp_path / folder).mkdir()
   (tmp_path / 'samples' / 'step_0000002.png').write_bytes(b'')
   config.learning_rate = config.learning_rate / 10
-  reporting.write_config(str(tmp_path), config)
+  reruns.write_config(str(tmp_path), config)
   (tmp_path / 'checkpoints' / '2').mkdir()  # a committed checkpoint: now it has begun
   config.learning_rate = config.learning_rate * 10
-  with pytest.raises(reporting.RerunRefused, match='learning_rate'):
-    reporting.write_config(str(tmp_path), config)
+  with pytest.raises(reruns.RerunRefused, match='learning_rate'):
+    reruns.write_config(str(tmp_path), config)
 
 
 def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path):

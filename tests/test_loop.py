@@ -21,6 +21,7 @@ from brainjax.train import checkpoints
 from brainjax.train import loop
 from brainjax.train import parallel
 from brainjax.train import reporting
+from brainjax.train import reruns
 from brainjax.train.state import TrainState
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -302,7 +303,7 @@ def test_a_best_saved_without_its_latest_checkpoint_counts_as_trained(tmp_path, 
   assert checkpoints.best_step(str(tmp_path)) == 12
   # A rerun that would end at step 8 would report epoch 2's best validation loss and test
   # the model of step 12 (best/), beyond its run: refused, as any run shorter than trained.
-  with pytest.raises(reporting.RerunRefused, match=r'trained 12 steps .* num_epochs >= 3'):
+  with pytest.raises(reruns.RerunRefused, match=r'trained 12 steps .* num_epochs >= 3'):
     run(tmp_path, config(num_epochs=2, log_every_steps=4), evaluate=evaluate)
   _, summary = run(tmp_path, config(log_every_steps=4), evaluate=evaluate)
   assert summary['best_val_loss'] == 1 / 12

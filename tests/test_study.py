@@ -6,6 +6,7 @@ import pytest
 
 from brainjax.tasks import study
 from brainjax.train import reporting
+from brainjax.train import reruns
 from configs import study as study_config
 
 
@@ -95,26 +96,26 @@ def test_the_study_s_own_settings_reach_every_stage():
 def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):
   config = study_config.get_config('quick,smoke')
   workdir = str(tmp_path)
-  reporting.write_config(workdir, config)
+  reruns.write_config(workdir, config)
   stage = tmp_path / 'random' / 'seed0' / 'generators' / 'vae_positive'
   stage.mkdir(parents=True)
   (stage / 'config.json').write_text('{}')  # its first stage has begun (and was refused)
   config.overrides.vae_gen.batch_size = 2  # e.g. what that stage's refusal asked for
-  reporting.write_config(workdir, config)
+  reruns.write_config(workdir, config)
   (stage / 'metrics.json').write_text('{}')  # a finished stage
   config.seeds, config.checkpoint_every_secs = 3, 5.0  # more seeds; how it runs
   config.knn_k = 5  # the audit, recomputed by every run
-  reporting.write_config(workdir, config)
+  reruns.write_config(workdir, config)
   config.overrides.cnn_cls.num_epochs = 7  # a finished stage would keep its old metrics
   with pytest.raises(ValueError, match='overrides.cnn_cls.num_epochs: 1 -> 7'):
-    reporting.write_config(workdir, config)
+    reruns.write_config(workdir, config)
 
 
 def test_a_finished_stage_of_other_settings_is_an_error(tmp_path):
   config = study_config.get_config('quick,smoke')
   stage = str(tmp_path)
   sub = study.sub_config(config, 'cnn_cls', 'real', 'random', 0)
-  reporting.write_config(stage, sub)
+  reruns.write_config(stage, sub)
   reporting.write_metrics_json(stage, {'accuracy': 0.5, 'auroc': float('nan')})
   sub.cache_dir = str(tmp_path / 'elsewhere')  # how it runs: the stage is still done
   sub.synthetic_dirs = str(tmp_path / 'moved' / 'synthetic')  # so is a moved study's stage
@@ -153,19 +154,19 @@ def test_a_stage_s_refused_rerun_leaves_its_config_json(tmp_path, monkeypatch):
   from brainjax.tasks import cnn_cls
   from configs import cnn_cls as cnn_config
   stage = cnn_config.get_config('real,smoke')
-  reporting.write_config(str(tmp_path), stage)
+  reruns.write_config(str(tmp_path), stage)
   (tmp_path / 'checkpoints' / '4').mkdir(parents=True)  # begun: a committed checkpoint
   before = (tmp_path / 'config.json').read_bytes()
 
   def refuse(config, workdir):
-    raise reporting.RerunRefused(f'{workdir} has trained further')
+    raise reruns.RerunRefused(f'{workdir} has trained further')
 
   monkeypatch.setattr(cnn_cls, 'train_and_evaluate', refuse)
   stage.num_epochs = 1
-  with pytest.raises(reporting.RerunRefused, match='study stage cnn_cls in .*has trained further'):
+  with pytest.raises(reruns.RerunRefused, match='study stage cnn_cls in .*has trained further'):
     study.run_stage('cnn_cls', stage, str(tmp_path))
   assert (tmp_path / 'config.json').read_bytes() == before
   stage.learning_rate = 0.5  # a setting a begun stage cannot take: refused as a rerun too
-  with pytest.raises(reporting.RerunRefused, match='study stage cnn_cls in .*learning_rate'):
+  with pytest.raises(reruns.RerunRefused, match='study stage cnn_cls in .*learning_rate'):
     study.run_stage('cnn_cls', stage, str(tmp_path))
   assert (tmp_path / 'config.json').read_bytes() == before

@@ -22,7 +22,6 @@ import numpy as np
 
 from brainjax.data import image_io
 from brainjax.data import layout
-from brainjax.data.examples import NEGATIVE, POSITIVE
 
 
 def label_from_path(relpath: str, backslash: bool = True) -> Optional[int]:

@@ -19,7 +19,7 @@ from brainjax.data import sources
 from brainjax.data import splits
 from brainjax.data import synthetic
 from brainjax.data.examples import NEGATIVE, POSITIVE
-from brainjax.train import reporting
+from brainjax.train import reruns
 
 LABEL_NAMES = {'negative': NEGATIVE, 'positive': POSITIVE}
 
@@ -147,7 +147,7 @@ def _check_same_split(config, export_dir):
       logging.warning('%s/%s does not record the split its generator trained on: it cannot be '
                       'checked against this run\'s test slices.', export_dir, folder)
     elif entry['split_key'] != own:
-      changed = reporting.config_changes(entry['split_key'], own, allowed=frozenset())
+      changed = reruns.config_changes(entry['split_key'], own, allowed=frozenset())
       raise ValueError(f'{export_dir}/{folder} comes from a generator trained on another split '
                        f'of the real data ({"; ".join(changed[:3])}): it may have seen this '
                        'run\'s test slices; export from a generator run with the same seed, '

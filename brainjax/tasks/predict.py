@@ -58,6 +58,7 @@ from brainjax.evaluation import classification
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
 from brainjax.train import reporting
+from brainjax.train import reruns
 
 MODEL_TASKS = ('cnn_cls', 'cvae_cls')
 RULES = anomaly_evaluate.RULES
@@ -94,7 +95,7 @@ def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(os.path.join(run_dir, 'config.json')):
     raise FileNotFoundError(f'{run_dir!r} has no config.json: not the workdir of a brainjax run')
   try:
-    return reporting.load_config(run_dir)
+    return reruns.load_config(run_dir)
   except (ValueError, TypeError, AttributeError) as e:  # (JSONDecodeError is a ValueError)
     raise ValueError(f'{run_dir}/config.json is not a brainjax run config: {e}') from None
 
@@ -530,7 +531,7 @@ def _predict_workdirs_among(files) -> List[str]:
     if f.in_zip or os.path.basename(f.source) != 'config.json':
       continue
     try:
-      task = reporting.read_config_json(os.path.dirname(f.source)).get('task')
+      task = reruns.read_config_json(os.path.dirname(f.source)).get('task')
     except (OSError, ValueError, AttributeError):  # not a brainjax config
       continue
     if task == 'predict':
@@ -594,7 +595,7 @@ def _smoke_inputs(config, workdir):
       sub.cache_dir = datasets.cache_dir(config)
       sub.num_devices = config.num_devices
       os.makedirs(model_dir, exist_ok=True)
-      reporting.write_config(model_dir, sub)
+      reruns.write_config(model_dir, sub)
       logging.info('Smoke: training a tiny %s run in %s.', config.smoke_task, model_dir)
       importlib.import_module(f'brainjax.tasks.{config.smoke_task}').train_and_evaluate(
           sub, model_dir)

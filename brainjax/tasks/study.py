@@ -28,6 +28,7 @@ from brainjax.tasks import datasets
 from brainjax.tasks import predict
 from brainjax.train import parallel
 from brainjax.train import reporting
+from brainjax.train import reruns
 from configs import cnn_cls as cnn_config
 from configs import common
 from configs import cvae_cls as cvae_config
@@ -63,26 +64,26 @@ def run_stage(task, sub, workdir):
   """Runs one task unless its metrics.json already exists; returns its metrics as written."""
   if os.path.exists(os.path.join(workdir, 'metrics.json')):
     # Another version's stage defaults may differ: its metrics would not be this config's.
-    changed = reporting.config_changes(reporting.read_config_json(workdir),
+    changed = reruns.config_changes(reruns.read_config_json(workdir),
                                        json.loads(sub.to_json_best_effort()),
-                                       reporting.RUN_FIELDS | _STAGE_PATHS)
+                                       reruns.RUN_FIELDS | _STAGE_PATHS)
     if changed:
-      raise ValueError(reporting.changes_message(workdir, changed))
+      raise ValueError(reruns.changes_message(workdir, changed))
     return reporting.read_metrics_json(workdir)
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
   previous = None
   try:
     if parallel.is_first_host():
-      previous = reporting.write_config(workdir, sub, reporting.RERUN_FIELDS | _STAGE_PATHS)
+      previous = reruns.write_config(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
     importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   except ValueError as error:  # (which stage: the fix is an overrides.<task> flag)
     # A refused rerun of a begun stage: its config.json as it was, and the study's too
     # (launch.py puts that back on a RerunRefused).
-    refused = isinstance(error, reporting.RerunRefused)
+    refused = isinstance(error, reruns.RerunRefused)
     if refused and parallel.is_first_host():
-      reporting.put_back_config(workdir, previous)
-    raise (reporting.RerunRefused if refused else ValueError)(
+      reruns.put_back_config(workdir, previous)
+    raise (reruns.RerunRefused if refused else ValueError)(
         f'study stage {task} in {workdir}: {error}') from error
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)

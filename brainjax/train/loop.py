@@ -25,6 +25,7 @@ from brainjax.train import checkpoints
 from brainjax.train import compile_options
 from brainjax.train import parallel
 from brainjax.train import reporting
+from brainjax.train import reruns
 from brainjax.train import state as train_state
 
 
@@ -112,7 +113,7 @@ def check_resume(config, workdir, num_examples: int,
 
   A task calls it once it knows its training data, so that a run `fit` refuses leaves its
   workdir as it was (the results of the run it holds included): the run-length fields, a
-  batch the devices cannot split or the data cannot fill, and, as reporting.RerunRefused
+  batch the devices cannot split or the data cannot fill, and, as reruns.RerunRefused
   (its caller puts config.json back), a checkpoint trained on other data (see `fit`'s
   data_key) or one trained further than num_epochs reach.
   """
@@ -128,7 +129,7 @@ def check_resume(config, workdir, num_examples: int,
     step, meta = latest
     data_keys = _data_keys(data_key)
     if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
-      raise reporting.RerunRefused(
+      raise reruns.RerunRefused(
           f'{workdir} was trained on other data than it reads now (a synthetic export redone '
           'since with other images, or slices added to or removed from the data folder): '
           'train on these in a new --workdir')
@@ -137,7 +138,7 @@ def check_resume(config, workdir, num_examples: int,
   # (a shorter rerun would end before that step, its best/ still holding the later model).
   step = max(step, checkpoints.best_step(workdir) or 0)
   if step > per_epoch * config.num_epochs:
-    raise reporting.RerunRefused(
+    raise reruns.RerunRefused(
         f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
         f'num_epochs={config.num_epochs} give: rerun with num_epochs >= '
         f'{-(-step // per_epoch)}, or choose another --workdir')

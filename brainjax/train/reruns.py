@@ -1,0 +1,159 @@
+"""A workdir holds one run: its config.json, and what a rerun there may change.
+
+`write_config` decides whether a command may run in a workdir (new, empty, or the same run
+resumed or rerun with RERUN_FIELDS changed) and writes config.json; a refused rerun, or one
+that stopped before it changed the results (`untouched_since`), gets the old config.json back
+(`put_back_config`): launch.py does both.
+"""
+import json
+import os
+
+import ml_collections
+
+from brainjax.train import checkpoints
+from brainjax.train.reporting import atomic_open
+
+
+def read_config_json(workdir):
+  """The config a run saved as workdir/config.json, as a JSON dict."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    return json.load(f)
+
+
+def load_config(workdir):
+  """The config a run saved as workdir/config.json, as a ConfigDict (JSON lists -> tuples)."""
+  def tuples(x):
+    if isinstance(x, dict):
+      return {k: tuples(v) for k, v in x.items()}
+    return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+  return ml_collections.ConfigDict(tuples(read_config_json(workdir)))
+
+
+# Config fields a rerun may change in a workdir that holds a run (a dotted field matches if
+# any of its parts is listed, e.g. export.dir). Any run: how it runs, not what it computes.
+RUN_FIELDS = frozenset({'checkpoint_every_secs', 'log_every_steps', 'keep_checkpoints',
+                        'cache_dir', 'num_devices', 'multihost'})
+# A task's run: also how long it trains and what it does with the trained model.
+RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly'}
+# A study: also which seeds and split modes it runs, and its audit's knn_k (recomputed by
+# every run). Not its stages' settings: a finished stage is never rerun, and a generator's
+# new export would leave its classifiers stale.
+STUDY_RERUN_FIELDS = RUN_FIELDS | {'seeds', 'split_modes', 'knn_k'}
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_changes(saved, config, allowed=RERUN_FIELDS):
+  """['field: saved -> new', ...] of the fields (beyond `allowed`) where two run configs
+  (JSON dicts) differ; fields only one of them has (another version's) are not compared."""
+  old, new = _flat(saved), _flat(config)
+  return [f'{k}: {old[k]!r} -> {new[k]!r}' for k in sorted(old.keys() & new.keys())
+          if old[k] != new[k] and not allowed.intersection(k.split('.'))]
+
+
+def changes_message(workdir, changed):
+  """The one-line error for a workdir whose run has other settings."""
+  return (f'{workdir} holds a run with other settings ({"; ".join(changed[:3])}'
+          f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose another --workdir')
+
+
+def _finished_stages(workdir):
+  """Whether any run below workdir (a study's stages) has written its metrics.json."""
+  return any('metrics.json' in files for folder, _, files in os.walk(workdir)
+             if folder != workdir)
+
+
+class RerunRefused(ValueError):
+  """A workdir's run cannot be rerun so (trained on other data, or further than asked): raised
+  before the run changes any file, so that its caller puts back the config.json it held."""
+
+
+# What a run writes before its first checkpoint: a workdir holding no more than these, and no
+# committed checkpoint in them, is a run that stopped before it had trained (e.g. a loss that
+# was not finite from the first steps), which a rerun may fix with other settings. (A
+# generator's samples/ holds a grid from each epoch's end, the first before any checkpoint.)
+_BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tensorboard',
+                    'samples'}
+
+
+def write_config(workdir, config, allowed=None):
+  """Writes workdir/config.json, unless workdir holds something else than this run; returns
+  the text it replaced (None if none), for `put_back_config` after a RerunRefused.
+
+  A workdir is new, empty, or the same run's (resumed, or rerun with `allowed` fields
+  changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
+  redone with any inputs): a run resumed with other settings would mix two runs in one
+  checkpoint, and other files in it could be someone's data. A ValueError names what is there.
+  A run that stopped before its first checkpoint (e.g. it refused its data, or its loss was
+  not finite from the start) has not begun: its rerun may fix any setting. So is a study none
+  of whose stages has finished (each begun stage still refuses what its own run cannot take).
+  """
+  path = os.path.join(workdir, 'config.json')
+  text = config.to_json_best_effort(indent=1)
+  new = json.loads(text)
+  # (X.tmp: a file atomic_open was writing when a kill came, which counts as X would;
+  # config.json's own is replaced below)
+  present = sorted({e[:-len('.tmp')] if e.endswith('.tmp') else e
+                    for e in os.listdir(workdir) if not e.startswith('.')} - {'config.json'})
+  previous = None
+  if os.path.exists(path):
+    with open(path) as f:
+      previous = f.read()
+    try:
+      saved = json.loads(previous)
+    except ValueError:  # (JSONDecodeError)
+      saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get('task'), str):
+      # (another tool's config.json, or none a run wrote: a list was an AttributeError)
+      raise ValueError(f'{path} is not the config of a brainjax run: not a brainjax workdir; '
+                       'choose a new or empty one')
+    if saved.get('task') != new['task']:
+      raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
+                       'choose another --workdir')
+    if allowed is None:
+      allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
+    changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
+    if new['task'] == 'study':
+      begun = bool(_finished_stages(workdir))
+    else:
+      begun = bool(set(present) - _BEFORE_TRAINING) or checkpoints.holds_checkpoint(workdir)
+    if changed and begun:  # (if not, its config.json is replaced)
+      raise RerunRefused(changes_message(workdir, changed))
+  elif present:
+    raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
+                     'but no config.json: not a brainjax workdir; choose a new or empty one')
+  with atomic_open(path) as f:
+    f.write(text)
+  return previous
+
+
+def untouched_since(workdir, start):
+  """Whether workdir holds metrics.json and nothing in it but its config.json was written or
+  removed after `start` (a time.time()): a run stopped before it changed its results (a
+  task removes metrics.json before it changes them, and writes it last)."""
+  if not os.path.isfile(os.path.join(workdir, 'metrics.json')):
+    return False
+  for root, folders, files in os.walk(workdir):  # (a folder's time changes with its entries)
+    for name in folders + files:
+      if root == workdir and name in ('config.json', 'config.json.tmp'):
+        continue
+      # (a second's margin: some file systems keep coarser times)
+      if os.lstat(os.path.join(root, name)).st_mtime > start - 1.0:
+        return False
+  return True
+
+
+def put_back_config(workdir, previous):
+  """Restores the config.json text `write_config` replaced (nothing if it replaced none): a
+  refused rerun leaves the run's description as it found it."""
+  if previous is not None:
+    with atomic_open(os.path.join(workdir, 'config.json')) as f:
+      f.write(previous)
