@@ -111,6 +111,35 @@ def cache_problem(cache):
   return '' if os.access(parent, os.W_OK | os.X_OK) else f'{parent} is not writable'
 
 
+def check_settings(config, task):
+  """Refuses, with a ValueError or FileNotFoundError, settings no run can use: checked before
+  anything is written, so a refused run leaves no workdir behind."""
+  common.check_values(config)
+  if config.task in TRAINING_TASKS:
+    if config.get('mode') == 'generate':  # (trains nothing: no batch to split)
+      parallel.train_devices(config.num_devices)
+    else:
+      parallel.check_batch_split(config)
+  if config.task != 'predict':  # (which reads its model's data settings, not its own)
+    sources.check_location(config.data)
+  if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data
+    task.check_config(config)
+  cache = datasets.cache_dir(config)
+  problem = cache_problem(cache)
+  if problem:
+    raise ValueError(f'cannot use the cache folder {cache!r} (--config.cache_dir, '
+                     f'BRAINJAX_CACHE): {problem}')
+
+
+def prepare_workdir(config):
+  """(workdir, the config.json text it held or None): the workdir made, its config.json
+  written (the first host), unless it holds another run or another's files (a ValueError)."""
+  workdir = FLAGS.workdir or os.path.join('runs', config.name)
+  os.makedirs(workdir, exist_ok=True)
+  previous_config = reruns.write_config(workdir, config) if parallel.is_first_host() else None
+  return workdir, previous_config
+
+
 def main(argv):
   logging.get_absl_logger().addFilter(quiet_libraries)
   if len(argv) > 1:
@@ -123,35 +152,13 @@ def main(argv):
       sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
-  # Settings checked before anything is written: a refused run leaves no workdir behind.
   try:
-    common.check_values(config)
-    if config.task in TRAINING_TASKS:
-      if config.get('mode') == 'generate':  # (trains nothing: no batch to split)
-        parallel.train_devices(config.num_devices)
-      else:
-        parallel.check_batch_split(config)
-    if config.task != 'predict':  # (which reads its model's data settings, not its own)
-      sources.check_location(config.data)
-    if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data
-      task.check_config(config)
-  except (ValueError, FileNotFoundError) as error:
-    sys.exit(f'error: {error}')
-  cache = datasets.cache_dir(config)
-  problem = cache_problem(cache)
-  if problem:
-    sys.exit(f'error: cannot use the cache folder {cache!r} (--config.cache_dir, BRAINJAX_CACHE):'
-             f' {problem}')
-  # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
-  # network reuse them instead of recompiling.
-  jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-  workdir = FLAGS.workdir or os.path.join('runs', config.name)
-  previous_config = None
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    if parallel.is_first_host():
-      previous_config = reruns.write_config(workdir, config)
+    check_settings(config, task)
+    # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
+    # network reuse them instead of recompiling.
+    jax.config.update('jax_compilation_cache_dir', os.path.join(datasets.cache_dir(config), 'xla'))
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    workdir, previous_config = prepare_workdir(config)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
