@@ -284,7 +284,7 @@ def cpu_flops(jitted, *args):
   Counted on the program lowered for CPU, whatever device `args` are on: a GPU
   backend (a PJRT plugin) gives no cost analysis of a lowered program (none on an
   H200, jax 0.11.2). The arithmetic is the same: on CPU the convolution gradients
-  are GEMMs (models/layers.py), the same multiply-adds as the convolutions.
+  are GEMMs (models/conv_gradients.py), the same multiply-adds as the convolutions.
   """
   try:
     cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])

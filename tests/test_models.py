@@ -11,9 +11,9 @@ import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
-from brainjax.models.layers import (TORCH_PAD1, BatchNorm, UpsampleConv, _concat_channels,
-                                    _gemm_conv_grads, normalize_batch,
-                                    conv_general_dilated, explicit_padding)
+from brainjax.models.conv_gradients import (_concat_channels, _gemm_conv_grads,
+                                            conv_general_dilated, explicit_padding)
+from brainjax.models.layers import TORCH_PAD1, BatchNorm, UpsampleConv, normalize_batch
 
 SIZE = 128
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
