@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from brainjax.data import dedup
 from brainjax.data import splits
 
 
@@ -83,7 +84,8 @@ def test_grouped_from_images_finds_copies():
   images = np.kron(base, np.ones((4, 4), np.float32))[..., None]
   images = np.concatenate([images, images])  # each image twice
   labels = np.tile(rng.integers(0, 2, 40), 2)
-  split = splits.make_split(labels, 'cnn', 'grouped', seed=0, images=images)
+  groups = dedup.near_duplicate_groups(images, 0.98)
+  split = splits.make_split(labels, 'cnn', 'grouped', seed=0, groups=groups)
   _check_partition(split, 80)
   for part in split:
     ids = part % 40
@@ -97,10 +99,8 @@ def test_errors():
     splits.make_split(labels, 'gan', 'random', 0)
   with pytest.raises(ValueError, match='mode'):
     splits.make_split(labels, 'cnn', 'shuffled', 0)
-  with pytest.raises(ValueError, match='needs the images'):
+  with pytest.raises(ValueError, match='needs the near-duplicate groups'):
     splits.make_split(labels, 'cnn', 'grouped', 0)
-  with pytest.raises(ValueError, match='fractions'):
-    splits.cnn_split(labels, 0, fractions=(0.5, 0.6, 0.1))
 
 
 @pytest.mark.parametrize('seed', range(5))

@@ -25,11 +25,6 @@ class Split(NamedTuple):
   test: np.ndarray
 
 
-def _check_fractions(fractions: Sequence[float]):
-  if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
-    raise ValueError(f'fractions must be 3 non-negative numbers summing to 1, got {fractions}')
-
-
 def _cuts(count: int, fractions: Sequence[float]) -> np.ndarray:
   """Boundaries [0, a, b, count] of a partition of `count` items by fractions."""
   bounds = np.round(np.cumsum([0.0, *fractions]) * count).astype(np.int64)
@@ -88,15 +83,13 @@ def _any_positive(positives, sizes):
   return np.where(positives > 0, POSITIVE, NEGATIVE)
 
 
-def cnn_split(labels: np.ndarray, seed: int, groups: Optional[np.ndarray] = None,
-              fractions: Sequence[float] = CNN_FRACTIONS) -> Split:
-  """Stratified train/val/test split (default 70/20/10).
+def cnn_split(labels: np.ndarray, seed: int, groups: Optional[np.ndarray] = None) -> Split:
+  """Stratified train/val/test split, 70/20/10.
 
   With groups, whole groups go to one split, stratified by the group's
   majority label (Br35H groups never mix labels, but others may).
   """
-  _check_fractions(fractions)
-  return _split(labels, seed, groups, lambda label: fractions, _majority)
+  return _split(labels, seed, groups, lambda label: CNN_FRACTIONS, _majority)
 
 
 def anomaly_split(labels: np.ndarray, seed: int, groups: Optional[np.ndarray] = None) -> Split:
@@ -109,9 +102,9 @@ def anomaly_split(labels: np.ndarray, seed: int, groups: Optional[np.ndarray] = 
 
 
 def make_split(labels: np.ndarray, protocol: str, mode: str, seed: int,
-               images: Optional[np.ndarray] = None, threshold: float = 0.98,
-               groups: Optional[np.ndarray] = None) -> Split:
-  """protocol 'cnn' | 'anomaly'; mode 'random' | 'grouped' (needs images or groups)."""
+               groups: Optional[np.ndarray] = None, threshold: float = 0.98) -> Split:
+  """protocol 'cnn' | 'anomaly'; mode 'random' | 'grouped' (needs `groups`: each image's
+  near-duplicate group, found at correlation `threshold`, which the log names)."""
   if protocol not in ('cnn', 'anomaly'):
     raise ValueError(f"split protocol must be 'cnn' or 'anomaly', got {protocol!r}")
   if mode not in ('random', 'grouped'):
@@ -122,11 +115,7 @@ def make_split(labels: np.ndarray, protocol: str, mode: str, seed: int,
     logging.info('Random %s split of %d images (each image its own group)', protocol, len(labels))
   else:
     if groups is None:
-      if images is None:
-        raise ValueError("split mode 'grouped' needs the images (or precomputed groups)")
-      if len(images) != len(labels):
-        raise ValueError(f'{len(images)} images but {len(labels)} labels')
-      groups = dedup.near_duplicate_groups(images, threshold)
+      raise ValueError("split mode 'grouped' needs the near-duplicate groups")
     summary = dedup.group_summary(groups)
     mixed = _mixed_groups(labels, groups)
     logging.info('Grouped %s split: %d images in %d near-duplicate groups (threshold %.3f; '
