@@ -26,11 +26,11 @@ def test_matches_numpy_and_compiles_once():
   images = rng.random((10, 12, 12, 1)).astype(np.float32)
   traces = []
 
-  def reconstruct(x):
+  def reconstruct(variables, x):
     traces.append(x.shape)  # runs once per trace
     return _box_blur(x)
 
-  out = recon_error.reconstruction_error(reconstruct, images, batch_size=4)
+  out = recon_error.reconstruction_error(reconstruct, images, variables=None, batch_size=4)
   recons = ndimage.uniform_filter(images[..., 0].astype(np.float64), size=(1, 3, 3),
                                   mode='constant')[..., None]
   assert out.dtype == np.float32 and out.shape == (10, 144)
@@ -41,10 +41,10 @@ def test_matches_numpy_and_compiles_once():
 
 def test_constant_error_is_zero():
   images = np.random.default_rng(1).random((3, 8, 8, 1)).astype(np.float32)
-  out = recon_error.reconstruction_error(lambda x: x, images)  # perfect reconstruction
+  out = recon_error.reconstruction_error(lambda v, x: x, images, variables=None)  # perfect
   assert np.all(out == 0)
-  out = recon_error.reconstruction_error(lambda x: x * 0 + 0.5, np.full((2, 8, 8, 1), 0.25,
-                                                                       np.float32))
+  out = recon_error.reconstruction_error(lambda v, x: x * 0 + 0.5,
+                                         np.full((2, 8, 8, 1), 0.25, np.float32), variables=None)
   assert np.all(out == 0)
 
 
@@ -56,7 +56,7 @@ def test_bad_arguments(kwargs, message):
   args = dict(images=np.zeros((2, 8, 8, 1), np.float32))
   args.update(kwargs)
   with pytest.raises(ValueError, match=message):
-    recon_error.reconstruction_error(lambda x: x, **args)
+    recon_error.reconstruction_error(lambda v, x: x, variables=None, **args)
 
 
 def _powered(variables, images):
@@ -83,13 +83,13 @@ def test_sets_of_similar_sizes_share_one_compilation():
   # (a run's validation and test slices; a few slices pad only to the next power of two)
   traces = []
 
-  def reconstruct(x):
+  def reconstruct(variables, x):
     traces.append(x.shape[0])
     return _box_blur(x)
 
   for n in (5, 7, 12, 3):
     images = np.random.default_rng(n).random((n, 8, 8, 1)).astype(np.float32)
-    out = recon_error.reconstruction_error(reconstruct, images, batch_size=8)
+    out = recon_error.reconstruction_error(reconstruct, images, variables=None, batch_size=8)
     recons = ndimage.uniform_filter(images[..., 0].astype(np.float64), size=(1, 3, 3),
                                     mode='constant')[..., None]
     np.testing.assert_allclose(out, _expected(images, recons), atol=2e-5)

@@ -28,30 +28,29 @@ def normalised_abs_error(image: jnp.ndarray, recon: jnp.ndarray) -> jnp.ndarray:
   return minmax_normalise(jnp.abs(image - recon))
 
 
-@compile_options.jit(static_argnames=('reconstruct_fn', 'with_variables'))
-def _batch_errors(reconstruct_fn, variables, x, with_variables):
+@compile_options.jit(static_argnames='reconstruct_fn')
+def _batch_errors(reconstruct_fn, variables, x):
   """Normalised errors of one batch; the model variables are an argument, not
   constants baked into the compiled function."""
   x = x.astype(jnp.float32)
-  recon = reconstruct_fn(variables, x) if with_variables else reconstruct_fn(x)
-  return jax.vmap(normalised_abs_error)(x, recon)
+  return jax.vmap(normalised_abs_error)(x, reconstruct_fn(variables, x))
 
 
-def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
-                         batch_size: int = 256, variables: Any = None) -> np.ndarray:
+def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variables: Any,
+                         batch_size: int = 256) -> np.ndarray:
   """Normalised per-pixel error of every image, float32 (N, H*W).
 
   Args:
     reconstruct_fn: a JAX function (traced under jit), batched NHWC in and out:
-      `reconstruct_fn(images)`, or with `variables` `reconstruct_fn(variables, images)`.
+      `reconstruct_fn(variables, images)`.
       A static argument of the jitted batches: the compilation is reused for an equal
       one (the same function, or e.g. `cvae_cls.Reconstruction` of an equal model; a
       functools.partial is equal only to itself).
     images: float (N, H, W, 1).
     batch_size: the most images per jitted call.
-    variables: model parameters passed to the compiled function as an argument;
-      closing over them instead makes XLA constant-fold the decoder at compile
-      time (seconds).
+    variables: model parameters (any pytree) passed to the compiled function as an
+      argument; closing over them instead makes XLA constant-fold the decoder at
+      compile time (seconds).
 
   Returns:
     float32 (N, H*W) in [0, 1]; each row min-max normalised (constant -> zeros).
@@ -74,6 +73,6 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *,
     valid = len(chunk)
     if valid < batch:  # pad so the shape (and the compilation) never changes
       chunk = np.concatenate([chunk, np.zeros((batch - valid,) + chunk.shape[1:], chunk.dtype)])
-    errors = _batch_errors(reconstruct_fn, variables, chunk, variables is not None)
+    errors = _batch_errors(reconstruct_fn, variables, chunk)
     out[start:start + valid] = np.asarray(errors)[:valid]
   return out
