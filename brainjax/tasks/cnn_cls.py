@@ -155,7 +155,7 @@ def train_and_evaluate(config, workdir):
   devices = parallel.train_devices(config.num_devices)
   model = create_model(config, parallel.AXIS if len(devices) > 1 else None)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
-  eval_model = create_model(config)
+  eval_model = create_model(config)  # evaluation runs outside the data-parallel step: no axis
   state, summary = loop.fit(
       config, workdir, state, functools.partial(train_step, model=model),
       {'image': train.images, 'label': train.labels}, data_key=data_key,

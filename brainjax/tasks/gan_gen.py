@@ -108,6 +108,7 @@ def train_and_evaluate(config, workdir):
   devices = parallel.train_devices(config.num_devices)
   generator, discriminator = create_models(config, parallel.AXIS if len(devices) > 1 else None)
   state = create_train_state(config, generator, discriminator, jax.random.PRNGKey(config.seed))
+  # Sampling runs outside the data-parallel step: with a generator that names no device axis.
   sample_fn = functools.partial(sample_images, create_models(config)[0])
   step_fn = functools.partial(train_step, generator=generator, discriminator=discriminator)
   return generation.run(config, workdir, state, step_fn, sample_fn, lambda s: s.generator.variables)

@@ -58,6 +58,7 @@ def train_and_evaluate(config, workdir):
   devices = parallel.train_devices(config.num_devices)
   model = create_model(config, parallel.AXIS if len(devices) > 1 else None)
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
+  # Sampling runs outside the data-parallel step: with a model that names no device axis.
   sample_fn = functools.partial(sample_images, create_model(config))
   step_fn = functools.partial(variational.train_step, model=model, kl_weight=config.kl_weight,
                               reconstruction_loss=vae_reconstruction_loss)
