@@ -112,8 +112,9 @@ def cache_problem(cache):
 
 
 def check_settings(config, task):
-  """Refuses, with a ValueError or FileNotFoundError, settings no run can use: checked before
-  anything is written, so a refused run leaves no workdir behind."""
+  """Refuses, with a ValueError or an OSError (e.g. a data folder that is missing or cannot be
+  read), settings no run can use: checked before anything is written, so a refused run leaves
+  no workdir behind."""
   common.check_values(config)
   if config.task in TRAINING_TASKS:
     if config.get('mode') == 'generate':  # (trains nothing: no batch to split)

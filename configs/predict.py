@@ -29,7 +29,7 @@ def get_config(arg=None):
   config.dedup_against = ''  # a folder/zip of training images: near-duplicates are skipped
   config.dedup_threshold = 0.98  # thumbnail correlation above which an input is a duplicate
   config.batch_size = 256  # images per jitted model call
-  config.num_threads = 0  # decode + preprocess threads; 0 = one per CPU core
+  config.num_threads = 0  # decode + preprocess threads; 0 = one per usable core, at most 8
   config.write_maps = True  # BrainCVAE: maps/, regions/ and overlays/ per input
   config.smoke = opts.smoke  # empty model_dir / input: train a tiny run / draw phantom slices
   config.smoke_task = 'cnn_cls'  # what smoke mode trains: 'cnn_cls' or 'cvae_cls'

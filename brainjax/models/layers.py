@@ -26,6 +26,8 @@ Array = jax.Array
 # Explicit (1, 1) padding = torch's padding=1; flax's 'SAME' would pad a 3x3
 # stride-2 conv (0, 1) instead.
 TORCH_PAD1 = ((1, 1), (1, 1))
+
+
 def conv(features: int, kernel_size: int, strides: int = 1,
          dtype: Any = jnp.float32) -> nn.Conv:
   """nn.Conv with torch's padding=1 and the fast kernel gradient."""
