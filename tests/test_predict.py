@@ -17,6 +17,7 @@ from PIL import Image
 import pytest
 from sklearn import metrics as sk_metrics
 
+from brainjax.anomaly import maps as anomaly_maps
 from brainjax.data import image_io
 from brainjax.data import inputs
 from brainjax.data import phantom
@@ -24,6 +25,7 @@ from brainjax.data import preprocess
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import cvae_cls
 from brainjax.tasks import predict
+from brainjax.tasks import runs
 from brainjax.train import checkpoints
 from brainjax.train import reporting
 from configs import cnn_cls as cnn_config
@@ -127,7 +129,7 @@ def cvae_run(tmp_path_factory):
   run = _untrained_run(cvae_cls, cvae_config, tmp_path_factory.mktemp('cvae') / 'run',
                        RULE_METRICS)
   centroids = np.stack([np.full(128 * 128, 0.4), np.full(128 * 128, 0.1)])  # tumour, healthy
-  np.save(os.path.join(run, predict.GLOBAL_CENTROIDS_FILE), centroids)
+  np.save(os.path.join(run, runs.GLOBAL_CENTROIDS_FILE), centroids)
   return run
 
 
@@ -216,22 +218,22 @@ def test_rules_to_use_follows_the_runs_validation():
   metrics = {'giaem_anomaly_threshold': 0.5, 'giaem_tumor_index': 0.1, 'giaem_val_f1': 0.6,
              'giaem_val_accuracy': 0.9, 'kmeans_tumor_index': 0.2, 'kmeans_val_f1': 0.7,
              'kmeans_val_accuracy': 0.1}
-  assert predict.rules_to_use('selected', metrics) == ['kmeans']
-  assert predict.rules_to_use('selected', metrics, 'accuracy') == ['giaem']
-  assert predict.rules_to_use('all', metrics) == ['kmeans', 'giaem']  # only evaluated rules
-  assert predict.rules_to_use('giaem,dbscan', metrics) == ['giaem', 'dbscan']
+  assert runs.rules_to_use('selected', metrics) == ['kmeans']
+  assert runs.rules_to_use('selected', metrics, 'accuracy') == ['giaem']
+  assert runs.rules_to_use('all', metrics) == ['kmeans', 'giaem']  # only evaluated rules
+  assert runs.rules_to_use('giaem,dbscan', metrics) == ['giaem', 'dbscan']
   with pytest.raises(ValueError, match='expected selected, all'):
-    predict.rules_to_use('gaiem', metrics)
+    runs.rules_to_use('gaiem', metrics)
   with pytest.raises(ValueError, match='no anomaly-rule hyperparameters'):
-    predict.rules_to_use('selected', {})
+    runs.rules_to_use('selected', {})
   # the rule the run itself recorded wins over a recomputation
-  assert predict.rules_to_use('selected', dict(metrics, selected_rule='giaem')) == ['giaem']
+  assert runs.rules_to_use('selected', dict(metrics, selected_rule='giaem')) == ['giaem']
 
 
 def test_the_rules_need_the_runs_saved_centroids_and_metrics(cvae_run, tmp_path):
   run = tmp_path / 'run'
   shutil.copytree(cvae_run, run)
-  os.remove(run / predict.GLOBAL_CENTROIDS_FILE)
+  os.remove(run / runs.GLOBAL_CENTROIDS_FILE)
   with pytest.raises(FileNotFoundError, match='global_kmeans rule needs the centroids'):
     predict.predict_paths(str(run), [], rules='global_kmeans')
   assert predict.predict_paths(str(run), [], rules='giaem') == []  # other rules still work
@@ -244,13 +246,13 @@ def test_each_rule_scores_with_the_settings_the_run_selected(cvae_run):
   # (The other tests see that every rule gives a score, not which one: a rule applied with its
   # settings swapped, or global KMeans refitted on the inputs, passed them.)
   from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image
-  run = predict.load_run(cvae_run)
+  run = runs.load_run(cvae_run)
   images = np.stack([preprocess.preprocess(phantom.phantom_slice(5, i, positive=i < 2).image)[0]
                      for i in range(4)])[..., None]
-  got = predict.predict_images(run, images, rules=predict.RULES)
-  errors = predict.reconstruction_errors(run, images)
+  got = predict.predict_images(run, images, rules=runs.RULES)
+  errors = runs.reconstruction_errors(run, images)
   np.testing.assert_array_equal(got.errors, errors)
-  centroids = np.load(os.path.join(cvae_run, predict.GLOBAL_CENTROIDS_FILE))
+  centroids = np.load(os.path.join(cvae_run, runs.GLOBAL_CENTROIDS_FILE))
   want = {'giaem': giaem.giaem(errors, 0.5, 0.05),
           'dbscan': dbscan.dbscan(errors, 0.7, 0.02, 4, 0.001),
           'kmeans': kmeans_image.kmeans_image(errors, 0.3),
@@ -286,7 +288,7 @@ def test_region_survives_preprocessing_and_back(index, canvas, offset):
 
   _, info = preprocess.preprocess(full, size=128, margin=0.05)
   small = preprocess.apply_crop(region.astype(np.uint8), info, size=128)
-  back = predict.region_to_original(small, info)
+  back = anomaly_maps.region_to_original(small, info)
   assert back.shape == full.shape
   assert _dice(back, region) > 0.9
 
@@ -310,7 +312,7 @@ def test_messy_folder_every_file_gets_a_row(cvae_run, tmp_path):
   assert rows['yes/a.png']['true_label'] == '1' and rows['extra/deeper/c.png']['true_label'] == ''
   assert metrics['num_inputs'] == 7 and metrics['num_skipped'] == 4
   assert metrics['num_labelled'] == 2  # yes/a.png and no/b.jpg
-  for rule in predict.RULES:
+  for rule in runs.RULES:
     assert all(rows[rel][f'score_{rule}'] != '' for rel in ok)
 
   for rel in ok:
@@ -594,7 +596,7 @@ def test_smoke_config_runs_end_to_end(tmp_path):
 def test_a_model_dir_whose_config_is_no_classifier_s_is_a_one_line_error(text, message, tmp_path):
   (tmp_path / 'config.json').write_text(text)
   with pytest.raises(ValueError, match=message):
-    predict.load_run(str(tmp_path))
+    runs.load_run(str(tmp_path))
   assert os.listdir(tmp_path) == ['config.json']
 
 

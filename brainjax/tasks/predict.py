@@ -38,17 +38,12 @@ import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
 
 from absl import logging
-import jax
-import matplotlib
-import ml_collections
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 from scipy import special
 
 from brainjax import threads
-from brainjax.anomaly import evaluate as anomaly_evaluate
-from brainjax.anomaly import recon_error
+from brainjax.anomaly import maps as anomaly_maps
 from brainjax.data import dedup
 from brainjax.data import image_io
 from brainjax.data import inputs as inputs_lib
@@ -56,80 +51,10 @@ from brainjax.data import phantom
 from brainjax.data import preprocess as preprocess_lib
 from brainjax.evaluation import classification
 from brainjax.tasks import datasets
-from brainjax.train import checkpoints
+from brainjax.tasks import runs
 from brainjax.train import reporting
 from brainjax.train import reruns
 
-MODEL_TASKS = ('cnn_cls', 'cvae_cls')
-RULES = anomaly_evaluate.RULES
-HEAD_LEVEL = 0.05  # preprocessed intensity above which a pixel belongs to the head
-HEAD_PART_FRACTION = 0.2  # head parts smaller than this fraction of the largest are specks
-OVERLAY_ALPHA = 0.6  # opacity of the map where it is 1
-OUTLINE_RGB = (0, 255, 255)
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A trained run rebuilt from its workdir."""
-  directory: str
-  task: str  # 'cnn_cls' or 'cvae_cls'
-  config: ml_collections.ConfigDict
-  model: Any
-  variables: Any
-  metrics: Dict[str, Any]  # its metrics.json ({} if absent)
-
-  @property
-  def image_size(self) -> int:
-    return int(self.config.data.image_size)
-
-  @property
-  def margin(self) -> float:
-    return float(self.config.data.margin)
-
-
-def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The config.json a run wrote, with lists turned back into tuples."""
-  if not os.path.isfile(os.path.join(run_dir, 'config.json')):
-    raise FileNotFoundError(f'{run_dir!r} has no config.json: not the workdir of a brainjax run')
-  try:
-    return reruns.load_config(run_dir)
-  except (ValueError, TypeError, AttributeError) as e:  # (JSONDecodeError is a ValueError)
-    raise ValueError(f'{run_dir}/config.json is not a brainjax run config: {e}') from None
-
-
-def _task_module(task: str):
-  # Imported on demand, as launch.py does: a BrainCNN run needs none of the CVAE stack.
-  return importlib.import_module(f'brainjax.tasks.{task}')
-
-
-def load_run(run_dir: str) -> Run:
-  """Rebuilds the model of a cnn_cls / cvae_cls run and restores its best checkpoint."""
-  config = load_run_config(run_dir)
-  if config.get('task') not in MODEL_TASKS:
-    raise ValueError(f'{run_dir!r} is a {config.get("task")!r} run; predict needs a '
-                     f'{" or ".join(MODEL_TASKS)} run')
-  task = _task_module(config.task)
-  try:
-    model = task.create_model(config)
-    # Shapes only: initialising real weights op by op costs seconds of compilation.
-    template = jax.eval_shape(
-        lambda: task.create_train_state(config, model, jax.random.PRNGKey(0)))
-  except (AttributeError, KeyError) as e:  # a hand-edited config.json, or another version's
-    raise ValueError(f'{run_dir}/config.json lacks a setting its model needs: {e}') from None
-  state = checkpoints.restore_best(run_dir, template)
-  metrics = {}
-  if os.path.isfile(os.path.join(run_dir, 'metrics.json')):
-    metrics = reporting.read_metrics_json(run_dir)
-  elif config.task == 'cvae_cls':  # its rules' settings are there
-    raise ValueError(f'{run_dir!r} has no metrics.json: the run has not finished (or a rerun of '
-                     'it was stopped); run its command again to the end')
-  else:
-    logging.warning('%s has no metrics.json: the run has not finished (or a rerun of it was '
-                    'stopped); predicting with its best checkpoint so far.', run_dir)
-  return Run(run_dir, config.task, config, model, state.variables, metrics)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -188,100 +113,6 @@ def file_items(files: Sequence[inputs_lib.InputFile], reader: inputs_lib.Reader,
   return [Item(prefix + f.path, f.label, lambda f=f: reader.read(f), f.in_zip) for f in files]
 
 
-# ----------------------------------------------------------------------------- the rules
-
-
-RULE_PARAMS = anomaly_evaluate.RULE_PARAMS
-# Global KMeans also needs the two centroids its cvae_cls run fitted on validation.
-GLOBAL_CENTROIDS_FILE = anomaly_evaluate.FITTED_ARRAYS[0] + '.npy'
-
-
-def rule_params(metrics: Dict[str, Any], rule: str) -> Dict[str, float]:
-  """The hyperparameters a cvae_cls run selected for `rule` on validation."""
-  missing = [f'{rule}_{n}' for n in RULE_PARAMS[rule] if metrics.get(f'{rule}_{n}') is None]
-  if missing:
-    raise ValueError(f'the run\'s metrics.json lacks {", ".join(missing)}: was the {rule} '
-                     'rule evaluated in that run?')
-  return {n: float(metrics[f'{rule}_{n}']) for n in RULE_PARAMS[rule]}
-
-
-def evaluated_rules(metrics: Dict[str, Any]) -> List[str]:
-  """The rules whose hyperparameters the run's metrics.json holds, in RULES order."""
-  return [r for r in RULES if all(metrics.get(f'{r}_{n}') is not None for n in RULE_PARAMS[r])]
-
-
-def selected_rule(metrics: Dict[str, Any], selection_metric: str = 'f1') -> str:
-  """The rule the run selected on validation (its metrics.json `selected_rule`).
-
-  Runs that predate that key: the rule with the best `<rule>_val_<metric>`.
-  """
-  if not evaluated_rules(metrics):
-    raise ValueError('the run\'s metrics.json holds no anomaly-rule hyperparameters: was the '
-                     'cvae_cls run trained to the end?')
-  if metrics.get('selected_rule') in evaluated_rules(metrics):
-    return metrics['selected_rule']
-  try:
-    return anomaly_evaluate.select_rule(metrics, selection_metric)
-  except ValueError:  # no validation values at all
-    return evaluated_rules(metrics)[0]
-
-
-def rules_to_use(spec: str, metrics: Dict[str, Any], selection_metric: str = 'f1') -> List[str]:
-  """config.rules -> rule names, the leading one first.
-
-  'selected': the run's best rule on validation; 'all': every rule the run evaluated,
-  the selected one first; otherwise comma-separated names.
-  """
-  spec = (spec or 'selected').strip()
-  if spec in ('selected', 'all'):
-    first = selected_rule(metrics, selection_metric)
-    if spec == 'selected':
-      return [first]
-    return [first] + [r for r in evaluated_rules(metrics) if r != first]
-  names = [r.strip() for r in spec.split(',') if r.strip()]
-  unknown = [r for r in names if r not in RULES]
-  if unknown or not names:
-    raise ValueError(f'rules={spec!r}: expected selected, all, or names from {", ".join(RULES)}')
-  return list(dict.fromkeys(names))
-
-
-def run_rules(run: Run, spec: str) -> List[str]:
-  """rules_to_use for a run: [] for a BrainCNN; the run's own selection metric."""
-  if run.task != 'cvae_cls':
-    return []
-  metric = run.config.get('anomaly', {}).get('selection_metric', 'f1')
-  rules = rules_to_use(spec, run.metrics, metric)
-  for rule in rules:  # fail before any input is read
-    rule_params(run.metrics, rule)
-  if 'global_kmeans' in rules:
-    global_centroids(run)
-  return rules
-
-
-def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches."""
-  reconstruct = _task_module('cvae_cls').Reconstruction(run.model)
-  return recon_error.reconstruction_error(reconstruct, images, batch_size=batch_size,
-                                          variables=run.variables)
-
-
-def global_centroids(run: Run) -> np.ndarray:
-  """The (2, H*W) centroids (tumour first) the run's global KMeans rule fitted on validation."""
-  path = os.path.join(run.directory, GLOBAL_CENTROIDS_FILE)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path} is missing: the global_kmeans rule needs the centroids its '
-                            'cvae_cls run saves; choose other rules (--config.rules)')
-  return np.load(path)
-
-
-def apply_rule(run: Run, rule: str, errors: np.ndarray, image_shape):
-  """The rule's RuleOutput (score, prediction, region) for (N, H*W) normalised errors."""
-  max_iter = int(run.config.get('anomaly', {}).get('kmeans_max_iter', 100))
-  centroids = global_centroids(run) if rule == 'global_kmeans' else None
-  return anomaly_evaluate.apply_rule(rule, errors, rule_params(run.metrics, rule), image_shape,
-                                     max_iter, centroids)
-
-
 # ----------------------------------------------------------------------------- predicting
 
 
@@ -305,7 +136,7 @@ class Predictions(NamedTuple):
   log_odds: Optional[np.ndarray] = None
 
 
-def predict_images(run: Run, images: np.ndarray, rules: Sequence[str] = (),
+def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
                    batch_size: int = 256) -> Predictions:
   """Scores preprocessed (N, S, S, 1) slices; jitted, in fixed-shape batches."""
   n = len(images)
@@ -318,74 +149,18 @@ def predict_images(run: Run, images: np.ndarray, rules: Sequence[str] = (),
                        np.zeros((0, pixels), np.float32) if rules else None,
                        np.zeros((0, pixels), bool) if rules else None)
   if run.task == 'cnn_cls':
-    log_odds = _task_module('cnn_cls').predict_log_odds(run.model, run.variables, images, batch)
+    log_odds = runs.task_module('cnn_cls').predict_log_odds(run.model, run.variables, images, batch)
     probs = special.expit(log_odds)  # float64: 1.0 only from log-odds ~37 on
     return Predictions(probs, (log_odds >= 0).astype(np.int32), {}, {}, None, None, log_odds)
-  errors = reconstruction_errors(run, images, batch)
+  errors = runs.reconstruction_errors(run, images, batch)
   shape = images.shape[1:3]
-  outputs = {r: apply_rule(run, r, errors, shape) for r in rules}
+  outputs = {r: runs.apply_rule(run, r, errors, shape) for r in rules}
   lead = outputs[rules[0]]
   return Predictions(
       np.asarray(lead.score, np.float64), np.asarray(lead.prediction, np.int32),
       {r: np.asarray(o.score, np.float64) for r, o in outputs.items()},
       {r: np.asarray(o.prediction, np.int32) for r, o in outputs.items()},
       errors, np.asarray(lead.region, bool))
-
-
-def head_mask(image: np.ndarray) -> np.ndarray:
-  """bool (S, S): the head in a preprocessed slice (its background is 0 by construction).
-
-  Pixels above HEAD_LEVEL, closed (bridging thin dark gaps such as a T1 skull) and
-  hole-filled; specks of background noise or text (parts under a fifth of the largest)
-  are dropped.
-  """
-  inside = ndimage.binary_fill_holes(
-      ndimage.binary_closing(np.asarray(image) > HEAD_LEVEL, iterations=2))
-  labels, count = ndimage.label(inside)
-  if count <= 1:
-    return inside
-  sizes = np.bincount(labels.ravel())[1:]
-  keep = np.concatenate([[False], sizes >= HEAD_PART_FRACTION * sizes.max()])
-  return keep[labels]
-
-
-def original_grid_outputs(image: np.ndarray, errors: np.ndarray, region: np.ndarray,
-                          info: preprocess_lib.CropInfo):
-  """(map float32 (H, W), region bool (H, W)) of one slice, in its original file's grid.
-
-  The map is the normalised error and the region the rule's, both cut to the head: the
-  rules see the whole slice, but a tumour outside the head is not one.
-  """
-  size = image.shape[0]
-  head = head_mask(image)
-  error_map = np.where(head, errors.reshape(size, size), 0.0).astype(np.float32)
-  head_orig = preprocess_lib.to_original_grid(head.astype(np.float32), info) >= 0.5
-  map_orig = preprocess_lib.to_original_grid(error_map, info)
-  map_orig = np.where(head_orig, np.clip(map_orig, 0.0, 1.0), 0.0).astype(np.float32)
-  region_orig = region_to_original(region.reshape(size, size) & head, info) & head_orig
-  return map_orig, region_orig
-
-
-def region_to_original(region: np.ndarray, info: preprocess_lib.CropInfo) -> np.ndarray:
-  """A (S, S) binary region of a preprocessed slice -> bool (H, W) in the original grid."""
-  return preprocess_lib.to_original_grid(np.asarray(region, np.float32), info) >= 0.5
-
-
-_HEAT = matplotlib.colormaps['inferno'](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
-
-
-def overlay(scan: np.ndarray, map_: np.ndarray, region: np.ndarray) -> np.ndarray:
-  """uint8 (H, W, 3): the scan in grey, the map as a heat colour, the region outlined."""
-  h, w = scan.shape
-  map_ = np.clip(map_, 0.0, 1.0)
-  heat = _HEAT[(map_ * 255.0 + 0.5).astype(np.uint8)]  # a lookup table: fast on big scans
-  alpha = (np.float32(OVERLAY_ALPHA) * map_)[..., None]
-  rgb = np.clip(scan, 0.0, 1.0)[..., None] * (1.0 - alpha) + heat * alpha
-  if region.any():
-    width = max(1, round(max(h, w) / 256))
-    outline = region & ~ndimage.binary_erosion(region, iterations=width, border_value=0)
-    rgb[outline] = np.asarray(OUTLINE_RGB, np.float32) / 255.0
-  return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- notebook API
@@ -433,8 +208,8 @@ def predict_paths(run_dir: str, inputs, rules: str = 'selected', batch_size: int
     and, for a BrainCVAE, scores / predicted_labels per rule, rule (the leading one),
     map (float32 (H, W)) and region (bool (H, W)).
   """
-  run = load_run(run_dir)
-  used = run_rules(run, rules)
+  run = runs.load_run(run_dir)
+  used = runs.run_rules(run, rules)
   with inputs_lib.Reader() as reader:
     prepared = prepare(_as_items(inputs, reader), run.image_size, run.margin, num_threads)
   preds = predict_images(run, prepared.images, used, batch_size)
@@ -447,7 +222,7 @@ def predict_paths(run_dir: str, inputs, rules: str = 'selected', batch_size: int
       record.update(rule=used[0], scores={r: float(v[j]) for r, v in preds.rule_scores.items()},
                     predicted_labels={r: int(v[j]) for r, v in preds.rule_labels.items()})
       if maps:
-        record['map'], record['region'] = original_grid_outputs(
+        record['map'], record['region'] = anomaly_maps.original_grid_outputs(
             prepared.images[j, ..., 0], preds.errors[j], preds.region[j], prepared.infos[j])
   return records
 
@@ -506,7 +281,7 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
 
   Returns None, or why they could not be written (e.g. a name too long for the file system).
   """
-  map_orig, region_orig = original_grid_outputs(image, errors, region, info)
+  map_orig, region_orig = anomaly_maps.original_grid_outputs(image, errors, region, info)
   rel = inputs_lib.safe_relpath(item.path, backslash=item.in_zip)
   paths = {k: os.path.join(workdir, k, rel + ext) for k, ext in MAP_FOLDERS.items()}
   try:
@@ -516,7 +291,7 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
     # Fast zlib level: PNG encoding is otherwise most of a BrainCVAE prediction's time.
     Image.fromarray(region_orig.astype(np.uint8) * 255).save(paths['regions'], compress_level=1)
     scan = image_io.to_gray_float(item.load())
-    Image.fromarray(overlay(scan, map_orig, region_orig)).save(paths['overlays'],
+    Image.fromarray(anomaly_maps.overlay(scan, map_orig, region_orig)).save(paths['overlays'],
                                                                compress_level=1)
   except (OSError, image_io.UnreadableImage) as e:
     return getattr(e, 'strerror', None) or str(e)
@@ -560,7 +335,7 @@ def _clear_outputs(workdir: str):
       shutil.rmtree(path)
 
 
-def _drop_near_duplicates(config, run: Run, prepared: Prepared,
+def _drop_near_duplicates(config, run: runs.Run, prepared: Prepared,
                           reader: inputs_lib.Reader) -> int:
   """Marks inputs that are near-duplicates of config.dedup_against's images as skipped."""
   if not config.dedup_against or not len(prepared.ok):
@@ -587,8 +362,8 @@ def _smoke_inputs(config, workdir):
   """Smoke mode: a tiny trained run and phantom slices when none are given."""
   model_dir, input_path = config.model_dir, config.input
   if not model_dir:
-    if config.smoke_task not in MODEL_TASKS:
-      raise ValueError(f'smoke_task={config.smoke_task!r}; expected one of {MODEL_TASKS}')
+    if config.smoke_task not in runs.MODEL_TASKS:
+      raise ValueError(f'smoke_task={config.smoke_task!r}; expected one of {runs.MODEL_TASKS}')
     model_dir = os.path.join(workdir, f'smoke_model_{config.smoke_task}')  # one per task
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
       sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
@@ -648,8 +423,8 @@ def train_and_evaluate(config, workdir):
   # An earlier prediction's outputs: none until this one's are written (config.json, which
   # launch.py has rewritten, describes this one; a refused or killed one leaves none).
   _clear_outputs(workdir)
-  run = load_run(model_dir)
-  rules = run_rules(run, config.rules)
+  run = runs.load_run(model_dir)
+  rules = runs.run_rules(run, config.rules)
   logging.info('Predicting %d files of %s with the %s run %s%s.', len(files), input_path,
                run.task, model_dir, f' (rules: {", ".join(rules)})' if rules else '')
 

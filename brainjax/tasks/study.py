@@ -25,7 +25,7 @@ from brainjax.evaluation import privacy
 from brainjax.evaluation import study_table
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import datasets
-from brainjax.tasks import predict
+from brainjax.tasks import runs
 from brainjax.train import parallel
 from brainjax.train import reporting
 from brainjax.train import reruns
@@ -128,7 +128,7 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   examples = source.examples
   split = datasets.split(sub, source, 'cnn')
   train, holdout = examples.take(split.train), examples.take(split.test)
-  cnn = predict.load_run(feature_run)  # the trained real-data BrainCNN, restored once
+  cnn = runs.load_run(feature_run)  # the trained real-data BrainCNN, restored once
   # (penultimate activations)
   features = lambda images: cnn_cls.features(cnn.model, cnn.variables, images)
   real = {}  # label: (training slices, holdout slices, their features), for every generator
