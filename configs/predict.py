@@ -38,4 +38,7 @@ def get_config(arg=None):
     common.apply_smoke(config)
     config.data.num_per_class = 6
     config.batch_size = 8
+  # Training settings: predict trains nothing (smoke mode's model uses its own task's config).
+  del (config.seed, config.split, config.num_epochs, config.learning_rate, config.half_precision,
+       config.log_every_steps, config.checkpoint_every_secs, config.keep_checkpoints)
   return config
