@@ -56,7 +56,6 @@ from brainjax.train import reporting
 from brainjax.train import reruns
 
 
-
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -291,8 +290,8 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
     # Fast zlib level: PNG encoding is otherwise most of a BrainCVAE prediction's time.
     Image.fromarray(region_orig.astype(np.uint8) * 255).save(paths['regions'], compress_level=1)
     scan = image_io.to_gray_float(item.load())
-    Image.fromarray(anomaly_maps.overlay(scan, map_orig, region_orig)).save(paths['overlays'],
-                                                               compress_level=1)
+    Image.fromarray(anomaly_maps.overlay(scan, map_orig, region_orig)).save(
+        paths['overlays'], compress_level=1)
   except (OSError, image_io.UnreadableImage) as e:
     return getattr(e, 'strerror', None) or str(e)
   return None

@@ -96,7 +96,7 @@ def rule_params(metrics: Dict[str, Any], rule: str) -> Dict[str, float]:
   if missing:
     raise ValueError(f'the run\'s metrics.json lacks {", ".join(missing)}: was the {rule} '
                      'rule evaluated in that run?')
-  return {n: float(metrics[f'{rule}_{n}']) for n in anomaly_evaluate.RULE_PARAMS[rule]}
+  return {n: float(metrics[f'{rule}_{n}']) for n in names}
 
 
 def evaluated_rules(metrics: Dict[str, Any]) -> List[str]:

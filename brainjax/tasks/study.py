@@ -237,9 +237,9 @@ def train_and_evaluate(config, workdir):
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
       exports = train_generators(config, workdir, split_mode, seed)
-      runs = train_classifiers(config, workdir, split_mode, seed, exports)
-      results += runs
-      feature_run = next(r['run_dir'] for r in runs
+      classifier_runs = train_classifiers(config, workdir, split_mode, seed, exports)
+      results += classifier_runs
+      feature_run = next(r['run_dir'] for r in classifier_runs
                          if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
       quality.update(audit_generators(config, workdir, split_mode, seed, exports, feature_run))
   if not parallel.is_first_host():  # the first host writes the tables
