@@ -114,7 +114,7 @@ def cache_problem(cache):
 def check_settings(config, task):
   """Refuses, with a ValueError or an OSError (e.g. a data folder that is missing or cannot be
   read), settings no run can use: checked before anything is written, so a refused run leaves
-  no workdir behind."""
+  no workdir behind. Returns the cache folder, which it found usable."""
   common.check_values(config)
   if config.task in TRAINING_TASKS:
     if config.get('mode') == 'generate':  # (trains nothing: no batch to split)
@@ -130,6 +130,7 @@ def check_settings(config, task):
   if problem:
     raise ValueError(f'cannot use the cache folder {cache!r} (--config.cache_dir, '
                      f'BRAINJAX_CACHE): {problem}')
+  return cache
 
 
 def prepare_workdir(config):
@@ -154,10 +155,10 @@ def main(argv):
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
-    check_settings(config, task)
+    cache = check_settings(config, task)
     # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
     # network reuse them instead of recompiling.
-    jax.config.update('jax_compilation_cache_dir', os.path.join(datasets.cache_dir(config), 'xla'))
+    jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
     workdir, previous_config = prepare_workdir(config)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)

@@ -39,7 +39,7 @@ def original_grid_outputs(image: np.ndarray, errors: np.ndarray, region: np.ndar
   size = image.shape[0]
   head = head_mask(image)
   error_map = np.where(head, errors.reshape(size, size), 0.0).astype(np.float32)
-  head_orig = preprocess_lib.to_original_grid(head.astype(np.float32), info) >= 0.5
+  head_orig = region_to_original(head, info)
   map_orig = preprocess_lib.to_original_grid(error_map, info)
   map_orig = np.where(head_orig, np.clip(map_orig, 0.0, 1.0), 0.0).astype(np.float32)
   region_orig = region_to_original(region.reshape(size, size) & head, info) & head_orig
