@@ -16,6 +16,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from brainjax import interrupts
 from brainjax.data import sources
 from brainjax.tasks import datasets
 from brainjax.train import parallel
@@ -142,7 +143,20 @@ def prepare_workdir(config):
   return workdir, previous_config
 
 
+def exit_now(code):
+  """Exits without the interpreter's teardown, once the run's files are closed.
+
+  An XLA compilation that a Ctrl-C interrupts returns to Python at once but goes on in a
+  thread of its own; tearing the interpreter down beside it ends in a segmentation fault.
+  """
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def main(argv):
+  interrupts.stop_on_ctrl_c()
   logging.get_absl_logger().addFilter(quiet_libraries)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -181,7 +195,7 @@ def main(argv):
     if isinstance(error, KeyboardInterrupt):  # (Ctrl-C: the checkpoints written so far are whole)
       print(f'Interrupted: the same command goes on with {workdir} from where it stopped (its '
             'last checkpoint, if any).', file=sys.stderr)
-      sys.exit(130)  # (128 + SIGINT, as a shell reports it)
+      exit_now(130)  # (128 + SIGINT, as a shell reports it)
     sys.exit(f'error: {error}')
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
 
