@@ -1,12 +1,17 @@
-"""Ctrl-C stops the run even when it lands in a garbage-collection callback."""
+"""Ctrl-C stops a run with one line and exit code 130, even in a gc callback or a compilation."""
 import gc
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from brainjax import interrupts
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -50,3 +55,37 @@ def test_a_ctrl_c_elsewhere_interrupts_at_once(ctrl_c_handler):
   with pytest.raises(KeyboardInterrupt):
     os.kill(os.getpid(), signal.SIGINT)
     _wait_for_interrupt()
+
+
+# A task whose Ctrl-C lands in an XLA compilation, which goes on in its own thread after
+# Python gets the KeyboardInterrupt.
+_INTERRUPTED_COMPILE = """
+import os, signal, sys, threading
+from absl import app
+import jax
+import jax.numpy as jnp
+import launch
+from brainjax.tasks import vae_gen
+
+def slow_to_compile(x):
+  for i in range(150):
+    x = jnp.sin(x) @ x + i
+  return x
+
+def compile_and_press_ctrl_c(config, workdir):
+  threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+  jax.jit(slow_to_compile).lower(jnp.ones((8, 8))).compile()
+  raise AssertionError('the compilation was not interrupted')
+
+vae_gen.train_and_evaluate = compile_and_press_ctrl_c
+sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1]]
+app.run(launch.main, flags_parser=launch.parse_flags)
+"""
+
+
+def test_a_ctrl_c_during_a_compilation_exits_as_interrupted(tmp_path):
+  env = dict(os.environ, JAX_ENABLE_COMPILATION_CACHE='false')  # (it must compile, every time)
+  result = subprocess.run([sys.executable, '-c', _INTERRUPTED_COMPILE, str(tmp_path / 'run')],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 130, result.stderr[-2000:]  # (was a segmentation fault, -11)
+  assert 'Interrupted: the same command goes on with' in result.stderr
