@@ -1,4 +1,5 @@
 """Config strings, overrides and launch.py's one-line errors."""
+import concurrent.futures
 import importlib
 import os
 import pathlib
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 
+from brainjax import threads
 from configs import common
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,8 +45,8 @@ def _launch(*args):
 
 
 # A refused setting is one line, before anything is written: no workdir is left behind to
-# refuse the corrected rerun as "a run with other settings".
-@pytest.mark.parametrize('args, message', [
+# refuse the corrected rerun as "a run with other settings". (args, what the error says)
+REFUSED = [
     (['--config=configs/vae_gen.py:sideways'], "unknown config word 'sideways'"),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.num_epochs=two'],
      'num_epochs'),
@@ -111,13 +113,32 @@ def _launch(*args):
      'export.seed=4294967296: it must be an integer in [0, 2**32)'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.export.seed=-1'],
      'export.seed=-1'),
-])
-def test_a_refused_setting_is_one_line_and_leaves_no_workdir(args, message, tmp_path):
-  result = _launch(*args, f'--workdir={tmp_path / "run"}')
+]
+
+
+@pytest.fixture(scope='module')
+def refused_runs(tmp_path_factory):
+  """launch.py's result for each case of REFUSED, and the workdir it was given.
+
+  Run side by side, one per core: each is mostly a Python process importing its libraries.
+  """
+  root = tmp_path_factory.mktemp('refused')
+
+  def refuse(index):
+    workdir = root / str(index) / 'run'
+    return _launch(*REFUSED[index][0], f'--workdir={workdir}'), workdir
+
+  with concurrent.futures.ThreadPoolExecutor(threads.num_workers()) as pool:
+    return list(pool.map(refuse, range(len(REFUSED))))
+
+
+@pytest.mark.parametrize('index', range(len(REFUSED)), ids=[message for _, message in REFUSED])
+def test_a_refused_setting_is_one_line_and_leaves_no_workdir(index, refused_runs):
+  result, workdir = refused_runs[index]
   assert result.returncode != 0
-  assert message in result.stderr
+  assert REFUSED[index][1] in result.stderr, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr
-  assert not (tmp_path / 'run').exists()
+  assert not workdir.exists()
 
 
 @pytest.mark.parametrize('variant', ['quick', 'paper'])
