@@ -79,6 +79,17 @@ def quiet_libraries(record):
   return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def quiet_late_reads(previous_hook):
+  """A sys.unraisablehook that drops the "Event loop is closed" errors of tensorstore reads
+  completing after Orbax gave up restoring a damaged checkpoint (one traceback per array,
+  around the run's one-line error); it passes every other one to previous_hook."""
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous_hook(unraisable)
+  return hook
+
+
 def initialize_hosts(environ):
   """jax.distributed.initialize() for one host of a multi-host run.
 
@@ -158,6 +169,7 @@ def exit_now(code):
 def main(argv):
   interrupts.stop_on_ctrl_c()
   logging.get_absl_logger().addFilter(quiet_libraries)
+  sys.unraisablehook = quiet_late_reads(sys.unraisablehook)
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config

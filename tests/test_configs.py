@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -413,3 +414,14 @@ def test_a_cache_folder_that_cannot_be_made_is_named(tmp_path):
     assert result.returncode != 0 and 'Traceback' not in result.stderr
     assert f'the cache folder {str(cache)!r}' in result.stderr and reason in result.stderr
     assert not (tmp_path / 'run').exists()
+
+
+def test_late_reads_of_a_damaged_checkpoint_print_nothing_else_is_hidden():
+  import launch  # pylint: disable=g-import-not-at-top
+  passed_on = []
+  hook = launch.quiet_late_reads(passed_on.append)
+  late_read = types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'))
+  other = types.SimpleNamespace(exc_value=RuntimeError('a bug of ours'))
+  hook(late_read)
+  hook(other)
+  assert passed_on == [other]
