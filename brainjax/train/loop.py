@@ -91,15 +91,79 @@ def _batch_shapes(arrays, batch_size, num_devices):
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
-def _non_finite(what, last_saved, workdir):
-  kept = (f'The last good checkpoint (step {last_saved}) is kept in {workdir}/checkpoints.'
-          if last_saved is not None else 'No checkpoint had been saved yet.')
-  return FloatingPointError(f'non-finite {what}; stopped. {kept}')
-
-
 def _all_finite(host_state):
   return all(np.isfinite(x).all() for x in jax.tree.leaves(host_state)
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
+class _Saves:
+  """A run's two checkpoint folders: the latest states (to resume) and the best one by
+  validation loss.
+
+  They are saved together: a new best waits, as a copy on its device, for the next save of
+  the latest state, so the best on disk is always the one the latest checkpoint's meta names
+  (a resumed run continues from both). A save costs a fraction of a second however small the
+  state (Orbax's per-array work, in the background but slowing the steps beside it): on a
+  GPU, whose epochs can take tens of milliseconds, one every epoch would set the pace, so
+  saves come at most every checkpoint_every_secs, and at the end.
+  """
+
+  def __init__(self, config, workdir):
+    self.workdir = workdir
+    self.every_secs = config.checkpoint_every_secs
+    self.latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'),
+                                      config.keep_checkpoints)
+    self.best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
+    self.last_step = self.latest.latest_step()  # (for error messages; None: none yet)
+    self.last_time = time.monotonic()
+    self.pending_best = None  # (step, state on its device, its meta, the run's meta then)
+
+  def due(self, step, total_steps):
+    due = step == total_steps or time.monotonic() - self.last_time >= self.every_secs
+    if jax.process_count() > 1:  # a save is collective: every host takes process 0's decision
+      due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
+    return due
+
+  def hold_best(self, step, trained, best_meta, run_meta):
+    """Keeps a new best until the next save, as a copy on its device (the next train step
+    donates the trained state's buffers)."""
+    self.pending_best = (step, copy_on_device(trained), best_meta, run_meta)
+
+  def save(self, step, host_state, run_meta):
+    """Starts saving the latest state (and the pending best): refused for a non-finite one."""
+    # A finite loss can come with a non-finite update (e.g. the gradient of sqrt at 0): such
+    # a state is never saved, or every rerun would resume into it.
+    if not _all_finite(host_state):
+      raise self.non_finite(f'parameters or optimizer state at step {step}')
+    if self.pending_best is not None:
+      best_step, best_state, best_meta, _ = self.pending_best
+      checkpoints.save(self.best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
+      self.pending_best = None
+    checkpoints.save(self.latest, step, host_state, run_meta)
+    self.last_step, self.last_time = step, time.monotonic()
+
+  def non_finite(self, what):
+    """The FloatingPointError that stops the run, once the last good state is saved.
+
+    A best found since the last save is not lost with the run: it is written as the best and
+    as the latest checkpoint (so the pair stays consistent, and a rerun resumes from the last
+    good state, not from an older one or from scratch).
+    """
+    if self.pending_best is not None:
+      best_step, best_state, best_meta, best_run_meta = self.pending_best
+      host_best = jax.tree.map(np.asarray, best_state)
+      checkpoints.save(self.best, best_step, host_best, best_meta)
+      checkpoints.save(self.latest, best_step, host_best, best_run_meta)
+      self.pending_best, self.last_step = None, best_step
+    kept = (f'The last good checkpoint (step {self.last_step}) is kept in '
+            f'{self.workdir}/checkpoints.' if self.last_step is not None
+            else 'No checkpoint had been saved yet.')
+    return FloatingPointError(f'non-finite {what}; stopped. {kept}')
+
+  def close(self):
+    """Waits for the saves in flight (a checkpoint that a message names is complete)."""
+    self.latest.close()
+    self.best.close()
 
 
 def _data_keys(data_key: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
@@ -168,12 +232,11 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   devices = parallel.train_devices(config.num_devices)  # every host's
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = per_epoch * config.num_epochs
-  latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'), config.keep_checkpoints)
-  best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
+  saves = _Saves(config, workdir)
 
   meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
-  if latest.latest_step() is not None:  # (its data and length: check_resume)
-    state, meta = checkpoints.restore(latest, state)
+  if saves.last_step is not None:  # (its data and length: check_resume)
+    state, meta = checkpoints.restore(saves.latest, state)
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   meta['data_key'] = data_keys[0] if data_keys else None
   plateau = Plateau(**meta['plateau'])
@@ -184,58 +247,21 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   # the rerun's arithmetic differs, e.g. on another device count.)
   if (evaluate is not None and meta['best_val_loss'] is not None
       and int(state.step) < per_epoch * config.num_epochs
-      and best.latest_step() is not None and best.latest_step() <= int(state.step)):
-    meta, plateau = _rescore_best(meta, plateau, evaluate(checkpoints.restore(best, state)[0]))
+      and saves.best.latest_step() is not None and saves.best.latest_step() <= int(state.step)):
+    meta, plateau = _rescore_best(meta, plateau,
+                                  evaluate(checkpoints.restore(saves.best, state)[0]))
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
-  last_saved = step if latest.latest_step() is not None else None  # (for error messages)
-  last_save_time = time.monotonic()
-  pending_best = None  # a new best (step, state, its meta, the run's meta then), saved next
 
   def run_meta():
     return {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)}
 
   def save(host_state):
-    # The latest checkpoint and the best one are written together, so the best on disk is
-    # always the one the latest checkpoint's meta names (a resumed run continues from both).
-    nonlocal pending_best, last_saved, last_save_time
-    # A finite loss can come with a non-finite update (e.g. the gradient of sqrt at 0): such
-    # a state is never saved, or every rerun would resume into it.
-    if not _all_finite(host_state):
-      raise stop_non_finite(f'parameters or optimizer state at step {step}')
-    if pending_best is not None:
-      best_step, best_state, best_meta, _ = pending_best
-      checkpoints.save(best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
-      pending_best = None
-    checkpoints.save(latest, step, host_state, run_meta())
+    saves.save(step, host_state, run_meta())
     # Every scalar logged up to this step is on disk before the checkpoint can be: a run
     # killed after it resumes from it and logs only the steps after it again.
     writer.flush()
-    last_saved, last_save_time = step, time.monotonic()
-
-  def stop_non_finite(what):
-    # A best found since the last save is not lost with the run: it is written as the best
-    # and as the latest checkpoint (so the pair stays consistent, and a rerun resumes from
-    # the last good state, not from an older one or from scratch).
-    nonlocal pending_best, last_saved
-    if pending_best is not None:
-      best_step, best_state, best_meta, best_run_meta = pending_best
-      host_best = jax.tree.map(np.asarray, best_state)
-      checkpoints.save(best, best_step, host_best, best_meta)
-      checkpoints.save(latest, best_step, host_best, best_run_meta)
-      pending_best, last_saved = None, best_step
-    return _non_finite(what, last_saved, workdir)
-
-  def save_due():
-    # A save costs a fraction of a second however small the state (Orbax's per-array work,
-    # in the background but slowing the steps beside it): on a GPU, whose epochs can take
-    # tens of milliseconds, one every epoch would set the pace. So at most one every
-    # checkpoint_every_secs, and always at the end.
-    due = step == total_steps or time.monotonic() - last_save_time >= config.checkpoint_every_secs
-    if jax.process_count() > 1:  # a save is collective: every host takes process 0's decision
-      due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
-    return due
 
   multi = len(devices) > 1
   host_devices = parallel.this_host(devices)
@@ -296,7 +322,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
         if step % config.log_every_steps == 0 or end_of_epoch:
           totals = {k: float(v) / count for k, v in jax.device_get(sums).items()}
           if not all(math.isfinite(v) for v in totals.values()):
-            raise stop_non_finite(f'loss by step {step} ({totals})')
+            raise saves.non_finite(f'loss by step {step} ({totals})')
           elapsed = time.perf_counter() - timer
           totals['images_per_s'] = count * config.batch_size / elapsed
           logging.info('step %d/%d epoch %d: %s', step, total_steps, epoch + 1,
@@ -307,7 +333,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
           sums, count, timer = None, 0, time.perf_counter()
         if end_of_epoch:
           break
-        if step % config.log_every_steps == 0 and save_due():  # (just checked finite, above)
+        # (at a log step: its loss was just checked finite, above)
+        if step % config.log_every_steps == 0 and saves.due(step, total_steps):
           save(to_host(state))
 
       if evaluate is not None:
@@ -334,13 +361,12 @@ def fit(config, workdir, state, train_step, train_arrays, *,
               state = to_device(train_state.set_learning_rate(trained, base_lr * plateau.scale))
         summary.update({f'val_{k}': float(v) for k, v in results.items()})
         if new_best is not None:
-          pending_best = (step, copy_on_device(trained), new_best, run_meta())
-      if save_due():
+          saves.hold_best(step, trained, new_best, run_meta())
+      if saves.due(step, total_steps):
         save(to_host(state))
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
   finally:
-    latest.close()
-    best.close()
+    saves.close()
     writer.close()
 
   best_val_loss = meta['best_val_loss']
