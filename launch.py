@@ -155,7 +155,8 @@ def prepare_workdir(config):
 
 
 def exit_now(code):
-  """Exits without the interpreter's teardown, once the run's files are closed.
+  """Exits at once, without the interpreter's teardown (atexit handlers, among them JAX's
+  backend and jax.distributed shutdown; finalizers): call it once the run's files are closed.
 
   An XLA compilation that a Ctrl-C interrupts returns to Python at once but goes on in a
   thread of its own; tearing the interpreter down beside it ends in a segmentation fault.
@@ -167,9 +168,10 @@ def exit_now(code):
 
 
 def main(argv):
-  interrupts.stop_on_ctrl_c()
   logging.get_absl_logger().addFilter(quiet_libraries)
-  sys.unraisablehook = quiet_late_reads(sys.unraisablehook)
+  # Exceptions Python can only print ("Exception ignored in ..."): a Ctrl-C there is sent
+  # again, and Orbax's late reads after a failed restore are not printed.
+  sys.unraisablehook = interrupts.resend_dropped_ctrl_c(quiet_late_reads(sys.unraisablehook))
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config

@@ -1,43 +1,32 @@
 """A Ctrl-C that always stops the run.
 
-Python raises KeyboardInterrupt in whatever Python code runs when SIGINT arrives. JAX
-frees XLA's buffers from a garbage-collection callback (`gc.callbacks`) at every
-collection, and an exception raised inside a gc callback is printed as "Exception
-ignored" and dropped: a Ctrl-C landing there was lost, and training went on. The
-handler below defers such an interrupt until the callback has returned.
+Python raises KeyboardInterrupt in whatever Python code runs when SIGINT arrives. Where that
+code's exceptions cannot propagate (a garbage-collection callback, such as the one JAX frees
+XLA's buffers with at every collection; a __del__; a weakref callback), Python prints it as
+"Exception ignored" and drops it: the Ctrl-C was lost, and training went on. The hook below
+sends such an interrupt again, a moment later, to the main thread.
 """
-import _thread
-import gc
 import signal
 import threading
-import types
-from typing import Optional
 
-# Long enough for a callback to return, short against a person's reaction.
-_RETRY_SECS = 0.01
+# Long enough for the callback to return, short against a person's reaction.
+_RESEND_AFTER_SECS = 0.01
 
 
-def _in_gc_callback(frame: Optional[types.FrameType]) -> bool:
-  """Whether `frame` runs in a gc callback (or in code a callback called)."""
-  codes = {getattr(callback, '__code__', None) for callback in gc.callbacks}
-  while frame is not None:
-    if frame.f_code in codes:
-      return True
-    frame = frame.f_back
-  return False
+def _send_ctrl_c_to_main_thread():
+  # A signal, not _thread.interrupt_main: it also wakes a main thread blocked in a wait.
+  signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 
-def _on_sigint(signum, frame):
-  del signum
-  if _in_gc_callback(frame):
-    # Raised again from another thread a moment later, by then (most likely) outside the
-    # callback; if not, this handler defers it again.
-    threading.Timer(_RETRY_SECS, _thread.interrupt_main).start()
-    return
-  raise KeyboardInterrupt
-
-
-def stop_on_ctrl_c() -> None:
-  """Makes SIGINT raise KeyboardInterrupt in the main thread's own code, never only inside
-  a gc callback (call from the main thread, as `signal.signal` requires)."""
-  signal.signal(signal.SIGINT, _on_sigint)
+def resend_dropped_ctrl_c(previous_hook):
+  """A sys.unraisablehook that sends a dropped KeyboardInterrupt again as SIGINT (which
+  lands in a callback again only by chance, and is then sent again); it passes every other
+  exception to previous_hook."""
+  def hook(unraisable):
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+      timer = threading.Timer(_RESEND_AFTER_SECS, _send_ctrl_c_to_main_thread)
+      timer.daemon = True  # (one still waiting when the run ends does not hold its exit)
+      timer.start()
+    else:
+      previous_hook(unraisable)
+  return hook

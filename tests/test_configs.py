@@ -118,24 +118,39 @@ REFUSED = [
 
 
 @pytest.fixture(scope='module')
-def refused_runs(tmp_path_factory):
-  """launch.py's result for each case of REFUSED, and the workdir it was given.
+def refused_run(request, tmp_path_factory):
+  """refused_run(index): launch.py's result for a case of REFUSED, and the workdir it was given.
 
-  Run side by side, one per core: each is mostly a Python process importing its libraries.
+  At the first call, every case this session selected runs, side by side, one per core (each
+  is mostly a Python process importing its libraries); a pytest-xdist worker, which gets its
+  share of the cases one by one, runs each when asked.
   """
   root = tmp_path_factory.mktemp('refused')
+  results = {}
 
   def refuse(index):
     workdir = root / str(index) / 'run'
-    return _launch(*REFUSED[index][0], f'--workdir={workdir}'), workdir
+    try:
+      return _launch(*REFUSED[index][0], f'--workdir={workdir}'), workdir
+    except subprocess.TimeoutExpired as error:  # (that case's failure, not every case's)
+      return error, workdir
 
-  with concurrent.futures.ThreadPoolExecutor(threads.num_workers()) as pool:
-    return list(pool.map(refuse, range(len(REFUSED))))
+  def result(index):
+    if index not in results:
+      together = [index] if 'PYTEST_XDIST_WORKER' in os.environ else sorted(
+          item.callspec.params['index'] for item in request.session.items
+          if item.originalname == 'test_a_refused_setting_is_one_line_and_leaves_no_workdir')
+      with concurrent.futures.ThreadPoolExecutor(threads.num_workers()) as pool:
+        results.update(zip(together, pool.map(refuse, together)))
+    return results[index]
+
+  return result
 
 
 @pytest.mark.parametrize('index', range(len(REFUSED)), ids=[message for _, message in REFUSED])
-def test_a_refused_setting_is_one_line_and_leaves_no_workdir(index, refused_runs):
-  result, workdir = refused_runs[index]
+def test_a_refused_setting_is_one_line_and_leaves_no_workdir(index, refused_run):
+  result, workdir = refused_run(index)
+  assert isinstance(result, subprocess.CompletedProcess), result
   assert result.returncode != 0
   assert REFUSED[index][1] in result.stderr, result.stderr[-2000:]
   assert 'Traceback' not in result.stderr

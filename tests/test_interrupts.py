@@ -5,6 +5,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -15,11 +16,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def ctrl_c_handler():
-  previous = signal.getsignal(signal.SIGINT)
-  interrupts.stop_on_ctrl_c()
+def resending_hook():
+  """The hook launch.py installs, around this test's own (pytest keeps one per test)."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = interrupts.resend_dropped_ctrl_c(previous)
   yield
-  signal.signal(signal.SIGINT, previous)
+  sys.unraisablehook = previous
 
 
 def _wait_for_interrupt(seconds=2.0):
@@ -28,7 +30,7 @@ def _wait_for_interrupt(seconds=2.0):
     time.sleep(0.001)
 
 
-def test_a_ctrl_c_inside_a_gc_callback_interrupts_after_it(ctrl_c_handler):
+def _press_ctrl_c_in_a_gc_callback():
   calls = []
 
   def press_ctrl_c(phase, info):  # as JAX's callback runs at every collection
@@ -40,21 +42,28 @@ def test_a_ctrl_c_inside_a_gc_callback_interrupts_after_it(ctrl_c_handler):
 
   gc.callbacks.append(press_ctrl_c)
   try:
-    with pytest.raises(KeyboardInterrupt):
-      try:
-        gc.collect()  # (with Python's own handler the interrupt is dropped here)
-      finally:
-        gc.callbacks.remove(press_ctrl_c)
-      _wait_for_interrupt()
+    gc.collect()  # (where Python drops the KeyboardInterrupt)
   finally:
-    _wait_for_interrupt(0.05)  # (no deferred interrupt left to land after the test)
+    gc.callbacks.remove(press_ctrl_c)
   assert calls == ['start']
 
 
-def test_a_ctrl_c_elsewhere_interrupts_at_once(ctrl_c_handler):
+@pytest.mark.usefixtures('resending_hook')
+def test_a_ctrl_c_inside_a_gc_callback_interrupts_after_it():
   with pytest.raises(KeyboardInterrupt):
-    os.kill(os.getpid(), signal.SIGINT)
+    _press_ctrl_c_in_a_gc_callback()
     _wait_for_interrupt()
+
+
+@pytest.mark.usefixtures('resending_hook')
+def test_the_resent_ctrl_c_wakes_a_main_thread_that_waits():
+  with pytest.raises(KeyboardInterrupt):
+    _press_ctrl_c_in_a_gc_callback()
+    start = time.monotonic()
+    try:
+      threading.Event().wait(5)  # as the main thread waits for worker threads or processes
+    finally:
+      assert time.monotonic() - start < 1
 
 
 # A task whose Ctrl-C lands in an XLA compilation, which goes on in its own thread after
@@ -68,7 +77,7 @@ import launch
 from brainjax.tasks import vae_gen
 
 def slow_to_compile(x):
-  for i in range(150):
+  for i in range(500):  # (seconds to compile: the Ctrl-C comes at 0.5 s)
     x = jnp.sin(x) @ x + i
   return x
 

@@ -278,9 +278,6 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   if plateau.scale != 1.0:
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
   state = to_device(state)
-  # (from step + 1: what an earlier, killed run logged after the checkpoint this run resumes
-  # from, it logs again; TensorBoard shows this run's)
-  writer = reporting.summary_writer(workdir, write=parallel.is_first_host(), purge_step=step + 1)
   base_rng = jax.random.PRNGKey(config.seed)
   p_train_step = compile_step(train_step, devices)
   # Compiled ahead of the first step, so that images_per_s counts steps, not compilation; not
@@ -299,6 +296,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
                'of %d process(es).', total_steps, config.num_epochs, per_epoch,
                config.batch_size, len(devices), jax.process_count())
 
+  # (from step + 1: what an earlier, killed run logged after the checkpoint this run resumes
+  # from, it logs again; TensorBoard shows this run's)
+  writer = reporting.summary_writer(workdir, write=parallel.is_first_host(), purge_step=step + 1)
   sums, count, timer = None, 0, time.perf_counter()
   # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
   # waits for them, so a checkpoint that a message names is complete on disk. (An interrupt
