@@ -17,11 +17,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def resending_hook():
-  """The hook launch.py installs, around this test's own (pytest keeps one per test)."""
-  previous = sys.unraisablehook
-  sys.unraisablehook = interrupts.resend_dropped_ctrl_c(previous)
+  """The hook launch.py installs, around this test's own (pytest keeps one per test), and
+  Python's own SIGINT handler (pytest may run where SIGINT is ignored, e.g. in the
+  background of a script)."""
+  previous_hook = sys.unraisablehook
+  previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+  sys.unraisablehook = interrupts.resend_dropped_ctrl_c(previous_hook)
   yield
-  sys.unraisablehook = previous
+  sys.unraisablehook = previous_hook
+  signal.signal(signal.SIGINT, previous_handler)
 
 
 def _wait_for_interrupt(seconds=2.0):
@@ -87,6 +91,7 @@ def compile_and_press_ctrl_c(config, workdir):
   raise AssertionError('the compilation was not interrupted')
 
 vae_gen.train_and_evaluate = compile_and_press_ctrl_c
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in a terminal's foreground)
 sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1]]
 app.run(launch.main, flags_parser=launch.parse_flags)
 """
