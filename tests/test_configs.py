@@ -117,6 +117,9 @@ REFUSED = [
 ]
 
 
+_REFUSED_TEST = 'test_a_refused_setting_is_one_line_and_leaves_no_workdir'
+
+
 @pytest.fixture(scope='module')
 def refused_run(request, tmp_path_factory):
   """refused_run(index): launch.py's result for a case of REFUSED, and the workdir it was given.
@@ -137,9 +140,9 @@ def refused_run(request, tmp_path_factory):
 
   def result(index):
     if index not in results:
-      together = [index] if 'PYTEST_XDIST_WORKER' in os.environ else sorted(
+      together = [index] if 'PYTEST_XDIST_WORKER' in os.environ else sorted({index} | {
           item.callspec.params['index'] for item in request.session.items
-          if item.originalname == 'test_a_refused_setting_is_one_line_and_leaves_no_workdir')
+          if getattr(item, 'originalname', '') == _REFUSED_TEST})
       with concurrent.futures.ThreadPoolExecutor(threads.num_workers()) as pool:
         results.update(zip(together, pool.map(refuse, together)))
     return results[index]
