@@ -103,3 +103,59 @@ def test_a_ctrl_c_during_a_compilation_exits_as_interrupted(tmp_path):
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 130, result.stderr[-2000:]  # (was a segmentation fault, -11)
   assert 'Interrupted: the same command goes on with' in result.stderr
+
+
+# Preprocessing in worker processes: a terminal's Ctrl-C goes to the whole process group.
+_PREPROCESSING = """
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in a terminal's foreground)
+import jax  # (as launch.py: its workers import it, the script they re-import, for seconds)
+from brainjax.data import sources
+
+if __name__ == '__main__':
+  jobs = [('phantom', f'phantom_{i}.png', i % 2, (0, i)) for i in range(400)]
+  try:
+    sources._run_jobs(jobs, 64, 0.05)
+  except KeyboardInterrupt:
+    sys.exit(130)
+  sys.exit('the preprocessing was not interrupted')
+"""
+
+
+def _children(pid):
+  with open(f'/proc/{pid}/task/{pid}/children') as f:
+    return [int(child) for child in f.read().split()]
+
+
+def _running(pid):
+  """Not ended (an ended orphan stays a zombie until PID 1 reaps it, which may be slow)."""
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/task'), reason='reads /proc (Linux)')
+def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(tmp_path):
+  script = tmp_path / 'preprocess.py'  # (spawned workers re-import the main script's file)
+  script.write_text(_PREPROCESSING)
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  run = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while len(_children(run.pid)) < 3 and time.monotonic() < deadline:  # 2 workers, a tracker
+      time.sleep(0.05)
+    workers = _children(run.pid)
+    time.sleep(0.5)  # (the workers are importing jax)
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, stderr = run.communicate(timeout=60)
+  finally:
+    if run.poll() is None:
+      os.killpg(run.pid, signal.SIGKILL)
+  assert run.returncode == 130, stderr[-2000:]
+  assert 'Traceback' not in stderr and 'Exception' not in stderr, stderr[-2000:]
+  time.sleep(1)
+  assert not [pid for pid in workers if _running(pid)]

@@ -19,10 +19,11 @@ settings; the file is written to a temporary name and renamed, so a crash
 never leaves a half-written cache.
 """
 import concurrent.futures
+import contextlib
 import hashlib
-import itertools
 import multiprocessing
 import os
+import signal
 import sys
 import tempfile
 import zipfile
@@ -206,6 +207,10 @@ def _run_job(job, size: int, margin: float):
   return name, label, (out, info, mask, _raw_thumbnail(image)), None
 
 
+def _run_chunk(jobs, size: int, margin: float):
+  return [_run_job(job, size, margin) for job in jobs]
+
+
 def _raw_thumbnail(image: np.ndarray) -> np.ndarray:
   thumb = Image.fromarray(image, mode='F').resize((dedup.THUMB, dedup.THUMB),
                                                    Image.Resampling.BILINEAR)
@@ -223,13 +228,39 @@ def _run_jobs(jobs, size: int, margin: float):
   # 'spawn': forking a process that may already run JAX threads can deadlock.
   context = multiprocessing.get_context('spawn')
   chunk = max(1, len(jobs) // (workers * 8))
+  others = set(multiprocessing.active_children())
   try:
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-      return list(pool.map(_run_job, jobs, itertools.repeat(size), itertools.repeat(margin),
-                           chunksize=chunk))
+      # A terminal's Ctrl-C goes to the workers too, which would print tracebacks (while
+      # importing or waiting for work): they start with it blocked, and this process stops
+      # them. (submit, not map: an interrupted map cancels its futures, and Python 3.11's
+      # pool then fails to mark them broken, with a traceback from its thread.)
+      try:
+        with _ctrl_c_blocked():  # (the workers start on the first submits, with this mask)
+          futures = [pool.submit(_run_chunk, jobs[i:i + chunk], size, margin)
+                     for i in range(0, len(jobs), chunk)]
+        return [result for future in futures for result in future.result()]
+      except KeyboardInterrupt:
+        for worker in set(multiprocessing.active_children()) - others:
+          worker.terminate()
+        raise
   except (OSError, concurrent.futures.process.BrokenProcessPool) as e:
     logging.warning('Parallel preprocessing failed (%s); running in this process', e)
     return [_run_job(job, size, margin) for job in jobs]
+
+
+@contextlib.contextmanager
+def _ctrl_c_blocked():
+  """SIGINT held back from the calling thread (a pending one arrives on leaving), so processes
+  it starts inherit it blocked."""
+  if not hasattr(signal, 'pthread_sigmask'):  # (not POSIX)
+    yield
+    return
+  previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # --- cache ------------------------------------------------------------------
