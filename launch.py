@@ -167,19 +167,10 @@ def exit_now(code):
   os._exit(code)
 
 
-def main(argv):
-  logging.get_absl_logger().addFilter(quiet_libraries)
-  # Exceptions Python can only print ("Exception ignored in ..."): a Ctrl-C there is sent
-  # again, and Orbax's late reads after a failed restore are not printed.
-  sys.unraisablehook = interrupts.resend_dropped_ctrl_c(quiet_late_reads(sys.unraisablehook))
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = FLAGS.config
-  if config.task not in TASKS:
-    raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+def set_up(config):
+  """(the task's module, workdir, the config.json text it held or None), once the hosts are
+  joined and the settings checked; a refused setting exits with one line."""
   if config.get('multihost'):
-    if config.task == 'predict':  # (every host would write the same files)
-      sys.exit('error: predict runs on one host; drop --config.multihost')
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
@@ -193,6 +184,26 @@ def main(argv):
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
+  return task, workdir, previous_config
+
+
+def main(argv):
+  logging.get_absl_logger().addFilter(quiet_libraries)
+  # Exceptions Python can only print ("Exception ignored in ..."): a Ctrl-C there is sent
+  # again, and Orbax's late reads after a failed restore are not printed.
+  sys.unraisablehook = interrupts.resend_dropped_ctrl_c(quiet_late_reads(sys.unraisablehook))
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = FLAGS.config
+  if config.task not in TASKS:
+    raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  if config.get('multihost') and config.task == 'predict':  # (every host would write the same)
+    sys.exit('error: predict runs on one host; drop --config.multihost')
+  try:
+    task, workdir, previous_config = set_up(config)
+  except KeyboardInterrupt:  # (e.g. while the hosts wait for each other)
+    print('Interrupted before the run started.', file=sys.stderr)
+    exit_now(130)
   start = time.time()
   try:
     metrics = task.train_and_evaluate(config, workdir)

@@ -281,13 +281,17 @@ import sys
 from absl import app
 import launch
 from brainjax.tasks import vae_gen
+def interrupted_while_checking(config, task):
+  raise KeyboardInterrupt
+if '--early' in sys.argv:  # (while the run is set up)
+  launch.check_settings = interrupted_while_checking
 def interrupted(config, workdir):
   if config.export.num_samples == 7:  # (the run had written new results)
     open(workdir + '/metrics.json', 'w').write('{"new": 1}')
   raise KeyboardInterrupt
 vae_gen.train_and_evaluate = interrupted
 sys.argv = ['launch.py', '--config=configs/vae_gen.py:positive,smoke', '--workdir=' + sys.argv[1],
-            *sys.argv[2:]]
+            *[arg for arg in sys.argv[2:] if arg != '--early']]
 app.run(launch.main, flags_parser=launch.parse_flags)
 """
 
@@ -308,6 +312,15 @@ def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path):
   # ... and one stopped after it wrote new results keeps the config.json that made them.
   assert interrupted('--config.export.num_samples=7').returncode == 130
   assert '"num_samples": 7' in (tmp_path / 'run' / 'config.json').read_text()
+
+
+def test_ctrl_c_before_the_run_starts_is_one_line(tmp_path):
+  result = subprocess.run([sys.executable, '-c', _INTERRUPTED_RUN, str(tmp_path / 'run'),
+                           '--early'], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 130
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.splitlines()[-1] == 'Interrupted before the run started.'
+  assert not (tmp_path / 'run').exists()
 
 
 def test_a_config_file_whose_code_fails_is_not_called_an_unknown_field(tmp_path):
