@@ -75,8 +75,14 @@ def _config_file(argv):
 
 
 def quiet_libraries(record):
-  """Keeps Orbax's per-save INFO chatter out of the run log (its warnings still show)."""
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+  """Keeps Orbax's per-save INFO chatter out of the run log (its warnings still show), and its
+  error log, traceback included, of a wait for a save that a Ctrl-C stopped (the run says it
+  was interrupted; the resumed run replaces the unfinished save)."""
+  if '/orbax/' not in record.pathname:
+    return True
+  if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+    return False
+  return record.levelno >= std_logging.WARNING
 
 
 def quiet_late_reads(previous_hook):

@@ -1,6 +1,7 @@
 """Config strings, overrides and launch.py's one-line errors."""
 import concurrent.futures
 import importlib
+import logging
 import os
 import pathlib
 import subprocess
@@ -456,3 +457,18 @@ def test_late_reads_of_a_damaged_checkpoint_print_nothing_else_is_hidden():
   hook(late_read)
   hook(other)
   assert passed_on == [other]
+
+
+def test_orbax_logs_its_warnings_and_errors_but_not_an_interrupted_wait():
+  import launch  # pylint: disable=g-import-not-at-top
+
+  def record(level, path, error=None):
+    exc_info = (type(error), error, None) if error else None
+    return logging.LogRecord('absl', level, path, 1, 'message', (), exc_info)
+  orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
+  assert not launch.quiet_libraries(record(logging.INFO, orbax))
+  assert launch.quiet_libraries(record(logging.WARNING, orbax))
+  assert launch.quiet_libraries(record(logging.ERROR, orbax, OSError('disk full')))
+  assert not launch.quiet_libraries(record(logging.ERROR, orbax, KeyboardInterrupt()))
+  assert launch.quiet_libraries(record(logging.INFO, '/brainjax/train/loop.py'))
+  assert launch.quiet_libraries(record(logging.ERROR, '/brainjax/x.py', KeyboardInterrupt()))
