@@ -38,16 +38,28 @@ def save(mngr, step, state, meta):
 def restore(mngr, state_template, step=None):
   """(state, meta) of `step` (default: the latest), shaped like `state_template`.
 
-  The state is put on the default device once, uncommitted: the jitted functions that
-  then run on it batch after batch do not copy it in at each call, and compile once for
-  it and for host arrays.
+  The state is put on a device once, so the jitted functions that then run on it batch after
+  batch do not copy it in at each call: committed to the device of the template's arrays if
+  they are committed to one (a data-parallel run's trained state, on its first device), else
+  on the default device, uncommitted. Either way, as the state it is shaped like: jit
+  compiles a program per placement, and the evaluations during training compiled it.
   """
   step = mngr.latest_step() if step is None else step
   # Shapes without a sharding restore NumPy arrays, wherever the template lives.
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), state_template)
   restored = _read(mngr, step, ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-  return jax.device_put(restored['state']), restored['meta']
+  return jax.device_put(restored['state'], _committed_device(state_template)), restored['meta']
+
+
+def _committed_device(tree):
+  """The one device that `tree`'s arrays are committed to, or None."""
+  leaves = jax.tree.leaves(tree)
+  if leaves and all(isinstance(x, jax.Array) and x.committed for x in leaves):
+    devices = set.union(*(x.devices() for x in leaves))
+    if len(devices) == 1:
+      return devices.pop()
+  return None
 
 
 def _read(mngr, step, args):

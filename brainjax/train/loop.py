@@ -240,6 +240,18 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
   meta['data_key'] = data_keys[0] if data_keys else None
   plateau = Plateau(**meta['plateau'])
+  multi = len(devices) > 1
+  host_devices = parallel.this_host(devices)
+  # One device: placed uncommitted on the default device, which is devices[0] in one process,
+  # so that `evaluate`'s jitted functions compile once for the device state and host arrays.
+  to_device = ((lambda s: jax_utils.replicate(s, host_devices)) if multi
+               else jax.device_put)
+  # The trained state stays where it trains: `evaluate` runs on it there, a new best is kept
+  # as a copy beside it, and only a save (at most every checkpoint_every_secs) copies it to
+  # the host. On a GPU a host copy of the paper BrainCNN's state (392 MiB) takes tens of
+  # milliseconds, against about 100 ms for an epoch's steps on an H100.
+  on_device = parallel.first_replica if multi else (lambda s: s)
+  to_host = lambda s: jax.tree.map(np.asarray, on_device(s))
   # A run killed between the two commits of a save holds a best of a later step than its
   # latest checkpoint (the best commits first): a model this run will train again, and not
   # the best its resumed meta names, so not one to measure anew. (Its own save of that step's
@@ -248,8 +260,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   if (evaluate is not None and meta['best_val_loss'] is not None
       and int(state.step) < per_epoch * config.num_epochs
       and saves.best.latest_step() is not None and saves.best.latest_step() <= int(state.step)):
-    meta, plateau = _rescore_best(meta, plateau,
-                                  evaluate(checkpoints.restore(saves.best, state)[0]))
+    best = checkpoints.restore(saves.best, state)[0]  # (evaluated where the trained state is)
+    meta, plateau = _rescore_best(meta, plateau, evaluate(on_device(to_device(best))))
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
@@ -263,18 +275,6 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     # killed after it resumes from it and logs only the steps after it again.
     writer.flush()
 
-  multi = len(devices) > 1
-  host_devices = parallel.this_host(devices)
-  # One device: placed uncommitted on the default device, which is devices[0] in one process,
-  # so that `evaluate`'s jitted functions compile once for the device state and host arrays.
-  to_device = ((lambda s: jax_utils.replicate(s, host_devices)) if multi
-               else jax.device_put)
-  # The trained state stays where it trains: `evaluate` runs on it there, a new best is kept
-  # as a copy beside it, and only a save (at most every checkpoint_every_secs) copies it to
-  # the host. On a GPU a host copy of the paper BrainCNN's state (392 MiB) takes tens of
-  # milliseconds, against about 100 ms for an epoch's steps on an H100.
-  on_device = parallel.first_replica if multi else (lambda s: s)
-  to_host = lambda s: jax.tree.map(np.asarray, on_device(s))
   if plateau.scale != 1.0:
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
   state = to_device(state)
