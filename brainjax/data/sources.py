@@ -251,8 +251,11 @@ def _run_jobs(jobs, size: int, margin: float):
 
 @contextlib.contextmanager
 def _ctrl_c_blocked():
-  """SIGINT held back from the calling thread (a pending one arrives on leaving), so processes
-  it starts inherit it blocked."""
+  """SIGINT blocked in the calling thread, so that processes it starts inherit it blocked.
+
+  It does not shield this process: the kernel hands a Ctrl-C to another of its threads (JAX
+  runs several), and Python raises it in the main thread at once.
+  """
   if not hasattr(signal, 'pthread_sigmask'):  # (not POSIX)
     yield
     return

@@ -260,8 +260,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   if (evaluate is not None and meta['best_val_loss'] is not None
       and int(state.step) < per_epoch * config.num_epochs
       and saves.best.latest_step() is not None and saves.best.latest_step() <= int(state.step)):
-    best = checkpoints.restore(saves.best, state)[0]  # (evaluated where the trained state is)
-    meta, plateau = _rescore_best(meta, plateau, evaluate(on_device(to_device(best))))
+    best = checkpoints.restore(saves.best, state)[0]
+    if multi:  # (where the trained state's first replica is, so evaluate compiles once)
+      best = jax.device_put(best, host_devices[0])
+    meta, plateau = _rescore_best(meta, plateau, evaluate(best))
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
