@@ -39,10 +39,10 @@ def restore(mngr, state_template, step=None):
   """(state, meta) of `step` (default: the latest), shaped like `state_template`.
 
   The state is put on a device once, so the jitted functions that then run on it batch after
-  batch do not copy it in at each call: committed to the device of the template's arrays if
-  they are committed to one (a data-parallel run's trained state, on its first device), else
-  on the default device, uncommitted. Either way, as the state it is shaped like: jit
-  compiles a program per placement, and the evaluations during training compiled it.
+  batch do not copy it in at each call, and placed as the template is, since jit compiles a
+  program per placement: committed to the one device the template's arrays are committed to
+  (a data-parallel run's trained state, on its first device), else uncommitted on the default
+  device (which also serves host arrays).
   """
   step = mngr.latest_step() if step is None else step
   # Shapes without a sharding restore NumPy arrays, wherever the template lives.
