@@ -11,6 +11,7 @@ import time
 import pytest
 
 from brainjax import interrupts
+from brainjax import threads
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -137,6 +138,7 @@ def _running(pid):
 
 
 @pytest.mark.skipif(not os.path.exists('/proc/self/task'), reason='reads /proc (Linux)')
+@pytest.mark.skipif(threads.num_workers() < 2, reason='one core: preprocessing has no workers')
 def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(tmp_path):
   script = tmp_path / 'preprocess.py'  # (spawned workers re-import the main script's file)
   script.write_text(_PREPROCESSING)
@@ -149,6 +151,7 @@ def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(t
     while len(_children(run.pid)) < 3 and time.monotonic() < deadline:  # 2 workers, a tracker
       time.sleep(0.05)
     workers = _children(run.pid)
+    assert len(workers) >= 3, 'the preprocessing started no worker processes'
     time.sleep(0.5)  # (the workers are importing jax)
     os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, stderr = run.communicate(timeout=60)
