@@ -124,8 +124,11 @@ if __name__ == '__main__':
 
 
 def _children(pid):
-  with open(f'/proc/{pid}/task/{pid}/children') as f:
-    return [int(child) for child in f.read().split()]
+  try:
+    with open(f'/proc/{pid}/task/{pid}/children') as f:
+      return [int(child) for child in f.read().split()]
+  except FileNotFoundError:  # (it has ended)
+    return []
 
 
 def _running(pid):
@@ -148,10 +151,11 @@ def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(t
                          text=True)
   try:
     deadline = time.monotonic() + 120
-    while len(_children(run.pid)) < 3 and time.monotonic() < deadline:  # 2 workers, a tracker
+    while (run.poll() is None and len(_children(run.pid)) < 3  # 2 workers, a tracker
+           and time.monotonic() < deadline):
       time.sleep(0.05)
     workers = _children(run.pid)
-    assert len(workers) >= 3, 'the preprocessing started no worker processes'
+    assert len(workers) >= 3, f'no worker processes started (exit code {run.poll()})'
     time.sleep(0.5)  # (the workers are importing jax)
     os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, stderr = run.communicate(timeout=60)
