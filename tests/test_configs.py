@@ -1,5 +1,4 @@
 """Config strings, overrides and launch.py's one-line errors."""
-import concurrent.futures
 import importlib
 import logging
 import os
@@ -144,8 +143,7 @@ def refused_run(request, tmp_path_factory):
       together = [index] if 'PYTEST_XDIST_WORKER' in os.environ else sorted({index} | {
           item.callspec.params['index'] for item in request.session.items
           if getattr(item, 'originalname', '') == _REFUSED_TEST})
-      with concurrent.futures.ThreadPoolExecutor(threads.num_workers()) as pool:
-        results.update(zip(together, pool.map(refuse, together)))
+      results.update(zip(together, threads.thread_map(refuse, together)))
     return results[index]
 
   return result

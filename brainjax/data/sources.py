@@ -208,6 +208,7 @@ def _run_job(job, size: int, margin: float):
 
 
 def _run_chunk(jobs, size: int, margin: float):
+  """[_run_job(job) for job in jobs]: a worker's share, or all of them in this process."""
   return [_run_job(job, size, margin) for job in jobs]
 
 
@@ -224,7 +225,7 @@ def _run_jobs(jobs, size: int, margin: float):
   main_file = getattr(sys.modules.get('__main__'), '__file__', None)
   if (workers == 1 or len(jobs) < _PARALLEL_MIN_JOBS
       or (main_file is not None and not os.path.exists(main_file))):
-    return [_run_job(job, size, margin) for job in jobs]
+    return _run_chunk(jobs, size, margin)
   # 'spawn': forking a process that may already run JAX threads can deadlock.
   context = multiprocessing.get_context('spawn')
   chunk = max(1, len(jobs) // (workers * 8))
@@ -246,7 +247,7 @@ def _run_jobs(jobs, size: int, margin: float):
         raise
   except (OSError, concurrent.futures.process.BrokenProcessPool) as e:
     logging.warning('Parallel preprocessing failed (%s); running in this process', e)
-    return [_run_job(job, size, margin) for job in jobs]
+    return _run_chunk(jobs, size, margin)
 
 
 @contextlib.contextmanager

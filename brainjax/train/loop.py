@@ -136,11 +136,18 @@ class _Saves:
     if not _all_finite(host_state):
       raise self.non_finite(f'parameters or optimizer state at step {step}')
     if self.pending_best is not None:
-      best_step, best_state, best_meta, _ = self.pending_best
-      checkpoints.save(self.best, best_step, jax.tree.map(np.asarray, best_state), best_meta)
-      self.pending_best = None
+      self._save_pending_best()
     checkpoints.save(self.latest, step, host_state, run_meta)
     self.last_step, self.last_time = step, time.monotonic()
+
+  def _save_pending_best(self):
+    """Starts saving the held best to best/; returns its step, its host copy and the run's
+    meta when it was found."""
+    best_step, best_state, best_meta, best_run_meta = self.pending_best
+    host_best = jax.tree.map(np.asarray, best_state)
+    checkpoints.save(self.best, best_step, host_best, best_meta)
+    self.pending_best = None
+    return best_step, host_best, best_run_meta
 
   def non_finite(self, what):
     """The FloatingPointError that stops the run, once the last good state is saved.
@@ -150,11 +157,9 @@ class _Saves:
     good state, not from an older one or from scratch).
     """
     if self.pending_best is not None:
-      best_step, best_state, best_meta, best_run_meta = self.pending_best
-      host_best = jax.tree.map(np.asarray, best_state)
-      checkpoints.save(self.best, best_step, host_best, best_meta)
+      best_step, host_best, best_run_meta = self._save_pending_best()
       checkpoints.save(self.latest, best_step, host_best, best_run_meta)
-      self.pending_best, self.last_step = None, best_step
+      self.last_step = best_step
     kept = (f'The last good checkpoint (step {self.last_step}) is kept in '
             f'{self.workdir}/checkpoints.' if self.last_step is not None
             else 'No checkpoint had been saved yet.')
