@@ -143,7 +143,7 @@ def parse_args(argv=None):
   args.models = [m for m in args.models.split(',') if m]
   unknown = sorted(set(args.models) - set(MODELS))
   if unknown:
-    parser.error(f'unknown model(s) {unknown}; choose from {list(MODELS)}')
+    parser.error(f'unknown model(s) {", ".join(unknown)}; choose from {", ".join(MODELS)}')
   for flag in ('batch', 'steps', 'rounds', 'anomaly_slices'):
     if getattr(args, flag) < 1:
       parser.error(f'--{flag.replace("_", "-")} must be >= 1')

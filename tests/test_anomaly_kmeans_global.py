@@ -76,6 +76,14 @@ def test_identical_rows_form_one_cluster():
   assert not kmeans_global.global_kmeans(errors, 0.5, 0.99).prediction.any()
 
 
+def test_the_larger_anomalous_mass_is_the_tumour_centroid_and_a_tie_is_cluster_1():
+  light, heavy = [0.5, 0.0, 0.0], [0.5, 0.5, 0.0]
+  np.testing.assert_array_equal(kmeans_global._tumour_first(np.array([heavy, light])), [0, 1])
+  np.testing.assert_array_equal(kmeans_global._tumour_first(np.array([light, heavy])), [1, 0])
+  equal = np.array([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]])
+  np.testing.assert_array_equal(kmeans_global._tumour_first(equal), [1, 0])
+
+
 @pytest.mark.parametrize('kwargs, message', [
     (dict(alpha=0.0), 'alpha'), (dict(alpha=1.0, centroids=np.zeros((2, 3))), 'centroids')])
 def test_bad_arguments(kwargs, message):

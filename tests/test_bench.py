@@ -99,21 +99,26 @@ def test_anomaly_stage_reports_every_rule(capsys):
       / sum(printed['anomaly_grid_search_s'].values()))
 
 
-def test_bad_arguments_are_one_line_errors(tmp_path):
-  with pytest.raises(SystemExit):
-    bench.parse_args(['--models', 'cnn,resnet'])
-  with pytest.raises(SystemExit):
-    bench.parse_args(['--steps', '0'])
-  with pytest.raises(SystemExit):
-    bench.parse_args(['--peer', '--compare', 'peer.json'])
+def _refusal(args, capsys):
+  """The last line argparse prints when it refuses args (it exits with status 2)."""
+  with pytest.raises(SystemExit) as info:
+    bench.parse_args(args)
+  assert info.value.code == 2
+  return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+  assert 'unknown model(s) resnet' in _refusal(['--models', 'cnn,resnet'], capsys)
+  assert '--steps must be >= 1' in _refusal(['--steps', '0'], capsys)
+  assert 'either --peer or --compare' in _refusal(['--peer', '--compare', 'peer.json'], capsys)
   script = tmp_path / 'torch_reference.py'
   script.write_text('')
   with pytest.raises(SystemExit, match='error: cannot run the peer'):
     bench.main(['--models', 'cnn', '--no-anomaly', '--peer', '--peer-script', str(script),
                 '--torch-python', str(tmp_path / 'no-such-python'), '--steps', '1'])
   for peer in (['--peer'], ['--compare', 'peer.json']):  # a tiny network against the peer's
-    with pytest.raises(SystemExit):
-      bench.parse_args(peer + ['--preset', 'smoke'])
+    assert 'the peer times the full-size networks' in _refusal(peer + ['--preset', 'smoke'],
+                                                                capsys)
   with pytest.raises(SystemExit, match='error: .*no-such.json'):
     bench.main(['--models', '', '--no-anomaly', '--compare', str(tmp_path / 'no-such.json')])
 
