@@ -75,9 +75,13 @@ def _config_file(argv):
 
 
 def quiet_libraries(record):
-  """Keeps Orbax's per-save INFO chatter out of the run log (its warnings still show), and its
-  error log, traceback included, of a wait for a save that a Ctrl-C stopped (the run says it
-  was interrupted; the resumed run replaces the unfinished save)."""
+  """Keeps out of the run log: JAX's note of each backend it tried and, as meant, skipped
+  quietly (on a machine without a TPU: "Unable to initialize backend 'tpu': ... Failed to open
+  libtpu.so"; the run logs the devices it uses); Orbax's per-save INFO chatter (its warnings
+  still show), and its error log, traceback included, of a wait for a save that a Ctrl-C stopped
+  (the run says it was interrupted; the resumed run replaces the unfinished save)."""
+  if record.name.startswith('jax.') and record.levelno < std_logging.WARNING:
+    return not str(record.msg).startswith('Unable to initialize backend')
   if '/orbax/' not in record.pathname:
     return True
   if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
@@ -194,7 +198,7 @@ def set_up(config):
 
 
 def main(argv):
-  logging.get_absl_logger().addFilter(quiet_libraries)
+  logging.get_absl_handler().addFilter(quiet_libraries)  # (the handler: JAX logs by name)
   # Exceptions Python can only print ("Exception ignored in ..."): a Ctrl-C there is sent
   # again, and Orbax's late reads after a failed restore are not printed.
   sys.unraisablehook = interrupts.resend_dropped_ctrl_c(quiet_late_reads(sys.unraisablehook))

@@ -395,7 +395,8 @@ def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_mach
                            '--config.mode=generate', '--config.num_devices=4',
                            f'--workdir={tmp_path / "other"}'],
                           cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
-  assert result.returncode != 0 and 'num_devices=4: choose -1 (all) or 1 to 3' in result.stderr
+  assert result.returncode != 0
+  assert 'num_devices=4: this process has 3 local devices; choose -1 (all) or 1 to 3' in result.stderr
   assert 'Traceback' not in result.stderr and not (tmp_path / 'other').exists()
 
 
@@ -457,12 +458,18 @@ def test_late_reads_of_a_damaged_checkpoint_print_nothing_else_is_hidden():
   assert passed_on == [other]
 
 
-def test_orbax_logs_its_warnings_and_errors_but_not_an_interrupted_wait():
+def test_the_run_log_drops_library_chatter_but_not_warnings_or_errors():
   import launch  # pylint: disable=g-import-not-at-top
 
-  def record(level, path, error=None):
+  def record(level, path, error=None, name='absl', message='message'):
     exc_info = (type(error), error, None) if error else None
-    return logging.LogRecord('absl', level, path, 1, 'message', (), exc_info)
+    return logging.LogRecord(name, level, path, 1, message, (), exc_info)
+  skipped = "Unable to initialize backend '%s': %s"  # (JAX's message: a backend it skipped)
+  assert not launch.quiet_libraries(record(logging.INFO, 'xla_bridge.py', None,
+                                           'jax._src.xla_bridge', skipped))
+  assert launch.quiet_libraries(record(logging.WARNING, 'xla_bridge.py', None,
+                                       'jax._src.xla_bridge', skipped))
+  assert launch.quiet_libraries(record(logging.INFO, 'xla_bridge.py', None, 'jax._src.xla_bridge'))
   orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
   assert not launch.quiet_libraries(record(logging.INFO, orbax))
   assert launch.quiet_libraries(record(logging.WARNING, orbax))

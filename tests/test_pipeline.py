@@ -43,7 +43,8 @@ def test_shard_adds_a_device_axis():
 def test_train_devices_and_one_hosts_rows():
   assert parallel.train_devices(3) == jax.devices()[:3]
   assert parallel.train_devices(-1) == jax.devices()
-  with pytest.raises(ValueError, match=r'num_devices=9: choose -1 \(all\) or 1 to 8'):
+  message = r'num_devices=9: this process has 8 local devices; choose -1 \(all\) or 1 to 8'
+  with pytest.raises(ValueError, match=message):
     parallel.train_devices(9)
   batch = {'x': np.arange(12)}  # one process holds every device: all the rows are its own
   np.testing.assert_array_equal(parallel.host_rows(batch, jax.devices()[:4])['x'], batch['x'])

@@ -22,8 +22,9 @@ def train_devices(num_devices):
   if num_devices == -1:
     num_devices = local
   if not 1 <= num_devices <= local:
-    raise ValueError(f'num_devices={num_devices}: choose -1 (all) or 1 to {local}, the local '
-                     'devices of this process')
+    counts = '1' if local == 1 else f'1 to {local}'
+    raise ValueError(f'num_devices={num_devices}: this process has {local} local device'
+                     f'{"s" * (local > 1)}; choose -1 (all) or {counts}')
   by_process = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
   return [d for _, group in itertools.groupby(by_process, key=lambda d: d.process_index)
           for d in list(group)[:num_devices]]
