@@ -37,12 +37,12 @@ def parse_arg(arg, variants, modifiers=('smoke',)):
   return ml_collections.ConfigDict(options)
 
 
-def data_config(num_per_class=1500):
+def data_config():
   """Where the slices come from and how they are preprocessed (brainjax/data/sources.py)."""
   return ml_collections.ConfigDict(dict(
       dataset='phantom',  # 'phantom' (embedded, no download) | 'br35h' | 'folder' | 'synthetic'
       data_dir='',  # br35h: the unzipped Kaggle folder or its zip; folder: any yes/ + no/ folder
-      num_per_class=num_per_class,  # phantom: slices per class; others: 0 = all, N = first N
+      num_per_class=1500,  # phantom: slices per class; others: 0 = all, N = first N
       image_size=128,
       margin=0.05,  # blank border around the brain's bounding box, as a fraction of its side
       seed=0,  # phantom generator seed
@@ -75,7 +75,8 @@ def base_config(task, name):
 
 
 def apply_smoke(config):
-  """Tiny data, tiny widths, few steps: the whole task end to end in well under a minute."""
+  """Tiny data, few steps (each config shrinks its own network): the whole task end to end in
+  well under a minute."""
   config.data.num_per_class = 24
   config.num_epochs = 2
   config.batch_size = 8

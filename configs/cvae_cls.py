@@ -23,15 +23,16 @@ def get_config(arg=None):
   # constant (measured: black on Br35H, a white head mask on the phantom), so the "anomaly"
   # map is just the image's brightness; presumably because one Adam step moves all taps of
   # the 65x65 transposed conv at once. 1e-4 reconstructs (phantom, 20 epochs: validation
-  # loss 493 against 1902 after 40 epochs at 1e-3). --config.learning_rate=1e-3 reproduces
-  # the study exactly.
+  # loss 493 against 1902 after 40 epochs at 1e-3). `:paper --config.learning_rate=1e-3`
+  # reproduces the study's settings.
   config.learning_rate = 1e-4
   config.batch_size = 64
   # The study's 10 epochs (50 steps on these 375 healthy slices) reconstruct a blurred mean
   # head, whose error maps light up the ventricles, skull and background as much as tumours;
-  # after 60 the head (phantom: validation loss 343 against 562). The rules' test ROC AUC on
-  # the phantom, 10 -> 60 epochs: GIAEM 0.56 -> 0.60, DBSCAN 0.61 -> 0.76, single-image
-  # KMeans 0.47 -> 0.57, global KMeans 0.61 -> 0.55 (Br35H: 0.30-0.60 -> 0.43-0.69).
+  # after 60 it reconstructs the head (phantom: validation loss 343 against 562). The rules'
+  # test ROC AUC on the phantom, 10 -> 60 epochs: GIAEM 0.56 -> 0.60, DBSCAN 0.61 -> 0.76,
+  # single-image KMeans 0.47 -> 0.57, global KMeans 0.61 -> 0.55 (Br35H: 0.30-0.60 ->
+  # 0.43-0.69).
   config.num_epochs = 60
   config.data.num_per_class = 500
   config.anomaly = anomaly_evaluate.default_anomaly_config()

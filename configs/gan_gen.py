@@ -1,6 +1,8 @@
 """GAN, one per class: `configs/gan_gen.py:positive` (tumour) or `:negative` (healthy).
 
-Modifiers: `smoke` (tiny, seconds), `paper` (the study's full network; GPU, real Br35H).
+Modifiers: `smoke` (tiny, seconds), `paper` (the study's data size, batch and epochs; the
+network is the study's either way; meant for a GPU and real Br35H: add
+--config.data.dataset=br35h --config.data.data_dir=...).
 """
 import ml_collections
 

@@ -36,13 +36,14 @@ def get_config(arg=None):
   config.generators = 'vae'  # comma-separated: vae, gan
   config.synthetic_sources = 'vae'  # generators whose exports train the synthetic/mixed rows
   config.split_modes = 'random'  # 'random,grouped' shows how much accuracy is leakage
-  config.seeds = 1  # classifier stages are repeated over seeds seed, seed+1, ...
+  config.seeds = 1  # the whole study (generators included) repeats over seed, seed+1, ...
   config.num_synthetic = 300  # slices exported per generator and class
   config.knn_k = 3  # neighbours of the k-NN precision/recall estimate
   config.data.num_per_class = 300
   # The classifiers keep their configs' defaults (the reasons are there): on these 420
   # training slices BrainCNN reached 82% (test ROC AUC 0.91), and BrainCVAE's GIAEM and
-  # DBSCAN rules ROC AUC 0.73 and 0.72. The generators train less than theirs.
+  # DBSCAN rules ROC AUC 0.73 and 0.72. The generators train fewer steps than theirs (VAE 30
+  # epochs of at most 210 slices, GAN 15).
   config.overrides = stage_overrides('', vae_gen=dict(num_epochs=30),
                                      gan_gen=dict(num_epochs=15))
   if opts.variant == 'paper':

@@ -535,7 +535,7 @@ def test_regions_find_phantom_tumours_better_than_chance(tmp_path, cache_dir):
   on the phantom's version 2; 0.171 against 0.116 on version 1).
   The rule selected on validation does not reliably: which rule wins there, and with which
   hyperparameters, turns on float rounding in this short run (before d8e0dbd global KMeans,
-  0.098 against 0.093; since, DBSCAN, 0.013 against 0.014; issue #7's notes).
+  0.098 against 0.093; since, DBSCAN, 0.013 against 0.014).
   """
   # The smoke CVAE (24 slices per class, 2 epochs) is too small to judge, hence a longer run
   # (lr 1e-4; at the study's lr 1e-3 the decoder collapsed and the regions fell below chance).

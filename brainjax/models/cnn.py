@@ -77,9 +77,9 @@ class BrainCNN(nn.Module):
   conv_widths: Sequence[int] = (32, 64, 128)
   dense_widths: Sequence[int] = (1024, 512, 128)
   dropout_rate: float = 0.5
-  num_classes: int = 2
+  num_classes: int = 2  # (cnn_cls's scores read logit 1 as tumour, 0 as healthy)
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
+  bn_axis_name: Optional[str] = None  # the data-parallel axis: BatchNorm's and dropout's
 
   @nn.compact
   def __call__(self, x: Array, train: bool, return_features: bool = False) -> Array:

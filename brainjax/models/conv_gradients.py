@@ -38,7 +38,7 @@ def _tap_sum_conv(x: Array, kernel: Array, strides, padding) -> Array:
   64: BrainCNN's 3x3 1 -> 32 at 128 px 6.8 against 37.9 ms, the discriminator's 4x4
   stride-2 1 -> 64 7.3 against 14.4 ms, the VAE's 3x3 stride-2 1 -> 64 3.3 against 12.6).
   Same process, steps alternated: BrainCNN's train step 1.01-1.06x as fast (five runs);
-  the other networks' steps unchanged within noise (issue #7's notes).
+  the other networks' steps unchanged within noise.
   """
   kh, kw, _, cout = kernel.shape
   sh, sw = strides
@@ -150,7 +150,7 @@ def gpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
   GEMMs elsewhere by 0.09 ms at most, cuDNN's 2x2 kernel gradients at 2 and 4 px by 0.015 ms
   (the VAE's step: 4.27 ms against 4.03 with every gradient's winner). Whole steps, float32,
   against cuDNN's gradients throughout: GAN 5.51 -> 3.73 ms, VAE 6.42 -> 4.27, BrainCNN
-  2.08 -> 1.90, BrainCVAE 2.23 -> 2.14; bfloat16 GAN 3.94 -> 3.49 (issue #7's notes).
+  2.08 -> 1.90, BrainCVAE 2.23 -> 2.14; bfloat16 GAN 3.94 -> 3.49.
   """
   del strides
   kh, kw, cin, _ = kernel_shape

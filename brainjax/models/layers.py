@@ -95,7 +95,7 @@ def normalize_batch(x: Array, scale: Array, bias: Array, epsilon: float,
   so XLA:CPU reads x and dy in two passes (the sums, then dx) and keeps x, not x - mean,
   for it.
   Against nn.BatchNorm, same process, steps alternated (2 cores, batch 64): BrainCNN's step
-  ran 1.06-1.09x as fast, the VAE's 1.02-1.06x, the GAN's 0.99-1.02x (issue #7's notes).
+  ran 1.06-1.09x as fast, the VAE's 1.02-1.06x, the GAN's 0.99-1.02x.
   """
   return _normalize_batch_fwd(x, scale, bias, epsilon, axis_name)[0]
 

@@ -96,7 +96,8 @@ def _features(model, variables, images):
 
 
 def features(model, variables, images, batch_size=256):
-  """Penultimate-layer activations (N, 128): the feature space of the study's quality metrics."""
+  """Penultimate-layer activations (N, dense_widths[-1], 128 in the study): the feature space of
+  the study's quality metrics."""
   return _per_slice(lambda x: _features(model, variables, x), images, batch_size,
                     np.zeros((0, model.dense_widths[-1]), np.float32))
 

@@ -2,8 +2,11 @@
 
 Validation and test sets are always real slices, fixed by (data, split mode, seed), so the
 real / synthetic / mixed variants of a classifier are scored on exactly the same images.
-Generators train only on slices that are in the training part of both protocols, so no
-synthetic image is derived from a slice a classifier is later tested on.
+Generators train only on the CNN protocol's training slices, healthy ones also in the anomaly
+protocol's training part, so no synthetic image is derived from a slice a classifier is later
+validated or tested on. (Tumour slices are never anomaly training data: BrainCVAE's
+validation and test sets hold every one; tumour exports never train it, as it trains on
+healthy slices only.)
 """
 import hashlib
 import json
@@ -89,11 +92,12 @@ def split_key(config):
 
 
 def generator_training_set(config, source, label):
-  """Slices of class `label` that are training data under both protocols."""
+  """Slices of class `label` in the CNN protocol's training part; healthy ones also in the
+  anomaly protocol's (see the module docstring)."""
   examples = source.examples
   keep = np.zeros(len(examples), bool)
   keep[split(config, source, 'cnn').train] = True
-  if label == NEGATIVE:  # healthy slices also appear in the anomaly protocol's val/test
+  if label == NEGATIVE:  # (BrainCVAE validates and tests on healthy slices too)
     in_anomaly_train = np.zeros(len(examples), bool)
     in_anomaly_train[split(config, source, 'anomaly').train] = True
     keep &= in_anomaly_train

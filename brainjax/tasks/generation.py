@@ -63,6 +63,7 @@ def export(config, workdir, sample_fn, variables, step):
   rng = jax.random.PRNGKey(config.export.seed)
   images = sample_in_batches(sample_fn, variables, rng, config.export.num_samples,
                              config.export.batch_size)
+  # ('checkpoint': the generator's workdir; the key stays, older exports are matched by it.)
   provenance = dict(generator=config.task, checkpoint=os.path.abspath(workdir),
                     checkpoint_step=int(step), seed=config.export.seed, data=config.data.dataset,
                     split_key=datasets.split_key(config))

@@ -114,7 +114,7 @@ class _Saves:
     self.latest = checkpoints.manager(os.path.join(workdir, 'checkpoints'),
                                       config.keep_checkpoints)
     self.best = checkpoints.manager(os.path.join(workdir, 'best'), 1)
-    self.last_step = self.latest.latest_step()  # (for error messages; None: none yet)
+    self.last_step = self.latest.latest_step()  # (resume from it; None: none yet)
     self.last_time = time.monotonic()
     self.pending_best = None  # (step, state on its device, its meta, the run's meta then)
 
@@ -286,12 +286,12 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
   state = to_device(state)
   base_rng = jax.random.PRNGKey(config.seed)
-  p_train_step = compile_step(train_step, devices)
+  compiled_step = compile_step(train_step, devices)
   # Compiled ahead of the first step, so that images_per_s counts steps, not compilation; not
   # by several processes, whose compiled pmap would take global arrays, not each host's part.
   if step < total_steps and jax.process_count() == 1:
     compile_start = time.perf_counter()
-    p_train_step = p_train_step.lower(
+    compiled_step = compiled_step.lower(
         state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
     logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
   if step < total_steps and parallel.is_first_host():
@@ -318,7 +318,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       for batch in batches:
         if multi:  # each host feeds its devices their rows of the global batch
           batch = parallel.shard(parallel.host_rows(batch, devices), len(host_devices))
-        state, metrics = p_train_step(state, batch, jax.random.fold_in(base_rng, step))
+        state, metrics = compiled_step(state, batch, jax.random.fold_in(base_rng, step))
         step += 1
         metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
