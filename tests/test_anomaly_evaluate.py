@@ -44,6 +44,7 @@ def test_flat_metrics_for_every_rule(data):
   assert out[f'{selected}_val_f1'] == max(out[f'{r}_val_f1'] for r in evaluate.RULES)
   # the saved centroids reproduce the reported global KMeans test numbers
   assert fitted['global_kmeans_centroids'].shape == (2, 32 * 32)
+  assert fitted['global_kmeans_centroids'].dtype == np.float64  # (a float32 copy can flip a tie)
   rule = kmeans_global.global_kmeans(test_e, out['global_kmeans_anomaly_threshold'],
                                      out['global_kmeans_alpha'],
                                      centroids=fitted['global_kmeans_centroids'])

@@ -46,6 +46,15 @@ def test_threshold_codes_exact_for_uniform_and_irregular_grids():
   assert pixel_features.threshold_codes(np.zeros((0, 300), np.float32), grid).shape == (0, 300)
 
 
+
+@pytest.mark.parametrize('num', [255, 256, 65535, 65536, 70000])
+def test_threshold_codes_hold_every_count_of_thresholds(num):
+  grid = (np.arange(num) / num).astype(np.float32)
+  errors = np.array([[0.0, 0.5, 0.99, 1.0]], np.float32)
+  codes = pixel_features.threshold_codes(errors, grid)  # (uint16 wrapped 70000 to 4464)
+  np.testing.assert_array_equal(codes, np.searchsorted(grid, errors, side='right'))
+  np.testing.assert_array_equal(pixel_features.remap_codes(codes, grid, grid), codes)
+
 @pytest.mark.parametrize('errors, message', [
     (np.zeros((2, 2, 2)), r'\(N, H\*W\)'),
     (np.full((2, 4), 1.5), r'\[0, 1\]'),

@@ -25,7 +25,7 @@ pre-selects, with a 1e-5 relative margin far above its rounding), so the
 neighbour relation is scikit-learn's (float64 squared distance <= eps**2;
 scikit-learn compares the distance with eps, so only exact ties at distance eps
 could differ). Clusters are numbered per image in the order of their
-lowest pixel index (row-major), and a border point touching several clusters
+lowest core pixel index (row-major), and a border point touching several clusters
 joins the lowest-numbered one; that is what scikit-learn's expansion order gives
 for points passed in row-major order, so labels match it exactly, border points
 included.

@@ -241,6 +241,8 @@ def evaluate_anomaly_rules(
                  metrics['seconds'])
     results.update({f'{rule}_{k}': v for k, v in metrics.items()})
     if rule == 'global_kmeans':
-      fitted[FITTED_ARRAYS[0]] = np.asarray(found.extra['centroids'], np.float32)
+      # Saved as used (float64): a float32 copy could tip a row at exactly equal distances
+      # (score 0.5, a tumour at alpha 1) to the other side in a later prediction.
+      fitted[FITTED_ARRAYS[0]] = np.asarray(found.extra['centroids'], np.float64)
   results['selected_rule'] = select_rule(results, config.selection_metric)
   return results, fitted

@@ -161,7 +161,7 @@ def _cluster_distances(x: _BinaryRows, rows: Optional[np.ndarray], clusters: _Cl
 def start_members(mass: np.ndarray) -> np.ndarray:
   """bool (N,): the rows that start in cluster 1, those of above-median mass.
 
-  When at least half the rows share the largest mass none is above the median:
+  When more than half the rows share the largest mass none is above the median:
   then those of the largest mass (an empty start cluster would put both centroids
   on the mean row, and no row would ever leave cluster 0).
   """

@@ -91,10 +91,15 @@ def _is_near_uniform(thresholds: np.ndarray) -> bool:
   return bool(np.all(np.abs(thresholds.astype(np.float64) - ideal) <= 0.25 * step))
 
 
+def _code_dtype(num_thresholds: int):
+  """The smallest unsigned integer type holding codes 0 .. num_thresholds."""
+  return np.min_scalar_type(num_thresholds)
+
+
 def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
   """Number of thresholds <= each error: pixel anomalous at thresholds[k] iff code > k.
 
-  uint8 (uint16 beyond 255 thresholds), same shape as errors; exact (float32
+  uint8 (wider beyond 255 thresholds), same shape as errors; exact (float32
   comparisons). For a (near-)uniform grid one pass: the guess
   g = floor((e - lo) / step) (clipped to the grid) is off by at most one from the
   last threshold <= e (the grid is within a quarter step of uniform and float32
@@ -103,7 +108,7 @@ def threshold_codes(errors: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
   """
   thresholds = check_grid(thresholds, 'thresholds')
   num = thresholds.size
-  dtype = np.uint8 if num < 256 else np.uint16
+  dtype = _code_dtype(num)
   errors = np.asarray(errors, np.float32)
   if not np.isfinite(errors).all():
     raise ValueError('errors contain NaN or inf')
@@ -140,7 +145,7 @@ def remap_codes(codes: np.ndarray, thresholds: np.ndarray,
     return None
   # code c (c grid thresholds <= e) -> number of subset thresholds among the first c.
   table = np.r_[0, np.cumsum(np.isin(thresholds, subset))]
-  dtype = np.uint8 if subset.size < 256 else np.uint16
+  dtype = _code_dtype(subset.size)
   return table.astype(dtype)[codes]
 
 

@@ -160,7 +160,7 @@ def benchmark(errors: np.ndarray, labels: np.ndarray, config=None,
   alphas = evaluate.alpha_grid(config)
   dbscan_grid = (np.sort(np.asarray(config.dbscan_anomaly_thresholds)), config.dbscan_eps,
                  config.dbscan_min_samples, tumor_indices, metric, shape)
-  searches = {  # rule: (fast search -> Selection, loop -> (params, value))
+  searches = {  # rule: (fast search -> SearchResult, loop -> (params, value))
       'giaem': (
           lambda: grid_search.search_giaem(errors, labels, thresholds, tumor_indices, metric),
           lambda: loop_giaem(errors, labels, thresholds, tumor_indices, metric)),

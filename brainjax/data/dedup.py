@@ -9,7 +9,7 @@ Measured on Br35H (3000 images; no group mixes labels), groups / images in
 multi-image groups / largest group:
                                      > 0.995            > 0.98
   raw files' thumbnails (whole       1564 / 2172 / 17   995 / 2675 / 38
-    canvas; the data README's view)
+    canvas)
   preprocessed 128x128 images        1721 / 1933 / 16   1122 / 2538 / 22
   either view (extra_views)          1454 / 2284 / 17   907 / 2719 / 38
 The views disagree: preprocessed thumbnails miss copies that were re-cropped,

@@ -45,7 +45,8 @@ def safe_relpath(relpath: str, backslash: bool = True) -> str:
 class InputFile:
   """One file of the input.
 
-  path: relative to the input ('/'-separated; the file name for a single file).
+  path: relative to the input ('/'-separated; the file name for a single file; in a zip, the
+    member's name as stored).
   label: POSITIVE / NEGATIVE from its folders, or None.
   source: the file on disk, or the zip archive holding member `path`.
   """

@@ -161,12 +161,9 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   if min(wh, ww) < _MIN_WORK_SIDE:
     raise BlankImage(f'no head: a {h} x {w} px image is too small or too narrow to hold one')
   smooth = ndimage.gaussian_filter(work, 1.0, truncate=2.0)
-  ring = max(1, round(_BORDER_FRACTION * min(wh, ww)))
-  if min(wh, ww) <= 2 * ring:
-    border = smooth.ravel()
-  else:
-    border = np.concatenate([smooth[:ring].ravel(), smooth[-ring:].ravel(),
-                             smooth[ring:-ring, :ring].ravel(), smooth[ring:-ring, -ring:].ravel()])
+  ring = max(1, round(_BORDER_FRACTION * min(wh, ww)))  # (a few px: the sides are >= 16)
+  border = np.concatenate([smooth[:ring].ravel(), smooth[-ring:].ravel(),
+                           smooth[ring:-ring, :ring].ravel(), smooth[ring:-ring, -ring:].ravel()])
   # The low percentile guards against bright frames drawn along the border.
   low, high = np.percentile(smooth, [_LOW_PERCENTILE, _HIGH_PERCENTILE])
   background = min(float(np.median(border)), float(low))
@@ -183,8 +180,8 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   if contrast < _MIN_SNR * noise:
     raise BlankImage(f'near-blank image (contrast {contrast:.4f} is within the noise, '
                      f'sigma {noise:.4f})')
-  threshold = background + max(_CONTRAST_FRACTION * contrast,
-                               min(_NOISE_SIGMAS * noise, 0.5 * contrast))
+  # (_NOISE_SIGMAS * noise is at most half the contrast, by the _MIN_SNR check above.)
+  threshold = background + max(_CONTRAST_FRACTION * contrast, _NOISE_SIGMAS * noise)
   foreground = (smooth > threshold).view(np.uint8)
   if min(wh, ww) >= 24:
     foreground = _remove_lines(foreground)

@@ -115,7 +115,7 @@ def load_source(data_cfg, cache_dir: str) -> Source:
     jobs = _folder_jobs(data_dir, n)
     digests = [file_digest(job[3]) for job in jobs]
   key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
-  return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source=data_dir)
+  return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source_dir=data_dir)
 
 
 def check_location(data_cfg) -> None:
@@ -276,7 +276,7 @@ def _cache_path(cache_dir, dataset, key, size, margin):
 
 def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
             jobs: List[Tuple], with_masks: bool,
-            source: Optional[str] = None):
+            source_dir: Optional[str] = None):
   os.makedirs(cache_dir, exist_ok=True)
   path = _cache_path(cache_dir, dataset, key, size, margin)
   if os.path.exists(path):
@@ -291,7 +291,7 @@ def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
   results = _run_jobs(jobs, size, margin)
   kept = [r for r in results if r[2] is not None]
   skipped = [(r[0], r[3]) for r in results if r[2] is None]
-  where = f' in {source}' if source else ''
+  where = f' in {source_dir}' if source_dir else ''
   if skipped:
     shown = '; '.join(f'{name} ({reason})' for name, reason in skipped[:_LOG_NAMES])
     logging.warning('Skipped %d of %d %s files%s: %s%s', len(skipped), len(results), dataset,

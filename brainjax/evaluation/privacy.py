@@ -103,7 +103,8 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
   Returns:
     A dict with floats 'median_synthetic_dcr', 'median_holdout_dcr',
     'dcr_ratio' (synthetic median / holdout median; < 1 means closer than new
-    real data; NaN when both are 0), 'threshold' (the holdout quantile), 'memorisation_rate',
+    real data; inf when only the holdout median is 0, NaN when both are),
+    'threshold' (the holdout quantile), 'memorisation_rate',
     'nominal_rate' (the rate expected of a generator that copies nothing: quantile,
     or 1 / (H + 1) for a holdout too small for it); arrays 'synthetic_dcr' (S,),
     'synthetic_nearest' (S,) train indices, 'holdout_dcr' (H,); and

@@ -17,6 +17,7 @@ import optax
 from brainjax import models
 from brainjax.anomaly import evaluate as anomaly_evaluate
 from brainjax.anomaly import figures
+from brainjax.anomaly import giaem
 from brainjax.anomaly import recon_error
 from brainjax.data import pipeline
 from brainjax.data.examples import NEGATIVE
@@ -153,11 +154,12 @@ def train_and_evaluate(config, workdir):
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
   if 'giaem_anomaly_threshold' in metrics:
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
+    rule = giaem.giaem(test_errors[pick], metrics['giaem_anomaly_threshold'],
+                       metrics['giaem_tumor_index'])
     figures.save_anomaly_figure(
         os.path.join(workdir, FIGURE), test.images[pick],
         np.asarray(_reconstruct_jitted(model, best.variables, test.images[pick])),
-        test_errors[pick],
-        test_errors[pick] >= metrics['giaem_anomaly_threshold'], test.labels[pick],
+        test_errors[pick], rule.region, test.labels[pick], rule.prediction,
         names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
   reporting.write_metrics_json(workdir, metrics)
   return metrics
