@@ -1,11 +1,13 @@
 """Decoding of odd files: modes, bit depths, corrupt, truncated, empty, not an image."""
 import io
+import warnings
 
 import numpy as np
 from PIL import Image
 import pytest
 
 from brainjax.data import image_io
+from brainjax.data import phantom
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -67,6 +69,23 @@ def test_float_and_bool_arrays():
     image_io.to_gray_float(np.zeros((0, 4)))
 
 
+
+@pytest.mark.parametrize('dtype', [np.int64, np.int32, np.uint16, np.int16])
+def test_wide_integer_arrays_scale_by_their_own_maximum(dtype):
+  # (An int64 array of 0-255 values, as np.array of Python ints makes, was scaled by 2**63 - 1
+  # and judged blank; 12-bit data in uint16 by 65535.)
+  values = np.array([[0, 100], [200, 400]])
+  expected = values / 400.0
+  np.testing.assert_allclose(image_io.to_gray_float(values.astype(dtype)), expected, rtol=1e-6)
+  np.testing.assert_allclose(image_io.to_gray_float((values // 4).astype(dtype)),
+                             (values // 4) / 255.0, rtol=1e-6)  # at least 255: dark stays dark
+  if np.issubdtype(dtype, np.signedinteger):
+    np.testing.assert_allclose(image_io.to_gray_float(np.array([[-5, 255]], dtype)), [[0, 1]])
+  scan = phantom.phantom_slice(3, 0, positive=True).image
+  as_bytes = np.round(np.clip(scan, 0, 1) * 255)
+  np.testing.assert_allclose(image_io.to_gray_float(as_bytes.astype(dtype)),
+                             image_io.to_gray_float(as_bytes.astype(np.uint8)), rtol=1e-6)
+
 @pytest.mark.parametrize('data,reason', [
     (b'', 'empty'),
     (b'hello, this is a text file\n' * 10, 'not a recognised image'),
@@ -90,6 +109,17 @@ def test_truncated_files_raise(fmt, cuts):
     with pytest.raises(image_io.UnreadableImage, match='truncated'):
       image_io.decode_image(data[:end])
 
+
+
+def test_a_jpeg_with_data_after_its_end_reads_and_a_truncated_one_never_does(monkeypatch):
+  data = _encode(Image.fromarray(_gradient()), 'JPEG')
+  trailer = b'motion photo \xff\xda\x00\x01 video bytes'  # (holds a start-of-scan marker)
+  np.testing.assert_array_equal(image_io.decode_image(data + trailer),
+                                image_io.decode_image(data))
+  from PIL import ImageFile  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', True)  # (PIL would pad it)
+  with pytest.raises(image_io.UnreadableImage, match='truncated'):
+    image_io.decode_image(data[:-2])
 
 def test_unreadable_is_a_value_error_with_one_line_reason(tmp_path):
   path = tmp_path / 'notes.txt'
@@ -141,3 +171,15 @@ def test_a_camera_mpo_jpeg_reads_its_main_picture():
   with Image.open(io.BytesIO(mpo)) as image:
     assert image.format == 'MPO' and image.n_frames == 2
   np.testing.assert_allclose(image_io.decode_image(mpo), _gradient() / 255.0, atol=3 / 255)
+
+
+@pytest.mark.parametrize('side', [12, 20])  # PIL only warns at 144 pixels, refuses at 400
+def test_an_image_over_pils_pixel_limit_is_refused(side, monkeypatch):
+  monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)
+  data = _encode(Image.fromarray(np.full((side, side), 128, np.uint8)), 'PNG')
+  with warnings.catch_warnings():  # (PIL's own warning, from its open)
+    warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+    with pytest.raises(image_io.UnreadableImage, match='image too large'):
+      image_io.decode_image(data)
+  small = _encode(Image.fromarray(np.full((9, 9), 128, np.uint8)), 'PNG')
+  assert image_io.decode_image(small)[0, 0] == pytest.approx(128 / 255)

@@ -383,7 +383,7 @@ def test_labelled_auc_ranks_log_odds_not_rounded_probabilities(cnn_run, tmp_path
   assert metrics['auroc'] != 0.5  # ... so ranking them would give chance
 
 
-def test_a_class_nobody_labelled_has_no_recall():
+def test_a_ratio_with_an_empty_denominator_is_undefined():
   scores = np.array([0.9, 0.2, 0.7])
   tumour_only = predict.labelled_metrics(np.array([1, 1, 1]), np.array([1, 0, 1]), scores)
   assert np.isnan(tumour_only['specificity'])
@@ -391,6 +391,12 @@ def test_a_class_nobody_labelled_has_no_recall():
   healthy_only = predict.labelled_metrics(np.array([0, 0, 0]), np.array([1, 0, 1]), scores)
   assert np.isnan(healthy_only['sensitivity']) and np.isnan(healthy_only['recall'])
   assert healthy_only['specificity'] == pytest.approx(1 / 3)
+  assert healthy_only['precision'] == healthy_only['f1'] == 0  # two healthy called tumour
+  all_right = predict.labelled_metrics(np.array([0, 0, 0]), np.array([0, 0, 0]), scores)
+  assert all_right['accuracy'] == all_right['specificity'] == 1
+  assert np.isnan(all_right['precision']) and np.isnan(all_right['f1'])
+  none_called = predict.labelled_metrics(np.array([1, 0]), np.array([0, 0]), scores[:2])
+  assert np.isnan(none_called['precision']) and none_called['f1'] == none_called['recall'] == 0
 
 
 def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
@@ -406,6 +412,11 @@ def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
   assert records[3]['status'].startswith('skipped: no such file')
   assert records[0]['score'] == pytest.approx(records[1]['score'], abs=1e-5)
   assert records[0]['predicted_label'] == int(records[0]['score'] >= 0.5)
+  # One array is one image (its rows were taken as images), a stack is several.
+  (one,) = predict.predict_paths(cnn_run, scan)
+  assert one['status'] == 'ok' and one['score'] == pytest.approx(records[1]['score'], abs=1e-5)
+  stack = predict.predict_paths(cnn_run, np.stack([scan, scan]))
+  assert [r['path'] for r in stack] == ['array_0', 'array_1']
 
 
 def test_predict_paths_reads_a_zip_and_a_folder(cnn_run, tmp_path):

@@ -188,6 +188,18 @@ def test_br35h_builder_from_folder_and_zip(tmp_path):
     load_br35h_records(str(tmp_path / 'missing'), str(tmp_path / 'tfds'))
 
 
+
+def test_a_nested_folder_lists_its_files_in_the_order_of_its_zip(tmp_path):
+  # (A folder's own files came before its subfolders', so num_per_class took other files.)
+  names = ['no/n.png', 'yes/a/x.png', 'yes/b.png', 'yes/c/d/y.png', 'yes/z.png']
+  with zipfile.ZipFile(tmp_path / 'data.zip', 'w') as archive:
+    for name in names:
+      (tmp_path / 'data' / name).parent.mkdir(parents=True, exist_ok=True)
+      (tmp_path / 'data' / name).write_bytes(b'x')
+      archive.writestr(name, b'x')
+  assert [n for n, _, _ in layout.iter_folder(str(tmp_path / 'data'))] == names
+  assert [n for n, _, _ in layout.iter_zip(str(tmp_path / 'data.zip'))] == names
+
 def test_br35h_in_a_folder_holding_its_zip_is_keyed_by_that_zip(tmp_path):
   # Two downloads, each a folder holding its zip: the second must not get the first's records.
   for name, count in (('a', 1), ('b', 2)):

@@ -15,10 +15,10 @@ truncated JPEG is refused even if another library enabled silent padding.
 import io
 import os
 import struct
-import warnings
 
 import numpy as np
 from PIL import Image
+from PIL import ImageFile
 from PIL import ImageOps
 
 # ITU-R BT.601 luma, the weights PIL uses for 'RGB' -> 'L'.
@@ -33,15 +33,21 @@ class UnreadableImage(ValueError):
 
 def _check_jpeg_complete(data: bytes):
   # Marker bytes never occur inside entropy-coded data (0xFF is stuffed), so a
-  # complete file has its end-of-image marker after the start of its last scan.
+  # complete file has its end-of-image marker after the start of its last scan. (Data
+  # appended after the image, e.g. a phone's motion-photo video, can hold those bytes
+  # too: checked only where PIL would pad a truncated file, see decode_image.)
   if data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
     raise UnreadableImage('truncated JPEG (no end-of-image marker after the last scan)')
 
 
 def to_gray_float(array: np.ndarray) -> np.ndarray:
-  """(H, W) or (H, W, C) uint8/uint16/float array -> float32 (H, W) in [0, 1].
+  """(H, W) or (H, W, C) integer, bool or float array -> float32 (H, W) in [0, 1].
 
-  Integer arrays are scaled by their dtype's range; float arrays are assumed to
+  uint8 is scaled by 255. Wider integers are scaled by the image's own maximum, at least
+  255, negatives clipped to 0: scanners store 10- to 12-bit data, or less, in 16-bit
+  arrays (by 65535 a clear head of values up to 400 has a contrast of 0.006 and would be
+  judged blank), and an int64 array of 0-255 values would be near 0 by its dtype's range;
+  preprocessing normalises every slice's intensity anyway. Float arrays are assumed to
   be in [0, 1] already and are clipped. RGB uses BT.601 luma; a 4th (alpha)
   channel is composited onto black; 2 channels are gray + alpha.
   """
@@ -56,8 +62,11 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
     return gray.astype(np.float32) / np.float32(255.0)
   if array.dtype == np.bool_:
     x = array.astype(np.float32)
+  elif array.dtype == np.uint8:
+    x = array.astype(np.float32) / np.float32(255.0)
   elif np.issubdtype(array.dtype, np.integer):
-    x = array.astype(np.float32) / np.float32(np.iinfo(array.dtype).max)
+    wide = np.maximum(array.astype(np.float64), 0.0)
+    x = (wide / max(255.0, float(wide.max()))).astype(np.float32)
   else:
     x = array.astype(np.float32)
   if x.ndim == 3:
@@ -80,14 +89,8 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
   elif mode in ('1', 'CMYK', 'YCbCr', 'LAB', 'HSV', 'PA', 'RGBX', 'RGBa', 'La'):
     image = image.convert('RGBA' if mode in ('PA', 'RGBa', 'La') else 'RGB')
   mode = image.mode
-  if mode.startswith('I;16') or mode == 'I':
-    # 16-bit PNG/TIFF (and 32-bit ints): scaled by the image's own maximum, at least 255.
-    # Scanners store 10- to 12-bit data, or less, in 16-bit files: by 65535 a clear head of
-    # values up to 400 has a contrast of 0.006 and would be judged blank. Preprocessing
-    # normalises every slice's intensity anyway.
-    x = np.asarray(image).astype(np.float64)
-    top = max(255.0, float(x.max()))
-    return np.clip(x / top, 0.0, 1.0).astype(np.float32)
+  if mode.startswith('I;16') or mode == 'I':  # 16-bit PNG/TIFF (and 32-bit ints)
+    return to_gray_float(np.asarray(image))
   if mode == 'F':
     x = np.asarray(image).astype(np.float64)
     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
@@ -109,31 +112,35 @@ def decode_image(data: bytes) -> np.ndarray:
   """
   if not data:
     raise UnreadableImage('empty file')
-  if data[:2] == _JPEG_SOI:
+  if data[:2] == _JPEG_SOI and ImageFile.LOAD_TRUNCATED_IMAGES:
+    # (PIL refuses a truncated JPEG itself unless that process-wide option was set.)
     _check_jpeg_complete(data)
   try:
-    with warnings.catch_warnings():
-      warnings.simplefilter('error', Image.DecompressionBombWarning)
-      with Image.open(io.BytesIO(data)) as image:
-        if image.format == 'JPEG' and image.mode in ('RGB', 'YCbCr'):
-          image.draft('L', image.size)  # decode only the luma plane, full size
-        image.load()
-        if image.width == 0 or image.height == 0:
-          raise UnreadableImage(f'image has zero size {image.size}')
-        # A stack of slices or an animation: which frame would be the slice? (A camera's
-        # MPO JPEG keeps previews or other views after its main picture, the first frame.)
-        frames = getattr(image, 'n_frames', 1)
-        if frames > 1 and image.format != 'MPO':
-          raise UnreadableImage(f'{frames} frames in one file (a stack or an animation): '
-                                'save each slice as a file of its own')
-        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as the file is displayed
-          image = ImageOps.exif_transpose(image)
-        return _pil_to_array(image)
+    with Image.open(io.BytesIO(data)) as image:
+      # PIL refuses images over twice its limit and only warns between once and twice; checked
+      # here, before decoding, as warnings filters are process-wide (not per decoding thread).
+      if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+        raise UnreadableImage(f'image too large: {image.width} x {image.height} pixels, over '
+                              f'the limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)')
+      if image.format == 'JPEG' and image.mode in ('RGB', 'YCbCr'):
+        image.draft('L', image.size)  # decode only the luma plane, full size
+      image.load()
+      if image.width == 0 or image.height == 0:
+        raise UnreadableImage(f'image has zero size {image.size}')
+      # A stack of slices or an animation: which frame would be the slice? (A camera's
+      # MPO JPEG keeps previews or other views after its main picture, the first frame.)
+      frames = getattr(image, 'n_frames', 1)
+      if frames > 1 and image.format != 'MPO':
+        raise UnreadableImage(f'{frames} frames in one file (a stack or an animation): '
+                              'save each slice as a file of its own')
+      if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as the file is displayed
+        image = ImageOps.exif_transpose(image)
+      return _pil_to_array(image)
   except UnreadableImage:
     raise
   except Image.UnidentifiedImageError:
     raise UnreadableImage('not a recognised image format') from None
-  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+  except Image.DecompressionBombError as e:
     raise UnreadableImage(f'image too large: {e}') from None
   except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
           struct.error) as e:

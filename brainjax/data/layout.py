@@ -95,7 +95,8 @@ def locate_download(path: str) -> Tuple[str, str]:
 
 
 def walk_files(folder: str) -> Iterator[str]:
-  """Every file below `folder` in sorted order, following links to folders once each.
+  """Every file below `folder` (each folder's files in sorted order, then its subfolders, in
+  sorted order), following links to folders once each.
 
   A link to `folder` or to a folder above it is not followed (it would walk `folder`'s
   siblings, e.g. no/ from inside yes/), nor a link to a folder inside `folder`, which is
@@ -125,7 +126,9 @@ def walk_files(folder: str) -> Iterator[str]:
 
 
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
-  """(name like 'yes/a/b.jpg', label, absolute path) of every file under the class folders."""
+  """(name like 'yes/a/b.jpg', label, absolute path) of every file under the class folders, in
+  the order of their names (a zip of the same folders lists the same files in the same order,
+  so the first num_per_class of a class are the same files)."""
   top = class_root(root)
   if top is None:
     return
@@ -136,12 +139,14 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
     folder = os.path.join(top, cls)
     if not os.path.isdir(folder):
       continue
+    named = []
     for full in walk_files(folder):
       # A backslash in a file name is a character here (yes/a\b.png is not yes/a/b.png).
       rel = os.path.relpath(full, folder).replace(os.sep, '/')
       name = '/'.join([cls] + _parts(rel, backslash=False))
       if not is_junk(name, backslash=False):
-        yield name, label, full
+        named.append((name, label, full))
+    yield from sorted(named)
 
 
 def _zip_class_depth(path: str, names: List[List[str]]) -> Tuple[int, Optional[str]]:

@@ -169,9 +169,14 @@ def _missing(path: str):
   raise image_io.UnreadableImage(f'no such file: {path}')
 
 
+def _is_one_image(x) -> bool:
+  """An (H, W) or (H, W, 1-4) array, not a stack of images (N, H, W[, C])."""
+  return isinstance(x, np.ndarray) and (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] <= 4))
+
+
 def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
   """Paths (files, folders, zips) and arrays -> Items."""
-  if isinstance(inputs, (str, os.PathLike)):
+  if isinstance(inputs, (str, os.PathLike)) or _is_one_image(inputs):
     inputs = [inputs]
   items = []
   for i, x in enumerate(inputs):
@@ -196,8 +201,9 @@ def predict_paths(run_dir: str, inputs, rules: str = 'selected', batch_size: int
 
   Args:
     run_dir: the workdir of a cnn_cls or cvae_cls run.
-    inputs: a path, or a list of paths (file, folder searched recursively, zip) and
-      (H, W[, C]) image arrays (any dtype image_io.to_gray_float accepts).
+    inputs: a path or an image array, or a list of paths (file, folder searched recursively,
+      zip) and (H, W[, C]) image arrays (any dtype image_io.to_gray_float accepts), or a
+      stack of images (N, H, W[, C]).
     rules: BrainCVAE only: 'selected', 'all', or rule names (see configs/predict.py).
     maps: BrainCVAE only: include 'map' and 'region' in the original grid.
 
@@ -256,9 +262,10 @@ def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
                      scores: np.ndarray) -> Dict[str, float]:
   """External-validation metrics of the labelled, predicted inputs.
 
-  The recall of a class no input is labelled with is undefined (NaN, null in
-  metrics.json), not scikit-learn's zero_division 0: a folder of tumour slices
-  alone has no specificity, and 0.0 would read as every healthy slice missed.
+  A ratio whose denominator is empty is undefined (NaN, null in metrics.json), not
+  scikit-learn's zero_division 0: a folder of tumour slices alone has no specificity, and
+  0.0 would read as every healthy slice missed; a folder of healthy slices all called
+  healthy has no precision, recall or F1 (0.0 would read as a failure).
   """
   metrics = classification.classification_metrics(labels, predictions, scores)
   labels = np.asarray(labels)
@@ -266,6 +273,10 @@ def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
     metrics['recall'] = float('nan')
   if not (labels == 0).any():
     metrics['specificity'] = float('nan')
+  if metrics['tp'] + metrics['fp'] == 0:  # nothing called tumour
+    metrics['precision'] = float('nan')
+  if 2 * metrics['tp'] + metrics['fp'] + metrics['fn'] == 0:  # F1 = 2tp / (2tp + fp + fn)
+    metrics['f1'] = float('nan')
   metrics['sensitivity'] = metrics['recall']
   metrics['num_labelled'] = int(len(labels))
   return metrics
