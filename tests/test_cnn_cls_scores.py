@@ -1,4 +1,8 @@
-"""BrainCNN's test ROC AUC and validation loss come from its logits, not rounded probabilities."""
+"""BrainCNN task helpers: test ROC AUC and validation loss come from its logits, not rounded
+probabilities; eval_ids.json is rewritten only when it changes."""
+import json
+import time
+
 import jax.numpy as jnp
 import numpy as np
 from sklearn import metrics as sk
@@ -64,3 +68,19 @@ def test_the_train_step_learns_which_slices_are_tumours():
   assert float(metrics['accuracy']) > 0.9
   predicted = np.argmax(cnn_cls.predict_logits(model, state.variables, images), axis=-1)
   np.testing.assert_array_equal(predicted, labels)
+
+
+def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
+  # (A rerun stopped before it changed its results must leave its workdir untouched.)
+  def sets(*ids):
+    return Examples(np.zeros((len(ids), 2, 2, 1), np.float32), np.zeros(len(ids), np.int32),
+                    np.array(ids))
+  path = tmp_path / 'eval_ids.json'
+  cnn_cls.write_eval_ids(str(tmp_path), val=sets('b', 'a'), test=sets('c'))
+  assert json.loads(path.read_text()) == {'val': ['a', 'b'], 'test': ['c']}
+  written = path.stat().st_mtime_ns
+  time.sleep(0.01)
+  cnn_cls.write_eval_ids(str(tmp_path), val=sets('a', 'b'), test=sets('c'))
+  assert path.stat().st_mtime_ns == written
+  cnn_cls.write_eval_ids(str(tmp_path), val=sets('a'), test=sets('c'))
+  assert json.loads(path.read_text()) == {'val': ['a'], 'test': ['c']}

@@ -128,9 +128,19 @@ def table_row(model_name, train_data, metrics):
 
 
 def write_eval_ids(workdir, **sets):
-  """Records which real slices were validated and tested on (the same for every variant)."""
-  with reporting.atomic_open(os.path.join(workdir, 'eval_ids.json')) as f:
-    json.dump({k: sorted(map(str, v.ids)) for k, v in sets.items()}, f)
+  """Records which real slices were validated and tested on (the same for every variant).
+
+  An unchanged file is left as it is: a rerun stopped before it changed its results must
+  leave the workdir untouched (reruns.untouched_since), so that its config.json is put back.
+  """
+  path = os.path.join(workdir, 'eval_ids.json')
+  text = json.dumps({k: sorted(map(str, v.ids)) for k, v in sets.items()})
+  if os.path.isfile(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+  with reporting.atomic_open(path) as f:
+    f.write(text)
 
 
 def check_config(config):

@@ -141,11 +141,19 @@ class _Saves:
     self.last_step, self.last_time = step, time.monotonic()
 
   def _save_pending_best(self):
-    """Starts saving the held best to best/; returns its step, its host copy and the run's
-    meta when it was found."""
+    """Saves the held best to best/, committed before it returns: the two managers commit
+    from threads of their own, and the latest checkpoint, saved next, must never commit
+    before the best its meta names. Returns its step, its host copy and the run's meta when
+    it was found."""
     best_step, best_state, best_meta, best_run_meta = self.pending_best
     host_best = jax.tree.map(np.asarray, best_state)
+    # best/ can hold a later step than this one only after a kill between the two commits of
+    # a save (best/ first): this run retrains that step, and Orbax skips a save of a step at
+    # or before its latest, so that later best goes.
+    for stale in [s for s in self.best.all_steps() if s >= best_step]:
+      self.best.delete(stale)
     checkpoints.save(self.best, best_step, host_best, best_meta)
+    self.best.wait_until_finished()
     self.pending_best = None
     return best_step, host_best, best_run_meta
 
@@ -259,9 +267,9 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   to_host = lambda s: jax.tree.map(np.asarray, on_device(s))
   # A run killed between the two commits of a save holds a best of a later step than its
   # latest checkpoint (the best commits first): a model this run will train again, and not
-  # the best its resumed meta names, so not one to measure anew. (Its own save of that step's
-  # best then finds it there, and Orbax keeps it: the same model, up to float rounding where
-  # the rerun's arithmetic differs, e.g. on another device count.)
+  # the best its resumed meta names, so not one to measure anew. (The rerun's next best
+  # replaces it: at that step, the same model up to float rounding where the rerun's
+  # arithmetic differs, e.g. on another device count.)
   if (evaluate is not None and meta['best_val_loss'] is not None
       and int(state.step) < per_epoch * config.num_epochs
       and saves.best.latest_step() is not None and saves.best.latest_step() <= int(state.step)):
@@ -277,10 +285,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
     return {**meta, 'plateau': dataclasses.asdict(plateau), 'summary': dict(summary)}
 
   def save(host_state):
-    saves.save(step, host_state, run_meta())
     # Every scalar logged up to this step is on disk before the checkpoint can be: a run
     # killed after it resumes from it and logs only the steps after it again.
     writer.flush()
+    saves.save(step, host_state, run_meta())
 
   if plateau.scale != 1.0:
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
@@ -305,7 +313,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
 
   # (from step + 1: what an earlier, killed run logged after the checkpoint this run resumes
   # from, it logs again; TensorBoard shows this run's)
-  writer = reporting.summary_writer(workdir, write=parallel.is_first_host(), purge_step=step + 1)
+  # (none for a run with nothing left to train: a new event file would count as a change to its
+  # results, see reruns.untouched_since)
+  writer = reporting.summary_writer(workdir, write=parallel.is_first_host() and step < total_steps,
+                                    purge_step=step + 1)
   sums, count, timer = None, 0, time.perf_counter()
   # Saves run in the background. Every exit (the end, a non-finite loss, an interrupt)
   # waits for them, so a checkpoint that a message names is complete on disk. (An interrupt
