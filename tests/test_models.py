@@ -16,6 +16,7 @@ from brainjax.models.conv_gradients import (_concat_channels, _gemm_conv_grads,
 from brainjax.models.layers import TORCH_PAD1, BatchNorm, UpsampleConv, normalize_batch
 
 SIZE = 128
+nhwc_conv = functools.partial(conv_general_dilated, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
 TINY_GENERATOR = dict(latent_dim=8, widths=(8, 8, 4, 4))
 TINY_DISCRIMINATOR = dict(widths=(4, 4, 8, 8))
@@ -340,7 +341,7 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding)))
     return jax.jit(jax.value_and_grad(f, (0, 1)))(x, k)
 
-  (want, want_grads), (got, got_grads) = run(lax_conv), run(conv_general_dilated)
+  (want, want_grads), (got, got_grads) = run(lax_conv), run(nhwc_conv)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # the GEMMs themselves, whichever gradients the CPU takes from them for this conv
   pads = explicit_padding(x.shape, k.shape, (strides, strides), padding)
@@ -350,6 +351,13 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
   for g, w in zip(list(got_grads) + list(gemm_grads), list(want_grads) * 2):
     assert rel_err(g, w) < 1e-5
 
+
+
+def test_fast_conv_reads_no_dimension_numbers_as_lax_does():
+  # (It read them as NHWC, unlike lax: a drop-in replacement must not.)
+  x, k = normal((2, 3, 10, 8), 0), normal((5, 3, 3, 3), 1)  # NCHW, OIHW
+  np.testing.assert_allclose(conv_general_dilated(x, k, (1, 1), 'SAME'),
+                             lax.conv_general_dilated(x, k, (1, 1), 'SAME'), rtol=1e-6)
 
 @pytest.mark.parametrize('dtype, tolerance', [(jnp.float32, 1e-5), (jnp.bfloat16, 1e-2)])
 @pytest.mark.parametrize('kernel, strides, padding', [
@@ -365,11 +373,11 @@ def test_one_channel_conv_matches_lax_values_and_gradients(kernel, strides, padd
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding).astype(jnp.float32)))
     return jax.jit(jax.value_and_grad(f, (0, 1)))(x, k)
 
-  (want, want_grads), (got, got_grads) = run(lax_conv), run(conv_general_dilated)
+  (want, want_grads), (got, got_grads) = run(lax_conv), run(nhwc_conv)
   np.testing.assert_allclose(got, want, rtol=tolerance)
   for g, w in zip(got_grads, want_grads):
     assert g.dtype == w.dtype and rel_err(g, w) < tolerance
-  y = jax.jit(lambda x, k: conv_general_dilated(x, k, (strides, strides), padding))(x, k)
+  y = jax.jit(lambda x, k: nhwc_conv(x, k, (strides, strides), padding))(x, k)
   assert y.dtype == dtype
   assert rel_err(y, lax_conv(x, k, (strides, strides), padding)) < tolerance
 
@@ -383,7 +391,7 @@ def test_each_backend_picks_gemm_or_lax_gradients(platform, kernel, strides, cin
   unless 3x3 stride 1, no forward convolution for 1 input channel; GPU: GEMMs for 1 input
   channel and 2x2 kernel gradients; TPU: lax's."""
   x, k = normal((2, 10, 8, cin), 0), normal((kernel, kernel, cin, 5), 1)
-  loss = lambda x, k: jnp.sum(conv_general_dilated(x, k, (strides, strides), TORCH_PAD1) ** 2)
+  loss = lambda x, k: jnp.sum(nhwc_conv(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))
   module = jax.export.export(grads, platforms=(platform,))(x, k).mlir_module()
   assert module.count('stablehlo.convolution') == convolutions  # forward + lax's gradients

@@ -240,9 +240,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
            and batch_group_count == 1 and preferred_element_type is None
            and all(d == 1 for d in (lhs_dilation or (1, 1)))
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
-           and (dimension_numbers is None
-                or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-                == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)))
+           and dimension_numbers is not None  # (None: lax's NCHW)
+           and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
   if not plain:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,
