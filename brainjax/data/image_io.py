@@ -119,9 +119,10 @@ def decode_image(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
       # PIL refuses images over twice its limit and only warns between once and twice; checked
       # here, before decoding, as warnings filters are process-wide (not per decoding thread).
-      if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+      limit = Image.MAX_IMAGE_PIXELS  # (None: the user lifted it)
+      if limit is not None and image.width * image.height > limit:
         raise UnreadableImage(f'image too large: {image.width} x {image.height} pixels, over '
-                              f'the limit of {Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS)')
+                              f'the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)')
       if image.format == 'JPEG' and image.mode in ('RGB', 'YCbCr'):
         image.draft('L', image.size)  # decode only the luma plane, full size
       image.load()
