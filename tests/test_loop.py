@@ -285,7 +285,7 @@ def test_tensorboard_holds_every_step_once_after_a_kill_and_a_resume(tmp_path):
 def test_a_best_saved_without_its_latest_checkpoint_counts_as_trained(tmp_path, monkeypatch):
   # Saves at epoch ends, every epoch a new best. The run is killed (no cleanup) when the best
   # of step 12 is committed and the latest of step 12 is not: the two commit one after the
-  # other (the best first, in practice), so a kill can land between them.
+  # other (the best first), so a kill can land between them.
   real_save = checkpoints.save
 
   def save_then_killed(mngr, step, state, meta):

@@ -11,12 +11,12 @@ import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
-from brainjax.models.conv_gradients import (_concat_channels, _gemm_conv_grads,
+from brainjax.models.conv_gradients import (NHWC, _concat_channels, _gemm_conv_grads,
                                             conv_general_dilated, explicit_padding)
 from brainjax.models.layers import TORCH_PAD1, BatchNorm, UpsampleConv, normalize_batch
 
 SIZE = 128
-nhwc_conv = functools.partial(conv_general_dilated, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+nhwc_conv = functools.partial(conv_general_dilated, dimension_numbers=NHWC)
 TINY_VAE = dict(latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4))
 TINY_GENERATOR = dict(latent_dim=8, widths=(8, 8, 4, 4))
 TINY_DISCRIMINATOR = dict(widths=(4, 4, 8, 8))
@@ -335,7 +335,7 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
   x = normal((2, 10, 8, 3), 0)
   k = normal((kernel, kernel, 3, features), 1)
   lax_conv = lambda x, k, s, p: lax.conv_general_dilated(x, k, s, p,
-                                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                                         dimension_numbers=NHWC)
 
   def run(conv):
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding)))
@@ -367,7 +367,7 @@ def test_one_channel_conv_matches_lax_values_and_gradients(kernel, strides, padd
   """1-channel inputs: on CPU the forward pass is `_tap_sum_conv`, not a convolution."""
   x, k = normal((2, 10, 8, 1), 0).astype(dtype), normal((kernel, kernel, 1, 5), 1).astype(dtype)
   lax_conv = lambda x, k, s, p: lax.conv_general_dilated(x, k, s, p,
-                                                         dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                                         dimension_numbers=NHWC)
 
   def run(conv):
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), padding).astype(jnp.float32)))

@@ -22,11 +22,11 @@ from jax import lax
 
 Array = jax.Array
 
-_NHWC = ('NHWC', 'HWIO', 'NHWC')
+NHWC = ('NHWC', 'HWIO', 'NHWC')  # the (input, kernel, output) layouts of every convolution here
 
 
 def _lax_conv(x: Array, kernel: Array, strides, padding, precision) -> Array:
-  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=NHWC,
                                   precision=precision)
 
 
@@ -242,7 +242,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
            and all(d == 1 for d in (rhs_dilation or (1, 1)))
            and dimension_numbers is not None  # (None: lax's NCHW)
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC))
+           == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
   if not plain:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count,

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from brainjax.models.conv_gradients import NHWC
 from brainjax.models.conv_gradients import conv_general_dilated
 
 Array = jax.Array
@@ -186,7 +187,7 @@ class UpsampleConv(nn.Module):
     bias = self.param('bias', self.bias_init, (f,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = conv_general_dilated(x, phase_kernels(kernel), (1, 1), TORCH_PAD1,  # (N, H+1, W+1, 4F)
-                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                             dimension_numbers=NHWC)
     y = y.reshape(n, h + 1, w + 1, 2, 2, f)
     # Output pixel (2r+a, 2c+b) is window (r+a, c+b) of parity (a, b).
     rows = [jnp.stack([y[:, a:a + h, b:b + w, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
