@@ -10,11 +10,13 @@ import optax
 import pytest
 
 from brainjax.data import synthetic
+from brainjax.tasks import datasets
 from brainjax.tasks import gan_gen
 from brainjax.tasks import vae_gen
 from brainjax.tasks import variational
 from brainjax.train import loop
 from brainjax.train import parallel
+from brainjax.train import reruns
 from brainjax.train.state import TrainState
 from configs import gan_gen as gan_config
 from configs import vae_gen as vae_config
@@ -171,6 +173,25 @@ def test_vae_task_trains_resumes_and_exports(tmp_path):
       ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
   assert unfinished['steps'] == first['steps'] == provenance['checkpoint_step']
   assert json.load(open(os.path.join(workdir, 'metrics.json')))['steps'] == first['steps']
+
+
+def test_a_re_export_from_a_generator_of_other_data_is_refused(tmp_path, monkeypatch):
+  # The export records the split of the data as it is now, which a classifier checks for its
+  # test slices: a generator trained before a file was removed from the folder saw another.
+  workdir = str(tmp_path / 'run')
+  config = smoke(vae_config, 'positive', tmp_path, num_devices=1)
+  vae_gen.train_and_evaluate(config, workdir)
+  export = os.path.join(workdir, 'synthetic', 'manifest.json')
+  before = open(export).read()
+  real_source = datasets.real_source
+  def one_file_removed(config):  # (the last: a tumour slice, whose split then changes)
+    source = real_source(config)
+    return source._replace(examples=source.examples.take(np.arange(len(source.examples) - 1)))
+  monkeypatch.setattr(datasets, 'real_source', one_file_removed)
+  with pytest.raises(reruns.RerunRefused, match='trained on other data'):
+    vae_gen.train_and_evaluate(
+        ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
+  assert open(export).read() == before
 
 
 def test_a_run_from_step_0_leaves_no_grids_of_an_earlier_attempt(tmp_path):

@@ -2,8 +2,10 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
+from brainjax.tasks import datasets
 from brainjax.tasks import study
 from brainjax.train import reporting
 from brainjax.train import reruns
@@ -48,6 +50,18 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   resumed = study.train_and_evaluate(config, 'study')
   assert json.dumps(resumed, sort_keys=True) == json.dumps(summary, sort_keys=True)
   assert os.path.exists(unfinished)
+  # A file removed from the data since: every stage of the seed would be tested, and its
+  # generators audited, on another split. Refused, before the study's results are touched.
+  real_source = datasets.real_source
+  def one_file_removed(config):  # (the last: a tumour slice, whose split then changes)
+    source = real_source(config)
+    return source._replace(examples=source.examples.take(np.arange(len(source.examples) - 1)))
+  monkeypatch.setattr(datasets, 'real_source', one_file_removed)
+  tables = sorted(os.listdir(results))
+  with pytest.raises(reruns.RerunRefused, match='study stage vae_gen in .*held other slices'):
+    study.train_and_evaluate(config, 'study')
+  assert os.path.exists(os.path.join(workdir, 'metrics.json'))
+  assert sorted(os.listdir(results)) == tables
 
 
 def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkeypatch):

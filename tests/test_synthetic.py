@@ -205,6 +205,36 @@ def test_an_export_from_a_generator_of_another_split_is_refused(tmp_path):
     datasets.check_training_data(config)
 
 
+def test_an_export_from_a_generator_of_other_slices_in_the_data_is_refused(tmp_path):
+  # Files added to or removed from the data folder change the split under the same settings:
+  # the generator may have trained on slices that are now this run's test slices.
+  from configs import cnn_cls, vae_gen
+  from brainjax.data import sources
+  from brainjax.data.examples import Examples
+  from brainjax.tasks import datasets
+
+  def source(n):  # a real source of n files
+    return sources.Source(Examples(images=_images(n), labels=np.arange(n) % 2,
+                                   ids=np.array([f'{i}.png' for i in range(n)])), [], None)
+
+  generator = vae_gen.get_config('positive,smoke')
+  out, older = str(tmp_path / 'export'), str(tmp_path / 'older')
+  for label in (POSITIVE, NEGATIVE):
+    synthetic.write_synthetic(out, _images(2), label,
+                              {'split_key': datasets.split_key(generator, source(4))})
+    synthetic.write_synthetic(older, _images(2), label,  # recording the settings alone
+                              {'split_key': datasets.split_key(generator)})
+  config = cnn_cls.get_config('synthetic,smoke')
+  config.synthetic_dirs = out
+  assert datasets.check_training_data(config, source(4)) == [out]
+  with pytest.raises(ValueError, match=r'export/(yes|no) comes from a generator trained when '
+                     r'the data held other slices \(files added to or removed from it since\)'):
+    datasets.check_training_data(config, source(5))
+  assert datasets.check_training_data(config) == [out]  # launch.py's check: the settings
+  config.synthetic_dirs = older  # (cannot be checked: a warning)
+  assert datasets.check_training_data(config, source(5)) == [older]
+
+
 def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):
   # loop.fit refuses to resume a run whose key changed: a classifier killed (or finished) on
   # one export would otherwise continue on another.

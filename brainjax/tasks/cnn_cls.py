@@ -154,7 +154,7 @@ def train_and_evaluate(config, workdir):
   source = datasets.real_source(config)
   examples = source.examples
   split = datasets.classifier_split(config, source, 'cnn')
-  train = datasets.training_examples(config, examples.take(split.train))
+  train = datasets.training_examples(config, examples.take(split.train), source=source)
   val, test = examples.take(split.val), examples.take(split.test)
   data_key = datasets.training_key(config, train)
   loop.check_resume(config, workdir, len(train), data_key)  # a refused rerun changes nothing

@@ -81,14 +81,27 @@ def split(config, source, protocol):
                            seed=config.seed, groups=groups, threshold=config.dedup_threshold)
 
 
-def split_key(config):
+def slices_digest(examples):
+  """Which slices a source holds (their ids and labels): files added to or removed from a
+  data folder change it, and with it the split."""
+  text = json.dumps(dict(ids=[str(i) for i in examples.ids], labels=examples.labels.tolist()))
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def split_key(config, source=None):
   """What decides which real slices are train, validation and test: a generator's export
-  records it, and a classifier reads only exports whose generator saw its own split."""
+  records it, and a classifier reads only exports whose generator saw its own split.
+
+  The settings, and with `source` (the real source read) the slices it holds under 'slices'.
+  """
   data = config.data.to_dict()
   if data.get('data_dir'):
     data['data_dir'] = os.path.realpath(data['data_dir'])
-  return json.loads(json.dumps(dict(data=data, split=config.split, seed=config.seed,
-                                    dedup_threshold=config.dedup_threshold)))
+  key = dict(data=data, split=config.split, seed=config.seed,
+             dedup_threshold=config.dedup_threshold)
+  if source is not None:
+    key['slices'] = slices_digest(source.examples)
+  return json.loads(json.dumps(key))
 
 
 def generator_training_set(config, source, label):
@@ -119,10 +132,11 @@ def _export_dirs(config):
 _TRAIN_DATA = ('real', 'synthetic', 'mixed')
 
 
-def check_training_data(config):
+def check_training_data(config, source=None):
   """A classifier's train_data, and for synthetic or mixed data the exports it names: each
   present and from a generator of this run's split. Cheap: launch.py runs it before it
-  writes anything."""
+  writes anything, with the settings alone; a task, once it has read the real `source`, with
+  the slices it holds too."""
   if config.train_data not in _TRAIN_DATA:
     raise ValueError(f'train_data={config.train_data!r}; expected one of {_TRAIN_DATA}')
   if config.train_data == 'real':
@@ -133,7 +147,7 @@ def check_training_data(config):
       raise FileNotFoundError(
           f'no synthetic dataset at {d!r}: train a generator first (python launch.py '
           '--config=configs/vae_gen.py:positive, and :negative) or set --config.synthetic_dirs')
-    _check_same_split(config, d)
+    check_same_split(config, d, source)
   return dirs
 
 
@@ -142,26 +156,44 @@ def synthetic_examples(config):
   return examples_lib.concatenate(synthetic.read_synthetic(d) for d in _export_dirs(config))
 
 
-def _check_same_split(config, export_dir):
-  """A generator trained on another split (seed, split mode, data) may have trained on this
-  run's validation or test slices: its export would leak them into training."""
-  own = split_key(config)
+def check_same_split(config, export_dir, source=None):
+  """A generator trained on another split (seed, split mode, data settings, or, with the real
+  `source`, other slices in the data folder) may have trained on this run's validation or
+  test slices: its export would leak them into training."""
+  own = split_key(config, source)
   for folder, entry in synthetic.read_manifest(export_dir)['classes'].items():
-    if 'split_key' not in entry:  # an export of an older version, or not a generator's
+    theirs = entry.get('split_key')
+    if theirs is None:  # an export of an older version, or not a generator's
       logging.warning('%s/%s does not record the split its generator trained on: it cannot be '
                       'checked against this run\'s test slices.', export_dir, folder)
-    elif entry['split_key'] != own:
-      changed = reruns.config_changes(entry['split_key'], own, allowed=frozenset())
+      continue
+    changed = reruns.config_changes(theirs, own, allowed=frozenset({'slices'}))
+    if changed:
       raise ValueError(f'{export_dir}/{folder} comes from a generator trained on another split '
                        f'of the real data ({"; ".join(changed[:3])}): it may have seen this '
                        'run\'s test slices; export from a generator run with the same seed, '
                        'split and data settings')
+    if source is None or theirs.get('slices') == own['slices']:
+      continue
+    if 'slices' not in theirs:  # an export of an older version
+      logging.warning('%s/%s does not record which slices its generator\'s data held: it '
+                      'cannot be checked against files added to or removed from the data since.',
+                      export_dir, folder)
+    else:
+      raise ValueError(f'{export_dir}/{folder} comes from a generator trained when the data held '
+                       'other slices (files added to or removed from it since): it may have '
+                       'trained on this run\'s test slices; train the generators again on this '
+                       'data')
 
 
-def training_examples(config, real_train, label=None):
-  """Real, synthetic or mixed training slices (config.train_data), optionally of one class."""
+def training_examples(config, real_train, label=None, source=None):
+  """Real, synthetic or mixed training slices (config.train_data), optionally of one class.
+
+  `source`: the real source real_train comes from, against whose slices the exports are
+  checked (check_same_split).
+  """
   parts = {'real': [real_train], 'synthetic': [], 'mixed': [real_train]}
-  check_training_data(config)
+  check_training_data(config, source)
   if config.train_data != 'real':
     synthetic_part = synthetic_examples(config)  # (the exports just checked)
     needed = (NEGATIVE, POSITIVE) if label is None else (label,)

@@ -14,9 +14,8 @@ from brainjax.train import parallel
 from brainjax.train import reporting
 
 
-def class_training_set(config):
-  """The real training slices (Examples) of the config's class (config.label)."""
-  source = datasets.real_source(config)
+def class_training_set(config, source):
+  """The real training slices (Examples) of the config's class (config.label) in `source`."""
   train = datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
   logging.info('Training a %s generator on %d %s slices.', config.task, len(train), config.label)
   return train
@@ -57,8 +56,9 @@ def remove_sample_grids(workdir):
       os.remove(os.path.join(folder, name))
 
 
-def export(config, workdir, sample_fn, variables, step):
-  """Writes config.export.num_samples images of the config's class as a synthetic dataset."""
+def export(config, workdir, sample_fn, variables, step, source):
+  """Writes config.export.num_samples images of the config's class as a synthetic dataset,
+  recording the split (of the real `source`) its generator trained on."""
   out_dir = config.export.dir or os.path.join(workdir, 'synthetic')
   rng = jax.random.PRNGKey(config.export.seed)
   images = sample_in_batches(sample_fn, variables, rng, config.export.num_samples,
@@ -66,7 +66,7 @@ def export(config, workdir, sample_fn, variables, step):
   # ('checkpoint': the generator's workdir; the key stays, older exports are matched by it.)
   provenance = dict(generator=config.task, checkpoint=os.path.abspath(workdir),
                     checkpoint_step=int(step), seed=config.export.seed, data=config.data.dataset,
-                    split_key=datasets.split_key(config))
+                    split_key=datasets.split_key(config, source))
   synthetic.write_synthetic(out_dir, images, datasets.LABEL_NAMES[config.label], provenance)
   logging.info('Exported %d synthetic %s slices to %s.', len(images), config.label, out_dir)
   return out_dir
@@ -92,8 +92,13 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
   jitted sampler and `variables_of(state)` the generator's variables in a training state.
   """
   check_config(config)  # (launch.py checks it first; a direct caller here)
+  source = datasets.real_source(config)
+  train = class_training_set(config, source)
+  data_key = datasets.training_key(config, train)
   if config.mode == 'generate':
     state, meta = checkpoints.restore_latest(workdir, state)
+    # The export records this data's split: the generator must have trained on it.
+    loop.check_data_key(workdir, meta, data_key)
     # A re-export changes what was exported, not what training measured.
     metrics_path = os.path.join(workdir, 'metrics.json')
     if os.path.isfile(metrics_path):
@@ -106,11 +111,10 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
     if parallel.is_first_host() and not checkpoints.holds_checkpoint(workdir):
       remove_sample_grids(workdir)
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
-    train = class_training_set(config)
     state, summary = loop.fit(config, workdir, state, step_fn, {'image': train.images},
-                              data_key=datasets.training_key(config, train), evaluate=evaluate)
+                              data_key=data_key, evaluate=evaluate)
   summary.update(exported=config.export.num_samples)
   if parallel.is_first_host():  # (the other hosts hold the same generator)
-    export(config, workdir, sample_fn, variables_of(state), state.step)
+    export(config, workdir, sample_fn, variables_of(state), state.step, source)
     reporting.write_metrics_json(workdir, summary)
   return summary

@@ -89,16 +89,22 @@ def run_stage(task, sub, workdir):
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)
 
 
-def train_generators(config, workdir, split_mode, seed):
-  """One generator per (kind, class); returns {kind: {label: export_dir}}."""
-  exports = {}
+def generator_stages(config, workdir, split_mode, seed):
+  """(kind, label, config, run_dir) of each generator stage of one split mode and seed."""
   for kind in config.generators.split(','):
     for label in ('positive', 'negative'):
       sub = sub_config(config, f'{kind}_gen', label, split_mode, seed)
       run_dir = os.path.join(workdir, split_mode, f'seed{seed}', 'generators', f'{kind}_{label}')
       sub.export.dir = os.path.join(run_dir, 'synthetic')
-      run_stage(f'{kind}_gen', sub, run_dir)
-      exports.setdefault(kind, {})[label] = sub.export.dir
+      yield kind, label, sub, run_dir
+
+
+def train_generators(config, workdir, split_mode, seed):
+  """One generator per (kind, class); returns {kind: {label: export_dir}}."""
+  exports = {}
+  for kind, label, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
+    run_stage(f'{kind}_gen', sub, run_dir)
+    exports.setdefault(kind, {})[label] = sub.export.dir
   return exports
 
 
@@ -224,9 +230,28 @@ def check_layout(config, workdir):
                        'generators saw): run the study in a new --workdir')
 
 
+def check_same_data(config, workdir):
+  """reruns.RerunRefused if a generator of this study trained when the data held other slices
+  (files added to or removed from its folder since): finished stages are reused as they are,
+  and every stage of its seed would be tested, and its exports audited, on another split."""
+  source = None
+  for split_mode in config.split_modes.split(','):
+    for seed in range(config.seed, config.seed + config.seeds):
+      for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
+        if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
+          continue
+        source = source or datasets.real_source(sub)  # (one data setting for every stage)
+        try:
+          datasets.check_same_split(sub, sub.export.dir, source)
+        except ValueError as error:
+          raise reruns.RerunRefused(f'study stage {kind}_gen in {run_dir}: {error} (in a new '
+                                    '--workdir)') from None
+
+
 def train_and_evaluate(config, workdir):
   check_config(config)
   check_layout(config, workdir)
+  check_same_data(config, workdir)
   if parallel.is_first_host():  # until this run writes its own, they describe an older one
     reporting.remove_metrics_json(workdir)
     for path in glob.glob(os.path.join(workdir, 'results', 'table1.*')):

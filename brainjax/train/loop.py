@@ -184,6 +184,16 @@ def _data_keys(data_key: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
   return (data_key,) if isinstance(data_key, str) else tuple(data_key or ())
 
 
+def check_data_key(workdir, meta, data_key: Union[str, Sequence[str], None]) -> None:
+  """reruns.RerunRefused if a checkpoint's meta records other training data than `data_key`
+  (see `fit`) names; checkpoints without a key pass."""
+  if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in _data_keys(data_key):
+    raise reruns.RerunRefused(
+        f'{workdir} was trained on other data than it reads now (a synthetic export redone '
+        'since with other images, or slices added to or removed from the data folder): '
+        'train on these in a new --workdir')
+
+
 def check_resume(config, workdir, num_examples: int,
                  data_key: Union[str, Sequence[str], None] = None) -> None:
   """The ValueError `fit` would raise before training, raised before anything is written.
@@ -204,12 +214,7 @@ def check_resume(config, workdir, num_examples: int,
   step = 0
   if latest is not None:
     step, meta = latest
-    data_keys = _data_keys(data_key)
-    if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in data_keys:
-      raise reruns.RerunRefused(
-          f'{workdir} was trained on other data than it reads now (a synthetic export redone '
-          'since with other images, or slices added to or removed from the data folder): '
-          'train on these in a new --workdir')
+    check_data_key(workdir, meta, data_key)
   # The best checkpoint and the latest are written one after the other: a run killed between
   # the two commits holds a best of a later step than its latest. It has trained that far
   # (a shorter rerun would end before that step, its best/ still holding the later model).
