@@ -179,6 +179,15 @@ def test_synthetic_gap_is_paired_by_seed(tmp_path):
   assert '| grouped | CNN | VAE | -20.00 ± 14.14 | -25.00 | 2 / 1 |' in open(md_path).read()
   assert '| grouped | CNN | GAN | -40.00 | – | 1 / 0 |' in open(md_path).read()
   assert len(json.load(open(json_path))['synthetic_gap']) == 2
+  # metrics.json: fractions as every run's, undefined cells null, the spread over seeds.
   flat = study_table.flat_summary(runs, {})
-  assert flat['grouped/CNN/synthetic/vae/accuracy_gap'] == pytest.approx(-20.0)
-  assert 'grouped/CNN/synthetic/gan/auroc_gap' not in flat
+  assert flat['grouped/CNN/synthetic/vae/accuracy_gap'] == pytest.approx(-0.2)
+  assert flat['grouped/CNN/synthetic/vae/accuracy_gap_std'] == pytest.approx(
+      np.std([-0.3, -0.1], ddof=1))
+  assert flat['grouped/CNN/synthetic/gan/auroc_gap'] is None
+  assert 'grouped/CNN/synthetic/gan/accuracy_gap_std' not in flat  # (one seed)
+  assert flat['grouped/CNN/real/accuracy'] == pytest.approx(0.85)
+  assert flat['grouped/CNN/real/accuracy_std'] == pytest.approx(np.std([0.9, 0.8], ddof=1))
+  assert flat['grouped/CNN/synthetic/vae/auroc'] is None  # seed 1 has none
+  assert flat['grouped/CNN/mixed/vae/accuracy'] == 0.99
+  assert 'grouped/CNN/mixed/vae/accuracy_std' not in flat

@@ -40,8 +40,11 @@ def _defined(value):
   return float(value) if np.isfinite(value) else None
 
 
-def aggregate(results):
-  """Groups runs by (split, model, train data, synthetic source) and averages over seeds."""
+def aggregate(results, scale=100.0):
+  """Groups runs by (split, model, train data, synthetic source) and averages over seeds.
+
+  Values in percent (scale 100, the tables) or as fractions (scale 1, metrics.json).
+  """
   groups = {}
   for run in results:
     for model, values in _rows_of_run(run):
@@ -53,7 +56,7 @@ def aggregate(results):
     for c in COLUMNS:
       # None is metrics.json's NaN (undefined, e.g. ROC AUC of a one-class test set): a seed
       # with an undefined value makes the mean over all seeds undefined, not the mean of fewer.
-      values = np.array([np.nan if r[c] is None else r[c] for r in runs], np.float64) * 100
+      values = np.array([np.nan if r[c] is None else r[c] for r in runs], np.float64) * scale
       row[c] = _defined(values.mean())
       # the sample standard deviation (ddof=1): seeds are a sample of the runs one could do
       row[f'{c}_std'] = _defined(values.std(ddof=1)) if len(values) > 1 else None
@@ -67,9 +70,10 @@ def aggregate(results):
 GAP_COLUMNS = ('accuracy', 'auroc')
 
 
-def synthetic_gaps(results):
+def synthetic_gaps(results, scale=100.0):
   """Train on synthetic, test on real: each synthetic row's value minus the real row's, in
-  percentage points, paired by seed (same split, model and test slices); mean ± sample std.
+  percentage points (scale 100) or as a fraction (scale 1), paired by seed (same split, model
+  and test slices); mean ± sample std.
 
   A seed lacking either run, or with an undefined value, is left out of that column.
   """
@@ -86,7 +90,7 @@ def synthetic_gaps(results):
     for c in GAP_COLUMNS:
       pairs = [(v[c], real[(split, model, seed)][c]) for seed, v in seeds.items()
                if (split, model, seed) in real]
-      diffs = np.array([100 * (a - b) for a, b in pairs if a is not None and b is not None
+      diffs = np.array([scale * (a - b) for a, b in pairs if a is not None and b is not None
                         and np.isfinite(a) and np.isfinite(b)], np.float64)
       row[f'{c}_gap'] = float(diffs.mean()) if diffs.size else None
       row[f'{c}_gap_std'] = float(diffs.std(ddof=1)) if diffs.size > 1 else None
@@ -155,16 +159,23 @@ def write_tables(out_dir, results, quality):
 
 
 def flat_summary(results, quality):
-  """A flat dict for the study's metrics.json: one key per table cell."""
+  """A flat dict for the study's metrics.json, in fractions as every run's metrics.json: one key
+  per table cell (None where undefined), its `_std` over several seeds, each synthetic row's
+  gap to the real row, and the generators' rows."""
   flat = {}
-  for row in aggregate(results):
+  for row in aggregate(results, scale=1.0):
     prefix = f'{row["split"]}/{row["model"]}/{row["train_data"]}' + (
         '' if row['source'] == '-' else f'/{row["source"]}')
-    flat.update({f'{prefix}/{c}': row[c] for c in COLUMNS if row[c] is not None})
-  for row in synthetic_gaps(results):
+    for c in COLUMNS:
+      flat[f'{prefix}/{c}'] = row[c]
+      if row['seeds'] > 1:
+        flat[f'{prefix}/{c}_std'] = row[f'{c}_std']
+  for row in synthetic_gaps(results, scale=1.0):
     prefix = f'{row["split"]}/{row["model"]}/synthetic/{row["source"]}'
-    flat.update({f'{prefix}/{c}_gap': row[f'{c}_gap'] for c in GAP_COLUMNS
-                 if row[f'{c}_gap'] is not None})
+    for c in GAP_COLUMNS:
+      flat[f'{prefix}/{c}_gap'] = row[f'{c}_gap']
+      if row[f'{c}_gap_seeds'] > 1:
+        flat[f'{prefix}/{c}_gap_std'] = row[f'{c}_gap_std']
   for name, row in quality.items():
     flat.update({f'{name}/{k}': v for k, v in row.items()})
   return flat
