@@ -32,7 +32,7 @@ def test_flat_metrics_for_every_rule(data):
   out, fitted = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, _small_config(),
                                                 test_masks=test_m)
   for prefix in ('giaem', 'dbscan', 'kmeans', 'global_kmeans'):
-    for key in ('accuracy', 'precision', 'recall', 'f1', 'weighted_f1', 'auroc', 'tp',
+    for key in ('accuracy', 'precision', 'recall', 'f1', 'macro_f1', 'auroc', 'tp',
                 'val_f1', 'dice', 'iou', 'seconds'):
       assert f'{prefix}_{key}' in out, f'{prefix}_{key}'
     assert 0 <= out[f'{prefix}_f1'] <= 1 and 0 <= out[f'{prefix}_dice'] <= 1

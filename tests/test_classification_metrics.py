@@ -22,9 +22,9 @@ def test_hand_computed_confusion_matrix():
   assert m['specificity'] == pytest.approx(5 / 6)
   assert m['balanced_accuracy'] == pytest.approx((3 / 4 + 5 / 6) / 2)
   # healthy class: precision 5/6 (tn / (tn + fn)), recall 5/6, f1 5/6
-  assert m['weighted_precision'] == pytest.approx((3 / 4 + 5 / 6) / 2)
-  assert m['weighted_recall'] == pytest.approx((3 / 4 + 5 / 6) / 2)
-  assert m['weighted_f1'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  assert m['macro_precision'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  assert m['macro_recall'] == pytest.approx((3 / 4 + 5 / 6) / 2)
+  assert m['macro_f1'] == pytest.approx((3 / 4 + 5 / 6) / 2)
   assert 'auroc' not in m
 
 
@@ -37,9 +37,9 @@ def test_study_table1_row_is_macro_average():
   preds = np.r_[np.zeros(n_major - flipped, int), np.ones(flipped, int), np.zeros(n_minor, int)]
   m = classification.classification_metrics(labels, preds)
   assert 100 * m['accuracy'] == pytest.approx(78.8, abs=0.05)
-  assert 100 * m['weighted_precision'] == pytest.approx(39.88, abs=0.05)
-  assert 100 * m['weighted_recall'] == pytest.approx(49.27, abs=0.05)
-  assert 100 * m['weighted_f1'] == pytest.approx(44.08, abs=0.05)
+  assert 100 * m['macro_precision'] == pytest.approx(39.88, abs=0.05)
+  assert 100 * m['macro_recall'] == pytest.approx(49.27, abs=0.05)
+  assert 100 * m['macro_f1'] == pytest.approx(44.08, abs=0.05)
 
 
 @pytest.mark.parametrize('seed', range(6))
@@ -58,9 +58,9 @@ def test_matches_sklearn(seed):
   assert m['balanced_accuracy'] == pytest.approx(skm.balanced_accuracy_score(labels, preds))
   assert m['specificity'] == pytest.approx(skm.recall_score(labels, preds, pos_label=0, **kw))
   macro = dict(average='macro', **kw)  # over the classes in labels or predictions
-  assert m['weighted_precision'] == pytest.approx(skm.precision_score(labels, preds, **macro))
-  assert m['weighted_recall'] == pytest.approx(skm.recall_score(labels, preds, **macro))
-  assert m['weighted_f1'] == pytest.approx(skm.f1_score(labels, preds, **macro))
+  assert m['macro_precision'] == pytest.approx(skm.precision_score(labels, preds, **macro))
+  assert m['macro_recall'] == pytest.approx(skm.recall_score(labels, preds, **macro))
+  assert m['macro_f1'] == pytest.approx(skm.f1_score(labels, preds, **macro))
   tn, fp, fn, tp = skm.confusion_matrix(labels, preds, labels=[0, 1]).ravel()
   assert (m['tn'], m['fp'], m['fn'], m['tp']) == (tn, fp, fn, tp)
   assert m['auroc'] == pytest.approx(skm.roc_auc_score(labels, scores))
@@ -71,7 +71,7 @@ def test_zero_division_gives_zero():
   m = classification.classification_metrics(labels, [0, 0, 0, 0])
   assert m['precision'] == 0.0 and m['recall'] == 0.0 and m['f1'] == 0.0
   assert m['f1'] == skm.f1_score(labels, [0, 0, 0, 0], zero_division=0)
-  assert m['weighted_precision'] == pytest.approx(
+  assert m['macro_precision'] == pytest.approx(
       skm.precision_score(labels, [0, 0, 0, 0], average='macro', zero_division=0))
 
 
@@ -85,7 +85,7 @@ def test_single_class_auroc_is_nan_and_balanced_accuracy_like_sklearn():
   for labels, preds in (([0, 0, 0], [0, 0, 0]), ([1, 1, 1], [1, 1, 1]), ([1, 1, 1], [1, 0, 1])):
     m = classification.classification_metrics(labels, preds)
     for name in ('precision', 'recall', 'f1'):  # all healthy, all called healthy: 1, not 0.5
-      assert m[f'weighted_{name}'] == pytest.approx(getattr(skm, f'{name}_score')(
+      assert m[f'macro_{name}'] == pytest.approx(getattr(skm, f'{name}_score')(
           labels, preds, average='macro', zero_division=0)), (labels, preds, name)
 
 

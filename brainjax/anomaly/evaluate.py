@@ -201,7 +201,7 @@ def evaluate_anomaly_rules(
 
   Keys per rule prefix p: the chosen hyperparameters (p_anomaly_threshold,
   p_tumor_index, p_eps, p_min_samples, p_alpha as applicable), p_val_<metric>,
-  the test metrics of classification_metrics (p_accuracy ... p_weighted_f1,
+  the test metrics of classification_metrics (p_accuracy ... p_macro_f1,
   p_tn/fp/fn/tp, p_auroc of the rule's continuous score), p_dice / p_iou (mean
   over tumour test images) when test_masks are given, and p_seconds.
   """

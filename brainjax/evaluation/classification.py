@@ -16,10 +16,11 @@ F1 of those P and R; the numbers are the *macro* averages over the two classes, 
 class weighted 0.5 (scikit-learn `average='macro'`). The "Global KMeans, Mixed" row
 confirms it exactly: a classifier that predicts (almost) only the majority class at
 accuracy 78.8% gives macro precision ~39.9, macro recall ~49.3, macro F1 ~44.1, the
-reported 39.88 / 49.27 / 44.08. Hence
-  weighted_precision = (precision_tumour + precision_healthy) / 2
-  weighted_recall    = (recall_tumour + recall_healthy) / 2
-  weighted_f1        = (f1_tumour + f1_healthy) / 2
+reported 39.88 / 49.27 / 44.08. Hence, named as scikit-learn names them (its "weighted"
+weighs each class by its size):
+  macro_precision = (precision_tumour + precision_healthy) / 2
+  macro_recall    = (recall_tumour + recall_healthy) / 2
+  macro_f1        = (f1_tumour + f1_healthy) / 2
 (the per-class F1s are averaged, not the F1 of the averaged P and R). Like
 scikit-learn's, the averages run over the classes that occur in the labels or the
 predictions: a set of healthy slices all called healthy scores 1, not 0.5.
@@ -30,7 +31,7 @@ import numpy as np
 
 METRIC_NAMES = (
     'accuracy', 'precision', 'recall', 'f1', 'specificity', 'balanced_accuracy',
-    'weighted_precision', 'weighted_recall', 'weighted_f1')
+    'macro_precision', 'macro_recall', 'macro_f1')
 
 
 def _ratio(num, den):
@@ -65,9 +66,9 @@ def metrics_from_confusion(tn, fp, fn, tp) -> Dict[str, np.ndarray]:
       'f1': f1_pos,
       'specificity': specificity,
       'balanced_accuracy': balanced,
-      'weighted_precision': macro(precision, npv),
-      'weighted_recall': macro(recall, specificity),
-      'weighted_f1': macro(f1_pos, f1_neg),
+      'macro_precision': macro(precision, npv),
+      'macro_recall': macro(recall, specificity),
+      'macro_f1': macro(f1_pos, f1_neg),
   }
 
 

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 # The study's Table 1 (accuracy, precision, recall, F1 in %). Its VAE rows are class-balanced
-# (macro) averages (see classification.py), so they sit beside our weighted_* columns. Its
+# (macro) averages (see classification.py), so they sit beside our macro_* columns. Its
 # synthetic data is the VAE's: it discarded its GAN's samples (section "Generative task").
 PUBLISHED = {
     ('CNN', 'real'): (96.67, 95.42, 97.99, 96.69),
@@ -22,8 +22,8 @@ PUBLISHED = {
 # The Table 1 row of each anomaly rule.
 RULE_ROW_NAMES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
                   'global_kmeans': 'VAE (Global KMeans)'}
-COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'weighted_precision',
-           'weighted_recall', 'weighted_f1')
+COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_precision',
+           'macro_recall', 'macro_f1')
 
 
 def _rows_of_run(run):
@@ -112,7 +112,7 @@ def markdown(table, quality, gaps=()):
     data = r['train_data'] + ('' if r['source'] == '-' else f' ({r["source"].upper()})')
     study = ('–' if r['study_accuracy'] is None else ' / '.join(
         f'{r["study_" + k]:.2f}' for k in ('accuracy', 'precision', 'recall', 'f1')))
-    cells = [_cell(r, c) for c in ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'weighted_f1')]
+    cells = [_cell(r, c) for c in ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_f1')]
     lines.append(f'| {r["split"]} | {r["model"]} | {data} | ' + ' | '.join(cells) + f' | {study} |')
   lines += ['', 'Precision, recall and F1 count tumour as positive; the study\'s VAE rows are '
             'class-balanced averages, comparable with the F1 (class-balanced) column. '
