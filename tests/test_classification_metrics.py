@@ -1,4 +1,5 @@
 """Classification metrics against hand-computed confusion matrices and scikit-learn."""
+import csv
 import json
 import math
 
@@ -131,6 +132,25 @@ def test_table1_spread_over_seeds_is_the_sample_std():
                metrics={'accuracy': a}) for a in (0.6, 0.7, 0.8)]
   (row,) = study_table.aggregate(runs)
   assert row['accuracy'] == pytest.approx(70.0) and row['accuracy_std'] == pytest.approx(10.0)
+
+
+def test_table1_row_puts_each_value_in_its_column(tmp_path):
+  from brainjax.evaluation import study_table
+  values = dict(accuracy=0.11, precision=0.22, recall=0.33, f1=0.44, auroc=0.55,
+                macro_precision=0.66, macro_recall=0.77, macro_f1=0.88)
+  rule = {f'giaem_{k}': v for k, v in values.items()}
+  runs = [dict(task='cnn_cls', split='random', train_data='real', source='-', seed=0,
+               metrics=values),
+          dict(task='cvae_cls', split='random', train_data='mixed', source='vae', seed=0,
+               metrics=rule)]
+  md_path, csv_path, _ = study_table.write_tables(str(tmp_path), runs, {})
+  table = open(md_path).read()
+  assert ('| random | CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.00 | 88.00 | '
+          '96.67 / 95.42 / 97.99 / 96.69 |') in table
+  assert ('| random | VAE (GIAEM) | mixed (VAE) | 11.00 | 22.00 | 33.00 | 44.00 | 55.00 | 88.00 | '
+          '81.24 / 69.99 / 64.11 / 65.95 |') in table
+  cnn, _ = csv.DictReader(open(csv_path))
+  assert {k: float(cnn[k]) for k in values} == pytest.approx({k: 100 * v for k, v in values.items()})
 
 
 def test_table1_sets_the_study_s_numbers_beside_its_vae_synthetic_rows_only():

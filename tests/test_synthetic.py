@@ -132,6 +132,14 @@ def test_training_on_an_export_without_a_needed_class_is_a_clear_error(tmp_path)
   config.data.image_size = 32  # not a shape error deep in the model
   with pytest.raises(ValueError, match='hold 16x16 slices, this run reads 32x32'):
     datasets.training_examples(config, real, POSITIVE)
+  # With both classes exported, BrainCVAE's training slices are the healthy ones alone.
+  config.data.image_size = 16
+  synthetic.write_synthetic(str(tmp_path), _images(3, seed=1), NEGATIVE, {})
+  healthy = datasets.training_examples(config, real, NEGATIVE)
+  assert len(healthy) == 3 and (healthy.labels == NEGATIVE).all()
+  config.train_data = 'mixed'  # real tumour slices too: not the CVAE's
+  assert len(datasets.training_examples(config, real, NEGATIVE)) == 3
+  assert len(datasets.training_examples(config, real)) == 2 + 5
 
 
 def test_a_class_being_replaced_is_never_read_under_the_old_provenance(tmp_path, monkeypatch):
