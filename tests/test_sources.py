@@ -147,6 +147,17 @@ def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder,
   assert list(few.ids) == ['no/nested/deep.png', 'yes/nested/deep.png']
 
 
+def test_a_folder_file_replaced_under_its_name_is_read_anew(messy_folder, tmp_path):
+  # The cache is keyed by each file's bytes, not only its name.
+  cfg = _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=0)
+  first = sources.load_source(cfg, str(tmp_path)).examples
+  _scan(2, 3, True).save(messy_folder / 'top' / 'yes' / 'yes0.jpg', quality=90)
+  second = sources.load_source(cfg, str(tmp_path)).examples
+  assert list(second.ids) == list(first.ids)
+  changed = [i for i in range(len(first)) if not np.array_equal(first.images[i], second.images[i])]
+  assert [first.ids[i] for i in changed] == ['yes/yes0.jpg']
+
+
 def test_folder_errors(tmp_path):
   empty = tmp_path / 'empty'
   empty.mkdir()

@@ -271,6 +271,12 @@ def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):
   real = cnn_cls.get_config('real,smoke')
   assert (datasets.training_key(real, both)[0]
           != datasets.training_key(real, both.take([0, 1, 2]))[0])
+  # A file replaced under its name: the same ids and labels, other pixels.
+  replaced = both.take(np.arange(len(both)))
+  replaced.images[0] = 1 - replaced.images[0]
+  key, without_pixels, _ = datasets.training_key(real, both)
+  assert key not in datasets.training_key(real, replaced)
+  assert without_pixels == datasets.training_key(real, replaced)[1]  # (what brainjax kept before)
 
 
 def test_a_run_begun_on_an_export_without_a_digest_resumes_on_its_rewrite(tmp_path):
@@ -288,10 +294,10 @@ def test_a_run_begun_on_an_export_without_a_digest_resumes_on_its_rewrite(tmp_pa
   config = cnn_cls.get_config('synthetic,smoke')
   config.synthetic_dirs = out
   train = synthetic.read_synthetic(out)
-  kept, _ = datasets.training_key(config, train)  # what the older brainjax kept
+  _, _, kept = datasets.training_key(config, train)  # what the older brainjax kept
   synthetic.write_synthetic(out, _images(2, seed=POSITIVE), POSITIVE, {'seed': 0})
-  key, older = datasets.training_key(config, train)
-  assert key != kept and older == kept
+  key, *older = datasets.training_key(config, train)
+  assert key != kept and kept in older
   # A checkpoint written now keeps `key`, which other images change.
   synthetic.write_synthetic(out, _images(2, seed=7), POSITIVE, {'seed': 0})
   assert key not in datasets.training_key(config, train)

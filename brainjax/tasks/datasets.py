@@ -223,13 +223,13 @@ def _content(entry):
 
 def training_key(config, train):
   """Digests of what a run trains on, for `loop.fit` to keep with each checkpoint: the
-  training slices' ids and labels, and what the synthetic classes among them hold (a
-  re-export keeps the ids). A resumed run on other data would continue one model on two
-  training sets.
+  training slices' ids, labels and pixels, and what the synthetic classes among them hold (a
+  re-export keeps the ids). A resumed run on other data (a file added, removed or replaced)
+  would continue one model on two training sets.
 
-  Returns (key, older key): the older is what brainjax computed before exports recorded a
-  digest of their images (their whole manifest entries), so that a run begun then resumes on
-  the same export rewritten since.
+  Returns (key, older keys): what brainjax computed before it hashed the pixels, and before
+  exports recorded a digest of their images (their whole manifest entries), so that a run
+  begun then resumes on the same data.
   """
   entries = []
   if config.get('train_data', 'real') != 'real':
@@ -237,12 +237,14 @@ def training_key(config, train):
     for export_dir in _export_dirs(config):
       classes = synthetic.read_manifest(export_dir)['classes']
       entries.append({f: classes[f] for f in sorted(folders & classes.keys())})
+  pixels = hashlib.sha256(np.ascontiguousarray(train.images, np.float32)).hexdigest()
 
-  def key(exports):
+  def key(exports, **fields):
     text = json.dumps(dict(ids=[str(i) for i in train.ids], labels=train.labels.tolist(),
-                           exports=exports), sort_keys=True)
+                           exports=exports, **fields), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
+  exports = [{f: _content(e) for f, e in classes.items()} for classes in entries]
   older = [{f: {k: v for k, v in e.items() if k != 'pixels_sha256'} for f, e in classes.items()}
            for classes in entries]
-  return key([{f: _content(e) for f, e in classes.items()} for classes in entries]), key(older)
+  return key(exports, pixels_sha256=pixels), key(exports), key(older)

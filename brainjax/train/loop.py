@@ -190,8 +190,8 @@ def check_data_key(workdir, meta, data_key: Union[str, Sequence[str], None]) -> 
   if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in _data_keys(data_key):
     raise reruns.RerunRefused(
         f'{workdir} was trained on other data than it reads now (a synthetic export redone '
-        'since with other images, or slices added to or removed from the data folder): '
-        'train on these in a new --workdir')
+        'since with other images, or slices added to, removed from or replaced in the data '
+        'folder): train on these in a new --workdir')
 
 
 def check_resume(config, workdir, num_examples: int,
