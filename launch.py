@@ -54,6 +54,9 @@ def parse_flags(argv):
     if isinstance(module, types.ModuleType) or not any(f in detail for f in overridden):
       sys.exit(f'error: the config file failed: {detail} (in: {given})')
     sys.exit(f'error: unknown config field {detail} (in: {given})')
+  except (SyntaxError, NameError) as error:  # e.g. a run's config.json given as --config
+    sys.exit(f'error: the config file failed: {type(error).__name__}: {error} (a Python file '
+             f'with get_config(), e.g. configs/cnn_cls.py; in: {given})')
   except (flags.Error, OSError, ValueError, TypeError) as error:
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
     sys.exit(f'error: {last_line} (in: {given})')

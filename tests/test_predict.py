@@ -491,6 +491,21 @@ def test_bad_predict_settings_are_named(cnn_run, tmp_path):
     _predict(cnn_run, tmp_path / 'in', tmp_path / 'out', batch_size=0)
   with pytest.raises(FileNotFoundError, match="dedup_against='/nonexistent'"):
     _predict(cnn_run, tmp_path / 'in', tmp_path / 'out', dedup_against='/nonexistent')
+  with pytest.raises(ValueError, match="rules='all': a BrainCNN run has no anomaly rules"):
+    _predict(cnn_run, tmp_path / 'in', tmp_path / 'out', rules='all')
+  with pytest.raises(FileNotFoundError, match="input '.*nowhere' does not exist"):
+    _predict(cnn_run, tmp_path / 'nowhere', tmp_path / 'out')
+  os.mkfifo(tmp_path / 'pipe.png')  # (reading it would wait for a writer)
+  with pytest.raises(ValueError, match="pipe.png' is not a file, a folder or a zip"):
+    _predict(cnn_run, tmp_path / 'pipe.png', tmp_path / 'out')
+  config = predict_config.get_config('smoke')
+  config.smoke_task = 'vae_gen'
+  with pytest.raises(ValueError, match="smoke_task='vae_gen'"):
+    predict.check_config(config)
+  config.smoke_task, config.rules = 'cvae_cls', 'giaem,dbscn'
+  with pytest.raises(ValueError, match="rules='giaem,dbscn': expected"):
+    predict.check_config(config)
+  assert not os.listdir(tmp_path / 'out')  # (refused before anything is written)
   rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')  # empty: a warning
   assert rows == {} and metrics['num_inputs'] == 0
 
@@ -507,10 +522,17 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
   too_long = 'x' * 250 + '.png'  # fine as an input, too long as maps/<name>.npy
   for name in (latin1, too_long):
     (tmp_path / 'second' / name).write_bytes(scan)
-  # A rerun that fails leaves none of the earlier outputs beside its config.json (launch.py
-  # has rewritten it): nothing there describes another run than it says.
+  # A refused rerun (launch.py refuses it before it rewrites config.json) leaves every output.
+  before = sorted(p.relative_to(tmp_path) for p in (tmp_path / 'out').rglob('*'))
   with pytest.raises(FileNotFoundError, match='has no config.json'):
     _predict(tmp_path / 'no_such_run', tmp_path / 'second', tmp_path / 'out')
+  assert sorted(p.relative_to(tmp_path) for p in (tmp_path / 'out').rglob('*')) == before
+  # One that fails later leaves none of the earlier outputs beside its config.json (launch.py
+  # has rewritten it): nothing there describes another run than it says.
+  shutil.copytree(cvae_run, tmp_path / 'damaged_run')
+  shutil.rmtree(tmp_path / 'damaged_run' / 'best')
+  with pytest.raises((FileNotFoundError, ValueError), match='best'):
+    _predict(tmp_path / 'damaged_run', tmp_path / 'second', tmp_path / 'out')
   assert sorted(os.listdir(tmp_path / 'out')) == []
   _predict(cvae_run, tmp_path / 'first', tmp_path / 'out')
   rows, metrics = _predict(cvae_run, tmp_path / 'second', tmp_path / 'out')

@@ -131,8 +131,10 @@ def list_inputs(path) -> List[InputFile]:
     raise ValueError('no input given: set --config.input to an image file, a folder or a zip')
   if os.path.isdir(path):
     return _walk_folder(path)
-  if not os.path.isfile(path):
+  if not os.path.exists(path):
     raise FileNotFoundError(f'input {path!r} does not exist')
+  if not os.path.isfile(path):  # (a pipe or a device: reading it could wait for ever)
+    raise ValueError(f'input {path!r} is not a file, a folder or a zip')
   if path.lower().endswith('.zip') or zipfile.is_zipfile(path):
     if zipfile.is_zipfile(path):
       return _list_zip(path)

@@ -372,8 +372,6 @@ def _smoke_inputs(config, workdir):
   """Smoke mode: a tiny trained run and phantom slices when none are given."""
   model_dir, input_path = config.model_dir, config.input
   if not model_dir:
-    if config.smoke_task not in runs.MODEL_TASKS:
-      raise ValueError(f'smoke_task={config.smoke_task!r}; expected one of {runs.MODEL_TASKS}')
     model_dir = os.path.join(workdir, f'smoke_model_{config.smoke_task}')  # one per task
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
       sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
@@ -403,19 +401,42 @@ def write_phantom_folder(folder: str, num_per_class: int, seed: int) -> List[str
   return written
 
 
-def train_and_evaluate(config, workdir):
-  """Predicts config.input with the run in config.model_dir; writes into workdir."""
-  start = time.perf_counter()
-  model_dir, input_path = config.model_dir, config.input
-  # (before smoke mode replaces its inputs: a refused run changes nothing)
+def check_config(config):
+  """A ValueError or FileNotFoundError for settings no prediction can use, before launch.py
+  writes anything: the batch, the model run and the rules it can apply, the input."""
   if config.batch_size < 1:
     raise ValueError(f'batch_size={config.batch_size}: it must be at least 1')
   if config.dedup_against and not os.path.exists(config.dedup_against):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
+  if config.input:
+    inputs_lib.list_inputs(config.input)  # (a wrong path fails here, before any output)
+  task = config.smoke_task if config.get('smoke') and not config.model_dir else None
+  if config.model_dir:
+    task = runs.load_run_config(config.model_dir).get('task')
+    if task not in runs.MODEL_TASKS:
+      raise ValueError(f'{config.model_dir!r} is a {task!r} run; predict needs a '
+                       f'{" or ".join(runs.MODEL_TASKS)} run')
+  elif task not in runs.MODEL_TASKS:
+    raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run'
+                     if task is None else
+                     f'smoke_task={config.smoke_task!r}; expected one of {runs.MODEL_TASKS}')
+  rules = (config.rules or 'selected').strip()
+  if task == 'cnn_cls' and rules != 'selected':
+    raise ValueError(f'rules={config.rules!r}: a BrainCNN run has no anomaly rules (a cvae_cls '
+                     'run has)')
+  if rules not in ('selected', 'all'):
+    runs.rules_to_use(rules, {})  # (the names; which ones the run evaluated: when it loads)
+
+
+def train_and_evaluate(config, workdir):
+  """Predicts config.input with the run in config.model_dir; writes into workdir."""
+  start = time.perf_counter()
+  model_dir, input_path = config.model_dir, config.input
+  # (launch.py checks these first; here for a direct caller, before smoke mode writes its
+  # inputs: a refused run changes nothing)
+  check_config(config)
   if config.get('smoke'):
     model_dir, input_path = _smoke_inputs(config, workdir)
-  if not model_dir:
-    raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
   if not files:
     logging.warning('%s holds no files: nothing to predict.', input_path)
