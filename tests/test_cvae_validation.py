@@ -1,25 +1,84 @@
-"""BrainCVAE's validation loss (it picks the best checkpoint): a mean over the slices."""
+"""BrainCVAE's validation loss (it picks the best checkpoint): a mean over the slices, of
+the real healthy validation slices."""
+import json
+import math
+import types
+
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from brainjax.data.examples import NEGATIVE
 from brainjax.tasks import cvae_cls
+from brainjax.tasks import datasets
+from brainjax.train import loop
+from configs import cvae_cls as cvae_config
+
+
+# The stub's posterior, N(MEAN, exp(LOGVAR)), the same for every slice. Its KL to N(0, I) in
+# closed form, 0.5 * sum(mean^2 + exp(logvar) - 1 - logvar) = 0.5 * (0.36 + 0.64 + (2 - 1 - ln 2))
+# = 1 - ln(2) / 2: non-zero, so a loss without its KL term is seen.
+MEAN, LOGVAR = (0.6, -0.8, 0.0), (0.0, 0.0, math.log(2.0))
+KL = 1 - math.log(2.0) / 2
 
 
 class _ConstantModel:
-  """Reconstructs every slice as 0.5 with a standard-normal posterior (KL 0), whatever the noise."""
+  """Reconstructs every slice as 0.5 with the posterior N(MEAN, exp(LOGVAR)), whatever the noise."""
   latent_dim = 3
 
   def apply(self, variables, images, noise, train):
     del variables, noise, train
-    zeros = jnp.zeros((images.shape[0], self.latent_dim))
-    return jnp.full_like(images, 0.5), zeros, zeros
+    shape = (images.shape[0], self.latent_dim)
+    return (jnp.full_like(images, 0.5), jnp.broadcast_to(jnp.array(MEAN), shape),
+            jnp.broadcast_to(jnp.array(LOGVAR), shape))
 
 
 def test_validation_loss_is_the_mean_over_slices_whatever_the_batches():
   images = np.zeros((5, 4, 4, 1), np.float32)
   images[:, :2] = np.arange(5, dtype=np.float32)[:, None, None, None] / 4  # unequal losses
-  per_slice = ((0.5 - images) ** 2).sum(axis=(1, 2, 3))
+  per_slice = ((0.5 - images) ** 2).sum(axis=(1, 2, 3)) + KL  # the negative ELBO of each
   model = _ConstantModel()
   for batch_size in (2, 3, 5, 256):  # batches of 2, 2 and 1 (padded): not a mean of batch means
     got = cvae_cls.validation_loss(model, {}, images, seed=0, batch_size=batch_size)['loss']
     np.testing.assert_allclose(got, per_slice.mean(), rtol=1e-6, err_msg=str(batch_size))
+
+
+class StopAfterValidating(Exception):
+  """Raised by a stand-in `fit` once it has validated: the task's training and anomaly rules
+  are other tests' (tests/test_loop.py, the study's smoke run)."""
+
+
+def validate_once(config, workdir, state, train_step, train_arrays, *, evaluate, **kwargs):
+  """A stand-in for loop.fit: validates once, as fit does every epoch."""
+  del config, workdir, train_step, train_arrays, kwargs
+  evaluate(types.SimpleNamespace(variables=state))
+  raise StopAfterValidating
+
+
+def test_checkpoints_are_picked_on_the_healthy_validation_slices(tmp_path, monkeypatch,
+                                                                  cache_dir):
+  # The CVAE models healthy slices: tumour slices in its validation loss would favour a model
+  # that reconstructs tumours too (their errors are what the anomaly rules look for), and
+  # test slices would pick the checkpoint that is then tested on them.
+  validated = []
+  def record(model, variables, images, seed, batch_size=256):
+    validated.append(np.asarray(images))
+    return {'loss': 1.0}
+  monkeypatch.setattr(cvae_cls, 'validation_loss', record)
+  monkeypatch.setattr(loop, 'fit', validate_once)
+  # (no network: its initialisation compiles for seconds, and no weights are looked at here)
+  monkeypatch.setattr(cvae_cls, 'create_train_state', lambda config, model, rng: {})
+  config = cvae_config.get_config('real,smoke')
+  config.cache_dir = cache_dir
+  with pytest.raises(StopAfterValidating):
+    cvae_cls.train_and_evaluate(config, str(tmp_path))
+  assert len(validated) == 1
+  # Which slices it was given, by their pixels: the val set the run recorded, healthy only.
+  examples = datasets.real_source(config).examples  # (all the real slices, from the cache)
+  id_of = {image.tobytes(): str(i) for image, i in zip(examples.images, examples.ids)}
+  assert len(id_of) == len(examples)  # (no two alike: each image names one slice)
+  label_of = dict(zip(map(str, examples.ids), examples.labels))
+  val_ids = json.loads((tmp_path / 'eval_ids.json').read_text())['val']
+  healthy_val = [i for i in val_ids if label_of[i] == NEGATIVE]
+  assert 0 < len(healthy_val) < len(val_ids)  # (the val set holds both classes)
+  assert sorted(id_of.get(image.tobytes(), '?') for image in validated[0]) == healthy_val

@@ -503,9 +503,15 @@ def test_every_step_draws_its_own_randomness(tmp_path):
 def test_a_resume_compares_its_epochs_with_the_best_as_it_measures_it(tmp_path):
   # An older version measured the best's loss lower than this run's evaluate does (as the
   # clipped BrainCNN loss did): epoch 2 beats the best as measured now, and becomes the best.
-  run(tmp_path, config(num_epochs=1), evaluate=lambda s: {'loss': 1.0})  # best: epoch 1, 1.0
+  # The plateau compares with the same loss: had it kept the old 1.0, epochs 2 and 3 would
+  # both be bad ones, and patience 0 would halve the rate twice (to 0.0125).
+  cfg = functools.partial(config, plateau_factor=0.5, plateau_patience=0)
+  run(tmp_path, cfg(num_epochs=1), evaluate=lambda s: {'loss': 1.0})  # best: epoch 1, 1.0
   measured = {4: 10.0, 8: 5.0, 12: 7.0}  # this version's loss of the states at each step
-  _, summary = run(tmp_path, config(num_epochs=3),
-                   evaluate=lambda s: {'loss': measured[int(s.step)]})
+  final, summary = run(tmp_path, cfg(num_epochs=3),
+                       evaluate=lambda s: {'loss': measured[int(s.step)]})
   assert summary['best_val_loss'] == 5.0
   assert checkpoints.manager(str(tmp_path / 'best'), 1, create=False).latest_step() == 8
+  # Epoch 2 (5.0 < 10.0) is no bad epoch; epoch 3 (7.0 > 5.0) is, and halves the rate once.
+  assert summary['learning_rate'] == pytest.approx(0.05 * 0.5)
+  assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
