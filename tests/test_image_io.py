@@ -1,5 +1,8 @@
 """Decoding of odd files: modes, bit depths, corrupt, truncated, empty, not an image."""
 import io
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -173,11 +176,24 @@ def test_a_camera_mpo_jpeg_reads_its_main_picture():
   np.testing.assert_allclose(image_io.decode_image(mpo), _gradient() / 255.0, atol=3 / 255)
 
 
+def test_an_image_over_pils_pixel_limit_is_refused_without_pils_warning():
+  # The skip's reason says it once: PIL's warning from its open would repeat it on stderr.
+  code = ('import io; from PIL import Image; from brainjax.data import image_io\n'
+          'Image.MAX_IMAGE_PIXELS = 100; out = io.BytesIO()\n'
+          'Image.new("L", (12, 12)).save(out, "PNG")\n'
+          'try:\n  image_io.decode_image(out.getvalue())\n'
+          'except image_io.UnreadableImage as e:\n  print(e)\n')
+  result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          timeout=60)
+  assert result.stdout.startswith('image too large') and result.stderr == ''
+
+
 @pytest.mark.parametrize('side', [12, 20])  # PIL only warns at 144 pixels, refuses at 400
 def test_an_image_over_pils_pixel_limit_is_refused(side, monkeypatch):
   monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)
   data = _encode(Image.fromarray(np.full((side, side), 128, np.uint8)), 'PNG')
-  with warnings.catch_warnings():  # (PIL's own warning, from its open)
+  with warnings.catch_warnings():  # (pytest drops the filter image_io sets as it is imported)
     warnings.simplefilter('ignore', Image.DecompressionBombWarning)
     with pytest.raises(image_io.UnreadableImage, match='image too large'):
       image_io.decode_image(data)

@@ -92,6 +92,22 @@ def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkey
     assert {export_seed[d] for d in sub.synthetic_dirs.split(',')} == {sub.seed}
 
 
+def test_data_no_classifier_can_use_is_refused_before_any_stage_runs(tmp_path, monkeypatch):
+  # An empty no/ folder: the tumour generators would train first, for nothing.
+  config = study_config.get_config('quick,smoke')
+  config.cache_dir = str(tmp_path / 'cache')
+  real_source = datasets.real_source
+  def tumours_only(config):
+    source = real_source(config)
+    return source._replace(examples=source.examples.with_label(1))
+  monkeypatch.setattr(datasets, 'real_source', tumours_only)
+  def no_stage(*args):
+    raise AssertionError('a stage ran')
+  monkeypatch.setattr(study, 'run_stage', no_stage)
+  with pytest.raises(ValueError, match='the real data hold no healthy slices'):
+    study.train_and_evaluate(config, str(tmp_path / 'study'))
+
+
 def test_the_study_s_own_settings_reach_every_stage():
   config = study_config.get_config('quick,smoke')
   config.dedup_threshold, config.log_every_steps, config.keep_checkpoints = 0.5, 7, 4

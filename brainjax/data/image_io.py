@@ -15,6 +15,7 @@ truncated JPEG is refused even if another library enabled silent padding.
 import io
 import os
 import struct
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -25,6 +26,10 @@ from PIL import ImageOps
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b'\xff\xd8', b'\xff\xda', b'\xff\xd9'
 _EXIF_ORIENTATION = 0x0112
+# PIL warns of an image over its pixel limit as it opens it; decode_image then refuses it
+# with the reason (a counted, logged skip), so the warning would only say it again, on stderr.
+# Set once, here: warnings filters are process-wide, not a decoding thread's to change.
+warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
 
 
 class UnreadableImage(ValueError):
@@ -117,8 +122,8 @@ def decode_image(data: bytes) -> np.ndarray:
     _check_jpeg_complete(data)
   try:
     with Image.open(io.BytesIO(data)) as image:
-      # PIL refuses images over twice its limit and only warns between once and twice; checked
-      # here, before decoding, as warnings filters are process-wide (not per decoding thread).
+      # PIL refuses images over twice its limit and only warns between once and twice: checked
+      # here, before decoding.
       limit = Image.MAX_IMAGE_PIXELS  # (None: the user lifted it)
       if limit is not None and image.width * image.height > limit:
         raise UnreadableImage(f'image too large: {image.width} x {image.height} pixels, over '

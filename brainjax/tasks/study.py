@@ -230,17 +230,23 @@ def check_layout(config, workdir):
                        'generators saw): run the study in a new --workdir')
 
 
-def check_same_data(config, workdir):
-  """reruns.RerunRefused if a generator of this study trained when the data held other slices
-  (files added to or removed from its folder since): finished stages are reused as they are,
-  and every stage of its seed would be tested, and its exports audited, on another split."""
+def check_data(config, workdir):
+  """Before any stage runs: a ValueError if a split of the data leaves a classifier a set
+  without a class it needs (an empty no/ folder would stop the study once its tumour
+  generators had trained), and reruns.RerunRefused if a generator of this study trained when
+  the data held other slices (files added to or removed from its folder since): finished
+  stages are reused as they are, and every stage of its seed would be tested, and its exports
+  audited, on another split."""
   source = None
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
+      for task, protocol in (('cnn_cls', 'cnn'), ('cvae_cls', 'anomaly')):
+        sub = sub_config(config, task, 'real', split_mode, seed)
+        source = source or datasets.real_source(sub)  # (one data setting for every stage)
+        datasets.classifier_split(sub, source, protocol)
       for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
         if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
           continue
-        source = source or datasets.real_source(sub)  # (one data setting for every stage)
         try:
           datasets.check_same_split(sub, sub.export.dir, source)
         except ValueError as error:
@@ -251,7 +257,7 @@ def check_same_data(config, workdir):
 def train_and_evaluate(config, workdir):
   check_config(config)
   check_layout(config, workdir)
-  check_same_data(config, workdir)
+  check_data(config, workdir)
   if parallel.is_first_host():  # until this run writes its own, they describe an older one
     reporting.remove_metrics_json(workdir)
     for path in glob.glob(os.path.join(workdir, 'results', 'table1.*')):
