@@ -50,7 +50,8 @@ def parse_flags(argv):
     if (isinstance(module, types.ModuleType) and error.name == 'get_config'
         and _config_file(argv) == os.path.abspath(getattr(module, '__file__', '') or '')):
       sys.exit(f'error: the config file defines no get_config() (in: {given})')
-    overridden = [a.split('=')[0].split('.')[-1] for a in argv if a.startswith('--config.')]
+    overridden = [name for a in argv if a.startswith('--config.')  # (each part of a.b.c)
+                  for name in a.split('=')[0][len('--config.'):].split('.')]
     if isinstance(module, types.ModuleType) or not any(f in detail for f in overridden):
       sys.exit(f'error: the config file failed: {detail} (in: {given})')
     sys.exit(f'error: unknown config field {detail} (in: {given})')
@@ -162,6 +163,8 @@ def prepare_workdir(config):
   """(workdir, the config.json text it held or None): the workdir made, its config.json
   written (the first host), unless it holds another run or another's files (a ValueError)."""
   workdir = FLAGS.workdir or os.path.join('runs', config.name)
+  if os.path.exists(workdir) and not os.path.isdir(workdir):  # (makedirs: 'File exists')
+    raise ValueError(f'--workdir {workdir!r} is a file, not a folder')
   os.makedirs(workdir, exist_ok=True)
   previous_config = reruns.write_config(workdir, config) if parallel.is_first_host() else None
   return workdir, previous_config

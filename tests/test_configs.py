@@ -77,6 +77,8 @@ REFUSED = [
      'model.latent_dim=0: network sizes must be integers >= 1'),
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
       '--config.seeds=0'], 'seeds=0'),
+    (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn.num_epochs=1'],
+     "unknown config field 'cnn'"),
     (['--config=configs/study.py:paper', '--config.overrides.gan_gen.num_epochs=1',
       '--config.data.dataset=phantom', '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.data.image_size=100'],
@@ -183,7 +185,7 @@ def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
   (tmp_path / 'file').write_text('mine')
   result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "file"}')
   assert result.returncode != 0 and 'Traceback' not in result.stderr
-  assert 'error: [Errno 17] File exists' in result.stderr
+  assert "is a file, not a folder" in result.stderr
   assert (tmp_path / 'file').read_text() == 'mine'
 
 
