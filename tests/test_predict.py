@@ -214,6 +214,17 @@ def test_label_and_safe_paths():
   assert inputs.safe_relpath('/abs/x.png') == 'abs/x.png'
 
 
+def _rules_applied_directly(cvae_run, errors):
+  """Each rule's RuleOutput on (N, S*S) errors, called with cvae_run's RULE_METRICS settings
+  written out (not read back through runs.apply_rule), in the order rules='all' lists them."""
+  from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image
+  centroids = np.load(os.path.join(cvae_run, runs.GLOBAL_CENTROIDS_FILE))
+  return {'giaem': giaem.giaem(errors, 0.5, 0.05),
+          'dbscan': dbscan.dbscan(errors, 0.7, 0.02, 4, 0.001),
+          'kmeans': kmeans_image.kmeans_image(errors, 0.3),
+          'global_kmeans': kmeans_global.global_kmeans(errors, 0.5, 1.0, centroids=centroids)}
+
+
 def test_rules_to_use_follows_the_runs_validation():
   metrics = {'giaem_anomaly_threshold': 0.5, 'giaem_tumor_index': 0.1, 'giaem_val_f1': 0.6,
              'giaem_val_accuracy': 0.9, 'kmeans_tumor_index': 0.2, 'kmeans_val_f1': 0.7,
@@ -245,18 +256,13 @@ def test_the_rules_need_the_runs_saved_centroids_and_metrics(cvae_run, tmp_path)
 def test_each_rule_scores_with_the_settings_the_run_selected(cvae_run):
   # (The other tests see that every rule gives a score, not which one: a rule applied with its
   # settings swapped, or global KMeans refitted on the inputs, passed them.)
-  from brainjax.anomaly import dbscan, giaem, kmeans_global, kmeans_image
   run = runs.load_run(cvae_run)
   images = np.stack([preprocess.preprocess(phantom.phantom_slice(5, i, positive=i < 2).image)[0]
                      for i in range(4)])[..., None]
   got = predict.predict_images(run, images, rules=runs.RULES)
   errors = runs.reconstruction_errors(run, images)
   np.testing.assert_array_equal(got.errors, errors)
-  centroids = np.load(os.path.join(cvae_run, runs.GLOBAL_CENTROIDS_FILE))
-  want = {'giaem': giaem.giaem(errors, 0.5, 0.05),
-          'dbscan': dbscan.dbscan(errors, 0.7, 0.02, 4, 0.001),
-          'kmeans': kmeans_image.kmeans_image(errors, 0.3),
-          'global_kmeans': kmeans_global.global_kmeans(errors, 0.5, 1.0, centroids=centroids)}
+  want = _rules_applied_directly(cvae_run, errors)
   for rule, out in want.items():
     np.testing.assert_array_equal(got.rule_scores[rule], out.score, err_msg=rule)
     np.testing.assert_array_equal(got.rule_labels[rule], out.prediction, err_msg=rule)
@@ -312,20 +318,60 @@ def test_messy_folder_every_file_gets_a_row(cvae_run, tmp_path):
   assert rows['yes/a.png']['true_label'] == '1' and rows['extra/deeper/c.png']['true_label'] == ''
   assert metrics['num_inputs'] == 7 and metrics['num_skipped'] == 4
   assert metrics['num_labelled'] == 2  # yes/a.png and no/b.jpg
-  for rule in runs.RULES:
-    assert all(rows[rel][f'score_{rule}'] != '' for rel in ok)
 
+  # Each rule's columns and metrics are its own (filled from the leading rule's, they passed
+  # a check that they were not empty): the rules applied directly to errors of the same
+  # slices, in predict's order and batch shape (so the same errors).
+  run = runs.load_run(cvae_run)
+  order = sorted(ok)
+  images = np.stack([preprocess.preprocess(image_io.decode_image(files[rel]), size=run.image_size,
+                                           margin=run.margin)[0] for rel in order])[..., None]
+  want = _rules_applied_directly(cvae_run, runs.reconstruction_errors(run, images))
+  assert metrics['rule'] == 'giaem'  # the best giaem_val_f1 of RULE_METRICS
+  for j, rel in enumerate(order):
+    for rule, out in want.items():
+      assert float(rows[rel][f'score_{rule}']) == pytest.approx(out.score[j], abs=1e-6), (rel, rule)
+      assert int(rows[rel][f'predicted_{rule}']) == out.prediction[j], (rel, rule)
+    assert float(rows[rel]['score']) == pytest.approx(want['giaem'].score[j], abs=1e-6)
+    assert int(rows[rel]['predicted_label']) == want['giaem'].prediction[j]
+  labelled = [order.index(rel) for rel in ('no/b.jpg', 'yes/a.png')]  # true labels 0, 1
+  # (On these labelled phantoms a rule disagrees with the leading one: else a copy of its
+  # labels and metrics would pass.)
+  assert any((out.prediction[labelled] != want['giaem'].prediction[labelled]).any()
+             for out in want.values())
+  on_disk = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  for rule, out in want.items():
+    expected = predict.labelled_metrics(np.array([0, 1]), out.prediction[labelled],
+                                        out.score[labelled])
+    prefix = '' if rule == 'giaem' else f'{rule}_'  # the leading rule's are unprefixed
+    for key, value in expected.items():
+      got = on_disk[prefix + key]
+      assert (np.nan if got is None else got) == pytest.approx(value, abs=1e-6, nan_ok=True), (
+          rule, key)
+  # The notebook API gives every rule's too.
+  records = predict.predict_paths(cvae_run, str(tmp_path / 'in'), rules='all', maps=False)
+  by_rel = {os.path.relpath(r['path'], tmp_path / 'in'): r for r in records}
+  for j, rel in enumerate(order):
+    assert by_rel[rel]['scores'] == pytest.approx(
+        {rule: out.score[j] for rule, out in want.items()}, abs=1e-6), rel
+    assert by_rel[rel]['predicted_labels'] == {
+        rule: int(out.prediction[j]) for rule, out in want.items()}, rel
+
+  heads = {}
   for rel in ok:
     scan = image_io.decode_image(files[rel])
     map_ = np.load(tmp_path / 'out' / 'maps' / f'{rel}.npy')
     assert map_.dtype == np.float32 and map_.shape == scan.shape
     assert map_.min() >= 0 and map_.max() <= 1 and map_.max() > 0
-    _, info = preprocess.preprocess(scan)
-    outside = np.ones(scan.shape, bool)
-    outside[info.top:info.bottom, info.left:info.right] = False
-    assert not map_[outside].any()  # 0 outside the head's box
+    # The rules see the whole slice, background too; outside the head (in the file's grid),
+    # where no tumour is, the map is 0 and the region empty. (Outside the head's box alone
+    # they were 0 without the head cuts too: the crop's own zero fill.)
+    image, info = preprocess.preprocess(scan)
+    heads[rel] = anomaly_maps.region_to_original(anomaly_maps.head_mask(image), info)
+    assert not map_[~heads[rel]].any()
     region = np.asarray(Image.open(tmp_path / 'out' / 'regions' / f'{rel}.png'))
     assert region.shape == scan.shape and set(np.unique(region)) <= {0, 255}
+    assert not region[~heads[rel]].any()
     shown = np.asarray(Image.open(tmp_path / 'out' / 'overlays' / f'{rel}.png'))
     assert shown.shape == scan.shape + (3,)
   assert not (tmp_path / 'out' / 'maps' / 'no' / 'notes.txt.npy').exists()
@@ -334,6 +380,7 @@ def test_messy_folder_every_file_gets_a_row(cvae_run, tmp_path):
   np.testing.assert_allclose(record['map'], np.load(tmp_path / 'out' / 'maps' / 'yes/a.png.npy'),
                              atol=1e-5)  # batch of 1 here, of 3 above
   assert record['region'].shape == record['map'].shape and record['rule'] == 'giaem'
+  assert not record['region'][~heads['yes/a.png']].any()
   assert set(record['scores']) == {'giaem'}
 
 
