@@ -4,6 +4,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import types
 
 os.environ['JAX_NUMPY_RANK_PROMOTION'] = 'raise'
 # The 8 fake devices share 2 cores on CI: a collective may wait minutes for its slowest
@@ -51,3 +52,23 @@ def eight_devices():
   if jax.local_device_count() < 8:
     pytest.skip(f'needs 8 local devices, the {jax.default_backend()} backend has '
                 f'{jax.local_device_count()} (JAX_PLATFORMS=cpu runs it)')
+
+
+class StopAfterValidating(Exception):
+  """Raised by the `validate_once` stand-in of loop.fit once it has validated."""
+
+
+@pytest.fixture
+def validate_once(monkeypatch):
+  """loop.fit replaced by a stand-in that validates once, as fit does every epoch, then stops
+  the task: which slices a task validates on, without its training (tests/test_loop.py's).
+  Returns the exception that stops it."""
+  from brainjax.train import loop  # pylint: disable=g-import-not-at-top
+
+  def fit(config, workdir, state, train_step, train_arrays, *, evaluate, **kwargs):
+    del config, workdir, train_step, train_arrays, kwargs
+    evaluate(types.SimpleNamespace(variables=state))
+    raise StopAfterValidating
+
+  monkeypatch.setattr(loop, 'fit', fit)
+  return StopAfterValidating

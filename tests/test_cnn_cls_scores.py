@@ -3,7 +3,6 @@ probabilities; eval_ids.json is rewritten only when it changes; the best checkpo
 on the validation slices."""
 import json
 import time
-import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +11,6 @@ from sklearn import metrics as sk
 
 from brainjax.data.examples import Examples
 from brainjax.tasks import cnn_cls
-from brainjax.train import loop
 from configs import cnn_cls as cnn_config
 
 # logit(tumour) - logit(healthy): every one above 17, where a float32 P(tumour) is 1.0,
@@ -91,31 +89,19 @@ def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
   assert json.loads(path.read_text()) == {'val': ['a'], 'test': ['c']}
 
 
-class StopAfterValidating(Exception):
-  """Raised by a stand-in `fit` once it has validated: the task's training and testing are
-  other tests' (tests/test_loop.py, the study's smoke run)."""
-
-
-def validate_once(config, workdir, state, train_step, train_arrays, *, evaluate, **kwargs):
-  """A stand-in for loop.fit: validates once, as fit does every epoch."""
-  del config, workdir, train_step, train_arrays, kwargs
-  evaluate(types.SimpleNamespace(variables=state))
-  raise StopAfterValidating
-
-
-def test_checkpoints_are_picked_on_the_validation_slices(tmp_path, monkeypatch, cache_dir):
+def test_checkpoints_are_picked_on_the_validation_slices(tmp_path, monkeypatch, cache_dir,
+                                                         validate_once):
   # Test slices scoring the epochs would pick the checkpoint that is then tested on them.
   validated = []
   def record(model, variables, examples, batch_size=256):
     validated.append(examples)
     return {'loss': 1.0}
   monkeypatch.setattr(cnn_cls, 'validation_metrics', record)
-  monkeypatch.setattr(loop, 'fit', validate_once)
   # (no network: its initialisation compiles for seconds, and no weights are looked at here)
   monkeypatch.setattr(cnn_cls, 'create_train_state', lambda config, model, rng: {})
   config = cnn_config.get_config('real,smoke')
   config.cache_dir = cache_dir
-  with pytest.raises(StopAfterValidating):
+  with pytest.raises(validate_once):
     cnn_cls.train_and_evaluate(config, str(tmp_path))
   eval_ids = json.loads((tmp_path / 'eval_ids.json').read_text())  # (the run's own record)
   assert len(validated) == 1

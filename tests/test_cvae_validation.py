@@ -2,7 +2,6 @@
 the real healthy validation slices."""
 import json
 import math
-import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,6 @@ import pytest
 from brainjax.data.examples import NEGATIVE
 from brainjax.tasks import cvae_cls
 from brainjax.tasks import datasets
-from brainjax.train import loop
 from configs import cvae_cls as cvae_config
 
 
@@ -43,20 +41,8 @@ def test_validation_loss_is_the_mean_over_slices_whatever_the_batches():
     np.testing.assert_allclose(got, per_slice.mean(), rtol=1e-6, err_msg=str(batch_size))
 
 
-class StopAfterValidating(Exception):
-  """Raised by a stand-in `fit` once it has validated: the task's training and anomaly rules
-  are other tests' (tests/test_loop.py, the study's smoke run)."""
-
-
-def validate_once(config, workdir, state, train_step, train_arrays, *, evaluate, **kwargs):
-  """A stand-in for loop.fit: validates once, as fit does every epoch."""
-  del config, workdir, train_step, train_arrays, kwargs
-  evaluate(types.SimpleNamespace(variables=state))
-  raise StopAfterValidating
-
-
 def test_checkpoints_are_picked_on_the_healthy_validation_slices(tmp_path, monkeypatch,
-                                                                  cache_dir):
+                                                                  cache_dir, validate_once):
   # The CVAE models healthy slices: tumour slices in its validation loss would favour a model
   # that reconstructs tumours too (their errors are what the anomaly rules look for), and
   # test slices would pick the checkpoint that is then tested on them.
@@ -65,12 +51,11 @@ def test_checkpoints_are_picked_on_the_healthy_validation_slices(tmp_path, monke
     validated.append(np.asarray(images))
     return {'loss': 1.0}
   monkeypatch.setattr(cvae_cls, 'validation_loss', record)
-  monkeypatch.setattr(loop, 'fit', validate_once)
   # (no network: its initialisation compiles for seconds, and no weights are looked at here)
   monkeypatch.setattr(cvae_cls, 'create_train_state', lambda config, model, rng: {})
   config = cvae_config.get_config('real,smoke')
   config.cache_dir = cache_dir
-  with pytest.raises(StopAfterValidating):
+  with pytest.raises(validate_once):
     cvae_cls.train_and_evaluate(config, str(tmp_path))
   assert len(validated) == 1
   # Which slices it was given, by their pixels: the val set the run recorded, healthy only.
