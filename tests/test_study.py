@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from brainjax.data import synthetic
+from brainjax.evaluation import privacy
 from brainjax.tasks import datasets
 from brainjax.tasks import study
 from brainjax.train import reporting
@@ -28,6 +30,19 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   assert {r['train_data'] for r in rows['table1']} == {'real', 'synthetic', 'mixed'}
   assert set(rows['generators']) == {'random/seed0/vae_positive', 'random/seed0/vae_negative'}
   assert 0 <= rows['generators']['random/seed0/vae_positive']['tumour_visibility'] <= 1
+  # The privacy audit compares the export with the generator's own training slices and with
+  # held-out ones (the split's test slices), recomputed here from the files.
+  sub = study.sub_config(config, 'cnn_cls', 'real', 'random', 0)
+  source = datasets.real_source(sub)
+  split = datasets.split(sub, source, 'cnn')
+  fake = synthetic.read_synthetic(
+      os.path.join(workdir, 'random', 'seed0', 'generators', 'vae_positive', 'synthetic'))
+  audit = privacy.privacy_audit(fake.images, source.examples.take(split.train).with_label(1).images,
+                                source.examples.take(split.test).with_label(1).images)
+  row = rows['generators']['random/seed0/vae_positive']
+  for key in ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate'):
+    assert row[f'pixel_{key}'] == pytest.approx(audit[key]), key
+  assert row['pixel_median_holdout_dcr'] > 0 and row['frechet_distance'] > 0
   assert os.path.exists(os.path.join(results, 'figures', 'samples_random_seed0_vae_positive.png'))
   assert 'random/CNN/real/accuracy' in summary
   # Every stage left metrics.json: a second call reruns no stage and gives the same table.
