@@ -186,7 +186,8 @@ def _folder_jobs(root: str, n: int):
 # --- per-item work (module-level functions: they run in worker processes) ---
 
 def _run_job(job, size: int, margin: float):
-  """job -> (name, label, (image, CropInfo, mask or None) or None, skip reason or None)."""
+  """job -> (name, label, (image, CropInfo, mask or None, raw thumbnail) or None, skip reason
+  or None)."""
   kind, name, label, payload = job
   if kind == 'phantom':
     piece = phantom.phantom_slice(payload[0], payload[1], bool(label))

@@ -113,16 +113,17 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
   results = []
   for task in ('cnn_cls', 'cvae_cls'):
     for train_data in ('real', 'synthetic', 'mixed'):
-      sources = ['-'] if train_data == 'real' else config.synthetic_sources.split(',')
-      for source in sources:
+      # (the generator kind whose exports it trains on; '-': none)
+      kinds = ['-'] if train_data == 'real' else config.synthetic_sources.split(',')
+      for kind in kinds:
         sub = sub_config(config, task, train_data, split_mode, seed)
-        if source != '-':
+        if kind != '-':
           labels = ('positive', 'negative') if task == 'cnn_cls' else ('negative',)
-          sub.synthetic_dirs = ','.join(exports[source][label] for label in labels)
-        name = f'{task}_{train_data}' + ('' if source == '-' else f'_{source}')
+          sub.synthetic_dirs = ','.join(exports[kind][label] for label in labels)
+        name = f'{task}_{train_data}' + ('' if kind == '-' else f'_{kind}')
         run_dir = os.path.join(workdir, split_mode, f'seed{seed}', name)
         metrics = run_stage(task, sub, run_dir)
-        results.append(dict(task=task, train_data=train_data, source=source, seed=seed,
+        results.append(dict(task=task, train_data=train_data, source=kind, seed=seed,
                             split=split_mode, run_dir=run_dir, metrics=metrics))
   return results
 
@@ -279,7 +280,8 @@ def train_and_evaluate(config, workdir):
   paths = study_table.write_tables(out_dir, results, quality)
   for path in paths:
     logging.info('Wrote %s', path)
-  print(open(paths[0]).read())
+  with open(paths[0]) as f:
+    print(f.read())  # (Table 1 on stdout, as each classifier prints its own row)
   summary = study_table.flat_summary(results, quality)
   reporting.write_metrics_json(workdir, summary)
   return summary
