@@ -56,8 +56,10 @@ def parse_flags(argv):
       sys.exit(f'error: the config file failed: {detail} (in: {given})')
     sys.exit(f'error: unknown config field {detail} (in: {given})')
   except (SyntaxError, NameError) as error:  # e.g. a run's config.json given as --config
-    sys.exit(f'error: the config file failed: {type(error).__name__}: {error} (a Python file '
-             f'with get_config(), e.g. configs/cnn_cls.py; in: {given})')
+    hint = ('' if (_config_file(argv) or '').endswith('.py') else
+            'a config is a Python file with get_config(), e.g. configs/cnn_cls.py; ')
+    sys.exit(f'error: the config file failed: {type(error).__name__}: {error} ({hint}in: '
+             f'{given})')
   except (flags.Error, OSError, ValueError, TypeError) as error:
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
     sys.exit(f'error: {last_line} (in: {given})')

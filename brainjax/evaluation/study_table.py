@@ -29,9 +29,13 @@ COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_precision',
 def _rows_of_run(run):
   """(model name, {column: value}) pairs one classifier run contributes to the table."""
   m = run['metrics']
+
+  def value(key):  # (a stage finished before macro_* was named so holds weighted_*)
+    return m.get(key, m.get(key.replace('macro_', 'weighted_')))
+
   if run['task'] == 'cnn_cls':
-    return [('CNN', {c: m.get(c) for c in COLUMNS})]
-  return [(name, {c: m.get(f'{rule}_{c}') for c in COLUMNS})
+    return [('CNN', {c: value(c) for c in COLUMNS})]
+  return [(name, {c: value(f'{rule}_{c}') for c in COLUMNS})
           for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
 
 
@@ -160,22 +164,17 @@ def write_tables(out_dir, results, quality):
 
 def flat_summary(results, quality):
   """A flat dict for the study's metrics.json, in fractions as every run's metrics.json: one key
-  per table cell (None where undefined), its `_std` over several seeds, each synthetic row's
-  gap to the real row, and the generators' rows."""
+  per table cell and its `_std` over the seeds, each synthetic row's gap to the real row and its
+  `_gap_std` (None where undefined, or from fewer than two seeds), and the generators' rows."""
   flat = {}
   for row in aggregate(results, scale=1.0):
     prefix = f'{row["split"]}/{row["model"]}/{row["train_data"]}' + (
         '' if row['source'] == '-' else f'/{row["source"]}')
-    for c in COLUMNS:
-      flat[f'{prefix}/{c}'] = row[c]
-      if row['seeds'] > 1:
-        flat[f'{prefix}/{c}_std'] = row[f'{c}_std']
+    flat.update({f'{prefix}/{c}{s}': row[f'{c}{s}'] for c in COLUMNS for s in ('', '_std')})
   for row in synthetic_gaps(results, scale=1.0):
     prefix = f'{row["split"]}/{row["model"]}/synthetic/{row["source"]}'
-    for c in GAP_COLUMNS:
-      flat[f'{prefix}/{c}_gap'] = row[f'{c}_gap']
-      if row[f'{c}_gap_seeds'] > 1:
-        flat[f'{prefix}/{c}_gap_std'] = row[f'{c}_gap_std']
+    flat.update({f'{prefix}/{c}_gap{s}': row[f'{c}_gap{s}'] for c in GAP_COLUMNS
+                 for s in ('', '_std')})
   for name, row in quality.items():
     flat.update({f'{name}/{k}': v for k, v in row.items()})
   return flat

@@ -16,9 +16,7 @@ from brainjax.train import reporting
 
 def class_training_set(config, source):
   """The real training slices (Examples) of the config's class (config.label) in `source`."""
-  train = datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
-  logging.info('Training a %s generator on %d %s slices.', config.task, len(train), config.label)
-  return train
+  return datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
 
 
 def sample_in_batches(sample_fn, variables, rng, num, batch_size):
@@ -111,6 +109,7 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
     if parallel.is_first_host() and not checkpoints.holds_checkpoint(workdir):
       remove_sample_grids(workdir)
     evaluate = sample_grid_callback(workdir, sample_fn, variables_of, config.seed)
+    logging.info('Training a %s generator on %d %s slices.', config.task, len(train), config.label)
     state, summary = loop.fit(config, workdir, state, step_fn, {'image': train.images},
                               data_key=data_key, evaluate=evaluate)
   summary.update(exported=config.export.num_samples)
