@@ -35,7 +35,6 @@ own default (all physical cores). On a GPU, `--peer-device cuda` runs the peer t
 """
 import argparse
 import ctypes
-import functools
 import json
 import os
 import pathlib
@@ -57,7 +56,6 @@ from brainjax.tasks import cnn_cls
 from brainjax.tasks import cvae_cls
 from brainjax.tasks import gan_gen
 from brainjax.tasks import vae_gen
-from brainjax.tasks import variational
 from brainjax.train import loop
 from configs import cnn_cls as cnn_config
 from configs import cvae_cls as cvae_config
@@ -213,27 +211,12 @@ def task_config(name, preset, half_precision=False):
 def train_setup(name, config, batch_size, rng):
   """(train_step, state, batch) of one task, as its train_and_evaluate builds them."""
   init_rng, image_rng, label_rng = jax.random.split(rng, 3)
-  if name == 'cnn':
-    model = cnn_cls.create_model(config)
-    state = cnn_cls.create_train_state(config, model, init_rng)
-    step = functools.partial(cnn_cls.train_step, model=model)
-  elif name == 'cvae':
-    model = cvae_cls.create_model(config)
-    state = cvae_cls.create_train_state(config, model, init_rng)
-    step = functools.partial(variational.train_step, model=model,
-                             reconstruction_loss=cvae_cls.cvae_reconstruction_loss)
-  elif name == 'vae':
-    model = vae_gen.create_model(config)
-    state = vae_gen.create_train_state(config, model, init_rng)
-    step = functools.partial(variational.train_step, model=model, kl_weight=config.kl_weight,
-                             reconstruction_loss=vae_gen.vae_reconstruction_loss)
-  elif name == 'gan':
-    generator, discriminator = gan_gen.create_models(config)
-    state = gan_gen.create_train_state(config, generator, discriminator, init_rng)
-    step = functools.partial(gan_gen.train_step, generator=generator,
-                             discriminator=discriminator)
-  else:
+  task = {'cnn': cnn_cls, 'cvae': cvae_cls, 'vae': vae_gen, 'gan': gan_gen}.get(name)
+  if task is None:
     raise ValueError(f'unknown model {name!r}; choose from {list(MODELS)}')
+  models = task.create_models(config) if name == 'gan' else (task.create_model(config),)
+  state = task.create_train_state(config, *models, init_rng)
+  step = task.make_train_step(config, *models)
   size = config.data.image_size
   batch = {'image': jax.random.uniform(image_rng, (batch_size, size, size, 1), jnp.float32),
            'label': jax.random.randint(label_rng, (batch_size,), 0, 2, jnp.int32)}

@@ -143,6 +143,12 @@ def write_eval_ids(workdir, **sets):
     f.write(text)
 
 
+def make_train_step(config, model):
+  """The train step `loop.fit` compiles, bound to this run's model (the bench times the same)."""
+  del config  # (the other tasks' steps read settings from it)
+  return functools.partial(train_step, model=model)
+
+
 def check_config(config):
   """A ValueError or FileNotFoundError for a network or training data no run can use
   (launch.py calls it before writing anything)."""
@@ -168,7 +174,7 @@ def train_and_evaluate(config, workdir):
   state = create_train_state(config, model, jax.random.PRNGKey(config.seed))
   eval_model = create_model(config)  # evaluation runs outside the data-parallel step: no axis
   state, summary = loop.fit(
-      config, workdir, state, functools.partial(train_step, model=model),
+      config, workdir, state, make_train_step(config, model),
       {'image': train.images, 'label': train.labels}, data_key=data_key,
       evaluate=lambda s: validation_metrics(eval_model, s.variables, val))
 

@@ -98,6 +98,12 @@ def sample_images(generator, variables, rng, num):
   return (generator.apply(variables, z, train=False).astype(jnp.float32) + 1.0) / 2.0
 
 
+def make_train_step(config, generator, discriminator):
+  """The train step `loop.fit` compiles, bound to this run's models (the bench times the same)."""
+  del config  # (the other tasks' steps read settings from it)
+  return functools.partial(train_step, generator=generator, discriminator=discriminator)
+
+
 def check_config(config):
   """A ValueError for settings no run can use (launch.py calls it before writing anything)."""
   generation.check_config(config)
@@ -111,5 +117,5 @@ def train_and_evaluate(config, workdir):
   state = create_train_state(config, generator, discriminator, jax.random.PRNGKey(config.seed))
   # Sampling runs outside the data-parallel step: with a generator that names no device axis.
   sample_fn = functools.partial(sample_images, create_models(config)[0])
-  step_fn = functools.partial(train_step, generator=generator, discriminator=discriminator)
-  return generation.run(config, workdir, state, step_fn, sample_fn, lambda s: s.generator.variables)
+  return generation.run(config, workdir, state, make_train_step(config, generator, discriminator),
+                        sample_fn, lambda s: s.generator.variables)
