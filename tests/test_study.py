@@ -77,6 +77,19 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
     study.train_and_evaluate(config, 'study')
   assert os.path.exists(os.path.join(workdir, 'metrics.json'))
   assert sorted(os.listdir(results)) == tables
+  # A study begun before exports recorded their data's slices: its classifier stages' record
+  # of their validation and test slices says it.
+  for label in ('positive', 'negative'):
+    manifest = os.path.join(workdir, 'random', 'seed0', 'generators', f'vae_{label}',
+                            'synthetic', 'manifest.json')
+    written = json.load(open(manifest))
+    for entry in written['classes'].values():
+      del entry['split_key']['slices']
+    json.dump(written, open(manifest, 'w'))
+  with pytest.raises(reruns.RerunRefused, match=r'study stage cnn_cls in .*cnn_cls_\w+ was '
+                     'validated and tested on other slices'):
+    study.train_and_evaluate(config, 'study')
+  assert sorted(os.listdir(results)) == tables
 
 
 def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkeypatch):

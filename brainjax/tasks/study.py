@@ -234,17 +234,20 @@ def check_layout(config, workdir):
 def check_data(config, workdir):
   """Before any stage runs: a ValueError if a split of the data leaves a classifier a set
   without a class it needs (an empty no/ folder would stop the study once its tumour
-  generators had trained), and reruns.RerunRefused if a generator of this study trained when
-  the data held other slices (files added to or removed from its folder since): finished
-  stages are reused as they are, and every stage of its seed would be tested, and its exports
-  audited, on another split."""
+  generators had trained), and reruns.RerunRefused if a stage of this study trained, validated
+  or tested when the data held other slices (files added to or removed from its folder since):
+  finished stages are reused as they are, so the table would pair rows tested on different
+  slices, and a generator may have trained on the new split's test slices."""
   source = None
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
+      eval_ids = {}  # task: the slices its stages validate and test on with the data as it is
       for task, protocol in (('cnn_cls', 'cnn'), ('cvae_cls', 'anomaly')):
         sub = sub_config(config, task, 'real', split_mode, seed)
         source = source or datasets.real_source(sub)  # (one data setting for every stage)
-        datasets.classifier_split(sub, source, protocol)
+        parts = datasets.classifier_split(sub, source, protocol)
+        eval_ids[task] = {part: sorted(map(str, source.examples.ids[getattr(parts, part)]))
+                          for part in ('val', 'test')}
       for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
         if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
           continue
@@ -253,6 +256,16 @@ def check_data(config, workdir):
         except ValueError as error:
           raise reruns.RerunRefused(f'study stage {kind}_gen in {run_dir}: {error} (in a new '
                                     '--workdir)') from None
+      # (what an export of a version that recorded no slices leaves unchecked)
+      for task, now in eval_ids.items():
+        for path in sorted(glob.glob(os.path.join(workdir, split_mode, f'seed{seed}',
+                                                  f'{task}_*', 'eval_ids.json'))):
+          with open(path) as f:
+            if json.load(f) != now:
+              raise reruns.RerunRefused(
+                  f'study stage {task} in {os.path.dirname(path)} was validated and tested on '
+                  'other slices than the data give now (files added to or removed from it '
+                  'since): run the study on this data in a new --workdir')
 
 
 def train_and_evaluate(config, workdir):
