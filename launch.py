@@ -161,10 +161,11 @@ def check_settings(config, task):
   return cache
 
 
-def prepare_workdir(config):
-  """(workdir, the config.json text it held or None): the workdir made, its config.json
-  written (the first host), unless it holds another run or another's files (a ValueError)."""
-  workdir = FLAGS.workdir or os.path.join('runs', config.name)
+def prepare_workdir(config, workdir):
+  """(workdir, the config.json text it held or None): the workdir (default runs/<config name>)
+  made, its config.json written (the first host), unless it holds another run or another's
+  files (a ValueError)."""
+  workdir = workdir or os.path.join('runs', config.name)
   if os.path.exists(workdir) and not os.path.isdir(workdir):  # (makedirs: 'File exists')
     raise ValueError(f'--workdir {workdir!r} is a file, not a folder')
   os.makedirs(workdir, exist_ok=True)
@@ -197,7 +198,7 @@ def set_up(config):
     # network reuse them instead of recompiling.
     jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-    workdir, previous_config = prepare_workdir(config)
+    workdir, previous_config = prepare_workdir(config, FLAGS.workdir)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,

@@ -57,10 +57,8 @@ _LOG_NAMES = 5
 
 
 def _cfg(data_cfg, name, default):
-  if hasattr(data_cfg, 'get'):
-    value = data_cfg.get(name, default)
-  else:
-    value = getattr(data_cfg, name, default)
+  """data_cfg[name] (a ConfigDict or dict), or `default` where it is missing or None."""
+  value = data_cfg.get(name, default)
   return default if value is None else value
 
 
