@@ -1,5 +1,6 @@
 """Test-wide settings, fixed before JAX starts: strict ranks and 8 fake CPU devices (for pmap)."""
 import atexit
+import json
 import os
 import pathlib
 import shutil
@@ -55,14 +56,15 @@ def eight_devices():
 
 
 class StopAfterValidating(Exception):
-  """Raised by the `validate_once` stand-in of loop.fit once it has validated."""
+  """Raised by validated_on's stand-in of loop.fit once it has validated."""
 
 
 @pytest.fixture
-def validate_once(monkeypatch):
-  """loop.fit replaced by a stand-in that validates once, as fit does every epoch, then stops
-  the task: which slices a task validates on, without its training (tests/test_loop.py's).
-  Returns the exception that stops it."""
+def validated_on(monkeypatch, tmp_path, cache_dir):
+  """validated_on(task, validation_fn, config): what a task's validation function is given at
+  the first validation (its third argument) and the run's eval_ids.json, without training
+  (tests/test_loop.py's): task.train_and_evaluate(config) runs, with loop.fit replaced by a
+  stand-in that validates once, as fit does every epoch, then stops it."""
   from brainjax.train import loop  # pylint: disable=g-import-not-at-top
 
   def fit(config, workdir, state, train_step, train_arrays, *, evaluate, **kwargs):
@@ -70,5 +72,21 @@ def validate_once(monkeypatch):
     evaluate(types.SimpleNamespace(variables=state))
     raise StopAfterValidating
 
-  monkeypatch.setattr(loop, 'fit', fit)
-  return StopAfterValidating
+  def run(task, validation_fn, config):
+    validated = []
+    def record(model, variables, data, *args, **kwargs):
+      del model, variables, args, kwargs
+      validated.append(data)
+      return {'loss': 1.0}
+    monkeypatch.setattr(task, validation_fn, record)
+    monkeypatch.setattr(loop, 'fit', fit)
+    # (no network: its initialisation compiles for seconds, and no weights are looked at here)
+    monkeypatch.setattr(task, 'create_train_state', lambda config, model, rng: {})
+    config.cache_dir = cache_dir
+    with pytest.raises(StopAfterValidating):
+      task.train_and_evaluate(config, str(tmp_path))
+    assert len(validated) == 1
+    with open(tmp_path / 'eval_ids.json') as f:  # (the run's own record)
+      return validated[0], json.load(f)
+
+  return run

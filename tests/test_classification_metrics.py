@@ -150,7 +150,8 @@ def test_table1_row_puts_each_value_in_its_column(tmp_path):
   assert ('| random | VAE (GIAEM) | mixed (VAE) | 11.00 | 22.00 | 33.00 | 44.00 | 55.00 | 88.00 | '
           '81.24 / 69.99 / 64.11 / 65.95 |') in table
   cnn, _ = csv.DictReader(open(csv_path))
-  assert {k: float(cnn[k]) for k in values} == pytest.approx({k: 100 * v for k, v in values.items()})
+  assert ({k: float(cnn[k]) for k in values}
+          == pytest.approx({k: 100 * v for k, v in values.items()}))
 
 
 def test_table1_reads_a_stage_finished_before_the_macro_names():

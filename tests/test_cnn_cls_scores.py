@@ -6,7 +6,6 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from sklearn import metrics as sk
 
 from brainjax.data.examples import Examples
@@ -89,21 +88,9 @@ def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
   assert json.loads(path.read_text()) == {'val': ['a'], 'test': ['c']}
 
 
-def test_checkpoints_are_picked_on_the_validation_slices(tmp_path, monkeypatch, cache_dir,
-                                                         validate_once):
+def test_checkpoints_are_picked_on_the_validation_slices(validated_on):
   # Test slices scoring the epochs would pick the checkpoint that is then tested on them.
-  validated = []
-  def record(model, variables, examples, batch_size=256):
-    validated.append(examples)
-    return {'loss': 1.0}
-  monkeypatch.setattr(cnn_cls, 'validation_metrics', record)
-  # (no network: its initialisation compiles for seconds, and no weights are looked at here)
-  monkeypatch.setattr(cnn_cls, 'create_train_state', lambda config, model, rng: {})
-  config = cnn_config.get_config('real,smoke')
-  config.cache_dir = cache_dir
-  with pytest.raises(validate_once):
-    cnn_cls.train_and_evaluate(config, str(tmp_path))
-  eval_ids = json.loads((tmp_path / 'eval_ids.json').read_text())  # (the run's own record)
-  assert len(validated) == 1
-  assert sorted(map(str, validated[0].ids)) == eval_ids['val']
-  assert set(validated[0].labels) == {0, 1} and not set(eval_ids['val']) & set(eval_ids['test'])
+  validated, eval_ids = validated_on(cnn_cls, 'validation_metrics',
+                                     cnn_config.get_config('real,smoke'))
+  assert sorted(map(str, validated.ids)) == eval_ids['val']
+  assert set(validated.labels) == {0, 1} and not set(eval_ids['val']) & set(eval_ids['test'])

@@ -1,11 +1,9 @@
 """BrainCVAE's validation loss (it picks the best checkpoint): a mean over the slices, of
 the real healthy validation slices."""
-import json
 import math
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from brainjax.data.examples import NEGATIVE
 from brainjax.tasks import cvae_cls
@@ -41,29 +39,18 @@ def test_validation_loss_is_the_mean_over_slices_whatever_the_batches():
     np.testing.assert_allclose(got, per_slice.mean(), rtol=1e-6, err_msg=str(batch_size))
 
 
-def test_checkpoints_are_picked_on_the_healthy_validation_slices(tmp_path, monkeypatch,
-                                                                  cache_dir, validate_once):
+def test_checkpoints_are_picked_on_the_healthy_validation_slices(validated_on):
   # The CVAE models healthy slices: tumour slices in its validation loss would favour a model
   # that reconstructs tumours too (their errors are what the anomaly rules look for), and
   # test slices would pick the checkpoint that is then tested on them.
-  validated = []
-  def record(model, variables, images, seed, batch_size=256):
-    validated.append(np.asarray(images))
-    return {'loss': 1.0}
-  monkeypatch.setattr(cvae_cls, 'validation_loss', record)
-  # (no network: its initialisation compiles for seconds, and no weights are looked at here)
-  monkeypatch.setattr(cvae_cls, 'create_train_state', lambda config, model, rng: {})
   config = cvae_config.get_config('real,smoke')
-  config.cache_dir = cache_dir
-  with pytest.raises(validate_once):
-    cvae_cls.train_and_evaluate(config, str(tmp_path))
-  assert len(validated) == 1
+  validated, eval_ids = validated_on(cvae_cls, 'validation_loss', config)
   # Which slices it was given, by their pixels: the val set the run recorded, healthy only.
   examples = datasets.real_source(config).examples  # (all the real slices, from the cache)
   id_of = {image.tobytes(): str(i) for image, i in zip(examples.images, examples.ids)}
   assert len(id_of) == len(examples)  # (no two alike: each image names one slice)
   label_of = dict(zip(map(str, examples.ids), examples.labels))
-  val_ids = json.loads((tmp_path / 'eval_ids.json').read_text())['val']
+  val_ids = eval_ids['val']
   healthy_val = [i for i in val_ids if label_of[i] == NEGATIVE]
   assert 0 < len(healthy_val) < len(val_ids)  # (the val set holds both classes)
-  assert sorted(id_of.get(image.tobytes(), '?') for image in validated[0]) == healthy_val
+  assert sorted(id_of.get(image.tobytes(), '?') for image in np.asarray(validated)) == healthy_val

@@ -127,6 +127,11 @@ def table_row(model_name, train_data, metrics):
   return f'| {model_name} | {train_data} | ' + ' | '.join(f'{c:.2f}' for c in cells) + ' |'
 
 
+def eval_ids(**ids):
+  """What eval_ids.json holds of each set's slice ids (e.g. val=, test=): sorted strings."""
+  return {k: sorted(map(str, v)) for k, v in ids.items()}
+
+
 def write_eval_ids(workdir, **sets):
   """Records which real slices were validated and tested on (the same for every variant).
 
@@ -134,7 +139,7 @@ def write_eval_ids(workdir, **sets):
   leave the workdir untouched (reruns.untouched_since), so that its config.json is put back.
   """
   path = os.path.join(workdir, 'eval_ids.json')
-  text = json.dumps({k: sorted(map(str, v.ids)) for k, v in sets.items()})
+  text = json.dumps(eval_ids(**{k: v.ids for k, v in sets.items()}))
   if os.path.isfile(path):
     with open(path) as f:
       if f.read() == text:

@@ -136,7 +136,8 @@ def train_and_evaluate(config, workdir):
   val_healthy = val.with_label(NEGATIVE).images
   state, summary = loop.fit(
       config, workdir, state, make_train_step(config, model), {'image': train.images},
-      data_key=data_key, evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
+      data_key=data_key,
+      evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)
   val_errors = recon_error.reconstruction_error(Reconstruction(model), val.images,

@@ -71,8 +71,7 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
     return discriminator.apply({'params': d_params}, images, train=True).astype(jnp.float32)
 
   # One generator pass serves both updates (as in the PyTorch reference the bench compares
-  # with); its VJP is applied
-  # once the updated discriminator has judged the same fake slices.
+  # with); its VJP is applied once the updated discriminator has judged the same fake slices.
   fake, generator_vjp, g_batch_stats = jax.vjp(generate, g.params, has_aux=True)
 
   def d_loss_fn(d_params):

@@ -410,16 +410,17 @@ def check_config(config):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
   if config.input:
     inputs_lib.list_inputs(config.input)  # (a wrong path fails here, before any output)
-  task = config.smoke_task if config.get('smoke') and not config.model_dir else None
   if config.model_dir:
     task = runs.load_run_config(config.model_dir).get('task')
     if task not in runs.MODEL_TASKS:
       raise ValueError(f'{config.model_dir!r} is a {task!r} run; predict needs a '
                        f'{" or ".join(runs.MODEL_TASKS)} run')
-  elif task not in runs.MODEL_TASKS:
-    raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run'
-                     if task is None else
-                     f'smoke_task={config.smoke_task!r}; expected one of {runs.MODEL_TASKS}')
+  elif config.get('smoke'):  # (it trains a model of smoke_task)
+    task = config.smoke_task
+    if task not in runs.MODEL_TASKS:
+      raise ValueError(f'smoke_task={task!r}; expected one of {runs.MODEL_TASKS}')
+  else:
+    raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   rules = (config.rules or 'selected').strip()
   if task == 'cnn_cls' and rules != 'selected':
     raise ValueError(f'rules={config.rules!r}: a BrainCNN run has no anomaly rules (a cvae_cls '

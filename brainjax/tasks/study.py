@@ -246,8 +246,8 @@ def check_data(config, workdir):
         sub = sub_config(config, task, 'real', split_mode, seed)
         source = source or datasets.real_source(sub)  # (one data setting for every stage)
         parts = datasets.classifier_split(sub, source, protocol)
-        eval_ids[task] = {part: sorted(map(str, source.examples.ids[getattr(parts, part)]))
-                          for part in ('val', 'test')}
+        ids = source.examples.ids
+        eval_ids[task] = cnn_cls.eval_ids(val=ids[parts.val], test=ids[parts.test])
       for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
         if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
           continue
