@@ -1,5 +1,4 @@
 """Preprocessing (study 5.1): head box, centring, resize, intensity; inverse mapping."""
-import dataclasses
 
 import numpy as np
 import pytest
@@ -115,14 +114,6 @@ def test_bad_arguments():
     preprocess.preprocess(image, margin=1.5)
   with pytest.raises(ValueError, match='size'):
     preprocess.preprocess(image, size=0)
-
-
-def test_crop_info_round_trips_through_a_dict():
-  _, info = preprocess.preprocess(_disk_image(90, 70, 40, 30, 20))
-  again = preprocess.CropInfo.from_dict(dataclasses.asdict(info))
-  assert again == info
-  with pytest.raises(ValueError, match='unknown'):
-    preprocess.CropInfo.from_dict({**dataclasses.asdict(info), 'extra': 1})
 
 
 @pytest.mark.parametrize('seed,index', [(0, 1), (1, 4), (2, 7), (3, 3)])

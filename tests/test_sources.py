@@ -12,6 +12,7 @@ from PIL import Image
 import pytest
 
 from brainjax.data import dedup
+from brainjax.data import image_io
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import sources
@@ -70,8 +71,8 @@ def test_unknown_dataset_lists_valid_names(tmp_path):
     sources.load_source(_cfg(dataset='mnist'), str(tmp_path))
 
 
-def test_phantom_examples_masks_and_infos(tmp_path):
-  examples, infos, _ = sources.load_source(_cfg(num_per_class=3, seed=4), str(tmp_path))
+def test_phantom_examples_and_masks(tmp_path):
+  examples, _ = sources.load_source(_cfg(num_per_class=3, seed=4), str(tmp_path))
   assert examples.images.shape == (6, 64, 64, 1) and examples.images.dtype == np.float32
   assert examples.masks.shape == (6, 64, 64) and examples.masks.dtype == np.uint8
   assert list(examples.ids[:2]) == ['no/phantom_00000.png', 'no/phantom_00001.png']
@@ -82,11 +83,11 @@ def test_phantom_examples_masks_and_infos(tmp_path):
   raw = phantom.phantom_slice(4, 1, False).image
   expected = np.asarray(Image.fromarray(raw).convert('L').resize((32, 32), Image.BILINEAR)) / 255
   np.testing.assert_allclose(source.raw_thumbnails[1], expected, atol=0.02)
-  # Each CropInfo maps back onto its raw slice, whose mask it reproduces.
+  # Each mask is its raw slice's, cropped as the slice is: mapped back, it reproduces it.
   for k, index in enumerate([0, 1, 2]):
     raw = phantom.phantom_slice(4, index, True)
-    info = infos[3 + k]
-    assert info.orig_shape == raw.mask.shape
+    image, info = sources.preprocess_lib.preprocess(image_io.to_gray_float(raw.image), 64, 0.05)
+    np.testing.assert_allclose(examples.images[3 + k, ..., 0], image, atol=1e-6)
     back = sources.preprocess_lib.to_original_grid(examples.masks[3 + k], info) >= 0.5
     overlap = (back & (raw.mask > 0)).sum() / max(1, raw.mask.sum())
     assert overlap > 0.7
@@ -102,10 +103,10 @@ def test_cache_hit_and_key(tmp_path, monkeypatch):
     raise AssertionError('preprocessing ran although the cache holds the result')
 
   monkeypatch.setattr(sources, '_run_jobs', no_work)
-  second, infos, _ = sources.load_source(_cfg(), cache)
+  second, _ = sources.load_source(_cfg(), cache)
   np.testing.assert_array_equal(first.images, second.images)
   np.testing.assert_array_equal(first.masks, second.masks)
-  assert list(first.ids) == list(second.ids) and len(infos) == len(second)
+  assert list(first.ids) == list(second.ids)
   for change in (dict(image_size=32), dict(margin=0.1), dict(seed=1), dict(num_per_class=2)):
     with pytest.raises(AssertionError, match='cache holds'):
       sources.load_source(_cfg(**change), cache)  # a new key: it would have to recompute
@@ -130,12 +131,12 @@ def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder,
   before = _digest_tree(messy_folder)
   warnings = []
   monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
-  examples, infos, _ = sources.load_source(
+  examples, _ = sources.load_source(
       _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=0), str(tmp_path))
   names = set(examples.ids)
   assert {'yes/yes0.jpg', 'yes/nested/deep.png', 'no/sixteen.png', 'no/nested/deep.png'} <= names
   assert not {'yes/notes.txt', 'yes/corrupt.jpg', 'yes/truncated.jpg', 'no/blank.png'} & names
-  assert len(examples) == 9 and len(infos) == 9 and examples.masks is None
+  assert len(examples) == 9 and examples.masks is None
   np.testing.assert_array_equal(examples.labels, [n.startswith('yes/') for n in examples.ids])
   (message,) = [w for w in warnings if 'Skipped' in w]
   assert 'Skipped 4 of 13' in message and 'truncated' in message
@@ -292,7 +293,7 @@ def test_a_link_to_a_folder_inside_reads_that_folder_where_it_is(tmp_path):
 
 def test_br35h_source_on_fake_download(tmp_path):
   _fake_br35h(tmp_path / 'br35h')
-  examples, _, _ = sources.load_source(
+  examples, _ = sources.load_source(
       _cfg(dataset='br35h', data_dir=str(tmp_path / 'br35h'), num_per_class=0), str(tmp_path))
   assert list(examples.ids) == ['no/n0.jpg', 'no/n1.jpg', 'yes/y0.jpg', 'yes/y1.jpg']
 
@@ -302,23 +303,19 @@ def test_synthetic_source_is_not_recropped(tmp_path):
   images = rng.uniform(size=(3, 64, 64, 1)).astype(np.float32)
   images[:, :20] = 0.0
   synthetic.write_synthetic(str(tmp_path / 'syn'), images, 1, {'generator': 'test'})
-  examples, infos, _ = sources.load_source(
+  examples, _ = sources.load_source(
       _cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn')), str(tmp_path))
   np.testing.assert_allclose(examples.images, images, atol=0.5 / 255 + 1e-6)
-  assert infos[0].orig_shape == (64, 64) and infos[0].side == 64
   with pytest.raises(ValueError, match='image_size'):
     sources.load_source(_cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn'),
                              image_size=128), str(tmp_path))
 
 
 def test_real_br35h_smoke(br35h_dir, cache_dir):
-  examples, infos, _ = sources.load_source(
+  examples, _ = sources.load_source(
       _cfg(dataset='br35h', data_dir=str(br35h_dir), num_per_class=4, image_size=128), cache_dir)
   assert len(examples) == 8 and examples.images.shape[1:] == (128, 128, 1)
   np.testing.assert_array_equal(examples.labels, [0] * 4 + [1] * 4)
-  for name, info in zip(examples.ids, infos):
-    with Image.open(os.path.join(br35h_dir, name)) as image:
-      assert info.orig_shape == (image.height, image.width)
 
 
 @pytest.mark.slow

@@ -223,7 +223,7 @@ def test_an_export_from_a_generator_of_other_slices_in_the_data_is_refused(tmp_p
 
   def source(n):  # a real source of n files
     return sources.Source(Examples(images=_images(n), labels=np.arange(n) % 2,
-                                   ids=np.array([f'{i}.png' for i in range(n)])), [], None)
+                                   ids=np.array([f'{i}.png' for i in range(n)])), None)
 
   generator = vae_gen.get_config('positive,smoke')
   out, older = str(tmp_path / 'export'), str(tmp_path / 'older')

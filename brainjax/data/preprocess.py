@@ -31,7 +31,7 @@ each side), which is resized to size x size (PIL, antialiased bilinear).
 (`apply_crop`) or to map a (size, size) map back (`to_original_grid`).
 """
 import dataclasses
-from typing import Any, Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 from PIL import Image
@@ -87,21 +87,6 @@ class CropInfo:
   pad_left: int
   background: float = 0.0
   scale: float = 1.0
-
-  @classmethod
-  def from_dict(cls, d: Dict[str, Any]) -> 'CropInfo':
-    fields = {f.name: f.type for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(fields)
-    if unknown:
-      raise ValueError(f'unknown CropInfo fields {sorted(unknown)}')
-    return cls(**{k: (float(v) if fields[k] in ('float', float) else int(v)) for k, v in d.items()})
-
-  @classmethod
-  def identity(cls, height: int, width: int) -> 'CropInfo':
-    """The info of an image that is already preprocessed (square, no crop)."""
-    if height != width:
-      raise ValueError(f'identity CropInfo needs a square image, got {height}x{width}')
-    return cls(height, width, 0, 0, height, width, height, 0, 0)
 
   @property
   def orig_shape(self) -> Tuple[int, int]:

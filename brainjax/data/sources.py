@@ -41,7 +41,6 @@ from brainjax.data import phantom
 from brainjax.data import preprocess as preprocess_lib
 from brainjax.data import synthetic
 from brainjax.data.examples import Examples
-from brainjax.data.preprocess import CropInfo
 
 DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
 PHANTOM_DEFAULT_PER_CLASS = 1500
@@ -52,7 +51,6 @@ PHANTOM_DEFAULT_PER_CLASS = 1500
 PREPROCESS_VERSION = 6
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
-_CROP_FIELDS = [f for f in CropInfo.__dataclass_fields__]
 _LOG_NAMES = 5
 
 
@@ -81,12 +79,11 @@ def _settings(data_cfg):
 class Source(NamedTuple):
   """Everything a source yields, row-aligned with examples."""
   examples: Examples
-  crops: List[CropInfo]  # maps each output back onto its file's pixel grid
   raw_thumbnails: np.ndarray  # (N, 32, 32) float32 of the whole raw file (for dedup)
 
 
 def load_source(data_cfg, cache_dir: str) -> Source:
-  """Examples, CropInfos and raw-file thumbnails of the configured source.
+  """Examples and raw-file thumbnails of the configured source.
 
   The raw thumbnails (whole canvas, 32x32) are a second view for near-duplicate
   grouping: `dedup.near_duplicate_groups(examples.images, t, extra_views=[raw])`.
@@ -184,7 +181,7 @@ def _folder_jobs(root: str, n: int):
 # --- per-item work (module-level functions: they run in worker processes) ---
 
 def _run_job(job, size: int, margin: float):
-  """job -> (name, label, (image, CropInfo, mask or None, raw thumbnail) or None, skip reason
+  """job -> (name, label, (image, mask or None, raw thumbnail) or None, skip reason
   or None)."""
   kind, name, label, payload = job
   if kind == 'phantom':
@@ -203,7 +200,7 @@ def _run_job(job, size: int, margin: float):
     return name, label, None, f'blank: {e}'
   if mask is not None:
     mask = preprocess_lib.apply_crop(mask, info, size)
-  return name, label, (out, info, mask, _raw_thumbnail(image)), None
+  return name, label, (out, mask, _raw_thumbnail(image)), None
 
 
 def _run_chunk(jobs, size: int, margin: float):
@@ -302,8 +299,8 @@ def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
       images=np.stack([r[2][0] for r in kept])[..., None].astype(np.float32),
       labels=np.asarray([r[1] for r in kept], np.int32),
       ids=np.asarray([r[0] for r in kept]),
-      masks=np.stack([r[2][2] for r in kept]).astype(np.uint8) if with_masks else None)
-  source = Source(examples, [r[2][1] for r in kept], np.stack([r[2][3] for r in kept]))
+      masks=np.stack([r[2][1] for r in kept]).astype(np.uint8) if with_masks else None)
+  source = Source(examples, np.stack([r[2][2] for r in kept]))
   _write_cache(path, source, skipped)
   logging.info('Preprocessed %d %s examples (%d skipped); cached at %s', len(examples), dataset,
                len(skipped), path)
@@ -314,9 +311,7 @@ def _write_cache(path, source: Source, skipped):
   examples = source.examples
   arrays = dict(
       images=examples.images[..., 0], labels=examples.labels, ids=examples.ids.astype(str),
-      crop=np.asarray([[getattr(i, f) for f in _CROP_FIELDS] for i in source.crops], np.float64),
       raw_thumbnails=source.raw_thumbnails,
-      crop_fields=np.asarray(_CROP_FIELDS),
       skipped_names=np.asarray([s[0] for s in skipped], str),
       skipped_reasons=np.asarray([s[1] for s in skipped], str))
   if examples.masks is not None:
@@ -334,17 +329,13 @@ def _write_cache(path, source: Source, skipped):
 
 def _read_cache(path) -> Source:
   with np.load(path, allow_pickle=False) as data:
-    fields = [str(f) for f in data['crop_fields']]
-    if fields != _CROP_FIELDS:
-      raise ValueError('cache written with other CropInfo fields')
-    infos = [CropInfo.from_dict(dict(zip(fields, row.tolist()))) for row in data['crop']]
     examples = Examples(images=data['images'][..., None], labels=data['labels'],
                         ids=data['ids'], masks=data['masks'] if 'masks' in data else None)
     raw_thumbnails = data['raw_thumbnails']
     skipped = len(data['skipped_names'])
   if skipped:
     logging.info('(%d files were skipped when this cache was built)', skipped)
-  return Source(examples, infos, raw_thumbnails)
+  return Source(examples, raw_thumbnails)
 
 
 def _load_synthetic(data_dir, size, n) -> Source:
@@ -357,4 +348,4 @@ def _load_synthetic(data_dir, size, n) -> Source:
             enumerate(zip(examples.ids, examples.labels))]
     examples = examples.take(np.asarray(sorted(r[2] for r in _first_per_class(rows, n)), np.int64))
   thumbs = np.stack([_raw_thumbnail(im[..., 0]) for im in examples.images])
-  return Source(examples, [CropInfo.identity(size, size) for _ in range(len(examples))], thumbs)
+  return Source(examples, thumbs)
