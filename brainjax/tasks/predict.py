@@ -429,6 +429,57 @@ def check_config(config):
     runs.rules_to_use(rules, {})  # (the names; which ones the run evaluated: when it loads)
 
 
+def _files_to_read(input_path, workdir):
+  """The input's files, less those of predict workdirs inside it (outputs, not scans)."""
+  files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
+  if not files:
+    logging.warning('%s holds no files: nothing to predict.', input_path)
+  # Predict workdirs in the input (this one, or an earlier run's). A workdir holding the
+  # input (smoke mode writes it there) is not in it.
+  outputs = _predict_workdirs_among(files)
+  own = os.path.realpath(workdir) + os.sep
+  if own.startswith(os.path.realpath(input_path) + os.sep):
+    outputs.append(own)
+  kept = [f for f in files if f.in_zip or not os.path.realpath(f.source).startswith(tuple(outputs))]
+  if len(kept) < len(files):
+    logging.info('Not reading %d files of predict workdirs in the input.', len(files) - len(kept))
+  return kept
+
+
+def _write_maps(config, workdir, prepared, preds) -> int:
+  """Writes each predicted file's map and region; returns how many could not be written
+  (their status says why)."""
+  with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:
+    failures = list(pool.map(lambda j: _write_map_outputs(
+        workdir, prepared.items[prepared.ok[j]], prepared.images[j, ..., 0],
+        preds.errors[j], preds.region[j], prepared.infos[j]), range(len(prepared.ok))))
+  for i, failure in zip(prepared.ok, failures):
+    if failure:
+      prepared.status[i] = f'ok; maps not written: {failure}'
+  num_failed = sum(1 for failure in failures if failure)
+  if num_failed:
+    logging.warning('%d maps not written; see the status column of predictions.csv.', num_failed)
+  return num_failed
+
+
+def _metrics_of_labelled_files(prepared, preds, rules):
+  """The metrics of the files whose folders give their label (yes/, no/); {} if none do."""
+  labels = np.array([prepared.items[i].label for i in prepared.ok], object)
+  known = np.array([l is not None for l in labels], bool)
+  if not known.any():
+    return {}
+  y = labels[known].astype(np.int32)
+  ranked = preds.score if preds.log_odds is None else preds.log_odds
+  metrics = labelled_metrics(y, preds.label[known], ranked[known])
+  for r in rules[1:]:
+    extra = labelled_metrics(y, preds.rule_labels[r][known], preds.rule_scores[r][known])
+    metrics.update({f'{r}_{k}': v for k, v in extra.items()})
+  logging.info('Labelled inputs: %d; accuracy %.4f, balanced accuracy %.4f, ROC AUC %s.',
+               int(known.sum()), metrics['accuracy'], metrics['balanced_accuracy'],
+               metrics['auroc'])
+  return metrics
+
+
 def train_and_evaluate(config, workdir):
   """Predicts config.input with the run in config.model_dir; writes into workdir."""
   start = time.perf_counter()
@@ -438,19 +489,7 @@ def train_and_evaluate(config, workdir):
   check_config(config)
   if config.get('smoke'):
     model_dir, input_path = _smoke_inputs(config, workdir)
-  files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
-  if not files:
-    logging.warning('%s holds no files: nothing to predict.', input_path)
-  # Predict workdirs in the input (this one, or an earlier run's): outputs, not scans. A
-  # workdir holding the input (smoke mode writes it there) is not in it.
-  outputs = _predict_workdirs_among(files)
-  own = os.path.realpath(workdir) + os.sep
-  if own.startswith(os.path.realpath(input_path) + os.sep):
-    outputs.append(own)
-  kept = [f for f in files if f.in_zip or not os.path.realpath(f.source).startswith(tuple(outputs))]
-  if len(kept) < len(files):
-    logging.info('Not reading %d files of predict workdirs in the input.', len(files) - len(kept))
-  files = kept
+  files = _files_to_read(input_path, workdir)
   _check_input_outside_map_folders(workdir, input_path)
   # An earlier prediction's outputs: none until this one's are written (config.json, which
   # launch.py has rewritten, describes this one; a refused or killed one leaves none).
@@ -461,6 +500,7 @@ def train_and_evaluate(config, workdir):
                run.task, model_dir, f' (rules: {", ".join(rules)})' if rules else '')
 
   seconds = {'load': time.perf_counter() - start}
+  num_without_maps = 0
   with inputs_lib.Reader() as reader:
     tick = time.perf_counter()
     prepared = prepare(file_items(files, reader), run.image_size, run.margin, config.num_threads)
@@ -469,19 +509,8 @@ def train_and_evaluate(config, workdir):
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
     seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()
-    num_without_maps = 0
     if rules and config.write_maps:
-      with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:
-        failures = list(pool.map(lambda j: _write_map_outputs(
-            workdir, prepared.items[prepared.ok[j]], prepared.images[j, ..., 0],
-            preds.errors[j], preds.region[j], prepared.infos[j]), range(len(prepared.ok))))
-      for i, failure in zip(prepared.ok, failures):
-        if failure:
-          prepared.status[i] = f'ok; maps not written: {failure}'
-          num_without_maps += 1
-      if num_without_maps:
-        logging.warning('%d maps not written; see the status column of predictions.csv.',
-                        num_without_maps)
+      num_without_maps = _write_maps(config, workdir, prepared, preds)
       seconds['maps'] = time.perf_counter() - tick
 
   fields, rows = _csv_rows(prepared, preds, rules)
@@ -498,19 +527,7 @@ def train_and_evaluate(config, workdir):
   if num_unreadable:
     logging.warning('%d of %d files skipped (unreadable, not an image, or no head); see the '
                     'status column of predictions.csv.', num_unreadable, len(files))
-
-  labels = np.array([prepared.items[i].label for i in prepared.ok], object)
-  known = np.array([l is not None for l in labels], bool)
-  if known.any():
-    y = labels[known].astype(np.int32)
-    ranked = preds.score if preds.log_odds is None else preds.log_odds
-    metrics.update(labelled_metrics(y, preds.label[known], ranked[known]))
-    for r in rules[1:]:
-      extra = labelled_metrics(y, preds.rule_labels[r][known], preds.rule_scores[r][known])
-      metrics.update({f'{r}_{k}': v for k, v in extra.items()})
-    logging.info('Labelled inputs: %d; accuracy %.4f, balanced accuracy %.4f, ROC AUC %s.',
-                 int(known.sum()), metrics['accuracy'], metrics['balanced_accuracy'],
-                 metrics['auroc'])
+  metrics.update(_metrics_of_labelled_files(prepared, preds, rules))
   reporting.write_metrics_json(workdir, metrics)
   logging.info('Predicted %d of %d files in %.1f s (%s); wrote %s.', len(prepared.ok),
                len(files), seconds['total'],
