@@ -2,6 +2,7 @@
 import hashlib
 import io
 import os
+import shutil
 import time
 import zipfile
 
@@ -124,6 +125,27 @@ def test_damaged_cache_is_rebuilt(tmp_path):
       f.write(damaged)
     again = sources.load_source(_cfg(num_per_class=1), cache).examples
     np.testing.assert_array_equal(first.images, again.images)
+
+
+def test_an_image_in_both_classes_is_named(tmp_path, monkeypatch):
+  root = tmp_path / 'data'
+  for label, positive in (('yes', True), ('no', False)):
+    (root / label).mkdir(parents=True)
+    for i in range(2):
+      _scan(2, i, positive).save(root / label / f'{label}{i}.png')
+  shutil.copyfile(root / 'yes' / 'yes1.png', root / 'no' / 'copy.png')
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(root), num_per_class=0),
+                                    str(tmp_path / 'cache'))
+  assert len(examples) == 5  # kept, as given
+  (message,) = [w for w in warnings if 'identical files in yes/ and no/' in w]
+  assert message.endswith('kept under both labels: 1 (no/copy.png = yes/yes1.png)')
+  warnings.clear()
+  os.remove(root / 'no' / 'copy.png')
+  sources.load_source(_cfg(dataset='folder', data_dir=str(root), num_per_class=0),
+                      str(tmp_path / 'cache'))
+  assert not [w for w in warnings if 'identical files' in w]
 
 
 def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder, tmp_path,

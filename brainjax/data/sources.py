@@ -109,8 +109,23 @@ def load_source(data_cfg, cache_dir: str) -> Source:
   else:
     jobs = _folder_jobs(data_dir, n)
     digests = [file_digest(job[3]) for job in jobs]
+  _warn_of_files_in_both_classes(jobs, digests, data_dir)
   key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
   return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source_dir=data_dir)
+
+
+def _warn_of_files_in_both_classes(jobs, digests, data_dir) -> None:
+  """Logs the images whose bytes are in yes/ and in no/: one image under two labels, label
+  noise that no split removes. They are kept, as given."""
+  names = {}  # digest: {label: first file name}
+  for (_, name, label, _), digest in zip(jobs, digests):
+    if not digest.startswith('unreadable'):
+      names.setdefault(digest, {}).setdefault(label, name)
+  both = [' = '.join(sorted(by_label.values())) for by_label in names.values() if len(by_label) > 1]
+  if both:
+    logging.warning('%s: identical files in yes/ and no/, kept under both labels: %d (%s%s)',
+                    data_dir, len(both), '; '.join(both[:_LOG_NAMES]),
+                    ' ...' if len(both) > _LOG_NAMES else '')
 
 
 def check_location(data_cfg) -> None:
