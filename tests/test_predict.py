@@ -569,6 +569,7 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
   too_long = 'x' * 250 + '.png'  # fine as an input, too long as maps/<name>.npy
   for name in (latin1, too_long):
     (tmp_path / 'second' / name).write_bytes(scan)
+  os.mkfifo(tmp_path / 'second' / 'pipe.png')  # (reading it would wait for a writer)
   # A refused rerun (launch.py refuses it before it rewrites config.json) leaves every output.
   before = sorted(p.relative_to(tmp_path) for p in (tmp_path / 'out').rglob('*'))
   with pytest.raises(FileNotFoundError, match='has no config.json'):
@@ -585,7 +586,10 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
   rows, metrics = _predict(cvae_run, tmp_path / 'second', tmp_path / 'out')
   assert rows['scan_\\udce9.png']['status'] == 'ok'  # the CSV escapes the undecodable byte
   assert rows[too_long]['status'] == 'ok; maps not written: File name too long'
+  assert rows['pipe.png']['status'] == ('skipped: cannot read file: not a regular file (a pipe, '
+                                        'socket or device)')
   assert metrics['num_without_maps'] == 1 and metrics['num_predicted'] == 2
+  assert metrics['num_unreadable'] == 1 and metrics['num_inputs'] == 3
   assert os.listdir(tmp_path / 'out' / 'maps') == [latin1 + '.npy']  # the first run's are gone
   with pytest.raises(ValueError, match='output folder'):
     _predict(cvae_run, tmp_path / 'out' / 'maps', tmp_path / 'out')

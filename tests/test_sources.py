@@ -445,16 +445,28 @@ def test_macos_metadata_beside_a_zip_is_not_a_second_zip(tmp_path):
   assert layout.locate_download(str(tmp_path)) == ('zip', str(tmp_path / 'br35h.zip'))
 
 
-def test_a_link_up_the_tree_and_a_fifo_are_not_read(tmp_path):
-  # yes/loop -> .. would read no/ again under yes/, as tumour slices; a FIFO would block.
+def test_a_link_up_the_tree_is_not_read_and_a_fifo_is_refused(tmp_path, monkeypatch):
+  # yes/loop -> .. would read no/ again under yes/, as tumour slices; reading a FIFO would
+  # wait for a writer: it is listed, and refused by its reader (a counted skip).
   for label in ('yes', 'no'):
     (tmp_path / label).mkdir()
-    (tmp_path / label / f'{label}0.png').write_bytes(b'x')
+    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
   (tmp_path / 'yes' / 'loop').symlink_to(tmp_path)
   os.mkfifo(tmp_path / 'yes' / 'pipe.png')
   (tmp_path / 'no' / 'broken.png').symlink_to(tmp_path / 'missing.png')  # kept: reported
   assert [(n, y) for n, y, _ in layout.iter_folder(str(tmp_path))] == [
-      ('no/broken.png', 0), ('no/no0.png', 0), ('yes/yes0.png', 1)]
+      ('no/broken.png', 0), ('no/no0.png', 0), ('yes/pipe.png', 1), ('yes/yes0.png', 1)]
+  assert sources.file_digest(str(tmp_path / 'yes' / 'pipe.png')).startswith(
+      'unreadable: not a regular file')
+  with pytest.raises(image_io.UnreadableImage, match='not a regular file'):
+    image_io.read_image_file(tmp_path / 'yes' / 'pipe.png')
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path),
+                                         num_per_class=0), str(tmp_path / 'cache'))
+  assert list(examples.ids) == ['no/no0.png', 'yes/yes0.png']
+  (message,) = [w for w in warnings if 'Skipped' in w]
+  assert 'Skipped 2 of 4' in message and 'yes/pipe.png (unreadable' in message
 
 
 def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path):

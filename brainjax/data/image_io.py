@@ -22,6 +22,8 @@ from PIL import Image
 from PIL import ImageFile
 from PIL import ImageOps
 
+from brainjax.data import layout
+
 # ITU-R BT.601 luma, the weights PIL uses for 'RGB' -> 'L'.
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b'\xff\xd8', b'\xff\xda', b'\xff\xd9'
@@ -158,7 +160,7 @@ def read_image_file(path) -> np.ndarray:
   """Reads and decodes one file (never modified); see decode_image."""
   path = os.fspath(path)
   try:
-    with open(path, 'rb') as f:
+    with layout.open_file(path) as f:
       data = f.read()
   except OSError as e:
     raise UnreadableImage(f'cannot read file: {e.strerror or e}') from None

@@ -6,7 +6,9 @@ name, copies that a random split would spread across train and test. Files below
 class folders are read recursively, following links to folders. Hidden files and OS
 metadata (.DS_Store, __MACOSX/, Thumbs.db) are not scans and are ignored.
 """
+import errno
 import os
+import stat
 import zipfile
 import zlib
 from typing import Iterator, List, Optional, Tuple
@@ -94,15 +96,28 @@ def locate_download(path: str) -> Tuple[str, str]:
       f'exactly one .zip of them (found {len(zips)} zips)')
 
 
+def open_file(path: str):
+  """`path` opened for binary reading, or an OSError: also for a FIFO, socket or device, whose
+  read could wait for ever or never end (opened without waiting, then refused)."""
+  fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+  try:
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+      raise OSError(errno.EINVAL, 'not a regular file (a pipe, socket or device)', path)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, 'rb')
+  except BaseException:
+    os.close(fd)
+    raise
+
+
 def walk_files(folder: str) -> Iterator[str]:
   """Every file below `folder` (each folder's files in sorted order, then its subfolders, in
   sorted order), following links to folders once each.
 
   A link to `folder` or to a folder above it is not followed (it would walk `folder`'s
   siblings, e.g. no/ from inside yes/), nor a link to a folder inside `folder`, which is
-  read where it is (its path, not the link's, gives its files' labels); FIFOs, sockets and
-  devices are skipped (reading one could block forever); broken links are kept, for the
-  reader to report.
+  read where it is (its path, not the link's, gives its files' labels). Broken links, FIFOs,
+  sockets and devices are kept, for the reader to report (open_file refuses them).
   """
   root = os.path.realpath(folder)
   # A real path below root is a folder of the tree itself (realpath leaves no link in it).
@@ -118,11 +133,7 @@ def walk_files(folder: str) -> Iterator[str]:
     seen.add(real)
     dirnames.sort()
     for filename in sorted(filenames):
-      path = os.path.join(dirpath, filename)
-      if os.path.exists(path) and not os.path.isfile(path):
-        logging.warning('%s is not a regular file: skipped.', path)
-        continue
-      yield path
+      yield os.path.join(dirpath, filename)
 
 
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:

@@ -159,7 +159,7 @@ def file_digest(path: str) -> str:
   """SHA-256 of a file's contents ('unreadable: <reason>' when it cannot be read)."""
   h = hashlib.sha256()
   try:
-    with open(path, 'rb') as f:
+    with layout.open_file(path) as f:
       for block in iter(lambda: f.read(1 << 20), b''):
         h.update(block)
   except OSError as e:  # the job itself will report the file as unreadable

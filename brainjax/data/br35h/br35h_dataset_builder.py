@@ -61,7 +61,7 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
 def _read(path: str) -> Optional[bytes]:
   """The file's bytes, or None (logged) for one that cannot be read (e.g. a broken link)."""
   try:
-    with open(path, 'rb') as f:
+    with layout.open_file(path) as f:
       return f.read()
   except OSError as e:
     logging.warning('%r cannot be read (%s): skipped.', path, e.strerror or e)
