@@ -163,14 +163,16 @@ def check_settings(config, task):
 
 def prepare_workdir(config, workdir):
   """(workdir, the config.json text it held or None): the workdir (default runs/<config name>)
-  made, its config.json written (the first host), unless it holds another run or another's
-  files (a ValueError)."""
+  made, locked and its config.json written (the first host), unless another process runs
+  there, or it holds another run or another's files (a ValueError)."""
   workdir = workdir or os.path.join('runs', config.name)
   if os.path.exists(workdir) and not os.path.isdir(workdir):  # (makedirs: 'File exists')
     raise ValueError(f'--workdir {workdir!r} is a file, not a folder')
   os.makedirs(workdir, exist_ok=True)
-  previous_config = reruns.write_config(workdir, config) if parallel.is_first_host() else None
-  return workdir, previous_config
+  if not parallel.is_first_host():  # (the first host's lock and config.json stand for all)
+    return workdir, None
+  reruns.lock_workdir(workdir)
+  return workdir, reruns.write_config(workdir, config)
 
 
 def exit_now(code):

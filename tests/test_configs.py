@@ -1,4 +1,5 @@
 """Config strings, overrides and launch.py's one-line errors."""
+import fcntl
 import importlib
 import logging
 import os
@@ -338,6 +339,21 @@ def test_a_config_file_whose_code_fails_is_not_called_an_unknown_field(tmp_path)
   (tmp_path / 'slip.py').write_text("def get_config(arg=None):\n  return {}['learning']\n")
   result = _launch(f'--config={tmp_path / "slip.py"}', f'--workdir={tmp_path / "run"}')
   assert 'error: the config file failed: learning' in result.stderr  # (a KeyError in it)
+
+
+def test_a_workdir_in_use_by_another_run_is_refused_before_anything_is_written(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  with open(workdir / '.lock', 'w') as held:
+    fcntl.flock(held, fcntl.LOCK_EX)  # as a running launch.py holds it
+    held.write('12345')
+    held.flush()
+    result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={workdir}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'error: {workdir} is in use by another run (process 12345): wait for it to end, or '
+      'choose another --workdir')
+  assert os.listdir(workdir) == ['.lock']
 
 
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):

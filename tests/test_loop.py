@@ -1,12 +1,14 @@
 """The shared training skeleton: resume after a kill, NaN stop, best checkpoint, plateau, pmap."""
 import functools
 import math
+import os
 import pathlib
 import shutil
 import signal
 import struct
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -315,7 +317,6 @@ def test_a_best_saved_without_its_latest_checkpoint_counts_as_trained(tmp_path, 
   assert int(state.step) == 12 and meta['val_loss'] == 0.5 / 12
 
 
-
 def test_a_finished_run_run_again_writes_nothing(tmp_path):
   # (A new TensorBoard event file made any later failure of the rerun look like a change to
   # its results, so its config.json was not put back: reruns.untouched_since.)
@@ -326,6 +327,20 @@ def test_a_finished_run_run_again_writes_nothing(tmp_path):
   before = files()
   _, summary = run(tmp_path, config(), evaluate=predict_and_improve)
   assert summary['steps'] == 12 and files() == before
+
+
+def test_results_count_as_untouched_whatever_happened_to_config_json_and_the_lock(tmp_path):
+  (tmp_path / 'metrics.json').write_text('{}')
+  (tmp_path / 'best').mkdir()
+  for path in (tmp_path / 'metrics.json', tmp_path / 'best'):  # from an hour before the run
+    os.utime(path, (time.time() - 3600,) * 2)
+  start = time.time()
+  reruns.lock_workdir(str(tmp_path))  # (this process holds it until the test session ends)
+  (tmp_path / 'config.json').write_text('{}')
+  assert reruns.untouched_since(str(tmp_path), start)
+  (tmp_path / 'best' / 'x').write_text('')
+  assert not reruns.untouched_since(str(tmp_path), start)
+
 
 def test_the_best_is_committed_before_the_latest_checkpoint_that_names_it(tmp_path, monkeypatch):
   # The two managers commit from threads of their own: a kill after the latest's commit and
@@ -404,6 +419,22 @@ def test_a_non_finite_loss_before_the_first_save_keeps_the_best_so_far(tmp_path)
   # A rerun (here with a finite loss) resumes from that state.
   _, summary = run(tmp_path, cfg, evaluate=lambda s: {'loss': 0.1})
   assert summary['steps'] == 16 and summary['best_val_loss'] == 0.1
+
+
+def test_a_best_with_non_finite_values_stops_the_run_and_is_never_saved(tmp_path):
+  # The 8th update makes the state NaN; the end of epoch 2 (step 8) still validates at a
+  # finite loss (as finite parameters beside an overflowed optimizer state do): a new best
+  # that must not be saved, as the best or as the last good state a rerun resumes into.
+  losses = iter([1.0, 0.5])
+  cfg = config(num_epochs=4, checkpoint_every_secs=3600.0)
+  with pytest.raises(FloatingPointError,
+                     match=r'non-finite parameters or optimizer state at step 8.*\(step 4\)'):
+    run(tmp_path, cfg, nan_grad_at=7, evaluate=lambda s: {'loss': next(losses)})
+  template = make_state(TinyNet())
+  best = checkpoints.restore_best(str(tmp_path), template)
+  latest, meta = checkpoints.restore_latest(str(tmp_path), template)
+  assert int(best.step) == int(latest.step) == 4 and meta['best_val_loss'] == 1.0
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(latest))
 
 
 def test_best_checkpoint_and_plateau_follow_the_validation_loss(tmp_path):

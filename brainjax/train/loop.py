@@ -91,6 +91,13 @@ def _batch_shapes(arrays, batch_size, num_devices):
   return {k: jax.ShapeDtypeStruct(lead + v.shape[1:], v.dtype) for k, v in arrays.items()}
 
 
+@jax.jit
+def _finite_on_device(tree):
+  """Whether every float in `tree` is finite, computed where it is (one scalar comes back)."""
+  return jnp.all(jnp.array([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                            if jnp.issubdtype(x.dtype, jnp.inexact)] or [True]))
+
+
 def _all_finite(host_state):
   return all(np.isfinite(x).all() for x in jax.tree.leaves(host_state)
              if np.issubdtype(np.asarray(x).dtype, np.inexact))
@@ -126,7 +133,11 @@ class _Saves:
 
   def hold_best(self, step, trained, best_meta, run_meta):
     """Keeps a new best until the next save, as a copy on its device (the next train step
-    donates the trained state's buffers)."""
+    donates the trained state's buffers). A state with non-finite values (finite parameters
+    can validate at a finite loss beside an overflowed optimizer state) stops the run instead:
+    it must never be saved, as the best or as the last good state."""
+    if not bool(_finite_on_device(trained)):
+      raise self.non_finite(f'parameters or optimizer state at step {step}')
     self.pending_best = (step, copy_on_device(trained), best_meta, run_meta)
 
   def save(self, step, host_state, run_meta):
@@ -226,6 +237,85 @@ def check_resume(config, workdir, num_examples: int,
         f'{-(-step // per_epoch)}, or choose another --workdir')
 
 
+class _Placement:
+  """Where the trained state lives: replicated on this host's devices of a data-parallel
+  run, or on the one device (placed uncommitted on the default device, which is devices[0]
+  in one process, so that `evaluate`'s jitted functions compile once for the device state
+  and host arrays).
+
+  The trained state stays there: `evaluate` runs on it in place, a new best is kept as a
+  copy beside it, and only a save (at most every checkpoint_every_secs) copies it to the
+  host. On a GPU a host copy of the paper BrainCNN's state (392 MiB) takes tens of
+  milliseconds, against about 100 ms for an epoch's steps on an H100.
+  """
+
+  def __init__(self, devices):
+    self.multi = len(devices) > 1
+    self.host_devices = parallel.this_host(devices)
+
+  def to_device(self, state):
+    return jax_utils.replicate(state, self.host_devices) if self.multi else jax.device_put(state)
+
+  def trained(self, state):
+    """The trained state as one model (the first replica of a data-parallel run)."""
+    return parallel.first_replica(state) if self.multi else state
+
+  def to_host(self, state):
+    return jax.tree.map(np.asarray, self.trained(state))
+
+  def beside_trained(self, state):
+    """A host state put where `trained` leaves the trained one, so `evaluate` compiles once."""
+    return jax.device_put(state, self.host_devices[0]) if self.multi else state
+
+
+def _resume(saves, state, evaluate, total_steps, place):
+  """(state, meta, plateau): the latest checkpoint's, or `state` and fresh ones."""
+  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
+  if saves.last_step is not None:  # (its data and length: check_resume)
+    state, meta = checkpoints.restore(saves.latest, state)
+    logging.info('Resuming from %s/checkpoints at step %d.', saves.workdir, int(state.step))
+  plateau = Plateau(**meta['plateau'])
+  # A run killed between the two commits of a save holds a best of a later step than its
+  # latest checkpoint (the best commits first): a model this run will train again, and not
+  # the best its resumed meta names, so not one to measure anew. (The rerun's next best
+  # replaces it: at that step, the same model up to float rounding where the rerun's
+  # arithmetic differs, e.g. on another device count.)
+  if (evaluate is not None and meta['best_val_loss'] is not None
+      and int(state.step) < total_steps
+      and saves.best.latest_step() is not None and saves.best.latest_step() <= int(state.step)):
+    best = place.beside_trained(checkpoints.restore(saves.best, state)[0])
+    meta, plateau = _rescore_best(meta, plateau, evaluate(best))
+  return state, meta, plateau
+
+
+def _after_validation(config, meta, plateau, val_loss, epoch):
+  """(meta, plateau, the new best's record or None) once an epoch validated at val_loss: a
+  finite loss below the best so far is the new best; it drives reduce-on-plateau when config
+  has `plateau_factor`."""
+  new_best = None
+  if math.isfinite(val_loss) and (meta['best_val_loss'] is None
+                                  or val_loss < meta['best_val_loss']):
+    meta = {**meta, 'best_val_loss': val_loss}
+    new_best = {'val_loss': val_loss, 'epoch': epoch}
+  if 'plateau_factor' in config:
+    plateau = plateau_update(plateau, val_loss, config.plateau_factor, config.plateau_patience)
+  return meta, plateau, new_best
+
+
+def _compile(train_step, devices, state, train_arrays, batch_size, rng):
+  """The step compiled ahead of the first step, so that images_per_s counts steps, not
+  compilation; not by several processes, whose compiled pmap would take global arrays, not
+  each host's part (jit compiles it at the first step there)."""
+  compiled_step = compile_step(train_step, devices)
+  if jax.process_count() > 1:
+    return compiled_step
+  compile_start = time.perf_counter()
+  compiled_step = compiled_step.lower(
+      state, _batch_shapes(train_arrays, batch_size, len(devices)), rng).compile()
+  logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
+  return compiled_step
+
+
 def fit(config, workdir, state, train_step, train_arrays, *,
         data_key: Union[str, Sequence[str], None] = None,
         evaluate: Optional[Callable] = None, hooks: Sequence[Callable] = ()):
@@ -250,38 +340,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   devices = parallel.train_devices(config.num_devices)  # every host's
   per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   total_steps = per_epoch * config.num_epochs
+  place = _Placement(devices)
   saves = _Saves(config, workdir)
-
-  meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
-  if saves.last_step is not None:  # (its data and length: check_resume)
-    state, meta = checkpoints.restore(saves.latest, state)
-    logging.info('Resuming from %s/checkpoints at step %d.', workdir, int(state.step))
+  state, meta, plateau = _resume(saves, state, evaluate, total_steps, place)
   meta['data_key'] = data_keys[0] if data_keys else None
-  plateau = Plateau(**meta['plateau'])
-  multi = len(devices) > 1
-  host_devices = parallel.this_host(devices)
-  # One device: placed uncommitted on the default device, which is devices[0] in one process,
-  # so that `evaluate`'s jitted functions compile once for the device state and host arrays.
-  to_device = ((lambda s: jax_utils.replicate(s, host_devices)) if multi
-               else jax.device_put)
-  # The trained state stays where it trains: `evaluate` runs on it there, a new best is kept
-  # as a copy beside it, and only a save (at most every checkpoint_every_secs) copies it to
-  # the host. On a GPU a host copy of the paper BrainCNN's state (392 MiB) takes tens of
-  # milliseconds, against about 100 ms for an epoch's steps on an H100.
-  on_device = parallel.first_replica if multi else (lambda s: s)
-  to_host = lambda s: jax.tree.map(np.asarray, on_device(s))
-  # A run killed between the two commits of a save holds a best of a later step than its
-  # latest checkpoint (the best commits first): a model this run will train again, and not
-  # the best its resumed meta names, so not one to measure anew. (The rerun's next best
-  # replaces it: at that step, the same model up to float rounding where the rerun's
-  # arithmetic differs, e.g. on another device count.)
-  if (evaluate is not None and meta['best_val_loss'] is not None
-      and int(state.step) < per_epoch * config.num_epochs
-      and saves.best.latest_step() is not None and saves.best.latest_step() <= int(state.step)):
-    best = checkpoints.restore(saves.best, state)[0]
-    if multi:  # (where the trained state's first replica is, so evaluate compiles once)
-      best = jax.device_put(best, host_devices[0])
-    meta, plateau = _rescore_best(meta, plateau, evaluate(best))
   summary = dict(meta.get('summary', {}))  # (none yet, or a checkpoint of an older version)
   base_lr = config.learning_rate
   step = int(state.step)
@@ -297,21 +359,17 @@ def fit(config, workdir, state, train_step, train_arrays, *,
 
   if plateau.scale != 1.0:
     state = train_state.set_learning_rate(state, base_lr * plateau.scale)
-  state = to_device(state)
+  state = place.to_device(state)
   base_rng = jax.random.PRNGKey(config.seed)
-  compiled_step = compile_step(train_step, devices)
-  # Compiled ahead of the first step, so that images_per_s counts steps, not compilation; not
-  # by several processes, whose compiled pmap would take global arrays, not each host's part.
-  if step < total_steps and jax.process_count() == 1:
-    compile_start = time.perf_counter()
-    compiled_step = compiled_step.lower(
-        state, _batch_shapes(train_arrays, config.batch_size, len(devices)), base_rng).compile()
-    logging.info('Compiled the train step in %.1f s.', time.perf_counter() - compile_start)
-  if step < total_steps and parallel.is_first_host():
-    # The run trains again (more epochs, or an interrupted rerun): until its task writes
-    # metrics.json anew, the old one would describe another model than best/ holds (predict
-    # and the study read it as the run's).
-    reporting.remove_metrics_json(workdir)
+  compiled_step = None  # (a finished run trains no step)
+  if step < total_steps:
+    compiled_step = _compile(train_step, devices, state, train_arrays, config.batch_size,
+                             base_rng)
+    if parallel.is_first_host():
+      # The run trains again (more epochs, or an interrupted rerun): until its task writes
+      # metrics.json anew, the old one would describe another model than best/ holds
+      # (predict and the study read it as the run's).
+      reporting.remove_metrics_json(workdir)
   logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
                'of %d process(es).', total_steps, config.num_epochs, per_epoch,
                config.batch_size, len(devices), jax.process_count())
@@ -332,11 +390,11 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       epoch, start = divmod(step, per_epoch)
       batches = pipeline.train_batches(train_arrays, config.batch_size, config.seed, epoch, start)
       for batch in batches:
-        if multi:  # each host feeds its devices their rows of the global batch
-          batch = parallel.shard(parallel.host_rows(batch, devices), len(host_devices))
+        if place.multi:  # each host feeds its devices their rows of the global batch
+          batch = parallel.shard(parallel.host_rows(batch, devices), len(place.host_devices))
         state, metrics = compiled_step(state, batch, jax.random.fold_in(base_rng, step))
         step += 1
-        metrics = jax.tree.map(lambda m: m[0], metrics) if multi else metrics
+        metrics = jax.tree.map(lambda m: m[0], metrics) if place.multi else metrics
         sums = metrics if sums is None else jax.tree.map(jnp.add, sums, metrics)
         count += 1
         for hook in hooks:
@@ -346,8 +404,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
           totals = {k: float(v) / count for k, v in jax.device_get(sums).items()}
           if not all(math.isfinite(v) for v in totals.values()):
             raise saves.non_finite(f'loss by step {step} ({totals})')
-          elapsed = time.perf_counter() - timer
-          totals['images_per_s'] = count * config.batch_size / elapsed
+          totals['images_per_s'] = count * config.batch_size / (time.perf_counter() - timer)
           logging.info('step %d/%d epoch %d: %s', step, total_steps, epoch + 1,
                        ', '.join(f'{k}={v:.4g}' for k, v in totals.items()))
           for k, v in totals.items():
@@ -358,35 +415,29 @@ def fit(config, workdir, state, train_step, train_arrays, *,
           break
         # (at a log step: its loss was just checked finite, above)
         if step % config.log_every_steps == 0 and saves.due(step, total_steps):
-          save(to_host(state))
+          save(place.to_host(state))
 
       if evaluate is not None:
-        trained = on_device(state)  # (the next step donates its buffers)
+        trained = place.trained(state)  # (the next step donates its buffers)
         results = evaluate(trained)
         logging.info('epoch %d eval: %s', epoch + 1,
                      ', '.join(f'{k}={v:.4g}' for k, v in results.items()))
         for k, v in results.items():
           writer.add_scalar(f'val/{k}', v, step)
-        new_best = None
-        if 'loss' in results:
-          val_loss = float(results['loss'])
-          if math.isfinite(val_loss) and (meta['best_val_loss'] is None
-                                          or val_loss < meta['best_val_loss']):
-            meta['best_val_loss'] = val_loss
-            new_best = {'val_loss': val_loss, 'epoch': epoch + 1}
-          if 'plateau_factor' in config:
-            scale = plateau.scale
-            plateau = plateau_update(plateau, val_loss, config.plateau_factor,
-                                     config.plateau_patience)
-            if plateau.scale != scale:
-              logging.info('Validation loss plateaued: learning rate -> %g',
-                           base_lr * plateau.scale)
-              state = to_device(train_state.set_learning_rate(trained, base_lr * plateau.scale))
         summary.update({f'val_{k}': float(v) for k, v in results.items()})
-        if new_best is not None:
-          saves.hold_best(step, trained, new_best, run_meta())
+        if 'loss' in results:
+          scale = plateau.scale
+          meta, plateau, new_best = _after_validation(config, meta, plateau,
+                                                      float(results['loss']), epoch + 1)
+          if plateau.scale != scale:
+            logging.info('Validation loss plateaued: learning rate -> %g',
+                         base_lr * plateau.scale)
+            state = place.to_device(
+                train_state.set_learning_rate(trained, base_lr * plateau.scale))
+          if new_best is not None:
+            saves.hold_best(step, trained, new_best, run_meta())
       if saves.due(step, total_steps):
-        save(to_host(state))
+        save(place.to_host(state))
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
   finally:
     saves.close()
@@ -395,6 +446,4 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   best_val_loss = meta['best_val_loss']
   summary.update(steps=step, best_val_loss=math.nan if best_val_loss is None else best_val_loss,
                  learning_rate=base_lr * plateau.scale)
-  return on_device(state), summary
-
-
+  return place.trained(state), summary

@@ -1,17 +1,52 @@
 """A workdir holds one run: its config.json, and what a rerun there may change.
 
-`write_config` decides whether a command may run in a workdir (new, empty, or the same run
-resumed or rerun with RERUN_FIELDS changed) and writes config.json; a refused rerun, or one
-that stopped before it changed the results (`untouched_since`), gets the old config.json back
-(`put_back_config`): launch.py does both.
+`lock_workdir` keeps a second process out while one runs there. `write_config` decides
+whether a command may run in a workdir (new, empty, or the same run resumed or rerun with
+RERUN_FIELDS changed) and writes config.json; a refused rerun, or one that stopped before it
+changed the results (`untouched_since`), gets the old config.json back (`put_back_config`):
+launch.py does all three.
 """
 import json
 import os
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: workdirs go unlocked
+  fcntl = None
 
 import ml_collections
 
 from brainjax.train import checkpoints
 from brainjax.train.reporting import atomic_open
+
+
+LOCK_FILE = '.lock'
+
+
+def lock_workdir(workdir) -> None:
+  """Locks workdir for this process until it exits (a kill included), or a ValueError naming
+  the process that holds it: two runs in one workdir would train into each other's
+  checkpoints (Orbax's start-up cleanup even deletes the other's save in flight) and leave a
+  config.json of one beside the results of the other.
+
+  The lock is an flock on workdir/.lock, whose descriptor stays open for the process's life;
+  on a file system without locks the workdir goes unlocked.
+  """
+  if fcntl is None:
+    return
+  fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    holder = os.read(fd, 32).decode(errors='replace').strip() or 'unknown'
+    os.close(fd)
+    raise ValueError(f'{workdir} is in use by another run (process {holder}): wait for it to '
+                     'end, or choose another --workdir') from None
+  except OSError:  # (e.g. ENOLCK: a network file system without locks)
+    os.close(fd)
+    return
+  os.ftruncate(fd, 0)
+  os.write(fd, str(os.getpid()).encode())
 
 
 def read_config_json(workdir):
@@ -136,14 +171,14 @@ def write_config(workdir, config, allowed=None):
 
 
 def untouched_since(workdir, start):
-  """Whether workdir holds metrics.json and nothing in it but its config.json was written or
-  removed after `start` (a time.time()): a run stopped before it changed its results (a
-  task removes metrics.json before it changes them, and writes it last)."""
+  """Whether workdir holds metrics.json and nothing in it but its config.json (and lock) was
+  written or removed after `start` (a time.time()): a run stopped before it changed its
+  results (a task removes metrics.json before it changes them, and writes it last)."""
   if not os.path.isfile(os.path.join(workdir, 'metrics.json')):
     return False
   for root, folders, files in os.walk(workdir):  # (a folder's time changes with its entries)
     for name in folders + files:
-      if root == workdir and name in ('config.json', 'config.json.tmp'):
+      if root == workdir and name in ('config.json', 'config.json.tmp', LOCK_FILE):
         continue
       # (a second's margin: some file systems keep coarser times)
       if os.lstat(os.path.join(root, name)).st_mtime > start - 1.0:
