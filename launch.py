@@ -139,6 +139,52 @@ def cache_problem(cache):
   return '' if os.access(parent, os.W_OK | os.X_OK) else f'{parent} is not writable'
 
 
+def _expand_home(tree):
+  """Expands a leading ~ in every string setting: a shell leaves `--workdir=~/x` and
+  `--config.input=~/x` as they are, and a folder named `~` would be made or looked for."""
+  for key, value in tree.items():
+    if isinstance(value, str) and value.startswith('~'):
+      tree[key] = os.path.expanduser(value)
+    elif hasattr(value, 'items'):
+      _expand_home(value)
+
+
+def _inside(path, folder):
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def resolve_paths(config, workdir):
+  """The workdir (default runs/<config name>), with config's paths as the user means them: `~`
+  expanded everywhere, the data folder made absolute (a run resumed from another folder, or
+  naming the same folder otherwise, is the same run). A ValueError for a path Orbax or XLA
+  cannot take (one that is not UTF-8), and for a workdir, cache or export inside the data
+  folder: the run would write into the user's data, and read its own files as slices."""
+  _expand_home(config)
+  workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
+  written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
+  if config.get('model_dir'):
+    written['model_dir'] = config.model_dir  # (read by Orbax)
+  if config.get('export') and config.export.get('dir'):
+    written['export.dir'] = config.export.dir
+  for name, path in written.items():
+    try:
+      os.fsencode(path).decode('utf-8')
+    except UnicodeDecodeError:
+      raise ValueError(f'{name} {path!r} is not valid UTF-8, which Orbax and XLA need: '
+                       'rename it') from None
+  data_dir = config.get('data', {}).get('data_dir')
+  if data_dir:
+    config.data.data_dir = data_dir = os.path.abspath(data_dir)
+    if os.path.isdir(data_dir):
+      for name, path in written.items():
+        if name != 'model_dir' and _inside(path, data_dir):
+          raise ValueError(f'{name} {path} is inside the data folder {data_dir}: the run would '
+                           'write into your data, and read its own files as slices; choose a '
+                           'folder outside it')
+  return workdir
+
+
 def check_settings(config, task):
   """Refuses, with a ValueError or an OSError (e.g. a data folder that is missing or cannot be
   read), settings no run can use: checked before anything is written, so a refused run leaves
@@ -162,17 +208,17 @@ def check_settings(config, task):
 
 
 def prepare_workdir(config, workdir):
-  """(workdir, the config.json text it held or None): the workdir (default runs/<config name>)
-  made, locked and its config.json written (the first host), unless another process runs
-  there, or it holds another run or another's files (a ValueError)."""
-  workdir = workdir or os.path.join('runs', config.name)
+  """The config.json text the workdir held, or None: the workdir made, locked and its
+  config.json written (the first host), unless another process runs there, or it holds
+  another run or another's files (a ValueError)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):  # (makedirs: 'File exists')
     raise ValueError(f'--workdir {workdir!r} is a file, not a folder')
   os.makedirs(workdir, exist_ok=True)
   if not parallel.is_first_host():  # (the first host's lock and config.json stand for all)
-    return workdir, None
+    return None
+  reruns.check_workdir(workdir, config)  # (a folder a run may not use gets no .lock either)
   reruns.lock_workdir(workdir)
-  return workdir, reruns.write_config(workdir, config)
+  return reruns.write_config(workdir, config)
 
 
 def exit_now(code):
@@ -195,12 +241,13 @@ def set_up(config):
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
+    workdir = resolve_paths(config, FLAGS.workdir)
     cache = check_settings(config, task)
     # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
     # network reuse them instead of recompiling.
     jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-    workdir, previous_config = prepare_workdir(config, FLAGS.workdir)
+    previous_config = prepare_workdir(config, workdir)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,

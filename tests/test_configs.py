@@ -356,6 +356,38 @@ def test_a_workdir_in_use_by_another_run_is_refused_before_anything_is_written(t
   assert os.listdir(workdir) == ['.lock']
 
 
+def test_paths_are_taken_as_the_user_means_them(tmp_path, monkeypatch):
+  import launch  # pylint: disable=g-import-not-at-top
+  from brainjax.train import reruns  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'data' / 'yes').mkdir(parents=True)
+  config = importlib.import_module('configs.cnn_cls').get_config('real,smoke')
+  config.cache_dir, config.data.dataset, config.data.data_dir = '~/cache', 'folder', 'data/'
+  # `~` expanded (a shell leaves --workdir=~/x as it is); the data folder absolute.
+  assert launch.resolve_paths(config, '~/run') == str(tmp_path / 'home' / 'run')
+  assert config.cache_dir == str(tmp_path / 'home' / 'cache')
+  assert config.data.data_dir == str(tmp_path / 'data')
+  # Nothing written into the user's data.
+  for workdir in ('data', 'data/yes/run', str(tmp_path / 'data' / 'run')):
+    with pytest.raises(ValueError, match=r'--workdir .* is inside the data folder'):
+      launch.resolve_paths(config, workdir)
+  config.cache_dir = 'data/cache'
+  with pytest.raises(ValueError, match=r'cache_dir .* is inside the data folder'):
+    launch.resolve_paths(config, 'run')
+  config.cache_dir = ''
+  # Orbax and XLA take UTF-8 paths only (they failed with tracebacks, the workdir half made).
+  with pytest.raises(ValueError, match='not valid UTF-8'):
+    launch.resolve_paths(config, os.fsdecode(b'run_\xff'))
+  # A run's data folder named otherwise on a rerun (relative, absolute, a link) is the same.
+  (tmp_path / 'link').symlink_to(tmp_path / 'data')
+  saved = {'task': 'cnn_cls', 'data': {'data_dir': 'data'}}
+  for same in ('data/', str(tmp_path / 'data'), 'link'):
+    assert not reruns.config_changes(saved, {'task': 'cnn_cls', 'data': {'data_dir': same}})
+  assert reruns.config_changes(saved, {'task': 'cnn_cls', 'data': {'data_dir': 'home'}}) == [
+      "data.data_dir: 'data' -> 'home'"]
+
+
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
   (tmp_path / 'config.json').write_text('{"task": "cnn_cls", "learning_rate": 0.001}')
   result = _launch('--config=configs/vae_gen.py:positive,smoke', f'--workdir={tmp_path}')
@@ -364,17 +396,22 @@ def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
   assert (tmp_path / 'config.json').read_text() == '{"task": "cnn_cls", "learning_rate": 0.001}'
 
 
+def _files_but_the_lock(workdir):
+  """{name: bytes} of a workdir's files, but .lock (which names the process that last ran)."""
+  return {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file() and p.name != '.lock'}
+
+
 def test_a_refused_rerun_leaves_its_run_s_config_json(tmp_path, cache_dir):
   # Fewer epochs than it has trained: launch writes config.json (num_epochs may change on a
   # rerun) before the task finds out; the refusal puts the run's own back.
   args = ['--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path}',
           f'--config.cache_dir={cache_dir}']
   assert _launch(*args).returncode == 0
-  before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+  before = _files_but_the_lock(tmp_path)
   result = _launch(*args, '--config.num_epochs=1')
   assert result.returncode != 0 and 'more than num_epochs=1 give' in result.stderr
   assert 'Traceback' not in result.stderr
-  assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+  assert _files_but_the_lock(tmp_path) == before
 
 
 def test_a_rerun_that_fails_on_its_data_leaves_its_run_s_config_json(tmp_path, cache_dir):
@@ -392,13 +429,13 @@ def test_a_rerun_that_fails_on_its_data_leaves_its_run_s_config_json(tmp_path, c
           f'--config.data.data_dir={tmp_path / "data"}']
   first = _launch(*args)
   assert first.returncode == 0, first.stderr[-2000:]
-  before = {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()}
+  before = _files_but_the_lock(tmp_path / 'run')
   for path in (tmp_path / 'data' / 'no').iterdir():
     path.write_text('no longer an image')
   result = _launch(*args, '--config.log_every_steps=3')
   assert result.returncode != 0 and 'no healthy slices' in result.stderr
   assert 'Traceback' not in result.stderr
-  assert {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()} == before
+  assert _files_but_the_lock(tmp_path / 'run') == before
 
 
 def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_machine(tmp_path):

@@ -469,6 +469,57 @@ def test_a_link_up_the_tree_is_not_read_and_a_fifo_is_refused(tmp_path, monkeypa
   assert 'Skipped 2 of 4' in message and 'yes/pipe.png (unreadable' in message
 
 
+def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monkeypatch):
+  for label in ('yes', 'no'):
+    (tmp_path / label).mkdir()
+    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  (tmp_path / 'yes' / 'more').symlink_to(tmp_path / 'no')  # every healthy slice again, as tumour
+  (tmp_path / 'yes' / 'one.png').symlink_to(tmp_path / 'no' / 'no0.png')
+  (tmp_path / 'elsewhere').mkdir()
+  _scan(3, 1, True).save(tmp_path / 'elsewhere' / 'e.png')
+  (tmp_path / 'yes' / 'linked').symlink_to(tmp_path / 'elsewhere')  # a link out: followed
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  assert [(n, y) for n, y, _ in layout.iter_folder(str(tmp_path))] == [
+      ('no/no0.png', 0), ('yes/linked/e.png', 1), ('yes/yes0.png', 1)]
+  (message,) = warnings
+  assert message.endswith('2 files under yes/ are links into another class folder, not read as '
+                          'yes/: yes/more/no0.png, yes/one.png')
+
+
+def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch):
+  # (Permissions cannot deny root, who runs CI: the listing fails as it would without them.)
+  for label in ('yes', 'no'):
+    (tmp_path / label / 'locked').mkdir(parents=True)
+    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+    _scan(3, 1, label == 'yes').save(tmp_path / label / 'locked' / 'hidden.png')
+  real_scandir = os.scandir
+
+  def scandir(path='.'):
+    if os.path.basename(os.fspath(path)) in ('locked', 'no'):
+      raise PermissionError(13, 'Permission denied', os.fspath(path))
+    return real_scandir(path)
+
+  monkeypatch.setattr(os, 'scandir', scandir)
+  real_open = os.open
+  monkeypatch.setattr(os, 'open', lambda path, *args: (
+      scandir(path) if os.path.basename(os.fspath(path)) == 'locked' else real_open(path, *args)))
+  assert list(layout.walk_files(str(tmp_path / 'yes'))) == [
+      str(tmp_path / 'yes' / 'yes0.png'), str(tmp_path / 'yes' / 'locked')]
+  with pytest.raises(PermissionError):
+    list(layout.walk_files(str(tmp_path / 'no')))
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  monkeypatch.setattr(os, 'scandir', lambda path='.': scandir(path) if os.path.basename(
+      os.fspath(path)) == 'locked' else real_scandir(path))
+  examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path),
+                                         num_per_class=0), str(tmp_path / 'cache'))
+  assert list(examples.ids) == ['no/no0.png', 'yes/yes0.png']
+  (message,) = [w for w in warnings if 'Skipped' in w]
+  assert 'Skipped 2 of 4' in message
+  assert 'yes/locked (unreadable: cannot read file: Permission denied)' in message
+
+
 def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path):
   folder = _fake_br35h(tmp_path / 'download')
   (folder / 'no' / 'gone.jpg').symlink_to(tmp_path / 'missing.jpg')

@@ -117,13 +117,16 @@ def walk_files(folder: str) -> Iterator[str]:
   A link to `folder` or to a folder above it is not followed (it would walk `folder`'s
   siblings, e.g. no/ from inside yes/), nor a link to a folder inside `folder`, which is
   read where it is (its path, not the link's, gives its files' labels). Broken links, FIFOs,
-  sockets and devices are kept, for the reader to report (open_file refuses them).
+  sockets and devices are kept, for the reader to report (open_file refuses them), and so is
+  a subfolder that cannot be listed (no permission, a path too long), last, whose reading
+  then fails with the reason; `folder` itself unlistable is its OSError.
   """
   root = os.path.realpath(folder)
   # A real path below root is a folder of the tree itself (realpath leaves no link in it).
   inside = root.rstrip(os.sep) + os.sep
   seen = set()
-  for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+  unlisted = []
+  for dirpath, dirnames, filenames in os.walk(folder, onerror=unlisted.append, followlinks=True):
     real = os.path.realpath(dirpath)
     above = dirpath != folder and (root + os.sep).startswith(real.rstrip(os.sep) + os.sep)
     linked = os.path.normpath(os.path.join(root, os.path.relpath(dirpath, folder))) != real
@@ -134,29 +137,47 @@ def walk_files(folder: str) -> Iterator[str]:
     dirnames.sort()
     for filename in sorted(filenames):
       yield os.path.join(dirpath, filename)
+  for error in unlisted:
+    if error.filename == folder:
+      raise error
+    yield error.filename
 
 
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   """(name like 'yes/a/b.jpg', label, absolute path) of every file under the class folders, in
   the order of their names (a zip of the same folders lists the same files in the same order,
-  so the first num_per_class of a class are the same files)."""
+  so the first num_per_class of a class are the same files).
+
+  A file that a link leads to from one class folder into the other (yes/more -> ../no) is
+  read under its own class only, with a warning: it would be a healthy slice called tumour.
+  """
   top = class_root(root)
   if top is None:
     return
   ignored = _class_tops(root) if top == root else []
   if ignored:
     logging.warning('%s: reading its own yes/ and no/, not those in %s', root, ', '.join(ignored))
+  folders = {cls: os.path.join(top, cls) for cls in CLASSES if os.path.isdir(os.path.join(top, cls))}
   for label, cls in enumerate(CLASSES):
-    folder = os.path.join(top, cls)
-    if not os.path.isdir(folder):
+    if cls not in folders:
       continue
-    named = []
-    for full in walk_files(folder):
+    others = tuple(os.path.realpath(f).rstrip(os.sep) + os.sep
+                   for c, f in folders.items() if c != cls)
+    named, crossing = [], []
+    for full in walk_files(folders[cls]):
       # A backslash in a file name is a character here (yes/a\b.png is not yes/a/b.png).
-      rel = os.path.relpath(full, folder).replace(os.sep, '/')
+      rel = os.path.relpath(full, folders[cls]).replace(os.sep, '/')
       name = '/'.join([cls] + _parts(rel, backslash=False))
-      if not is_junk(name, backslash=False):
+      if is_junk(name, backslash=False):
+        continue
+      if others and os.path.realpath(full).startswith(others):
+        crossing.append(name)
+      else:
         named.append((name, label, full))
+    if crossing:
+      logging.warning('%s: %d files under %s/ are links into another class folder, not read as '
+                      '%s/: %s%s', root, len(crossing), cls, cls, ', '.join(sorted(crossing)[:5]),
+                      ' ...' if len(crossing) > 5 else '')
     yield from sorted(named)
 
 

@@ -1,10 +1,10 @@
 """A workdir holds one run: its config.json, and what a rerun there may change.
 
-`lock_workdir` keeps a second process out while one runs there. `write_config` decides
-whether a command may run in a workdir (new, empty, or the same run resumed or rerun with
-RERUN_FIELDS changed) and writes config.json; a refused rerun, or one that stopped before it
-changed the results (`untouched_since`), gets the old config.json back (`put_back_config`):
-launch.py does all three.
+`check_workdir` decides whether a command may run in a workdir (new, empty, or the same run
+resumed or rerun with RERUN_FIELDS changed), `lock_workdir` keeps a second process out while
+one runs there, and `write_config` writes config.json; a refused rerun, or one that stopped
+before it changed the results (`untouched_since`), gets the old config.json back
+(`put_back_config`): launch.py does all four.
 """
 import json
 import os
@@ -86,12 +86,20 @@ def _flat(tree, prefix=''):
   return out
 
 
+def _same_setting(field, a, b):
+  """Whether two values of a field are the same setting: a data folder named otherwise (relative
+  or absolute, through a link, with a trailing slash) is the same folder."""
+  if field.split('.')[-1] == 'data_dir' and a and b and isinstance(a, str) and isinstance(b, str):
+    return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+  return a == b
+
+
 def config_changes(saved, config, allowed=RERUN_FIELDS):
   """['field: saved -> new', ...] of the fields (beyond `allowed`) where two run configs
   (JSON dicts) differ; fields only one of them has (another version's) are not compared."""
   old, new = _flat(saved), _flat(config)
   return [f'{k}: {old[k]!r} -> {new[k]!r}' for k in sorted(old.keys() & new.keys())
-          if old[k] != new[k] and not allowed.intersection(k.split('.'))]
+          if not _same_setting(k, old[k], new[k]) and not allowed.intersection(k.split('.'))]
 
 
 def changes_message(workdir, changed):
@@ -119,9 +127,9 @@ _BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tens
                     'samples'}
 
 
-def write_config(workdir, config, allowed=None):
-  """Writes workdir/config.json, unless workdir holds something else than this run; returns
-  the text it replaced (None if none), for `put_back_config` after a RerunRefused.
+def check_workdir(workdir, config, allowed=None):
+  """The config.json text workdir holds (None if none), or a ValueError if it holds
+  something else than this run.
 
   A workdir is new, empty, or the same run's (resumed, or rerun with `allowed` fields
   changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
@@ -132,10 +140,9 @@ def write_config(workdir, config, allowed=None):
   of whose stages has finished (each begun stage still refuses what its own run cannot take).
   """
   path = os.path.join(workdir, 'config.json')
-  text = config.to_json_best_effort(indent=1)
-  new = json.loads(text)
+  new = json.loads(config.to_json_best_effort(indent=1))
   # (X.tmp: a file atomic_open was writing when a kill came, which counts as X would;
-  # config.json's own is replaced below)
+  # config.json's own is replaced by write_config)
   present = sorted({e[:-len('.tmp')] if e.endswith('.tmp') else e
                     for e in os.listdir(workdir) if not e.startswith('.')} - {'config.json'})
   previous = None
@@ -165,8 +172,16 @@ def write_config(workdir, config, allowed=None):
   elif present:
     raise ValueError(f'{workdir} holds {", ".join(present[:3])}{", ..." * (len(present) > 3)} '
                      'but no config.json: not a brainjax workdir; choose a new or empty one')
-  with atomic_open(path) as f:
-    f.write(text)
+  return previous
+
+
+def write_config(workdir, config, allowed=None):
+  """Writes workdir/config.json, unless workdir holds something else than this run (the
+  ValueError of check_workdir); returns the text it replaced (None if none), for
+  `put_back_config` after a RerunRefused."""
+  previous = check_workdir(workdir, config, allowed)
+  with atomic_open(os.path.join(workdir, 'config.json')) as f:
+    f.write(config.to_json_best_effort(indent=1))
   return previous
 
 
