@@ -213,6 +213,8 @@ def prepare_workdir(config, workdir):
   another run or another's files (a ValueError)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):  # (makedirs: 'File exists')
     raise ValueError(f'--workdir {workdir!r} is a file, not a folder')
+  if os.path.lexists(workdir) and not os.path.exists(workdir):  # (makedirs: 'File exists')
+    raise ValueError(f'--workdir {workdir!r} is a link to nothing')
   os.makedirs(workdir, exist_ok=True)
   if not parallel.is_first_host():  # (the first host's lock and config.json stand for all)
     return None

@@ -188,6 +188,10 @@ def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert "is a file, not a folder" in result.stderr
   assert (tmp_path / 'file').read_text() == 'mine'
+  (tmp_path / 'gone').symlink_to(tmp_path / 'missing')
+  result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "gone"}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().endswith("gone' is a link to nothing")
 
 
 @pytest.mark.parametrize('field, value, message', [

@@ -11,6 +11,7 @@ import sys
 import warnings
 import zipfile
 
+from absl import logging
 import jax
 import numpy as np
 from PIL import Image
@@ -20,6 +21,7 @@ from sklearn import metrics as sk_metrics
 from brainjax.anomaly import maps as anomaly_maps
 from brainjax.data import image_io
 from brainjax.data import inputs
+from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import preprocess
 from brainjax.tasks import cnn_cls
@@ -203,6 +205,21 @@ def test_zip_members_sharing_a_path_are_read_once_the_last(tmp_path):
   assert [(f.path, f.label) for f in listed] == [('dup.png', None), ('yes\\a.png', 1)]
   with inputs.Reader() as reader:
     assert reader.read(listed[0]).max() == 0
+
+
+def test_zip_members_named_with_dot_dot_are_not_read_and_said_so(tmp_path, monkeypatch):
+  archive = tmp_path / 'in.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for name in ('yes/a.png', '../evil.png', 'yes/../../x.png'):
+      z.writestr(name, b'x')
+  logged = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: logged.append(msg % args))
+  assert [f.path for f in inputs.list_inputs(archive)] == ['yes/a.png']
+  assert logged == [f'{archive}: 2 members named with .. are not read: ../evil.png, '
+                    'yes/../../x.png']
+  logged.clear()
+  assert [name for name, _, _ in layout.iter_zip(str(archive))] == ['yes/a.png']
+  assert len(logged) == 1 and '2 members named with ..' in logged[0]
 
 
 def test_label_and_safe_paths():

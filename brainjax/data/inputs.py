@@ -111,8 +111,9 @@ def _walk_folder(root: str) -> List[InputFile]:
 def _list_zip(path: str) -> List[InputFile]:
   try:
     with zipfile.ZipFile(path) as archive:
-      names = [i.filename for i in archive.infolist()
-               if not i.is_dir() and not layout.is_junk(i.filename)]
+      files = [i.filename for i in archive.infolist() if not i.is_dir()]
+    layout.warn_of_parent_parts(path, files)
+    names = [n for n in files if not layout.is_junk(n)]
   except (zipfile.BadZipFile, OSError) as e:
     raise ValueError(f'cannot read zip input {path!r}: {e}') from None
   # Members that share a path ('a.png' twice, or 'yes\\a.png' beside 'yes/a.png') would share

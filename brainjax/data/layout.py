@@ -36,6 +36,15 @@ def is_junk(name: str, backslash: bool = True) -> bool:
           or (bool(parts) and parts[-1] == 'Thumbs.db'))
 
 
+def warn_of_parent_parts(path: str, names: List[str]) -> None:
+  """Logs a zip's members whose names climb with '..' ('yes/../../x.png'): not read (is_junk
+  takes '..' as a hidden name), as where they would unzip to is outside the archive's folder."""
+  climbing = [n for n in names if '..' in _parts(n)]
+  if climbing:
+    logging.warning('%s: %d members named with .. are not read: %s%s', path, len(climbing),
+                    ', '.join(climbing[:5]), ' ...' if len(climbing) > 5 else '')
+
+
 def labelled_name(path: str, backslash: bool = True) -> Optional[Tuple[str, int]]:
   """'[top/]yes/a/b.jpg' -> ('yes/a/b.jpg', 1); None outside yes/ and no/ (see _parts)."""
   parts = _parts(path, backslash)
@@ -212,6 +221,7 @@ def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
   bytes is None (logged) for a member that cannot be read: damaged, encrypted or too large.
   """
   with zipfile.ZipFile(path) as archive:
+    warn_of_parent_parts(path, [i.filename for i in archive.infolist() if not i.is_dir()])
     infos = [i for i in archive.infolist() if not i.is_dir() and not is_junk(i.filename)]
     # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
     # archive is read, as unzip would leave it on disk.
