@@ -2,7 +2,10 @@
 import hashlib
 import io
 import os
+import pathlib
 import shutil
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -221,6 +224,43 @@ def test_br35h_builder_from_folder_and_zip(tmp_path):
   with pytest.raises(ValueError, match='not found'):
     load_br35h_records(str(tmp_path / 'missing'), str(tmp_path / 'tfds'))
 
+
+
+# Loads the zip argv[1] into the data_dir argv[2] once argv[3] exists; prints the records'
+# count and digest.
+_LOAD_WHEN_TOLD = """
+import hashlib, os, sys, time
+from brainjax.data.br35h import load_br35h_records
+open(sys.argv[3] + '.ready.' + str(os.getpid()), 'w').close()
+while not os.path.exists(sys.argv[3]):
+  time.sleep(0.01)
+records = load_br35h_records(sys.argv[1], sys.argv[2])
+print(len(records), hashlib.sha256(repr(records).encode()).hexdigest())
+"""
+
+
+def test_two_processes_preparing_one_br35h_zip_at_once_both_read_it(tmp_path):
+  # (Each emptied the other's staging folder, or lost TFDS's final rename: one failed.)
+  folder = _fake_br35h(tmp_path / 'download')
+  archive = tmp_path / 'z.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for path in sorted(folder.rglob('*.jpg')):
+      z.write(path, os.path.relpath(path, folder))
+  go = tmp_path / 'go'
+  env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+  runs = [subprocess.Popen([sys.executable, '-c', _LOAD_WHEN_TOLD, str(archive),
+                            str(tmp_path / 'tfds'), str(go)], env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+  deadline = time.time() + 120
+  while len(list(tmp_path.glob('go.ready.*'))) < 2 and time.time() < deadline:
+    time.sleep(0.05)  # (both have imported TFDS: they prepare at the same moment)
+  go.touch()
+  outputs = [run.communicate(timeout=180) for run in runs]
+  assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+  digests = [out.splitlines()[-1] for out, _ in outputs]  # (TFDS prints its progress first)
+  assert digests[0] == digests[1] and digests[0].startswith('5 ')
+  assert load_br35h_records(str(archive), str(tmp_path / 'tfds')) == load_br35h_records(
+      str(folder), str(tmp_path / 'tfds2'))
 
 
 def test_a_nested_folder_lists_its_files_in_the_order_of_its_zip(tmp_path):

@@ -1,8 +1,19 @@
-"""Loads Br35H the TFDS way: prepare once (array_record), then read records."""
+"""Loads Br35H the TFDS way: prepare once (array_record), then read records.
+
+Preparing one prepared folder is serialised across processes (an flock on
+<data_dir>/br35h_<key>.lock): two runs sharing a cache folder would otherwise empty
+each other's staging folder and race TFDS's final rename.
+"""
+import contextlib
 import hashlib
 import os
 import shutil
 from typing import List, Tuple
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: preparations go unlocked
+  fcntl = None
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -47,6 +58,50 @@ def _manual_dir_for(path: str, staging: str) -> str:
   return staging
 
 
+@contextlib.contextmanager
+def _locked(lock_path: str):
+  """Holds an exclusive flock on lock_path (made if missing, and left), waiting for the
+  process that holds it. Where the system cannot lock (no fcntl; ENOLCK on some network file
+  systems) it goes on without: only preparations of one folder at once need the lock."""
+  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    if fcntl is not None:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:  # (says why the run seems to stall)
+        logging.info('Waiting for another process preparing Br35H (%s)', lock_path)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+      except OSError:
+        pass
+    yield
+  finally:
+    os.close(fd)  # (releases the lock)
+
+
+def _prepare(manual_dir: str, prepared: str):
+  """The builder of `prepared`, which is prepared from manual_dir first unless it is already.
+
+  Under the lock the builder is made again: a builder reads the dataset info only when it is
+  made, and the process that held the lock may have just prepared the folder.
+  """
+  builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
+  if builder.is_prepared():
+    return builder
+  os.makedirs(os.path.dirname(prepared), exist_ok=True)
+  with _locked(prepared + '.lock'):
+    builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
+    if builder.is_prepared():
+      return builder
+    logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
+    source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(manual_dir=source))
+    except ValueError as error:  # (it names the link to a zip in `prepared`, not the user's)
+      raise ValueError(f'{manual_dir}: {error}') from None
+  return builder
+
+
 def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, bytes]]:
   """[(filename like 'yes/y0.jpg', label 0|1, raw file bytes)] sorted by filename.
 
@@ -62,16 +117,7 @@ def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, b
     raise ValueError(f'{manual_dir} is a file but not a .zip')
   key = _fingerprint(manual_dir)
   prepared = os.path.join(os.fspath(data_dir), f'br35h_{key}')
-  builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
-  if not builder.is_prepared():
-    logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
-    source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=source))
-    except ValueError as error:  # (it names the link to a zip in `prepared`, not the user's)
-      raise ValueError(f'{manual_dir}: {error}') from None
-  data = builder.as_data_source('train')
+  data = _prepare(manual_dir, prepared).as_data_source('train')
   records = []
   for i in range(len(data)):
     example = data[i]
