@@ -19,6 +19,7 @@ from ml_collections import config_flags
 from brainjax import interrupts
 from brainjax.data import sources
 from brainjax.tasks import datasets
+from brainjax.train import checkpoints
 from brainjax.train import parallel
 from brainjax.train import reruns
 from configs import common
@@ -85,12 +86,15 @@ def quiet_libraries(record):
   quietly (on a machine without a TPU: "Unable to initialize backend 'tpu': ... Failed to open
   libtpu.so"; the run logs the devices it uses); Orbax's per-save INFO chatter (its warnings
   still show), and its error log, traceback included, of a wait for a save that a Ctrl-C stopped
-  (the run says it was interrupted; the resumed run replaces the unfinished save)."""
+  (the run says it was interrupted; the resumed run replaces the unfinished save) or of a save
+  that found no room to write (a full disk: each of its threads logs the failure, some 190
+  lines; the run ends with one line naming the folder, its traceback with --verbosity=1)."""
   if record.name.startswith('jax.') and record.levelno < std_logging.WARNING:
     return not str(record.msg).startswith('Unable to initialize backend')
   if '/orbax/' not in record.pathname:
     return True
-  if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+  if record.exc_info and (isinstance(record.exc_info[1], KeyboardInterrupt)
+                          or checkpoints.out_of_room(record.exc_info[1])):
     return False
   return record.levelno >= std_logging.WARNING
 

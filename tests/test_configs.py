@@ -537,5 +537,11 @@ def test_the_run_log_drops_library_chatter_but_not_warnings_or_errors():
   assert launch.quiet_libraries(record(logging.WARNING, orbax))
   assert launch.quiet_libraries(record(logging.ERROR, orbax, OSError('disk full')))
   assert not launch.quiet_libraries(record(logging.ERROR, orbax, KeyboardInterrupt()))
+  # (A save that found no room: the run ends with one line saying so.)
+  full_disk = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local '
+                         'file "/w/best/4.orbax-checkpoint-tmp/": Failed to write 83492 bytes '
+                         "to file 13: No space left on device [os_error_code='28']")
+  assert not launch.quiet_libraries(record(logging.ERROR, orbax, full_disk))
+  assert not launch.quiet_libraries(record(logging.ERROR, orbax, OSError(28, 'No space left')))
   assert launch.quiet_libraries(record(logging.INFO, '/brainjax/train/loop.py'))
   assert launch.quiet_libraries(record(logging.ERROR, '/brainjax/x.py', KeyboardInterrupt()))

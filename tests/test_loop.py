@@ -9,6 +9,7 @@ import struct
 import subprocess
 import sys
 import time
+import types
 
 import flax.linen as nn
 import jax
@@ -236,6 +237,64 @@ def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):
       mngr.wait_until_finished()
     state, meta = checkpoints.restore(mngr, template)
     assert meta['step'] == 10 and (state['w'] == 10).all()
+
+
+# A save whose array file outgrows the file size limit (a write without room, as on a full
+# disk), logged through launch's filter; prints the error it ends with.
+_SAVED_WITHOUT_ROOM = """
+import resource, signal, sys
+import numpy as np
+from absl import logging
+import launch
+from brainjax.train import checkpoints
+logging.get_absl_handler().addFilter(launch.quiet_libraries)
+logging.use_absl_handler()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # (a write past the limit fails: EFBIG)
+mngr = checkpoints.manager(sys.argv[1], 1)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2**20, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+  checkpoints.save(mngr, 1, {'w': np.random.default_rng(0).normal(size=2**21).astype(np.float32)},
+                   {'step': 1})
+  checkpoints.close(mngr)
+except OSError as error:
+  print(f'error: {error}')
+"""
+
+# Orbax's error on a full disk (its tensorstore's, from a smoke run on a 700 KB tmpfs).
+_FULL_DISK = ('RESOURCE_EXHAUSTED: Error writing "params.BatchNorm_1.bias/0" in OCDBT database at '
+              'local file "/w/best/4.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+              'ocdbt.process_0/": Failed writing: "/w/best/4.orbax-checkpoint-tmp/'
+              'state.orbax-checkpoint-tmp/ocdbt.process_0/d/e4524d6a3021560882628deff340d115": '
+              'Failed to write 83492 bytes to file 13: No space left on device '
+              "[os_error_code='28']")
+
+
+@pytest.mark.skipif(not hasattr(signal, 'SIGXFSZ'), reason='needs a POSIX file size limit')
+def test_a_save_without_room_to_write_ends_in_one_line_naming_its_folder(tmp_path):
+  # (Orbax logged its failure from each of its threads, some 190 lines of tracebacks, and the
+  # run ended with tensorstore's paragraph about one array's file in a temporary folder.)
+  directory = str(tmp_path / 'checkpoints')
+  child = subprocess.run([sys.executable, '-c', _SAVED_WITHOUT_ROOM, directory], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+  assert child.returncode == 0, child.stderr
+  assert child.stdout == f'error: cannot write a checkpoint in {directory}: File too large\n'
+  assert 'Traceback' not in child.stderr, child.stderr
+
+
+def test_a_full_disk_is_named_with_the_checkpoint_folder():
+  def fail():
+    raise ValueError(_FULL_DISK)
+  mngr = types.SimpleNamespace(directory='/w/best', wait_until_finished=fail)
+  with pytest.raises(OSError) as raised:
+    checkpoints.wait(mngr)
+  assert str(raised.value) == 'cannot write a checkpoint in /w/best: No space left on device'
+  assert checkpoints.out_of_room(ValueError(_FULL_DISK))
+  assert not checkpoints.out_of_room(ValueError('a checkpoint of another shape'))
+
+  def refuse():
+    raise ValueError('a checkpoint of another shape')  # (not a write: passed on as it is)
+  with pytest.raises(ValueError, match='^a checkpoint of another shape$'):
+    checkpoints.wait(types.SimpleNamespace(directory='/w/best', wait_until_finished=refuse))
 
 
 # A run killed without any cleanup (SIGKILL) in its 7th step of 12, with a save at every step.

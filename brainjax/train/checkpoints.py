@@ -1,5 +1,9 @@
 """Orbax checkpoints: the latest few for resuming, and the best one by validation loss."""
+import contextlib
+import errno
 import os
+import re
+from typing import Optional
 
 import jax
 import numpy as np
@@ -23,16 +27,65 @@ def manager(directory, max_to_keep, create=True):
                                            multiprocessing_options=processes))
 
 
+# Failures for want of room: a full disk, a full quota, the file size limit.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _os_error_code(error) -> Optional[int]:
+  """The system's error code of a failed write: an OSError's, or the one that tensorstore
+  (which writes Orbax's arrays) puts in its ValueError's message: "...: No space left on
+  device [os_error_code='28']". None if there is none."""
+  if isinstance(error, OSError):
+    return error.errno
+  if isinstance(error, ValueError):
+    found = re.search(r"\[os_error_code='?(\d+)'?\]", str(error))
+    return int(found.group(1)) if found else None
+  return None
+
+
+def out_of_room(error) -> bool:
+  """Whether `error` is a write that failed for want of room (see _NO_ROOM)."""
+  return _os_error_code(error) in _NO_ROOM
+
+
+@contextlib.contextmanager
+def _writing(mngr):
+  """A save in mngr's folder that fails to write (a full disk) is one OSError naming the
+  folder and the system's reason: Orbax's is tensorstore's paragraph about the file of one
+  array in a temporary folder (the original is its __cause__)."""
+  try:
+    yield
+  except (OSError, ValueError) as error:
+    code = _os_error_code(error)
+    if code is None and not isinstance(error, OSError):  # (not a write: e.g. a bad state)
+      raise
+    reason = os.strerror(code) if code is not None else ' '.join(str(error).split())
+    raise OSError(f'cannot write a checkpoint in {mngr.directory}: {reason}') from error
+
+
 def save(mngr, step, state, meta):
   """Starts saving `state` (a host pytree) with a small JSON `meta` dict.
 
   Orbax writes it in the background and commits it atomically when done; the next
-  save, `mngr.wait_until_finished()` or `mngr.close()` waits for it. Until then the
+  save, `wait(mngr)` or `close(mngr)` waits for it (and raises its failure). Until then the
   arrays of `state` must not change (JAX keeps a device buffer that a NumPy view
   still reads out of donation).
   """
-  mngr.save(int(step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  with _writing(mngr):
+    mngr.save(int(step), args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def wait(mngr):
+  """Waits for mngr's save in flight to be committed."""
+  with _writing(mngr):
+    mngr.wait_until_finished()
+
+
+def close(mngr):
+  """Waits for mngr's save in flight, and closes mngr."""
+  with _writing(mngr):
+    mngr.close()
 
 
 def restore(mngr, state_template, step=None):

@@ -164,7 +164,7 @@ class _Saves:
     for stale in [s for s in self.best.all_steps() if s >= best_step]:
       self.best.delete(stale)
     checkpoints.save(self.best, best_step, host_best, best_meta)
-    self.best.wait_until_finished()
+    checkpoints.wait(self.best)
     self.pending_best = None
     return best_step, host_best, best_run_meta
 
@@ -186,8 +186,10 @@ class _Saves:
 
   def close(self):
     """Waits for the saves in flight (a checkpoint that a message names is complete)."""
-    self.latest.close()
-    self.best.close()
+    try:
+      checkpoints.close(self.latest)
+    finally:
+      checkpoints.close(self.best)
 
 
 def _data_keys(data_key: Union[str, Sequence[str], None]) -> Tuple[str, ...]:
