@@ -1,4 +1,5 @@
 """The shared training skeleton: resume after a kill, NaN stop, best checkpoint, plateau, pmap."""
+import errno
 import functools
 import math
 import os
@@ -219,6 +220,19 @@ def test_event_files_made_within_one_second_are_read_in_the_order_they_were_made
     writer.close()
   assert tensorboard_scalars(tmp_path) == {'train/loss': [(1, 0.0), (2, 1.0), (3, 2.0),
                                                           (4, 3.0)]}
+
+
+def test_a_file_that_fails_to_write_leaves_the_one_before_it_and_no_partial_file(tmp_path):
+  # (A predict on a full disk left predictions.csv.tmp behind.)
+  path = str(tmp_path / 'predictions.csv')
+  with reporting.atomic_open(path) as f:
+    f.write('before\n')
+  with pytest.raises(OSError, match='No space'):
+    with reporting.atomic_open(path) as f:
+      f.write('half of it')
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  assert sorted(os.listdir(tmp_path)) == ['predictions.csv']
+  assert pathlib.Path(path).read_text() == 'before\n'
 
 
 def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):

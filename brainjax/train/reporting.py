@@ -22,10 +22,20 @@ def _json_number(value):
 
 @contextlib.contextmanager
 def atomic_open(path, mode='w', **kwargs):
-  """open() for writing whose file appears at `path` only once fully written."""
-  with open(path + '.tmp', mode, **kwargs) as f:
-    yield f
-  os.replace(path + '.tmp', path)
+  """open() for writing whose file appears at `path` only once fully written; one that fails
+  (a full disk) or is interrupted leaves no partial file behind.
+
+  The partial file is path + '.tmp', a fixed name: a workdir is locked to one process.
+  """
+  tmp = path + '.tmp'
+  try:
+    with open(tmp, mode, **kwargs) as f:
+      yield f
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(OSError):  # (the write's error is the one to report)
+      os.remove(tmp)
+    raise
 
 
 def write_metrics_json(workdir, metrics):
