@@ -1,4 +1,5 @@
 """Data sources: phantom, folder, Br35H (TFDS builder), synthetic; skips; the cache."""
+import errno
 import hashlib
 import io
 import os
@@ -358,6 +359,20 @@ def test_br35h_source_on_fake_download(tmp_path):
   examples, _ = sources.load_source(
       _cfg(dataset='br35h', data_dir=str(tmp_path / 'br35h'), num_per_class=0), str(tmp_path))
   assert list(examples.ids) == ['no/n0.jpg', 'no/n1.jpg', 'yes/y0.jpg', 'yes/y1.jpg']
+
+
+def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
+  # (A full cache folder was "[Errno 28] No space left on device", naming no path.)
+  def savez_on_a_full_disk(f, **_):
+    f.write(b'PK')
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(sources.np, 'savez', savez_on_a_full_disk)
+  with pytest.raises(OSError) as raised:
+    sources.load_source(_cfg(), str(tmp_path / 'cache'))
+  message = str(raised.value)
+  assert message.startswith(f'cannot write the preprocessing cache {tmp_path / "cache"}/phantom_')
+  assert message.endswith('.npz (--config.cache_dir, BRAINJAX_CACHE): No space left on device')
+  assert os.listdir(tmp_path / 'cache') == []  # (no partial file)
 
 
 def test_synthetic_source_is_not_recropped(tmp_path):

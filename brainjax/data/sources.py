@@ -331,6 +331,15 @@ def _write_cache(path, source: Source, skipped):
       skipped_reasons=np.asarray([s[1] for s in skipped], str))
   if examples.masks is not None:
     arrays['masks'] = examples.masks
+  try:
+    _write_npz(path, arrays)
+  except OSError as error:  # (a failed write names no file: "[Errno 28] No space left on device")
+    raise OSError(f'cannot write the preprocessing cache {path} (--config.cache_dir, '
+                  f'BRAINJAX_CACHE): {error.strerror or error}') from error
+
+
+def _write_npz(path, arrays):
+  """np.savez to `path`, which appears only once fully written."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.cache.', suffix='.npz.tmp')
   try:
     with os.fdopen(fd, 'wb') as f:
