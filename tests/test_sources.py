@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -262,6 +263,23 @@ def test_two_processes_preparing_one_br35h_zip_at_once_both_read_it(tmp_path):
   assert digests[0] == digests[1] and digests[0].startswith('5 ')
   assert load_br35h_records(str(archive), str(tmp_path / 'tfds')) == load_br35h_records(
       str(folder), str(tmp_path / 'tfds2'))
+
+
+def test_a_br35h_preparation_without_room_names_its_folder(tmp_path, monkeypatch):
+  # (array_record's RuntimeError, a 60-line traceback, named the file of one split only.)
+  from brainjax.data.br35h import br35h_dataset_builder  # pylint: disable=g-import-not-at-top
+
+  def prepare_on_a_full_disk(*_, **__):
+    raise RuntimeError('Failed to finalize writing of split "train": write() failed: No space '
+                       'left on device; writing x/br35h-train.array_record-00000-of-00001')
+  monkeypatch.setattr(br35h_dataset_builder.Br35h, 'download_and_prepare', prepare_on_a_full_disk)
+  folder = _fake_br35h(tmp_path / 'download')
+  with pytest.raises(OSError) as raised:
+    load_br35h_records(str(folder), str(tmp_path / 'tfds'))
+  where = re.escape(str(tmp_path / 'tfds'))
+  assert re.fullmatch(f'cannot prepare Br35H in {where}/br35h_[0-9a-f]+ '
+                      r'\(--config\.cache_dir, BRAINJAX_CACHE\): No space left on device',
+                      str(raised.value)), raised.value
 
 
 def test_a_nested_folder_lists_its_files_in_the_order_of_its_zip(tmp_path):

@@ -5,6 +5,7 @@ Preparing one prepared folder is serialised across processes (an flock on
 each other's staging folder and race TFDS's final rename.
 """
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -99,7 +100,23 @@ def _prepare(manual_dir: str, prepared: str):
           download_config=tfds.download.DownloadConfig(manual_dir=source))
     except ValueError as error:  # (it names the link to a zip in `prepared`, not the user's)
       raise ValueError(f'{manual_dir}: {error}') from None
+    except (OSError, RuntimeError) as error:
+      reason = _no_room(error)
+      if reason is None:
+        raise
+      raise OSError(f'cannot prepare Br35H in {prepared} (--config.cache_dir, BRAINJAX_CACHE): '
+                    f'{reason}') from error
   return builder
+
+
+def _no_room(error):
+  """'No space left on device' (or a full quota) if that is why `error`'s write failed, else
+  None. array_record says it in a RuntimeError's text only: 'Failed to finalize writing of
+  split "train": write() failed: No space left on device; writing <file>; at byte ...'."""
+  for code in (errno.ENOSPC, errno.EDQUOT):
+    if getattr(error, 'errno', None) == code or os.strerror(code) in str(error):
+      return os.strerror(code)
+  return None
 
 
 def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, bytes]]:
