@@ -379,18 +379,34 @@ def test_br35h_source_on_fake_download(tmp_path):
   assert list(examples.ids) == ['no/n0.jpg', 'no/n1.jpg', 'yes/y0.jpg', 'yes/y1.jpg']
 
 
-def test_a_cache_that_cannot_be_written_is_named(tmp_path, monkeypatch):
-  # (A full cache folder was "[Errno 28] No space left on device", naming no path.)
+def test_a_cache_that_cannot_be_written_is_named_and_the_run_goes_on(tmp_path, monkeypatch):
+  # (A full cache folder was "[Errno 28] No space left on device", naming no path, and stopped
+  # the run after all its preprocessing; so did a read-only one.)
+  expected = sources.load_source(_cfg(), str(tmp_path / 'other')).examples
+  real_savez = sources.np.savez
+
   def savez_on_a_full_disk(f, **_):
     f.write(b'PK')
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   monkeypatch.setattr(sources.np, 'savez', savez_on_a_full_disk)
-  with pytest.raises(OSError) as raised:
-    sources.load_source(_cfg(), str(tmp_path / 'cache'))
-  message = str(raised.value)
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  examples = sources.load_source(_cfg(), str(tmp_path / 'cache')).examples
+  np.testing.assert_array_equal(examples.images, expected.images)
+  (message,) = warnings
   assert message.startswith(f'cannot write the preprocessing cache {tmp_path / "cache"}/phantom_')
-  assert message.endswith('.npz (--config.cache_dir, BRAINJAX_CACHE): No space left on device')
+  assert message.endswith('.npz (--config.cache_dir, BRAINJAX_CACHE): No space left on device; '
+                          'going on without caching.')
   assert os.listdir(tmp_path / 'cache') == []  # (no partial file)
+  # A cache file is as readable as the umask allows (mkstemp's are the owner's alone).
+  monkeypatch.setattr(sources.np, 'savez', real_savez)
+  previous = os.umask(0o022)
+  try:
+    sources.load_source(_cfg(), str(tmp_path / 'shared'))
+  finally:
+    os.umask(previous)
+  (cached,) = os.listdir(tmp_path / 'shared')
+  assert os.stat(tmp_path / 'shared' / cached).st_mode & 0o777 == 0o644
 
 
 def test_synthetic_source_is_not_recropped(tmp_path):

@@ -316,9 +316,13 @@ def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
       ids=np.asarray([r[0] for r in kept]),
       masks=np.stack([r[2][1] for r in kept]).astype(np.uint8) if with_masks else None)
   source = Source(examples, np.stack([r[2][2] for r in kept]))
-  _write_cache(path, source, skipped)
-  logging.info('Preprocessed %d %s examples (%d skipped); cached at %s', len(examples), dataset,
-               len(skipped), path)
+  try:
+    _write_cache(path, source, skipped)
+  except OSError as error:  # (a full or read-only cache folder: the run needs no cache)
+    logging.warning('%s; going on without caching.', error)
+  else:
+    logging.info('Preprocessed %d %s examples (%d skipped); cached at %s', len(examples),
+                 dataset, len(skipped), path)
   return source
 
 
@@ -342,6 +346,11 @@ def _write_npz(path, arrays):
   """np.savez to `path`, which appears only once fully written."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.cache.', suffix='.npz.tmp')
   try:
+    # mkstemp's file is the owner's alone (0600): readable as the umask allows, like any
+    # file, so that a cache folder shared by several users is reused.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, 'wb') as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)
