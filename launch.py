@@ -144,11 +144,12 @@ def cache_problem(cache):
 
 
 def _expand_home(tree):
-  """Expands a leading ~ in every string setting: a shell leaves `--workdir=~/x` and
-  `--config.input=~/x` as they are, and a folder named `~` would be made or looked for."""
+  """Expands a leading ~ in every string setting, and in each part of a comma-separated one
+  (synthetic_dirs): a shell leaves `--workdir=~/x` and `--config.input=~/x` as they are, and a
+  folder named `~` would be made or looked for."""
   for key, value in tree.items():
-    if isinstance(value, str) and value.startswith('~'):
-      tree[key] = os.path.expanduser(value)
+    if isinstance(value, str) and '~' in value:
+      tree[key] = ','.join(os.path.expanduser(part) for part in value.split(','))
     elif hasattr(value, 'items'):
       _expand_home(value)
 

@@ -380,6 +380,14 @@ def test_paths_are_taken_as_the_user_means_them(tmp_path, monkeypatch):
   with pytest.raises(ValueError, match=r'cache_dir .* is inside the data folder'):
     launch.resolve_paths(config, 'run')
   config.cache_dir = ''
+  generator = importlib.import_module('configs.vae_gen').get_config('positive,smoke')
+  generator.data.dataset, generator.data.data_dir = 'folder', 'data'
+  generator.export.dir = 'data/no/synthetic'
+  with pytest.raises(ValueError, match=r'export.dir .* is inside the data folder'):
+    launch.resolve_paths(generator, 'run')
+  config.synthetic_dirs = '~/a/synthetic,~/b/synthetic'  # (each export's ~)
+  launch.resolve_paths(config, 'run')
+  assert config.synthetic_dirs == f'{tmp_path}/home/a/synthetic,{tmp_path}/home/b/synthetic'
   # Orbax and XLA take UTF-8 paths only (they failed with tracebacks, the workdir half made).
   with pytest.raises(ValueError, match='not valid UTF-8'):
     launch.resolve_paths(config, os.fsdecode(b'run_\xff'))
@@ -398,6 +406,7 @@ def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):
   assert result.returncode != 0 and 'holds a cnn_cls run' in result.stderr
   assert 'Traceback' not in result.stderr
   assert (tmp_path / 'config.json').read_text() == '{"task": "cnn_cls", "learning_rate": 0.001}'
+  assert os.listdir(tmp_path) == ['config.json']  # (no .lock either)
 
 
 def _files_but_the_lock(workdir):

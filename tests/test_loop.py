@@ -310,6 +310,12 @@ def test_a_full_disk_is_named_with_the_checkpoint_folder():
   with pytest.raises(ValueError, match='^a checkpoint of another shape$'):
     checkpoints.wait(types.SimpleNamespace(directory='/w/best', wait_until_finished=refuse))
 
+  def missing():  # (an error that is not for want of room: passed on with its file name)
+    raise FileNotFoundError(2, 'No such file or directory', '/w/best/3/_CHECKPOINT_METADATA')
+  with pytest.raises(FileNotFoundError) as raised:
+    checkpoints.wait(types.SimpleNamespace(directory='/w/best', wait_until_finished=missing))
+  assert raised.value.filename == '/w/best/3/_CHECKPOINT_METADATA'
+
 
 # A run killed without any cleanup (SIGKILL) in its 7th step of 12, with a save at every step.
 _KILLED_RUN = """

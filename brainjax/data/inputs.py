@@ -1,8 +1,8 @@
 """Lists the image files of a prediction input: one file, a folder (recursive) or a zip.
 
-Every regular file becomes one `InputFile`, images or not: deciding what is an image is
-the decoder's job, so a stray text file is reported (as a skip) rather than silently
-passed over. Only OS metadata and hidden files (layout.is_junk: .DS_Store, __MACOSX/,
+Every file becomes one `InputFile`, images or not: deciding what is an image is the
+decoder's job, so a stray text file, a pipe or a subfolder that cannot be listed is
+reported (as a skip) rather than silently passed over. Only OS metadata and hidden files (layout.is_junk: .DS_Store, __MACOSX/,
 Thumbs.db, dot-files) are left out, as everywhere in brainjax. Paths are relative to
 the input, '/'-separated, in sorted order. The input is only ever opened for reading.
 
@@ -125,19 +125,29 @@ def _list_zip(path: str) -> List[InputFile]:
   return [InputFile(n, label_from_path(n), path, in_zip=True) for n in sorted(last.values())]
 
 
-def list_inputs(path) -> List[InputFile]:
-  """Every file of `path` (a file, a folder searched recursively, or a .zip)."""
+def check_input(path) -> None:
+  """The error list_inputs would raise for `path`, found without reading a folder's tree or a
+  zip's directory (and without their warnings)."""
   path = os.fspath(path)
   if not path:
     raise ValueError('no input given: set --config.input to an image file, a folder or a zip')
   if os.path.isdir(path):
-    return _walk_folder(path)
+    os.listdir(path)  # (a folder that cannot be read: its OSError)
+    return
   if not os.path.exists(path):
     raise FileNotFoundError(f'input {path!r} does not exist')
   if not os.path.isfile(path):  # (a pipe or a device: reading it could wait for ever)
     raise ValueError(f'input {path!r} is not a file, a folder or a zip')
-  if path.lower().endswith('.zip') or zipfile.is_zipfile(path):
-    if zipfile.is_zipfile(path):
-      return _list_zip(path)
+  if path.lower().endswith('.zip') and not zipfile.is_zipfile(path):
     raise ValueError(f'input {path!r} is named .zip but is not a readable zip archive')
+
+
+def list_inputs(path) -> List[InputFile]:
+  """Every file of `path` (a file, a folder searched recursively, or a .zip)."""
+  check_input(path)
+  path = os.fspath(path)
+  if os.path.isdir(path):
+    return _walk_folder(path)
+  if zipfile.is_zipfile(path):
+    return _list_zip(path)
   return [InputFile(os.path.basename(path), None, path)]

@@ -3,8 +3,9 @@
 Class folders sit at the root or in one top folder below it (as in the Kaggle zip),
 never both: a collection read from both would hold every file twice under the same
 name, copies that a random split would spread across train and test. Files below the
-class folders are read recursively, following links to folders. Hidden files and OS
-metadata (.DS_Store, __MACOSX/, Thumbs.db) are not scans and are ignored.
+class folders are read recursively, following links to folders (but not from one class
+folder into the other). Hidden files and OS metadata (.DS_Store, __MACOSX/, Thumbs.db) are
+not scans and are ignored.
 """
 import errno
 import os
@@ -108,11 +109,15 @@ def locate_download(path: str) -> Tuple[str, str]:
 def open_file(path: str):
   """`path` opened for binary reading, or an OSError: also for a FIFO, socket or device, whose
   read could wait for ever or never end (opened without waiting, then refused)."""
-  fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0))
+  fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0))
   try:
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-      raise OSError(errno.EINVAL, 'not a regular file (a pipe, socket or device)', path)
-    os.set_blocking(fd, True)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+      kind = ('a folder' if stat.S_ISDIR(mode) else 'a pipe' if stat.S_ISFIFO(mode)
+              else 'a socket' if stat.S_ISSOCK(mode) else 'a device')
+      raise OSError(errno.EINVAL, f'not a regular file but {kind}', path)
+    if hasattr(os, 'O_NONBLOCK'):  # (no such flag, nor os.set_blocking, on Windows)
+      os.set_blocking(fd, True)
     return os.fdopen(fd, 'rb')
   except BaseException:
     os.close(fd)

@@ -23,9 +23,9 @@ import contextlib
 import hashlib
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
-import tempfile
 import zipfile
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
@@ -344,13 +344,11 @@ def _write_cache(path, source: Source, skipped):
 
 def _write_npz(path, arrays):
   """np.savez to `path`, which appears only once fully written."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.cache.', suffix='.npz.tmp')
+  # Made as open() makes files, readable as the umask allows (mkstemp's are the owner's alone,
+  # and a cache folder shared by several users was useful to one only).
+  tmp = os.path.join(os.path.dirname(path), f'.cache.{secrets.token_hex(8)}.npz.tmp')
+  fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
   try:
-    # mkstemp's file is the owner's alone (0600): readable as the umask allows, like any
-    # file, so that a cache folder shared by several users is reused.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, 'wb') as f:
       np.savez(f, **arrays)
     os.replace(tmp, path)

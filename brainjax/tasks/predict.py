@@ -409,7 +409,7 @@ def check_config(config):
   if config.dedup_against and not os.path.exists(config.dedup_against):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
   if config.input:
-    inputs_lib.list_inputs(config.input)  # (a wrong path fails here, before any output)
+    inputs_lib.check_input(config.input)  # (a wrong path fails here, before any output)
   if config.model_dir:
     task = runs.load_run_config(config.model_dir).get('task')
     if task not in runs.MODEL_TASKS:

@@ -50,17 +50,16 @@ def out_of_room(error) -> bool:
 
 @contextlib.contextmanager
 def _writing(mngr):
-  """A save in mngr's folder that fails to write (a full disk) is one OSError naming the
-  folder and the system's reason: Orbax's is tensorstore's paragraph about the file of one
-  array in a temporary folder (the original is its __cause__)."""
+  """A save in mngr's folder that finds no room to write (a full disk or quota) is one OSError
+  naming the folder and the reason: Orbax's is tensorstore's paragraph about the file of one
+  array in a temporary folder (the original is its __cause__). Other errors pass unchanged."""
   try:
     yield
   except (OSError, ValueError) as error:
     code = _os_error_code(error)
-    if code is None and not isinstance(error, OSError):  # (not a write: e.g. a bad state)
+    if code not in _NO_ROOM:
       raise
-    reason = os.strerror(code) if code is not None else ' '.join(str(error).split())
-    raise OSError(f'cannot write a checkpoint in {mngr.directory}: {reason}') from error
+    raise OSError(f'cannot write a checkpoint in {mngr.directory}: {os.strerror(code)}') from error
 
 
 def save(mngr, step, state, meta):

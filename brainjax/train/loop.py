@@ -271,7 +271,8 @@ class _Placement:
 
 
 def _resume(saves, state, evaluate, total_steps, place):
-  """(state, meta, plateau): the latest checkpoint's, or `state` and fresh ones."""
+  """(state, meta, plateau): the latest checkpoint's, or `state` and fresh ones; a resumed run
+  with a best checkpoint measures its validation loss anew (see _rescore_best)."""
   meta = {'plateau': dataclasses.asdict(Plateau()), 'best_val_loss': None}
   if saves.last_step is not None:  # (its data and length: check_resume)
     state, meta = checkpoints.restore(saves.latest, state)
@@ -307,7 +308,7 @@ def _after_validation(config, meta, plateau, val_loss, epoch):
 def _compile(train_step, devices, state, train_arrays, batch_size, rng):
   """The step compiled ahead of the first step, so that images_per_s counts steps, not
   compilation; not by several processes, whose compiled pmap would take global arrays, not
-  each host's part (jit compiles it at the first step there)."""
+  each host's part (pmap compiles it at the first step there)."""
   compiled_step = compile_step(train_step, devices)
   if jax.process_count() > 1:
     return compiled_step
@@ -331,6 +332,8 @@ def fit(config, workdir, state, train_step, train_arrays, *,
   `data_key` (e.g. `datasets.training_key`) names the training data, or is (its key, older
   forms of it): the key is kept with each checkpoint, and a resume whose checkpoint holds
   another is a ValueError (checkpoints without one resume).
+  A non-finite loss, or non-finite parameters or optimizer state at a save or a new best, stop
+  the run (FloatingPointError) with the last good state saved.
   `hooks` are called as hook(step) after every step (tests use one to interrupt a run).
   Returns (final state, left on its (first) device; summary): the last logged train_* and
   val_* values (kept in each checkpoint, so a resumed or finished run reports them too),
@@ -442,8 +445,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
         save(place.to_host(state))
       timer = time.perf_counter()  # images_per_s counts train steps, not eval and saves
   finally:
-    saves.close()
-    writer.close()
+    try:
+      saves.close()  # (which raises a save's failure, e.g. a full disk)
+    finally:
+      writer.close()
 
   best_val_loss = meta['best_val_loss']
   summary.update(steps=step, best_val_loss=math.nan if best_val_loss is None else best_val_loss,
