@@ -115,3 +115,19 @@ def test_cnn_grouped_stratifies_mixed_groups_by_their_majority(seed):
   for kind in (range(10), range(10, 20)):
     per_split = [len(np.intersect1d(np.unique(groups[part]), kind)) for part in split]
     assert per_split == [7, 2, 1], (seed, per_split)
+
+
+def test_real_synthetic_and_mixed_runs_validate_and_test_on_the_same_real_slices(cache_dir):
+  # Table 1 compares the variants' rows: only their training data may differ.
+  from brainjax.tasks import datasets  # pylint: disable=g-import-not-at-top
+  from configs import cnn_cls, cvae_cls  # pylint: disable=g-import-not-at-top
+  for module, variants, protocol in ((cnn_cls, ('real', 'synthetic', 'mixed'), 'cnn'),
+                                     (cvae_cls, ('real', 'synthetic', 'mixed'), 'anomaly')):
+    sets = []
+    for variant in variants:
+      config = module.get_config(f'{variant},smoke')
+      config.cache_dir = cache_dir
+      assert config.train_data == variant
+      parts = datasets.classifier_split(config, datasets.real_source(config), protocol)
+      sets.append((parts.val.tolist(), parts.test.tolist()))
+    assert sets[0][0] and sets[0][1] and sets.count(sets[0]) == len(sets), module.__name__

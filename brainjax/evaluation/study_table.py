@@ -6,7 +6,8 @@ import os
 import numpy as np
 
 # The study's Table 1 (accuracy, precision, recall, F1 in %). Its VAE rows are class-balanced
-# (macro) averages (see classification.py), so they sit beside our macro_* columns. Its
+# (macro) averages (see classification.py): table1.md compares them with our F1
+# (class-balanced) column, table1.csv holds every macro_* column. Its
 # synthetic data is the VAE's: it discarded its GAN's samples (section "Generative task").
 PUBLISHED = {
     ('CNN', 'real'): (96.67, 95.42, 97.99, 96.69),
