@@ -88,9 +88,9 @@ def test_reconstruction_error_convolutions_leave_ynnpack():
 
   variables = {'k1': jnp.full((3, 3, 1, 32), 0.1), 'k2': jnp.full((3, 3, 32, 1), 0.01)}
   (images,) = _cpu_args((4, 16, 16, 1))
-  batch_args = (reconstruct, variables, images)
+  batch_args = (reconstruct, variables, images, None, 1)
   batch_errors = recon_error._batch_errors  # pylint: disable=protected-access
-  default = jax.jit(batch_errors.__wrapped__, static_argnums=0).lower(*batch_args)
+  default = jax.jit(batch_errors.__wrapped__, static_argnums=(0, 4)).lower(*batch_args)
   assert _convolutions(default.compile().as_text())[0] >= 1
   in_ynn, elsewhere = _convolutions(batch_errors.lower(*batch_args).compile().as_text())
   assert in_ynn == 0 and elsewhere >= 1

@@ -50,6 +50,9 @@ def default_anomaly_config() -> ml_collections.ConfigDict:
   c.rules = RULES
   c.selection_metric = 'f1'  # any of classification.METRIC_NAMES
   c.image_shape = None  # (H, W) of the error maps; None: square
+  # Error maps of the mean reconstruction (1, the study's), or each pixel's absolute error
+  # averaged over this many reconstructions of latent samples, then normalised.
+  c.num_latent_samples = 1
   # anomaly_threshold grid: k / num for k = 0 .. num - 1 (0.00, 0.01, ..., 0.99).
   c.num_anomaly_thresholds = 100
   # tumor_index grid: fraction of the image area; geometric so that small
@@ -117,7 +120,7 @@ def check_config(config) -> None:
     raise ValueError(f'anomaly.dbscan_anomaly_thresholds={config.dbscan_anomaly_thresholds}: '
                      'they must be in [0, 1)')
   dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
-  for field in ('kmeans_max_iter', 'global_max_iter'):
+  for field in ('kmeans_max_iter', 'global_max_iter', 'num_latent_samples'):
     if config[field] < 1:
       raise ValueError(f'anomaly.{field}={config[field]}: it must be at least 1')
 

@@ -3,7 +3,7 @@
 The study's anomaly score map: a model trained on healthy slices reconstructs
 tumours badly, so the normalised absolute error is high where a tumour is.
 """
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,9 @@ def minmax_normalise(err: jnp.ndarray) -> jnp.ndarray:
   err = err.reshape(-1)
   lo, hi = jnp.min(err), jnp.max(err)
   span = hi - lo
-  return jnp.where(span > 0, (err - lo) / jnp.where(span > 0, span, 1.0), 0.0)
+  # (clipped: XLA may compute an error fused into this expression and, separately, into its
+  # min and max, rounded differently: -6e-12 or 1.0000001)
+  return jnp.clip(jnp.where(span > 0, (err - lo) / jnp.where(span > 0, span, 1.0), 0.0), 0.0, 1.0)
 
 
 def normalised_abs_error(image: jnp.ndarray, recon: jnp.ndarray) -> jnp.ndarray:
@@ -28,21 +30,31 @@ def normalised_abs_error(image: jnp.ndarray, recon: jnp.ndarray) -> jnp.ndarray:
   return minmax_normalise(jnp.abs(image - recon))
 
 
-@compile_options.jit(static_argnames='reconstruct_fn')
-def _batch_errors(reconstruct_fn, variables, x):
+@compile_options.jit(static_argnames=('reconstruct_fn', 'num_samples'))
+def _batch_errors(reconstruct_fn, variables, x, keys, num_samples):
   """Normalised errors of one batch; the model variables are an argument, not
-  constants baked into the compiled function."""
+  constants baked into the compiled function. With keys (one per image), the absolute
+  error averaged over num_samples stochastic reconstructions, then normalised."""
   x = x.astype(jnp.float32)
-  return jax.vmap(normalised_abs_error)(x, reconstruct_fn(variables, x))
+  if keys is None:
+    return jax.vmap(normalised_abs_error)(x, reconstruct_fn(variables, x))
+
+  def add_sample(total, sample):
+    sample_keys = jax.vmap(lambda key: jax.random.fold_in(key, sample))(keys)
+    return total + jnp.abs(x - reconstruct_fn(variables, x, sample_keys)), None
+  total, _ = jax.lax.scan(add_sample, jnp.zeros_like(x), jnp.arange(num_samples))
+  return jax.vmap(minmax_normalise)(total / num_samples)
 
 
 def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variables: Any,
-                         batch_size: int = 256) -> np.ndarray:
+                         batch_size: int = 256, num_samples: int = 1,
+                         rng: Optional[jax.Array] = None) -> np.ndarray:
   """Normalised per-pixel error of every image, float32 (N, H*W).
 
   Args:
     reconstruct_fn: a JAX function (traced under jit), batched NHWC in and out:
-      `reconstruct_fn(variables, images)`.
+      `reconstruct_fn(variables, images)`, or with `rng`
+      `reconstruct_fn(variables, images, keys)` (stochastic: keys (N,), one per image).
       A static argument of the jitted batches: the compilation is reused for an equal
       one (the same function, or e.g. `cvae_cls.Reconstruction` of an equal model; a
       functools.partial is equal only to itself).
@@ -51,6 +63,10 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
     variables: model parameters (any pytree) passed to the compiled function as an
       argument; closing over them instead makes XLA constant-fold the decoder at
       compile time (seconds).
+    num_samples: with `rng`, the absolute error is averaged over this many stochastic
+      reconstructions before normalising.
+    rng: a PRNG key; selects the stochastic mode. Image i's samples use keys folded from
+      fold_in(rng, i): its map depends on its index, not on the batch it falls in.
 
   Returns:
     float32 (N, H*W) in [0, 1]; each row min-max normalised (constant -> zeros).
@@ -60,6 +76,8 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
     raise ValueError(f'images must be (N, H, W, 1), got {images.shape}')
   if batch_size < 1:
     raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+  if num_samples < 1 or (num_samples > 1 and rng is None):
+    raise ValueError(f'num_samples={num_samples}: it must be 1, or more with an rng')
   n, h, w, _ = images.shape
   out = np.empty((n, h * w), np.float32)
   if n == 0:
@@ -73,6 +91,8 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
     valid = len(chunk)
     if valid < batch:  # pad so the shape (and the compilation) never changes
       chunk = np.concatenate([chunk, np.zeros((batch - valid,) + chunk.shape[1:], chunk.dtype)])
-    errors = _batch_errors(reconstruct_fn, variables, chunk)
+    keys = None if rng is None else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
+        jnp.arange(start, start + batch))
+    errors = _batch_errors(reconstruct_fn, variables, chunk, keys, num_samples)
     out[start:start + valid] = np.asarray(errors)[:valid]
   return out

@@ -90,8 +90,24 @@ class Reconstruction:
   whoever builds it and how often."""
   model: models.BrainCVAE
 
-  def __call__(self, variables, images):
-    return reconstruct(self.model, variables, images)
+  def __call__(self, variables, images, keys=None):
+    """The mean reconstruction, or with keys (one per image) one from a latent sample."""
+    if keys is None:
+      return reconstruct(self.model, variables, images)
+    mean, logvar = self.model.apply(variables, images, method=self.model.encode)
+    noise = jax.vmap(lambda key: jax.random.normal(key, mean.shape[1:], mean.dtype))(keys)
+    return self.model.apply(variables, mean + jnp.exp(logvar / 2) * noise,
+                            method=self.model.decode)
+
+
+def error_maps(model, variables, images, anomaly_config, rng):
+  """The normalised error maps the rules read: of the mean reconstruction, or averaged over
+  anomaly_config.num_latent_samples latent samples drawn from `rng` (see
+  recon_error.reconstruction_error)."""
+  samples = anomaly_config.get('num_latent_samples', 1)  # (runs older than the setting: 1)
+  return recon_error.reconstruction_error(
+      Reconstruction(model), images, variables=variables, num_samples=samples,
+      rng=rng if samples > 1 else None)
 
 
 def make_train_step(config, model):
@@ -140,10 +156,11 @@ def train_and_evaluate(config, workdir):
       evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)
-  val_errors = recon_error.reconstruction_error(Reconstruction(model), val.images,
-                                                variables=best.variables)
-  test_errors = recon_error.reconstruction_error(Reconstruction(model), test.images,
-                                                 variables=best.variables)
+  errors_rng = jax.random.PRNGKey(config.seed)
+  val_errors = error_maps(model, best.variables, val.images, config.anomaly,
+                          jax.random.fold_in(errors_rng, 0))
+  test_errors = error_maps(model, best.variables, test.images, config.anomaly,
+                           jax.random.fold_in(errors_rng, 1))
   metrics, fitted = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),

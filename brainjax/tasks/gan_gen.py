@@ -91,9 +91,10 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
 
 
 @compile_options.jit(static_argnames=('generator', 'num'))
-def sample_images(generator, variables, rng, num):
-  """`num` new slices in [0, 1]."""
-  z = jax.random.normal(rng, (num, generator.latent_dim))
+def sample_images(generator, variables, rng, num, first=0):
+  """`num` new slices in [0, 1]: samples first .. first + num - 1 of rng
+  (generation.latent_noise)."""
+  z = generation.latent_noise(rng, num, generator.latent_dim, first)
   return (generator.apply(variables, z, train=False).astype(jnp.float32) + 1.0) / 2.0
 
 

@@ -4,6 +4,7 @@ import re
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from brainjax.data import synthetic
@@ -19,11 +20,19 @@ def class_training_set(config, source):
   return datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
 
 
+def latent_noise(rng, num, latent_dim, first=0):
+  """(num, latent_dim) standard normal rows; row i drawn from fold_in(rng, first + i), so a
+  sample depends on its index, not on the batch it is drawn in (nor the batch size)."""
+  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(num))
+  return jax.vmap(lambda key: jax.random.normal(key, (latent_dim,)))(keys)
+
+
 def sample_in_batches(sample_fn, variables, rng, num, batch_size):
-  """Calls the jitted `sample_fn(variables, rng, batch_size)` until `num` images exist."""
-  batches = [np.asarray(sample_fn(variables, jax.random.fold_in(rng, i), batch_size))
-             for i in range(-(-num // batch_size))]
-  return np.concatenate(batches)[:num]
+  """Calls `sample_fn(variables, rng, size, first)` (images first .. first + size - 1 of the
+  samples of rng, see latent_noise) until `num` images exist."""
+  batches = [np.asarray(sample_fn(variables, rng, min(batch_size, num - first), first))
+             for first in range(0, num, batch_size)]
+  return np.concatenate(batches)
 
 
 def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):

@@ -154,10 +154,15 @@ def run_rules(run: Run, spec: str) -> List[str]:
 
 
 def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches."""
-  reconstruct = task_module('cvae_cls').Reconstruction(run.model)
-  return recon_error.reconstruction_error(reconstruct, images, batch_size=batch_size,
-                                          variables=run.variables)
+  """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches
+  (with its latent samples, if it averaged some: drawn from the run's seed and each image's
+  place among `images`)."""
+  cvae_cls = task_module('cvae_cls')
+  samples = run.config.get('anomaly', {}).get('num_latent_samples', 1)
+  rng = jax.random.fold_in(jax.random.PRNGKey(run.config.get('seed', 0)), 2)
+  return recon_error.reconstruction_error(
+      cvae_cls.Reconstruction(run.model), images, batch_size=batch_size,
+      variables=run.variables, num_samples=samples, rng=rng if samples > 1 else None)
 
 
 def global_centroids(run: Run) -> np.ndarray:

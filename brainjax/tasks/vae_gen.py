@@ -40,9 +40,10 @@ def vae_reconstruction_loss(logits, images):
 
 
 @compile_options.jit(static_argnames=('model', 'num'))
-def sample_images(model, variables, rng, num):
-  """`num` new slices in [0, 1] decoded from the prior."""
-  z = jax.random.normal(rng, (num, model.latent_dim))
+def sample_images(model, variables, rng, num, first=0):
+  """`num` new slices in [0, 1] decoded from the prior: samples first .. first + num - 1 of
+  rng (generation.latent_noise)."""
+  z = generation.latent_noise(rng, num, model.latent_dim, first)
   logits = model.apply(variables, z, train=False, method=model.decode)
   return jax.nn.sigmoid(logits.astype(jnp.float32))
 
