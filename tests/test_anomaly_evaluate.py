@@ -29,8 +29,8 @@ def _small_config():
 
 def test_flat_metrics_for_every_rule(data):
   (val_e, val_y, _), (test_e, test_y, test_m) = data
-  out, fitted = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, _small_config(),
-                                                test_masks=test_m)
+  out, fitted, scores = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y,
+                                                        _small_config(), test_masks=test_m)
   for prefix in ('giaem', 'dbscan', 'kmeans', 'global_kmeans'):
     for key in ('accuracy', 'precision', 'recall', 'f1', 'macro_f1', 'auroc', 'tp',
                 'val_f1', 'dice', 'iou', 'seconds'):
@@ -54,6 +54,11 @@ def test_flat_metrics_for_every_rule(data):
   rule = giaem.giaem(test_e, out['giaem_anomaly_threshold'], out['giaem_tumor_index'])
   expected = classification.classification_metrics(test_y, rule.prediction, rule.score)
   assert out['giaem_f1'] == expected['f1'] and out['giaem_auroc'] == expected['auroc']
+  # each rule's returned test score is the one its ROC AUC was computed from
+  assert set(scores) == {f'{r}_score' for r in evaluate.RULES}
+  np.testing.assert_array_equal(scores['giaem_score'], rule.score)
+  for r in evaluate.RULES:
+    assert out[f'{r}_auroc'] == classification.auroc(test_y, scores[f'{r}_score']), r
   rule = dbscan.dbscan(test_e, out['dbscan_anomaly_threshold'], out['dbscan_eps'],
                        out['dbscan_min_samples'], out['dbscan_tumor_index'])
   assert out['dbscan_accuracy'] == classification.classification_metrics(
@@ -66,8 +71,9 @@ def test_subset_of_rules_without_masks(data):
   config = _small_config()
   config.rules = ('giaem',)
   config.selection_metric = 'balanced_accuracy'
-  out, fitted = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config)
+  out, fitted, scores = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config)
   assert out.pop('selected_rule') == 'giaem' and fitted == {}
+  assert set(scores) == {'giaem_score'}
   assert set(k.split('_')[0] for k in out) == {'giaem'}
   assert 'giaem_val_balanced_accuracy' in out and 'giaem_dice' not in out
   assert not math.isnan(out['giaem_auroc'])

@@ -33,7 +33,8 @@ def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, mo
   centroids = os.path.join(workdir, 'global_kmeans_centroids.npy')
   assert os.path.exists(figure) and os.path.exists(centroids)
   # A rerun refused (other data, fewer epochs, a batch the data cannot fill) changes nothing.
-  outputs = [figure, centroids, os.path.join(workdir, 'metrics.json'),
+  scores = os.path.join(workdir, 'test_scores.npz')
+  outputs = [figure, centroids, scores, os.path.join(workdir, 'metrics.json'),
              os.path.join(workdir, 'eval_ids.json')]
   before = [open(p, 'rb').read() for p in outputs]
   for field, value, message in (('data.num_per_class', 20, 'trained on other data'),
@@ -48,6 +49,7 @@ def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, mo
   metrics = cvae_cls.train_and_evaluate(config, workdir)
   assert 'giaem_f1' not in metrics and not os.path.exists(figure)
   assert not os.path.exists(centroids)
+  assert set(np.load(scores).files) == {'id', 'label', 'kmeans_score'}  # (the study's ROC)
   metrics_json = os.path.join(workdir, 'metrics.json')
   assert os.path.exists(metrics_json)
 
@@ -60,7 +62,7 @@ def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, mo
     patch.setattr(cvae_cls.anomaly_evaluate, 'evaluate_anomaly_rules', killed)
     with pytest.raises(KeyboardInterrupt):
       cvae_cls.train_and_evaluate(config, workdir)
-  assert not os.path.exists(metrics_json)
+  assert not os.path.exists(metrics_json) and not os.path.exists(scores)
   # Killed between the fitted arrays and metrics.json: unfinished, not new centroids beside
   # the old metrics' thresholds (predict would combine them).
   config.anomaly.rules = ('global_kmeans',)

@@ -1,5 +1,5 @@
 """BrainCNN task helpers: test ROC AUC and validation loss come from its logits, not rounded
-probabilities; eval_ids.json is rewritten only when it changes; the best checkpoint is picked
+probabilities; eval_ids.json and test_scores.npz are rewritten only when they change; the best checkpoint is picked
 on the validation slices."""
 import json
 import time
@@ -86,6 +86,24 @@ def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
   assert path.stat().st_mtime_ns == written
   cnn_cls.write_eval_ids(str(tmp_path), val=sets('a'), test=sets('c'))
   assert json.loads(path.read_text()) == {'val': ['a'], 'test': ['c']}
+
+
+def test_test_scores_are_the_auroc_s_and_rewritten_only_when_they_change(tmp_path):
+  # (the study's ROC curves read them; a rerun that changed nothing leaves the file alone)
+  assert cnn_cls.read_test_scores(str(tmp_path)) is None
+  log_odds = MARGINS.astype(np.float64)
+  cnn_cls.write_test_scores(str(tmp_path), _examples(), score=log_odds)
+  path = tmp_path / cnn_cls.TEST_SCORES
+  written = path.stat().st_mtime_ns
+  scores = cnn_cls.read_test_scores(str(tmp_path))
+  assert list(scores['id']) == [str(i) for i in range(7)]
+  assert cnn_cls.metrics_of_log_odds(scores['label'], scores['score'])['auroc'] == (
+      cnn_cls.metrics_of_log_odds(LABELS, log_odds)['auroc'])
+  time.sleep(0.01)
+  cnn_cls.write_test_scores(str(tmp_path), _examples(), score=log_odds)
+  assert path.stat().st_mtime_ns == written
+  cnn_cls.write_test_scores(str(tmp_path), _examples(), score=-log_odds)
+  np.testing.assert_array_equal(cnn_cls.read_test_scores(str(tmp_path))['score'], -log_odds)
 
 
 def test_checkpoints_are_picked_on_the_validation_slices(validated_on):

@@ -7,6 +7,8 @@ import pytest
 
 from brainjax.data import synthetic
 from brainjax.evaluation import privacy
+from brainjax.evaluation import roc
+from brainjax.evaluation import study_table
 from brainjax.tasks import datasets
 from brainjax.tasks import study
 from brainjax.train import reporting
@@ -18,8 +20,15 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   config = study_config.get_config('quick,smoke')
   config.cache_dir = str(tmp_path / 'cache')
   workdir = str(tmp_path / 'study')
+  drawn = {}  # figure file: the curves the study drew in it
+  save_roc_figure = roc.save_roc_figure
+  def spy(path, curves, title=''):
+    drawn[os.path.basename(path)] = curves
+    return save_roc_figure(path, curves, title)
+  monkeypatch.setattr(study.roc, 'save_roc_figure', spy)
   summary = study.train_and_evaluate(config, workdir)
   results = os.path.join(workdir, 'results')
+  _check_figures(workdir, drawn)
   table = open(os.path.join(results, 'table1.md')).read()
   for row in ('| CNN | real', '| CNN | synthetic (VAE)', '| CNN | mixed (VAE)',
               '| VAE (GIAEM) | real', '| VAE (DBSCAN) | mixed (VAE)',
@@ -52,8 +61,14 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   stamps = [os.path.getmtime(f) for f in stage_files]
   dropped = os.path.join(results, 'figures', 'samples_random_seed1_vae_positive.png')
   open(dropped, 'wb').close()  # of a seed an earlier run had and this one drops
+  # A stage finished before stages wrote their test scores: its curve is left out.
+  os.remove(os.path.join(workdir, 'random', 'seed0', 'cnn_cls_mixed_vae', 'test_scores.npz'))
+  drawn.clear()
   again = study.train_and_evaluate(config, workdir)
   assert not os.path.exists(dropped)
+  assert len(drawn['roc_random_seed0.png']) == 5
+  assert 'CNN, mixed (VAE)' not in {c.name for c in drawn['roc_random_seed0.png']}
+  assert os.path.exists(os.path.join(results, 'figures', 'roc_random_seed0.png'))
   assert os.path.exists(os.path.join(results, 'figures', 'samples_random_seed0_vae_positive.png'))
   assert json.dumps(again, sort_keys=True) == json.dumps(summary, sort_keys=True)  # NaN-safe
   assert [os.path.getmtime(f) for f in stage_files] == stamps
@@ -90,6 +105,34 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
                      'validated and tested on other slices'):
     study.train_and_evaluate(config, 'study')
   assert sorted(os.listdir(results)) == tables
+
+
+def _check_figures(workdir, drawn):
+  """results/figures/ holds a ROC figure with a curve per Table 1 classifier row (BrainCVAE: its
+  selected rule), each of the area its stage's metrics.json reports, from its test slices; and
+  each BrainCVAE stage's reconstruction/error panels."""
+  figures = os.path.join(workdir, 'results', 'figures')
+  assert open(os.path.join(figures, 'roc_random_seed0.png'), 'rb').read(4) == b'\x89PNG'
+  curves = {c.name: c for c in drawn['roc_random_seed0.png']}
+  assert len(curves) == 6  # BrainCNN and BrainCVAE on real, synthetic and mixed data
+  for stage, data in (('real', 'real'), ('synthetic_vae', 'synthetic (VAE)'),
+                      ('mixed_vae', 'mixed (VAE)')):
+    for task in ('cnn_cls', 'cvae_cls'):
+      run_dir = os.path.join(workdir, 'random', 'seed0', f'{task}_{stage}')
+      metrics = reporting.read_metrics_json(run_dir)
+      rule = metrics.get('selected_rule')
+      model = 'CNN' if task == 'cnn_cls' else study_table.RULE_ROW_NAMES[rule]
+      curve = curves[f'{model}, {data}']
+      auroc = metrics['auroc' if task == 'cnn_cls' else f'{rule}_auroc']
+      assert curve.auc == pytest.approx(auroc, abs=1e-9), curve.name  # its legend's number
+      assert roc.curve_area(curve.fpr, curve.tpr) == pytest.approx(auroc, abs=1e-9)
+      with np.load(os.path.join(run_dir, 'test_scores.npz')) as scores:
+        test_ids = json.load(open(os.path.join(run_dir, 'eval_ids.json')))['test']
+        assert sorted(scores['id']) == test_ids  # the real test slices, every one
+      if task == 'cvae_cls':
+        panels = os.path.join(figures, f'anomaly_random_seed0_{task}_{stage}.png')
+        assert open(panels, 'rb').read() == open(
+            os.path.join(run_dir, 'figures', 'anomaly_examples.png'), 'rb').read()
 
 
 def test_each_seed_trains_its_classifiers_on_its_own_generators(tmp_path, monkeypatch):

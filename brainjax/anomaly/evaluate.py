@@ -4,7 +4,8 @@
 rule it picks the hyperparameters on the validation errors, applies them once to
 the test errors and returns flat metrics prefixed giaem_, dbscan_, kmeans_ and
 global_kmeans_ (e.g. dbscan_f1, dbscan_auroc, dbscan_eps), plus `selected_rule`:
-the rule with the best validation value, the one a prediction applies by default.
+the rule with the best validation value, the one a prediction applies by default; and each
+rule's continuous test score, the one its ROC AUC is computed from.
 """
 import time
 from typing import Any, Dict, Optional, Tuple
@@ -195,12 +196,15 @@ def select_rule(metrics: Dict[str, Any], selection_metric: str = 'f1') -> str:
 def evaluate_anomaly_rules(
     val_errors: np.ndarray, val_labels: np.ndarray, test_errors: np.ndarray,
     test_labels: np.ndarray, config: ml_collections.ConfigDict,
-    test_masks: Optional[np.ndarray] = None) -> Tuple[Dict[str, Any], Dict[str, np.ndarray]]:
-  """(flat metrics of every rule in config.rules (see module docstring), fitted arrays).
+    test_masks: Optional[np.ndarray] = None
+) -> Tuple[Dict[str, Any], Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+  """(flat metrics of every rule in config.rules (see module docstring), fitted arrays,
+  test scores).
 
   The fitted arrays are what applying a rule to new slices needs beyond its
   hyperparameters: {'global_kmeans_centroids': (2, H*W), tumour first} when the
-  global KMeans rule ran.
+  global KMeans rule ran. The test scores are {'<rule>_score': (N,) float64}, what
+  `<rule>_auroc` is computed from (a cvae_cls run keeps them for the study's ROC curves).
 
   Keys per rule prefix p: the chosen hyperparameters (p_anomaly_threshold,
   p_tumor_index, p_eps, p_min_samples, p_alpha as applicable), p_val_<metric>,
@@ -227,7 +231,7 @@ def evaluate_anomaly_rules(
   if 'giaem' in rules or 'global_kmeans' in rules:  # computed once, shared
     codes = pixel_features.threshold_codes(
         val_errors, anomaly_threshold_grid(config.num_anomaly_thresholds))
-  results, fitted = {}, {}
+  results, fitted, scores = {}, {}, {}
   for rule in rules:
     start = time.perf_counter()
     found = _search(rule, config, val_errors, val_labels, shape, codes)
@@ -243,9 +247,10 @@ def evaluate_anomaly_rules(
                  found.params, found.metric, found.value, metrics['f1'], metrics['auroc'],
                  metrics['seconds'])
     results.update({f'{rule}_{k}': v for k, v in metrics.items()})
+    scores[f'{rule}_score'] = np.asarray(out.score, np.float64)
     if rule == 'global_kmeans':
       # Saved as used (float64): a float32 copy could tip a row at exactly equal distances
       # (score 0.5, a tumour at alpha 1) to the other side in a later prediction.
       fitted[FITTED_ARRAYS[0]] = np.asarray(found.extra['centroids'], np.float64)
   results['selected_rule'] = select_rule(results, config.selection_metric)
-  return results, fitted
+  return results, fitted, scores

@@ -115,10 +115,15 @@ def validation_metrics(model, variables, examples, batch_size=256):
 
 
 def evaluation_metrics(model, variables, examples, batch_size=256):
-  """classification_metrics of `examples`: tumour if P(tumour) >= 0.5 (log-odds >= 0); ROC
-  AUC of the log-odds (the probability's order, without its rounding ties at 1.0)."""
-  m = predict_log_odds(model, variables, examples.images, batch_size)
-  return classification.classification_metrics(examples.labels, (m >= 0).astype(int), m)
+  """metrics_of_log_odds of `examples`."""
+  return metrics_of_log_odds(examples.labels,
+                             predict_log_odds(model, variables, examples.images, batch_size))
+
+
+def metrics_of_log_odds(labels, log_odds):
+  """classification_metrics: tumour if P(tumour) >= 0.5 (log-odds >= 0); ROC AUC of the
+  log-odds (the probability's order, without its rounding ties at 1.0)."""
+  return classification.classification_metrics(labels, (log_odds >= 0).astype(int), log_odds)
 
 
 def table_row(model_name, train_data, metrics):
@@ -146,6 +151,36 @@ def write_eval_ids(workdir, **sets):
         return
   with reporting.atomic_open(path) as f:
     f.write(text)
+
+
+TEST_SCORES = 'test_scores.npz'
+
+
+def write_test_scores(workdir, test, **scores):
+  """Records each test slice's id, label and scores (e.g. score=, or giaem_score=): the score
+  named `<prefix>score` is what metrics.json's `<prefix>auroc` is computed from (the study
+  draws its ROC curves from them).
+
+  An unchanged file is left as it is, as write_eval_ids leaves its own.
+  """
+  arrays = dict(id=np.asarray(test.ids, str), label=np.asarray(test.labels, np.int64),
+                **{k: np.asarray(v, np.float64) for k, v in scores.items()})
+  old = read_test_scores(workdir)
+  if old is not None and old.keys() == arrays.keys() and all(
+      np.array_equal(old[k], v) for k, v in arrays.items()):
+    return
+  with reporting.atomic_open(os.path.join(workdir, TEST_SCORES), 'wb') as f:
+    np.savez(f, **arrays)
+
+
+def read_test_scores(workdir):
+  """{name: array} of a run's test_scores.npz, or None where it has none (a run finished
+  before runs wrote it)."""
+  path = os.path.join(workdir, TEST_SCORES)
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as scores:
+    return {k: scores[k] for k in scores.files}
 
 
 def make_train_step(config, model):
@@ -184,10 +219,12 @@ def train_and_evaluate(config, workdir):
       evaluate=lambda s: validation_metrics(eval_model, s.variables, val))
 
   best = checkpoints.restore_best(workdir, state)
-  metrics = evaluation_metrics(eval_model, best.variables, test)
+  log_odds = predict_log_odds(eval_model, best.variables, test.images)
+  metrics = metrics_of_log_odds(test.labels, log_odds)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   print(table_row('CNN', config.train_data, metrics))
   if parallel.is_first_host():
+    write_test_scores(workdir, test, score=log_odds)  # (before metrics.json: the run's end)
     reporting.write_metrics_json(workdir, metrics)
   return metrics

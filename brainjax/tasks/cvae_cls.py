@@ -139,7 +139,8 @@ def train_and_evaluate(config, workdir):
     # An earlier evaluation's results (a rerun may change anomaly.*): none until this one's
     # are written, so an interrupted or failed rerun leaves no old ones under its config.
     reporting.remove_metrics_json(workdir)
-    for stale in (*(f'{name}.npy' for name in anomaly_evaluate.FITTED_ARRAYS), FIGURE):
+    for stale in (*(f'{name}.npy' for name in anomaly_evaluate.FITTED_ARRAYS), FIGURE,
+                  cnn_cls.TEST_SCORES):
       if os.path.exists(os.path.join(workdir, stale)):
         os.remove(os.path.join(workdir, stale))
     cnn_cls.write_eval_ids(workdir, val=val, test=test)
@@ -161,7 +162,7 @@ def train_and_evaluate(config, workdir):
                           jax.random.fold_in(errors_rng, 0))
   test_errors = error_maps(model, best.variables, test.images, config.anomaly,
                            jax.random.fold_in(errors_rng, 1))
-  metrics, fitted = anomaly_evaluate.evaluate_anomaly_rules(
+  metrics, fitted, test_scores = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
@@ -174,6 +175,7 @@ def train_and_evaluate(config, workdir):
     return metrics
   for name, array in fitted.items():  # what predict needs to apply the rules to new slices
     reporting.save_array(workdir, f'{name}.npy', array)
+  cnn_cls.write_test_scores(workdir, test, **test_scores)  # (the study's ROC curves)
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
   if 'giaem_anomaly_threshold' in metrics:
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)

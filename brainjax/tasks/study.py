@@ -17,13 +17,16 @@ import shutil
 
 from absl import logging
 import ml_collections
+import numpy as np
 
 from brainjax.data import synthetic
 from brainjax.data.examples import NEGATIVE, POSITIVE
 from brainjax.evaluation import generative_quality
 from brainjax.evaluation import privacy
+from brainjax.evaluation import roc
 from brainjax.evaluation import study_table
 from brainjax.tasks import cnn_cls
+from brainjax.tasks import cvae_cls
 from brainjax.tasks import datasets
 from brainjax.tasks import runs
 from brainjax.train import parallel
@@ -177,6 +180,74 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   return rows
 
 
+def roc_curve_of_run(run):
+  """The ROC curve of one run of train_classifiers on its real test slices, for its Table 1
+  row (BrainCVAE: its selected rule's), from the scores its metrics.json's ROC AUC was
+  computed from; None, with a log line, where the run cannot give one."""
+  m = run['metrics']
+  if run['task'] == 'cnn_cls':
+    model, prefix = 'CNN', ''
+  elif m.get('selected_rule') in study_table.RULE_ROW_NAMES:
+    model, prefix = study_table.RULE_ROW_NAMES[m['selected_rule']], f'{m["selected_rule"]}_'
+  else:
+    logging.info('ROC curves: %s left out: its metrics.json names no selected_rule',
+                 run['run_dir'])
+    return None
+  scores = cnn_cls.read_test_scores(run['run_dir'])
+  if scores is None or f'{prefix}score' not in scores:
+    # (a stage finished before stages wrote their test scores: reused as it is)
+    logging.info('ROC curves: %s left out: it holds no %s%s', run['run_dir'],
+                 cnn_cls.TEST_SCORES, '' if scores is None else f' {prefix}score')
+    return None
+  if m.get(f'{prefix}auroc') is None:  # (NaN: a test set without one of the classes)
+    logging.info('ROC curves: %s left out: its ROC AUC is undefined', run['run_dir'])
+    return None
+  data = run['train_data'] + ('' if run['source'] == '-' else f' ({run["source"].upper()})')
+  curve = roc.make_curve(f'{model}, {data}', scores['label'], scores[f'{prefix}score'])
+  # A curve whose area is not the table's ROC AUC would contradict it (a scores file of
+  # another evaluation than its metrics.json's): left out rather than drawn.
+  if not np.isclose(curve.auc, m[f'{prefix}auroc'], rtol=0, atol=1e-9):
+    logging.warning('ROC curves: %s left out: its %s give ROC AUC %.6f, its metrics.json '
+                    '%.6f', run['run_dir'], cnn_cls.TEST_SCORES, curve.auc,
+                    m[f'{prefix}auroc'])
+    return None
+  return curve
+
+
+def write_roc_figures(figures_dir, results):
+  """roc_<split>_seed<seed>.png: a curve per classifier run of that split mode and seed (see
+  roc_curve_of_run); returns their paths."""
+  groups = {}
+  for run in results:
+    groups.setdefault((run['split'], run['seed']), []).append(run)
+  paths = []
+  for (split_mode, seed), runs in groups.items():
+    curves = [c for c in map(roc_curve_of_run, runs) if c is not None]
+    if not curves:
+      continue
+    paths.append(roc.save_roc_figure(
+        os.path.join(figures_dir, f'roc_{split_mode}_seed{seed}.png'), curves,
+        title=f'ROC on the real test slices: {split_mode} split, seed {seed}'))
+  return paths
+
+
+def copy_anomaly_figures(figures_dir, results):
+  """Each BrainCVAE stage's reconstruction/error panels as
+  anomaly_<split>_seed<seed>_<stage>.png; returns their paths."""
+  paths = []
+  for run in results:
+    if run['task'] != 'cvae_cls':
+      continue
+    source = os.path.join(run['run_dir'], cvae_cls.FIGURE)
+    if not os.path.isfile(source):  # (a stage without the GIAEM rule draws none)
+      logging.info('Figures: %s has no %s', run['run_dir'], cvae_cls.FIGURE)
+      continue
+    name = f'anomaly_{run["split"]}_seed{run["seed"]}_{os.path.basename(run["run_dir"])}.png'
+    os.makedirs(figures_dir, exist_ok=True)
+    paths.append(shutil.copyfile(source, os.path.join(figures_dir, name)))
+  return paths
+
+
 def check_config(config):
   """One-line errors for settings no study can use, before any stage runs."""
   generators = config.generators.split(',')
@@ -290,7 +361,9 @@ def train_and_evaluate(config, workdir):
   if not parallel.is_first_host():  # the first host writes the tables
     return study_table.flat_summary(results, quality)
   out_dir = os.path.join(workdir, 'results')
+  figures_dir = os.path.join(out_dir, 'figures')
   paths = study_table.write_tables(out_dir, results, quality)
+  paths += write_roc_figures(figures_dir, results) + copy_anomaly_figures(figures_dir, results)
   for path in paths:
     logging.info('Wrote %s', path)
   with open(paths[0]) as f:

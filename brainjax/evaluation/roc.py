@@ -1,0 +1,73 @@
+"""ROC curves of classifiers on the real test set, drawn as one PNG.
+
+`roc_curve` steps through the distinct scores, so the trapezoid area under it (`curve_area`)
+is `classification.auroc` exactly: a run of tied scores is one diagonal step, the one half
+the Mann-Whitney count gives each tied (tumour, healthy) pair.
+"""
+import os
+from typing import NamedTuple, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+class Curve(NamedTuple):
+  """One classifier's curve and its legend name; auc: the area under fpr, tpr."""
+  name: str
+  fpr: np.ndarray
+  tpr: np.ndarray
+  auc: float
+
+
+def roc_curve(labels, scores):
+  """(false positive rates, true positive rates), from (0, 0) to (1, 1), one point per
+  distinct score (tumour called from that score up); a ValueError without both classes."""
+  labels = np.asarray(labels).astype(bool)
+  scores = np.asarray(scores, np.float64)
+  if labels.shape != scores.shape or labels.ndim != 1:
+    raise ValueError(f'labels {labels.shape} and scores {scores.shape}: two equal 1-D arrays')
+  positives, negatives = int(labels.sum()), int((~labels).sum())
+  if not positives or not negatives:
+    raise ValueError(f'a ROC curve needs both classes: {positives} tumour, {negatives} healthy')
+  order = np.argsort(-scores, kind='stable')
+  ranked, hits = scores[order], labels[order]
+  # (the last slice of each run of tied scores: a threshold calls the whole run at once)
+  ends = np.r_[np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1]
+  tp = np.cumsum(hits)[ends]
+  fp = ends + 1 - tp
+  return np.r_[0.0, fp / negatives], np.r_[0.0, tp / positives]
+
+
+def curve_area(fpr, tpr) -> float:
+  """The trapezoid area under a curve of `roc_curve`."""
+  fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
+  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def make_curve(name, labels, scores) -> Curve:
+  fpr, tpr = roc_curve(labels, scores)
+  return Curve(name, fpr, tpr, curve_area(fpr, tpr))
+
+
+def save_roc_figure(path: str, curves: Sequence[Curve], title: str = '') -> str:
+  """Writes the curves, each labelled with its AUC, and the chance diagonal; returns `path`."""
+  if not curves:
+    raise ValueError('save_roc_figure needs at least one curve')
+  # Figure without pyplot: no global backend state, Agg canvas for savefig.
+  fig = Figure(figsize=(6, 5.5))
+  ax = fig.subplots()
+  ax.plot([0, 1], [0, 1], color='0.7', linestyle=':', linewidth=1, label='chance (AUC 0.500)')
+  for curve in curves:
+    ax.plot(curve.fpr, curve.tpr, linewidth=1.5,
+            label=f'{curve.name} (AUC {curve.auc:.3f})')
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.01)
+  ax.set_xlabel('false positive rate (healthy called tumour)')
+  ax.set_ylabel('true positive rate (tumour found)')
+  if title:
+    ax.set_title(title, fontsize=10)
+  ax.legend(loc='lower right', fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  fig.savefig(path, format='png', dpi=100)
+  return path
