@@ -1,7 +1,7 @@
 """ROC curves of classifiers on the real test set, drawn as one PNG.
 
-`roc_curve` steps through the distinct scores, so the trapezoid area under it (`curve_area`)
-is `classification.auroc` exactly: a run of tied scores is one diagonal step, the one half
+scikit-learn's curve (a point per distinct score) and trapezoid area: the area is
+`classification.auroc` exactly, a run of tied scores being one diagonal step, the one half
 the Mann-Whitney count gives each tied (tumour, healthy) pair.
 """
 import os
@@ -9,6 +9,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from sklearn import metrics
 
 
 class Curve(NamedTuple):
@@ -20,8 +21,8 @@ class Curve(NamedTuple):
 
 
 def roc_curve(labels, scores):
-  """(false positive rates, true positive rates), from (0, 0) to (1, 1), one point per
-  distinct score (tumour called from that score up); a ValueError without both classes."""
+  """(false positive rates, true positive rates), from (0, 0) to (1, 1); a ValueError without
+  both classes (scikit-learn would warn and return NaNs)."""
   labels = np.asarray(labels).astype(bool)
   scores = np.asarray(scores, np.float64)
   if labels.shape != scores.shape or labels.ndim != 1:
@@ -29,19 +30,13 @@ def roc_curve(labels, scores):
   positives, negatives = int(labels.sum()), int((~labels).sum())
   if not positives or not negatives:
     raise ValueError(f'a ROC curve needs both classes: {positives} tumour, {negatives} healthy')
-  order = np.argsort(-scores, kind='stable')
-  ranked, hits = scores[order], labels[order]
-  # (the last slice of each run of tied scores: a threshold calls the whole run at once)
-  ends = np.r_[np.flatnonzero(ranked[1:] != ranked[:-1]), ranked.size - 1]
-  tp = np.cumsum(hits)[ends]
-  fp = ends + 1 - tp
-  return np.r_[0.0, fp / negatives], np.r_[0.0, tp / positives]
+  fpr, tpr, _ = metrics.roc_curve(labels, scores, drop_intermediate=False)
+  return fpr, tpr
 
 
 def curve_area(fpr, tpr) -> float:
   """The trapezoid area under a curve of `roc_curve`."""
-  fpr, tpr = np.asarray(fpr, np.float64), np.asarray(tpr, np.float64)
-  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+  return float(metrics.auc(fpr, tpr))
 
 
 def make_curve(name, labels, scores) -> Curve:

@@ -221,8 +221,8 @@ def write_roc_figures(figures_dir, results):
   for run in results:
     groups.setdefault((run['split'], run['seed']), []).append(run)
   paths = []
-  for (split_mode, seed), runs in groups.items():
-    curves = [c for c in map(roc_curve_of_run, runs) if c is not None]
+  for (split_mode, seed), group in groups.items():
+    curves = [c for c in map(roc_curve_of_run, group) if c is not None]
     if not curves:
       continue
     paths.append(roc.save_roc_figure(
