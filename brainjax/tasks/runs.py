@@ -15,7 +15,6 @@ import ml_collections
 import numpy as np
 
 from brainjax.anomaly import evaluate as anomaly_evaluate
-from brainjax.anomaly import recon_error
 from brainjax.train import checkpoints
 from brainjax.train import reporting
 from brainjax.train import reruns
@@ -157,12 +156,9 @@ def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -
   """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches
   (with its latent samples, if it averaged some: drawn from the run's seed and each image's
   place among `images`)."""
-  cvae_cls = task_module('cvae_cls')
-  samples = run.config.get('anomaly', {}).get('num_latent_samples', 1)
   rng = jax.random.fold_in(jax.random.PRNGKey(run.config.get('seed', 0)), 2)
-  return recon_error.reconstruction_error(
-      cvae_cls.Reconstruction(run.model), images, batch_size=batch_size,
-      variables=run.variables, num_samples=samples, rng=rng if samples > 1 else None)
+  return task_module('cvae_cls').error_maps(run.model, run.variables, images,
+                                            run.config.get('anomaly', {}), rng, batch_size)
 
 
 def global_centroids(run: Run) -> np.ndarray:
