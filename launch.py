@@ -17,6 +17,7 @@ import jax
 from ml_collections import config_flags
 
 from brainjax import interrupts
+from brainjax.data import layout
 from brainjax.data import sources
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
@@ -154,11 +155,6 @@ def _expand_home(tree):
       _expand_home(value)
 
 
-def _inside(path, folder):
-  path, folder = os.path.realpath(path), os.path.realpath(folder)
-  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
 def resolve_paths(config, workdir):
   """The workdir (default runs/<config name>), with config's paths as the user means them: `~`
   expanded everywhere, the data folder made absolute (a run resumed from another folder, or
@@ -183,7 +179,7 @@ def resolve_paths(config, workdir):
     config.data.data_dir = data_dir = os.path.abspath(data_dir)
     if os.path.isdir(data_dir):
       for name, path in written.items():
-        if name != 'model_dir' and _inside(path, data_dir):
+        if name != 'model_dir' and layout.is_inside(path, data_dir):
           raise ValueError(f'{name} {path} is inside the data folder {data_dir}: the run would '
                            'write into your data, and read its own files as slices; choose a '
                            'folder outside it')

@@ -1,6 +1,6 @@
 """BrainCNN task helpers: test ROC AUC and validation loss come from its logits, not rounded
-probabilities; eval_ids.json and test_scores.npz are rewritten only when they change; the best checkpoint is picked
-on the validation slices."""
+probabilities; eval_ids.json and test_scores.npz are rewritten only when they change; the
+best checkpoint is picked on the validation slices."""
 import json
 import time
 

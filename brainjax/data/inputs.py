@@ -2,8 +2,9 @@
 
 Every file becomes one `InputFile`, images or not: deciding what is an image is the
 decoder's job, so a stray text file, a pipe or a subfolder that cannot be listed is
-reported (as a skip) rather than silently passed over. Only OS metadata and hidden files (layout.is_junk: .DS_Store, __MACOSX/,
-Thumbs.db, dot-files) are left out, as everywhere in brainjax. Paths are relative to
+reported (as a skip) rather than silently passed over. Only OS metadata and hidden files
+(layout.is_junk: .DS_Store, __MACOSX/, Thumbs.db, dot-files) are left out, as everywhere in
+brainjax. Paths are relative to
 the input, '/'-separated, in sorted order. The input is only ever opened for reading.
 
 Labels follow the yes/ no/ layout of Br35H and other public collections

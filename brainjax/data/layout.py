@@ -106,6 +106,12 @@ def locate_download(path: str) -> Tuple[str, str]:
       f'exactly one .zip of them (found {len(zips)} zips)')
 
 
+def is_inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies below it, links resolved."""
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 def open_file(path: str):
   """`path` opened for binary reading, or an OSError: also for a FIFO, socket or device, whose
   read could wait for ever or never end (opened without waiting, then refused)."""
@@ -171,7 +177,8 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   ignored = _class_tops(root) if top == root else []
   if ignored:
     logging.warning('%s: reading its own yes/ and no/, not those in %s', root, ', '.join(ignored))
-  folders = {cls: os.path.join(top, cls) for cls in CLASSES if os.path.isdir(os.path.join(top, cls))}
+  folders = {cls: os.path.join(top, cls) for cls in CLASSES
+             if os.path.isdir(os.path.join(top, cls))}
   for label, cls in enumerate(CLASSES):
     if cls not in folders:
       continue

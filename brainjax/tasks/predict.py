@@ -47,6 +47,7 @@ from brainjax.anomaly import maps as anomaly_maps
 from brainjax.data import dedup
 from brainjax.data import image_io
 from brainjax.data import inputs as inputs_lib
+from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import preprocess as preprocess_lib
 from brainjax.evaluation import classification
@@ -326,10 +327,8 @@ def _predict_workdirs_among(files) -> List[str]:
 
 def _check_input_outside_map_folders(workdir: str, input_path: str):
   """The map folders are replaced by each prediction: they must not hold its input."""
-  real_input = os.path.realpath(input_path)
   for name in MAP_FOLDERS:
-    folder = os.path.realpath(os.path.join(workdir, name))
-    if real_input == folder or real_input.startswith(folder + os.sep):
+    if layout.is_inside(input_path, os.path.join(workdir, name)):
       raise ValueError(f'input {input_path!r} lies in an output folder of --workdir {workdir!r}, '
                        'which a prediction replaces: choose another --workdir')
 
