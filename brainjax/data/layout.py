@@ -7,6 +7,7 @@ class folders are read recursively, following links to folders (but not from one
 folder into the other). Hidden files and OS metadata (.DS_Store, __MACOSX/, Thumbs.db) are
 not scans and are ignored.
 """
+import contextlib
 import errno
 import os
 import stat
@@ -15,6 +16,11 @@ import zlib
 from typing import Iterator, List, Optional, Tuple
 
 from absl import logging
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: folders go unlocked
+  fcntl = None
 
 CLASSES = ('no', 'yes')  # label 0 = healthy (NEGATIVE), 1 = tumour (POSITIVE)
 
@@ -110,6 +116,29 @@ def is_inside(path: str, folder: str) -> bool:
   """Whether `path` is `folder` or lies below it, links resolved."""
   path, folder = os.path.realpath(path), os.path.realpath(folder)
   return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str):
+  """Holds an exclusive flock on `folder` itself (no lock file left in it), waiting (with a log
+  line) for another process that holds it. Where the system cannot lock a folder (no fcntl,
+  some network file systems) it goes on without: only writers of one folder need the lock."""
+  fd = None
+  try:
+    fd = os.open(folder, os.O_RDONLY)
+    if fcntl is not None:
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:  # (says why the run seems to stall)
+        logging.info('Waiting for another process writing into %s', folder)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+  except OSError:
+    pass
+  try:
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)  # (releases the lock)
 
 
 def open_file(path: str):

@@ -14,7 +14,6 @@ hold a lock on the folder, so exports of the two classes may run at once. Names
 have at least five digits, more when the count needs them. Reading does not crop
 again: the images are already in the preprocessed frame.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -23,11 +22,6 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 from PIL import Image
-
-try:
-  import fcntl
-except ImportError:  # not POSIX: exports go without the folder lock
-  fcntl = None
 
 from brainjax.data import layout
 from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
@@ -66,31 +60,10 @@ def _write_json_atomic(path: str, value) -> None:
     raise
 
 
-@contextlib.contextmanager
-def _locked(out_dir: str):
-  """Holds an exclusive lock on the export folder itself (no lock file left in it).
-
-  Where the system cannot lock a folder (some NFS mounts, Windows), an export goes on
-  without: only exports into one folder at once need the lock.
-  """
-  fd = None
-  try:
-    fd = os.open(out_dir, os.O_RDONLY)
-    if fcntl is not None:
-      fcntl.flock(fd, fcntl.LOCK_EX)
-  except OSError:
-    pass
-  try:
-    yield
-  finally:
-    if fd is not None:
-      os.close(fd)  # (releases the lock)
-
-
 def _set_entry(out_dir: str, folder: str, entry: Optional[Dict[str, Any]]) -> None:
   """Sets (None: drops) one class's manifest entry, re-reading the manifest under the lock:
   another process's export of the other class may have changed it since."""
-  with _locked(out_dir):
+  with layout.locked_folder(out_dir):
     manifest = read_manifest(out_dir)
     if entry is None:
       if manifest['classes'].pop(folder, None) is None:

@@ -1,20 +1,14 @@
 """Loads Br35H the TFDS way: prepare once (array_record), then read records.
 
-Preparing one prepared folder is serialised across processes (an flock on
-<data_dir>/br35h_<key>.lock): two runs sharing a cache folder would otherwise empty
-each other's staging folder and race TFDS's final rename.
+Preparations into one data_dir are serialised across processes (an flock on the folder):
+two runs sharing a cache folder would otherwise empty each other's staging folder and race
+TFDS's final rename.
 """
-import contextlib
 import errno
 import hashlib
 import os
 import shutil
 from typing import List, Tuple
-
-try:
-  import fcntl
-except ImportError:  # not POSIX: preparations go unlocked
-  fcntl = None
 
 from absl import logging
 import tensorflow_datasets as tfds
@@ -59,26 +53,6 @@ def _manual_dir_for(path: str, staging: str) -> str:
   return staging
 
 
-@contextlib.contextmanager
-def _locked(lock_path: str):
-  """Holds an exclusive flock on lock_path (made if missing, and left), waiting for the
-  process that holds it. Where the system cannot lock (no fcntl; ENOLCK on some network file
-  systems) it goes on without: only preparations of one folder at once need the lock."""
-  fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    if fcntl is not None:
-      try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-      except BlockingIOError:  # (says why the run seems to stall)
-        logging.info('Waiting for another process preparing Br35H (%s)', lock_path)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-      except OSError:
-        pass
-    yield
-  finally:
-    os.close(fd)  # (releases the lock)
-
-
 def _prepare(manual_dir: str, prepared: str):
   """The builder of `prepared`, which is prepared from manual_dir first unless it is already.
 
@@ -89,7 +63,7 @@ def _prepare(manual_dir: str, prepared: str):
   if builder.is_prepared():
     return builder
   os.makedirs(os.path.dirname(prepared), exist_ok=True)
-  with _locked(prepared + '.lock'):
+  with layout.locked_folder(os.path.dirname(prepared)):
     builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
     if builder.is_prepared():
       return builder
