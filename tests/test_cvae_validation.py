@@ -39,6 +39,25 @@ def test_validation_loss_is_the_mean_over_slices_whatever_the_batches():
     np.testing.assert_allclose(got, per_slice.mean(), rtol=1e-6, err_msg=str(batch_size))
 
 
+def test_validation_noise_differs_by_batch_and_by_seed(monkeypatch):
+  noises = {}
+
+  def record(model, variables, images, noise, weight):
+    del model, variables, images, weight
+    noises.setdefault(seed, []).append(np.asarray(noise))
+    return jnp.float32(0)
+
+  monkeypatch.setattr(cvae_cls, '_batch_loss_sum', record)
+  images = np.zeros((4, 4, 4, 1), np.float32)
+  for seed in (0, 1):
+    cvae_cls.validation_loss(_ConstantModel(), {}, images, seed=seed, batch_size=2)
+  batches = noises[0] + noises[1]  # two batches of each seed
+  assert len(batches) == 4
+  for i in range(4):
+    for j in range(i):
+      assert not np.allclose(batches[i], batches[j]), (i, j)
+
+
 def test_checkpoints_are_picked_on_the_healthy_validation_slices(validated_on):
   # The CVAE models healthy slices: tumour slices in its validation loss would favour a model
   # that reconstructs tumours too (their errors are what the anomaly rules look for), and

@@ -66,8 +66,10 @@ def validation_loss(model, variables, images, seed, batch_size=256):
   the mean over slices. Every batch has one shape (the last padded, its padding weighted 0),
   so it compiles once."""
   total = 0.0
+  key = jax.random.PRNGKey(seed)
   for i, batch in enumerate(pipeline.eval_batches({'image': images}, batch_size)):
-    noise = jax.random.normal(jax.random.PRNGKey(seed + i), (batch_size, model.latent_dim))
+    # (folded in, not seed + i: seed 0's second batch would get seed 1's first batch's noise)
+    noise = jax.random.normal(jax.random.fold_in(key, i), (batch_size, model.latent_dim))
     total += float(_batch_loss_sum(model, variables, batch['image'], noise, batch['weight']))
   return {'loss': total / max(len(images), 1)}
 
