@@ -271,3 +271,32 @@ def test_a_stage_s_refused_rerun_leaves_its_config_json(tmp_path, monkeypatch):
   with pytest.raises(reruns.RerunRefused, match='study stage cnn_cls in .*learning_rate'):
     study.run_stage('cnn_cls', stage, str(tmp_path))
   assert (tmp_path / 'config.json').read_bytes() == before
+
+
+def test_a_stage_is_locked_while_it_runs(tmp_path, monkeypatch):
+  from brainjax.tasks import cnn_cls
+  from configs import cnn_cls as cnn_config
+  stage = cnn_config.get_config('real,smoke')
+  held_while_training = []
+
+  def train(config, workdir):  # what a second launch.py in the stage folder would meet
+    with pytest.raises(ValueError, match='in use by another run'):
+      reruns.lock_workdir(workdir)
+    held_while_training.append(workdir)
+    reporting.write_metrics_json(workdir, {'accuracy': 1.0})
+    return {}
+
+  monkeypatch.setattr(cnn_cls, 'train_and_evaluate', train)
+  assert study.run_stage('cnn_cls', stage, str(tmp_path / 'a')) == {'accuracy': 1.0}
+  assert held_while_training == [str(tmp_path / 'a')]
+  os.close(reruns.lock_workdir(str(tmp_path / 'a')))  # released when the stage ended
+  # A stage another process runs: refused, naming it, and its files left as they were.
+  (tmp_path / 'b').mkdir()
+  other = reruns.lock_workdir(str(tmp_path / 'b'))
+  try:
+    with pytest.raises(ValueError, match=r'study stage cnn_cls in .*b: .*in use by another run'):
+      study.run_stage('cnn_cls', stage, str(tmp_path / 'b'))
+  finally:
+    os.close(other)
+  assert held_while_training == [str(tmp_path / 'a')]
+  assert os.listdir(tmp_path / 'b') == ['.lock']

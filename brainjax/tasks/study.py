@@ -9,6 +9,7 @@ Each seed repeats the whole pipeline on its own split: generators, exports, clas
 the generators' audit. Generators train only on their seed's training slices, so no
 classifier is tested on a slice its synthetic data was derived from.
 """
+import contextlib
 import glob
 import importlib
 import json
@@ -76,15 +77,18 @@ def run_stage(task, sub, workdir):
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
   previous = None
+  first_host = parallel.is_first_host()  # (its lock and config.json stand for all hosts)
   try:
-    if parallel.is_first_host():
-      previous = reruns.write_config(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
-    importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
+    # Locked as launch.py locks a workdir: a launch.py pointed at the stage is refused.
+    with reruns.locked_workdir(workdir) if first_host else contextlib.nullcontext():
+      if first_host:
+        previous = reruns.write_config(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
+      importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   except ValueError as error:  # (which stage: the fix is an overrides.<task> flag)
     # A refused rerun of a begun stage: its config.json as it was, and the study's too
     # (launch.py puts that back on a RerunRefused).
     refused = isinstance(error, reruns.RerunRefused)
-    if refused and parallel.is_first_host():
+    if refused and first_host:
       reruns.put_back_config(workdir, previous)
     raise (reruns.RerunRefused if refused else ValueError)(
         f'study stage {task} in {workdir}: {error}') from error

@@ -6,8 +6,10 @@ one runs there, and `write_config` writes config.json; a refused rerun, or one t
 before it changed the results (`untouched_since`), gets the old config.json back
 (`put_back_config`): launch.py does all four.
 """
+import contextlib
 import json
 import os
+from typing import Optional
 
 try:
   import fcntl
@@ -23,17 +25,17 @@ from brainjax.train.reporting import atomic_open
 LOCK_FILE = '.lock'
 
 
-def lock_workdir(workdir) -> None:
-  """Locks workdir for this process until it exits (a kill included), or a ValueError naming
-  the process that holds it: two runs in one workdir would train into each other's
-  checkpoints (Orbax's start-up cleanup even deletes the other's save in flight) and leave a
-  config.json of one beside the results of the other.
+def lock_workdir(workdir) -> Optional[int]:
+  """Locks workdir, or a ValueError naming the process that holds it: two runs in one workdir
+  would train into each other's checkpoints (Orbax's start-up cleanup even deletes the other's
+  save in flight) and leave a config.json of one beside the results of the other.
 
-  The lock is an flock on workdir/.lock, whose descriptor stays open for the process's life;
-  on a file system without locks the workdir goes unlocked.
+  The lock is an flock on workdir/.lock, held while the returned descriptor is open (launch.py
+  keeps it for the process's life; a kill releases it); None on a file system without locks,
+  where the workdir goes unlocked.
   """
   if fcntl is None:
-    return
+    return None
   fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -44,9 +46,21 @@ def lock_workdir(workdir) -> None:
                      'end, or choose another --workdir') from None
   except OSError:  # (e.g. ENOLCK: a network file system without locks)
     os.close(fd)
-    return
+    return None
   os.ftruncate(fd, 0)
   os.write(fd, str(os.getpid()).encode())
+  return fd
+
+
+@contextlib.contextmanager
+def locked_workdir(workdir):
+  """lock_workdir for the block (a study's stage: another launch.py there is refused)."""
+  fd = lock_workdir(workdir)
+  try:
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)
 
 
 def read_config_json(workdir):
