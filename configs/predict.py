@@ -8,11 +8,11 @@ are rebuilt from the run's config.json and metrics.json. Writes predictions.csv,
 metrics.json (with classification metrics when the input has yes/ and no/ folders) and,
 for a BrainCVAE, maps/, regions/ and overlays/ (see brainjax/tasks/predict.py).
 
-`smoke`: when model_dir and input are empty, the run first trains a tiny `smoke_task`
-model (configs/<smoke_task>.py:real,smoke, on the embedded phantom) into
-<workdir>/smoke_model_<smoke_task> and writes data.num_per_class phantom slices per class into
-<workdir>/smoke_input/{yes,no}, then predicts them: the whole command end to end, no
-data or trained run needed.
+`smoke`: an empty model_dir is a tiny `smoke_task` model, trained first
+(configs/<smoke_task>.py:real,smoke, on the embedded phantom) into
+<workdir>/smoke_model_<smoke_task>; an empty input is data.num_per_class phantom slices per
+class written into <workdir>/smoke_input/{yes,no}. With both empty: the whole command end to
+end, no data or trained run needed.
 """
 from configs import common
 

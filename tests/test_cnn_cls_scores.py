@@ -10,6 +10,7 @@ from sklearn import metrics as sk
 
 from brainjax.data.examples import Examples
 from brainjax.tasks import cnn_cls
+from brainjax.train import reporting
 from configs import cnn_cls as cnn_config
 
 # logit(tumour) - logit(healthy): every one above 17, where a float32 P(tumour) is 1.0,
@@ -32,7 +33,9 @@ def _stub_logits(model, variables, images):
 def test_confident_scores_keep_their_order(monkeypatch):
   monkeypatch.setattr(cnn_cls, 'predict_logits', _stub_logits)
   assert (cnn_cls.predict(None, None, _examples().images)[MARGINS > 17] == 1.0).all()  # ties
-  metrics = cnn_cls.evaluation_metrics(None, None, _examples(), batch_size=4)
+  examples = _examples()
+  metrics = cnn_cls.metrics_of_log_odds(
+      examples.labels, cnn_cls.predict_log_odds(None, None, examples.images, batch_size=4))
   assert metrics['auroc'] == sk.roc_auc_score(LABELS, MARGINS) == 1.0
   assert (metrics['tp'], metrics['fp'], metrics['tn'], metrics['fn']) == (4, 2, 1, 0)
 
@@ -78,32 +81,32 @@ def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
     return Examples(np.zeros((len(ids), 2, 2, 1), np.float32), np.zeros(len(ids), np.int32),
                     np.array(ids))
   path = tmp_path / 'eval_ids.json'
-  cnn_cls.write_eval_ids(str(tmp_path), val=sets('b', 'a'), test=sets('c'))
+  reporting.write_eval_ids(str(tmp_path), val=sets('b', 'a'), test=sets('c'))
   assert json.loads(path.read_text()) == {'val': ['a', 'b'], 'test': ['c']}
   written = path.stat().st_mtime_ns
   time.sleep(0.01)
-  cnn_cls.write_eval_ids(str(tmp_path), val=sets('a', 'b'), test=sets('c'))
+  reporting.write_eval_ids(str(tmp_path), val=sets('a', 'b'), test=sets('c'))
   assert path.stat().st_mtime_ns == written
-  cnn_cls.write_eval_ids(str(tmp_path), val=sets('a'), test=sets('c'))
+  reporting.write_eval_ids(str(tmp_path), val=sets('a'), test=sets('c'))
   assert json.loads(path.read_text()) == {'val': ['a'], 'test': ['c']}
 
 
 def test_test_scores_are_the_auroc_s_and_rewritten_only_when_they_change(tmp_path):
   # (the study's ROC curves read them; a rerun that changed nothing leaves the file alone)
-  assert cnn_cls.read_test_scores(str(tmp_path)) is None
+  assert reporting.read_test_scores(str(tmp_path)) is None
   log_odds = MARGINS.astype(np.float64)
-  cnn_cls.write_test_scores(str(tmp_path), _examples(), score=log_odds)
-  path = tmp_path / cnn_cls.TEST_SCORES
+  reporting.write_test_scores(str(tmp_path), _examples(), score=log_odds)
+  path = tmp_path / reporting.TEST_SCORES
   written = path.stat().st_mtime_ns
-  scores = cnn_cls.read_test_scores(str(tmp_path))
+  scores = reporting.read_test_scores(str(tmp_path))
   assert list(scores['id']) == [str(i) for i in range(7)]
   assert cnn_cls.metrics_of_log_odds(scores['label'], scores['score'])['auroc'] == (
       cnn_cls.metrics_of_log_odds(LABELS, log_odds)['auroc'])
   time.sleep(0.01)
-  cnn_cls.write_test_scores(str(tmp_path), _examples(), score=log_odds)
+  reporting.write_test_scores(str(tmp_path), _examples(), score=log_odds)
   assert path.stat().st_mtime_ns == written
-  cnn_cls.write_test_scores(str(tmp_path), _examples(), score=-log_odds)
-  np.testing.assert_array_equal(cnn_cls.read_test_scores(str(tmp_path))['score'], -log_odds)
+  reporting.write_test_scores(str(tmp_path), _examples(), score=-log_odds)
+  np.testing.assert_array_equal(reporting.read_test_scores(str(tmp_path))['score'], -log_odds)
 
 
 def test_checkpoints_are_picked_on_the_validation_slices(validated_on):

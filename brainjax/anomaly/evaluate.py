@@ -50,7 +50,6 @@ def default_anomaly_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.rules = RULES
   c.selection_metric = 'f1'  # any of classification.METRIC_NAMES
-  c.image_shape = None  # (H, W) of the error maps; None: square
   # Error maps of the mean reconstruction (1, the study's), or each pixel's absolute error
   # averaged over this many reconstructions of latent samples, then normalised.
   c.num_latent_samples = 1
@@ -221,10 +220,9 @@ def evaluate_anomaly_rules(
   grid_search.check_labels(test_labels, len(test_errors))
   if test_masks is not None and len(test_masks) != len(test_errors):
     raise ValueError(f'{len(test_masks)} test masks for {len(test_errors)} test images')
-  shape = config.image_shape
-  if shape is None and test_masks is not None:
-    shape = np.shape(test_masks)[1:3]
-  shape = pixel_features.image_shape(val_errors.shape[1], shape)
+  # (H, W): the masks', else square
+  shape = pixel_features.image_shape(
+      val_errors.shape[1], None if test_masks is None else np.shape(test_masks)[1:3])
   check_config(config)
   rules = tuple(config.rules)
   codes = None

@@ -3,10 +3,7 @@ region a rule calls anomalous, one row per slice, saved as one PNG."""
 import os
 from typing import Optional, Sequence
 
-import matplotlib
-
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib.figure import Figure
 import numpy as np
 
 
@@ -28,7 +25,7 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
   """Writes the figure for K slices and returns `path`.
 
   images, reconstructions: (K, H, W[, 1]) in [0, 1]; errors: (K, H*W) or
-  (K, H, W) normalised errors; regions: bool, same layout (the rule's anomalous
+  (K, H, W) normalised errors (the maps the rule read); regions: bool, same layout (the rule's anomalous
   pixels, drawn in red over the slice); labels / predictions: (K,) 0 or 1.
   """
   images = np.asarray(images)
@@ -38,8 +35,10 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
   regions = np.asarray(regions).reshape(k, h, w).astype(bool)
   if k == 0:
     raise ValueError('save_anomaly_figure needs at least one slice')
-  fig, axes = plt.subplots(k, 4, figsize=(10, 2.6 * k), squeeze=False)
-  heads = ('original', 'reconstruction', 'error |x - x\u0302|', 'predicted region')
+  # Figure without pyplot: no global backend state, Agg canvas for savefig.
+  fig = Figure(figsize=(10, 2.6 * k))
+  axes = fig.subplots(k, 4, squeeze=False)
+  heads = ('original', 'reconstruction', 'error (normalised)', 'predicted region')
   for row in range(k):
     image, recon, error = (a[row] for a in arrays)
     overlay = np.stack([image] * 3, axis=-1)
@@ -61,6 +60,5 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
     fig.suptitle(title)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  fig.savefig(path, format='png', dpi=80)
   return path

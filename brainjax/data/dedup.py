@@ -3,7 +3,7 @@
 Each image becomes a 32x32 thumbnail (area-averaged), z-scored and divided by
 sqrt(1024), so that the dot product of two features is the Pearson correlation
 of the thumbnails. Pairs above a threshold are linked and groups are the
-connected components of that graph (single linkage, i.e. union-find).
+connected components of that graph (single linkage).
 
 Measured on Br35H (3000 images; no group mixes labels), groups / images in
 multi-image groups / largest group:

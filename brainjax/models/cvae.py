@@ -93,6 +93,6 @@ class BrainCVAE(nn.Module):
     return self.decode(z), mean, logvar
 
   def reconstruct(self, x: Array) -> Array:
-    """Deterministic reconstruction from z = mean (anomaly scoring)."""
+    """Deterministic reconstruction from z = mean (the anomaly rules' default)."""
     mean, _ = self.encode(x)
     return self.decode(mean)

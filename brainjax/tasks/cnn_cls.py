@@ -1,7 +1,5 @@
 """BrainCNN (study 5.2) trained on real, synthetic or mixed slices; tested on real slices."""
 import functools
-import json
-import os
 
 from absl import logging
 import jax
@@ -114,73 +112,10 @@ def validation_metrics(model, variables, examples, batch_size=256):
   return {'loss': float(loss), 'accuracy': float(np.mean((m >= 0) == y))}
 
 
-def evaluation_metrics(model, variables, examples, batch_size=256):
-  """metrics_of_log_odds of `examples`."""
-  return metrics_of_log_odds(examples.labels,
-                             predict_log_odds(model, variables, examples.images, batch_size))
-
-
 def metrics_of_log_odds(labels, log_odds):
   """classification_metrics: tumour if P(tumour) >= 0.5 (log-odds >= 0); ROC AUC of the
   log-odds (the probability's order, without its rounding ties at 1.0)."""
   return classification.classification_metrics(labels, (log_odds >= 0).astype(int), log_odds)
-
-
-def table_row(model_name, train_data, metrics):
-  """One markdown row of the study's Table 1 (percentages)."""
-  cells = [metrics[k] * 100 for k in ('accuracy', 'precision', 'recall', 'f1', 'auroc')]
-  return f'| {model_name} | {train_data} | ' + ' | '.join(f'{c:.2f}' for c in cells) + ' |'
-
-
-def eval_ids(**ids):
-  """What eval_ids.json holds of each set's slice ids (e.g. val=, test=): sorted strings."""
-  return {k: sorted(map(str, v)) for k, v in ids.items()}
-
-
-def write_eval_ids(workdir, **sets):
-  """Records which real slices were validated and tested on (the same for every variant).
-
-  An unchanged file is left as it is: a rerun stopped before it changed its results must
-  leave the workdir untouched (reruns.untouched_since), so that its config.json is put back.
-  """
-  path = os.path.join(workdir, 'eval_ids.json')
-  text = json.dumps(eval_ids(**{k: v.ids for k, v in sets.items()}))
-  if os.path.isfile(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
-  with reporting.atomic_open(path) as f:
-    f.write(text)
-
-
-TEST_SCORES = 'test_scores.npz'
-
-
-def write_test_scores(workdir, test, **scores):
-  """Records each test slice's id, label and scores (e.g. score=, or giaem_score=): the score
-  named `<prefix>score` is what metrics.json's `<prefix>auroc` is computed from (the study
-  draws its ROC curves from them).
-
-  An unchanged file is left as it is, as write_eval_ids leaves its own.
-  """
-  arrays = dict(id=np.asarray(test.ids, str), label=np.asarray(test.labels, np.int64),
-                **{k: np.asarray(v, np.float64) for k, v in scores.items()})
-  old = read_test_scores(workdir)
-  if old is not None and old.keys() == arrays.keys() and all(
-      np.array_equal(old[k], v) for k, v in arrays.items()):
-    return
-  with reporting.atomic_open(os.path.join(workdir, TEST_SCORES), 'wb') as f:
-    np.savez(f, **arrays)
-
-
-def read_test_scores(workdir):
-  """{name: array} of a run's test_scores.npz, or None where it has none (a run finished
-  before runs wrote it)."""
-  path = os.path.join(workdir, TEST_SCORES)
-  if not os.path.isfile(path):
-    return None
-  with np.load(path) as scores:
-    return {k: scores[k] for k in scores.files}
 
 
 def make_train_step(config, model):
@@ -205,7 +140,7 @@ def train_and_evaluate(config, workdir):
   data_key = datasets.training_key(config, train)
   loop.check_resume(config, workdir, len(train), data_key)  # a refused rerun changes nothing
   if parallel.is_first_host():
-    write_eval_ids(workdir, val=val, test=test)
+    reporting.write_eval_ids(workdir, val=val, test=test)
   logging.info('BrainCNN on %s data: %d train, %d val, %d test slices.', config.train_data,
                len(train), len(val), len(test))
 
@@ -223,8 +158,8 @@ def train_and_evaluate(config, workdir):
   metrics = metrics_of_log_odds(test.labels, log_odds)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
-  print(table_row('CNN', config.train_data, metrics))
+  print(reporting.table_row('CNN', config.train_data, metrics))
   if parallel.is_first_host():
-    write_test_scores(workdir, test, score=log_odds)  # (before metrics.json: the run's end)
+    reporting.write_test_scores(workdir, test, score=log_odds)  # (before metrics.json: the run's end)
     reporting.write_metrics_json(workdir, metrics)
   return metrics

@@ -22,7 +22,6 @@ from brainjax.anomaly import recon_error
 from brainjax.data import pipeline
 from brainjax.data.examples import NEGATIVE
 from brainjax.evaluation import study_table
-from brainjax.tasks import cnn_cls
 from brainjax.tasks import datasets
 from brainjax.tasks import variational
 from brainjax.train import checkpoints
@@ -75,7 +74,8 @@ def validation_loss(model, variables, images, seed, batch_size=256):
 
 
 def reconstruct(model, variables, images):
-  """The deterministic (z = mean) reconstruction the anomaly rules use."""
+  """The deterministic (z = mean) reconstruction: the one whose errors the anomaly rules read
+  (unless anomaly.num_latent_samples > 1, see error_maps), and the figure's."""
   return model.apply(variables, images, method=model.reconstruct)
 
 
@@ -142,10 +142,10 @@ def train_and_evaluate(config, workdir):
     # are written, so an interrupted or failed rerun leaves no old ones under its config.
     reporting.remove_metrics_json(workdir)
     for stale in (*(f'{name}.npy' for name in anomaly_evaluate.FITTED_ARRAYS), FIGURE,
-                  cnn_cls.TEST_SCORES):
+                  reporting.TEST_SCORES):
       if os.path.exists(os.path.join(workdir, stale)):
         os.remove(os.path.join(workdir, stale))
-    cnn_cls.write_eval_ids(workdir, val=val, test=test)
+    reporting.write_eval_ids(workdir, val=val, test=test)
   logging.info('BrainCVAE on %s healthy data: %d train; val %d (%d tumour), test %d (%d tumour).',
                config.train_data, len(train), len(val), int(val.labels.sum()), len(test),
                int(test.labels.sum()))
@@ -170,16 +170,17 @@ def train_and_evaluate(config, workdir):
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   for rule, name in study_table.RULE_ROW_NAMES.items():
     if f'{rule}_accuracy' in metrics:
-      print(cnn_cls.table_row(name, config.train_data,
+      print(reporting.table_row(name, config.train_data,
                               {k: metrics[f'{rule}_{k}'] for k in
                                ('accuracy', 'precision', 'recall', 'f1', 'auroc')}))
   if not parallel.is_first_host():  # the first host writes the run's files
     return metrics
   for name, array in fitted.items():  # what predict needs to apply the rules to new slices
     reporting.save_array(workdir, f'{name}.npy', array)
-  cnn_cls.write_test_scores(workdir, test, **test_scores)  # (the study's ROC curves)
+  reporting.write_test_scores(workdir, test, **test_scores)  # (the study's ROC curves)
   # Study Figures 4 and 5: a few test slices with the GIAEM rule's anomalous pixels.
   if 'giaem_anomaly_threshold' in metrics:
+    samples = config.anomaly.num_latent_samples
     pick = figures.pick_examples(test.labels, per_class=3, seed=config.seed)
     rule = giaem.giaem(test_errors[pick], metrics['giaem_anomaly_threshold'],
                        metrics['giaem_tumor_index'])
@@ -187,6 +188,7 @@ def train_and_evaluate(config, workdir):
         os.path.join(workdir, FIGURE), test.images[pick],
         np.asarray(_reconstruct_jitted(model, best.variables, test.images[pick])),
         test_errors[pick], rule.region, test.labels[pick], rule.prediction,
-        names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels')
+        names=list(test.ids[pick]), title=f'BrainCVAE ({config.train_data} data), GIAEM pixels'
+        + (f' (errors averaged over {samples} latent samples)' if samples > 1 else ''))
   reporting.write_metrics_json(workdir, metrics)
   return metrics

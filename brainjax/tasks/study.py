@@ -197,11 +197,11 @@ def roc_curve_of_run(run):
     logging.info('ROC curves: %s left out: its metrics.json names no selected_rule',
                  run['run_dir'])
     return None
-  scores = cnn_cls.read_test_scores(run['run_dir'])
+  scores = reporting.read_test_scores(run['run_dir'])
   if scores is None or f'{prefix}score' not in scores:
     # (a stage finished before stages wrote their test scores: reused as it is)
     logging.info('ROC curves: %s left out: it holds no %s%s', run['run_dir'],
-                 cnn_cls.TEST_SCORES, '' if scores is None else f' {prefix}score')
+                 reporting.TEST_SCORES, '' if scores is None else f' {prefix}score')
     return None
   if m.get(f'{prefix}auroc') is None:  # (NaN: a test set without one of the classes)
     logging.info('ROC curves: %s left out: its ROC AUC is undefined', run['run_dir'])
@@ -212,7 +212,7 @@ def roc_curve_of_run(run):
   # another evaluation than its metrics.json's): left out rather than drawn.
   if not np.isclose(curve.auc, m[f'{prefix}auroc'], rtol=0, atol=1e-9):
     logging.warning('ROC curves: %s left out: its %s give ROC AUC %.6f, its metrics.json '
-                    '%.6f', run['run_dir'], cnn_cls.TEST_SCORES, curve.auc,
+                    '%.6f', run['run_dir'], reporting.TEST_SCORES, curve.auc,
                     m[f'{prefix}auroc'])
     return None
   return curve
@@ -322,7 +322,7 @@ def check_data(config, workdir):
         source = source or datasets.real_source(sub)  # (one data setting for every stage)
         parts = datasets.classifier_split(sub, source, protocol)
         ids = source.examples.ids
-        eval_ids[task] = cnn_cls.eval_ids(val=ids[parts.val], test=ids[parts.test])
+        eval_ids[task] = reporting.eval_ids(val=ids[parts.val], test=ids[parts.test])
       for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
         if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
           continue

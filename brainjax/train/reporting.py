@@ -1,5 +1,6 @@
-"""What a run writes besides checkpoints and config.json (reruns.py): metrics.json,
-TensorBoard scalars, image grids."""
+"""What a run writes besides checkpoints and config.json (reruns.py): metrics.json, a
+classifier's eval_ids.json and test_scores.npz, Table 1 rows, TensorBoard scalars, image
+grids."""
 import contextlib
 import json
 import math
@@ -65,6 +66,63 @@ def save_array(workdir, name, array):
 def read_metrics_json(workdir):
   with open(os.path.join(workdir, 'metrics.json')) as f:
     return json.load(f)
+
+
+def table_row(model_name, train_data, metrics):
+  """One markdown row of the study's Table 1 (percentages)."""
+  cells = [metrics[k] * 100 for k in ('accuracy', 'precision', 'recall', 'f1', 'auroc')]
+  return f'| {model_name} | {train_data} | ' + ' | '.join(f'{c:.2f}' for c in cells) + ' |'
+
+
+def eval_ids(**ids):
+  """What eval_ids.json holds of each set's slice ids (e.g. val=, test=): sorted strings."""
+  return {k: sorted(map(str, v)) for k, v in ids.items()}
+
+
+def write_eval_ids(workdir, **sets):
+  """Records which real slices were validated and tested on (the same for every variant).
+
+  An unchanged file is left as it is: a rerun stopped before it changed its results must
+  leave the workdir untouched (reruns.untouched_since), so that its config.json is put back.
+  """
+  path = os.path.join(workdir, 'eval_ids.json')
+  text = json.dumps(eval_ids(**{k: v.ids for k, v in sets.items()}))
+  if os.path.isfile(path):
+    with open(path) as f:
+      if f.read() == text:
+        return
+  with atomic_open(path) as f:
+    f.write(text)
+
+
+TEST_SCORES = 'test_scores.npz'
+
+
+def write_test_scores(workdir, test, **scores):
+  """Records each test slice's id, label and scores (e.g. score=, or giaem_score=): the score
+  named `<prefix>score` is what metrics.json's `<prefix>auroc` is computed from (the study
+  draws its ROC curves from them).
+
+  An unchanged file is left as it is, as write_eval_ids leaves its own.
+  """
+  arrays = dict(id=np.asarray(test.ids, str), label=np.asarray(test.labels, np.int64),
+                **{k: np.asarray(v, np.float64) for k, v in scores.items()})
+  old = read_test_scores(workdir)
+  if old is not None and old.keys() == arrays.keys() and all(
+      np.array_equal(old[k], v) for k, v in arrays.items()):
+    return
+  with atomic_open(os.path.join(workdir, TEST_SCORES), 'wb') as f:
+    np.savez(f, **arrays)
+
+
+def read_test_scores(workdir):
+  """{name: array} of a run's test_scores.npz, or None where it has none (a run finished
+  before runs wrote it)."""
+  path = os.path.join(workdir, TEST_SCORES)
+  if not os.path.isfile(path):
+    return None
+  with np.load(path) as scores:
+    return {k: scores[k] for k in scores.files}
 
 
 class SummaryWriter:
