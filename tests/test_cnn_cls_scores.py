@@ -115,3 +115,36 @@ def test_checkpoints_are_picked_on_the_validation_slices(validated_on):
                                      cnn_config.get_config('real,smoke'))
   assert sorted(map(str, validated.ids)) == eval_ids['val']
   assert set(validated.labels) == {0, 1} and not set(eval_ids['val']) & set(eval_ids['test'])
+
+
+def test_the_train_step_runs_the_network_in_train_mode():
+  # Dropout draws its masks from the step's rng, and BatchNorm normalises with the batch's
+  # statistics and moves its running ones (evaluation reads those).
+  import functools
+  import jax
+  import optax
+  from brainjax.models import BrainCNN
+  from brainjax.train.state import TrainState
+  images = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+  model = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4))
+  variables = jax.jit(model.init, static_argnames='train')(jax.random.PRNGKey(0), images,
+                                                           train=False)
+  state = TrainState.create(variables, optax.sgd(0.0))
+  step = jax.jit(functools.partial(cnn_cls.train_step, model=model))
+  batch = {'image': images, 'label': np.array([0, 1, 0, 1], np.int32)}
+  stepped, first = step(state, batch, jax.random.PRNGKey(1))
+  _, second = step(state, batch, jax.random.PRNGKey(2))
+  assert float(first['loss']) != float(second['loss'])
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stepped.batch_stats),
+                                                    jax.tree.leaves(state.batch_stats))]
+  assert moved and all(moved)
+
+
+def test_a_log_odds_of_zero_is_called_tumour(monkeypatch):
+  # P(tumour) = 0.5 is a tumour call (log-odds >= 0), in the test metrics as in validation.
+  metrics = cnn_cls.metrics_of_log_odds(np.array([1, 0, 0]), np.array([0.0, -1.0, -2.0]))
+  assert (metrics['tp'], metrics['fn'], metrics['tn'], metrics['fp']) == (1, 0, 2, 0)
+  monkeypatch.setattr(cnn_cls, 'predict_logits', _stub_logits)
+  images = np.zeros((2, 8, 8, 1), np.float32)  # margins 0 (the stub reads the first pixel)
+  tumours = Examples(images=images, labels=np.array([1, 1], np.int32), ids=np.array(['a', 'b']))
+  assert cnn_cls.validation_metrics(None, None, tumours, batch_size=4)['accuracy'] == 1.0

@@ -123,6 +123,8 @@ def test_gan_step_equals_the_plain_three_pass_update(tmp_path):
   want_state, want = jax.jit(plain_step)(state, batch, rng)
   for key in want:
     np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+  # the 'loss' loop.fit logs (train_loss) is the sum of both networks' losses
+  np.testing.assert_allclose(got['loss'], want['d_loss'] + want['g_loss'], rtol=1e-5)
   for g, w in zip(jax.tree.leaves(got_state), jax.tree.leaves(want_state)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
 
@@ -284,3 +286,24 @@ def test_gan_losses_are_the_non_saturating_cross_entropies():
   np.testing.assert_allclose(gan_gen.generator_loss(fake), neg_log_sigmoid(fake).mean(), rtol=1e-5)
   grad = jax.grad(lambda f: gan_gen.generator_loss(f))(np.array([-10.0], np.float32))
   assert float(grad[0]) < -0.99
+
+
+def test_the_vae_step_weighs_the_kl_by_kl_weight_and_moves_batch_norm_statistics(tmp_path):
+  # The task's step (vae_gen.make_train_step) with kl_weight 0.25: its loss is reconstruction
+  # + 0.25 KL, not + KL; and it runs the network in train mode (BatchNorm's running statistics
+  # move, as loop.fit's checkpoints and the sampler then read them).
+  from brainjax.models import VAE
+  from brainjax.train.state import init_variables
+  config = smoke(vae_config, 'positive', tmp_path, kl_weight=0.25)
+  model = VAE(latent_dim=4, encoder_widths=(4, 4), decoder_widths=(4, 4), image_size=8)
+  variables = init_variables(model, jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32),
+                             np.zeros((1, 4), np.float32))
+  state = TrainState.create(variables, optax.sgd(0.1))
+  step = jax.jit(vae_gen.make_train_step(config, model))
+  new_state, metrics = step(state, {'image': images(4)[:, ::16, ::16]}, jax.random.PRNGKey(1))
+  loss, rec, kl = (float(metrics[k]) for k in ('loss', 'reconstruction', 'kl'))
+  assert kl > 1e-3 and rec > 0
+  np.testing.assert_allclose(loss, rec + 0.25 * kl, rtol=1e-6)
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.batch_stats),
+                                                    jax.tree.leaves(state.batch_stats))]
+  assert moved and all(moved)
