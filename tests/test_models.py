@@ -457,3 +457,17 @@ def test_cnn_dropout_masks_do_not_depend_on_the_device_count():
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   other, _ = run(variables, x, key(4))
   assert not np.allclose(other, want)  # (the masks do depend on the key)
+
+
+def test_cnn_dropout_keeps_one_minus_rate_of_the_units_and_scales_them_up():
+  # Inverted dropout at rate 0.25: about 75% of the units kept, each divided by 0.75, so the
+  # expected activation is the one evaluation (no dropout) sees.
+  from brainjax.models.cnn import ExampleDropout
+  layer = ExampleDropout(0.25)
+  x = jnp.ones((8, 1000))
+  y = np.asarray(jax.jit(lambda x, rng: layer.apply({}, x, deterministic=False,
+                                                   rngs={'dropout': rng}))(x, key(0)))
+  kept = y != 0
+  np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
+  assert abs(kept.mean() - 0.75) < 0.02
+  np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)

@@ -79,3 +79,25 @@ def test_every_slice_preprocesses():
   for i in range(10):
     out, _ = preprocess.preprocess(phantom.phantom_slice(9, i, i % 3 == 0).image)
     assert out.shape == (128, 128) and out.max() > 0.5
+
+
+def test_a_tumour_slice_and_the_healthy_slice_of_its_index_are_different_scans():
+  # (seed, index, class) seeds each slice: the two classes' slices of one index are not the
+  # same head on the same canvas (near-copies across the classes), their canvases differ.
+  same = [phantom.phantom_slice(0, i, True).image.shape[:2]
+          == phantom.phantom_slice(0, i, False).image.shape[:2] for i in range(12)]
+  assert sum(same) <= 1
+
+
+def test_tumour_masks_stay_inside_the_brain():
+  # The mask is clipped to the brain: scalp, skull and CSF lie between it and the head's
+  # outline (here: at least 10% of the head's radius inside it, for every tumour pixel).
+  from scipy import ndimage
+  for i in range(16):
+    piece = phantom.phantom_slice(1, i, True)
+    image = _gray(piece.image).astype(np.float32)
+    head = ndimage.binary_fill_holes(ndimage.gaussian_filter(image, 2) > 0.15 * image.max())
+    labels, _ = ndimage.label(head)
+    head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
+    depth = ndimage.distance_transform_edt(head)[piece.mask > 0]
+    assert depth.min() > 0.1 * np.sqrt(head.sum() / np.pi), i

@@ -157,3 +157,41 @@ def test_input_array_is_not_modified():
   before = image.copy()
   preprocess.preprocess(image)
   np.testing.assert_array_equal(image, before)
+
+
+def test_a_white_frame_along_the_border_does_not_set_the_background():
+  # (some files have one) The border ring is then all frame: the background level is the
+  # image's 5th percentile instead, and the head is found.
+  image = _disk_image(200, 200, 100, 100, 60, background=0.1, value=0.7)
+  image[:6] = image[-6:] = 1.0
+  image[:, :6] = image[:, -6:] = 1.0
+  _, info = preprocess.preprocess(image)
+  assert abs(info.background - 0.1) < 0.02
+  assert abs(info.top - 40) <= 4 and abs(info.bottom - 160) <= 4
+  assert abs(info.left - 40) <= 4 and abs(info.right - 160) <= 4
+
+
+def test_a_thin_scalp_ring_around_the_brain_is_inside_the_head_box():
+  # A scalp ring separated from the brain by the dark skull, too small (18% of the brain's
+  # area, smoothed) to be kept for its size and too far out to count as near the brain's box:
+  # it is kept because it surrounds the box's centre.
+  yy, xx = np.mgrid[0:180, 0:180]
+  r = np.hypot(yy - 90, xx - 90)
+  image = np.where((r < 65) | ((r >= 84) & (r < 86)), 0.7, 0.0).astype(np.float32)
+  _, info = preprocess.preprocess(image)
+  assert abs(info.top - 4) <= 3 and abs(info.bottom - 176) <= 3  # (the brain's: 25 to 155)
+  assert abs(info.left - 4) <= 3 and abs(info.right - 176) <= 3
+
+
+def test_anything_darker_than_the_background_becomes_0_before_resizing():
+  # A region below the file's grey background level maps to 0 however dark it is: the output
+  # is the same for a patch at 0.0 and at 0.15 (under a background of 0.3), its edges included.
+  outs = []
+  for dark in (0.0, 0.15):
+    image = _disk_image(256, 256, 128, 128, 90, background=0.3, value=0.8)
+    image[101:141, 103:143] = dark  # (2.4% of the image: the 5th percentile stays 0.3)
+    out, info = preprocess.preprocess(image)
+    assert abs(info.background - 0.3) < 1e-3
+    outs.append(out)
+  assert outs[0][64, 64] == 0.0
+  np.testing.assert_array_equal(outs[0], outs[1])

@@ -33,3 +33,11 @@ def test_figure_is_a_png(tmp_path):
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
   with pytest.raises(ValueError, match='at least one curve'):
     roc.save_roc_figure(str(tmp_path / 'none.png'), [])
+
+
+def test_a_hand_worked_curve():
+  # Scores 0.9 (tumour), 0.2 (healthy), 0.1 (tumour): the first threshold finds half the
+  # tumours and no healthy slice, the second calls the healthy slice too, the last finds all.
+  fpr, tpr = roc.roc_curve([0, 1, 1], [0.2, 0.1, 0.9])
+  np.testing.assert_array_equal(fpr, [0, 0, 1, 1])
+  np.testing.assert_array_equal(tpr, [0, 0.5, 0.5, 1])

@@ -131,3 +131,17 @@ def test_real_synthetic_and_mixed_runs_validate_and_test_on_the_same_real_slices
       parts = datasets.classifier_split(config, datasets.real_source(config), protocol)
       sets.append((parts.val.tolist(), parts.test.tolist()))
     assert sets[0][0] and sets[0][1] and sets.count(sets[0]) == len(sets), module.__name__
+
+
+def test_grouped_split_sizes_average_their_fractions_over_seeds():
+  # A group that straddles a split boundary goes where its midpoint falls, so on average over
+  # seeds each split gets its fraction of the images (placed by its first image, the groups
+  # straddling a boundary would always go to the earlier split: train 2-3 images too large).
+  rng = np.random.default_rng(0)
+  sizes = rng.integers(1, 8, 40)
+  groups = np.repeat(np.arange(40), sizes)
+  labels = np.zeros(len(groups), int)
+  parts = np.array([[len(part) for part in splits.cnn_split(labels, seed, groups)]
+                    for seed in range(300)])
+  np.testing.assert_allclose(parts.mean(axis=0), np.array(splits.CNN_FRACTIONS) * len(labels),
+                             atol=1.0)
