@@ -124,3 +124,11 @@ def test_tumour_visibility():
     gq.tumour_visibility([0.2, 1.5])
   with pytest.raises(ValueError, match='non-empty'):
     gq.tumour_visibility([])
+
+
+def test_precision_recall_balls_are_closed():
+  # Each point repeated k + 1 times: every ball has radius 0, and holds the point itself (a
+  # closed ball, as in the paper), so a set compared with itself scores 1, not 0.
+  points = np.repeat(np.array([[0.0, 0.0], [3.0, 4.0]]), 4, axis=0)
+  assert gq.knn_precision_recall(points, points, k=3) == {'precision': 1.0, 'recall': 1.0}
+  assert gq.knn_precision_recall(points, points + 1.0, k=3) == {'precision': 0.0, 'recall': 0.0}

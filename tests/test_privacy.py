@@ -123,3 +123,15 @@ def test_worst_pairs_figure_writes_png(tmp_path):
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   with pytest.raises(ValueError, match='out of range'):
     privacy.worst_pairs_figure(synthetic, train, np.array([[5, 0]]), tmp_path / 'bad.png')
+
+
+def test_dcr_ratio_is_inf_or_nan_when_the_holdout_median_is_0():
+  # Most holdout slices copies of training slices: the holdout median DCR is 0. A generator
+  # at a positive distance is then infinitely further (inf), one that copies too is 0 / 0.
+  rng = np.random.default_rng(6)
+  train = rng.random((20, 4))
+  holdout = np.concatenate([train[:5], rng.random((2, 4))])
+  far = privacy.privacy_audit(train[:4] + 0.5, train, holdout)
+  assert far['median_holdout_dcr'] == 0.0 and far['dcr_ratio'] == np.inf
+  copies = privacy.privacy_audit(train[:4], train, holdout)
+  assert copies['median_synthetic_dcr'] == 0.0 and np.isnan(copies['dcr_ratio'])
