@@ -307,3 +307,27 @@ def test_the_vae_step_weighs_the_kl_by_kl_weight_and_moves_batch_norm_statistics
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new_state.batch_stats),
                                                     jax.tree.leaves(state.batch_stats))]
   assert moved and all(moved)
+
+
+class _StopBeforeTraining(Exception):
+  pass
+
+
+def test_a_resumed_run_keeps_the_grids_of_its_earlier_epochs(tmp_path, cache_dir, monkeypatch):
+  # Only a run starting from step 0 clears workdir/samples: one resuming from a checkpoint
+  # keeps the grids its own earlier epochs wrote.
+  def fit(*args, **kwargs):
+    raise _StopBeforeTraining
+  monkeypatch.setattr(loop, 'fit', fit)
+  config = smoke(vae_config, 'positive', tmp_path, num_devices=1)
+  config.cache_dir = cache_dir
+  for resumed in (True, False):
+    workdir = tmp_path / f'run_{resumed}'
+    (workdir / 'samples').mkdir(parents=True)
+    grid = workdir / 'samples' / 'step_0000005.png'
+    grid.write_bytes(b'a grid of epoch 1')
+    if resumed:
+      (workdir / 'checkpoints' / '5').mkdir(parents=True)  # (a committed checkpoint of step 5)
+    with pytest.raises(_StopBeforeTraining):
+      generation.run(config, str(workdir), None, None, None, None)
+    assert grid.exists() == resumed
