@@ -471,3 +471,23 @@ def test_cnn_dropout_keeps_one_minus_rate_of_the_units_and_scales_them_up():
   np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)
   assert abs(kept.mean() - 0.75) < 0.02
   np.testing.assert_array_equal(layer.apply({}, x, deterministic=True), x)
+
+
+def test_generator_images_take_both_signs_of_the_tanh_range():
+  # The generator's images are in [-1, 1], the range real slices are scaled to for D
+  # (gan_gen.train_step): an untrained one's pixels spread over both signs.
+  model = Generator(latent_dim=4, widths=(4, 4), image_size=32)
+  z = 3 * normal((4, 4), 1)
+  fake, _ = jax.jit(model.init_with_output, static_argnames='train')(key(0), z, train=False)
+  assert -1 <= float(fake.min()) < -0.5 and 0.5 < float(fake.max()) <= 1
+
+
+def test_discriminator_hidden_units_are_leaky_relus_of_slope_0_2():
+  # One 4x4 stride-2 conv (torch padding 1) on a 4x4 image of ones: each of the 2x2 outputs
+  # sees 9 pixels; with kernel -1/16, bias 0, the conv gives -9/16 each, LeakyReLU(0.2) -0.1125,
+  # and a dense layer of ones sums them: -0.45 (a ReLU would give 0).
+  model = Discriminator(widths=(1,), image_size=4)
+  x = jnp.ones((1, 4, 4, 1))
+  params = {'Conv_0': {'kernel': jnp.full((4, 4, 1, 1), -1 / 16), 'bias': jnp.zeros(1)},
+            'Dense_0': {'kernel': jnp.ones((4, 1)), 'bias': jnp.zeros(1)}}
+  np.testing.assert_allclose(model.apply({'params': params}, x), [-0.45], rtol=1e-6)
