@@ -491,3 +491,27 @@ def test_discriminator_hidden_units_are_leaky_relus_of_slope_0_2():
   params = {'Conv_0': {'kernel': jnp.full((4, 4, 1, 1), -1 / 16), 'bias': jnp.zeros(1)},
             'Dense_0': {'kernel': jnp.ones((4, 1)), 'bias': jnp.zeros(1)}}
   np.testing.assert_allclose(model.apply({'params': params}, x), [-0.45], rtol=1e-6)
+
+
+def test_cvae_samples_z_with_the_posterior_s_standard_deviation():
+  # __call__ decodes z = mean + exp(logvar / 2) * noise (the reparameterisation the KL term
+  # of its loss assumes), as `decode` of that z gives.
+  model = BrainCVAE(latent_dim=4, conv_widths=(2, 3), image_size=32)
+  x, noise = images(2, size=32), normal((2, 4), 1)
+
+  @jax.jit
+  def run(x, noise):
+    variables = model.init(key(0), x, noise)
+    # (a logvar head far from 0, so that exp(logvar / 2) is far from 1)
+    params = dict(variables['params'])
+    encoder = dict(params['encoder'])
+    encoder['logvar'] = dict(encoder['logvar'], bias=encoder['logvar']['bias'] - 2.0)
+    params['encoder'] = encoder
+    variables = {'params': params}
+    recon, mean, logvar = model.apply(variables, x, noise)
+    z = mean + jnp.exp(0.5 * logvar) * noise
+    return recon, model.apply(variables, z, method='decode'), logvar
+
+  recon, decoded, logvar = run(x, noise)
+  assert float(logvar.max()) < -1.0
+  np.testing.assert_allclose(recon, decoded, atol=1e-6)
