@@ -148,3 +148,10 @@ def test_a_log_odds_of_zero_is_called_tumour(monkeypatch):
   images = np.zeros((2, 8, 8, 1), np.float32)  # margins 0 (the stub reads the first pixel)
   tumours = Examples(images=images, labels=np.array([1, 1], np.int32), ids=np.array(['a', 'b']))
   assert cnn_cls.validation_metrics(None, None, tumours, batch_size=4)['accuracy'] == 1.0
+
+
+def test_the_printed_table_row_puts_each_metric_in_its_column():
+  # Accuracy, precision, recall, F1, ROC AUC, in percent (the study's Table 1 order).
+  metrics = dict(accuracy=0.11, precision=0.22, recall=0.33, f1=0.44, auroc=0.555)
+  assert (cnn_cls.table_row('CNN', 'real', metrics)
+          == '| CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |')
