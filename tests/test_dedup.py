@@ -70,3 +70,13 @@ def test_blockwise_matches_direct_on_many_images(monkeypatch):
   groups = dedup.near_duplicate_groups(images, 0.98)
   np.testing.assert_array_equal(groups[:300], groups[300:])
   assert len(np.unique(groups)) == 300
+
+
+def test_a_threshold_of_1_is_refused():
+  # No correlation exceeds 1: such a threshold would silently group nothing.
+  images = _scenes(3)
+  with pytest.raises(ValueError, match='threshold'):
+    dedup.near_duplicate_groups(images, 1.0)
+  with pytest.raises(ValueError, match='threshold'):
+    dedup.near_duplicates_of(images, images, 1.0)
+  assert len(dedup.near_duplicate_groups(images, -1.0)) == 3  # (the lowest allowed)
