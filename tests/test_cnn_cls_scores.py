@@ -1,16 +1,21 @@
 """BrainCNN task helpers: test ROC AUC and validation loss come from its logits, not rounded
 probabilities; eval_ids.json and test_scores.npz are rewritten only when they change; the
 best checkpoint is picked on the validation slices."""
+import functools
 import json
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from sklearn import metrics as sk
 
 from brainjax.data.examples import Examples
+from brainjax.models import BrainCNN
 from brainjax.tasks import cnn_cls
 from brainjax.train import reporting
+from brainjax.train.state import TrainState
 from configs import cnn_cls as cnn_config
 
 # logit(tumour) - logit(healthy): every one above 17, where a float32 P(tumour) is 1.0,
@@ -53,11 +58,6 @@ def test_validation_loss_is_the_logits_cross_entropy(monkeypatch):
 def test_the_train_step_learns_which_slices_are_tumours():
   # Bright slices are tumours: a step that fits the labels (not, say, their complement) gets
   # every slice right within a few dozen steps, and reports its batch accuracy.
-  import functools
-  import jax
-  import optax
-  from brainjax.models import BrainCNN
-  from brainjax.train.state import TrainState
   rng = np.random.default_rng(0)
   labels = np.arange(16, dtype=np.int32) % 2
   images = (0.2 + 0.6 * labels[:, None, None, None]
@@ -120,11 +120,6 @@ def test_checkpoints_are_picked_on_the_validation_slices(validated_on):
 def test_the_train_step_runs_the_network_in_train_mode():
   # Dropout draws its masks from the step's rng, and BatchNorm normalises with the batch's
   # statistics and moves its running ones (evaluation reads those).
-  import functools
-  import jax
-  import optax
-  from brainjax.models import BrainCNN
-  from brainjax.train.state import TrainState
   images = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
   model = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4))
   variables = jax.jit(model.init, static_argnames='train')(jax.random.PRNGKey(0), images,
@@ -153,5 +148,5 @@ def test_a_log_odds_of_zero_is_called_tumour(monkeypatch):
 def test_the_printed_table_row_puts_each_metric_in_its_column():
   # Accuracy, precision, recall, F1, ROC AUC, in percent (the study's Table 1 order).
   metrics = dict(accuracy=0.11, precision=0.22, recall=0.33, f1=0.44, auroc=0.555)
-  assert (cnn_cls.table_row('CNN', 'real', metrics)
+  assert (reporting.table_row('CNN', 'real', metrics)
           == '| CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |')
