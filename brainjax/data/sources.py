@@ -148,6 +148,8 @@ def check_location(data_cfg) -> None:
     raise ValueError(f'data.data_dir {path} does not exist: point it at {where}')
   if dataset == 'br35h':
     layout.locate_download(path)
+  elif dataset == 'synthetic':
+    synthetic.read_manifest(path)  # (its manifest: a folder that is not an export fails here)
   elif dataset == 'folder':
     if not os.path.isdir(path):
       raise ValueError(f'data.data_dir {path} is not a folder')
