@@ -224,6 +224,33 @@ def prepare_workdir(config, workdir):
   return reruns.write_config(workdir, config)
 
 
+def folders_to_make(path):
+  """The folders os.makedirs(path) would make, the deepest first."""
+  made = []
+  while path and not os.path.lexists(path):
+    made.append(path)
+    path = os.path.dirname(path.rstrip(os.sep))
+  return made
+
+
+def remove_unbegun_run(workdir, made):
+  """Undoes launch's writes in a workdir that held no run (its config.json, its .lock, and
+  the folders `made`) if the run stopped before it wrote anything else: a setting refused on
+  the data (a split without a class, a batch larger than the training set) leaves no
+  workdir behind, as one refused before it began does."""
+  ours = ('config.json', reruns.LOCK_FILE)
+  if not os.path.isdir(workdir) or set(os.listdir(workdir)) - set(ours):
+    return
+  for name in ours:
+    if os.path.lexists(os.path.join(workdir, name)):
+      os.remove(os.path.join(workdir, name))
+  for folder in made:  # (the deepest first; one the user made is kept)
+    try:
+      os.rmdir(folder)
+    except OSError:  # (not empty: something else wrote there since)
+      break
+
+
 def exit_now(code):
   """Exits at once, without the interpreter's teardown (atexit handlers, among them JAX's
   backend and jax.distributed shutdown; finalizers): call it once the run's files are closed.
@@ -238,8 +265,9 @@ def exit_now(code):
 
 
 def set_up(config):
-  """(the task's module, workdir, the config.json text it held or None), once the hosts are
-  joined and the settings checked; a refused setting exits with one line."""
+  """(the task's module, workdir, the config.json text it held or None, the folders launch
+  made for it), once the hosts are joined and the settings checked; a refused setting exits
+  with one line."""
   if config.get('multihost'):
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
@@ -250,12 +278,13 @@ def set_up(config):
     # network reuse them instead of recompiling.
     jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+    made = folders_to_make(os.path.abspath(workdir))
     previous_config = prepare_workdir(config, workdir)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
-  return task, workdir, previous_config
+  return task, workdir, previous_config, made
 
 
 def main(argv):
@@ -271,7 +300,7 @@ def main(argv):
   if config.get('multihost') and config.task == 'predict':  # (every host would write the same)
     sys.exit('error: predict runs on one host; drop --config.multihost')
   try:
-    task, workdir, previous_config = set_up(config)
+    task, workdir, previous_config, made = set_up(config)
   except KeyboardInterrupt:  # (e.g. while the hosts wait for each other)
     print('Interrupted before the run started.', file=sys.stderr)
     exit_now(130)
@@ -288,6 +317,9 @@ def main(argv):
     kept_results = reruns.untouched_since(workdir, start)
     if (isinstance(error, reruns.RerunRefused) or kept_results) and parallel.is_first_host():
       reruns.put_back_config(workdir, previous_config)
+    if (previous_config is None and not isinstance(error, KeyboardInterrupt)
+        and parallel.is_first_host()):
+      remove_unbegun_run(workdir, made)
     if isinstance(error, KeyboardInterrupt):  # (Ctrl-C: the checkpoints written so far are whole)
       print(f'Interrupted: the same command goes on with {workdir} from where it stopped (its '
             'last checkpoint, if any).', file=sys.stderr)

@@ -453,6 +453,21 @@ def test_a_rerun_that_fails_on_its_data_leaves_its_run_s_config_json(tmp_path, c
   assert _files_but_the_lock(tmp_path / 'run') == before
 
 
+def test_a_new_run_refused_on_its_data_leaves_no_workdir(tmp_path, cache_dir):
+  # Refused once its data is split (too few slices for the split, a batch larger than the
+  # training set): launch had written config.json and .lock, a half-made workdir.
+  args = ['--config=configs/cnn_cls.py:real,smoke', f'--config.cache_dir={cache_dir}',
+          '--config.data.num_per_class=8', '--config.batch_size=16']
+  result = _launch(*args, f'--workdir={tmp_path / "new" / "run"}')
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert 'larger than the 12 training examples' in result.stderr
+  assert not (tmp_path / 'new').exists()
+  (tmp_path / 'mine').mkdir()  # an empty folder the user made is kept, empty
+  result = _launch(*args, f'--workdir={tmp_path / "mine"}')
+  assert result.returncode != 0 and 'larger than the 12 training examples' in result.stderr
+  assert list((tmp_path / 'mine').iterdir()) == []
+
+
 def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_machine(tmp_path):
   # A generator trained at batch 8 re-exported on a machine of 3 devices: nothing trains, so
   # the batch needs no split (it was refused: "batch_size=8 does not split across 3 devices").
