@@ -1,4 +1,4 @@
-"""The cores this process may use, and threads, one per core, for independent NumPy/SciPy
+"""The cores and memory this process may use, and threads, one per core, for independent NumPy/SciPy
 pieces (the anomaly rules'; preprocessing sizes its worker processes with num_workers).
 
 The rules' heavy kernels (comparisons, sorts, bincount, SciPy's sparse products
@@ -28,6 +28,14 @@ def num_workers() -> int:
   except AttributeError:  # not Linux
     cores = os.cpu_count() or 1
   return max(1, min(MAX_WORKERS, cores))
+
+
+def memory_bytes() -> int:
+  """This machine's physical memory in bytes (0 where the system does not say)."""
+  try:
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  except (AttributeError, ValueError, OSError):  # (not a POSIX system)
+    return 0
 
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> List[R]:

@@ -76,6 +76,8 @@ REFUSED = [
      'learning_rate=-1.0: it must be a finite number > 0'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=0'],
      'model.latent_dim=0: network sizes must be integers >= 1'),
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=1000000000000'],
+     'the network sizes give a training state of'),  # (an out-of-memory traceback, after the data)
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
       '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn.num_epochs=1'],

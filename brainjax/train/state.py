@@ -6,6 +6,8 @@ import flax
 import jax
 import optax
 
+from brainjax import threads
+
 
 class TrainState(flax.struct.PyTreeNode):
   """One network's trainable state. `step` counts optimiser updates."""
@@ -34,8 +36,16 @@ class TrainState(flax.struct.PyTreeNode):
 
 def check_networks(create_state):
   """Traces `create_state(rng)` for its shapes only (no compute, no memory): a network that
-  cannot take the configured image size is a ValueError before a run writes anything."""
-  jax.eval_shape(create_state, jax.random.PRNGKey(0))
+  cannot take the configured image size, or whose state (parameters, statistics, optimiser
+  state) is larger than a device's memory, is a ValueError before a run writes anything."""
+  shapes = jax.eval_shape(create_state, jax.random.PRNGKey(0))
+  size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
+  device = jax.local_devices()[0]
+  memory = (device.memory_stats() or {}).get('bytes_limit') or threads.memory_bytes()  # (CPU)
+  if memory and size > memory:
+    raise ValueError(f'the network sizes give a training state of {size / 2**30:.4g} GiB, more '
+                     f'than the {memory / 2**30:.4g} GiB of a {device.platform} device: lower '
+                     'them')
 
 
 def set_learning_rate(state, learning_rate):
