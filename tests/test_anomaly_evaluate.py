@@ -96,6 +96,10 @@ def test_default_config_grids():
     (dict(dbscan_anomaly_thresholds=(0.5, 1.5)), r'must be in \[0, 1\)'),
     (dict(dbscan_eps=(0.0,)), 'eps must be positive'),
     (dict(global_max_iter=0), 'global_max_iter=0'),
+    (dict(num_anomaly_thresholds=10 ** 12), r'num_anomaly_thresholds=1000000000000: .*\[1, 10000\]'),
+    (dict(num_global_thresholds=0), 'num_global_thresholds=0'),
+    (dict(num_tumor_index=10 ** 12), 'num_tumor_index=1000000000000'),
+    (dict(num_alpha=10 ** 12), 'num_alpha=1000000000000'),
     (dict(selection_metric='auc'), 'selection_metric'),
 ])
 def test_bad_config(data, change, message):

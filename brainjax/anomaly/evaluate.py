@@ -34,6 +34,10 @@ RULE_PARAMS = {
 }
 # What evaluate_anomaly_rules fits beyond its metrics (a run keeps them as <name>.npy).
 FITTED_ARRAYS = ('global_kmeans_centroids',)
+# The most values one grid axis may have (the study's have 100): a grid search holds an array
+# per image and value, and 10**12 values were a MemoryError traceback.
+MAX_GRID_SIZE = 10_000
+_GRID_SIZES = ('num_anomaly_thresholds', 'num_global_thresholds', 'num_tumor_index', 'num_alpha')
 
 
 def default_anomaly_config() -> ml_collections.ConfigDict:
@@ -110,6 +114,10 @@ def check_config(config) -> None:
   if config.selection_metric not in classification.METRIC_NAMES:
     raise ValueError(f'anomaly.selection_metric={config.selection_metric!r}: choose from '
                      f'{classification.METRIC_NAMES}')
+  for field in _GRID_SIZES:
+    if not 1 <= config[field] <= MAX_GRID_SIZE:
+      raise ValueError(f'anomaly.{field}={config[field]}: it must be an integer in [1, '
+                       f'{MAX_GRID_SIZE}]')
   anomaly_threshold_grid(config.num_anomaly_thresholds)
   anomaly_threshold_grid(config.num_global_thresholds)
   tumor_index_grid(config)
