@@ -129,8 +129,8 @@ def check_config(config) -> None:
                      'they must be in [0, 1)')
   dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
   for field in ('kmeans_max_iter', 'global_max_iter', 'num_latent_samples'):
-    if config[field] < 1:
-      raise ValueError(f'anomaly.{field}={config[field]}: it must be at least 1')
+    if not 1 <= config[field] < 2 ** 31:  # (jitted loops count in int32: an OverflowError)
+      raise ValueError(f'anomaly.{field}={config[field]}: it must be an integer in [1, 2**31)')
 
 
 def _global_codes(codes, config):
