@@ -196,10 +196,17 @@ def _largest_clusters(label: np.ndarray, image: np.ndarray, num_images: int) -> 
   return largest
 
 
+# The features (error, row / H, col / W) lie in the unit cube, whose diagonal is sqrt(3): a
+# larger eps finds the same neighbours, over a window of (2 eps H + 1) x (2 eps W + 1) pixels
+# (eps = 1e12 was a MemoryError traceback once the model had trained).
+MAX_EPS = float(np.sqrt(3.0))
+
+
 def check_params(eps_values, min_samples_values):
   eps_values = np.asarray(eps_values, np.float64).reshape(-1)
-  if eps_values.size == 0 or not (eps_values > 0).all() or not np.isfinite(eps_values).all():
-    raise ValueError(f'eps must be positive and finite, got {eps_values}')
+  if eps_values.size == 0 or not ((eps_values > 0) & (eps_values <= MAX_EPS)).all():
+    raise ValueError(f'eps must be positive and at most sqrt(3) (the diagonal of the features\' '
+                     f'unit cube), got {eps_values}')
   min_samples_values = np.asarray(min_samples_values).reshape(-1)
   if min_samples_values.size == 0 or (min_samples_values < 1).any() or not np.all(
       min_samples_values == np.round(min_samples_values)):
