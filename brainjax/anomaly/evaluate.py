@@ -100,7 +100,7 @@ def tumor_index_grid(config) -> np.ndarray:
 
 
 def alpha_grid(config) -> np.ndarray:
-  if config.num_alpha < 1 or not 0 < config.alpha_min <= config.alpha_max:
+  if config.num_alpha < 1 or not 0 < config.alpha_min <= config.alpha_max < float('inf'):
     raise ValueError(f'bad alpha grid: {config.alpha_min}..{config.alpha_max} x {config.num_alpha}')
   return np.geomspace(config.alpha_min, config.alpha_max, config.num_alpha)
 
