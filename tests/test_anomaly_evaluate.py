@@ -96,6 +96,8 @@ def test_default_config_grids():
     (dict(dbscan_anomaly_thresholds=(0.5, 1.5)), r'must be in \[0, 1\)'),
     (dict(dbscan_eps=(0.0,)), 'eps must be positive'),
     (dict(global_max_iter=0), 'global_max_iter=0'),
+    (dict(dbscan_min_samples=('abc',)), r"dbscan_min_samples=\('abc',\): it must be numbers"),
+    (dict(dbscan_eps=('(nan,)',)), r"anomaly.dbscan_eps=\('\(nan,\)',\): it must be numbers"),
     (dict(alpha_max=float('inf')), 'bad alpha grid: 0.25..inf'),
     (dict(num_latent_samples=10 ** 12), r'num_latent_samples=1000000000000: .*\[1, 2\*\*31\)'),
     (dict(kmeans_max_iter=2 ** 31), 'kmeans_max_iter=2147483648'),

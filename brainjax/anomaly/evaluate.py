@@ -122,6 +122,12 @@ def check_config(config) -> None:
   anomaly_threshold_grid(config.num_global_thresholds)
   tumor_index_grid(config)
   alpha_grid(config)
+  for field in ('dbscan_anomaly_thresholds', 'dbscan_eps', 'dbscan_min_samples'):
+    try:  # (a flag's word, e.g. abc or (nan,), is a string: a message naming no field)
+      np.asarray(config[field], np.float64)
+    except (TypeError, ValueError):
+      raise ValueError(f'anomaly.{field}={config[field]!r}: it must be numbers, e.g. '
+                       f'{tuple(default_anomaly_config()[field])}') from None
   thresholds = pixel_features.check_grid(np.sort(np.asarray(config.dbscan_anomaly_thresholds)),
                                          'dbscan_anomaly_thresholds')
   if thresholds.min() < 0 or thresholds.max() >= 1:  # normalised errors lie in [0, 1]
