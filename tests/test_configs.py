@@ -232,6 +232,9 @@ def test_a_network_width_below_one_is_refused():
     ('data.margin', 0.6, r'data.margin must be in \[0, 0.5\)'),
     ('data.num_per_class', -1, 'data.num_per_class must be >= 0'),
     ('data.seed', -1, r'data.seed must be an integer in \[0, 2\*\*32\)'),
+    ('data.num_per_class', 10 ** 12, 'data.num_per_class=1000000000000 slices per class of '
+     'data.image_size=128 need'),
+    ('data.image_size', 2 ** 20, 'data.image_size=1048576 need'),
 ])
 def test_data_settings_no_source_can_read_are_refused_before_any_file_is_read(field, value,
                                                                              message):

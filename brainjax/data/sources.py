@@ -73,6 +73,16 @@ def _settings(data_cfg):
   seed = _cfg(data_cfg, 'seed', 0)
   if not (isinstance(seed, int) and 0 <= seed < 2 ** 32):
     raise ValueError(f'data.seed must be an integer in [0, 2**32), got {seed!r}')
+  # The preprocessed slices are held in memory as float32: all the phantom's, at least one
+  # per class of a folder's (num_per_class=10**12 or image_size=2**20 filled the memory after
+  # launch had written the workdir).
+  phantom_data = _cfg(data_cfg, 'dataset', None) == 'phantom'
+  per_class = (n or PHANTOM_DEFAULT_PER_CLASS) if phantom_data else max(n, 1)
+  needed, memory = 2 * per_class * size ** 2 * 4, threads.memory_bytes()
+  if memory and needed > memory:
+    raise ValueError(f'data.num_per_class={n} slices per class of data.image_size={size} need '
+                     f'{needed / 2**30:.4g} GiB, more than the {memory / 2**30:.4g} GiB of this '
+                     'machine: lower them')
   return size, margin, n
 
 
