@@ -69,6 +69,8 @@ REFUSED = [
      'keep_checkpoints=0'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.export.num_samples=0'],
      'export.num_samples=0'),
+    (['--config=configs/gan_gen.py:positive,smoke', '--config.export.num_samples=1000000000000'],
+     'export.num_samples=1000000000000 slices of 128x128 need'),  # (the memory, after training)
     (['--config=configs/study.py:quick,smoke', '--config.generators=vea'], "generators='vea'"),
     (['--config=configs/study.py:quick,smoke', '--config.synthetic_sources=gan'],
      "synthetic_sources='gan'"),
