@@ -162,6 +162,9 @@ def resolve_paths(config, workdir):
   cannot take (one that is not UTF-8), and for a workdir, cache or export inside the data
   folder: the run would write into the user's data, and read its own files as slices."""
   _expand_home(config)
+  if workdir is not None and not workdir.strip():  # (e.g. --workdir=$DIR, DIR unset)
+    raise ValueError('--workdir is empty: name a folder, or leave the flag out for runs/'
+                     f'{config.name}')
   workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
   written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
   if config.get('model_dir'):

@@ -188,6 +188,18 @@ def test_a_study_s_stage_overrides_restate_the_stage_config_s_own_settings(varia
         assert sub[field] == own[field], (task, field)  # (quick trains its generators less)
 
 
+def test_an_empty_workdir_flag_is_refused_not_taken_as_the_default(tmp_path):
+  # (--workdir=$DIR with DIR unset: it ran, or resumed, in runs/<config name> of the cwd)
+  result = subprocess.run([sys.executable, str(REPO / 'launch.py'),
+                           f'--config={REPO}/configs/cnn_cls.py:real,smoke', '--workdir='],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().endswith('--workdir is empty: name a folder, or leave the flag '
+                                        'out for runs/cnn_cls_real_smoke')
+  assert not (tmp_path / 'runs').exists()
+
+
 def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
   (tmp_path / 'file').write_text('mine')
   result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "file"}')
