@@ -59,6 +59,7 @@ REFUSED = [
     (['--config=README.md'], 'the config file failed: SyntaxError'),  # (or a run's config.json)
     (['--config=configs/predict.py', '--config.model_dir=no/such/run', '--config.input=configs'],
      "'no/such/run' has no config.json"),
+    (['--config=configs/predict.py', '--config.model_dir=configs'], 'no input given'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.task=cnn_cls'],
      '--config.task cannot be changed'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.multihost=True'],

@@ -407,7 +407,7 @@ def check_config(config):
     raise ValueError(f'batch_size={config.batch_size}: it must be at least 1')
   if config.dedup_against and not os.path.exists(config.dedup_against):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
-  if config.input:
+  if config.input or not config.get('smoke'):  # (smoke mode draws phantom slices if none)
     inputs_lib.check_input(config.input)  # (a wrong path fails here, before any output)
   if config.model_dir:
     task = runs.load_run_config(config.model_dir).get('task')
