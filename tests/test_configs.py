@@ -60,6 +60,8 @@ REFUSED = [
     (['--config=configs/predict.py', '--config.model_dir=no/such/run', '--config.input=configs'],
      "'no/such/run' has no config.json"),
     (['--config=configs/predict.py', '--config.model_dir=configs'], 'no input given'),
+    (['--config=configs/predict.py:smoke', '--config.data.num_per_class=0'],
+     'data.num_per_class=0: smoke mode draws'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.task=cnn_cls'],
      '--config.task cannot be changed'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.multihost=True'],

@@ -409,6 +409,9 @@ def check_config(config):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
   if config.input or not config.get('smoke'):  # (smoke mode draws phantom slices if none)
     inputs_lib.check_input(config.input)  # (a wrong path fails here, before any output)
+  elif config.data.num_per_class < 1:  # (it trained a model, then predicted no file)
+    raise ValueError(f'data.num_per_class={config.data.num_per_class}: smoke mode draws that '
+                     'many phantom slices per class to predict; it must be at least 1')
   if config.model_dir:
     task = runs.load_run_config(config.model_dir).get('task')
     if task not in runs.MODEL_TASKS:
