@@ -60,6 +60,7 @@ REFUSED = [
     (['--config=configs/predict.py', '--config.model_dir=no/such/run', '--config.input=configs'],
      "'no/such/run' has no config.json"),
     (['--config=configs/predict.py', '--config.model_dir=configs'], 'no input given'),
+    (['--config=configs/predict.py:smoke', '--config.num_threads=-3'], 'num_threads=-3'),
     (['--config=configs/predict.py:smoke', '--config.data.num_per_class=0'],
      'data.num_per_class=0: smoke mode draws'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.task=cnn_cls'],

@@ -405,6 +405,9 @@ def check_config(config):
   writes anything: the batch, the model run and the rules it can apply, the input."""
   if config.batch_size < 1:
     raise ValueError(f'batch_size={config.batch_size}: it must be at least 1')
+  if config.num_threads < 0:  # (it was taken as 0 without a word)
+    raise ValueError(f'num_threads={config.num_threads}: it must be 0 (one per usable core) or '
+                     'more')
   if config.dedup_against and not os.path.exists(config.dedup_against):
     raise FileNotFoundError(f'dedup_against={config.dedup_against!r} does not exist')
   if config.input or not config.get('smoke'):  # (smoke mode draws phantom slices if none)
