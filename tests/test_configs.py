@@ -113,6 +113,8 @@ REFUSED = [
     (['--config=configs/study.py:quick,smoke', '--config.synthetic_sources=vae,vae'],
      "synthetic_sources='vae,vae'"),
     (['--config=configs/study.py:quick,smoke', '--config.num_synthetic=0'], 'num_synthetic=0'),
+    (['--config=configs/study.py:quick,smoke', '--config.seed=4294967295', '--config.seeds=2'],
+     'seeds=2: seed=4294967295 to 4294967296 pass 2**32 - 1'),
     (['--config=configs/study.py:quick,smoke', '--config.knn_k=16'], 'num_synthetic=16'),
     (['--config=configs/study.py:quick,smoke', '--config.num_synthetic=4'],
      'cvae_cls trained on synthetic slices only gets 4, fewer than its batch_size=8'),

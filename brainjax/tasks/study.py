@@ -268,6 +268,11 @@ def check_config(config):
   for field in ('seeds', 'knn_k'):
     if not (isinstance(config[field], int) and config[field] >= 1):
       raise ValueError(f'{field}={config[field]!r}: it must be an integer >= 1')
+  if config.seed + config.seeds > 2 ** 32:  # (a stage's seed: checked for the first one only)
+    last = config.seed + config.seeds - 1
+    raise ValueError(f'seeds={config.seeds}: seed={config.seed} to {last} pass 2**32 - 1, the '
+                     'largest seed (jax.random.PRNGKey drops the bits above: a later seed would '
+                     'repeat an earlier one\'s randomness)')
   if not (isinstance(config.num_synthetic, int) and config.num_synthetic > config.knn_k):
     raise ValueError(f'num_synthetic={config.num_synthetic!r}: it must be an integer above '
                      f'knn_k={config.knn_k} (the k-NN estimate needs k + 1 samples)')
