@@ -159,8 +159,9 @@ def resolve_paths(config, workdir):
   """The workdir (default runs/<config name>), with config's paths as the user means them: `~`
   expanded everywhere, the data folder made absolute (a run resumed from another folder, or
   naming the same folder otherwise, is the same run). A ValueError for a path Orbax or XLA
-  cannot take (one that is not UTF-8), and for a workdir, cache or export inside the data
-  folder: the run would write into the user's data, and read its own files as slices."""
+  cannot take (one that is not UTF-8), for a workdir, cache or export inside the data
+  folder: the run would write into the user's data, and read its own files as slices, and for
+  an export in or around the workdir other than its default, <workdir>/synthetic."""
   _expand_home(config)
   if workdir is not None and not workdir.strip():  # (e.g. --workdir=$DIR, DIR unset)
     raise ValueError('--workdir is empty: name a folder, or leave the flag out for runs/'
@@ -177,6 +178,14 @@ def resolve_paths(config, workdir):
     except UnicodeDecodeError:
       raise ValueError(f'{name} {path!r} is not valid UTF-8, which Orbax and XLA need: '
                        'rename it') from None
+  export_dir = written.get('export.dir')
+  if export_dir and (os.path.realpath(export_dir)
+                     != os.path.realpath(os.path.join(workdir, 'synthetic'))):
+    if layout.is_inside(export_dir, workdir) or layout.is_inside(workdir, export_dir):
+      # (the export refuses a folder of other files: it did so once the model had trained)
+      raise ValueError(f'export.dir {export_dir} and --workdir {workdir} overlap: the export '
+                       'would find the run\'s own files there; leave export.dir empty (for '
+                       '<workdir>/synthetic) or choose a folder outside the workdir')
   data_dir = config.get('data', {}).get('data_dir')
   if data_dir:
     config.data.data_dir = data_dir = os.path.abspath(data_dir)

@@ -206,6 +206,17 @@ def test_an_empty_workdir_flag_is_refused_not_taken_as_the_default(tmp_path):
   assert not (tmp_path / 'runs').exists()
 
 
+def test_an_export_folder_in_or_around_the_workdir_is_refused_before_training(tmp_path):
+  # (the export refused the run's own files there once the generator had trained)
+  run = tmp_path / 'run'
+  for export in (run / 'checkpoints', run, tmp_path):
+    result = _launch('--config=configs/vae_gen.py:positive,smoke', f'--workdir={run}',
+                     f'--config.export.dir={export}')
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert f'export.dir {export} and --workdir {run} overlap' in result.stderr
+    assert not run.exists()
+
+
 def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
   (tmp_path / 'file').write_text('mine')
   result = _launch('--config=configs/cnn_cls.py:real,smoke', f'--workdir={tmp_path / "file"}')
