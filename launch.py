@@ -166,6 +166,8 @@ def resolve_paths(config, workdir):
   if workdir is not None and not workdir.strip():  # (e.g. --workdir=$DIR, DIR unset)
     raise ValueError('--workdir is empty: name a folder, or leave the flag out for runs/'
                      f'{config.name}')
+  if workdir is None and not config.name.strip():  # (the default would be runs/ itself)
+    raise ValueError('--config.name is empty: name the run, or give --workdir')
   workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
   written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
   if config.get('model_dir'):

@@ -194,7 +194,7 @@ def test_a_study_s_stage_overrides_restate_the_stage_config_s_own_settings(varia
         assert sub[field] == own[field], (task, field)  # (quick trains its generators less)
 
 
-def test_an_empty_workdir_flag_is_refused_not_taken_as_the_default(tmp_path):
+def test_an_empty_workdir_flag_or_run_name_is_refused_not_taken_as_the_default(tmp_path):
   # (--workdir=$DIR with DIR unset: it ran, or resumed, in runs/<config name> of the cwd)
   result = subprocess.run([sys.executable, str(REPO / 'launch.py'),
                            f'--config={REPO}/configs/cnn_cls.py:real,smoke', '--workdir='],
@@ -203,6 +203,14 @@ def test_an_empty_workdir_flag_is_refused_not_taken_as_the_default(tmp_path):
   assert result.returncode != 0 and 'Traceback' not in result.stderr
   assert result.stderr.strip().endswith('--workdir is empty: name a folder, or leave the flag '
                                         'out for runs/cnn_cls_real_smoke')
+  assert not (tmp_path / 'runs').exists()
+  # Nor is an empty run name, whose default workdir was runs/ itself (it trained there).
+  result = subprocess.run([sys.executable, str(REPO / 'launch.py'),
+                           f'--config={REPO}/configs/cnn_cls.py:real,smoke', '--config.name='],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert result.returncode != 0 and 'Traceback' not in result.stderr
+  assert result.stderr.strip().endswith('--config.name is empty: name the run, or give --workdir')
   assert not (tmp_path / 'runs').exists()
 
 
