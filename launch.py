@@ -17,16 +17,9 @@ import jax
 from ml_collections import config_flags
 
 from brainjax import interrupts
-from brainjax.data import layout
-from brainjax.data import sources
-from brainjax.tasks import datasets
 from brainjax.train import checkpoints
 from brainjax.train import parallel
-from brainjax.train import reruns
-from configs import common
-
-TRAINING_TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls')  # their batch splits across devices
-TASKS = TRAINING_TASKS + ('study', 'predict')
+from brainjax.train import run_setup
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Where checkpoints, summaries and metrics.json go '
@@ -127,144 +120,6 @@ def initialize_hosts(environ):
              'JAX_NUM_PROCESSES and JAX_PROCESS_ID, or run under TPU, SLURM or MPI.')
 
 
-def cache_problem(cache):
-  """Why the cache folder could not be made ('' if it can), found without making it (it may
-  lie inside the workdir, which must be empty until the run writes its config.json)."""
-  if os.path.exists(cache):
-    return '' if os.path.isdir(cache) else 'it is a file'
-  if os.path.lexists(cache):  # (a link to nothing: makedirs says only 'File exists')
-    return 'it is a link to nothing'
-  parent = os.path.dirname(os.path.abspath(cache))
-  while not os.path.lexists(parent):
-    parent = os.path.dirname(parent)
-  if not os.path.exists(parent):
-    return f'{parent} is a link to nothing'
-  if not os.path.isdir(parent):
-    return f'{parent} is a file'
-  return '' if os.access(parent, os.W_OK | os.X_OK) else f'{parent} is not writable'
-
-
-def _expand_home(tree):
-  """Expands a leading ~ in every string setting, and in each part of a comma-separated one
-  (synthetic_dirs): a shell leaves `--workdir=~/x` and `--config.input=~/x` as they are, and a
-  folder named `~` would be made or looked for."""
-  for key, value in tree.items():
-    if isinstance(value, str) and '~' in value:
-      tree[key] = ','.join(os.path.expanduser(part) for part in value.split(','))
-    elif hasattr(value, 'items'):
-      _expand_home(value)
-
-
-def resolve_paths(config, workdir):
-  """The workdir (default runs/<config name>), with config's paths as the user means them: `~`
-  expanded everywhere, the data folder made absolute (a run resumed from another folder, or
-  naming the same folder otherwise, is the same run). A ValueError for a path Orbax or XLA
-  cannot take (one that is not UTF-8), for a workdir, cache or export inside the data
-  folder: the run would write into the user's data, and read its own files as slices, and for
-  an export in or around the workdir other than its default, <workdir>/synthetic."""
-  _expand_home(config)
-  if workdir is not None and not workdir.strip():  # (e.g. --workdir=$DIR, DIR unset)
-    raise ValueError('--workdir is empty: name a folder, or leave the flag out for runs/'
-                     f'{config.name}')
-  if workdir is None and not config.name.strip():  # (the default would be runs/ itself)
-    raise ValueError('--config.name is empty: name the run, or give --workdir')
-  workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
-  written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
-  if config.get('model_dir'):
-    written['model_dir'] = config.model_dir  # (read by Orbax)
-  if config.get('export') and config.export.get('dir'):
-    written['export.dir'] = config.export.dir
-  for name, path in written.items():
-    try:
-      os.fsencode(path).decode('utf-8')
-    except UnicodeDecodeError:
-      raise ValueError(f'{name} {path!r} is not valid UTF-8, which Orbax and XLA need: '
-                       'rename it') from None
-  export_dir = written.get('export.dir')
-  if export_dir and (os.path.realpath(export_dir)
-                     != os.path.realpath(os.path.join(workdir, 'synthetic'))):
-    if layout.is_inside(export_dir, workdir) or layout.is_inside(workdir, export_dir):
-      # (the export refuses a folder of other files: it did so once the model had trained)
-      raise ValueError(f'export.dir {export_dir} and --workdir {workdir} overlap: the export '
-                       'would find the run\'s own files there; leave export.dir empty (for '
-                       '<workdir>/synthetic) or choose a folder outside the workdir')
-  data_dir = config.get('data', {}).get('data_dir')
-  if data_dir:
-    config.data.data_dir = data_dir = os.path.abspath(data_dir)
-    if os.path.isdir(data_dir):
-      for name, path in written.items():
-        if name != 'model_dir' and layout.is_inside(path, data_dir):
-          raise ValueError(f'{name} {path} is inside the data folder {data_dir}: the run would '
-                           'write into your data, and read its own files as slices; choose a '
-                           'folder outside it')
-  return workdir
-
-
-def check_settings(config, task):
-  """Refuses, with a ValueError or an OSError (e.g. a data folder that is missing or cannot be
-  read), settings no run can use: checked before anything is written, so a refused run leaves
-  no workdir behind. Returns the cache folder, which it found usable."""
-  common.check_values(config)
-  if config.task in TRAINING_TASKS:
-    if config.get('mode') == 'generate':  # (trains nothing: no batch to split)
-      parallel.train_devices(config.num_devices)
-    else:
-      parallel.check_batch_split(config)
-  if config.task != 'predict':  # (which reads its model's data settings, not its own)
-    sources.check_location(config.data)
-  if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data
-    task.check_config(config)
-  cache = datasets.cache_dir(config)
-  problem = cache_problem(cache)
-  if problem:
-    raise ValueError(f'cannot use the cache folder {cache!r} (--config.cache_dir, '
-                     f'BRAINJAX_CACHE): {problem}')
-  return cache
-
-
-def prepare_workdir(config, workdir):
-  """The config.json text the workdir held, or None: the workdir made, locked and its
-  config.json written (the first host), unless another process runs there, or it holds
-  another run or another's files (a ValueError)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):  # (makedirs: 'File exists')
-    raise ValueError(f'--workdir {workdir!r} is a file, not a folder')
-  if os.path.lexists(workdir) and not os.path.exists(workdir):  # (makedirs: 'File exists')
-    raise ValueError(f'--workdir {workdir!r} is a link to nothing')
-  os.makedirs(workdir, exist_ok=True)
-  if not parallel.is_first_host():  # (the first host's lock and config.json stand for all)
-    return None
-  reruns.check_workdir(workdir, config)  # (a folder a run may not use gets no .lock either)
-  reruns.lock_workdir(workdir)
-  return reruns.write_config(workdir, config)
-
-
-def folders_to_make(path):
-  """The folders os.makedirs(path) would make, the deepest first."""
-  made = []
-  while path and not os.path.lexists(path):
-    made.append(path)
-    path = os.path.dirname(path.rstrip(os.sep))
-  return made
-
-
-def remove_unbegun_run(workdir, made):
-  """Undoes launch's writes in a workdir that held no run (its config.json, its .lock, and
-  the folders `made`) if the run stopped before it wrote anything else: a setting refused on
-  the data (a split without a class, a batch larger than the training set) leaves no
-  workdir behind, as one refused before it began does."""
-  ours = ('config.json', reruns.LOCK_FILE)
-  if not os.path.isdir(workdir) or set(os.listdir(workdir)) - set(ours):
-    return
-  for name in ours:
-    if os.path.lexists(os.path.join(workdir, name)):
-      os.remove(os.path.join(workdir, name))
-  for folder in made:  # (the deepest first; one the user made is kept)
-    try:
-      os.rmdir(folder)
-    except OSError:  # (not empty: something else wrote there since)
-      break
-
-
 def exit_now(code):
   """Exits at once, without the interpreter's teardown (atexit handlers, among them JAX's
   backend and jax.distributed shutdown; finalizers): call it once the run's files are closed.
@@ -286,14 +141,13 @@ def set_up(config):
     initialize_hosts(os.environ)
   task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
-    workdir = resolve_paths(config, FLAGS.workdir)
-    cache = check_settings(config, task)
+    workdir = run_setup.resolve_paths(config, FLAGS.workdir)
+    cache = run_setup.check_settings(config, task)
     # Compiled programs are cached on disk: a study's stages (and reruns) that train the same
     # network reuse them instead of recompiling.
     jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-    made = folders_to_make(os.path.abspath(workdir))
-    previous_config = prepare_workdir(config, workdir)
+    previous_config, made = run_setup.prepare_workdir(config, workdir)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
@@ -309,8 +163,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = FLAGS.config
-  if config.task not in TASKS:
-    raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(TASKS)}')
+  if config.task not in run_setup.TASKS:
+    raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(run_setup.TASKS)}')
   if config.get('multihost') and config.task == 'predict':  # (every host would write the same)
     sys.exit('error: predict runs on one host; drop --config.multihost')
   try:
@@ -326,14 +180,7 @@ def main(argv):
     # A bad input or setting, or a path that cannot be written (a file where a folder is
     # wanted, a full disk), is the user's to fix: one line (the traceback with --verbosity=1).
     logging.debug('Traceback:', exc_info=True)
-    # A refused rerun, or one stopped before it touched the results (e.g. on its data), leaves
-    # the config.json that describes them.
-    kept_results = reruns.untouched_since(workdir, start)
-    if (isinstance(error, reruns.RerunRefused) or kept_results) and parallel.is_first_host():
-      reruns.put_back_config(workdir, previous_config)
-    if (previous_config is None and not isinstance(error, KeyboardInterrupt)
-        and parallel.is_first_host()):
-      remove_unbegun_run(workdir, made)
+    run_setup.after_failure(workdir, previous_config, made, start, error)
     if isinstance(error, KeyboardInterrupt):  # (Ctrl-C: the checkpoints written so far are whole)
       print(f'Interrupted: the same command goes on with {workdir} from where it stopped (its '
             'last checkpoint, if any).', file=sys.stderr)

@@ -336,10 +336,11 @@ import sys
 from absl import app
 import launch
 from brainjax.tasks import vae_gen
+from brainjax.train import run_setup
 def interrupted_while_checking(config, task):
   raise KeyboardInterrupt
 if '--early' in sys.argv:  # (while the run is set up)
-  launch.check_settings = interrupted_while_checking
+  run_setup.check_settings = interrupted_while_checking
 def interrupted(config, workdir):
   if config.export.num_samples == 7:  # (the run had written new results)
     open(workdir + '/metrics.json', 'w').write('{"new": 1}')
@@ -407,7 +408,7 @@ def test_a_workdir_in_use_by_another_run_is_refused_before_anything_is_written(t
 
 
 def test_paths_are_taken_as_the_user_means_them(tmp_path, monkeypatch):
-  import launch  # pylint: disable=g-import-not-at-top
+  from brainjax.train import run_setup  # pylint: disable=g-import-not-at-top
   from brainjax.train import reruns  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   monkeypatch.chdir(tmp_path)
@@ -415,28 +416,28 @@ def test_paths_are_taken_as_the_user_means_them(tmp_path, monkeypatch):
   config = importlib.import_module('configs.cnn_cls').get_config('real,smoke')
   config.cache_dir, config.data.dataset, config.data.data_dir = '~/cache', 'folder', 'data/'
   # `~` expanded (a shell leaves --workdir=~/x as it is); the data folder absolute.
-  assert launch.resolve_paths(config, '~/run') == str(tmp_path / 'home' / 'run')
+  assert run_setup.resolve_paths(config, '~/run') == str(tmp_path / 'home' / 'run')
   assert config.cache_dir == str(tmp_path / 'home' / 'cache')
   assert config.data.data_dir == str(tmp_path / 'data')
   # Nothing written into the user's data.
   for workdir in ('data', 'data/yes/run', str(tmp_path / 'data' / 'run')):
     with pytest.raises(ValueError, match=r'--workdir .* is inside the data folder'):
-      launch.resolve_paths(config, workdir)
+      run_setup.resolve_paths(config, workdir)
   config.cache_dir = 'data/cache'
   with pytest.raises(ValueError, match=r'cache_dir .* is inside the data folder'):
-    launch.resolve_paths(config, 'run')
+    run_setup.resolve_paths(config, 'run')
   config.cache_dir = ''
   generator = importlib.import_module('configs.vae_gen').get_config('positive,smoke')
   generator.data.dataset, generator.data.data_dir = 'folder', 'data'
   generator.export.dir = 'data/no/synthetic'
   with pytest.raises(ValueError, match=r'export.dir .* is inside the data folder'):
-    launch.resolve_paths(generator, 'run')
+    run_setup.resolve_paths(generator, 'run')
   config.synthetic_dirs = '~/a/synthetic,~/b/synthetic'  # (each export's ~)
-  launch.resolve_paths(config, 'run')
+  run_setup.resolve_paths(config, 'run')
   assert config.synthetic_dirs == f'{tmp_path}/home/a/synthetic,{tmp_path}/home/b/synthetic'
   # Orbax and XLA take UTF-8 paths only (they failed with tracebacks, the workdir half made).
   with pytest.raises(ValueError, match='not valid UTF-8'):
-    launch.resolve_paths(config, os.fsdecode(b'run_\xff'))
+    run_setup.resolve_paths(config, os.fsdecode(b'run_\xff'))
   # A run's data folder named otherwise on a rerun (relative, absolute, a link) is the same.
   (tmp_path / 'link').symlink_to(tmp_path / 'data')
   saved = {'task': 'cnn_cls', 'data': {'data_dir': 'data'}}
