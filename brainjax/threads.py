@@ -1,5 +1,5 @@
-"""The cores and memory this process may use, and threads, one per core, for independent NumPy/SciPy
-pieces (the anomaly rules'; preprocessing sizes its worker processes with num_workers).
+"""The cores and memory this process may use, and threads, one per core, for independent
+NumPy/SciPy pieces (the anomaly rules'; preprocessing sizes its worker processes with num_workers).
 
 The rules' heavy kernels (comparisons, sorts, bincount, SciPy's sparse products
 and graph search, jitted JAX calls) release the GIL, so independent pieces (row
@@ -31,11 +31,23 @@ def num_workers() -> int:
 
 
 def memory_bytes() -> int:
-  """This machine's physical memory in bytes (0 where the system does not say)."""
+  """This machine's physical memory in bytes (0 where the system does not say; a container's
+  own limit is not read)."""
   try:
     return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   except (AttributeError, ValueError, OSError):  # (not a POSIX system)
     return 0
+
+
+def check_fits_in_memory(needed: int, what: str, advice: str, memory: int = 0,
+                         where: str = 'this machine') -> None:
+  """A ValueError if `what` needs more than `memory` bytes (default: memory_bytes(); nothing
+  is checked where that is unknown): settings that would fill the memory hours in are refused
+  before the run begins. `needed` is a lower bound, so what passes may still not fit."""
+  memory = memory or memory_bytes()
+  if memory and needed > memory:
+    raise ValueError(f'{what} need {needed / 2**30:.4g} GiB, more than the '
+                     f'{memory / 2**30:.4g} GiB of {where}: {advice}')
 
 
 def thread_map(fn: Callable[[T], R], items: Iterable[T]) -> List[R]:

@@ -89,14 +89,22 @@ def test_grid_scores_match_rule_and_sklearn(monkeypatch):
 
 def test_no_candidates_scores_zero():
   errors = np.full((2, 16), 0.2, np.float32)
-  assert np.all(dbscan.dbscan_grid_scores(errors, [0.5], [0.3], [1]) == 0)
-  assert np.all(dbscan.dbscan(errors, 0.5, 0.3, 1, 0.0).region == False)  # noqa: E712
+  assert np.all(dbscan.dbscan_grid_scores(errors, [0.5], [0.2], [1]) == 0)
+  assert np.all(dbscan.dbscan(errors, 0.5, 0.2, 1, 0.0).region == False)  # noqa: E712
 
 
 @pytest.mark.parametrize('eps, min_samples, message', [
     ([0.0], [2], 'eps must be positive'), ([0.1], [0], 'min_samples must be integers >= 1'),
-    ([0.1, 1e12], [2], r'at most sqrt\(3\)'), ([np.inf], [2], 'eps must be positive'),
+    ([0.1, 0.26], [2], 'at most 0.25'), ([1e12], [2], 'at most 0.25'), ([np.inf], [2], 'eps must be positive'),
     ([0.1], [1.5], 'min_samples must be integers >= 1')])
 def test_bad_parameters(eps, min_samples, message):
   with pytest.raises(ValueError, match=message):
     dbscan.dbscan_grid_scores(np.zeros((1, 16), np.float32), [0.5], eps, min_samples)
+
+
+def test_a_large_eps_clusters_fewer_images_at_once():
+  # Each candidate gathers its whole half window: at eps 0.25 one all-anomalous 128 px map is
+  # 16384 x ~1600 entries, so such maps are clustered one at a time, not 12 to a chunk.
+  counts = np.full(3, 128 * 128)
+  assert len(list(dbscan._image_chunks(counts, 0.025, 128, 128))) == 1
+  assert [c.stop - c.start for c in dbscan._image_chunks(counts, 0.25, 128, 128)] == [1, 1, 1]

@@ -83,7 +83,7 @@ REFUSED = [
     (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=0'],
      'model.latent_dim=0: network sizes must be integers >= 1'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=1000000000000'],
-     'the network sizes give a training state of'),  # (an out-of-memory traceback, after the data)
+     'the network sizes give a training state that would need'),  # (an OOM traceback, after the data)
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
       '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn.num_epochs=1'],
@@ -204,25 +204,34 @@ def test_an_empty_workdir_flag_or_run_name_is_refused_not_taken_as_the_default(t
   assert result.stderr.strip().endswith('--workdir is empty: name a folder, or leave the flag '
                                         'out for runs/cnn_cls_real_smoke')
   assert not (tmp_path / 'runs').exists()
-  # Nor is an empty run name, whose default workdir was runs/ itself (it trained there).
-  result = subprocess.run([sys.executable, str(REPO / 'launch.py'),
-                           f'--config={REPO}/configs/cnn_cls.py:real,smoke', '--config.name='],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-  assert result.returncode != 0 and 'Traceback' not in result.stderr
-  assert result.stderr.strip().endswith('--config.name is empty: name the run, or give --workdir')
-  assert not (tmp_path / 'runs').exists()
+  # Nor is a run name whose default workdir was runs/ itself (it trained there), or outside it.
+  for name in ('', '.', 'a/..', '../elsewhere', '/tmp'):
+    result = subprocess.run([sys.executable, str(REPO / 'launch.py'),
+                             f'--config={REPO}/configs/cnn_cls.py:real,smoke',
+                             f'--config.name={name}'],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().endswith(f'--config.name={name!r} names no folder inside runs/: '
+                                          'name the run, or give --workdir')
+    assert not (tmp_path / 'runs').exists()
 
 
-def test_an_export_folder_in_or_around_the_workdir_is_refused_before_training(tmp_path):
+def test_an_export_folder_holding_the_workdir_or_its_files_is_refused_before_training(tmp_path):
   # (the export refused the run's own files there once the generator had trained)
   run = tmp_path / 'run'
-  for export in (run / 'checkpoints', run, tmp_path):
+  for export in (run / 'checkpoints', run / 'samples' / 'x', run, tmp_path):
     result = _launch('--config=configs/vae_gen.py:positive,smoke', f'--workdir={run}',
                      f'--config.export.dir={export}')
     assert result.returncode != 0 and 'Traceback' not in result.stderr
-    assert f'export.dir {export} and --workdir {run} overlap' in result.stderr
+    assert f'export.dir {export} holds --workdir {run} or its run\'s files' in result.stderr
     assert not run.exists()
+  # A folder of its own inside the workdir is one (e.g. a second export by mode=generate).
+  from brainjax.train import run_setup  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module('configs.vae_gen').get_config('positive,smoke')
+  for export in (run / 'synthetic', run / 'synthetic_2'):
+    config.export.dir = str(export)
+    assert run_setup.resolve_paths(config, str(run)) == str(run)
 
 
 def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
@@ -271,9 +280,8 @@ def test_a_network_width_below_one_is_refused():
     ('data.margin', 0.6, r'data.margin must be in \[0, 0.5\)'),
     ('data.num_per_class', -1, 'data.num_per_class must be >= 0'),
     ('data.seed', -1, r'data.seed must be an integer in \[0, 2\*\*32\)'),
-    ('data.num_per_class', 10 ** 12, 'data.num_per_class=1000000000000 slices per class of '
-     'data.image_size=128 need'),
-    ('data.image_size', 2 ** 20, 'data.image_size=1048576 need'),
+    ('data.num_per_class', 10 ** 12, '2000000000000 slices of data.image_size=128 need'),
+    ('data.image_size', 2 ** 20, '48 slices of data.image_size=1048576 need'),
 ])
 def test_data_settings_no_source_can_read_are_refused_before_any_file_is_read(field, value,
                                                                              message):
@@ -284,6 +292,17 @@ def test_data_settings_no_source_can_read_are_refused_before_any_file_is_read(fi
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):
     sources.check_location(config.data)
+
+
+def test_num_per_class_caps_a_folder_s_slices_it_does_not_count_them(tmp_path):
+  # (a cap of a million slices per class was refused as "122 GiB" for a folder of two)
+  from brainjax.data import sources
+  from configs import cnn_cls
+  (tmp_path / 'yes').mkdir()
+  config = cnn_cls.get_config('real,smoke')
+  config.data.dataset, config.data.data_dir = 'folder', str(tmp_path)
+  config.data.num_per_class = 10 ** 6
+  sources.check_location(config.data)
 
 
 def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
@@ -511,6 +530,10 @@ def test_a_new_run_refused_on_its_data_leaves_no_workdir(tmp_path, cache_dir):
   result = _launch(*args, f'--workdir={tmp_path / "mine"}')
   assert result.returncode != 0 and 'larger than the 12 training examples' in result.stderr
   assert list((tmp_path / 'mine').iterdir()) == []
+  (tmp_path / 'mine' / '.DS_Store').write_text('')  # hidden files: a new workdir may hold them
+  result = _launch(*args, f'--workdir={tmp_path / "mine"}')
+  assert result.returncode != 0 and 'larger than the 12 training examples' in result.stderr
+  assert [p.name for p in (tmp_path / 'mine').iterdir()] == ['.DS_Store']
 
 
 def test_generate_mode_does_not_ask_the_training_batch_to_split_across_this_machine(tmp_path):

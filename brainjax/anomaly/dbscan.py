@@ -41,8 +41,10 @@ from scipy.sparse import csgraph
 from brainjax import threads
 from brainjax.anomaly import pixel_features
 
-# Upper bound on candidate pixels clustered at once (memory ~ this x window size).
+# Upper bounds on the candidate pixels clustered at once, and on them times the half window
+# (the (K, O) arrays of _neighbours): the second binds only for eps above the default grid's.
 _MAX_CANDIDATES_PER_CHUNK = 200_000
+_MAX_WINDOW_ENTRIES_PER_CHUNK = 1 << 22
 # Relative margin on eps**2 of the float32 pre-selection of pairs (rechecked in float64).
 _BAND = 1e-5
 
@@ -62,11 +64,14 @@ def window_offsets(eps: float, h: int, w: int) -> Tuple[np.ndarray, np.ndarray, 
   return di[keep], dj[keep], s2[keep]
 
 
-def _image_chunks(candidate_counts: np.ndarray) -> Iterator[slice]:
-  """Consecutive image ranges holding at most _MAX_CANDIDATES_PER_CHUNK candidates."""
+def _image_chunks(candidate_counts: np.ndarray, eps: float, h: int, w: int) -> Iterator[slice]:
+  """Consecutive image ranges holding at most _MAX_CANDIDATES_PER_CHUNK candidates, and at most
+  _MAX_WINDOW_ENTRIES_PER_CHUNK candidates x half-window offsets at this eps (or one image)."""
+  half_window = window_offsets(eps, h, w)[2].size // 2 + 1
+  limit = min(_MAX_CANDIDATES_PER_CHUNK, _MAX_WINDOW_ENTRIES_PER_CHUNK // half_window)
   start, total = 0, 0
   for i, count in enumerate(candidate_counts):
-    if i > start and total + count > _MAX_CANDIDATES_PER_CHUNK:
+    if i > start and total + count > limit:
       yield slice(start, i)
       start, total = i, 0
     total += count
@@ -196,17 +201,18 @@ def _largest_clusters(label: np.ndarray, image: np.ndarray, num_images: int) -> 
   return largest
 
 
-# The features (error, row / H, col / W) lie in the unit cube, whose diagonal is sqrt(3): a
-# larger eps finds the same neighbours, over a window of (2 eps H + 1) x (2 eps W + 1) pixels
-# (eps = 1e12 was a MemoryError traceback once the model had trained).
-MAX_EPS = float(np.sqrt(3.0))
+# A quarter of the image's side (32 px at 128), far past a tumour's size (the default grid's
+# largest eps is 3.2 px). The window, (2 eps H + 1) x (2 eps W + 1) pixels, and with it the
+# memory of one image's pairs grow as eps**2: an all-anomalous 128 px map took 0.8 GB at 0.25,
+# 3.2 GB at 0.5; eps = 1e12 was a MemoryError traceback once the model had trained.
+MAX_EPS = 0.25
 
 
 def check_params(eps_values, min_samples_values):
   eps_values = np.asarray(eps_values, np.float64).reshape(-1)
   if eps_values.size == 0 or not ((eps_values > 0) & (eps_values <= MAX_EPS)).all():
-    raise ValueError(f'eps must be positive and at most sqrt(3) (the diagonal of the features\' '
-                     f'unit cube), got {eps_values}')
+    raise ValueError(f'eps must be positive and at most {MAX_EPS} (a quarter of the image\'s '
+                     f'side, in the features\' units), got {eps_values}')
   min_samples_values = np.asarray(min_samples_values).reshape(-1)
   if min_samples_values.size == 0 or (min_samples_values < 1).any() or not np.all(
       min_samples_values == np.round(min_samples_values)):
@@ -237,7 +243,8 @@ def dbscan_grid_scores(errors: np.ndarray, anomaly_thresholds: Sequence[float],
           largest = _largest_clusters(label, candidates.image, chunk.stop - chunk.start)
           scores[chunk, t, e, m] = largest / (h * w)
 
-  threads.thread_map(score_chunk, _image_chunks((errors >= thresholds[0]).sum(axis=1)))
+  threads.thread_map(score_chunk, _image_chunks((errors >= thresholds[0]).sum(axis=1),
+                                                float(eps_values.max()), h, w))
   return scores
 
 
@@ -253,7 +260,7 @@ def dbscan_labels(errors: np.ndarray, anomaly_threshold: float, eps: float, min_
   (eps,), (min_samples,) = check_params([eps], [min_samples])
   threshold = np.float32(anomaly_threshold)
   out = np.full(errors.shape, -1, np.int64)
-  for chunk in _image_chunks((errors >= threshold).sum(axis=1)):
+  for chunk in _image_chunks((errors >= threshold).sum(axis=1), eps, h, w):
     candidates = _Candidates(errors[chunk], threshold, eps, h, w)
     (label,) = candidates.clusters(eps, [min_samples])
     # Number each image's clusters 0, 1, ... in the order of their ids.

@@ -125,7 +125,7 @@ def check_config(config) -> None:
   for field in ('dbscan_anomaly_thresholds', 'dbscan_eps', 'dbscan_min_samples'):
     try:  # (a flag's word, e.g. abc or (nan,), is a string: a message naming no field)
       np.asarray(config[field], np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (Overflow: an int past float64's range)
       raise ValueError(f'anomaly.{field}={config[field]!r}: it must be numbers, e.g. '
                        f'{tuple(default_anomaly_config()[field])}') from None
   thresholds = pixel_features.check_grid(np.sort(np.asarray(config.dbscan_anomaly_thresholds)),

@@ -73,16 +73,13 @@ def _settings(data_cfg):
   seed = _cfg(data_cfg, 'seed', 0)
   if not (isinstance(seed, int) and 0 <= seed < 2 ** 32):
     raise ValueError(f'data.seed must be an integer in [0, 2**32), got {seed!r}')
-  # The preprocessed slices are held in memory as float32: all the phantom's, at least one
-  # per class of a folder's (num_per_class=10**12 or image_size=2**20 filled the memory after
-  # launch had written the workdir).
-  phantom_data = _cfg(data_cfg, 'dataset', None) == 'phantom'
-  per_class = (n or PHANTOM_DEFAULT_PER_CLASS) if phantom_data else max(n, 1)
-  needed, memory = 2 * per_class * size ** 2 * 4, threads.memory_bytes()
-  if memory and needed > memory:
-    raise ValueError(f'data.num_per_class={n} slices per class of data.image_size={size} need '
-                     f'{needed / 2**30:.4g} GiB, more than the {memory / 2**30:.4g} GiB of this '
-                     'machine: lower them')
+  # The preprocessed slices are held in memory as float32: all the phantom's (num_per_class is
+  # their count), at least one per class of other data (for which it is only a cap);
+  # num_per_class=10**12 or image_size=2**20 filled the memory after launch wrote the workdir.
+  per_class = (n or PHANTOM_DEFAULT_PER_CLASS) if _cfg(data_cfg, 'dataset', None) == 'phantom' else 1
+  threads.check_fits_in_memory(2 * per_class * size ** 2 * 4,
+                               f'{2 * per_class} slices of data.image_size={size}',
+                               'lower data.num_per_class or data.image_size')
   return size, margin, n
 
 
@@ -300,7 +297,11 @@ def _cache_path(cache_dir, dataset, key, size, margin):
 def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
             jobs: List[Tuple], with_masks: bool,
             source_dir: Optional[str] = None):
-  os.makedirs(cache_dir, exist_ok=True)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as error:  # (e.g. under /proc, which no writability check foresees)
+    raise OSError(f'cannot make the preprocessing cache folder {cache_dir} (--config.cache_dir, '
+                  f'BRAINJAX_CACHE): {error.strerror or error}') from error
   path = _cache_path(cache_dir, dataset, key, size, margin)
   if os.path.exists(path):
     try:

@@ -91,13 +91,10 @@ def check_config(config):
       raise ValueError(f'export.{field}={config.export[field]!r}: it must be an integer >= 1')
   # The export holds its samples in memory (float32) before it writes them: 10**12 of them
   # filled the memory once training had finished.
-  needed = config.export.num_samples * config.data.image_size ** 2 * 4
-  memory = threads.memory_bytes()
-  if memory and needed > memory:
-    raise ValueError(f'export.num_samples={config.export.num_samples} slices of '
-                     f'{config.data.image_size}x{config.data.image_size} need '
-                     f'{needed / 2**30:.4g} GiB, more than the {memory / 2**30:.4g} GiB of this '
-                     'machine: export fewer')
+  size = config.data.image_size
+  threads.check_fits_in_memory(config.export.num_samples * size ** 2 * 4,
+                               f'export.num_samples={config.export.num_samples} slices of '
+                               f'{size}x{size}', 'export fewer')
   if config.export.dir:  # (the default, <workdir>/synthetic, is the run's own)
     synthetic.check_export_target(config.export.dir)
 

@@ -1,7 +1,7 @@
-"""What launch.py does before a task runs, and undoes for a new run refused before it wrote
-anything: the config's paths resolved (`resolve_paths`), its settings checked
-(`check_settings`), the workdir made, locked and its config.json written (`prepare_workdir`).
-Everything here is refused with a one-line ValueError or OSError before the run writes a file.
+"""What launch.py does before a task runs: the config's paths resolved (`resolve_paths`)
+and its settings checked (`check_settings`), each refused with a one-line ValueError or
+OSError before anything is written; the workdir made, locked and its config.json written
+(`prepare_workdir`); and what a run that failed leaves there (`after_failure`).
 """
 import os
 
@@ -14,6 +14,9 @@ from configs import common
 
 TRAINING_TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls')  # their batch splits across devices
 TASKS = TRAINING_TASKS + ('study', 'predict')
+# What a run writes in its workdir (besides the export, by default <workdir>/synthetic).
+_RUN_FILES = ('config.json', reruns.LOCK_FILE, 'metrics.json', 'eval_ids.json', 'checkpoints',
+              'best', 'tensorboard', 'samples')
 
 
 def cache_problem(cache):
@@ -50,13 +53,16 @@ def resolve_paths(config, workdir):
   naming the same folder otherwise, is the same run). A ValueError for a path Orbax or XLA
   cannot take (one that is not UTF-8), for a workdir, cache or export inside the data
   folder: the run would write into the user's data, and read its own files as slices, and for
-  an export in or around the workdir other than its default, <workdir>/synthetic."""
+  an export holding the workdir or among its run's files."""
   _expand_home(config)
   if workdir is not None and not workdir.strip():  # (e.g. --workdir=$DIR, DIR unset)
     raise ValueError('--workdir is empty: name a folder, or leave the flag out for runs/'
                      f'{config.name}')
-  if workdir is None and not config.name.strip():  # (the default would be runs/ itself)
-    raise ValueError('--config.name is empty: name the run, or give --workdir')
+  name = os.path.normpath(config.name.strip() or '.')
+  if workdir is None and (name in ('.', '..') or name.startswith('..' + os.sep)
+                          or os.path.isabs(name)):  # (the default would be runs/ or outside it)
+    raise ValueError(f'--config.name={config.name!r} names no folder inside runs/: name the '
+                     'run, or give --workdir')
   workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
   written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
   if config.get('model_dir'):
@@ -70,13 +76,12 @@ def resolve_paths(config, workdir):
       raise ValueError(f'{name} {path!r} is not valid UTF-8, which Orbax and XLA need: '
                        'rename it') from None
   export_dir = written.get('export.dir')
-  if export_dir and (os.path.realpath(export_dir)
-                     != os.path.realpath(os.path.join(workdir, 'synthetic'))):
-    if layout.is_inside(export_dir, workdir) or layout.is_inside(workdir, export_dir):
-      # (the export refuses a folder of other files: it did so once the model had trained)
-      raise ValueError(f'export.dir {export_dir} and --workdir {workdir} overlap: the export '
-                       'would find the run\'s own files there; leave export.dir empty (for '
-                       '<workdir>/synthetic) or choose a folder outside the workdir')
+  if export_dir and (layout.is_inside(workdir, export_dir) or any(
+      layout.is_inside(export_dir, os.path.join(workdir, own)) for own in _RUN_FILES)):
+    # (the export refuses a folder of other files: it did so once the model had trained)
+    raise ValueError(f'export.dir {export_dir} holds --workdir {workdir} or its run\'s files: '
+                     'leave export.dir empty (for <workdir>/synthetic) or choose a folder of '
+                     'its own')
   data_dir = config.get('data', {}).get('data_dir')
   if data_dir:
     config.data.data_dir = data_dir = os.path.abspath(data_dir)
@@ -153,13 +158,19 @@ def _remove_unbegun_run(workdir, made):
   """Undoes launch's writes in a workdir that held no run (its config.json, its .lock, and
   the folders `made`) if the run stopped before it wrote anything else: a setting refused on
   the data (a split without a class, a batch larger than the training set) leaves no
-  workdir behind, as one refused before it began does."""
+  workdir behind, as one refused before it began does. Hidden files (.DS_Store), which a new
+  workdir may hold, are kept, and so is the folder holding them."""
   ours = ('config.json', reruns.LOCK_FILE)
-  if not os.path.isdir(workdir) or set(os.listdir(workdir)) - set(ours):
+  if not os.path.isdir(workdir) or {e for e in os.listdir(workdir)
+                                    if not e.startswith('.')} - set(ours):
     return
   for name in ours:
-    if os.path.lexists(os.path.join(workdir, name)):
+    try:
       os.remove(os.path.join(workdir, name))
+    except FileNotFoundError:
+      pass
+    except OSError:  # (the run's own error is the one to report)
+      return
   for folder in made:  # (the deepest first; one the user made is kept)
     try:
       os.rmdir(folder)

@@ -41,11 +41,10 @@ def check_networks(create_state):
   shapes = jax.eval_shape(create_state, jax.random.PRNGKey(0))
   size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
   device = jax.local_devices()[0]
-  memory = (device.memory_stats() or {}).get('bytes_limit') or threads.memory_bytes()  # (CPU)
-  if memory and size > memory:
-    raise ValueError(f'the network sizes give a training state of {size / 2**30:.4g} GiB, more '
-                     f'than the {memory / 2**30:.4g} GiB of a {device.platform} device: lower '
-                     'them')
+  limit = (device.memory_stats() or {}).get('bytes_limit')  # (a CPU reports none)
+  threads.check_fits_in_memory(
+      size, 'the network sizes give a training state that would', 'lower them', memory=limit or 0,
+      where=f'a {device.platform} device' if limit else 'this machine')
 
 
 def set_learning_rate(state, learning_rate):
