@@ -2,6 +2,7 @@
 import functools
 import json
 import os
+import types
 
 import jax
 import ml_collections
@@ -331,3 +332,20 @@ def test_a_resumed_run_keeps_the_grids_of_its_earlier_epochs(tmp_path, cache_dir
     with pytest.raises(_StopBeforeTraining):
       generation.run(config, str(workdir), None, None, None, None)
     assert grid.exists() == resumed
+
+
+def test_sample_grid_noise_is_no_other_seed_s_key(tmp_path):
+  # (it was PRNGKey(seed + 1): seed 1's own key, the one its networks are initialised from,
+  # and past 2**32 - 1 seed 0's)
+  drawn = []
+
+  def sample(variables, rng, num):
+    drawn.append(np.asarray(jax.random.key_data(rng)))
+    return np.zeros((num, 4, 4, 1), np.float32)
+
+  for seed in (0, 2 ** 32 - 1):
+    generation.sample_grid_callback(str(tmp_path), sample, lambda s: None, seed, num=2)(
+        types.SimpleNamespace(step=1))
+  keys = [np.asarray(jax.random.key_data(jax.random.PRNGKey(s))) for s in (0, 1)]
+  assert not any(np.array_equal(d, k) for d in drawn for k in keys)
+  assert not np.array_equal(drawn[0], drawn[1])

@@ -42,7 +42,8 @@ def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):
   `sample_fn(variables, rng, num)` returns images in [0, 1]; `variables_of(state)` picks
   the generator's variables out of a training state.
   """
-  rng = jax.random.PRNGKey(seed + 1)
+  # (folded in, not seed + 1: that is seed + 1's own key, and past 2**32 - 1 wraps to key 0)
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 
   def evaluate(state):
     images = np.asarray(sample_fn(variables_of(state), rng, num))
