@@ -300,3 +300,11 @@ def test_a_stage_is_locked_while_it_runs(tmp_path, monkeypatch):
     os.close(other)
   assert held_while_training == [str(tmp_path / 'a')]
   assert os.listdir(tmp_path / 'b') == ['.lock']
+
+
+def test_a_stage_folder_holding_other_files_is_refused_and_left_unlocked(tmp_path):
+  from configs import cnn_cls as cnn_config
+  (tmp_path / 'notes.txt').write_text('mine')
+  with pytest.raises(ValueError, match='study stage cnn_cls in .*notes.txt'):
+    study.run_stage('cnn_cls', cnn_config.get_config('real,smoke'), str(tmp_path))
+  assert os.listdir(tmp_path) == ['notes.txt']

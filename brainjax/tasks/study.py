@@ -79,6 +79,8 @@ def run_stage(task, sub, workdir):
   previous = None
   first_host = parallel.is_first_host()  # (its lock and config.json stand for all hosts)
   try:
+    if first_host:  # (as launch.py does: a folder a stage may not use gets no .lock either)
+      reruns.check_workdir(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
     # Locked as launch.py locks a workdir: a launch.py pointed at the stage is refused.
     with reruns.locked_workdir(workdir) if first_host else contextlib.nullcontext():
       if first_host:
