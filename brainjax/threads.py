@@ -1,5 +1,6 @@
 """The cores and memory this process may use, and threads, one per core, for independent
-NumPy/SciPy pieces (the anomaly rules'; preprocessing sizes its worker processes with num_workers).
+NumPy/SciPy pieces (the anomaly rules'; preprocessing sizes its worker processes with
+num_workers).
 
 The rules' heavy kernels (comparisons, sorts, bincount, SciPy's sparse products
 and graph search, jitted JAX calls) release the GIL, so independent pieces (row

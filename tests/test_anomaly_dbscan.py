@@ -95,7 +95,8 @@ def test_no_candidates_scores_zero():
 
 @pytest.mark.parametrize('eps, min_samples, message', [
     ([0.0], [2], 'eps must be positive'), ([0.1], [0], 'min_samples must be integers >= 1'),
-    ([0.1, 0.26], [2], 'at most 0.25'), ([1e12], [2], 'at most 0.25'), ([np.inf], [2], 'eps must be positive'),
+    ([0.1, 0.26], [2], 'at most 0.25'), ([1e12], [2], 'at most 0.25'),
+    ([np.inf], [2], 'eps must be positive'),
     ([0.1], [1.5], 'min_samples must be integers >= 1')])
 def test_bad_parameters(eps, min_samples, message):
   with pytest.raises(ValueError, match=message):

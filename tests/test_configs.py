@@ -83,7 +83,7 @@ REFUSED = [
     (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=0'],
      'model.latent_dim=0: network sizes must be integers >= 1'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.model.latent_dim=1000000000000'],
-     'the network sizes give a training state that would need'),  # (an OOM traceback, after the data)
+     'the network sizes give a training state that would need'),  # (an OOM, after the data)
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn_cls.num_epochs=1',
       '--config.seeds=0'], 'seeds=0'),
     (['--config=configs/study.py:quick,smoke', '--config.overrides.cnn.num_epochs=1'],

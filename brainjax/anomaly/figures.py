@@ -25,8 +25,9 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
   """Writes the figure for K slices and returns `path`.
 
   images, reconstructions: (K, H, W[, 1]) in [0, 1]; errors: (K, H*W) or
-  (K, H, W) normalised errors (the maps the rule read); regions: bool, same layout (the rule's anomalous
-  pixels, drawn in red over the slice); labels / predictions: (K,) 0 or 1.
+  (K, H, W) normalised errors (the maps the rule read); regions: bool, same
+  layout (the rule's anomalous pixels, drawn in red over the slice); labels /
+  predictions: (K,) 0 or 1.
   """
   images = np.asarray(images)
   k = len(images)

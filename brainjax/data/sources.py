@@ -76,7 +76,8 @@ def _settings(data_cfg):
   # The preprocessed slices are held in memory as float32: all the phantom's (num_per_class is
   # their count), at least one per class of other data (for which it is only a cap);
   # num_per_class=10**12 or image_size=2**20 filled the memory after launch wrote the workdir.
-  per_class = (n or PHANTOM_DEFAULT_PER_CLASS) if _cfg(data_cfg, 'dataset', None) == 'phantom' else 1
+  phantom_data = _cfg(data_cfg, 'dataset', None) == 'phantom'
+  per_class = (n or PHANTOM_DEFAULT_PER_CLASS) if phantom_data else 1
   threads.check_fits_in_memory(2 * per_class * size ** 2 * 4,
                                f'{2 * per_class} slices of data.image_size={size}',
                                'lower data.num_per_class or data.image_size')

@@ -137,8 +137,8 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
   """Writes images (N, H, W, 1) float in [0, 1] as out_dir/{yes|no}/00000.png, ...
 
   out_dir must be new, empty or an export: that class's folder is replaced if present
-  and its entry (provenance plus 'count' and 'pixels_sha256') merged into the manifest. Returns the class
-  folder.
+  and its entry (provenance plus 'count' and 'pixels_sha256') merged into the manifest.
+  Returns the class folder.
   """
   images = np.asarray(images)
   if images.ndim != 4 or images.shape[-1] != 1 or len(images) == 0:

@@ -160,6 +160,7 @@ def train_and_evaluate(config, workdir):
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   print(reporting.table_row('CNN', config.train_data, metrics))
   if parallel.is_first_host():
-    reporting.write_test_scores(workdir, test, score=log_odds)  # (before metrics.json: the run's end)
+    # (before metrics.json: the run's end)
+    reporting.write_test_scores(workdir, test, score=log_odds)
     reporting.write_metrics_json(workdir, metrics)
   return metrics
