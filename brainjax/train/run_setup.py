@@ -58,9 +58,9 @@ def resolve_paths(config, workdir):
   if workdir is not None and not workdir.strip():  # (e.g. --workdir=$DIR, DIR unset)
     raise ValueError('--workdir is empty: name a folder, or leave the flag out for runs/'
                      f'{config.name}')
-  name = os.path.normpath(config.name.strip() or '.')
-  if workdir is None and (name in ('.', '..') or name.startswith('..' + os.sep)
-                          or os.path.isabs(name)):  # (the default would be runs/ or outside it)
+  run_name = os.path.normpath(config.name.strip() or '.')
+  if workdir is None and (run_name in ('.', '..') or run_name.startswith('..' + os.sep)
+                          or os.path.isabs(run_name)):  # (the default: runs/ or outside it)
     raise ValueError(f'--config.name={config.name!r} names no folder inside runs/: name the '
                      'run, or give --workdir')
   workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
