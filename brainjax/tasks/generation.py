@@ -29,9 +29,10 @@ def latent_noise(rng, num, latent_dim, first=0):
 
 
 def sample_in_batches(sample_fn, variables, rng, num, batch_size):
-  """Calls `sample_fn(variables, rng, size, first)` (images first .. first + size - 1 of the
-  samples of rng, see latent_noise) until `num` images exist."""
-  batches = [np.asarray(sample_fn(variables, rng, min(batch_size, num - first), first))
+  """Calls `sample_fn(variables, rng, batch_size, first)` (images first .. first + batch_size - 1
+  of the samples of rng, see latent_noise) until `num` images exist. Every call draws a whole
+  batch, the last one cut: one compiled shape, and the same images as a smaller call."""
+  batches = [np.asarray(sample_fn(variables, rng, batch_size, first))[:num - first]
              for first in range(0, num, batch_size)]
   return np.concatenate(batches)
 
