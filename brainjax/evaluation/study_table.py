@@ -110,11 +110,16 @@ def _cell(row, c):
   return f'{row[c]:.2f}' if row[c + '_std'] is None else f'{row[c]:.2f} ± {row[c + "_std"]:.2f}'
 
 
+def train_data_label(row):
+  """A row's training data as Table 1 names it: 'real', or e.g. 'synthetic (VAE)'."""
+  return row['train_data'] + ('' if row['source'] == '-' else f' ({row["source"].upper()})')
+
+
 def markdown(table, quality, gaps=()):
   lines = ['| Split | Model | Train data | Accuracy | Precision | Recall | F1 | ROC AUC | '
            'F1 (class-balanced) | Study: Acc / P / R / F1 |', '|' + '---|' * 10]
   for r in table:
-    data = r['train_data'] + ('' if r['source'] == '-' else f' ({r["source"].upper()})')
+    data = train_data_label(r)
     study = ('–' if r['study_accuracy'] is None else ' / '.join(
         f'{r["study_" + k]:.2f}' for k in ('accuracy', 'precision', 'recall', 'f1')))
     cells = [_cell(r, c) for c in ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_f1')]

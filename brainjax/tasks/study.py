@@ -208,8 +208,8 @@ def roc_curve_of_run(run):
   if m.get(f'{prefix}auroc') is None:  # (NaN: a test set without one of the classes)
     logging.info('ROC curves: %s left out: its ROC AUC is undefined', run['run_dir'])
     return None
-  data = run['train_data'] + ('' if run['source'] == '-' else f' ({run["source"].upper()})')
-  curve = roc.make_curve(f'{model}, {data}', scores['label'], scores[f'{prefix}score'])
+  curve = roc.make_curve(f'{model}, {study_table.train_data_label(run)}', scores['label'],
+                         scores[f'{prefix}score'])
   # A curve whose area is not the table's ROC AUC would contradict it (a scores file of
   # another evaluation than its metrics.json's): left out rather than drawn.
   if not np.isclose(curve.auc, m[f'{prefix}auroc'], rtol=0, atol=1e-9):
