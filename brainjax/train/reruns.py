@@ -137,8 +137,8 @@ class RerunRefused(ValueError):
 # committed checkpoint in them, is a run that stopped before it had trained (e.g. a loss that
 # was not finite from the first steps), which a rerun may fix with other settings. (A
 # generator's samples/ holds a grid from each epoch's end, the first before any checkpoint.)
-_BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tensorboard',
-                    'samples'}
+BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tensorboard',
+                   'samples'}
 
 
 def check_workdir(workdir, config, allowed=None):
@@ -180,7 +180,7 @@ def check_workdir(workdir, config, allowed=None):
     if new['task'] == 'study':
       begun = bool(_finished_stages(workdir))
     else:
-      begun = bool(set(present) - _BEFORE_TRAINING) or checkpoints.holds_checkpoint(workdir)
+      begun = bool(set(present) - BEFORE_TRAINING) or checkpoints.holds_checkpoint(workdir)
     if changed and begun:  # (if not, its config.json is replaced)
       raise RerunRefused(changes_message(workdir, changed))
   elif present:

@@ -15,8 +15,7 @@ from configs import common
 TRAINING_TASKS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls')  # their batch splits across devices
 TASKS = TRAINING_TASKS + ('study', 'predict')
 # What a run writes in its workdir (besides the export, by default <workdir>/synthetic).
-_RUN_FILES = ('config.json', reruns.LOCK_FILE, 'metrics.json', 'eval_ids.json', 'checkpoints',
-              'best', 'tensorboard', 'samples')
+_RUN_FILES = reruns.BEFORE_TRAINING | {reruns.LOCK_FILE, 'metrics.json'}
 
 
 def cache_problem(cache):
@@ -26,9 +25,7 @@ def cache_problem(cache):
     return '' if os.path.isdir(cache) else 'it is a file'
   if os.path.lexists(cache):  # (a link to nothing: makedirs says only 'File exists')
     return 'it is a link to nothing'
-  parent = os.path.dirname(os.path.abspath(cache))
-  while not os.path.lexists(parent):
-    parent = os.path.dirname(parent)
+  parent = os.path.dirname(_folders_to_make(os.path.abspath(cache))[-1])  # (the first there)
   if not os.path.exists(parent):
     return f'{parent} is a link to nothing'
   if not os.path.isdir(parent):
