@@ -639,3 +639,15 @@ def test_the_run_log_drops_library_chatter_but_not_warnings_or_errors():
   assert not launch.quiet_libraries(record(logging.ERROR, orbax, OSError(28, 'No space left')))
   assert launch.quiet_libraries(record(logging.INFO, '/brainjax/train/loop.py'))
   assert launch.quiet_libraries(record(logging.ERROR, '/brainjax/x.py', KeyboardInterrupt()))
+
+
+def test_a_refused_new_run_removes_every_folder_its_workdir_path_made(tmp_path):
+  # os.makedirs('new/b/../c') makes new/b as well as new/c: it was left behind, empty.
+  from brainjax.train import run_setup
+  from configs import vae_gen
+  config = vae_gen.get_config('positive,smoke')
+  workdir = run_setup.resolve_paths(config, os.path.join(tmp_path, 'new', 'b', '..', 'c'))
+  previous, made = run_setup.prepare_workdir(config, workdir)
+  assert previous is None and (tmp_path / 'new' / 'c' / 'config.json').exists()
+  run_setup.after_failure(workdir, previous, made, 0.0, ValueError('refused on its data'))
+  assert list(tmp_path.iterdir()) == []

@@ -61,6 +61,10 @@ def resolve_paths(config, workdir):
     raise ValueError(f'--config.name={config.name!r} names no folder inside runs/: name the '
                      'run, or give --workdir')
   workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
+  if os.pardir in workdir.split(os.sep):
+    # As the system resolves it: a/b/../c opens only once a/b exists, and os.makedirs made
+    # a/b too, a folder a refused run then left behind.
+    workdir = os.path.realpath(workdir)
   written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
   if config.get('model_dir'):
     written['model_dir'] = config.model_dir  # (read by Orbax)
