@@ -31,17 +31,32 @@ def num_workers() -> int:
   return max(1, min(MAX_WORKERS, cores))
 
 
+# A container's memory limit as the container sees it (cgroup v2, then v1); v2 writes 'max'
+# and v1 a number near 2**63 where there is none.
+CGROUP_MEMORY_LIMITS = ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes')
+
+
 def memory_bytes() -> int:
-  """This machine's physical memory in bytes (0 where the system does not say; a container's
-  own limit is not read)."""
+  """The memory this process may use in bytes: the machine's physical memory, or its
+  container's limit where that is lower (0 where neither is known)."""
   try:
-    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    physical = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   except (AttributeError, ValueError, OSError):  # (not a POSIX system)
-    return 0
+    physical = 0
+  limits = [physical] if physical > 0 else []
+  for path in CGROUP_MEMORY_LIMITS:
+    try:
+      with open(path) as f:
+        text = f.read().strip()
+    except OSError:  # (no such cgroup here)
+      continue
+    if text.isdigit() and int(text) > 0:
+      limits.append(int(text))
+  return min(limits, default=0)
 
 
 def check_fits_in_memory(needed: int, what: str, advice: str, memory: int = 0,
-                         where: str = 'this machine') -> None:
+                         where: str = 'memory this process may use') -> None:
   """A ValueError if `what` needs more than `memory` bytes (default: memory_bytes(); nothing
   is checked where that is unknown): settings that would fill the memory hours in are refused
   before the run begins. `needed` is a lower bound, so what passes may still not fit."""

@@ -50,3 +50,18 @@ def test_rules_do_not_depend_on_the_thread_count(monkeypatch):
   for rule, values in serial.items():
     assert np.asarray(values).any(), rule  # not a trivial all-zero answer
     np.testing.assert_array_equal(threaded[rule], values, err_msg=rule)
+
+
+def test_memory_is_the_lower_of_the_machine_s_and_its_container_s_limit(tmp_path, monkeypatch):
+  v2, v1 = tmp_path / 'memory.max', tmp_path / 'memory.limit_in_bytes'
+  monkeypatch.setattr(threads, 'CGROUP_MEMORY_LIMITS', (str(v2), str(v1)))
+  physical = threads.memory_bytes()  # (no cgroup files)
+  assert physical > 2**31  # (any machine that runs the suite)
+  v2.write_text('max\n')  # cgroup v2 without a limit
+  v1.write_text('9223372036854771712\n')  # cgroup v1 without a limit
+  assert threads.memory_bytes() == physical
+  v1.write_text(f'{2**30}\n')
+  assert threads.memory_bytes() == 2**30
+  with pytest.raises(ValueError, match='need 2 GiB, more than the 1 GiB of memory this process'):
+    threads.check_fits_in_memory(2**31, 'these settings would', 'lower them')
+  threads.check_fits_in_memory(2**29, 'these settings would', 'lower them')

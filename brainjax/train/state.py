@@ -42,9 +42,9 @@ def check_networks(create_state):
   size = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(shapes))
   device = jax.local_devices()[0]
   limit = (device.memory_stats() or {}).get('bytes_limit')  # (a CPU reports none)
+  on_device = dict(memory=limit, where=f'a {device.platform} device') if limit else {}
   threads.check_fits_in_memory(
-      size, 'the network sizes give a training state that would', 'lower them', memory=limit or 0,
-      where=f'a {device.platform} device' if limit else 'this machine')
+      size, 'the network sizes give a training state that would', 'lower them', **on_device)
 
 
 def set_learning_rate(state, learning_rate):
