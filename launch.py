@@ -149,6 +149,12 @@ def set_up(config):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
     previous_config, made = run_setup.prepare_workdir(config, workdir)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
+    parallel.check_all_hosts_agree(refused=True)
+    sys.exit(f'error: {error}')
+  try:  # (a setting or workdir one host refused stops all)
+    parallel.check_all_hosts_agree(refused=False)
+  except ValueError as error:
+    run_setup.after_failure(workdir, previous_config, made, time.time(), error)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)

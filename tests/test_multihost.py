@@ -116,3 +116,39 @@ def test_two_hosts_through_launch_write_one_run_equal_to_one_host(tmp_path):
       assert got[key] == value, key
     elif not key.endswith(('_seconds', '_per_s')):  # (timings differ)
       assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def _launch_two_hosts_apart(workdir, args):
+  """launch.py as two hosts, host i with args[i], whatever their exit; (returncode, output)."""
+  port = _free_port()
+  hosts = [subprocess.Popen(
+      [sys.executable, 'launch.py', *host_args, '--config.multihost=True', f'--workdir={workdir}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
+           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i, host_args in enumerate(args)]
+  try:
+    return [(host.communicate(timeout=300)[0], host.returncode)[::-1] for host in hosts]
+  finally:
+    for host in hosts:
+      host.kill()
+
+
+def test_a_run_one_host_refuses_stops_every_host_with_one_line(tmp_path):
+  # Only the first host checks the workdir: it refused a folder of another's files and left,
+  # while the second trained on, until a Gloo timeout's traceback half a minute later.
+  args = ['--config=configs/vae_gen.py:positive,smoke', f'--config.cache_dir={tmp_path}/cache',
+          '--config.num_devices=1']
+  (tmp_path / 'theirs').mkdir()
+  (tmp_path / 'theirs' / 'notes.txt').write_text('mine')
+  (code0, log0), (code1, log1) = _launch_two_hosts_apart(tmp_path / 'theirs', [args, args])
+  assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
+  assert 'holds notes.txt but no config.json' in log0
+  assert 'error: host 0 refused the run; its log says why' in log1
+  assert [p.name for p in (tmp_path / 'theirs').iterdir()] == ['notes.txt']
+  # A setting only the second host refuses: the first, which had made the workdir, removes it.
+  (code0, log0), (code1, log1) = _launch_two_hosts_apart(
+      tmp_path / 'new', [args, args + ['--config.learning_rate=0']])
+  assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
+  assert 'error: host 1 refused the run; its log says why' in log0
+  assert 'learning_rate' in log1
+  assert not (tmp_path / 'new').exists()

@@ -308,3 +308,27 @@ def test_a_stage_folder_holding_other_files_is_refused_and_left_unlocked(tmp_pat
   with pytest.raises(ValueError, match='study stage cnn_cls in .*notes.txt'):
     study.run_stage('cnn_cls', cnn_config.get_config('real,smoke'), str(tmp_path))
   assert os.listdir(tmp_path) == ['notes.txt']
+
+
+def test_a_stage_the_first_host_refuses_stops_the_other_hosts_before_they_train(tmp_path,
+                                                                                 monkeypatch):
+  # Only the first host checks a stage's folder: the others went on into the stage's training
+  # and waited there for it, until a Gloo timeout's traceback.
+  import jax
+  from jax.experimental import multihost_utils
+  from configs import vae_gen
+  stage = tmp_path / 'stage'
+  stage.mkdir()
+  (stage / 'notes.txt').write_text('mine')
+  said = []  # what each host told the others: 1 = refused
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(multihost_utils, 'process_allgather',
+                      lambda refused: said.append(int(refused)) or np.array([1, 0]))
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  with pytest.raises(ValueError, match='holds notes.txt but no config.json'):
+    study.run_stage('vae_gen', vae_gen.get_config('positive,smoke'), str(stage))
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  with pytest.raises(ValueError, match='study stage vae_gen in .*: host 0 refused the run'):
+    study.run_stage('vae_gen', vae_gen.get_config('positive,smoke'), str(stage))
+  assert said == [1, 0]
+  assert [p.name for p in stage.iterdir()] == ['notes.txt']

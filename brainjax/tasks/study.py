@@ -79,12 +79,17 @@ def run_stage(task, sub, workdir):
   previous = None
   first_host = parallel.is_first_host()  # (its lock and config.json stand for all hosts)
   try:
-    if first_host:  # (as launch.py does: a folder a stage may not use gets no .lock either)
-      reruns.check_workdir(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
-    # Locked as launch.py locks a workdir: a launch.py pointed at the stage is refused.
-    with reruns.locked_workdir(workdir) if first_host else contextlib.nullcontext():
+    with contextlib.ExitStack() as lock:
       if first_host:
-        previous = reruns.write_config(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
+        try:  # (as launch.py does: a folder a stage may not use gets no .lock either)
+          reruns.check_workdir(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
+          # Locked as launch.py locks a workdir: a launch.py pointed at the stage is refused.
+          lock.enter_context(reruns.locked_workdir(workdir))
+          previous = reruns.write_config(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
+        except (ValueError, OSError):
+          parallel.check_all_hosts_agree(refused=True)
+          raise
+      parallel.check_all_hosts_agree(refused=False)
       importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
   except ValueError as error:  # (which stage: the fix is an overrides.<task> flag)
     # A refused rerun of a begun stage: its config.json as it was, and the study's too

@@ -5,6 +5,7 @@ import itertools
 
 import jax
 from jax.experimental import multihost_utils
+import numpy as np
 
 from brainjax.models import layers
 
@@ -64,6 +65,17 @@ def is_first_host():
   the first writes them, so hosts sharing a workdir never write one file at once.
   """
   return jax.process_index() == 0
+
+
+def check_all_hosts_agree(refused):
+  """Every host says whether it refused a step all take (its own error is its to raise); a
+  ValueError on the others if one did: they stop with it, instead of waiting in their next
+  collective for a host that has left (a Gloo timeout's traceback, half a minute later)."""
+  if jax.process_count() == 1:
+    return
+  refusing = np.flatnonzero(multihost_utils.process_allgather(np.int32(refused)))
+  if not refused and refusing.size:
+    raise ValueError(f'host {refusing[0]} refused the run; its log says why')
 
 
 def wait_for_all_hosts(name):
