@@ -227,6 +227,16 @@ def test_br35h_builder_from_folder_and_zip(tmp_path):
     load_br35h_records(str(tmp_path / 'missing'), str(tmp_path / 'tfds'))
 
 
+def test_preparing_br35h_leaves_nothing_in_the_system_s_temp_folder(tmp_path, monkeypatch):
+  # TFDS made an empty tmp*tfds folder there for each builder of an unprepared dataset.
+  import tempfile
+  (tmp_path / 'temp').mkdir()
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'temp'))
+  _fake_br35h(tmp_path / 'download')
+  assert len(load_br35h_records(str(tmp_path / 'download'), str(tmp_path / 'tfds'))) == 5
+  assert list((tmp_path / 'temp').iterdir()) == []
+
+
 
 # Loads the zip argv[1] into the data_dir argv[2] once argv[3] exists; prints the records'
 # count and digest.

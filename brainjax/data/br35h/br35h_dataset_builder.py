@@ -27,7 +27,7 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
   """
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
+    info = self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             'image_bytes': tfds.features.Tensor(shape=(), dtype=np.object_),
             'label': tfds.features.ClassLabel(names=list(layout.CLASSES)),
@@ -36,6 +36,10 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
         supervised_keys=('image_bytes', 'label'),
         homepage='https://www.kaggle.com/datasets/ahmedhamada0/brain-tumor-detection',
     )
+    # A builder of an unprepared dataset looks for its info in TFDS' GCS bucket, where Br35H
+    # is not; the look left an empty tmp*tfds folder in the system's temp folder each time.
+    info.initialize_from_bucket = lambda: None
+    return info
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     kind, path = layout.locate_download(os.fspath(dl_manager.manual_dir))
