@@ -62,6 +62,14 @@ def test_near_duplicates_of_reference():
   assert dedup.near_duplicates_of(query, reference[:0], 0.98).sum() == 0
   with pytest.raises(ValueError, match='threshold'):
     dedup.near_duplicates_of(query, reference, 1.5)
+  # A query linked in another view (e.g. raw-file thumbnails) is a near-duplicate too.
+  query_view, reference_view = _scenes(5, seed=5), _scenes(6, seed=6)
+  query_view[2] = reference_view[0]
+  found = dedup.near_duplicates_of(query, reference, 0.98,
+                                   extra_views=[(query_view, reference_view)])
+  np.testing.assert_array_equal(found, [True, True, True, False, False])
+  with pytest.raises(ValueError, match='every view'):
+    dedup.near_duplicates_of(query, reference, 0.98, extra_views=[(query_view[:2], reference_view)])
 
 
 def test_blockwise_matches_direct_on_many_images(monkeypatch):

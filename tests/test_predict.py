@@ -518,6 +518,24 @@ def test_dedup_against_skips_and_counts_near_duplicates(cnn_run, tmp_path):
   assert metrics['num_near_duplicates'] == 1 and metrics['num_predicted'] == 2
 
 
+def test_dedup_against_finds_a_blurred_copy_as_the_grouped_split_does(cnn_run, tmp_path):
+  # A blurred copy (Br35H holds such pairs, e.g. no/no294.jpg and no/no733.jpg) correlates
+  # 0.999 with its original in raw-file thumbnails but 0.77 once each is cropped and
+  # rescaled: the grouped split links it (either view), so dedup_against must skip it too.
+  from scipy import ndimage
+  scan = phantom.phantom_slice(9, 0, positive=False).image
+  blurred = ndimage.gaussian_filter(image_io.to_gray_float(scan), 2)
+  (tmp_path / 'in').mkdir()
+  (tmp_path / 'in' / 's.png').write_bytes(_png_bytes(scan))
+  (tmp_path / 'train').mkdir()
+  (tmp_path / 'train' / 'copy.png').write_bytes(
+      _png_bytes(np.round(blurred * 255).astype(np.uint8)))
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out',
+                           dedup_against=str(tmp_path / 'train'))
+  assert rows['s.png']['status'].startswith('skipped: near-duplicate')
+  assert metrics['num_near_duplicates'] == 1
+
+
 def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   (tmp_path / 'no').mkdir()
   (tmp_path / 'no' / 'a.png').write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))

@@ -15,9 +15,9 @@ multi-image groups / largest group:
 The views disagree: preprocessed thumbnails miss copies that were re-cropped,
 re-contrasted or sharpened differently; raw thumbnails miss copies placed on
 another canvas. For leakage-safe splits link a pair if either view does
-(sources.load_source gives the raw thumbnails).
+(sources.load_source gives the raw thumbnails, raw_thumbnail each).
 """
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -100,18 +100,36 @@ def near_duplicate_groups(images: np.ndarray, threshold: float = 0.98,
   return groups.astype(np.int64)
 
 
+def raw_thumbnail(image: np.ndarray) -> np.ndarray:
+  """float32 (32, 32) of a whole raw image (H, W) float32 in [0, 1], canvas included: the
+  second view of near_duplicate_groups' `extra_views` (see the module doc)."""
+  thumb = Image.fromarray(image, mode='F').resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+  return np.asarray(thumb, np.float32)
+
+
 def near_duplicates_of(query_images: np.ndarray, reference_images: np.ndarray,
-                       threshold: float = 0.98) -> np.ndarray:
-  """bool (N_query,): whether each query has a near-duplicate among the references."""
+                       threshold: float = 0.98,
+                       extra_views: Sequence[Tuple[np.ndarray, np.ndarray]] = ()) -> np.ndarray:
+  """bool (N_query,): whether each query has a near-duplicate among the references.
+
+  `extra_views`: (query view, reference view) pairs, other renderings of the same items (e.g.
+  raw_thumbnail of each file); a query linked in any view is a near-duplicate, as
+  near_duplicate_groups links a pair.
+  """
   _check_threshold(threshold)
-  query = thumbnail_features(query_images)
-  reference = thumbnail_features(reference_images)
-  out = np.zeros(len(query), bool)
-  if len(query) == 0 or len(reference) == 0:
-    return out
-  for start in range(0, len(query), _BLOCK):
-    corr = query[start:start + _BLOCK] @ reference.T
-    out[start:start + _BLOCK] = (corr > threshold).any(axis=1)
+  out = np.zeros(len(query_images), bool)
+  for query_view, reference_view in ((query_images, reference_images), *extra_views):
+    if len(query_view) != len(query_images) or len(reference_view) != len(reference_images):
+      raise ValueError(f'every view needs {len(query_images)} queries and '
+                       f'{len(reference_images)} references, got {len(query_view)} and '
+                       f'{len(reference_view)}')
+    query = thumbnail_features(query_view)
+    reference = thumbnail_features(reference_view)
+    if len(query) == 0 or len(reference) == 0:
+      continue
+    for start in range(0, len(query), _BLOCK):
+      corr = query[start:start + _BLOCK] @ reference.T
+      out[start:start + _BLOCK] |= (corr > threshold).any(axis=1)
   return out
 
 

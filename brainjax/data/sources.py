@@ -31,7 +31,6 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
-from PIL import Image
 
 from brainjax import threads
 from brainjax.data import dedup
@@ -225,18 +224,12 @@ def _run_job(job, size: int, margin: float):
     return name, label, None, f'blank: {e}'
   if mask is not None:
     mask = preprocess_lib.apply_crop(mask, info, size)
-  return name, label, (out, mask, _raw_thumbnail(image)), None
+  return name, label, (out, mask, dedup.raw_thumbnail(image)), None
 
 
 def _run_chunk(jobs, size: int, margin: float):
   """[_run_job(job) for job in jobs]: a worker's share, or all of them in this process."""
   return [_run_job(job, size, margin) for job in jobs]
-
-
-def _raw_thumbnail(image: np.ndarray) -> np.ndarray:
-  thumb = Image.fromarray(image, mode='F').resize((dedup.THUMB, dedup.THUMB),
-                                                   Image.Resampling.BILINEAR)
-  return np.asarray(thumb, np.float32)
 
 
 def _run_jobs(jobs, size: int, margin: float):
@@ -392,5 +385,5 @@ def _load_synthetic(data_dir, size, n) -> Source:
     rows = [(str(name), int(label), i) for i, (name, label) in
             enumerate(zip(examples.ids, examples.labels))]
     examples = examples.take(np.asarray(sorted(r[2] for r in _first_per_class(rows, n)), np.int64))
-  thumbs = np.stack([_raw_thumbnail(im[..., 0]) for im in examples.images])
+  thumbs = np.stack([dedup.raw_thumbnail(im[..., 0]) for im in examples.images])
   return Source(examples, thumbs)

@@ -76,26 +76,34 @@ class Prepared:
   images: np.ndarray  # float32 (num ok, S, S, 1), in the order of the ok items
   infos: List[preprocess_lib.CropInfo]  # one per ok item
   ok: np.ndarray  # int indices of the ok items
+  # float32 (num ok, 32, 32): dedup.raw_thumbnail of each ok item's whole file, the view that
+  # finds the copies the preprocessed one misses (dedup_against, as the grouped split); None
+  # unless `prepare` was asked for them
+  raw_thumbnails: Optional[np.ndarray] = None
 
 
-def _prepare_one(item: Item, size: int, margin: float):
+def _prepare_one(item: Item, size: int, margin: float, thumbnail: bool):
   try:
-    image, info = preprocess_lib.preprocess(item.load(), size=size, margin=margin)
-    return image, info, 'ok'
+    raw = item.load()
+    image, info = preprocess_lib.preprocess(raw, size=size, margin=margin)
+    return image, info, 'ok', (dedup.raw_thumbnail(image_io.to_gray_float(raw)) if thumbnail
+                               else None)
   except (ValueError, OSError) as e:  # UnreadableImage, BlankImage, odd shapes
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return None, None, f'skipped: {reason}'
+    return None, None, f'skipped: {reason}', None
 
 
 def _threads(num_threads: int) -> int:
   return num_threads if num_threads > 0 else threads.num_workers()
 
 
-def prepare(items: Sequence[Item], size: int, margin: float, num_threads: int = 0) -> Prepared:
-  """Decodes and preprocesses every item in parallel threads (PIL/SciPy release the GIL)."""
+def prepare(items: Sequence[Item], size: int, margin: float, num_threads: int = 0,
+            thumbnails: bool = False) -> Prepared:
+  """Decodes and preprocesses every item in parallel threads (PIL/SciPy release the GIL);
+  `thumbnails`: their raw files' too (about 1 ms each), for dedup_against."""
   items = list(items)
   with concurrent.futures.ThreadPoolExecutor(_threads(num_threads)) as pool:
-    results = list(pool.map(lambda it: _prepare_one(it, size, margin), items))
+    results = list(pool.map(lambda it: _prepare_one(it, size, margin, thumbnails), items))
   status = [r[2] for r in results]
   ok = np.array([i for i, s in enumerate(status) if s == 'ok'], np.int64)
   images = np.zeros((len(ok), size, size, 1), np.float32)
@@ -104,7 +112,12 @@ def prepare(items: Sequence[Item], size: int, margin: float, num_threads: int = 
   for item, s in zip(items, status):
     if s != 'ok':
       logging.info('%s: %s', item.path, s)
-  return Prepared(items, status, images, [results[i][1] for i in ok], ok)
+  raw_thumbnails = None
+  if thumbnails:
+    raw_thumbnails = np.zeros((len(ok), dedup.THUMB, dedup.THUMB), np.float32)
+    for j, i in enumerate(ok):
+      raw_thumbnails[j] = results[i][3]
+  return Prepared(items, status, images, [results[i][1] for i in ok], ok, raw_thumbnails)
 
 
 def file_items(files: Sequence[inputs_lib.InputFile], reader: inputs_lib.Reader,
@@ -350,17 +363,21 @@ def _drop_near_duplicates(config, run: runs.Run, prepared: Prepared,
   if not config.dedup_against or not len(prepared.ok):
     return 0
   reference = prepare(file_items(inputs_lib.list_inputs(config.dedup_against), reader),
-                      run.image_size, run.margin, config.num_threads)
+                      run.image_size, run.margin, config.num_threads, thumbnails=True)
   if not len(reference.ok):
     raise ValueError(f'dedup_against={config.dedup_against!r} holds no readable images')
+  # Linked in either view, as the grouped split links two slices (datasets.split): a blurred
+  # or sharpened copy can fall below the threshold once cropped and rescaled.
   duplicate = np.asarray(dedup.near_duplicates_of(
-      prepared.images, reference.images, config.dedup_threshold), bool)
+      prepared.images, reference.images, config.dedup_threshold,
+      extra_views=[(prepared.raw_thumbnails, reference.raw_thumbnails)]), bool)
   for i in prepared.ok[duplicate]:
     prepared.status[i] = 'skipped: near-duplicate of a dedup_against image'
   keep = ~duplicate
   prepared.images = prepared.images[keep]
   prepared.infos = [info for info, k in zip(prepared.infos, keep) if k]
   prepared.ok = prepared.ok[keep]
+  prepared.raw_thumbnails = prepared.raw_thumbnails[keep]
   logging.info('%d of %d inputs are near-duplicates (correlation > %g) of the %d images in %s; '
                'skipped.', int(duplicate.sum()), len(duplicate), config.dedup_threshold,
                len(reference.ok), config.dedup_against)
@@ -508,7 +525,8 @@ def train_and_evaluate(config, workdir):
   num_without_maps = 0
   with inputs_lib.Reader() as reader:
     tick = time.perf_counter()
-    prepared = prepare(file_items(files, reader), run.image_size, run.margin, config.num_threads)
+    prepared = prepare(file_items(files, reader), run.image_size, run.margin, config.num_threads,
+                       thumbnails=bool(config.dedup_against))
     num_unreadable = len(files) - len(prepared.ok)
     num_duplicates = _drop_near_duplicates(config, run, prepared, reader)
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
