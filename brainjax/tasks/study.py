@@ -292,8 +292,7 @@ def check_config(config):
     stage = importlib.import_module(f'brainjax.tasks.{task}')
     try:
       common.check_values(sub)
-      if hasattr(stage, 'check_config'):
-        stage.check_config(sub)
+      stage.check_config(sub)
     except ValueError as error:
       raise ValueError(f'overrides.{task}: {error}') from None
     parallel.check_batch_split(sub, prefix=f'overrides.{task}.')

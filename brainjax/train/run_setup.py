@@ -107,8 +107,7 @@ def check_settings(config, task):
       parallel.check_batch_split(config)
   if config.task != 'predict':  # (which reads its model's data settings, not its own)
     sources.check_location(config.data)
-  if hasattr(task, 'check_config'):  # the task's own: a study's stages, a classifier's data
-    task.check_config(config)
+  task.check_config(config)  # the task's own: a study's stages, a classifier's data
   cache = datasets.cache_dir(config)
   problem = cache_problem(cache)
   if problem:
