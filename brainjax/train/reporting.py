@@ -180,8 +180,9 @@ def summary_writer(workdir, write=True, purge_step=None):
   return SummaryWriter(os.path.join(workdir, 'tensorboard'), purge_step)
 
 
-def image_grid(images, columns=8):
-  """(N, H, W, 1) floats in [0, 1] -> one uint8 (rows*H, columns*W) mosaic."""
+def image_grid(images):
+  """(N, H, W, 1) floats in [0, 1] -> one uint8 (rows*H, 8*W) mosaic, 8 images a row."""
+  columns = 8
   images = np.clip(np.asarray(images, np.float32)[..., 0], 0, 1)
   n, h, w = images.shape
   rows = -(-n // columns)
@@ -192,7 +193,7 @@ def image_grid(images, columns=8):
   return (grid * 255 + 0.5).astype(np.uint8)
 
 
-def save_image_grid(path, images, columns=8):
+def save_image_grid(path, images):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  Image.fromarray(image_grid(images, columns)).save(path)
+  Image.fromarray(image_grid(images)).save(path)
   return path
