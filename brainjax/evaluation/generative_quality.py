@@ -137,8 +137,8 @@ def knn_precision_recall(real_features, fake_features, k: int = 3,
   }
 
 
-def tumour_visibility(positive_probabilities, threshold: float = 0.5) -> float:
-  """Fraction of synthetic tumour slices a real-data classifier calls positive.
+def tumour_visibility(positive_probabilities) -> float:
+  """Fraction of synthetic tumour slices a real-data classifier calls positive (p >= 0.5).
 
   A generator conditioned on the tumour class can produce plausible brains with
   no visible tumour; a classifier trained only on real slices is an independent
@@ -147,7 +147,6 @@ def tumour_visibility(positive_probabilities, threshold: float = 0.5) -> float:
   Args:
     positive_probabilities: (N,) P(tumour) given by the real-data classifier to
       each synthetic positive slice, in [0, 1].
-    threshold: decision threshold; a slice counts as positive when p >= threshold.
 
   Returns:
     The fraction in [0, 1].
@@ -157,4 +156,4 @@ def tumour_visibility(positive_probabilities, threshold: float = 0.5) -> float:
     raise ValueError(f'positive_probabilities must be a non-empty (N,) array, got shape {p.shape}')
   if not np.all((p >= 0.0) & (p <= 1.0)):  # also rejects NaN
     raise ValueError('positive_probabilities must lie in [0, 1]')
-  return float(np.mean(p >= threshold))
+  return float(np.mean(p >= 0.5))
