@@ -239,8 +239,7 @@ def fit_global_kmeans(errors: np.ndarray, anomaly_threshold: float,
 
 
 def global_kmeans(errors: np.ndarray, anomaly_threshold: float, alpha: float,
-                  centroids: Optional[np.ndarray] = None,
-                  max_iter: int = 300) -> pixel_features.RuleOutput:
+                  centroids: Optional[np.ndarray] = None) -> pixel_features.RuleOutput:
   """Applies the rule; centroids (tumour, healthy) default to a fit on `errors`.
 
   region = the anomalous pixels (the thresholded row), the rule's only pixel map.
@@ -248,7 +247,7 @@ def global_kmeans(errors: np.ndarray, anomaly_threshold: float, alpha: float,
   errors = pixel_features.check_errors(errors)
   _check_alpha(alpha)
   if centroids is None:
-    centroids = fit_global_kmeans(errors, anomaly_threshold, max_iter)
+    centroids = fit_global_kmeans(errors, anomaly_threshold)
   centroids = np.asarray(centroids, np.float64)
   if centroids.shape != (2, errors.shape[1]):
     raise ValueError(f'centroids must be (2, {errors.shape[1]}), got {centroids.shape}')
