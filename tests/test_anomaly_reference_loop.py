@@ -38,6 +38,7 @@ def test_benchmark_says_when_the_selections_differ(monkeypatch):
   errors, labels, _ = synthetic_maps.synthetic_error_maps(8, 32, seed=2)
   config = evaluate.default_anomaly_config()
   config.num_anomaly_thresholds = config.num_tumor_index = 4
+  config.rules = ('giaem',)
   monkeypatch.setattr(reference_loop, 'loop_giaem', lambda *args: ({'tumor_index': -1.0}, 0.0))
-  out = reference_loop.benchmark(errors, labels, config, rules=['giaem'])
+  out = reference_loop.benchmark(errors, labels, config)
   assert out['giaem']['same_selection'] is False

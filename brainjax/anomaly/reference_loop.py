@@ -14,7 +14,7 @@ Also `benchmark`, which times both on the same maps and checks they agree.
 """
 import time
 import warnings
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import numpy as np
 from sklearn import cluster
@@ -140,16 +140,15 @@ def loop_global_kmeans(errors, labels, anomaly_thresholds, alphas, metric='f1', 
   return best.params, best.value
 
 
-def benchmark(errors: np.ndarray, labels: np.ndarray, config=None,
-              rules: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, float]]:
-  """Seconds of each rule's full validation grid search, fast path vs the loop.
+def benchmark(errors: np.ndarray, labels: np.ndarray, config) -> Dict[str, Dict[str, float]]:
+  """Seconds of each config.rules' full validation grid search (config: an anomaly config,
+  evaluate.default_anomaly_config), fast path vs the loop.
 
   Both run in full on the same maps (no extrapolation) and must select the same
   hyperparameters. Returns {rule: {fast_s, loop_s, speedup, fast_cpu_s, loop_cpu_s,
   cpu_speedup, same_selection}}; CPU seconds (process time, all threads) are the
   fairer comparison on a shared machine.
   """
-  config = config or evaluate.default_anomaly_config()
   errors = pixel_features.check_errors(errors)
   labels = np.asarray(labels)
   metric = config.selection_metric
@@ -186,7 +185,7 @@ def benchmark(errors: np.ndarray, labels: np.ndarray, config=None,
     return result, time.perf_counter() - start, time.process_time() - start_cpu
 
   out = {}
-  for rule in rules or config.rules:
+  for rule in config.rules:
     if rule not in searches:
       raise ValueError(f'unknown anomaly rule {rule!r}')
     fast_search, loop_search = searches[rule]
