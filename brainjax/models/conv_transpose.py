@@ -93,42 +93,41 @@ def _const(a: np.ndarray) -> Array:
   return jnp.asarray(a, jnp.float32)
 
 
-def _shared_matmul(m: np.ndarray, a: Array, precision) -> Array:
+def _shared_matmul(m: np.ndarray, a: Array) -> Array:
   """m (M, K) applied to every a[b] (K, C): (B, K, C) -> (B, M, C)."""
   mb = jnp.broadcast_to(_const(m), (a.shape[0],) + m.shape)
-  return lax.dot_general(mb, a, (((2,), (1,)), ((0,), (0,))), precision=precision)
+  return lax.dot_general(mb, a, (((2,), (1,)), ((0,), (0,))))
 
 
-def _spectrum(x: Array, out_h: int, out_w: int, reverse: bool, precision) -> Tuple[Array, Array]:
+def _spectrum(x: Array, out_h: int, out_w: int, reverse: bool) -> Tuple[Array, Array]:
   """x (H, W, *C) real -> planar 2-D DFT at size (out_h, out_w), each (V, Q, *C)."""
   h, w = x.shape[:2]
   channels = x.shape[2:]
   c = int(np.prod(channels))
   n_v = out_h // 2 + 1
   # Real DFT along H: one GEMM, rows (v, re/im), so a[v] is (2W, C) = [re; im].
-  a = jnp.matmul(_const(_real_dft(h, out_h, reverse)), x.reshape(h, w * c), precision=precision)
+  a = jnp.matmul(_const(_real_dft(h, out_h, reverse)), x.reshape(h, w * c))
   a = a.reshape(n_v, 2 * w, c)
   to_re, to_im = _complex_dft(w, out_w, reverse)
-  re = _shared_matmul(to_re, a, precision).reshape((n_v, out_w) + channels)
-  im = _shared_matmul(to_im, a, precision).reshape((n_v, out_w) + channels)
+  re = _shared_matmul(to_re, a).reshape((n_v, out_w) + channels)
+  im = _shared_matmul(to_im, a).reshape((n_v, out_w) + channels)
   return re, im
 
 
-def _inverse_spectrum(re: Array, im: Array, out_h: int, precision) -> Array:
+def _inverse_spectrum(re: Array, im: Array, out_h: int) -> Array:
   """Planar spectrum (V, Q, *C) -> real (out_h, Q, *C), like irfft2."""
   n_v, out_w = re.shape[:2]
   channels = re.shape[2:]
   c = int(np.prod(channels))
   from_re, from_im = _inverse_complex_dft(out_w)
-  z = (_shared_matmul(from_re, re.reshape(n_v, out_w, c), precision)
-       + _shared_matmul(from_im, im.reshape(n_v, out_w, c), precision))
+  z = (_shared_matmul(from_re, re.reshape(n_v, out_w, c))
+       + _shared_matmul(from_im, im.reshape(n_v, out_w, c)))
   # z is (V, [re/im, w], C): rows (v, re/im) for the real inverse along H.
-  y = jnp.matmul(_const(_inverse_real_dft(out_h)), z.reshape(2 * n_v, out_w * c),
-                 precision=precision)
+  y = jnp.matmul(_const(_inverse_real_dft(out_h)), z.reshape(2 * n_v, out_w * c))
   return y.reshape((out_h, out_w) + channels)
 
 
-def conv_transpose_dft_hwnc(x: Array, kernel: Array, precision=None) -> Array:
+def conv_transpose_dft_hwnc(x: Array, kernel: Array) -> Array:
   """Spatial-major form of `conv_transpose_dft`: x (H, W, N, I) -> (H+kh-1, W+kw-1, N, O)."""
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[3] != kernel.shape[2]:
     raise ValueError(f'conv_transpose_dft: need x (H, W, N, I) and kernel (kh, kw, I, O), '
@@ -138,23 +137,23 @@ def conv_transpose_dft_hwnc(x: Array, kernel: Array, precision=None) -> Array:
   out_h, out_w = h + kh - 1, w + kw - 1
   x = x.astype(jnp.float32)
   kernel = kernel.astype(jnp.float32)
-  x_re, x_im = _spectrum(x, out_h, out_w, False, precision)
+  x_re, x_im = _spectrum(x, out_h, out_w, False)
   # lax.conv_transpose correlates with the unflipped kernel = convolves with
   # the flipped one; the flip is folded into the kernel's DFT matrices.
-  k_re, k_im = _spectrum(kernel, out_h, out_w, True, precision)
+  k_re, k_im = _spectrum(kernel, out_h, out_w, True)
   f = (out_h // 2 + 1) * out_w
 
   def contract(a, b):  # per frequency (N, I) @ (I, O)
     return lax.dot_general(a.reshape(f, n, i), b.reshape(f, i, o),
-                           (((2,), (1,)), ((0,), (0,))), precision=precision)
+                           (((2,), (1,)), ((0,), (0,))))
 
   y_re = contract(x_re, k_re) - contract(x_im, k_im)
   y_im = contract(x_re, k_im) + contract(x_im, k_re)
   shape = (out_h // 2 + 1, out_w, n, o)
-  return _inverse_spectrum(y_re.reshape(shape), y_im.reshape(shape), out_h, precision)
+  return _inverse_spectrum(y_re.reshape(shape), y_im.reshape(shape), out_h)
 
 
-def conv_transpose_dft(x: Array, kernel: Array, precision=None) -> Array:
+def conv_transpose_dft(x: Array, kernel: Array) -> Array:
   """Same result as `lax.conv_transpose(x, kernel, (1, 1), 'VALID',
   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))`, computed in float32.
 
@@ -163,7 +162,7 @@ def conv_transpose_dft(x: Array, kernel: Array, precision=None) -> Array:
   """
   if x.ndim != 4:
     raise ValueError(f'conv_transpose_dft: need x (N, H, W, I), got shape {x.shape}')
-  y = conv_transpose_dft_hwnc(x.transpose(1, 2, 0, 3), kernel, precision)
+  y = conv_transpose_dft_hwnc(x.transpose(1, 2, 0, 3), kernel)
   return y.transpose(2, 0, 1, 3).astype(x.dtype)
 
 
@@ -180,7 +179,6 @@ class DFTConvTranspose(nn.Module):
   use_bias: bool = True
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  precision: Any = None
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros_init()
 
@@ -193,7 +191,7 @@ class DFTConvTranspose(nn.Module):
                        f'{kernel_size} and shape {x.shape}')
     kernel = self.param('kernel', self.kernel_init, kernel_size + (x.shape[-1], self.features),
                         self.param_dtype)
-    y = conv_transpose_dft(x.astype(jnp.float32), kernel, self.precision).astype(self.dtype)
+    y = conv_transpose_dft(x.astype(jnp.float32), kernel).astype(self.dtype)
     if self.use_bias:
       bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
