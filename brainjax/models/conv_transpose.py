@@ -176,11 +176,7 @@ class DFTConvTranspose(nn.Module):
   """
   features: int
   kernel_size: Union[int, Sequence[int]]
-  use_bias: bool = True
   dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -189,10 +185,9 @@ class DFTConvTranspose(nn.Module):
     if len(kernel_size) != 2 or x.ndim != 4:
       raise ValueError(f'DFTConvTranspose: need 2-D kernel_size and NHWC input, got '
                        f'{kernel_size} and shape {x.shape}')
-    kernel = self.param('kernel', self.kernel_init, kernel_size + (x.shape[-1], self.features),
-                        self.param_dtype)
+    # nn.ConvTranspose's initialisers; parameters in float32.
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        kernel_size + (x.shape[-1], self.features), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
     y = conv_transpose_dft(x.astype(jnp.float32), kernel).astype(self.dtype)
-    if self.use_bias:
-      bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-      y = y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)
-    return y
+    return y + bias.astype(self.dtype).reshape(1, 1, 1, self.features)

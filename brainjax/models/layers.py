@@ -175,16 +175,14 @@ class UpsampleConv(nn.Module):
   parameters as that nn.Conv."""
   features: int
   dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()  # nn.Conv's defaults
-  bias_init: Any = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     n, h, w, cin = x.shape
     f = self.features
-    kernel = self.param('kernel', self.kernel_init, (3, 3, cin, f), self.param_dtype)
-    bias = self.param('bias', self.bias_init, (f,), self.param_dtype)
+    # nn.Conv's initialisers; parameters in float32.
+    kernel = self.param('kernel', nn.initializers.lecun_normal(), (3, 3, cin, f), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros_init(), (f,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = conv_general_dilated(x, phase_kernels(kernel), (1, 1), TORCH_PAD1,  # (N, H+1, W+1, 4F)
                              dimension_numbers=NHWC)
