@@ -68,7 +68,8 @@ class ExampleDropout(nn.Module):
 
 
 class BrainCNN(nn.Module):
-  """Images (N, H, W, 1) in [0, 1] -> class logits (N, num_classes), float32.
+  """Images (N, H, W, 1) in [0, 1] -> float32 logits (N, 2): healthy, tumour (as cnn_cls's
+  scores read them).
 
   Three (3x3 conv 'same', BatchNorm, ReLU, 2x2 max-pool) blocks, flatten, dense
   layers with ReLU each preceded by dropout (rng collection 'dropout', active
@@ -77,7 +78,6 @@ class BrainCNN(nn.Module):
   conv_widths: Sequence[int] = (32, 64, 128)
   dense_widths: Sequence[int] = (1024, 512, 128)
   dropout_rate: float = 0.5
-  num_classes: int = 2  # (cnn_cls's scores read logit 1 as tumour, 0 as healthy)
   dtype: Any = jnp.float32
   bn_axis_name: Optional[str] = None  # the data-parallel axis: BatchNorm's and dropout's
 
@@ -100,7 +100,7 @@ class BrainCNN(nn.Module):
       x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
     if return_features:
       return x.astype(jnp.float32)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+    return nn.Dense(2, dtype=self.dtype)(x).astype(jnp.float32)
 
   def features(self, x: Array) -> Array:
     """Penultimate activations in eval mode (Frechet distance, privacy audit).
