@@ -4,7 +4,6 @@ import pytest
 
 from brainjax.data import phantom
 from brainjax.data import preprocess
-from brainjax.data.examples import NEGATIVE, POSITIVE
 
 
 def _gray(image):
@@ -37,9 +36,9 @@ def test_slices_are_raw_uint8_of_varied_size():
 def test_masks_empty_for_healthy_and_inside_the_head_for_tumours():
   for i in range(8):
     healthy = phantom.phantom_slice(1, i, False)
-    assert healthy.label == NEGATIVE and healthy.mask.sum() == 0
+    assert healthy.mask.sum() == 0
     tumour = phantom.phantom_slice(1, i, True)
-    assert tumour.label == POSITIVE and tumour.mask.sum() > 0
+    assert tumour.mask.sum() > 0
     assert set(np.unique(tumour.mask)) <= {0, 1}
     image = _gray(tumour.image).astype(np.float32) / 255.0
     _, info = preprocess.preprocess(image)

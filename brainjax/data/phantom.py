@@ -30,8 +30,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from brainjax.data.examples import NEGATIVE, POSITIVE
-
 # Tissue intensities per sequence (before gain/gamma/noise).
 _TISSUES = ('scalp', 'skull', 'diploe', 'csf', 'gm', 'wm', 'deep', 'edema', 'solid', 'rim',
             'necrosis')
@@ -48,10 +46,9 @@ _RENDER_SIDE = 200  # the head is drawn at most this large, then resized
 
 @dataclasses.dataclass(frozen=True)
 class PhantomSlice:
-  """image: uint8 (H, W) or (H, W, 3); mask: uint8 (H, W) in {0, 1}; label."""
+  """image: uint8 (H, W) or (H, W, 3); mask: uint8 (H, W) in {0, 1}."""
   image: np.ndarray
   mask: np.ndarray
-  label: int
 
 
 def _atan2(y, x):
@@ -297,7 +294,7 @@ def phantom_slice(seed: int, index: int, positive: bool) -> PhantomSlice:
   image = lut[np.clip(image * _F32(levels - 1) + _F32(0.5), 0, levels - 1).astype(np.int32)]
   if rng.uniform() < 0.6:  # Br35H stores most grayscale scans as RGB
     image = np.repeat(image[..., None], 3, axis=-1)
-  return PhantomSlice(image=image, mask=mask, label=POSITIVE if positive else NEGATIVE)
+  return PhantomSlice(image=image, mask=mask)
 
 
 def _burn_in(rng, image):
