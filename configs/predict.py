@@ -26,8 +26,9 @@ def get_config(arg=None):
   # four (the selected one sets predicted_label, regions/ and overlays/); or one rule name,
   # or a comma-separated list (the first one leads): giaem, dbscan, kmeans, global_kmeans.
   config.rules = 'selected'
-  config.dedup_against = ''  # a folder/zip of training images: near-duplicates are skipped
-  config.dedup_threshold = 0.98  # thumbnail correlation above which an input is a duplicate
+  # A folder/zip of training images: inputs whose thumbnails correlate above dedup_threshold
+  # (common.base_config's) with one of them are skipped.
+  config.dedup_against = ''
   config.batch_size = 256  # images per jitted model call
   config.num_threads = 0  # decode + preprocess threads; 0 = one per usable core, at most 8
   config.write_maps = True  # BrainCVAE: maps/, regions/ and overlays/ per input
