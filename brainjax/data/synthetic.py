@@ -28,7 +28,7 @@ from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
 
 FORMAT = 1
 MANIFEST = 'manifest.json'
-FOLDERS = {POSITIVE: 'yes', NEGATIVE: 'no'}
+FOLDERS = dict(enumerate(layout.CLASSES))  # label: its folder, as in the real data's layout
 
 
 def read_manifest(out_dir: str) -> Dict[str, Any]:
