@@ -234,7 +234,6 @@ class StepTimer:
     device = jax.local_devices()[0]
     step, state, batch = train_setup(name, task_config(name, preset, half_precision), batch_size,
                                      jax.random.PRNGKey(0))
-    self.batch_size = batch_size
     self._state, self._batch = jax.device_put((state, batch), device)
     self._rng = jax.random.PRNGKey(1)
     self._count = 0
