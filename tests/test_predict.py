@@ -226,10 +226,10 @@ def test_zip_members_named_with_dot_dot_are_not_read_and_said_so(tmp_path, monke
 
 
 def test_label_and_safe_paths():
-  assert inputs.label_from_path('yes/deeper/x.png') == 1
-  assert inputs.label_from_path('Br35H/no/x.png') == 0  # class folders one level down
-  assert inputs.label_from_path('a/b/no/x.png') is None  # deeper: as the training loader
-  assert inputs.label_from_path('yes.png') is None
+  assert layout.label_of('yes/deeper/x.png') == 1
+  assert layout.label_of('Br35H/no/x.png') == 0  # class folders one level down
+  assert layout.label_of('a/b/no/x.png') is None  # deeper: as the training loader
+  assert layout.label_of('yes.png') is None
   assert inputs.safe_relpath('../../etc/./x.png') == 'etc/x.png'
   assert inputs.safe_relpath('/abs/x.png') == 'abs/x.png'
 

@@ -8,7 +8,7 @@ brainjax. Paths are relative to
 the input, '/'-separated, in sorted order. The input is only ever opened for reading.
 
 Labels follow the yes/ no/ layout of Br35H and other public collections
-(layout.labelled_name): a file under `yes/` or `no/` at the input's root or one level
+(layout.label_of): a file under `yes/` or `no/` at the input's root or one level
 down is a tumour or a healthy slice; anything else is unlabelled. Links to folders are
 followed.
 """
@@ -23,13 +23,6 @@ import numpy as np
 
 from brainjax.data import image_io
 from brainjax.data import layout
-
-
-def label_from_path(relpath: str, backslash: bool = True) -> Optional[int]:
-  """POSITIVE / NEGATIVE for a path under yes/ or no/ (see the module doc), else None;
-  `backslash`: a separator too (zip names; not a folder's file names)."""
-  found = layout.labelled_name(relpath, backslash)
-  return None if found is None else found[1]
 
 
 def safe_relpath(relpath: str, backslash: bool = True) -> str:
@@ -105,7 +98,7 @@ def _walk_folder(root: str) -> List[InputFile]:
     rel = os.path.relpath(full, root).replace(os.sep, '/')
     if layout.is_junk(rel, backslash=False):
       continue
-    files.append(InputFile(rel, label_from_path(rel, backslash=False), full))
+    files.append(InputFile(rel, layout.label_of(rel, backslash=False), full))
   return sorted(files, key=lambda f: f.path)
 
 
@@ -123,7 +116,7 @@ def _list_zip(path: str) -> List[InputFile]:
   if len(last) < len(names):
     logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
                     'is read.', path, len(names) - len(last))
-  return [InputFile(n, label_from_path(n), path, in_zip=True) for n in sorted(last.values())]
+  return [InputFile(n, layout.label_of(n), path, in_zip=True) for n in sorted(last.values())]
 
 
 def check_input(path) -> None:

@@ -52,12 +52,13 @@ def warn_of_parent_parts(path: str, names: List[str]) -> None:
                     ', '.join(climbing[:5]), ' ...' if len(climbing) > 5 else '')
 
 
-def labelled_name(path: str, backslash: bool = True) -> Optional[Tuple[str, int]]:
-  """'[top/]yes/a/b.jpg' -> ('yes/a/b.jpg', 1); None outside yes/ and no/ (see _parts)."""
+def label_of(path: str, backslash: bool = True) -> Optional[int]:
+  """'[top/]yes/a/b.jpg' -> 1 (POSITIVE), '[top/]no/...' -> 0; None outside yes/ and no/ (see
+  _parts for `backslash`)."""
   parts = _parts(path, backslash)
   for depth in (0, 1):
     if len(parts) > depth + 1 and parts[depth] in CLASSES:
-      return '/'.join(parts[depth:]), CLASSES.index(parts[depth])
+      return CLASSES.index(parts[depth])
   return None
 
 
