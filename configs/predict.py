@@ -34,7 +34,9 @@ def get_config(arg=None):
   config.write_maps = True  # BrainCVAE: maps/, regions/ and overlays/ per input
   config.smoke = opts.smoke  # empty model_dir / input: train a tiny run / draw phantom slices
   config.smoke_task = 'cnn_cls'  # what smoke mode trains: 'cnn_cls' or 'cvae_cls'
-  # The run's own config sets the preprocessing; config.data only shapes the smoke inputs.
+  # The run's own config sets the preprocessing and data; config.data only shapes the smoke
+  # inputs (its other fields would be overrides taken without effect).
+  del config.data.dataset, config.data.data_dir, config.data.image_size, config.data.margin
   if opts.smoke:
     common.apply_smoke(config)
     config.data.num_per_class = 6

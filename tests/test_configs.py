@@ -68,6 +68,9 @@ REFUSED = [
     (['--config=configs/vae_gen.py:positive,smoke', '--config.multihost=True'],
      'Set JAX_COORDINATOR_ADDRESS'),
     (['--config=configs/predict.py:smoke', '--config.multihost=True'], 'predict runs on one host'),
+    # (the trained run's own preprocessing applies: this was taken, and did nothing)
+    (['--config=configs/predict.py:smoke', '--config.data.image_size=64'],
+     "unknown config field 'image_size'"),
     (['--config=configs/cnn_cls.py:real,smoke', '--config.batch_size=0'], 'batch_size=0'),
     (['--config=configs/cnn_cls.py:real,smoke', '--config.keep_checkpoints=0'],
      'keep_checkpoints=0'),
