@@ -35,7 +35,8 @@ def _cpu_args(*shapes):
 
 
 def test_options_are_for_cpu_only():
-  for options in (compile_options.EIGEN_CONVOLUTIONS, compile_options.QUICK_COMPILE):
+  for options in (compile_options.EIGEN_CONVOLUTIONS, compile_options.QUICK_COMPILE,
+                  compile_options.LIGHT_OPTIMIZATION):
     assert compile_options.for_platform('gpu', options) is None
     assert compile_options.for_platform('tpu', options) is None
   assert compile_options.for_platform('cpu') == {
@@ -46,6 +47,20 @@ def test_options_are_for_cpu_only():
     assert quick == compile_options.QUICK_COMPILE
   elif jax.__version_info__ >= (0, 11, 2):  # its XLA:CPU has no older fusion emitters left
     assert quick is None
+
+
+@on_cpu
+def test_init_variables_light_optimization_same_values():
+  from brainjax import models  # pylint: disable=g-import-not-at-top
+  from brainjax.train import state  # pylint: disable=g-import-not-at-top
+  model = models.get_model('cnn', conv_widths=(4, 8), dense_widths=(8,))
+  images = jnp.zeros((1, 32, 32, 1))
+  rng = jax.random.PRNGKey(3)
+  ours = state.init_variables(model, rng, images)
+  default = jax.jit(lambda r: model.init(r, images, train=False))(rng)
+  assert jax.tree.structure(ours) == jax.tree.structure(default)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_train_step_convolutions_leave_ynnpack():

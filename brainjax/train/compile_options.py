@@ -21,6 +21,13 @@ its first step in 2.7 s against 4.1 s, but then ran 10% slower (788 against 717 
 so the networks keep the default emitters. jaxlib 0.11.2 no longer has the option:
 there `for_platform` logs that once and the rule compiles with XLA's defaults.
 
+`LIGHT_OPTIMIZATION` (LLVM at -O1, not -O3) is for programs that run once: a network's
+initialisation (`state.init_variables`), some 200 elementwise fusions of random draws (its
+truncated normals' erf_inv) that XLA spends seconds optimising for a run of milliseconds.
+Same process, the quick start's VAE: 3.0-4.1 s against 12.0-16.0 s (3.1 against 8.3-8.7 s
+of CPU), the same values bit for bit (every task's network at its default, smoke and paper
+sizes).
+
 `loop.compile_step` passes `for_platform` of its devices to the train step's jit;
 the forward passes (evaluation, sampling, reconstruction error) are jitted with
 `jit`, which picks the default backend's options when called.
@@ -36,6 +43,8 @@ import jax.numpy as jnp
 EIGEN_CONVOLUTIONS = {'xla_cpu_experimental_ynn_fusion_type':
                       'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
 QUICK_COMPILE = {'xla_cpu_use_fusion_emitters': False}
+# For programs that run once, like a network's initialisation (`state.init_variables`).
+LIGHT_OPTIMIZATION = {'xla_backend_optimization_level': 1}
 
 
 def for_platform(platform: str,

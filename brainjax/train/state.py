@@ -7,6 +7,7 @@ import jax
 import optax
 
 from brainjax import threads
+from brainjax.train import compile_options
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -55,5 +56,12 @@ def set_learning_rate(state, learning_rate):
 
 
 def init_variables(model, rng, *inputs):
-  """model.init(rng, *inputs, train=False), compiled: op-by-op init of a big net is slow."""
-  return jax.jit(lambda r: model.init(r, *inputs, train=False))(rng)
+  """model.init(rng, *inputs, train=False), compiled: op-by-op init of a big net is slow.
+
+  It runs once: compiled with `compile_options.LIGHT_OPTIMIZATION` on a CPU (seconds less
+  compilation for the same values). Traced inside another function (check_networks'
+  eval_shape), it is a plain nested jit: only a top-level jit takes compiler options."""
+  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((rng, inputs)))
+  options = None if traced else compile_options.for_platform(jax.default_backend(),
+                                                             compile_options.LIGHT_OPTIMIZATION)
+  return jax.jit(lambda r: model.init(r, *inputs, train=False), compiler_options=options)(rng)
