@@ -97,6 +97,23 @@ def test_jit_compiles_once_with_the_options_and_the_same_values():
 
 
 @on_cpu
+def test_vae_sampler_light_optimization_same_samples_convolutions_in_eigen():
+  from brainjax import models  # pylint: disable=g-import-not-at-top
+  from brainjax.tasks import vae_gen  # pylint: disable=g-import-not-at-top
+  model = models.get_model('vae', latent_dim=4, encoder_widths=(4, 4), decoder_widths=(4, 4),
+                           image_size=32)
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 4)),
+                         train=False)
+  rng = jax.random.PRNGKey(1)
+  ours = vae_gen.sample_images.lower(model, variables, rng, 8).compile().as_text()
+  assert _convolutions(ours)[0] == 0
+  default = jax.jit(vae_gen.sample_images.__wrapped__, static_argnames=('model', 'num'),
+                    compiler_options=compile_options.EIGEN_CONVOLUTIONS)
+  np.testing.assert_array_equal(vae_gen.sample_images(model, variables, rng, 8),
+                                default(model, variables, rng, 8))
+
+
+@on_cpu
 def test_reconstruction_error_convolutions_leave_ynnpack():
   def reconstruct(variables, x):
     return _conv(jax.nn.relu(_conv(x, variables['k1'])), variables['k2'])

@@ -90,7 +90,8 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
   return GANState(g, d), metrics
 
 
-@compile_options.jit(static_argnames=('generator', 'num'))
+@compile_options.jit(cpu_options=compile_options.EIGEN_CONVOLUTIONS_LIGHT,
+                     static_argnames=('generator', 'num'))
 def sample_images(generator, variables, rng, num, first=0):
   """`num` new slices in [0, 1]: samples first .. first + num - 1 of rng
   (generation.latent_noise)."""

@@ -39,7 +39,8 @@ def vae_reconstruction_loss(logits, images):
   return optax.sigmoid_binary_cross_entropy(logits, images).sum(axis=(1, 2, 3))
 
 
-@compile_options.jit(static_argnames=('model', 'num'))
+@compile_options.jit(cpu_options=compile_options.EIGEN_CONVOLUTIONS_LIGHT,
+                     static_argnames=('model', 'num'))
 def sample_images(model, variables, rng, num, first=0):
   """`num` new slices in [0, 1] decoded from the prior: samples first .. first + num - 1 of
   rng (generation.latent_noise)."""
