@@ -152,3 +152,16 @@ def test_a_run_one_host_refuses_stops_every_host_with_one_line(tmp_path):
   assert 'error: host 1 refused the run; its log says why' in log0
   assert 'learning_rate' in log1
   assert not (tmp_path / 'new').exists()
+
+
+def test_a_setting_the_first_host_alone_refuses_leaves_no_workdir_the_others_made(tmp_path):
+  # The second host made the new workdir (every host does, before the first writes in it);
+  # the first refused a setting, so neither its config.json nor its removal came.
+  args = ['--config=configs/vae_gen.py:positive,smoke', f'--config.cache_dir={tmp_path}/cache',
+          '--config.num_devices=1']
+  (code0, log0), (code1, log1) = _launch_two_hosts_apart(
+      tmp_path / 'new' / 'run', [args + ['--config.learning_rate=0'], args])
+  assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
+  assert 'learning_rate' in log0
+  assert 'error: host 0 refused the run; its log says why' in log1
+  assert not (tmp_path / 'new').exists()

@@ -171,6 +171,11 @@ def _remove_unbegun_run(workdir, made):
       pass
     except OSError:  # (the run's own error is the one to report)
       return
+  remove_empty_folders(made)
+
+
+def remove_empty_folders(made):
+  """os.rmdir of the folders `made` (the deepest first), up to the first that is not empty."""
   for folder in made:  # (the deepest first; one the user made is kept)
     try:
       os.rmdir(folder)
