@@ -61,6 +61,10 @@ def test_init_variables_light_optimization_same_values():
   assert jax.tree.structure(ours) == jax.tree.structure(default)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)):
     np.testing.assert_array_equal(a, b)
+  # Inside another trace, it is a plain nested jit, whether or not its arguments are traced.
+  for traced in (jax.eval_shape(lambda r: state.init_variables(model, r, images), rng),
+                 jax.eval_shape(lambda: state.init_variables(model, rng, images))):
+    assert jax.tree.structure(traced) == jax.tree.structure(default)
 
 
 def test_train_step_convolutions_leave_ynnpack():

@@ -4,6 +4,7 @@ from typing import Any
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 from brainjax import threads
@@ -61,7 +62,8 @@ def init_variables(model, rng, *inputs):
   It runs once: compiled with `compile_options.LIGHT_OPTIMIZATION` on a CPU (seconds less
   compilation for the same values). Traced inside another function (check_networks'
   eval_shape), it is a plain nested jit: only a top-level jit takes compiler options."""
-  traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((rng, inputs)))
+  # (inside a trace a new array is a tracer, even where rng and inputs were closed over)
+  traced = isinstance(jnp.zeros(()), jax.core.Tracer)
   options = None if traced else compile_options.for_platform(jax.default_backend(),
                                                              compile_options.LIGHT_OPTIMIZATION)
   return jax.jit(lambda r: model.init(r, *inputs, train=False), compiler_options=options)(rng)
