@@ -110,7 +110,7 @@ def test_a_ctrl_c_during_a_compilation_exits_as_interrupted(tmp_path):
 _PREPROCESSING = """
 import signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)  # (as in a terminal's foreground)
-import jax  # (as launch.py: its workers import it, the script they re-import, for seconds)
+import jax  # (as launch.py: JAX's threads in the parent; the workers do not run this script)
 from brainjax.data import sources
 
 if __name__ == '__main__':
@@ -143,7 +143,7 @@ def _running(pid):
 @pytest.mark.skipif(not os.path.exists('/proc/self/task'), reason='reads /proc (Linux)')
 @pytest.mark.skipif(threads.num_workers() < 2, reason='one core: preprocessing has no workers')
 def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(tmp_path):
-  script = tmp_path / 'preprocess.py'  # (spawned workers re-import the main script's file)
+  script = tmp_path / 'preprocess.py'  # (a main script's file, as launch.py's)
   script.write_text(_PREPROCESSING)
   env = dict(os.environ, PYTHONPATH=str(REPO))
   run = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env,
@@ -156,7 +156,7 @@ def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(t
       time.sleep(0.05)
     workers = _children(run.pid)
     assert len(workers) >= 3, f'no worker processes started (exit code {run.poll()})'
-    time.sleep(0.5)  # (the workers are importing jax)
+    time.sleep(0.5)  # (the workers are starting: importing sources)
     os.killpg(run.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     _, stderr = run.communicate(timeout=60)
   finally:
