@@ -625,3 +625,11 @@ def test_a_resume_compares_its_epochs_with_the_best_as_it_measures_it(tmp_path):
   # Epoch 2 (5.0 < 10.0) is no bad epoch; epoch 3 (7.0 > 5.0) is, and halves the rate once.
   assert summary['learning_rate'] == pytest.approx(0.05 * 0.5)
   assert float(final.opt_state.hyperparams['learning_rate']) == pytest.approx(0.025)
+
+
+def test_the_finiteness_check_counts_bfloat16_as_a_float():
+  # numpy's issubdtype does not count ml_dtypes' bfloat16 as a float: such leaves went unchecked.
+  import ml_dtypes
+  from brainjax.train import loop
+  assert not loop._all_finite({'w': np.array([1.0, np.inf], ml_dtypes.bfloat16)})
+  assert loop._all_finite({'w': np.array([1.0, 2.0], ml_dtypes.bfloat16), 'step': np.int32(3)})

@@ -270,9 +270,9 @@ def _main_script_not_rerun():
   A spawned process runs its parent's main script first (as __mp_main__, for functions defined
   there), and launch.py imports JAX, Flax and Orbax: 1.2-3 s of CPU in each worker, which runs
   only this module's functions. Its place in sys.modules holds a bare module meanwhile (no
-  file: nothing to run), as for a script read from stdin. Same machine, launch.py's imports in
-  the parent, 1000 phantom slices with 2 workers: 12.7-12.9 s of the workers' CPU against
-  16.8-19.6 s.
+  file: nothing to run), as for a script read from stdin. One process with launch.py's imports,
+  1000 phantom slices with 2 workers, the two ways alternating: 12.1-13.0 s of the workers' CPU
+  against 14.8-16.2 s.
   """
   main = sys.modules['__main__']
   sys.modules['__main__'] = types.ModuleType('__main__')

@@ -99,8 +99,9 @@ def _finite_on_device(tree):
 
 
 def _all_finite(host_state):
+  # (jnp's issubdtype: numpy's does not count bfloat16 as a float)
   return all(np.isfinite(x).all() for x in jax.tree.leaves(host_state)
-             if np.issubdtype(np.asarray(x).dtype, np.inexact))
+             if jnp.issubdtype(np.asarray(x).dtype, jnp.inexact))
 
 
 def _finite_where_it_is(tree):
