@@ -654,3 +654,10 @@ def test_a_refused_new_run_removes_every_folder_its_workdir_path_made(tmp_path):
   assert previous is None and (tmp_path / 'new' / 'c' / 'config.json').exists()
   run_setup.after_failure(workdir, previous, made, 0.0, ValueError('refused on its data'))
   assert list(tmp_path.iterdir()) == []
+  # A link to nothing as the last part is refused as such, '..' or not (its target was made).
+  (tmp_path / 'a').mkdir()
+  (tmp_path / 'a' / 'dangling').symlink_to(tmp_path / 'nowhere')
+  workdir = run_setup.resolve_paths(config, os.path.join(tmp_path, 'a', '..', 'a', 'dangling'))
+  with pytest.raises(ValueError, match='is a link to nothing'):
+    run_setup.prepare_workdir(config, workdir)
+  assert not (tmp_path / 'nowhere').exists()

@@ -63,8 +63,11 @@ def resolve_paths(config, workdir):
   workdir = os.path.expanduser(workdir or os.path.join('runs', config.name))
   if os.pardir in workdir.split(os.sep):
     # As the system resolves it: a/b/../c opens only once a/b exists, and os.makedirs made
-    # a/b too, a folder a refused run then left behind.
-    workdir = os.path.realpath(workdir)
+    # a/b too, a folder a refused run then left behind. (Its last part stays as it is: a link
+    # there is the workdir's own, which prepare_workdir checks.)
+    head, tail = os.path.split(workdir.rstrip(os.sep))
+    workdir = (os.path.join(os.path.realpath(head), tail) if tail not in ('', os.curdir, os.pardir)
+               else os.path.realpath(workdir))
   written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
   if config.get('model_dir'):
     written['model_dir'] = config.model_dir  # (read by Orbax)
