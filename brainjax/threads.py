@@ -31,26 +31,49 @@ def num_workers() -> int:
   return max(1, min(MAX_WORKERS, cores))
 
 
-# A container's memory limit as the container sees it (cgroup v2, then v1); v2 writes 'max'
-# and v1 a number near 2**63 where there is none.
-CGROUP_MEMORY_LIMITS = ('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes')
+# cgroup memory limits: the files at the mount's root are a container's own (with its own
+# cgroup namespace); /proc/self/cgroup names this process's group below them (a systemd unit,
+# a SLURM job, a container without a namespace), whose limit and its parents' bind too.
+CGROUP_ROOT = '/sys/fs/cgroup'
+PROC_CGROUP = '/proc/self/cgroup'
+_NO_LIMIT = 1 << 60  # v2 writes 'max' where there is none, v1 a number near 2**63
+
+
+def _cgroup_limit_files():
+  """The memory limit files of this process's cgroup and of those above it (v2, then v1)."""
+  groups = {'': '/'}  # (the mount's root, for a container's own namespace)
+  try:
+    with open(PROC_CGROUP) as f:
+      for line in f:  # 'id:controllers:/path'
+        _, controllers, path = line.rstrip('\n').split(':', 2)
+        if controllers == '' or 'memory' in controllers.split(','):
+          groups['' if controllers == '' else 'memory'] = path
+  except (OSError, ValueError):
+    pass
+  groups.setdefault('memory', '/')
+  files = []
+  for folder, name in (('', 'memory.max'), ('memory', 'memory.limit_in_bytes')):
+    parts = [p for p in groups.get(folder, '/').split('/') if p]
+    for depth in range(len(parts), -1, -1):
+      files.append(os.path.join(CGROUP_ROOT, folder, *parts[:depth], name))
+  return files
 
 
 def memory_bytes() -> int:
-  """The memory this process may use in bytes: the machine's physical memory, or its
-  container's limit where that is lower (0 where neither is known)."""
+  """The memory this process may use in bytes: the machine's physical memory, or a lower
+  cgroup limit (a container's, a job's) where one is set (0 where neither is known)."""
   try:
     physical = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
   except (AttributeError, ValueError, OSError):  # (not a POSIX system)
     physical = 0
   limits = [physical] if physical > 0 else []
-  for path in CGROUP_MEMORY_LIMITS:
+  for path in _cgroup_limit_files():
     try:
       with open(path) as f:
         text = f.read().strip()
     except OSError:  # (no such cgroup here)
       continue
-    if text.isdigit() and int(text) > 0:
+    if text.isdigit() and 0 < int(text) < _NO_LIMIT:
       limits.append(int(text))
   return min(limits, default=0)
 

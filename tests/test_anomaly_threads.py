@@ -52,15 +52,27 @@ def test_rules_do_not_depend_on_the_thread_count(monkeypatch):
     np.testing.assert_array_equal(threaded[rule], values, err_msg=rule)
 
 
-def test_memory_is_the_lower_of_the_machine_s_and_its_container_s_limit(tmp_path, monkeypatch):
-  v2, v1 = tmp_path / 'memory.max', tmp_path / 'memory.limit_in_bytes'
-  monkeypatch.setattr(threads, 'CGROUP_MEMORY_LIMITS', (str(v2), str(v1)))
+def test_memory_is_the_lower_of_the_machine_s_and_its_cgroups_limits(tmp_path, monkeypatch):
+  root, proc = tmp_path / 'cgroup', tmp_path / 'proc_self_cgroup'
+  monkeypatch.setattr(threads, 'CGROUP_ROOT', str(root))
+  monkeypatch.setattr(threads, 'PROC_CGROUP', str(proc))
   physical = threads.memory_bytes()  # (no cgroup files)
   assert physical > 2**31  # (any machine that runs the suite)
-  v2.write_text('max\n')  # cgroup v2 without a limit
-  v1.write_text('9223372036854771712\n')  # cgroup v1 without a limit
+
+  def limit(path, text):
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text(text + '\n')
+
+  limit('memory.max', 'max')  # cgroup v2 without a limit
+  limit('memory/memory.limit_in_bytes', '9223372036854771712')  # cgroup v1 without a limit
   assert threads.memory_bytes() == physical
-  v1.write_text(f'{2**30}\n')
+  # A systemd unit's or a job's group, below the mount's root: its limit, or a parent's, binds.
+  proc.write_text('0::/jobs/job1\n')
+  limit('jobs/memory.max', str(3 * 2**30))
+  limit('jobs/job1/memory.max', 'max')
+  assert threads.memory_bytes() == 3 * 2**30
+  proc.write_text('5:memory:/docker/abc\n0::/\n')
+  limit('memory/docker/abc/memory.limit_in_bytes', str(2**30))
   assert threads.memory_bytes() == 2**30
   with pytest.raises(ValueError, match='need 2 GiB, more than the 1 GiB of memory this process'):
     threads.check_fits_in_memory(2**31, 'these settings would', 'lower them')
