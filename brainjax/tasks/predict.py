@@ -84,10 +84,9 @@ class Prepared:
 
 def _prepare_one(item: Item, size: int, margin: float, thumbnail: bool):
   try:
-    raw = item.load()
+    raw = image_io.to_gray_float(item.load())  # (once, for the slice and its thumbnail)
     image, info = preprocess_lib.preprocess(raw, size=size, margin=margin)
-    return image, info, 'ok', (dedup.raw_thumbnail(image_io.to_gray_float(raw)) if thumbnail
-                               else None)
+    return image, info, 'ok', dedup.raw_thumbnail(raw) if thumbnail else None
   except (ValueError, OSError) as e:  # UnreadableImage, BlankImage, odd shapes
     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return None, None, f'skipped: {reason}', None
