@@ -157,8 +157,6 @@ def set_up(config):
     parallel.check_all_hosts_agree(refused=False)
   except ValueError as error:
     run_setup.after_failure(workdir, previous_config, made, time.time(), error)
-    if not parallel.is_first_host():  # (its makedirs too: a new workdir is left as it was)
-      run_setup.remove_empty_folders(made)
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)

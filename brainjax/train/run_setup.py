@@ -137,15 +137,19 @@ def prepare_workdir(config, workdir):
 
 
 def after_failure(workdir, previous_config, made, start, error):
-  """What a run that failed or was interrupted leaves (the first host): a refused rerun, or
-  one stopped before it touched its results, the config.json that describes them; a new run
-  refused before it wrote anything, no workdir (an interrupted one keeps it, to resume)."""
-  if not parallel.is_first_host():
-    return
-  if isinstance(error, reruns.RerunRefused) or reruns.untouched_since(workdir, start):
+  """What a run that failed or was interrupted leaves: a refused rerun, or one stopped before
+  it touched its results, the config.json that describes them; a new run refused before it
+  wrote anything, no workdir (an interrupted one keeps it, to resume). The first host writes
+  the run's files; every host removes the empty folders its own makedirs made."""
+  first_host = parallel.is_first_host()
+  if first_host and (isinstance(error, reruns.RerunRefused)
+                     or reruns.untouched_since(workdir, start)):
     reruns.put_back_config(workdir, previous_config)
   if previous_config is None and not isinstance(error, KeyboardInterrupt):
-    _remove_unbegun_run(workdir, made)
+    if first_host:
+      _remove_unbegun_run(workdir, made)
+    else:
+      _remove_empty_folders(made)
 
 
 def _folders_to_make(path):
@@ -174,10 +178,10 @@ def _remove_unbegun_run(workdir, made):
       pass
     except OSError:  # (the run's own error is the one to report)
       return
-  remove_empty_folders(made)
+  _remove_empty_folders(made)
 
 
-def remove_empty_folders(made):
+def _remove_empty_folders(made):
   """os.rmdir of the folders `made` (the deepest first), up to the first that is not empty."""
   for folder in made:  # (the deepest first; one the user made is kept)
     try:
