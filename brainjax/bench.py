@@ -265,8 +265,9 @@ def cpu_flops(jitted, *args):
 
   Counted on the program lowered for CPU, whatever device `args` are on: a GPU
   backend (a PJRT plugin) gives no cost analysis of a lowered program (none on an
-  H200, jax 0.11.2). The arithmetic is the same: on CPU the convolution gradients
-  are GEMMs (models/conv_gradients.py), the same multiply-adds as the convolutions.
+  H200, jax 0.11.2). The arithmetic is about the same: on CPU some convolution gradients
+  are GEMMs or convolutions on pixel blocks (models/conv_gradients.py), the same
+  multiply-adds as the convolutions but for the blocks' one more row and column.
   """
   try:
     cpu = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])

@@ -11,8 +11,9 @@ import pytest
 
 from brainjax.models import BrainCNN, BrainCVAE, Discriminator, Generator, VAE, get_model
 from brainjax.models.cnn import max_pool_2x2
-from brainjax.models.conv_gradients import (NHWC, _concat_channels, _gemm_conv_grads,
-                                            conv_general_dilated, explicit_padding)
+from brainjax.models.conv_gradients import (NHWC, _block_input_gradient, _concat_channels,
+                                            _gemm_conv_grads, conv_general_dilated,
+                                            explicit_padding)
 from brainjax.models.layers import TORCH_PAD1, BatchNorm, UpsampleConv, normalize_batch
 
 SIZE = 128
@@ -324,10 +325,10 @@ def test_concat_channels_equals_concatenate():
 
 
 @pytest.mark.parametrize('kernel, strides, padding, features', [
-    (4, 2, TORCH_PAD1, 5),          # strided col2im, space-to-depth kernel gradient
+    (4, 2, TORCH_PAD1, 5),          # strided col2im and blocks, space-to-depth kernel gradient
     (4, 2, ((2, 1), (0, 3)), 5),    # the same where the blocks leave rows and columns out
     (2, 2, TORCH_PAD1, 5),          # one block per window
-    (3, 2, TORCH_PAD1, 5),          # stride not dividing the kernel: strided patches
+    (3, 2, TORCH_PAD1, 5),          # stride not dividing the kernel: strided patches, 4x4 blocks
     (2, 1, ((1, 0), (0, 1)), 5),    # stride-1 col2im input gradient (UpsampleConv's 2x2)
     (3, 1, 'SAME', 5),              # stride-1 3x3
     (3, 1, ((2, 0), (1, 1)), 1)])   # fewer outputs than inputs: shifted copies of dy
@@ -350,6 +351,10 @@ def test_fast_conv_matches_lax_values_and_gradients(kernel, strides, padding, fe
       (strides, strides), pads, None, x, k, dy)
   for g, w in zip(list(got_grads) + list(gemm_grads), list(want_grads) * 2):
     assert rel_err(g, w) < 1e-5
+  if strides > 1:  # the input gradient on pixel blocks, whichever the CPU takes for this conv
+    block_dx, _ = jax.jit(_block_input_gradient, static_argnums=(0, 1, 2))(
+        (strides, strides), pads, None, x, k, dy)
+    assert rel_err(block_dx, want_grads[0]) < 1e-5
 
 
 
@@ -383,13 +388,15 @@ def test_one_channel_conv_matches_lax_values_and_gradients(kernel, strides, padd
 
 
 @pytest.mark.parametrize('platform, kernel, strides, cin, convolutions', [
-    ('cpu', 2, 1, 3, 1), ('cpu', 3, 2, 3, 2), ('cpu', 3, 1, 3, 3), ('cpu', 4, 2, 3, 2),
+    ('cpu', 2, 1, 3, 1), ('cpu', 3, 2, 3, 2), ('cpu', 3, 1, 3, 3), ('cpu', 4, 2, 3, 3),
+    ('cpu', 4, 2, 1, 0),
     ('cpu', 3, 1, 1, 1), ('cuda', 2, 1, 3, 2), ('cuda', 3, 2, 3, 3), ('cuda', 4, 2, 1, 1),
     ('tpu', 3, 2, 3, 3)])
 def test_each_backend_picks_gemm_or_lax_gradients(platform, kernel, strides, cin, convolutions):
-  """XLA:CPU: GEMM kernel gradients for 2x2 kernels and 1 input channel, GEMM input gradients
-  unless 3x3 stride 1, no forward convolution for 1 input channel; GPU: GEMMs for 1 input
-  channel and 2x2 kernel gradients; TPU: lax's."""
+  """XLA:CPU: GEMM kernel gradients for 2x2 kernels and 1 input channel; input gradients from
+  lax for 3x3 stride 1, from pixel blocks (a convolution) where the stride divides the kernel
+  and there are several input channels, else GEMMs; no forward convolution for 1 input
+  channel. GPU: GEMMs for 1 input channel and 2x2 kernel gradients; TPU: lax's."""
   x, k = normal((2, 10, 8, cin), 0), normal((kernel, kernel, cin, 5), 1)
   loss = lambda x, k: jnp.sum(nhwc_conv(x, k, (strides, strides), TORCH_PAD1) ** 2)
   grads = jax.jit(jax.grad(loss, (0, 1)))

@@ -6,8 +6,10 @@ over im2col copies (`_gemm_conv_grads`). XLA:CPU's own (a kernel gradient is
 a convolution whose window is the whole output map, a strided conv's input
 gradient an input-dilated conv) were 5-100x slower than the forward pass
 when YNNPACK ran them; in Eigen (`compile_options`) some are faster than the
-GEMMs and some still up to 330x slower, so `cpu_gemm_gradients` picks per
-gradient; on a GPU `gpu_gemm_gradients` picks between the GEMMs and cuDNN's.
+GEMMs and some still up to 330x slower, so `cpu_gradients` picks per
+gradient (a strided conv's input gradient also from a stride-1 conv on pixel
+blocks, `_block_input_gradient`); on a GPU `gpu_gradients` picks between the
+GEMMs and cuDNN's.
 Other backends keep lax's gradients (`lax.platform_dependent`). On CPU the
 forward pass of a 1-channel input (the image layers) is a fused sum over taps
 (`_tap_sum_conv`). Pass it to nn.Conv (`conv_general_dilated=`); parameters
@@ -103,28 +105,31 @@ def _matmul(a: Array, b: Array, contract, precision) -> Array:
 
 
 def _conv_bwd(strides, padding, precision, residuals, dy):
-  """Each gradient from lax (cuDNN's on a GPU) or from `_gemm_conv_grads`, by a rule per backend.
+  """Each gradient from lax (cuDNN's on a GPU), `_gemm_conv_grads` or `_block_input_gradient`,
+  by a rule per backend (`cpu_gradients`, `gpu_gradients`). TPUs and other backends keep lax's.
 
-  XLA computes both and drops the ones not returned. TPUs and other backends keep lax's.
+  XLA drops what a method computes beyond the gradient taken from it.
   """
   x, kernel = residuals
 
-  def picked(gemm_for):
+  def picked(rule):
     def grads(x, kernel, dy):
-      gemm_dx, gemm_dk = _gemm_conv_grads(strides, padding, precision, x, kernel, dy)
-      lax_dx, lax_dk = _lax_conv_grads(strides, padding, precision, x, kernel, dy)
-      gemm_dx_wins, gemm_dk_wins = gemm_for(kernel.shape, strides)
-      return gemm_dx if gemm_dx_wins else lax_dx, gemm_dk if gemm_dk_wins else lax_dk
+      dx_from, dk_from = rule(kernel.shape, strides)
+      args = (strides, padding, precision, x, kernel, dy)
+      if dx_from == dk_from:
+        return _GRADIENTS[dx_from](*args)
+      return _GRADIENTS[dx_from](*args)[0], _GRADIENTS[dk_from](*args)[1]
     return grads
 
   return lax.platform_dependent(
-      x, kernel, dy, cpu=picked(cpu_gemm_gradients), cuda=picked(gpu_gemm_gradients),
+      x, kernel, dy, cpu=picked(cpu_gradients), cuda=picked(gpu_gradients),
       default=functools.partial(_lax_conv_grads, strides, padding, precision))
 
 
-def cpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
-  """(GEMM input gradient?, GEMM kernel gradient?) on XLA:CPU, with Eigen's convolutions
-  (`compile_options`) as the alternative.
+def cpu_gradients(kernel_shape, strides) -> Tuple[str, str]:
+  """(input gradient's method, kernel gradient's method) on XLA:CPU, each 'gemm', 'lax' or
+  'blocks' (`_block_input_gradient`, input gradients only), with Eigen's convolutions
+  (`compile_options`) behind lax's and the blocks'.
 
   Batch 64, 2 cores: lax's kernel gradient took 55 ms against 72 ms (3x3 stride 2, 128 -> 256
   channels at 32 px) and 107 against 160 ms (4x4 stride 2, 64 -> 128 at 64 px), but 4.6-27.5 s
@@ -132,15 +137,27 @@ def cpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
   45 ms against 55 ms for a 3x3 stride-1 conv (64 -> 128 at 32 px) and 56 against 47 ms when
   strided (an input-dilated convolution). For the 2x2 phase kernels it took 5-48% less time
   per layer, but the GAN's step only 2450 against 2491 ms (noise), so they keep the GEMMs.
+  Where the stride divides the kernel (the discriminator's 4x4 stride-2 convs), the blocks'
+  input gradient took 147, 124 and 112 ms against the GEMMs' 341, 202 and 133 ms
+  (64 -> 128 at 64 px, 128 -> 256 at 32, 256 -> 512 at 16); with one input channel (the image
+  layer) 24 against 12 ms, and for 3x3 stride-2 convs, which it pads to 4x4, mostly slower.
+  In the whole steps less is saved, as XLA runs the GEMMs beside other work: the
+  discriminator's gradient at batch 128 took 1979 against 2093 ms, the GAN's step 2937 against
+  3093 ms (same process, alternated).
   """
   kh, kw, cin, _ = kernel_shape
+  sh, sw = strides
   large_kernel = kh >= 3 and kw >= 3
-  return not (large_kernel and tuple(strides) == (1, 1)), not (large_kernel and cin > 1)
+  if (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0 and cin > 1:
+    dx_from = 'blocks'
+  else:
+    dx_from = 'lax' if large_kernel and (sh, sw) == (1, 1) else 'gemm'
+  return dx_from, 'lax' if large_kernel and cin > 1 else 'gemm'
 
 
-def gpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
-  """(GEMM input gradient?, GEMM kernel gradient?) on an NVIDIA GPU, cuDNN's convolutions
-  being the alternative.
+def gpu_gradients(kernel_shape, strides) -> Tuple[str, str]:
+  """(input gradient's method, kernel gradient's method) on an NVIDIA GPU, 'gemm' or 'lax'
+  (cuDNN's convolutions).
 
   Each gradient of each layer of the four networks timed alone on an H200 (TF32, batch 64 and
   the discriminator's 128): the GEMMs won both gradients of the 1-channel image layers (cuDNN
@@ -154,12 +171,45 @@ def gpu_gemm_gradients(kernel_shape, strides) -> Tuple[bool, bool]:
   """
   del strides
   kh, kw, cin, _ = kernel_shape
-  return cin == 1, cin == 1 or (kh, kw) == (2, 2)
+  gemm = lambda wins: 'gemm' if wins else 'lax'
+  return gemm(cin == 1), gemm(cin == 1 or (kh, kw) == (2, 2))
 
 
 def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
   conv = lambda a, b: _lax_conv(a, b, strides, padding, precision)
   return jax.vjp(conv, x, kernel)[1](dy)
+
+
+def _block_input_gradient(strides, padding, precision, x, kernel, dy):
+  """(dx, None): the input gradient of a strided conv as a stride-1 conv of dy on s x s
+  pixel blocks.
+
+  With the padded input cut into s x s blocks (space-to-depth, s s Cin channels per block),
+  a stride-s kh x kw window is ceil(kh / s) x ceil(kw / s) whole blocks (the kernel padded
+  with zero taps to whole blocks), so the forward pass is a stride-1 VALID conv on the block
+  grid and its input gradient the full stride-1 conv of dy with that kernel flipped, one
+  block of s s input pixels per output pixel (depth-to-space). lax's own is a convolution
+  of dy dilated with s - 1 zeros between pixels, which XLA:CPU runs with the zeros.
+  """
+  n, h, w, cin = x.shape
+  kh, kw, _, cout = kernel.shape
+  sh, sw = strides
+  (top, _), (left, _) = padding
+  th, tw = -(-kh // sh), -(-kw // sw)  # blocks per window
+  k = jnp.pad(kernel, ((0, th * sh - kh), (0, tw * sw - kw), (0, 0), (0, 0)))
+  # Tap (p sh + r, q sw + t) is block tap (p, q), channel (r, t, c): flipped and transposed
+  # (output and input channels swapped) for the gradient.
+  k = k.reshape(th, sh, tw, sw, cin, cout).transpose(0, 2, 5, 1, 3, 4)
+  k = jnp.flip(k.reshape(th, tw, cout, sh * sw * cin), (0, 1))
+  g = lax.conv_general_dilated(dy, k, (1, 1), ((th - 1, th - 1), (tw - 1, tw - 1)),
+                               dimension_numbers=NHWC, precision=precision)
+  _, hb, wb, _ = g.shape  # the blocks the windows reach
+  dxp = g.reshape(n, hb, wb, sh, sw, cin).transpose(0, 1, 3, 2, 4, 5).reshape(
+      n, hb * sh, wb * sw, cin)
+  # Padded-input pixels past the last window get no gradient.
+  dxp = jnp.pad(dxp, ((0, 0), (0, max(0, top + h - hb * sh)), (0, max(0, left + w - wb * sw)),
+                      (0, 0)))
+  return dxp[:, top:top + h, left:left + w].astype(x.dtype), None
 
 
 def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
@@ -184,7 +234,7 @@ def _gemm_conv_grads(strides, padding, precision, x, kernel, dy):
     # Input gradient: dy times the kernel gives every tap's patch gradient, and
     # col2im adds each tap's share back at its (strided) input position. lax's
     # own is an input-dilated conv when strided (in YNNPACK 5.6 s for 4 -> 2 px,
-    # 512 -> 1024 channels, batch 64); `cpu_gemm_gradients` says where it is used.
+    # 512 -> 1024 channels, batch 64); `cpu_gradients` says where it is used.
     cols = _matmul(dy, kernel.reshape(-1, cout), ((3,), (1,)), precision).reshape(
         n, out_h, out_w, kh, kw, cin)
     dxp = sum(lax.pad(cols[:, :, :, a, b], jnp.zeros((), cols.dtype),
@@ -199,7 +249,7 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
   """im2col patches of the padded input xp times dy: (kh, kw, Cin, Cout).
 
   When the stride divides the kernel (4x4 stride 2: of the discriminator's convs only
-  the first, on the 1-channel image, comes here; `cpu_gemm_gradients` gives the wider
+  the first, on the 1-channel image, comes here; `cpu_gradients` gives the wider
   ones to lax), the patches come from s x s pixel blocks (space-to-depth): a stride-s
   kh x kw window is (kh/s)(kw/s) whole blocks, so the patches are (kh/s)(kw/s)
   slices of the blocks instead of kh kw strided slices of xp. XLA:CPU writes
@@ -225,6 +275,9 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
     dk = dk.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
   return dk.reshape(kernel_shape)
 
+
+# (input gradient, kernel gradient) of each method `cpu_gradients` and `gpu_gradients` name.
+_GRADIENTS = {'gemm': _gemm_conv_grads, 'lax': _lax_conv_grads, 'blocks': _block_input_gradient}
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
