@@ -189,7 +189,7 @@ def _block_input_gradient(strides, padding, precision, x, kernel, dy):
   with zero taps to whole blocks), so the forward pass is a stride-1 VALID conv on the block
   grid and its input gradient the full stride-1 conv of dy with that kernel flipped, one
   block of s s input pixels per output pixel (depth-to-space). lax's own is a convolution
-  of dy dilated with s - 1 zeros between pixels, which XLA:CPU runs with the zeros.
+  of dy dilated with s - 1 zeros between pixels (slower on XLA:CPU: `cpu_gradients`).
   """
   n, h, w, cin = x.shape
   kh, kw, _, cout = kernel.shape
