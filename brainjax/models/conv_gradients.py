@@ -139,11 +139,11 @@ def cpu_gradients(kernel_shape, strides) -> Tuple[str, str]:
   per layer, but the GAN's step only 2450 against 2491 ms (noise), so they keep the GEMMs.
   Where the stride divides the kernel (the discriminator's 4x4 stride-2 convs), the blocks'
   input gradient took 147, 124 and 112 ms against the GEMMs' 341, 202 and 133 ms and lax's
-  367, 236 and 139 ms (64 -> 128 at 64 px, 128 -> 256 at 32, 256 -> 512 at 16); with one input channel (the image
-  layer) 24 against 12 ms, and for 3x3 stride-2 convs, which it pads to 4x4, mostly slower.
-  In the whole steps less is saved, as XLA runs the GEMMs beside other work: the
-  discriminator's gradient at batch 128 took 1979 against 2093 ms, the GAN's step 2937 against
-  3093 ms (same process, alternated).
+  367, 236 and 139 ms (64 -> 128 at 64 px, 128 -> 256 at 32, 256 -> 512 at 16); with one
+  input channel (the image layer) 24 against 12 ms; for 3x3 stride-2 convs, which it pads to
+  4x4, mostly more. The whole steps saved less than the layers alone: the discriminator's
+  gradient at batch 128 took 1979 against 2093 ms, the GAN's step 2937 against 3093 ms (same
+  process, alternated).
   """
   kh, kw, cin, _ = kernel_shape
   sh, sw = strides
