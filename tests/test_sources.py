@@ -619,11 +619,17 @@ def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch)
   assert 'yes/locked (unreadable: cannot read file: Permission denied)' in message
 
 
-def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path):
+def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path, monkeypatch):
   folder = _fake_br35h(tmp_path / 'download')
   (folder / 'no' / 'gone.jpg').symlink_to(tmp_path / 'missing.jpg')
   odd = os.path.join(os.fsencode(folder / 'no'), b'caf\xe9.jpg')
   with open(odd, 'wb') as f:
     f.write((folder / 'no' / 'n0.jpg').read_bytes())
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
   names = [name for name, _, _ in load_br35h_records(str(folder), str(tmp_path / 'tfds'))]
   assert 'no/caf\\xe9.jpg' in names and 'no/gone.jpg' not in names
+  # The unreadable link is named, and counted among the files it was prepared from.
+  assert any('gone.jpg' in w and 'cannot be read' in w for w in warnings)
+  (summary,) = [w for w in warnings if w.startswith('Skipped')]
+  assert summary.startswith(f'Skipped 1 of {len(names) + 1} Br35H files')

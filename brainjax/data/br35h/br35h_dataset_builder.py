@@ -50,14 +50,19 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
       items = layout.iter_zip(path)
     else:
       items = ((name, label, _read(full)) for name, label, full in layout.iter_folder(path))
-    count = 0
+    count, unreadable = 0, 0
     for name, label, data in items:
-      if data is None:
+      if data is None:  # (its own warning names it and why)
+        unreadable += 1
         continue
       count += 1
       # A name that is not UTF-8 (Text features are) keeps its bytes as escapes.
       name = name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
       yield name, {'image_bytes': data, 'label': label, 'filename': name}
+    if unreadable:
+      logging.warning('Skipped %d of %d Br35H files in %s that cannot be read (each named '
+                      'above); the prepared dataset leaves them out.', unreadable,
+                      count + unreadable, path)
     if count == 0:
       raise ValueError(f'no files under yes/ or no/ in {path}')
 
