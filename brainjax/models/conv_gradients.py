@@ -287,7 +287,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated`, with `_conv_bwd`'s gradients for plain 2-D NHWC convs.
 
-  Other configurations (dilation, groups, other layouts) go to lax unchanged.
+  Other configurations (dilation, groups, other layouts, negative padding) go to lax
+  unchanged.
   """
   plain = (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
            and batch_group_count == 1 and preferred_element_type is None
@@ -296,13 +297,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
            and dimension_numbers is not None  # (None: lax's NCHW)
            and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
            == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
-  if not plain:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, batch_group_count,
-                                    precision, preferred_element_type)
-  strides = tuple(int(s) for s in window_strides)
-  return _conv(lhs, rhs, strides, explicit_padding(lhs.shape, rhs.shape, strides, padding),
-               precision)
+  if plain:
+    strides = tuple(int(s) for s in window_strides)
+    pads = explicit_padding(lhs.shape, rhs.shape, strides, padding)
+    if min(min(pair) for pair in pads) >= 0:  # (negative padding crops the input)
+      return _conv(lhs, rhs, strides, pads, precision)
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                  dimension_numbers, feature_group_count, batch_group_count,
+                                  precision, preferred_element_type)
 
 
 def explicit_padding(lhs_shape, rhs_shape, strides, padding):
