@@ -364,11 +364,13 @@ def test_fast_conv_reads_no_dimension_numbers_as_lax_does():
   np.testing.assert_allclose(conv_general_dilated(x, k, (1, 1), 'SAME'),
                              lax.conv_general_dilated(x, k, (1, 1), 'SAME'), rtol=1e-6)
 
-@pytest.mark.parametrize('strides', [1, 2])
-def test_fast_conv_with_negative_padding_is_lax_s(strides):
-  # (Negative padding crops the input; our gradients pad it, and failed on a negative width.)
-  x, k = normal((2, 10, 8, 3), 0), normal((4, 4, 3, 5), 1)
-  pads = ((-1, 2), (1, -1))
+@pytest.mark.parametrize('size, strides, pads', [
+    (8, 1, ((-1, 2), (1, -1))), (8, 2, ((-1, 2), (1, -1))),  # negative padding crops the input
+    (3, 2, ((0, 0), (0, 0))), (1, 3, ((1, 1), (1, 1)))])      # a kernel wider than the input
+@pytest.mark.parametrize('cin', [1, 3])
+def test_fast_conv_gives_lax_s_gradients_where_its_own_cannot_go(size, strides, pads, cin):
+  # (Its gradients pad the input, and assume an output: they failed on both.)
+  x, k = normal((2, size + 2, size, cin), 0), normal((4, 4, cin, 5), 1)
 
   def grads(conv):
     f = lambda x, k: jnp.sum(jnp.sin(conv(x, k, (strides, strides), pads, dimension_numbers=NHWC)))

@@ -287,8 +287,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          precision=None, preferred_element_type=None):
   """`lax.conv_general_dilated`, with `_conv_bwd`'s gradients for plain 2-D NHWC convs.
 
-  Other configurations (dilation, groups, other layouts, negative padding) go to lax
-  unchanged.
+  Other configurations (dilation, groups, other layouts, negative padding, an empty output)
+  go to lax unchanged.
   """
   plain = (lhs.ndim == 4 and rhs.ndim == 4 and feature_group_count == 1
            and batch_group_count == 1 and preferred_element_type is None
@@ -300,7 +300,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   if plain:
     strides = tuple(int(s) for s in window_strides)
     pads = explicit_padding(lhs.shape, rhs.shape, strides, padding)
-    if min(min(pair) for pair in pads) >= 0:  # (negative padding crops the input)
+    out_sizes = [(n + lo + hi - k) // s + 1
+                 for n, k, s, (lo, hi) in zip(lhs.shape[1:3], rhs.shape[:2], strides, pads)]
+    # (Negative padding crops the input.)
+    if min(min(pair) for pair in pads) >= 0 and min(out_sizes) > 0:
       return _conv(lhs, rhs, strides, pads, precision)
   return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                   dimension_numbers, feature_group_count, batch_group_count,
