@@ -146,12 +146,11 @@ def cpu_gradients(kernel_shape, strides) -> Tuple[str, str]:
   process, alternated).
   """
   kh, kw, cin, _ = kernel_shape
-  sh, sw = strides
   large_kernel = kh >= 3 and kw >= 3
-  if (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0 and cin > 1:
+  if _windows_are_whole_blocks(kernel_shape, strides) and cin > 1:
     dx_from = 'blocks'
   else:
-    dx_from = 'lax' if large_kernel and (sh, sw) == (1, 1) else 'gemm'
+    dx_from = 'lax' if large_kernel and tuple(strides) == (1, 1) else 'gemm'
   return dx_from, 'lax' if large_kernel and cin > 1 else 'gemm'
 
 
@@ -180,6 +179,30 @@ def _lax_conv_grads(strides, padding, precision, x, kernel, dy):
   return jax.vjp(conv, x, kernel)[1](dy)
 
 
+def _windows_are_whole_blocks(kernel_shape, strides) -> bool:
+  """Whether a strided conv's windows are whole s x s pixel blocks: the stride divides the
+  kernel."""
+  kh, kw = kernel_shape[:2]
+  sh, sw = strides
+  return (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0
+
+
+def _space_to_depth(a: Array, sh: int, sw: int) -> Array:
+  """(N, H, W, C) -> (N, H/sh, W/sw, sh sw C): each sh x sw block of pixels as one pixel,
+  whose channel (r, t, c) is channel c of the block's pixel (r, t)."""
+  n, h, w, c = a.shape
+  a = a.reshape(n, h // sh, sh, w // sw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  return a.reshape(n, h // sh, w // sw, sh * sw * c)
+
+
+def _depth_to_space(a: Array, sh: int, sw: int) -> Array:
+  """The inverse of `_space_to_depth`: (N, Hb, Wb, sh sw C) -> (N, Hb sh, Wb sw, C)."""
+  n, hb, wb, c = a.shape
+  c //= sh * sw
+  a = a.reshape(n, hb, wb, sh, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  return a.reshape(n, hb * sh, wb * sw, c)
+
+
 def _block_input_gradient(strides, padding, precision, x, kernel, dy):
   """(dx, None): the input gradient of a strided conv as a stride-1 conv of dy on s x s
   pixel blocks.
@@ -197,18 +220,16 @@ def _block_input_gradient(strides, padding, precision, x, kernel, dy):
   (top, _), (left, _) = padding
   th, tw = -(-kh // sh), -(-kw // sw)  # blocks per window
   k = jnp.pad(kernel, ((0, th * sh - kh), (0, tw * sw - kw), (0, 0), (0, 0)))
-  # Tap (p sh + r, q sw + t) is block tap (p, q), channel (r, t, c): flipped and transposed
-  # (output and input channels swapped) for the gradient.
-  k = k.reshape(th, sh, tw, sw, cin, cout).transpose(0, 2, 5, 1, 3, 4)
-  k = jnp.flip(k.reshape(th, tw, cout, sh * sw * cin), (0, 1))
+  # Tap (p sh + r, q sw + t) is block tap (p, q), channel (r, t, c); flipped, with input and
+  # output channels swapped, for the gradient.
+  k = _space_to_depth(k.reshape(1, th * sh, tw * sw, cin * cout), sh, sw)
+  k = jnp.flip(k.reshape(th, tw, sh * sw * cin, cout), (0, 1)).swapaxes(2, 3)
   g = lax.conv_general_dilated(dy, k, (1, 1), ((th - 1, th - 1), (tw - 1, tw - 1)),
                                dimension_numbers=NHWC, precision=precision)
-  _, hb, wb, _ = g.shape  # the blocks the windows reach
-  dxp = g.reshape(n, hb, wb, sh, sw, cin).transpose(0, 1, 3, 2, 4, 5).reshape(
-      n, hb * sh, wb * sw, cin)
+  dxp = _depth_to_space(g, sh, sw)  # the pixels of the blocks the windows reach
   # Padded-input pixels past the last window get no gradient.
-  dxp = jnp.pad(dxp, ((0, 0), (0, max(0, top + h - hb * sh)), (0, max(0, left + w - wb * sw)),
-                      (0, 0)))
+  _, hp, wp, _ = dxp.shape
+  dxp = jnp.pad(dxp, ((0, 0), (0, max(0, top + h - hp)), (0, max(0, left + w - wp)), (0, 0)))
   return dxp[:, top:top + h, left:left + w].astype(x.dtype), None
 
 
@@ -260,19 +281,18 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
   n, out_h, out_w, _ = dy.shape
-  blocked = (sh, sw) != (1, 1) and kh % sh == 0 and kw % sw == 0
+  blocked = _windows_are_whole_blocks(kernel_shape, strides)
   if blocked:
     th, tw = kh // sh, kw // sw  # blocks per window
     hb, wb = out_h - 1 + th, out_w - 1 + tw  # blocks the windows reach
-    blocks = xp[:, :hb * sh, :wb * sw].reshape(n, hb, sh, wb, sw, cin)
-    blocks = blocks.transpose(0, 1, 3, 2, 4, 5).reshape(n, hb, wb, sh * sw * cin)
+    blocks = _space_to_depth(xp[:, :hb * sh, :wb * sw], sh, sw)
     parts = [blocks[:, p:p + out_h, q:q + out_w] for p in range(th) for q in range(tw)]
   else:
     parts = _strided_taps(xp, kh, kw, strides, out_h, out_w)
   patches = _concat_channels(parts)
   dk = _matmul(patches.reshape(-1, kh * kw * cin), dy.reshape(-1, cout), ((0,), (0,)), precision)
-  if blocked:  # tap (a, b) = (p sh + r, q sw + t) sits at (p, q, r, t) in the patches
-    dk = dk.reshape(th, tw, sh, sw, cin, cout).transpose(0, 2, 1, 3, 4, 5)
+  if blocked:  # tap (p sh + r, q sw + t) sits at (p, q, r, t) in the patches
+    dk = _depth_to_space(dk.reshape(1, th, tw, sh * sw * cin * cout), sh, sw)
   return dk.reshape(kernel_shape)
 
 
