@@ -214,7 +214,7 @@ def _block_input_gradient(strides, padding, precision, x, kernel, dy):
   block of s s input pixels per output pixel (depth-to-space). lax's own is a convolution
   of dy dilated with s - 1 zeros between pixels (slower on XLA:CPU: `cpu_gradients`).
   """
-  n, h, w, cin = x.shape
+  _, h, w, cin = x.shape
   kh, kw, _, cout = kernel.shape
   sh, sw = strides
   (top, _), (left, _) = padding
@@ -280,7 +280,7 @@ def _kernel_gradient(xp: Array, dy: Array, kernel_shape, strides, precision) -> 
   """
   kh, kw, cin, cout = kernel_shape
   sh, sw = strides
-  n, out_h, out_w, _ = dy.shape
+  _, out_h, out_w, _ = dy.shape
   blocked = _windows_are_whole_blocks(kernel_shape, strides)
   if blocked:
     th, tw = kh // sh, kw // sw  # blocks per window
