@@ -10,6 +10,7 @@ the number of threads.
 """
 import concurrent.futures
 import os
+import re
 from typing import Callable, Iterable, List, TypeVar
 
 T = TypeVar('T')
@@ -31,31 +32,66 @@ def num_workers() -> int:
   return max(1, min(MAX_WORKERS, cores))
 
 
-# cgroup memory limits: the files at the mount's root are a container's own (with its own
-# cgroup namespace); /proc/self/cgroup names this process's group below them (a systemd unit,
-# a SLURM job, a container without a namespace), whose limit and its parents' bind too.
-CGROUP_ROOT = '/sys/fs/cgroup'
+# cgroup memory limits, found where /proc/self/mountinfo says the hierarchies are mounted (the
+# usual places where it cannot be read). The files at a mount's root are a container's own (with
+# its own cgroup namespace); /proc/self/cgroup names this process's group within the hierarchy
+# (a systemd unit, a SLURM job, a container without a namespace), whose limit and its parents'
+# bind too.
+MOUNTINFO = '/proc/self/mountinfo'
 PROC_CGROUP = '/proc/self/cgroup'
+_USUAL_MOUNTS = (('v2', '/sys/fs/cgroup', '/'), ('v1', '/sys/fs/cgroup/memory', '/'))
+_LIMIT_FILE = {'v2': 'memory.max', 'v1': 'memory.limit_in_bytes'}
 _NO_LIMIT = 1 << 60  # v2 writes 'max' where there is none, v1 a number near 2**63
 
 
-def _cgroup_limit_files():
-  """The memory limit files of this process's cgroup and of those above it (v2, then v1)."""
-  groups = {'': '/'}  # (the mount's root, for a container's own namespace)
+def _unescape(field: str) -> str:
+  """A mountinfo path field: spaces, tabs, newlines and backslashes are octal escapes."""
+  return re.sub(r'\\([0-7]{3})', lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _cgroup_mounts():
+  """(version, mount point, hierarchy root) of the cgroup v2 and v1 memory hierarchies."""
+  mounts = []
+  try:
+    with open(MOUNTINFO) as f:
+      for line in f:  # 'id parent major:minor root mount_point options [tags] - fstype src super'
+        fields = line.split()
+        tail = fields[fields.index('-') + 1:]
+        if tail[0] == 'cgroup2' or (tail[0] == 'cgroup' and 'memory' in tail[2].split(',')):
+          mounts.append(('v2' if tail[0] == 'cgroup2' else 'v1', _unescape(fields[4]),
+                         _unescape(fields[3])))
+  except (OSError, ValueError, IndexError):
+    return list(_USUAL_MOUNTS)
+  return mounts
+
+
+def _cgroup_paths():
+  """{version: this process's group path} from /proc/self/cgroup ('/' where unknown)."""
+  paths = {'v2': '/', 'v1': '/'}
   try:
     with open(PROC_CGROUP) as f:
       for line in f:  # 'id:controllers:/path'
         _, controllers, path = line.rstrip('\n').split(':', 2)
-        if controllers == '' or 'memory' in controllers.split(','):
-          groups['' if controllers == '' else 'memory'] = path
+        if controllers == '':
+          paths['v2'] = path
+        elif 'memory' in controllers.split(','):
+          paths['v1'] = path
   except (OSError, ValueError):
     pass
-  groups.setdefault('memory', '/')
+  return paths
+
+
+def _cgroup_limit_files():
+  """The memory limit files of this process's cgroup and of those above it, in each hierarchy."""
+  paths = _cgroup_paths()
   files = []
-  for folder, name in (('', 'memory.max'), ('memory', 'memory.limit_in_bytes')):
-    parts = [p for p in groups.get(folder, '/').split('/') if p]
+  for version, mount_point, root in _cgroup_mounts():
+    path = paths[version]
+    if root != '/' and (path + '/').startswith(root.rstrip('/') + '/'):
+      path = path[len(root.rstrip('/')):]  # (the mount shows the hierarchy from root down)
+    parts = [p for p in path.split('/') if p]
     for depth in range(len(parts), -1, -1):
-      files.append(os.path.join(CGROUP_ROOT, folder, *parts[:depth], name))
+      files.append(os.path.join(mount_point, *parts[:depth], _LIMIT_FILE[version]))
   return files
 
 

@@ -53,9 +53,15 @@ def test_rules_do_not_depend_on_the_thread_count(monkeypatch):
 
 
 def test_memory_is_the_lower_of_the_machine_s_and_its_cgroups_limits(tmp_path, monkeypatch):
-  root, proc = tmp_path / 'cgroup', tmp_path / 'proc_self_cgroup'
-  monkeypatch.setattr(threads, 'CGROUP_ROOT', str(root))
+  root, proc, mountinfo = tmp_path / 'cgroup', tmp_path / 'proc_self_cgroup', tmp_path / 'mounts'
+  monkeypatch.setattr(threads, 'MOUNTINFO', str(mountinfo))
   monkeypatch.setattr(threads, 'PROC_CGROUP', str(proc))
+  # (no mountinfo: the usual places)
+  assert threads._cgroup_mounts() == list(threads._USUAL_MOUNTS)
+  mountinfo.write_text(
+      f'31 23 0:28 / {root} rw,relatime shared:9 - cgroup2 cgroup2 rw\n'
+      f'35 31 0:32 / {root}/memory rw,relatime - cgroup cgroup rw,cpu,memory\n'
+      f'36 31 0:33 / {root}/pids rw,relatime - cgroup cgroup rw,pids\n')
   physical = threads.memory_bytes()  # (no cgroup files)
   assert physical > 2**31  # (any machine that runs the suite)
 
@@ -65,12 +71,21 @@ def test_memory_is_the_lower_of_the_machine_s_and_its_cgroups_limits(tmp_path, m
 
   limit('memory.max', 'max')  # cgroup v2 without a limit
   limit('memory/memory.limit_in_bytes', '9223372036854771712')  # cgroup v1 without a limit
+  limit('pids/memory.limit_in_bytes', str(2**20))  # (not the memory hierarchy)
   assert threads.memory_bytes() == physical
   # A systemd unit's or a job's group, below the mount's root: its limit, or a parent's, binds.
   proc.write_text('0::/jobs/job1\n')
   limit('jobs/memory.max', str(3 * 2**30))
   limit('jobs/job1/memory.max', 'max')
   assert threads.memory_bytes() == 3 * 2**30
+  # A hierarchy mounted elsewhere (a space in its path), showing it from /jobs down.
+  elsewhere = tmp_path / 'my mounts' / 'v2'
+  mountinfo.write_text(
+      f'31 23 0:28 /jobs {str(elsewhere).replace(" ", chr(92) + "040")} rw - cgroup2 none rw\n')
+  (elsewhere / 'job1').mkdir(parents=True)
+  (elsewhere / 'job1' / 'memory.max').write_text(f'{5 * 2**29}\n')
+  assert threads.memory_bytes() == 5 * 2**29
+  mountinfo.write_text(f'35 31 0:32 / {root}/memory rw,relatime - cgroup cgroup rw,memory\n')
   proc.write_text('5:memory:/docker/abc\n0::/\n')
   limit('memory/docker/abc/memory.limit_in_bytes', str(2**30))
   assert threads.memory_bytes() == 2**30
