@@ -6,7 +6,7 @@ The config's `task` field picks the runner (brainjax/tasks/<task>.py); its
 import signal
 
 if __name__ == '__main__':
-  # Ctrl-C waits, blocked, until main() starts, instead of raising in the imports below: a
+  # Ctrl-C waits, blocked, until main() has imported the task, instead of raising in imports: a
   # KeyboardInterrupt raised in an extension module's initialisation becomes an ImportError,
   # which libraries' optional imports catch, and the run went on as if it had not been pressed
   # (for a Ctrl-C 0.2-0.8 s after the start, here).
@@ -142,13 +142,11 @@ def exit_now(code):
   os._exit(code)
 
 
-def set_up(config):
-  """(the task's module, workdir, the config.json text it held or None, the folders launch
-  made for it), once the hosts are joined and the settings checked; a refused setting exits
-  with one line."""
+def set_up(config, task):
+  """(workdir, the config.json text it held or None, the folders launch made for it), once the
+  hosts are joined and the settings checked; a refused setting exits with one line."""
   if config.get('multihost'):
     initialize_hosts(os.environ)
-  task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
     workdir = run_setup.resolve_paths(config, FLAGS.workdir)
     cache = run_setup.check_settings(config, task)
@@ -169,7 +167,7 @@ def set_up(config):
     sys.exit(f'error: {error}')
   logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
-  return task, workdir, previous_config, made
+  return workdir, previous_config, made
 
 
 def main(argv):
@@ -184,9 +182,12 @@ def main(argv):
     raise app.UsageError(f'unknown task {config.task!r}; known: {", ".join(run_setup.TASKS)}')
   if config.get('multihost') and config.task == 'predict':  # (every host would write the same)
     sys.exit('error: predict runs on one host; drop --config.multihost')
+  # (Imported before jax.distributed.initialize, which no import here needs to follow: they
+  # touch no backend. Up to 1 s of imports, while a Ctrl-C is still held.)
+  task = importlib.import_module(f'brainjax.tasks.{config.task}')
   try:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])  # (a Ctrl-C held: raised here)
-    task, workdir, previous_config, made = set_up(config)
+    workdir, previous_config, made = set_up(config, task)
   except KeyboardInterrupt:  # (e.g. while the hosts wait for each other)
     print('Interrupted before the run started.', file=sys.stderr)
     exit_now(130)
