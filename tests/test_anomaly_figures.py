@@ -18,6 +18,7 @@ def test_writes_png(tmp_path):
       labels[picked], predictions=np.array([1, 0, 0, 0]), names=list('abcd'), title='GIAEM')
   with Image.open(path) as png:
     assert png.format == 'PNG' and png.size[0] > 300 and png.size[1] > 300
+    assert np.asarray(png.convert('L')).std() > 10  # (drawn, not a blank canvas)
 
 
 def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, monkeypatch):

@@ -115,10 +115,12 @@ def test_a_cvae_reconstruction_compiles_once_per_network_whoever_builds_it():
   try:  # another, equal model's (as every predict call builds one)
     again = recon_error.reconstruction_error(
         cvae_cls.Reconstruction(cvae_cls.create_model(config)), images, variables=variables)
+    assert not lowerings
+    jax.jit(lambda x: x * 3.0)(images)  # (what a lowering does count)
   finally:
     jax.monitoring.unregister_event_duration_listener(count_lowerings)
   np.testing.assert_array_equal(again, first)
-  assert not lowerings
+  assert len(lowerings) == 1
 
 
 def test_stochastic_mode_averages_each_image_s_samples_before_normalising():

@@ -14,6 +14,7 @@ from sklearn import metrics as sk
 from brainjax.data.examples import Examples
 from brainjax.models import BrainCNN
 from brainjax.tasks import cnn_cls
+from brainjax.tasks import datasets
 from brainjax.train import reporting
 from brainjax.train.state import TrainState
 from configs import cnn_cls as cnn_config
@@ -75,6 +76,12 @@ def test_the_train_step_learns_which_slices_are_tumours():
   np.testing.assert_array_equal(predicted, labels)
 
 
+def _identity(path):
+  """Changes when a file is rewritten: in place (its time) or replaced (its inode)."""
+  stat = path.stat()
+  return stat.st_ino, stat.st_mtime_ns
+
+
 def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
   # (A rerun stopped before it changed its results must leave its workdir untouched.)
   def sets(*ids):
@@ -83,10 +90,10 @@ def test_eval_ids_are_written_once_and_again_only_when_they_change(tmp_path):
   path = tmp_path / 'eval_ids.json'
   reporting.write_eval_ids(str(tmp_path), val=sets('b', 'a'), test=sets('c'))
   assert json.loads(path.read_text()) == {'val': ['a', 'b'], 'test': ['c']}
-  written = path.stat().st_mtime_ns
+  written = _identity(path)
   time.sleep(0.01)
   reporting.write_eval_ids(str(tmp_path), val=sets('a', 'b'), test=sets('c'))
-  assert path.stat().st_mtime_ns == written
+  assert _identity(path) == written
   reporting.write_eval_ids(str(tmp_path), val=sets('a'), test=sets('c'))
   assert json.loads(path.read_text()) == {'val': ['a'], 'test': ['c']}
 
@@ -97,24 +104,28 @@ def test_test_scores_are_the_auroc_s_and_rewritten_only_when_they_change(tmp_pat
   log_odds = MARGINS.astype(np.float64)
   reporting.write_test_scores(str(tmp_path), _examples(), score=log_odds)
   path = tmp_path / reporting.TEST_SCORES
-  written = path.stat().st_mtime_ns
+  written = _identity(path)
   scores = reporting.read_test_scores(str(tmp_path))
   assert list(scores['id']) == [str(i) for i in range(7)]
   assert cnn_cls.metrics_of_log_odds(scores['label'], scores['score'])['auroc'] == (
       cnn_cls.metrics_of_log_odds(LABELS, log_odds)['auroc'])
   time.sleep(0.01)
   reporting.write_test_scores(str(tmp_path), _examples(), score=log_odds)
-  assert path.stat().st_mtime_ns == written
+  assert _identity(path) == written
   reporting.write_test_scores(str(tmp_path), _examples(), score=-log_odds)
   np.testing.assert_array_equal(reporting.read_test_scores(str(tmp_path))['score'], -log_odds)
 
 
 def test_checkpoints_are_picked_on_the_validation_slices(validated_on):
   # Test slices scoring the epochs would pick the checkpoint that is then tested on them.
-  validated, eval_ids = validated_on(cnn_cls, 'validation_metrics',
-                                     cnn_config.get_config('real,smoke'))
+  config = cnn_config.get_config('real,smoke')
+  validated, eval_ids = validated_on(cnn_cls, 'validation_metrics', config)
   assert sorted(map(str, validated.ids)) == eval_ids['val']
   assert set(validated.labels) == {0, 1} and not set(eval_ids['val']) & set(eval_ids['test'])
+  # ... the split's validation slices, as the split itself gives them (from the cache).
+  source = datasets.real_source(config)
+  parts = datasets.classifier_split(config, source, 'cnn')
+  assert sorted(map(str, source.examples.ids[parts.val])) == eval_ids['val']
 
 
 def test_the_train_step_runs_the_network_in_train_mode():

@@ -50,13 +50,19 @@ def test_options_are_for_cpu_only():
 
 
 @on_cpu
-def test_init_variables_light_optimization_same_values():
+def test_init_variables_light_optimization_same_values(monkeypatch):
   from brainjax import models  # pylint: disable=g-import-not-at-top
   from brainjax.train import state  # pylint: disable=g-import-not-at-top
   model = models.get_model('cnn', conv_widths=(4, 8), dense_widths=(8,))
   images = jnp.zeros((1, 32, 32, 1))
   rng = jax.random.PRNGKey(3)
+  requested = []
+  for_platform = compile_options.for_platform
+  monkeypatch.setattr(compile_options, 'for_platform',
+                      lambda platform, options: requested.append(options) or for_platform(
+                          platform, options))
   ours = state.init_variables(model, rng, images)
+  assert requested == [compile_options.LIGHT_OPTIMIZATION]
   default = jax.jit(lambda r: model.init(r, images, train=False))(rng)
   assert jax.tree.structure(ours) == jax.tree.structure(default)
   for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)):
@@ -109,6 +115,7 @@ def test_vae_sampler_light_optimization_same_samples_convolutions_in_eigen():
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 4)),
                          train=False)
   rng = jax.random.PRNGKey(1)
+  assert vae_gen.sample_images.cpu_options == compile_options.EIGEN_CONVOLUTIONS_LIGHT
   ours = vae_gen.sample_images.lower(model, variables, rng, 8).compile().as_text()
   assert _convolutions(ours)[0] == 0
   default = jax.jit(vae_gen.sample_images.__wrapped__, static_argnames=('model', 'num'),

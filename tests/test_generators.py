@@ -75,6 +75,11 @@ def test_gan_samples_are_images_in_range(tmp_path):
   out = np.asarray(gan_gen.sample_images(generator, state.generator.variables,
                                          jax.random.PRNGKey(2), 4))
   assert out.shape == (4, 128, 128, 1) and out.min() >= 0 and out.max() <= 1
+  # The generator's images of samples 0-3's noise, mapped from [-1, 1], and four different ones.
+  z = generation.latent_noise(jax.random.PRNGKey(2), 4, generator.latent_dim)
+  images_of_z = generator.apply(state.generator.variables, z, train=False)
+  np.testing.assert_allclose(out, (images_of_z + 1) / 2, rtol=1e-5, atol=1e-6)
+  assert len({sample.tobytes() for sample in out}) == 4 and out.std() > 0
   # An export's samples follow from its seed alone: the batch size it is drawn in (which a
   # manifest does not record) changed samples 5 to 9 of 10.
   sample_fn = functools.partial(gan_gen.sample_images, generator)
@@ -83,6 +88,21 @@ def test_gan_samples_are_images_in_range(tmp_path):
            for batch in (7, 3)]
   np.testing.assert_allclose(drawn[1], drawn[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(drawn[0][:4], out, rtol=1e-5, atol=1e-6)
+
+
+def test_gan_task_trains_and_exports(tmp_path):
+  """The whole GAN task on phantom data (the VAE's flow, generation.py, with the GAN's step)."""
+  workdir = str(tmp_path / 'run')
+  config = smoke(gan_config, 'negative', tmp_path, num_devices=1)
+  metrics = gan_gen.train_and_evaluate(config, workdir)
+  assert metrics['steps'] > 0 and metrics['exported'] == 10
+  assert np.isfinite([metrics['train_d_loss'], metrics['train_g_loss']]).all()
+  assert os.listdir(os.path.join(workdir, 'samples'))
+  provenance = json.load(open(os.path.join(workdir, 'synthetic', 'manifest.json')))['classes']
+  assert list(provenance) == ['no'] and provenance['no']['generator'] == 'gan_gen'
+  assert provenance['no']['checkpoint_step'] == metrics['steps']
+  exported = synthetic.read_synthetic(os.path.join(workdir, 'synthetic'))
+  assert len(exported) == 10 and (exported.labels == 0).all() and exported.images.std() > 0
 
 
 def test_gan_step_equals_the_plain_three_pass_update(tmp_path):

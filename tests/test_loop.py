@@ -402,7 +402,7 @@ def test_a_finished_run_run_again_writes_nothing(tmp_path):
   run(tmp_path, config(), evaluate=predict_and_improve)
 
   def files():
-    return {str(p): p.stat().st_mtime_ns for p in tmp_path.rglob('*')}
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in tmp_path.rglob('*')}
   before = files()
   _, summary = run(tmp_path, config(), evaluate=predict_and_improve)
   assert summary['steps'] == 12 and files() == before

@@ -304,6 +304,11 @@ def test_bfloat16_computation_keeps_float32_params():
                                                                              train=False)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   assert fake.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(fake)))
+  # Computed in bfloat16: not the float32 network's values, but within its rounding of them.
+  full = Generator(latent_dim=4, widths=(4, 4), image_size=32).apply(variables, normal((2, 4), 0),
+                                                                     train=False)
+  assert not np.array_equal(fake, full)
+  np.testing.assert_allclose(fake, full, atol=0.05)
 
 
 def test_bad_inputs_raise_clear_errors():

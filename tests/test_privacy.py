@@ -1,5 +1,6 @@
 """Tests for brainjax.evaluation.privacy."""
 import numpy as np
+from PIL import Image
 import pytest
 from scipy.spatial.distance import cdist
 
@@ -121,6 +122,8 @@ def test_worst_pairs_figure_writes_png(tmp_path):
   privacy.worst_pairs_figure(synthetic, train, np.array([[0, 5], [4, 1]]), path,
                              distances=[0.5, 1.25])
   assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  with Image.open(path) as png:
+    assert np.asarray(png.convert('L')).std() > 10  # (drawn, not a blank canvas)
   with pytest.raises(ValueError, match='out of range'):
     privacy.worst_pairs_figure(synthetic, train, np.array([[5, 0]]), tmp_path / 'bad.png')
 

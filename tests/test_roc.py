@@ -1,5 +1,6 @@
 """ROC curves: their area is the reported ROC AUC (ties included), and the figure is written."""
 import numpy as np
+from PIL import Image
 import pytest
 
 from brainjax.evaluation import classification
@@ -31,6 +32,8 @@ def test_figure_is_a_png(tmp_path):
   curves = [roc.make_curve('CNN, real', [0, 1, 0, 1], [0.1, 0.7, 0.4, 0.9])]
   path = roc.save_roc_figure(str(tmp_path / 'sub' / 'roc.png'), curves, title='t')
   assert open(path, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  with Image.open(path) as png:
+    assert np.asarray(png.convert('L')).std() > 10  # (drawn, not a blank canvas)
   with pytest.raises(ValueError, match='at least one curve'):
     roc.save_roc_figure(str(tmp_path / 'none.png'), [])
 

@@ -84,7 +84,8 @@ def jit(fun: Optional[Callable] = None, /, *,
 
   Usable as `@jit(static_argnames=...)`. The backend is looked up when called, not
   at import (a multi-host run creates it in `jax.distributed.initialize()`); one
-  compiled function per platform. `.lower(...)` lowers as jax.jit's does.
+  compiled function per platform. `.lower(...)` lowers as jax.jit's does; `.cpu_options`
+  are the options it was given.
   """
   if fun is None:
     return functools.partial(jit, cpu_options=cpu_options, **jit_kwargs)
@@ -98,4 +99,5 @@ def jit(fun: Optional[Callable] = None, /, *,
     return jitted(jax.default_backend())(*args, **kwargs)
 
   call.lower = lambda *args, **kwargs: jitted(jax.default_backend()).lower(*args, **kwargs)
+  call.cpu_options = cpu_options
   return call
