@@ -33,12 +33,12 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 class TinyNet(nn.Module):
   """Dense + BatchNorm: enough to exercise batch_stats and cross-device statistics."""
-  bn_axis_name: str = None
+  axis_name: str = None
 
   @nn.compact
   def __call__(self, x, train):
     x = nn.Dense(8, use_bias=False)(x)  # a bias before BatchNorm has no gradient
-    x = nn.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name)(x)
+    x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
     return nn.Dense(1)(nn.relu(x))[:, 0]
 
 

@@ -205,12 +205,12 @@ def test_one_adam_step_decreases_vae_and_cnn_losses():
     assert float(after) < float(before)
 
 
-def test_batch_norm_modes_and_statistics_shared_across_devices_with_bn_axis_name():
+def test_batch_norm_modes_and_statistics_shared_across_devices_with_axis_name():
   # vmap with an axis name stands in for pmap: two shards of two latents must
   # behave like one batch of four (pmean'd BatchNorm statistics).
   tiny = dict(latent_dim=4, widths=(4, 4), image_size=32)
   z = normal((4, 4), 0)
-  single, sharded = Generator(**tiny), Generator(**tiny, bn_axis_name='devices')
+  single, sharded = Generator(**tiny), Generator(**tiny, axis_name='devices')
   variables = jax.jit(single.init, static_argnames='train')(key(0), z, train=False)
 
   @jax.jit
@@ -470,7 +470,7 @@ def test_cnn_dropout_masks_do_not_depend_on_the_device_count():
   # one batch of four drops (each example's mask keyed by its index in the global batch).
   x = jax.random.uniform(key(1), (4, 16, 16, 1))
   single = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4))
-  sharded = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4), bn_axis_name='devices')
+  sharded = BrainCNN(conv_widths=(4, 4), dense_widths=(8, 4), axis_name='devices')
   variables = jax.jit(single.init, static_argnames='train')(key(0), x, train=False)
 
   @jax.jit

@@ -79,7 +79,7 @@ class BrainCNN(nn.Module):
   dense_widths: Sequence[int] = (1024, 512, 128)
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None  # the data-parallel axis: BatchNorm's and dropout's
+  axis_name: Optional[str] = None  # the data-parallel axis: BatchNorm's and dropout's
 
   @nn.compact
   def __call__(self, x: Array, train: bool, return_features: bool = False) -> Array:
@@ -93,10 +93,10 @@ class BrainCNN(nn.Module):
     x = x.astype(self.dtype)
     for width in self.conv_widths:
       x = conv(width, 3, dtype=self.dtype)(x)
-      x = max_pool_2x2(nn.relu(batch_norm(train, self.bn_axis_name, self.dtype)(x)))
+      x = max_pool_2x2(nn.relu(batch_norm(train, self.axis_name, self.dtype)(x)))
     x = x.reshape(x.shape[0], -1)
     for width in self.dense_widths:
-      x = ExampleDropout(self.dropout_rate, self.bn_axis_name)(x, deterministic=not train)
+      x = ExampleDropout(self.dropout_rate, self.axis_name)(x, deterministic=not train)
       x = nn.relu(nn.Dense(width, dtype=self.dtype)(x))
     if return_features:
       return x.astype(jnp.float32)

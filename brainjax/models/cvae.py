@@ -80,7 +80,7 @@ class BrainCVAE(nn.Module):
     """Latents (N, latent_dim) -> images (N, S, S, 1) in [0, 1]."""
     return self.decoder(z)
 
-  def __call__(self, x: Array, noise: Array, train: bool = True) -> Tuple[Array, Array, Array]:
+  def __call__(self, x: Array, noise: Array, train: bool = False) -> Tuple[Array, Array, Array]:
     """(recon in [0, 1], mean, logvar); z = mean + exp(logvar / 2) * noise.
 
     `noise` (N, latent_dim) is standard normal from the caller, as for the VAE.

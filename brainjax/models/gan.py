@@ -29,7 +29,7 @@ class Generator(nn.Module):
   widths: Sequence[int] = (128, 128, 64, 32)
   image_size: int = 128
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -40,7 +40,7 @@ class Generator(nn.Module):
     x = nn.Dense(size * size * base, dtype=self.dtype)(z.astype(self.dtype))
     x = nn.relu(x).reshape(z.shape[0], size, size, base)
     for width in self.widths[1:]:
-      x = UpsampleConvBlock(width, self.dtype, self.bn_axis_name)(x, train)
+      x = UpsampleConvBlock(width, self.dtype, self.axis_name)(x, train)
     x = UpsampleConv(1, self.dtype)(x)
     return jnp.tanh(x.astype(jnp.float32))
 

@@ -197,12 +197,12 @@ class UpsampleConvBlock(nn.Module):
   """2x nearest upsample, 3x3 conv (pad 1), BatchNorm, ReLU."""
   features: int
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Array:
     x = UpsampleConv(self.features, self.dtype, name='Conv_0')(x)
-    return nn.relu(batch_norm(train, self.bn_axis_name, self.dtype)(x))
+    return nn.relu(batch_norm(train, self.axis_name, self.dtype)(x))
 
 
 def check_image(x: Array, image_size: int, who: str) -> None:

@@ -24,14 +24,14 @@ class VAEEncoder(nn.Module):
   latent_dim: int
   widths: Sequence[int]
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array, train: bool) -> Tuple[Array, Array]:
     x = x.astype(self.dtype)
     for width in self.widths:
       x = conv(width, 3, strides=2, dtype=self.dtype)(x)
-      x = nn.leaky_relu(batch_norm(train, self.bn_axis_name, self.dtype)(x), 0.2)
+      x = nn.leaky_relu(batch_norm(train, self.axis_name, self.dtype)(x), 0.2)
     x = x.reshape(x.shape[0], -1)
     mean = nn.Dense(self.latent_dim, dtype=self.dtype, name='mean')(x)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name='logvar')(x)
@@ -43,7 +43,7 @@ class VAEDecoder(nn.Module):
   widths: Sequence[int]
   image_size: int
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   @nn.compact
   def __call__(self, z: Array, train: bool) -> Array:
@@ -51,7 +51,7 @@ class VAEDecoder(nn.Module):
     x = nn.Dense(size * size * self.widths[0], dtype=self.dtype)(z.astype(self.dtype))
     x = nn.relu(x).reshape(z.shape[0], size, size, self.widths[0])
     for width in self.widths[1:]:
-      x = UpsampleConvBlock(width, self.dtype, self.bn_axis_name)(x, train)
+      x = UpsampleConvBlock(width, self.dtype, self.axis_name)(x, train)
     x = UpsampleConv(1, self.dtype)(x)
     return x.astype(jnp.float32)
 
@@ -68,11 +68,11 @@ class VAE(nn.Module):
   decoder_widths: Sequence[int] = (1024, 512, 512, 256, 128, 64)
   image_size: int = 128
   dtype: Any = jnp.float32
-  bn_axis_name: Optional[str] = None
+  axis_name: Optional[str] = None
 
   def setup(self):
-    self.encoder = VAEEncoder(self.latent_dim, self.encoder_widths, self.dtype, self.bn_axis_name)
-    self.decoder = VAEDecoder(self.decoder_widths, self.image_size, self.dtype, self.bn_axis_name)
+    self.encoder = VAEEncoder(self.latent_dim, self.encoder_widths, self.dtype, self.axis_name)
+    self.decoder = VAEDecoder(self.decoder_widths, self.image_size, self.dtype, self.axis_name)
 
   def encode(self, x: Array, train: bool) -> Tuple[Array, Array]:
     """Images -> (mean, logvar), each (N, latent_dim)."""

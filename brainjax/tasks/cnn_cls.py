@@ -23,7 +23,7 @@ from brainjax.train.state import init_variables
 
 def create_model(config, axis_name=None):
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
-  return models.get_model('cnn', **config.model, dtype=dtype, bn_axis_name=axis_name)
+  return models.get_model('cnn', **config.model, dtype=dtype, axis_name=axis_name)
 
 
 def create_train_state(config, model, rng):

@@ -32,7 +32,7 @@ def create_models(config, axis_name=None):
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   size = config.data.image_size
   return (models.get_model('generator', **config.generator, image_size=size, dtype=dtype,
-                           bn_axis_name=axis_name),
+                           axis_name=axis_name),
           models.get_model('discriminator', **config.discriminator, image_size=size, dtype=dtype))
 
 

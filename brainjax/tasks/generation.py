@@ -40,11 +40,14 @@ def sample_in_batches(sample_fn, variables, rng, num, batch_size):
 def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):
   """An epoch-end `evaluate` for `loop.fit` saving a grid of samples from fixed noise.
 
-  `sample_fn(variables, rng, num)` returns images in [0, 1]; `variables_of(state)` picks
-  the generator's variables out of a training state.
+  `sample_fn(variables, rng, num, first=0)` returns images in [0, 1] (samples first ..
+  first + num - 1 of rng); `variables_of(state)` picks the generator's variables out of a
+  training state.
   """
-  # (folded in, not seed + 1: that is seed + 1's own key, and past 2**32 - 1 wraps to key 0)
-  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+  # A key no training step draws (step k's is fold_in(PRNGKey(seed), k); with 1 here, the
+  # grid's noise was that of step 1's first examples), nor another seed's (seed + 1 is that
+  # seed's own key, and past 2**32 - 1 wraps to key 0).
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 2**32 - 1)
 
   def evaluate(state):
     images = np.asarray(sample_fn(variables_of(state), rng, num))
@@ -104,8 +107,8 @@ def check_config(config):
 def run(config, workdir, state, step_fn, sample_fn, variables_of):
   """The generator task: train (or, in mode 'generate', restore) then export.
 
-  `step_fn` is the compiled-by-`loop.fit` train step, `sample_fn(variables, rng, num)` the
-  jitted sampler and `variables_of(state)` the generator's variables in a training state.
+  `step_fn` is the train step `loop.fit` compiles, `sample_fn(variables, rng, num, first=0)`
+  the jitted sampler and `variables_of(state)` the generator's variables in a training state.
   """
   check_config(config)  # (launch.py checks it first; a direct caller here)
   source = datasets.real_source(config)

@@ -21,7 +21,7 @@ from brainjax.train.state import init_variables
 def create_model(config, axis_name=None):
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
   return models.get_model('vae', **config.model, image_size=config.data.image_size, dtype=dtype,
-                          bn_axis_name=axis_name)
+                          axis_name=axis_name)
 
 
 def create_train_state(config, model, rng):

@@ -174,15 +174,23 @@ def restore_best(workdir, state_template):
   """The best-validation-loss state saved by `loop.fit` in `workdir` (which it leaves as it
   is: predict reads a run it must not change)."""
   mngr = manager(os.path.join(workdir, 'best'), 1, create=False)
-  if mngr.latest_step() is None:
-    raise FileNotFoundError(f'no best checkpoint in {workdir}/best: the run has not been '
-                            'trained, or none of its validation losses was finite')
-  return restore(mngr, state_template)[0]
+  try:
+    if mngr.latest_step() is None:
+      raise FileNotFoundError(f'no best checkpoint in {workdir}/best: the run has not been '
+                              'trained, or none of its validation losses was finite')
+    return restore(mngr, state_template)[0]
+  finally:
+    mngr.close()
 
 
 def restore_latest(workdir, state_template):
-  """The newest state saved by `loop.fit` in `workdir` (which it leaves as it is)."""
+  """(state, meta) of the newest checkpoint `loop.fit` saved in `workdir` (which it leaves as
+  it is)."""
   mngr = manager(os.path.join(workdir, 'checkpoints'), 1, create=False)
-  if mngr.latest_step() is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: has this run been trained?')
-  return restore(mngr, state_template)
+  try:
+    if mngr.latest_step() is None:
+      raise FileNotFoundError(f'no checkpoint in {workdir}/checkpoints: has this run been '
+                              'trained?')
+    return restore(mngr, state_template)
+  finally:
+    mngr.close()

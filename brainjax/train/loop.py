@@ -1,6 +1,6 @@
 """The one training skeleton every brainjax model shares.
 
-`fit` compiles a task's pure `train_step(state, batch, rng, axis_name) -> (state, metrics)`
+`fit` compiles a task's pure `train_step(state, batch, rng, *, axis_name) -> (state, metrics)`
 (jit on one device, pmap over several, of one host or many), feeds it shuffled batches,
 logs, checkpoints with Orbax (written in the background while training goes on), resumes
 from the latest checkpoint, keeps the best one by validation loss, lowers the learning rate
@@ -38,7 +38,8 @@ class Plateau:
 
 
 def plateau_update(plateau, val_loss, factor, patience):
-  """Multiplies `scale` by `factor` after `patience` epochs without a new best loss."""
+  """Multiplies `scale` by `factor` at the (patience + 1)-th epoch in a row without a new best
+  loss (any decrease is one): torch's ReduceLROnPlateau with threshold 0."""
   if val_loss < plateau.best:
     return Plateau(best=val_loss, bad_epochs=0, scale=plateau.scale)
   if plateau.bad_epochs + 1 > patience:
@@ -437,6 +438,7 @@ def fit(config, workdir, state, train_step, train_arrays, *,
         # (at a log step: its loss was just checked finite, above)
         if step % config.log_every_steps == 0 and saves.due(step, total_steps):
           save(place.to_host(state))
+          timer = time.perf_counter()  # (as after an epoch's saves, below)
 
       if evaluate is not None:
         trained = place.trained(state)  # (the next step donates its buffers)
