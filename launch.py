@@ -204,6 +204,12 @@ def main(argv):
       print(f'Interrupted: the same command goes on with {workdir} from where it stopped (its '
             'last checkpoint, if any).', file=sys.stderr)
       exit_now(130)  # (128 + SIGINT, as a shell reports it)
+    if jax.process_count() > 1:
+      # The other hosts wait for this one in a collective: the interpreter's exit held it in
+      # jax.distributed's shutdown barrier for 5 minutes, then aborted every host. Leaving at
+      # once, it closes its connections, and the others stop within seconds (a Gloo error).
+      print(f'error: {error}', file=sys.stderr)
+      exit_now(1)
     sys.exit(f'error: {error}')
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
 

@@ -118,16 +118,18 @@ def test_two_hosts_through_launch_write_one_run_equal_to_one_host(tmp_path):
       assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-def _launch_two_hosts_apart(workdir, args):
-  """launch.py as two hosts, host i with args[i], whatever their exit; (returncode, output)."""
+def _launch_two_hosts_apart(workdir, args, programs=(['launch.py'],) * 2, timeout=300):
+  """launch.py (or programs[i]) as two hosts, host i with args[i], whatever their exit;
+  (returncode, output)."""
   port = _free_port()
   hosts = [subprocess.Popen(
-      [sys.executable, 'launch.py', *host_args, '--config.multihost=True', f'--workdir={workdir}'],
+      [sys.executable, *program, *host_args, '--config.multihost=True', f'--workdir={workdir}'],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
-           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)}) for i, host_args in enumerate(args)]
+           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
+           for i, (program, host_args) in enumerate(zip(programs, args))]
   try:
-    return [(host.communicate(timeout=300)[0], host.returncode)[::-1] for host in hosts]
+    return [(host.communicate(timeout=timeout)[0], host.returncode)[::-1] for host in hosts]
   finally:
     for host in hosts:
       host.kill()
@@ -165,3 +167,35 @@ def test_a_setting_the_first_host_alone_refuses_leaves_no_workdir_the_others_mad
   assert 'learning_rate' in log0
   assert 'error: host 0 refused the run; its log says why' in log1
   assert not (tmp_path / 'new').exists()
+
+
+# launch.py as a host whose second sample grid finds the disk full (host 0 alone writes them).
+_FULL_DISK_HOST = """
+import sys
+from absl import app
+import launch
+from brainjax.train import reporting
+save_image_grid, grids = reporting.save_image_grid, []
+def save_or_find_the_disk_full(path, images):
+  grids.append(path)
+  if len(grids) == 2:
+    raise OSError(28, 'No space left on device', path)
+  return save_image_grid(path, images)
+reporting.save_image_grid = save_or_find_the_disk_full
+sys.argv = ['launch.py', *sys.argv[1:]]
+app.run(launch.main, flags_parser=launch.parse_flags)
+"""
+
+
+def test_a_host_failing_mid_run_stops_every_host_within_seconds(tmp_path):
+  # It waited 5 minutes in jax.distributed's shutdown barrier, the other in a collective, and
+  # both then aborted with a C++ stack dump.
+  args = ['--config=configs/vae_gen.py:positive,smoke', f'--config.cache_dir={tmp_path}/cache',
+          '--config.num_devices=1', '--config.num_epochs=6']
+  (code0, log0), (code1, log1) = _launch_two_hosts_apart(
+      tmp_path / 'run', [args, args], programs=(['-c', _FULL_DISK_HOST], ['launch.py']),
+      timeout=120)
+  assert code0 == 1 and log0.strip().splitlines()[-1].startswith(
+      'error: [Errno 28] No space left on device'), log0[-3000:]
+  assert 'Traceback' not in log0
+  assert code1 != 0 and 'step 2/12' in log1, log1[-3000:]  # (it had trained beside host 0)
