@@ -17,6 +17,7 @@ import logging as std_logging
 import os
 import sys
 import time
+import traceback
 import types
 
 from absl import app
@@ -211,6 +212,11 @@ def main(argv):
       print(f'error: {error}', file=sys.stderr)
       exit_now(1)
     sys.exit(f'error: {error}')
+  except Exception:  # (a bug: its traceback, and on several hosts the same prompt exit)
+    if jax.process_count() > 1:
+      traceback.print_exc()
+      exit_now(1)
+    raise
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
 
 

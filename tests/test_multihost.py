@@ -169,33 +169,38 @@ def test_a_setting_the_first_host_alone_refuses_leaves_no_workdir_the_others_mad
   assert not (tmp_path / 'new').exists()
 
 
-# launch.py as a host whose second sample grid finds the disk full (host 0 alone writes them).
-_FULL_DISK_HOST = """
+# launch.py as a host whose second sample grid fails (host 0 alone writes them) with the
+# error argv[1] names.
+_FAILING_HOST = """
 import sys
 from absl import app
 import launch
 from brainjax.train import reporting
+error = {'full_disk': OSError(28, 'No space left on device'), 'bug': RuntimeError('a bug')}[
+    sys.argv.pop(1)]
 save_image_grid, grids = reporting.save_image_grid, []
-def save_or_find_the_disk_full(path, images):
+def save_or_fail(path, images):
   grids.append(path)
   if len(grids) == 2:
-    raise OSError(28, 'No space left on device', path)
+    raise error
   return save_image_grid(path, images)
-reporting.save_image_grid = save_or_find_the_disk_full
+reporting.save_image_grid = save_or_fail
 sys.argv = ['launch.py', *sys.argv[1:]]
 app.run(launch.main, flags_parser=launch.parse_flags)
 """
 
 
-def test_a_host_failing_mid_run_stops_every_host_within_seconds(tmp_path):
+@pytest.mark.parametrize('failure, last_line', [
+    ('full_disk', 'error: [Errno 28] No space left on device'),
+    ('bug', 'RuntimeError: a bug')])
+def test_a_host_failing_mid_run_stops_every_host_within_seconds(tmp_path, failure, last_line):
   # It waited 5 minutes in jax.distributed's shutdown barrier, the other in a collective, and
   # both then aborted with a C++ stack dump.
   args = ['--config=configs/vae_gen.py:positive,smoke', f'--config.cache_dir={tmp_path}/cache',
           '--config.num_devices=1', '--config.num_epochs=6']
   (code0, log0), (code1, log1) = _launch_two_hosts_apart(
-      tmp_path / 'run', [args, args], programs=(['-c', _FULL_DISK_HOST], ['launch.py']),
+      tmp_path / 'run', [args, args], programs=(['-c', _FAILING_HOST, failure], ['launch.py']),
       timeout=120)
-  assert code0 == 1 and log0.strip().splitlines()[-1].startswith(
-      'error: [Errno 28] No space left on device'), log0[-3000:]
-  assert 'Traceback' not in log0
+  assert code0 == 1 and log0.strip().splitlines()[-1] == last_line, log0[-3000:]
+  assert ('Traceback' in log0) == (failure == 'bug')  # (a bug's traceback, else one line)
   assert code1 != 0 and 'step 2/12' in log1, log1[-3000:]  # (it had trained beside host 0)
