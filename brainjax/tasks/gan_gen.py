@@ -85,8 +85,8 @@ def train_step(state, batch, rng, *, generator, discriminator, axis_name=None):
   g_loss, fake_grads = jax.value_and_grad(lambda f: generator_loss(criticise(d.params, f)))(fake)
   g_grads, = generator_vjp(fake_grads)
   g = g.apply_gradients(parallel.mean_over_devices(g_grads, axis_name), g_batch_stats)
-  metrics = parallel.mean_over_devices({'loss': g_loss + d_loss, 'g_loss': g_loss,
-                                        'd_loss': d_loss}, axis_name)
+  # (no 'loss': the sum of two adversaries' losses measures nothing)
+  metrics = parallel.mean_over_devices({'g_loss': g_loss, 'd_loss': d_loss}, axis_name)
   return GANState(g, d), metrics
 
 
