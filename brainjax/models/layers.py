@@ -141,12 +141,19 @@ def _normalize_batch_bwd(epsilon, axis_name, residuals, cotangents):
 normalize_batch.defvjp(_normalize_batch_fwd, _normalize_batch_bwd)
 
 
+def index_keys(rng: Array, first, num: int) -> Array:
+  """(num,) keys fold_in(rng, first + i): one per item of a sequence by its index in it (an
+  example of the global batch, a generator's sample), so what is drawn for an item does not
+  depend on the batch or the device it is drawn in."""
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(num))
+
+
 def example_keys(rng: Array, local_batch: int, axis_name: Optional[str] = None) -> Array:
-  """One PRNG key per example of this device's rows, fold_in(rng, i) with i the example's
-  index in the *global* batch (rows of device d start at d * local_batch): random draws made
-  from them do not depend on how many devices share the batch."""
+  """One PRNG key per example of this device's rows, by the example's index in the *global*
+  batch (rows of device d start at d * local_batch): random draws made from them do not
+  depend on how many devices share the batch."""
   offset = 0 if axis_name is None else lax.axis_index(axis_name) * local_batch
-  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(local_batch))
+  return index_keys(rng, offset, local_batch)
 
 
 # _PHASE_ROWS[a][t]: the 3x3 kernel rows that land on row t of the 2x2 window

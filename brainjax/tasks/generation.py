@@ -4,11 +4,11 @@ import re
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from brainjax import threads
 from brainjax.data import synthetic
+from brainjax.models import layers
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
 from brainjax.train import loop
@@ -22,9 +22,9 @@ def class_training_set(config, source):
 
 
 def latent_noise(rng, num, latent_dim, first=0):
-  """(num, latent_dim) standard normal rows; row i drawn from fold_in(rng, first + i), so a
-  sample depends on its index, not on the batch it is drawn in (nor the batch size)."""
-  keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(first + jnp.arange(num))
+  """(num, latent_dim) standard normal rows of samples first .. first + num - 1 of rng, each
+  from its own key (layers.index_keys, the scheme of the training noise too)."""
+  keys = layers.index_keys(rng, first, num)
   return jax.vmap(lambda key: jax.random.normal(key, (latent_dim,)))(keys)
 
 
