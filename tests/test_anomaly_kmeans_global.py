@@ -47,6 +47,17 @@ def test_matches_sklearn_lloyd_from_the_same_start(threshold):
   np.testing.assert_allclose(ours, reference_loop.global_scores(errors, threshold), atol=1e-12)
 
 
+@pytest.mark.parametrize('max_iter', [1, 2, 3])
+def test_max_iter_counts_centroid_updates_as_scikit_learn_does(max_iter):
+  # scikit-learn's max_iter=m moves the centroids m times (m=1: once, from the start split)
+  errors, _, _ = synthetic_maps.synthetic_error_maps(60, 24, seed=1)
+  thresholds = np.array([0.01, 0.05, 0.3], np.float32)
+  grid = kmeans_global.global_kmeans_grid_scores(errors, thresholds, max_iter=max_iter)
+  for k, t in enumerate(thresholds):
+    np.testing.assert_allclose(grid.scores[:, k],
+                               reference_loop.global_scores(errors, t, max_iter), atol=1e-12)
+
+
 def test_grid_matches_single_fits():
   errors, _, _ = synthetic_maps.synthetic_error_maps(40, 24, seed=2)
   thresholds = np.array([0.0, 0.01, 0.02, 0.1, 0.4, 0.8], np.float32)  # dense and sparse regimes

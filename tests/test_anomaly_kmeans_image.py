@@ -1,4 +1,6 @@
 """Single-image KMeans: known answer, and agreement with scikit-learn."""
+import fractions
+
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
@@ -91,6 +93,25 @@ def test_a_constant_map_has_no_anomalous_cluster():
   for value in (0.3, 0.7):  # 8 x 8: no coarse stage
     flat = np.full((1, 64), value, np.float32)
     assert kmeans_image.kmeans_image(flat, tumor_index=0.01, image_shape=(8, 8)).score[0] == 0.0
+
+
+def test_clusters_with_exactly_equal_mean_errors_are_a_tie_not_a_rounding_error():
+  # Maps of tenths (16 x 16: no coarse stage) where the two final clusters' mean errors are
+  # equal as exact fractions, though their float32 centroids differ in the last bit: the
+  # float32 order had called one half of the map anomalous, scikit-learn's float64 neither.
+  rng = np.random.default_rng(9)
+  for _ in range(4):  # the fourth draw of this generator holds such a map (its fifth image)
+    n, side = int(rng.integers(4, 12)), int(rng.choice([4, 8, 16]))
+    errors = (np.round(rng.random((n, side * side)).astype(np.float32) * 10) / 10).astype(
+        np.float32)
+  one = errors[4:5]
+  _, second, centroids = kmeans_image.kmeans_image_clusters(one)
+  members = [one[0][~second[0]], one[0][second[0]]]
+  means = [sum(fractions.Fraction(float(v)) for v in m) / len(m) for m in members]
+  assert side == 16 and means[0] == means[1]
+  assert centroids[0, 0, 0] != centroids[0, 1, 0]  # (what the rule had compared)
+  assert kmeans_image.kmeans_image_scores(one)[0] == 0.0
+  assert reference_loop.anomalous_share(one[0], 16, 16) == 0.0
 
 
 def test_bad_max_iter():

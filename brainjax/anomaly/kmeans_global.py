@@ -183,7 +183,7 @@ def _lloyd(x: _BinaryRows, max_iter: int):
   upper = np.where(new_member, dist[:, 1], dist[:, 0])  # >= distance to own centroid
   lower = np.where(new_member, dist[:, 0], dist[:, 1])  # <= distance to the other
   slack = 1e-9 * (1.0 + float(np.sqrt(x.num_cols)))
-  for _ in range(max_iter - 1):  # the start above was the first iteration
+  for _ in range(max_iter):  # an iteration: update the centroids, then assign (scikit-learn's)
     moved = new_member != member
     if not moved.any():
       break
