@@ -2,9 +2,9 @@
 
 Rule. Each image's pixels, with features (error, row / H, col / W) (see
 pixel_features), are split into two clusters by Lloyd's algorithm; the anomalous
-cluster is the one whose centroid has the larger error (equal errors: neither, as
-in a constant map); score = the anomalous cluster's share of the image; tumour if
-score >= tumor_index. The clustering depends on no hyperparameter, so it is
+cluster is the one whose members have the larger mean error (equal means: neither,
+as in a constant map; see anomalous_cluster); score = the anomalous cluster's share
+of the image; tumour if score >= tumor_index. The clustering depends on no hyperparameter, so it is
 computed once per image and every tumor_index is then a comparison.
 
 Initialisation (deterministic, no random restarts), two-stage because Lloyd
@@ -43,6 +43,9 @@ _IMAGES_PER_CALL = 64
 # 8 run until all have converged).
 _SLOTS = 8
 _COARSE = 4  # pooling factor of the initialisation stage
+# Relative gap below which two clusters' mean errors are equal: float64 sums of up to 2**16
+# float32 errors in another order differ by far less.
+TIE_RTOL = 1e-9
 
 
 def _squared_distances(errors, rows, cols, point):
@@ -161,6 +164,34 @@ def _cluster_chunk(errors, num_images, h, w, max_iter):
   return _assign(errors, rows, cols, centroids), centroids
 
 
+def _cluster_mean_errors(errors, second, centroids):
+  """float64 (N,), (N,): each image's mean error in its first and second cluster, summed in
+  float64 (the float32 centroids carry the rounding of the sums: exactly equal means came
+  out unequal, and unequal ones equal). An empty cluster keeps its centroid's error."""
+  means = np.empty((len(errors), 2))
+
+  def fill(rows: slice):
+    e, in_second = errors[rows], second[rows]
+    for k, members in enumerate((~in_second, in_second)):
+      count = members.sum(axis=1)
+      total = np.sum(e, axis=1, dtype=np.float64, where=members)
+      means[rows, k] = np.where(count > 0, total / np.maximum(count, 1), centroids[rows, k, 0])
+
+  threads.thread_map(fill, threads.row_chunks(len(errors), errors.shape[1]))
+  return means[:, 0], means[:, 1]
+
+
+def anomalous_cluster(mean_first, mean_second):
+  """(second is anomalous, tie), bool arrays: the anomalous cluster has the larger mean error;
+  means within TIE_RTOL of each other (a constant map's, or exactly equal ones as float64 sums
+  give them) are a tie, and neither cluster is anomalous (as GIAEM and DBSCAN find nothing in
+  a constant map, which minmax normalisation makes all zeros: a perfect reconstruction)."""
+  mean_first, mean_second = np.asarray(mean_first), np.asarray(mean_second)
+  scale = np.maximum(np.abs(mean_first), np.abs(mean_second))
+  tie = np.abs(mean_second - mean_first) <= TIE_RTOL * scale
+  return (mean_second > mean_first) & ~tie, tie
+
+
 def kmeans_image_clusters(errors: np.ndarray, image_shape: Optional[Sequence[int]] = None,
                           max_iter: int = 100):
   """Clusters every image once.
@@ -190,15 +221,7 @@ def kmeans_image_clusters(errors: np.ndarray, image_shape: Optional[Sequence[int
   # Calls from one thread per core run side by side (1.7x on 2 cores; XLA's own
   # threads have little to split in such small steps).
   threads.thread_map(cluster, [slice(start, start + batch) for start in range(0, n, batch)])
-  # The anomalous cluster has the larger mean error. Equal ones (a constant map, which
-  # minmax normalisation makes all zeros: a perfect reconstruction) split the image by
-  # position only, so neither is anomalous, as GIAEM and DBSCAN find nothing there. (A
-  # constant map is tested as such: its float32 means, of sums of different sizes, can
-  # differ by a rounding error.)
-  second_is_anomalous = centroids[:, 1, 0] > centroids[:, 0, 0]
-  tie = centroids[:, 1, 0] == centroids[:, 0, 0]
-  close = np.flatnonzero(np.isclose(centroids[:, 1, 0], centroids[:, 0, 0], rtol=1e-5, atol=0))
-  tie[close] |= np.ptp(errors[close], axis=1) == 0  # (only those: all 3000 maps take ~30 ms)
+  second_is_anomalous, tie = anomalous_cluster(*_cluster_mean_errors(errors, second, centroids))
   anomalous = (second == second_is_anomalous[:, None]) & ~tie[:, None]
   return anomalous, second, centroids
 

@@ -8,7 +8,9 @@ direct implementation would: GIAEM's anomalous fraction once per threshold, one
 scikit-learn DBSCAN per image and (threshold, eps, min_samples), one scikit-learn
 KMeans per image (single-image rule) or per threshold (global rule); then the
 metric of every grid point from its own predictions. Rule definitions and
-tie-breaking are those of the fast path (see the rule modules).
+tie-breaking are those of the fast path (see the rule modules), except where
+kmeans_global says they differ (rows exactly as far from both centroids; rows
+that all have the same mass).
 
 Also `benchmark`, which times both on the same maps and checks they agree.
 """
@@ -94,10 +96,10 @@ def anomalous_share(error_row, h, w, max_iter=100):
     init = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter).fit(
         coarse).cluster_centers_
   fitted = cluster.KMeans(2, init=init, n_init=1, tol=0, max_iter=max_iter).fit(features)
-  centres = fitted.cluster_centers_[:, 0]
-  if centres[0] == centres[1]:  # no anomalous cluster
-    return 0.0
-  return np.mean(fitted.labels_ == int(np.argmax(centres)))
+  labels = fitted.labels_
+  means = [np.mean(error_row[labels == k], dtype=np.float64) for k in (0, 1)]
+  second_is_anomalous, tie = kmeans_image.anomalous_cluster(*means)
+  return 0.0 if tie else np.mean(labels == int(second_is_anomalous))
 
 
 def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,
