@@ -40,6 +40,29 @@ def test_dcr_finds_the_nearest_record_under_a_large_common_offset():
   np.testing.assert_array_equal(indices, cdist(queries, references).argmin(axis=1))
 
 
+@pytest.mark.parametrize('block', [1, 2, 3])
+def test_an_exact_copy_beats_a_near_copy_the_expansion_ranks_first(block):
+  # 0-255 pixels: the expansion's rounding (~1e-16 |q|^2) exceeds a 1e-4 gap, and it had
+  # picked the near-copy for 47 of 200 such queries, reporting a copy at a non-zero DCR.
+  rng = np.random.default_rng(0)
+  misses = 0
+  for t in range(50):
+    a = rng.random(4096) * 255
+    near = a.copy()
+    near[rng.integers(4096)] += 1e-4
+    references = np.stack([near, a, -a]) if t % 2 else np.stack([a, near, -a])
+    distances, indices = privacy.distance_to_closest_record(a[None], references, block)
+    misses += (distances[0], indices[0]) != (0.0, t % 2)
+  assert misses == 0
+
+
+def test_many_equally_near_references_keep_the_lowest_index():
+  references = np.tile(np.arange(64.0), (3000, 1))  # one row, 3000 times: all candidates
+  distances, indices = privacy.distance_to_closest_record(references[:5] + 0.5, references, 1024)
+  np.testing.assert_array_equal(indices, 0)
+  np.testing.assert_allclose(distances, 4.0)  # sqrt(64 * 0.25)
+
+
 def test_dcr_ties_go_to_the_lowest_reference_index_across_blocks():
   references = np.array([[1.0], [-1.0], [3.0], [1.0]])  # 0, 1 and 3 all at distance 1 from 0
   for block in (1, 2, 4):

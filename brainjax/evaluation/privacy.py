@@ -29,11 +29,13 @@ def distance_to_closest_record(queries, references, block: int = 1024
   """Exact L2 distance from each query to its nearest reference, and its index.
 
   Both sets are processed `block` rows at a time (in float64), so memory is
-  O(block * (block + D)) beyond the inputs. The nearest neighbour is found with
-  the |q|^2 + |r|^2 - 2 q.r expansion, on rows centred on the references' mean (a
-  common offset would otherwise swamp small gaps), and its distance is then
-  recomputed directly, so returned distances carry no cancellation error, even for
-  near-copies. Ties go to the lowest reference index.
+  O(block * (block + D)) beyond the inputs. Candidates come from the
+  |q|^2 + |r|^2 - 2 q.r expansion, on rows centred on the references' mean (a
+  common offset would otherwise swamp small gaps): every reference whose expanded
+  distance is within the expansion's rounding bound of the smallest. Their distances
+  are then computed directly, so the nearest is found, and its distance carries no
+  cancellation error, even among near-copies (an exact copy is at 0, not beaten by a
+  near-copy the rounding put ahead). Ties go to the lowest reference index.
 
   Args:
     queries: (N, ...) array, flattened to (N, D).
@@ -51,27 +53,39 @@ def distance_to_closest_record(queries, references, block: int = 1024
   if block < 1:
     raise ValueError(f'block must be >= 1, got {block}')
   n, m = len(q_all), len(r_all)
-  best_sq = np.full(n, np.inf)
-  best_idx = np.zeros(n, dtype=np.int64)
   centre = r_all.mean(axis=0, dtype=np.float64)
+
+  def centred(x, start):
+    return x[start:start + block].astype(np.float64) - centre
+
+  max_r_sq = max(float(np.sum(centred(r_all, s) ** 2, axis=1).max()) for s in range(0, m, block))
+  # |error| of one expanded squared distance <= 2 D eps (|q|^2 + |r|^2) (the sums and the dot
+  # product in float64); a candidate may sit two such errors above the smallest.
+  rounding = 4 * q_all.shape[1] * np.finfo(np.float64).eps
+  best_expanded = np.full(n, np.inf)
+  best_sq = np.full(n, np.inf)  # the direct squared distance to best_idx
+  best_idx = np.zeros(n, dtype=np.int64)
   for r_start in range(0, m, block):
-    r = r_all[r_start:r_start + block].astype(np.float64) - centre
+    r = centred(r_all, r_start)
     r_sq = np.sum(r ** 2, axis=1)
     for q_start in range(0, n, block):
-      q = q_all[q_start:q_start + block].astype(np.float64) - centre
-      sq = np.sum(q ** 2, axis=1)[:, None] + r_sq[None, :] - 2.0 * (q @ r.T)
-      j = np.argmin(sq, axis=1)
-      candidate = sq[np.arange(len(q)), j]
+      q = centred(q_all, q_start)
+      q_sq = np.sum(q ** 2, axis=1)
+      expanded = q_sq[:, None] + r_sq[None, :] - 2.0 * (q @ r.T)
       rows = slice(q_start, q_start + len(q))
-      better = candidate < best_sq[rows]  # strict: earlier blocks win ties
-      best_sq[rows] = np.where(better, candidate, best_sq[rows])
-      best_idx[rows] = np.where(better, j + r_start, best_idx[rows])
-  distances = np.empty(n)
-  for q_start in range(0, n, block):
-    rows = slice(q_start, q_start + block)
-    diff = q_all[rows].astype(np.float64) - r_all[best_idx[rows]].astype(np.float64)
-    distances[rows] = np.sqrt(np.sum(diff ** 2, axis=1))
-  return distances, best_idx
+      best_expanded[rows] = np.minimum(best_expanded[rows], expanded.min(axis=1))
+      bound = best_expanded[rows] + rounding * (q_sq + max_r_sq)
+      qi, rj = np.nonzero(expanded <= bound[:, None])  # by query, then reference index
+      for p in range(0, qi.size, block):  # direct distances, `block` pairs at a time
+        i, j = qi[p:p + block] + q_start, rj[p:p + block] + r_start
+        diff = q_all[i].astype(np.float64) - r_all[j].astype(np.float64)
+        sq = np.sum(diff ** 2, axis=1)
+        order = np.lexsort((j, sq, i))  # each query's nearest first, lowest index on ties
+        first = order[np.r_[True, i[order][1:] != i[order][:-1]]]
+        i, j, sq = i[first], j[first], sq[first]
+        better = sq < best_sq[i]  # strict: earlier (lower) indices win ties
+        best_sq[i[better]], best_idx[i[better]] = sq[better], j[better]
+  return np.sqrt(best_sq), best_idx
 
 
 def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
