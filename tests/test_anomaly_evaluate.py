@@ -124,6 +124,19 @@ def test_mismatched_inputs(data):
     evaluate.evaluate_anomaly_rules(val_e, val_y[:-1], test_e, test_y, _small_config())
 
 
+def test_flat_masks_give_the_localisation_of_image_shaped_ones(data):
+  (val_e, val_y, _), (test_e, test_y, test_m) = data
+  config = _small_config()
+  config.rules = ('giaem', 'kmeans')
+  shaped, _, _ = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config, test_m)
+  flat, _, _ = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config,
+                                               test_m.reshape(len(test_m), -1))
+  for key in ('giaem_dice', 'giaem_iou', 'kmeans_dice', 'kmeans_f1'):
+    assert flat[key] == shaped[key], key
+  with pytest.raises(ValueError, match=r'test masks must be \(N, H, W\) or \(N, H\*W\)'):
+    evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config, test_m[..., None])
+
+
 def test_select_rule_takes_the_best_validation_value_first_on_ties():
   metrics = {'giaem_val_f1': 0.5, 'dbscan_val_f1': 0.7, 'kmeans_val_f1': 0.7,
              'global_kmeans_val_f1': None}

@@ -44,3 +44,9 @@ def test_a_hand_worked_curve():
   fpr, tpr = roc.roc_curve([0, 1, 1], [0.2, 0.1, 0.9])
   np.testing.assert_array_equal(fpr, [0, 0, 1, 1])
   np.testing.assert_array_equal(tpr, [0, 0.5, 0.5, 1])
+
+
+def test_labels_other_than_0_and_1_are_refused_as_auroc_refuses_them():
+  for labels in ([0, 1, 2], [0, 1, -1], [0, 0.5, 1]):
+    with pytest.raises(ValueError, match=r'labels must hold only 0 \(healthy\) and 1'):
+      roc.roc_curve(labels, [0.1, 0.2, 0.3])

@@ -234,9 +234,11 @@ def evaluate_anomaly_rules(
   grid_search.check_labels(test_labels, len(test_errors))
   if test_masks is not None and len(test_masks) != len(test_errors):
     raise ValueError(f'{len(test_masks)} test masks for {len(test_errors)} test images')
-  # (H, W): the masks', else square
+  if test_masks is not None and np.ndim(test_masks) not in (2, 3):
+    raise ValueError(f'test masks must be (N, H, W) or (N, H*W), got shape {np.shape(test_masks)}')
+  # (H, W): that of (N, H, W) masks, else square
   shape = pixel_features.image_shape(
-      val_errors.shape[1], None if test_masks is None else np.shape(test_masks)[1:3])
+      val_errors.shape[1], np.shape(test_masks)[1:] if np.ndim(test_masks) == 3 else None)
   check_config(config)
   rules = tuple(config.rules)
   codes = None

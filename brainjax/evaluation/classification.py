@@ -74,7 +74,7 @@ def metrics_from_confusion(tn, fp, fn, tp) -> Dict[str, np.ndarray]:
 
 def auroc(labels, scores) -> float:
   """Area under the ROC curve (ties count one half); NaN when one class is absent."""
-  labels = _as_binary('labels', labels)
+  labels = as_binary('labels', labels)
   scores = np.asarray(scores, np.float64)
   if scores.shape != labels.shape:
     raise ValueError(f'scores {scores.shape} and labels {labels.shape} differ')
@@ -96,7 +96,8 @@ def auroc(labels, scores) -> float:
   return float(u / (num_pos * num_neg))
 
 
-def _as_binary(name, values):
+def as_binary(name, values):
+  """bool (N,) of 1-D 0 (healthy) / 1 (tumour) values, or a one-line ValueError naming them."""
   values = np.asarray(values)
   if values.ndim != 1:
     raise ValueError(f'{name} must be 1-D, got shape {values.shape}')
@@ -108,8 +109,8 @@ def _as_binary(name, values):
 
 def confusion_counts(labels, predictions):
   """(tn, fp, fn, tp) as Python ints."""
-  labels = _as_binary('labels', labels)
-  predictions = _as_binary('predictions', predictions)
+  labels = as_binary('labels', labels)
+  predictions = as_binary('predictions', predictions)
   if labels.shape != predictions.shape:
     raise ValueError(f'labels {labels.shape} and predictions {predictions.shape} differ')
   tp = int(np.sum(labels & predictions))

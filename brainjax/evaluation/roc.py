@@ -11,6 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn import metrics
 
+from brainjax.evaluation import classification
+
 
 class Curve(NamedTuple):
   """One classifier's curve and its legend name; auc: the area under fpr, tpr."""
@@ -23,7 +25,7 @@ class Curve(NamedTuple):
 def roc_curve(labels, scores):
   """(false positive rates, true positive rates), from (0, 0) to (1, 1); a ValueError without
   both classes (scikit-learn would warn and return NaNs)."""
-  labels = np.asarray(labels).astype(bool)
+  labels = classification.as_binary('labels', labels)
   scores = np.asarray(scores, np.float64)
   if labels.shape != scores.shape or labels.ndim != 1:
     raise ValueError(f'labels {labels.shape} and scores {scores.shape}: two equal 1-D arrays')
