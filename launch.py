@@ -42,6 +42,9 @@ flags.mark_flags_as_required(['config'])
 def parse_flags(argv):
   """absl flag parsing, but a bad config string or override is one line, not a traceback."""
   given = ' '.join(argv[1:])
+  config_file = _config_file(argv)
+  if config_file and not os.path.isfile(config_file):
+    sys.exit(f'error: no config file {config_file} (in: {given})')
   try:
     remaining = FLAGS(argv)
     FLAGS.config.task  # pylint: disable=pointless-statement  # a failed load raises here
@@ -59,6 +62,7 @@ def parse_flags(argv):
                   for name in a.split('=')[0][len('--config.'):].split('.')]
     if isinstance(module, types.ModuleType) or not any(f in detail for f in overridden):
       sys.exit(f'error: the config file failed: {detail} (in: {given})')
+    detail = detail.replace(' Did you mean', '; did you mean')  # (ml_collections' hint)
     sys.exit(f'error: unknown config field {detail} (in: {given})')
   except (SyntaxError, NameError) as error:  # e.g. a run's config.json given as --config
     hint = ('' if (_config_file(argv) or '').endswith('.py') else
@@ -67,6 +71,7 @@ def parse_flags(argv):
              f'{given})')
   except (flags.Error, OSError, ValueError, TypeError) as error:
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
+    last_line = last_line.removeprefix('ValueError: ')  # (a config's own refusal)
     sys.exit(f'error: {last_line} (in: {given})')
   if 'task' in config_flags.get_override_values(FLAGS['config']):
     # (Each config file holds one task's fields: another task would fail deep in its code.)

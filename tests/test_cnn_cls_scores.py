@@ -161,3 +161,6 @@ def test_the_printed_table_row_puts_each_metric_in_its_column():
   metrics = dict(accuracy=0.11, precision=0.22, recall=0.33, f1=0.44, auroc=0.555)
   assert (reporting.table_row('CNN', 'real', metrics)
           == '| CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |')
+  header = reporting.TABLE_HEADER.splitlines()[0]
+  assert [c.strip() for c in header.split('|')[3:-1]] == [
+      'Accuracy %', 'Precision %', 'Recall %', 'F1 %', 'ROC AUC %']

@@ -49,16 +49,21 @@ def _launch(*args):
 # A refused setting is one line, before anything is written: no workdir is left behind to
 # refuse the corrected rerun as "a run with other settings". (args, what the error says)
 REFUSED = [
-    (['--config=configs/vae_gen.py:sideways'], "unknown config word 'sideways'"),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.num_epochs=two'],
      'num_epochs'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.no_such_field=1'],
      'no_such_field'),
-    (['--config=configs/nope.py'], 'nope.py'),
+    (['--config=configs/nope.py'], 'no config file /'),  # (absolute: the folder it looked in)
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.num_epoch=1'],
+     'unknown config field \'num_epoch\'; did you mean "num_epochs"'),
+    (['--config=configs/vae_gen.py:sideways'],
+     "error: unknown config word 'sideways'"),  # (not 'error: ValueError: ...')
     (['--config=configs/common.py'], 'the config file defines no get_config()'),
     (['--config=README.md'], 'the config file failed: SyntaxError'),  # (or a run's config.json)
     (['--config=configs/predict.py', '--config.model_dir=no/such/run', '--config.input=configs'],
-     "'no/such/run' has no config.json"),
+     "'no/such/run' does not exist: give the --workdir of a brainjax run"),
+    (['--config=configs/predict.py', '--config.model_dir=configs', '--config.input=configs'],
+     "'configs' has no config.json: not the workdir of a brainjax run"),
     (['--config=configs/predict.py', '--config.model_dir=configs'], 'no input given'),
     (['--config=configs/predict.py:smoke', '--config.num_threads=-3'], 'num_threads=-3'),
     (['--config=configs/predict.py:smoke', '--config.data.num_per_class=0'],

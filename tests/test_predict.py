@@ -610,7 +610,7 @@ def test_odd_names_get_rows_and_a_rerun_replaces_the_maps(cvae_run, tmp_path):
   os.mkfifo(tmp_path / 'second' / 'pipe.png')  # (reading it would wait for a writer)
   # A refused rerun (launch.py refuses it before it rewrites config.json) leaves every output.
   before = sorted(p.relative_to(tmp_path) for p in (tmp_path / 'out').rglob('*'))
-  with pytest.raises(FileNotFoundError, match='has no config.json'):
+  with pytest.raises(FileNotFoundError, match='does not exist'):
     _predict(tmp_path / 'no_such_run', tmp_path / 'second', tmp_path / 'out')
   assert sorted(p.relative_to(tmp_path) for p in (tmp_path / 'out').rglob('*')) == before
   # One that fails later leaves none of the earlier outputs beside its config.json (launch.py

@@ -158,7 +158,7 @@ def train_and_evaluate(config, workdir):
   metrics = metrics_of_log_odds(test.labels, log_odds)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
-  print(reporting.table_row('CNN', config.train_data, metrics))
+  print(reporting.TABLE_HEADER, reporting.table_row('CNN', config.train_data, metrics), sep='\n')
   if parallel.is_first_host():
     # (before metrics.json: the run's end)
     reporting.write_test_scores(workdir, test, score=log_odds)

@@ -168,6 +168,7 @@ def train_and_evaluate(config, workdir):
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
+  print(reporting.TABLE_HEADER)
   for rule, name in study_table.RULE_ROW_NAMES.items():
     if f'{rule}_accuracy' in metrics:
       print(reporting.table_row(name, config.train_data,

@@ -44,6 +44,8 @@ class Run:
 
 def load_run_config(run_dir: str) -> ml_collections.ConfigDict:
   """The config.json a run wrote, with lists turned back into tuples."""
+  if not os.path.isdir(run_dir):
+    raise FileNotFoundError(f'{run_dir!r} does not exist: give the --workdir of a brainjax run')
   if not os.path.isfile(os.path.join(run_dir, 'config.json')):
     raise FileNotFoundError(f'{run_dir!r} has no config.json: not the workdir of a brainjax run')
   try:

@@ -392,9 +392,12 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       # metrics.json anew, the old one would describe another model than best/ holds
       # (predict and the study read it as the run's).
       reporting.remove_metrics_json(workdir)
-  logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
-               'of %d process(es).', total_steps, config.num_epochs, per_epoch,
-               config.batch_size, len(devices), jax.process_count())
+  if step < total_steps:
+    logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
+                 'of %d process(es).', total_steps, config.num_epochs, per_epoch,
+                 config.batch_size, len(devices), jax.process_count())
+  else:
+    logging.info('Nothing left to train: the run is at its last step (%d).', total_steps)
 
   # (from step + 1: what an earlier, killed run logged after the checkpoint this run resumes
   # from, it logs again; TensorBoard shows this run's)

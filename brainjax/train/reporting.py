@@ -68,6 +68,10 @@ def read_metrics_json(workdir):
     return json.load(f)
 
 
+TABLE_HEADER = ('| Model | Train data | Accuracy % | Precision % | Recall % | F1 % | ROC AUC % |\n'
+                '| --- | --- | --- | --- | --- | --- | --- |')
+
+
 def table_row(model_name, train_data, metrics):
   """One markdown row of the study's Table 1 (percentages)."""
   cells = [metrics[k] * 100 for k in ('accuracy', 'precision', 'recall', 'f1', 'auroc')]
