@@ -73,12 +73,24 @@ def split(config, source, protocol):
   raw files' thumbnails correlate above config.dedup_threshold: each view misses copies
   the other catches (re-cropped copies; the same head on another canvas).
   """
-  groups = None
-  if config.split == 'grouped':
-    groups = dedup.near_duplicate_groups(source.examples.images, config.dedup_threshold,
-                                         extra_views=[source.raw_thumbnails])
+  groups = near_duplicate_groups(config, source) if config.split == 'grouped' else None
   return splits.make_split(source.examples.labels, protocol=protocol, mode=config.split,
                            seed=config.seed, groups=groups, threshold=config.dedup_threshold)
+
+
+def near_duplicate_groups(config, source):
+  """The group of each slice of `source` that the grouped split keeps together."""
+  return dedup.near_duplicate_groups(source.examples.images, config.dedup_threshold,
+                                     extra_views=[source.raw_thumbnails])
+
+
+def groups_digest(groups):
+  """Which slices share a group, whatever the groups' numbers: the grouped split is a
+  function of it (and of the labels and settings)."""
+  _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+  rank = np.empty(len(first), np.int64)
+  rank[np.argsort(first)] = np.arange(len(first))  # groups numbered by their first slice
+  return hashlib.sha256(rank[inverse].astype('<i8').tobytes()).hexdigest()
 
 
 def slices_digest(examples):
@@ -92,7 +104,9 @@ def split_key(config, source=None):
   """What decides which real slices are train, validation and test: a generator's export
   records it, and a classifier reads only exports whose generator saw its own split.
 
-  The settings, and with `source` (the real source read) the slices it holds under 'slices'.
+  The settings, and with `source` (the real source read) the slices it holds under 'slices'
+  and, for the grouped split, which of them are near-duplicates under 'groups' (a file
+  replaced under its name can change them, and with them the whole split).
   """
   data = config.data.to_dict()
   if data.get('data_dir'):
@@ -101,6 +115,8 @@ def split_key(config, source=None):
              dedup_threshold=config.dedup_threshold)
   if source is not None:
     key['slices'] = slices_digest(source.examples)
+    if config.split == 'grouped':
+      key['groups'] = groups_digest(near_duplicate_groups(config, source))
   return json.loads(json.dumps(key))
 
 
@@ -167,23 +183,34 @@ def check_same_split(config, export_dir, source=None):
       logging.warning('%s/%s does not record the split its generator trained on: it cannot be '
                       'checked against this run\'s test slices.', export_dir, folder)
       continue
-    changed = reruns.config_changes(theirs, own, allowed=frozenset({'slices'}))
+    changed = reruns.config_changes(theirs, own, allowed=frozenset({'slices', 'groups'}))
     if changed:
       raise ValueError(f'{export_dir}/{folder} comes from a generator trained on another split '
                        f'of the real data ({"; ".join(changed[:3])}): it may have seen this '
                        'run\'s test slices; export from a generator run with the same seed, '
                        'split and data settings')
-    if source is None or theirs.get('slices') == own['slices']:
+    if source is None:
       continue
     if 'slices' not in theirs:  # an export of an older version
       logging.warning('%s/%s does not record which slices its generator\'s data held: it '
                       'cannot be checked against files added to or removed from the data since.',
                       export_dir, folder)
-    else:
+    elif theirs['slices'] != own['slices']:
       raise ValueError(f'{export_dir}/{folder} comes from a generator trained when the data held '
                        'other slices (files added to or removed from it since): it may have '
                        'trained on this run\'s test slices; train the generators again on this '
                        'data')
+    if 'groups' not in own:
+      continue
+    if 'groups' not in theirs:  # an export of an older version
+      logging.warning('%s/%s does not record which slices were near-duplicates when its '
+                      'generator trained: it cannot be checked against files replaced since.',
+                      export_dir, folder)
+    elif theirs['groups'] != own['groups']:
+      raise ValueError(f'{export_dir}/{folder} comes from a generator trained when other slices '
+                       'of the data were near-duplicates (a file replaced since), which moves '
+                       'slices between the grouped split\'s parts: it may have trained on this '
+                       'run\'s test slices; train the generators again on this data')
 
 
 def training_examples(config, real_train, label=None, source=None):
