@@ -11,6 +11,7 @@ import pytest
 
 from brainjax.data import image_io
 from brainjax.data import phantom
+from brainjax.data import preprocess
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -93,6 +94,22 @@ def test_wide_integer_arrays_scale_by_their_own_maximum(dtype):
   as_bytes = np.round(np.clip(scan, 0, 1) * 255)
   np.testing.assert_allclose(image_io.to_gray_float(as_bytes.astype(dtype)),
                              image_io.to_gray_float(as_bytes.astype(np.uint8)), rtol=1e-6)
+
+def test_a_hot_pixel_or_an_alpha_channel_does_not_set_a_wide_image_s_scale():
+  # A head of values up to 400 in a 16-bit slice: by the maximum, one pixel at 65535 (or an
+  # opaque 16-bit alpha channel) made it 0.006 bright, and the slice was skipped as blank.
+  y, x = np.mgrid[:256, :256]
+  head = ((((y - 128) / 100) ** 2 + ((x - 128) / 80) ** 2 <= 1) * 400).astype(np.uint16)
+  expected, _ = preprocess.preprocess(head)
+  hot = head.copy()
+  hot[0, :60] = 65535  # 60 px: under 0.1% of the image
+  alpha = np.stack([head, np.full_like(head, 65535)], axis=-1)
+  for image in (hot, alpha, np.concatenate([np.repeat(head[..., None], 3, -1), alpha[..., 1:]],
+                                           axis=-1)):
+    np.testing.assert_allclose(preprocess.preprocess(image)[0], expected, atol=1e-6)
+  np.testing.assert_allclose(image_io.to_gray_float(hot)[1:], head[1:] / 400.0, rtol=1e-6)
+  assert image_io.to_gray_float(hot)[0, 0] == 1.0  # (clipped)
+
 
 @pytest.mark.parametrize('data,reason', [
     (b'', 'empty'),

@@ -47,16 +47,28 @@ def _check_jpeg_complete(data: bytes):
     raise UnreadableImage('truncated JPEG (no end-of-image marker after the last scan)')
 
 
+_TOP_PERCENTILE = 99.9  # the top value of a wide-integer image (see to_gray_float)
+
+
+def _scaled(values: np.ndarray, percentile: float) -> np.ndarray:
+  """float32 values / max(255, their `percentile`-th percentile, a value they hold), at most 1."""
+  top = float(np.percentile(values, percentile, method='higher'))
+  return np.minimum(values / max(255.0, top), 1.0).astype(np.float32)
+
+
 def to_gray_float(array: np.ndarray) -> np.ndarray:
   """(H, W) or (H, W, C) integer, bool or float array -> float32 (H, W) in [0, 1].
 
-  uint8 is scaled by 255. Wider integers are scaled by the image's own maximum, at least
+  uint8 is scaled by 255. Wider integers are scaled by the image's own top value, at least
   255, negatives clipped to 0: scanners store 10- to 12-bit data, or less, in 16-bit
   arrays (by 65535 a clear head of values up to 400 has a contrast of 0.006 and would be
   judged blank), and an int64 array of 0-255 values would be near 0 by its dtype's range;
-  preprocessing normalises every slice's intensity anyway. Float arrays are assumed to
-  be in [0, 1] already and are clipped. RGB uses BT.601 luma; a 4th (alpha)
-  channel is composited onto black; 2 channels are gray + alpha.
+  preprocessing normalises every slice's intensity anyway. The top value is the 99.9th
+  percentile of the grey or colour values (the values above it clipped), so that hot pixels
+  or a burnt-in mark at 65535 covering under 0.1% of the image do not set it (the maximum
+  did, and the head was judged blank); an alpha channel is scaled by its own maximum.
+  Float arrays are assumed to be in [0, 1] already and are clipped. RGB uses BT.601 luma;
+  a 4th (alpha) channel is composited onto black; 2 channels are gray + alpha.
   """
   array = np.asarray(array)
   if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
@@ -73,7 +85,11 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
     x = array.astype(np.float32) / np.float32(255.0)
   elif np.issubdtype(array.dtype, np.integer):
     wide = np.maximum(array.astype(np.float64), 0.0)
-    x = (wide / max(255.0, float(wide.max()))).astype(np.float32)
+    if wide.ndim == 3 and wide.shape[-1] in (2, 4):
+      x = np.concatenate([_scaled(wide[..., :-1], _TOP_PERCENTILE), _scaled(wide[..., -1:], 100)],
+                         axis=-1)
+    else:
+      x = _scaled(wide, _TOP_PERCENTILE)
   else:
     x = array.astype(np.float32)
   if x.ndim == 3:
