@@ -4,8 +4,9 @@ Rule. Each image's pixels, with features (error, row / H, col / W) (see
 pixel_features), are split into two clusters by Lloyd's algorithm; the anomalous
 cluster is the one whose members have the larger mean error (equal means: neither,
 as in a constant map; see anomalous_cluster); score = the anomalous cluster's share
-of the image; tumour if score >= tumor_index. The clustering depends on no hyperparameter, so it is
-computed once per image and every tumor_index is then a comparison.
+of the image; tumour if score >= tumor_index. The clustering depends on no
+hyperparameter, so it is computed once per image and every tumor_index is then a
+comparison.
 
 Initialisation (deterministic, no random restarts), two-stage because Lloyd
 turns the spatial split only slowly (18-28 iterations from a pixel start on
