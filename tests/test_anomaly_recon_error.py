@@ -1,4 +1,6 @@
 """reconstruction_error: batching, padding, normalisation, averaging over latent samples."""
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -133,17 +135,21 @@ def test_stochastic_mode_averages_each_image_s_samples_before_normalising():
   out = recon_error.reconstruction_error(noisy, images, variables=jnp.float32(1.0),
                                          num_samples=4, rng=rng, batch_size=2)
   expected = []
-  for i in range(5):  # image i's keys: fold_in(fold_in(rng, i), sample)
-    key = jax.random.fold_in(rng, i)
+  for i in range(5):  # image i's keys: fold_in(fold_in(rng, crc32 of its pixels), sample)
+    key = jax.random.fold_in(rng, zlib.crc32(images[i].tobytes()))
     total = sum(np.abs(np.asarray(jax.random.normal(jax.random.fold_in(key, s), (6, 6, 1))))
                 for s in range(4))
     row = (total / 4).reshape(-1)
     expected.append((row - row.min()) / (row.max() - row.min()))
   np.testing.assert_allclose(out, np.stack(expected), rtol=1e-5, atol=1e-6)
-  # An image's map does not depend on the batch it falls in.
+  # An image's map does not depend on the batch it falls in, nor on its place among the images.
   again = recon_error.reconstruction_error(noisy, images, variables=jnp.float32(1.0),
                                            num_samples=4, rng=rng, batch_size=5)
   np.testing.assert_allclose(again, out, rtol=1e-6)
+  order = [3, 0, 4]
+  moved = recon_error.reconstruction_error(noisy, images[order], variables=jnp.float32(1.0),
+                                           num_samples=4, rng=rng, batch_size=2)
+  np.testing.assert_allclose(moved, out[order], rtol=1e-6)
   with pytest.raises(ValueError, match='num_samples=2: it must be 1, or more with an rng'):
     recon_error.reconstruction_error(noisy, images, variables=1.0, num_samples=2)
 

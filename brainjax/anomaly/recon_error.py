@@ -4,12 +4,20 @@ The study's anomaly score map: a model trained on healthy slices reconstructs
 tumours badly, so the normalised absolute error is high where a tumour is.
 """
 from typing import Any, Callable, Optional
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from brainjax.train import compile_options
+
+
+def image_checksums(images: np.ndarray) -> np.ndarray:
+  """uint32 (N,): the CRC-32 of each image's float32 pixels, what its latent samples are
+  keyed by."""
+  return np.array([zlib.crc32(np.ascontiguousarray(image, np.float32).tobytes())
+                   for image in images], np.uint32)
 
 
 def minmax_normalise(err: jnp.ndarray) -> jnp.ndarray:
@@ -65,8 +73,10 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
       compile time (seconds).
     num_samples: with `rng`, the absolute error is averaged over this many stochastic
       reconstructions before normalising.
-    rng: a PRNG key; selects the stochastic mode. Image i's samples use keys folded from
-      fold_in(rng, i): its map depends on its index, not on the batch it falls in.
+    rng: a PRNG key; selects the stochastic mode. An image's samples use keys folded from
+      fold_in(rng, c), c a checksum of its pixels (image_keys): its map depends on the image
+      alone, not on its place among `images` or the batch it falls in, so a slice scored
+      again among other files (predict) gets the map it got in its run.
 
   Returns:
     float32 (N, H*W) in [0, 1]; each row min-max normalised (constant -> zeros).
@@ -86,13 +96,14 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
   # (at most batch_size), so that sets of similar sizes (a run's validation and test
   # slices) share one compilation, and a few images do not pay for batch_size.
   batch = min(batch_size, 1 << (n - 1).bit_length())
+  checksums = None if rng is None else image_checksums(images)
   for start in range(0, n, batch):
     chunk = images[start:start + batch]
     valid = len(chunk)
     if valid < batch:  # pad so the shape (and the compilation) never changes
       chunk = np.concatenate([chunk, np.zeros((batch - valid,) + chunk.shape[1:], chunk.dtype)])
-    keys = None if rng is None else jax.vmap(lambda i: jax.random.fold_in(rng, i))(
-        jnp.arange(start, start + batch))
+    keys = None if rng is None else jax.vmap(lambda c: jax.random.fold_in(rng, c))(
+        np.resize(checksums[start:start + batch], batch))  # (padding: any keys)
     errors = _batch_errors(reconstruct_fn, variables, chunk, keys, num_samples)
     out[start:start + valid] = np.asarray(errors)[:valid]
   return out

@@ -102,6 +102,13 @@ class Reconstruction:
                             method=self.model.decode)
 
 
+def latent_samples_key(seed):
+  """The key of the latent samples of every error map of a run's model, validation, test and
+  predict alike (each image's own from its pixels, see recon_error), one no training step
+  draws (step k's is fold_in(PRNGKey(seed), k))."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), 2**32 - 2)
+
+
 def error_maps(model, variables, images, anomaly_config, rng, batch_size=256):
   """The normalised error maps the rules read: of the mean reconstruction, or averaged over
   anomaly_config.num_latent_samples latent samples drawn from `rng` (see
@@ -159,11 +166,9 @@ def train_and_evaluate(config, workdir):
       evaluate=lambda s: validation_loss(model, s.variables, val_healthy, config.seed))
 
   best = checkpoints.restore_best(workdir, state)
-  errors_rng = jax.random.PRNGKey(config.seed)
-  val_errors = error_maps(model, best.variables, val.images, config.anomaly,
-                          jax.random.fold_in(errors_rng, 0))
-  test_errors = error_maps(model, best.variables, test.images, config.anomaly,
-                           jax.random.fold_in(errors_rng, 1))
+  errors_rng = latent_samples_key(config.seed)
+  val_errors = error_maps(model, best.variables, val.images, config.anomaly, errors_rng)
+  test_errors = error_maps(model, best.variables, test.images, config.anomaly, errors_rng)
   metrics, fitted, test_scores = anomaly_evaluate.evaluate_anomaly_rules(
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),

@@ -156,11 +156,10 @@ def run_rules(run: Run, spec: str) -> List[str]:
 
 def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
   """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches
-  (with its latent samples, if it averaged some: drawn from the run's seed and each image's
-  place among `images`)."""
-  rng = jax.random.fold_in(jax.random.PRNGKey(run.config.get('seed', 0)), 2)
-  return task_module('cvae_cls').error_maps(run.model, run.variables, images,
-                                            run.config.get('anomaly', {}), rng, batch_size)
+  (with its latent samples, if it averaged some: those it drew for the same images)."""
+  cvae_cls = task_module('cvae_cls')
+  return cvae_cls.error_maps(run.model, run.variables, images, run.config.get('anomaly', {}),
+                             cvae_cls.latent_samples_key(run.config.get('seed', 0)), batch_size)
 
 
 def global_centroids(run: Run) -> np.ndarray:
