@@ -1,5 +1,6 @@
 """predict: input walking, preprocessing inverse, skipped rows, maps/regions, metrics."""
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -287,6 +288,15 @@ def test_each_rule_scores_with_the_settings_the_run_selected(cvae_run):
     np.testing.assert_array_equal(got.rule_scores[rule], out.score, err_msg=rule)
     np.testing.assert_array_equal(got.rule_labels[rule], out.prediction, err_msg=rule)
   np.testing.assert_array_equal(got.region, want['giaem'].region)  # the leading rule's
+  # ... where it calls a tumour; none where it calls the slice healthy (a cut-off that
+  # calls half of them so)
+  median = float(np.median(want['giaem'].score))
+  run = dataclasses.replace(run, metrics={**run.metrics, 'giaem_tumor_index': median})
+  got = predict.predict_images(run, images, rules=('giaem',))
+  called = got.label == 1
+  assert called.sum() == 2 and want['giaem'].region[~called].any()
+  np.testing.assert_array_equal(got.region[called], want['giaem'].region[called])
+  assert not got.region[~called].any()
 
 
 # ----------------------------------------------------------------------------- geometry

@@ -37,7 +37,8 @@ def conv(features: int, kernel_size: int, strides: int = 1,
 
 
 def batch_norm(train: bool, axis_name: Optional[str], dtype: Any):
-  """BatchNorm with torch's defaults (momentum 0.1 = flax 0.9, eps 1e-5)."""
+  """BatchNorm with torch's momentum and eps (0.1 = flax's 0.9, 1e-5); flax's running variance
+  (the batch's biased one, where torch keeps the unbiased)."""
   return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
                    axis_name=axis_name, dtype=dtype)
 

@@ -17,7 +17,8 @@ What the command writes in its workdir:
   labelled with has no recall (sensitivity or specificity: null, as ROC AUC).
 - BrainCVAE runs: maps/<path>.npy, the reconstruction-error map in the original file's
   pixel grid (float32, larger = more anomalous, 0 outside the head); regions/<path>.png,
-  the leading rule's tumour region in that grid, inside the head (0/255);
+  the leading rule's tumour region in that grid, inside the head (0/255; empty where the
+  rule calls the slice healthy);
   overlays/<path>.png, the map over the scan with the region outlined. <path> keeps the
   file's extension (maps/yes/y1.jpg.npy), so y1.jpg and y1.png never collide.
 - Rules ('selected' by default): the rule the run selected on validation (metrics.json:
@@ -134,7 +135,8 @@ class Predictions(NamedTuple):
   score / label: the leading output (CNN probability, or the leading rule).
   rule_scores / rule_labels: per rule (BrainCVAE only; empty for a BrainCNN).
   errors: float32 (N, S*S) normalised reconstruction errors (BrainCVAE) or None.
-  region: bool (N, S*S), the leading rule's region (BrainCVAE) or None.
+  region: bool (N, S*S), the leading rule's tumour region (BrainCVAE) or None: its anomalous
+    pixels in a slice it calls a tumour, none in one it calls healthy.
   log_odds: float64 (N,), the BrainCNN's logit(tumour) - logit(healthy), or None. ROC AUC
     ranks these: the probability rounds to exactly 1.0 from log-odds of about 37, where
     confident calls, tumour and healthy alike, would tie.
@@ -172,7 +174,7 @@ def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
       np.asarray(lead.score, np.float64), np.asarray(lead.prediction, np.int32),
       {r: np.asarray(o.score, np.float64) for r, o in outputs.items()},
       {r: np.asarray(o.prediction, np.int32) for r, o in outputs.items()},
-      errors, np.asarray(lead.region, bool))
+      errors, np.asarray(lead.region, bool) & (np.asarray(lead.prediction) == 1)[:, None])
 
 
 # ----------------------------------------------------------------------------- notebook API
