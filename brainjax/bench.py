@@ -30,8 +30,9 @@ median of per-step times; its mean, the statistic the peer script prints, is kep
 (`os.sched_setaffinity`): XLA sizes its CPU thread pool from the schedulable CPUs and
 torch is given `set_num_threads(N)`, so both use N cores. XLA has no flag for an
 intra-op thread count (only `--xla_cpu_multi_thread_eigen=false`, i.e. one thread), hence
-the pinning. The default (0) leaves both at their defaults: every core for XLA, torch's
-own default (all physical cores). On a GPU, `--peer-device cuda` runs the peer there too.
+the pinning. The default (0) keeps every schedulable CPU, and gives torch as many threads
+(its own default would be the physical cores only). On a GPU, `--peer-device cuda` runs the
+peer there too. A `--compare` file cannot say its batch and threads: save it with the same.
 """
 import argparse
 import ctypes
@@ -132,7 +133,8 @@ def parse_args(argv=None):
   parser.add_argument('--peer-script', default=str(PEER_SCRIPT))
   parser.add_argument('--compare', default='',
                       help="a saved JSON of the peer script's output, instead of --peer (it "
-                      "holds the peer's mean step, where --peer times medians on both sides)")
+                      "holds the peer's mean step, where --peer times medians on both sides; "
+                      "save it with this run's --batch and --threads)")
   parser.add_argument('--anomaly', action=argparse.BooleanOptionalAction, default=True,
                       help='also time reconstruction error and the anomaly grid searches')
   parser.add_argument('--anomaly-slices', type=int, default=3000)
@@ -149,6 +151,8 @@ def parse_args(argv=None):
     parser.error('--threads must be >= 0')
   if args.peer and args.compare:
     parser.error('use either --peer or --compare')
+  if (args.peer or args.compare) and args.half_precision:
+    parser.error('the peer runs in float32: compare it with float32 steps (no --half-precision)')
   if (args.peer or args.compare) and args.preset != 'paper':
     parser.error('the peer times the full-size networks: use --peer and --compare with '
                  '--preset paper')
@@ -457,8 +461,8 @@ def benchmark_anomaly(args, log):
           'anomaly_grid_search_s': grid_s,
           'anomaly_grid_search_speedup': speedup,
           'anomaly_total_s': first_s + sum(grid_s.values()),
-          'anomaly_loop_baseline': {rule: {k: t[k] for k in ('loop_s', 'speedup',
-                                                              'same_selection')}
+          'anomaly_loop_baseline': {rule: {k: t[k] for k in ('loop_s', 'speedup', 'loop_cpu_s',
+                                                              'cpu_speedup', 'same_selection')}
                                     for rule, t in timings.items()}}
 
 
@@ -485,6 +489,7 @@ def run(args, log=lambda message: print(message, file=sys.stderr)):
   if args.peer:
     check_peer(args)
   threads = pin_threads(args.threads)
+  args = argparse.Namespace(**{**vars(args), 'threads': threads})  # the peer's too
   malloc_tuned = tune_malloc() if args.malloc_tuning else False
   out, peer = benchmark_train_steps(args, log)
   peer = peer or compared

@@ -93,6 +93,7 @@ def test_anomaly_stage_reports_every_rule(capsys):
       printed['recon_error_12_first_call_s'] + sum(printed['anomaly_grid_search_s'].values()))
   for baseline in printed['anomaly_loop_baseline'].values():
     assert baseline['loop_s'] > 0 and baseline['speedup'] > 0
+    assert baseline['loop_cpu_s'] > 0 and baseline['cpu_speedup'] > 0
     assert baseline['same_selection'] is True
   assert printed['anomaly_grid_search_speedup'] == pytest.approx(
       sum(b['loop_s'] for b in printed['anomaly_loop_baseline'].values())
@@ -121,6 +122,24 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
                                                                 capsys)
   with pytest.raises(SystemExit, match='error: .*no-such.json'):
     bench.main(['--models', '', '--no-anomaly', '--compare', str(tmp_path / 'no-such.json')])
+  for peer in (['--peer'], ['--compare', 'peer.json']):  # bfloat16 steps against float32 ones
+    assert 'the peer runs in float32' in _refusal(peer + ['--half-precision'], capsys)
+
+
+def test_the_peer_runs_on_as_many_threads_as_this_process(monkeypatch):
+  # (With --threads 0 it had been given 0, i.e. torch's default: the physical cores only.)
+  seen = []
+
+  def fake_peer(args, name, steps):
+    seen.append(args.threads)
+    return {'times': [1.0] * steps, 'cpu_times': [1.0] * steps, 'first_step_s': 1.0}
+
+  monkeypatch.setattr(bench, 'check_peer', lambda args: None)
+  monkeypatch.setattr(bench, 'run_peer', fake_peer)
+  monkeypatch.setattr(bench, 'pin_threads', lambda num: num or 7)
+  out = bench.run(bench.parse_args(['--models', 'cnn', '--no-anomaly', '--peer', '--batch', '2',
+                                    '--steps', '1']), log=lambda message: None)
+  assert seen == [7] and out['threads'] == 7 and out['torch']['cnn']['img_per_s'] == 2.0
 
 
 def test_flops_are_counted_on_the_cpu_lowering_whatever_the_arguments():

@@ -21,6 +21,7 @@ from typing import Dict
 import numpy as np
 from sklearn import cluster
 from sklearn.exceptions import ConvergenceWarning
+import threadpoolctl
 
 from brainjax.anomaly import evaluate
 from brainjax.anomaly import grid_search
@@ -52,12 +53,16 @@ def loop_giaem(errors, labels, anomaly_thresholds, tumor_indices, metric='f1'):
   return best.params, best.value
 
 
-def largest_cluster_fraction(error_row, anomaly_threshold, eps, min_samples, h, w):
-  """scikit-learn DBSCAN on one image's anomalous pixels."""
+def largest_cluster_fraction(error_row, anomaly_threshold, eps, min_samples, h, w,
+                             positions=None):
+  """scikit-learn DBSCAN on one image's anomalous pixels (positions: pixel_positions(h, w),
+  made once by a caller that calls this for many images)."""
   points = np.flatnonzero(error_row >= np.float32(anomaly_threshold))
   if points.size == 0:
     return 0.0
-  features = pixel_features.pixel_features(error_row, h, w)[points]
+  if positions is None:
+    positions = pixel_features.pixel_positions(h, w)
+  features = np.column_stack([np.asarray(error_row[points], np.float64), positions[points]])
   found = cluster.DBSCAN(eps=eps, min_samples=min_samples).fit(features).labels_
   found = found[found >= 0]
   return np.bincount(found).max() / (h * w) if found.size else 0.0
@@ -66,11 +71,12 @@ def largest_cluster_fraction(error_row, anomaly_threshold, eps, min_samples, h, 
 def loop_dbscan(errors, labels, anomaly_thresholds, eps_values, min_samples_values,
                 tumor_indices, metric='f1', image_shape=None):
   h, w = pixel_features.image_shape(errors.shape[1], image_shape)
+  positions = pixel_features.pixel_positions(h, w)
   best = _Best(metric)
   for t in np.asarray(anomaly_thresholds, np.float32):
     for eps in eps_values:
       for min_samples in min_samples_values:
-        score = np.array([largest_cluster_fraction(row, t, eps, min_samples, h, w)
+        score = np.array([largest_cluster_fraction(row, t, eps, min_samples, h, w, positions)
                           for row in errors])
         for ti in tumor_indices:
           best.offer(labels, (score >= ti).astype(int),
@@ -105,7 +111,10 @@ def anomalous_share(error_row, h, w, max_iter=100):
 def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,
                       max_iter=100):
   h, w = pixel_features.image_shape(errors.shape[1], image_shape)
-  score = np.array([anomalous_share(row, h, w, max_iter) for row in errors])
+  # One thread per fit: scikit-learn's OpenMP pool gains nothing on one small image, and
+  # slows down many times over when other processes share the cores (same results).
+  with threadpoolctl.threadpool_limits(1):
+    score = np.array([anomalous_share(row, h, w, max_iter) for row in errors])
   best = _Best(metric)
   for ti in tumor_indices:
     best.offer(labels, (score >= ti).astype(int), dict(tumor_index=float(ti)))
