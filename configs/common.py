@@ -86,24 +86,28 @@ def apply_smoke(config):
 
 
 def _finite(v):
-  return isinstance(v, (int, float)) and math.isfinite(v)
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v):
+  return isinstance(v, int) and not isinstance(v, bool)  # (True would be taken as 1)
 
 
 # Top-level numeric fields a config may have: (what a valid value passes, how to say it).
 _RANGES = {
-    'seed': (lambda v: isinstance(v, int) and 0 <= v < 2 ** 32, 'an integer in [0, 2**32)'),
+    'seed': (lambda v: _int(v) and 0 <= v < 2 ** 32, 'an integer in [0, 2**32)'),
     'learning_rate': (lambda v: _finite(v) and v > 0, 'a finite number > 0'),
     'b1': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
     'b2': (lambda v: _finite(v) and 0 <= v < 1, 'in [0, 1)'),
     'weight_decay': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
     'kl_weight': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
     'plateau_factor': (lambda v: _finite(v) and 0 < v <= 1, 'in (0, 1]'),
-    'plateau_patience': (lambda v: isinstance(v, int) and v >= 0, 'an integer >= 0'),
-    'num_epochs': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
-    'batch_size': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
-    'log_every_steps': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+    'plateau_patience': (lambda v: _int(v) and v >= 0, 'an integer >= 0'),
+    'num_epochs': (lambda v: _int(v) and v >= 1, 'an integer >= 1'),
+    'batch_size': (lambda v: _int(v) and v >= 1, 'an integer >= 1'),
+    'log_every_steps': (lambda v: _int(v) and v >= 1, 'an integer >= 1'),
     # (0 checkpoints kept: a rerun could not resume)
-    'keep_checkpoints': (lambda v: isinstance(v, int) and v >= 1, 'an integer >= 1'),
+    'keep_checkpoints': (lambda v: _int(v) and v >= 1, 'an integer >= 1'),
     'checkpoint_every_secs': (lambda v: _finite(v) and v >= 0, 'a finite number >= 0'),
     'split': (lambda v: v in ('random', 'grouped'), "'random' or 'grouped'"),
     'dedup_threshold': (lambda v: _finite(v) and -1 <= v < 1, 'a correlation in [-1, 1)'),
@@ -131,5 +135,5 @@ def check_values(config):
           raise ValueError(f'{network}.{field}={value!r}: it must be in [0, 1)')
       elif value is not None:
         sizes = value if isinstance(value, (tuple, list)) else (value,)
-        if not sizes or not all(isinstance(n, int) and n >= 1 for n in sizes):
+        if not sizes or not all(_int(n) and n >= 1 for n in sizes):
           raise ValueError(f'{network}.{field}={value!r}: network sizes must be integers >= 1')

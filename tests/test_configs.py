@@ -56,6 +56,14 @@ REFUSED = [
     (['--config=configs/nope.py'], 'no config file /'),  # (absolute: the folder it looked in)
     (['--config=configs/vae_gen.py:positive,smoke', '--config.num_epoch=1'],
      'unknown config field \'num_epoch\'; did you mean "num_epochs"'),
+    (['--config=configs/gan_gen.py:negative,smoke', '--config.discriminator.widths=(4,4,4,4,4,4,4,4)'],
+     'Discriminator: image_size 128 is too small for 8 stride-2 convs'),
+    (['--config=configs/cnn_cls.py:real,smoke', '--config.model.conv_widths=(4, True)'],
+     'model.conv_widths=(4, True): network sizes must be integers >= 1'),
+    (['--config=configs/predict.py:smoke', '--config.num_devices=99'], 'num_devices=99'),
+    (['--config=configs/study.py:quick,smoke', '--config.overrides.gan_gen.learning_rate=nan'],
+     "overrides.gan_gen: learning_rate=nan: it must be a finite number > 0 (a stage "
+     "generators='vae' skips)"),
     (['--config=configs/vae_gen.py:sideways'],
      "error: unknown config word 'sideways'"),  # (not 'error: ValueError: ...')
     (['--config=configs/common.py'], 'the config file defines no get_config()'),

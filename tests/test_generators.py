@@ -88,6 +88,12 @@ def test_gan_samples_are_images_in_range(tmp_path):
            for batch in (7, 3)]
   np.testing.assert_allclose(drawn[1], drawn[0], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(drawn[0][:4], out, rtol=1e-5, atol=1e-6)
+  # A batch size above the export's count draws only the count (100000 for 10 images had run
+  # out of memory once training was done).
+  asked = []
+  generation.sample_in_batches(lambda v, r, num, first: asked.append(num) or np.zeros((num, 1)),
+                               None, None, 10, 100000)
+  assert asked == [10]
 
 
 def test_gan_task_trains_and_exports(tmp_path):

@@ -298,6 +298,13 @@ def test_a_stage_is_locked_while_it_runs(tmp_path, monkeypatch):
       study.run_stage('cnn_cls', stage, str(tmp_path / 'b'))
   finally:
     os.close(other)
+  # A stage whose loss diverged: the error names the stage (whose overrides to change).
+  def diverge(config, workdir):
+    raise FloatingPointError('non-finite loss by step 2; stopped.')
+
+  monkeypatch.setattr(cnn_cls, 'train_and_evaluate', diverge)
+  with pytest.raises(FloatingPointError, match=r'study stage cnn_cls in .*c: non-finite loss'):
+    study.run_stage('cnn_cls', stage, str(tmp_path / 'c'))
   assert held_while_training == [str(tmp_path / 'a')]
   assert os.listdir(tmp_path / 'b') == ['.lock']
 

@@ -37,6 +37,9 @@ FITTED_ARRAYS = ('global_kmeans_centroids',)
 # The most values one grid axis may have (the study's have 100): a grid search holds an array
 # per image and value, and 10**12 values were a MemoryError traceback.
 MAX_GRID_SIZE = 10_000
+# Latent samples per error map: 1000 reconstructions of every slice are hours on a CPU (10**9
+# ran as if hung).
+MAX_LATENT_SAMPLES = 1000
 _GRID_SIZES = ('num_anomaly_thresholds', 'num_global_thresholds', 'num_tumor_index', 'num_alpha')
 
 
@@ -90,18 +93,20 @@ def anomaly_threshold_grid(num: int) -> np.ndarray:
 def tumor_index_grid(config) -> np.ndarray:
   lo, hi, num = config.tumor_index_min, config.tumor_index_max, config.num_tumor_index
   if num < 1 or not 0 < lo <= hi <= 1:  # a fraction of the image
-    raise ValueError(f'bad tumor_index grid (fractions in (0, 1]): min {lo}, max {hi}, num {num}')
+    raise ValueError(f'anomaly.tumor_index_min={lo}, tumor_index_max={hi}, num_tumor_index={num}: '
+                     'the tumour indices are fractions in (0, 1], min <= max')
   if config.tumor_index_spacing == 'geometric':
     return np.geomspace(lo, hi, num)
   if config.tumor_index_spacing == 'linear':
     return np.linspace(lo, hi, num)
-  raise ValueError(f'tumor_index_spacing must be geometric or linear, '
-                   f'got {config.tumor_index_spacing!r}')
+  raise ValueError(f'anomaly.tumor_index_spacing={config.tumor_index_spacing!r}: it must be '
+                   'geometric or linear')
 
 
 def alpha_grid(config) -> np.ndarray:
   if config.num_alpha < 1 or not 0 < config.alpha_min <= config.alpha_max < float('inf'):
-    raise ValueError(f'bad alpha grid: {config.alpha_min}..{config.alpha_max} x {config.num_alpha}')
+    raise ValueError(f'anomaly.alpha_min={config.alpha_min}, alpha_max={config.alpha_max}, '
+                     f'num_alpha={config.num_alpha}: the alphas need 0 < min <= max < inf')
   return np.geomspace(config.alpha_min, config.alpha_max, config.num_alpha)
 
 
@@ -124,19 +129,29 @@ def check_config(config) -> None:
   alpha_grid(config)
   for field in ('dbscan_anomaly_thresholds', 'dbscan_eps', 'dbscan_min_samples'):
     try:  # (a flag's word, e.g. abc or (nan,), is a string: a message naming no field)
+      if any(isinstance(v, bool) for v in np.ravel(np.asarray(config[field], object))):
+        raise TypeError  # (True would be taken as 1)
       np.asarray(config[field], np.float64)
     except (TypeError, ValueError, OverflowError):  # (Overflow: an int past float64's range)
       raise ValueError(f'anomaly.{field}={config[field]!r}: it must be numbers, e.g. '
                        f'{tuple(default_anomaly_config()[field])}') from None
   thresholds = pixel_features.check_grid(np.sort(np.asarray(config.dbscan_anomaly_thresholds)),
-                                         'dbscan_anomaly_thresholds')
+                                         'anomaly.dbscan_anomaly_thresholds')
   if thresholds.min() < 0 or thresholds.max() >= 1:  # normalised errors lie in [0, 1]
     raise ValueError(f'anomaly.dbscan_anomaly_thresholds={config.dbscan_anomaly_thresholds}: '
                      'they must be in [0, 1)')
-  dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
-  for field in ('kmeans_max_iter', 'global_max_iter', 'num_latent_samples'):
+  try:
+    dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
+  except ValueError as error:
+    raise ValueError(f'anomaly.dbscan_eps={config.dbscan_eps}, dbscan_min_samples='
+                     f'{config.dbscan_min_samples}: {error}') from None
+  for field in ('kmeans_max_iter', 'global_max_iter'):
     if not 1 <= config[field] < 2 ** 31:  # (jitted loops count in int32: an OverflowError)
       raise ValueError(f'anomaly.{field}={config[field]}: it must be an integer in [1, 2**31)')
+  if not 1 <= config.num_latent_samples <= MAX_LATENT_SAMPLES:
+    raise ValueError(f'anomaly.num_latent_samples={config.num_latent_samples}: it must be an '
+                     f'integer in [1, {MAX_LATENT_SAMPLES}] (each is one more reconstruction of '
+                     'every slice)')
 
 
 def _global_codes(codes, config):

@@ -59,6 +59,10 @@ class Discriminator(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> Array:
     del train
     check_image(x, self.image_size, 'Discriminator')
+    if self.image_size >> len(self.widths) < 1:  # (each conv halves the side; 1 px -> 0)
+      raise ValueError(f'Discriminator: image_size {self.image_size} is too small for '
+                       f'{len(self.widths)} stride-2 convs (widths): it must be at least '
+                       f'2**{len(self.widths)}')
     x = x.astype(self.dtype)
     for width in self.widths:
       x = conv(width, 4, strides=2, dtype=self.dtype)(x)

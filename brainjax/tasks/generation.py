@@ -31,7 +31,9 @@ def latent_noise(rng, num, latent_dim, first=0):
 def sample_in_batches(sample_fn, variables, rng, num, batch_size):
   """Calls `sample_fn(variables, rng, batch_size, first)` (images first .. first + batch_size - 1
   of the samples of rng, see latent_noise) until `num` images exist. Every call draws a whole
-  batch, the last one cut: one compiled shape, and the same images as a smaller call."""
+  batch (of at most `num`), the last one cut: one compiled shape, and the same images as a
+  smaller call."""
+  batch_size = min(batch_size, num)  # (a batch_size of 100000 for 10 images: out of memory)
   batches = [np.asarray(sample_fn(variables, rng, batch_size, first))[:num - first]
              for first in range(0, num, batch_size)]
   return np.concatenate(batches)

@@ -54,6 +54,7 @@ from brainjax.data import preprocess as preprocess_lib
 from brainjax.evaluation import classification
 from brainjax.tasks import datasets
 from brainjax.tasks import runs
+from brainjax.train import parallel
 from brainjax.train import reporting
 from brainjax.train import reruns
 
@@ -442,6 +443,7 @@ def check_config(config):
     task = config.smoke_task
     if task not in runs.MODEL_TASKS:
       raise ValueError(f'smoke_task={task!r}; expected one of {runs.MODEL_TASKS}')
+    parallel.train_devices(config.num_devices)  # (the devices that model trains on)
   else:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   rules = (config.rules or 'selected').strip()

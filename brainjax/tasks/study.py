@@ -91,14 +91,15 @@ def run_stage(task, sub, workdir):
           raise
       parallel.check_all_hosts_agree(refused=False)
       importlib.import_module(f'brainjax.tasks.{task}').train_and_evaluate(sub, workdir)
-  except ValueError as error:  # (which stage: the fix is an overrides.<task> flag)
+  except (ValueError, FloatingPointError) as error:  # (which stage: the fix is an overrides flag)
     # A refused rerun of a begun stage: its config.json as it was, and the study's too
     # (launch.py puts that back on a RerunRefused).
     refused = isinstance(error, reruns.RerunRefused)
     if refused and first_host:
       reruns.put_back_config(workdir, previous)
-    raise (reruns.RerunRefused if refused else ValueError)(
-        f'study stage {task} in {workdir}: {error}') from error
+    kind = (reruns.RerunRefused if refused else
+            FloatingPointError if isinstance(error, FloatingPointError) else ValueError)
+    raise kind(f'study stage {task} in {workdir}: {error}') from error
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)
 
@@ -296,6 +297,12 @@ def check_config(config):
     except ValueError as error:
       raise ValueError(f'overrides.{task}: {error}') from None
     parallel.check_batch_split(sub, prefix=f'overrides.{task}.')
+  for task in sorted({'vae_gen', 'gan_gen'} - {task for task, _ in stages}):
+    try:  # a stage this study skips: its overrides' values still (a NaN rate passed unread)
+      common.check_values(sub_config(config, task, 'positive', modes[0], config.seed))
+    except ValueError as error:
+      raise ValueError(f'overrides.{task}: {error} (a stage generators={config.generators!r} '
+                       'skips)') from None
   # A synthetic-only classifier trains on the exports alone (both classes for BrainCNN, the
   # healthy one for BrainCVAE): at least one batch of them, or it would stop after the
   # generators and real-data classifiers finished, when its settings can no longer change.
