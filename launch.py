@@ -65,7 +65,7 @@ def parse_flags(argv):
     detail = detail.replace(' Did you mean', '; did you mean')  # (ml_collections' hint)
     sys.exit(f'error: unknown config field {detail} (in: {given})')
   except (SyntaxError, NameError) as error:  # e.g. a run's config.json given as --config
-    hint = ('' if (_config_file(argv) or '').endswith('.py') else
+    hint = ('' if (config_file or '').endswith('.py') else
             'a config is a Python file with get_config(), e.g. configs/cnn_cls.py; ')
     sys.exit(f'error: the config file failed: {type(error).__name__}: {error} ({hint}in: '
              f'{given})')
