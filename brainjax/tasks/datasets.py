@@ -172,6 +172,20 @@ def synthetic_examples(config):
   return examples_lib.concatenate(synthetic.read_synthetic(d) for d in _export_dirs(config))
 
 
+# The digests of the real data that split_key records with a source (beyond the settings):
+# (what an older export does not record, what it then cannot be checked against, and what
+# differed when it does not match).
+_DATA_DIGESTS = {
+    'slices': ("which slices its generator's data held",
+               'files added to or removed from the data since',
+               'the data held other slices (files added to or removed from it since)'),
+    'groups': ('which slices were near-duplicates when its generator trained',
+               'files replaced since',
+               'other slices of the data were near-duplicates (a file replaced since), which '
+               "moves slices between the grouped split's parts"),
+}
+
+
 def check_same_split(config, export_dir, source=None):
   """A generator trained on another split (seed, split mode, data settings, or, with the real
   `source`, other slices in the data folder) may have trained on this run's validation or
@@ -183,34 +197,22 @@ def check_same_split(config, export_dir, source=None):
       logging.warning('%s/%s does not record the split its generator trained on: it cannot be '
                       'checked against this run\'s test slices.', export_dir, folder)
       continue
-    changed = reruns.config_changes(theirs, own, allowed=frozenset({'slices', 'groups'}))
+    changed = reruns.config_changes(theirs, own, allowed=frozenset(_DATA_DIGESTS))
     if changed:
       raise ValueError(f'{export_dir}/{folder} comes from a generator trained on another split '
                        f'of the real data ({"; ".join(changed[:3])}): it may have seen this '
                        'run\'s test slices; export from a generator run with the same seed, '
                        'split and data settings')
-    if source is None:
-      continue
-    if 'slices' not in theirs:  # an export of an older version
-      logging.warning('%s/%s does not record which slices its generator\'s data held: it '
-                      'cannot be checked against files added to or removed from the data since.',
-                      export_dir, folder)
-    elif theirs['slices'] != own['slices']:
-      raise ValueError(f'{export_dir}/{folder} comes from a generator trained when the data held '
-                       'other slices (files added to or removed from it since): it may have '
-                       'trained on this run\'s test slices; train the generators again on this '
-                       'data')
-    if 'groups' not in own:
-      continue
-    if 'groups' not in theirs:  # an export of an older version
-      logging.warning('%s/%s does not record which slices were near-duplicates when its '
-                      'generator trained: it cannot be checked against files replaced since.',
-                      export_dir, folder)
-    elif theirs['groups'] != own['groups']:
-      raise ValueError(f'{export_dir}/{folder} comes from a generator trained when other slices '
-                       'of the data were near-duplicates (a file replaced since), which moves '
-                       'slices between the grouped split\'s parts: it may have trained on this '
-                       'run\'s test slices; train the generators again on this data')
+    for field, (recorded, unchecked, when) in _DATA_DIGESTS.items():
+      if field not in own:  # (no source read, or no grouped split)
+        continue
+      if field not in theirs:  # an export of an older version
+        logging.warning('%s/%s does not record %s: it cannot be checked against %s.',
+                        export_dir, folder, recorded, unchecked)
+      elif theirs[field] != own[field]:
+        raise ValueError(f'{export_dir}/{folder} comes from a generator trained when {when}: it '
+                         'may have trained on this run\'s test slices; train the generators '
+                         'again on this data')
 
 
 def training_examples(config, real_train, label=None, source=None):
