@@ -58,7 +58,8 @@ def distance_to_closest_record(queries, references, block: int = 1024
   def centred(x, start):
     return x[start:start + block].astype(np.float64) - centre
 
-  max_r_sq = max(float(np.sum(centred(r_all, s) ** 2, axis=1).max()) for s in range(0, m, block))
+  r_sq_all = np.concatenate([np.sum(centred(r_all, s) ** 2, axis=1) for s in range(0, m, block)])
+  max_r_sq = float(r_sq_all.max())
   # |error| of one expanded squared distance <= 2 D eps (|q|^2 + |r|^2) (the sums and the dot
   # product in float64); a candidate may sit two such errors above the smallest.
   rounding = 4 * q_all.shape[1] * np.finfo(np.float64).eps
@@ -67,7 +68,7 @@ def distance_to_closest_record(queries, references, block: int = 1024
   best_idx = np.zeros(n, dtype=np.int64)
   for r_start in range(0, m, block):
     r = centred(r_all, r_start)
-    r_sq = np.sum(r ** 2, axis=1)
+    r_sq = r_sq_all[r_start:r_start + len(r)]
     for q_start in range(0, n, block):
       q = centred(q_all, q_start)
       q_sq = np.sum(q ** 2, axis=1)
