@@ -74,7 +74,7 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
     num_samples: with `rng`, the absolute error is averaged over this many stochastic
       reconstructions before normalising.
     rng: a PRNG key; selects the stochastic mode. An image's samples use keys folded from
-      fold_in(rng, c), c a checksum of its pixels (image_keys): its map depends on the image
+      fold_in(rng, c), c a checksum of its pixels (image_checksums): its map depends on the image
       alone, not on its place among `images` or the batch it falls in, so a slice scored
       again among other files (predict) gets the map it got in its run.
 
