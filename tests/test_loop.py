@@ -106,6 +106,14 @@ def test_plateau_lowers_the_rate_after_patience_epochs():
   assert p.scale == pytest.approx(0.1) and p.best == 0.9
 
 
+def test_reserved_keys_are_no_training_step_s_nor_each_other_s():
+  seed = 7
+  data = lambda key: tuple(np.asarray(jax.random.key_data(key)))
+  steps = {data(jax.random.fold_in(jax.random.PRNGKey(seed), k)) for k in range(1000)}
+  reserved = {data(loop.reserved_key(seed, p)) for p in ('sample_grid', 'latent_samples')}
+  assert len(reserved) == 2 and not reserved & steps
+
+
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   reference, _ = run(tmp_path / 'whole', config())
   with pytest.raises(KeyboardInterrupt):

@@ -104,9 +104,8 @@ class Reconstruction:
 
 def latent_samples_key(seed):
   """The key of the latent samples of every error map of a run's model, validation, test and
-  predict alike (each image's own from its pixels, see recon_error), one no training step
-  draws (step k's is fold_in(PRNGKey(seed), k))."""
-  return jax.random.fold_in(jax.random.PRNGKey(seed), 2**32 - 2)
+  predict alike (each image's own from its pixels, see recon_error)."""
+  return loop.reserved_key(seed, 'latent_samples')
 
 
 def error_maps(model, variables, images, anomaly_config, rng, batch_size=256):

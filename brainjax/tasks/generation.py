@@ -46,10 +46,8 @@ def sample_grid_callback(workdir, sample_fn, variables_of, seed, num=32):
   first + num - 1 of rng); `variables_of(state)` picks the generator's variables out of a
   training state.
   """
-  # A key no training step draws (step k's is fold_in(PRNGKey(seed), k); with 1 here, the
-  # grid's noise was that of step 1's first examples), nor another seed's (seed + 1 is that
-  # seed's own key, and past 2**32 - 1 wraps to key 0).
-  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 2**32 - 1)
+  # (With fold_in(PRNGKey(seed), 1) the grid's noise was that of step 1's first examples.)
+  rng = loop.reserved_key(seed, 'sample_grid')
 
   def evaluate(state):
     images = np.asarray(sample_fn(variables_of(state), rng, num))

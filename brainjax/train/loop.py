@@ -37,6 +37,17 @@ class Plateau:
   scale: float = 1.0
 
 
+# Keys a run draws outside its training steps, which take fold_in(PRNGKey(seed), step): tags
+# from the top of fold_in's 32-bit range, which no step reaches. (Another seed will not do:
+# seed + 1 is that seed's own key, and past 2**32 - 1 it wraps to seed 0.)
+_RESERVED_TAGS = {'sample_grid': 2**32 - 1, 'latent_samples': 2**32 - 2}
+
+
+def reserved_key(seed: int, purpose: str) -> jax.Array:
+  """The key of `purpose` ('sample_grid', 'latent_samples'), one no training step draws."""
+  return jax.random.fold_in(jax.random.PRNGKey(seed), _RESERVED_TAGS[purpose])
+
+
 def plateau_update(plateau, val_loss, factor, patience):
   """Multiplies `scale` by `factor` at the (patience + 1)-th epoch in a row without a new best
   loss (any decrease is one): torch's ReduceLROnPlateau with threshold 0."""
