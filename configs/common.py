@@ -40,7 +40,7 @@ def parse_arg(arg, variants, modifiers=('smoke',)):
 def data_config():
   """Where the slices come from and how they are preprocessed (brainjax/data/sources.py)."""
   return ml_collections.ConfigDict(dict(
-      dataset='phantom',  # 'phantom' (embedded, no download) | 'br35h' | 'folder' | 'synthetic'
+      dataset='phantom',  # 'phantom' (embedded, no download) | 'br35h' | 'folder'
       data_dir='',  # br35h: the unzipped Kaggle folder or its zip; folder: any yes/ + no/ folder
       num_per_class=1500,  # phantom: slices per class; others: 0 = all, N = first N
       image_size=128,

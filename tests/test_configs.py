@@ -123,7 +123,7 @@ REFUSED = [
     (['--config=configs/cvae_cls.py:real,smoke', '--config.data.dataset=folder',
       '--config.data.data_dir=configs'], 'has no yes/ or no/ folder'),
     (['--config=configs/cnn_cls.py:real,smoke', '--config.data.dataset=synthetic',
-      '--config.data.data_dir=configs'], 'configs is not a synthetic export'),
+      '--config.data.data_dir=configs'], "unknown data.dataset 'synthetic'"),
     (['--config=configs/study.py:quick,smoke', '--config.data.dataset=folder'],
      'data.data_dir must point at the folder data'),
     (['--config=configs/study.py:quick,smoke', '--config.synthetic_sources=vae,vae'],

@@ -22,7 +22,6 @@ from brainjax.data import image_io
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import sources
-from brainjax.data import synthetic
 from brainjax.data.br35h import load_br35h_records
 
 
@@ -73,7 +72,7 @@ def _digest_tree(root):
 
 
 def test_unknown_dataset_lists_valid_names(tmp_path):
-  with pytest.raises(ValueError, match='phantom, br35h, folder, synthetic'):
+  with pytest.raises(ValueError, match='phantom, br35h, folder$'):
     sources.load_source(_cfg(dataset='mnist'), str(tmp_path))
 
 
@@ -417,19 +416,6 @@ def test_a_cache_that_cannot_be_written_is_named_and_the_run_goes_on(tmp_path, m
     os.umask(previous)
   (cached,) = os.listdir(tmp_path / 'shared')
   assert os.stat(tmp_path / 'shared' / cached).st_mode & 0o777 == 0o644
-
-
-def test_synthetic_source_is_not_recropped(tmp_path):
-  rng = np.random.default_rng(0)
-  images = rng.uniform(size=(3, 64, 64, 1)).astype(np.float32)
-  images[:, :20] = 0.0
-  synthetic.write_synthetic(str(tmp_path / 'syn'), images, 1, {'generator': 'test'})
-  examples, _ = sources.load_source(
-      _cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn')), str(tmp_path))
-  np.testing.assert_allclose(examples.images, images, atol=0.5 / 255 + 1e-6)
-  with pytest.raises(ValueError, match='image_size'):
-    sources.load_source(_cfg(dataset='synthetic', data_dir=str(tmp_path / 'syn'),
-                             image_size=128), str(tmp_path))
 
 
 def test_real_br35h_smoke(br35h_dir, cache_dir):

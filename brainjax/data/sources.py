@@ -1,11 +1,11 @@
 """Data sources -> preprocessed Examples, cached on disk.
 
 data_cfg fields (ml_collections.ConfigDict):
-  dataset: 'phantom' | 'br35h' | 'folder' | 'synthetic'.
+  dataset: 'phantom' | 'br35h' | 'folder'.
   data_dir: br35h: the unzipped download, a folder holding its zip, or the zip;
     folder: any folder with yes/ and no/ (at its root or one level down), read
-    recursively, any image type; synthetic: an export folder (synthetic.py).
-    Unused by the phantom.
+    recursively, any image type. Unused by the phantom. (Synthetic exports are training data
+    only: tasks read them through synthetic_dirs, never as a source to validate or test on.)
   num_per_class: phantom: slices per class (0 = 1500, the size of Br35H);
     others: 0 = all, N = the first N files per class in sorted file-name order
     (before unusable files are skipped).
@@ -39,10 +39,9 @@ from brainjax.data import image_io
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import preprocess as preprocess_lib
-from brainjax.data import synthetic
 from brainjax.data.examples import Examples
 
-DATASETS = ('phantom', 'br35h', 'folder', 'synthetic')
+DATASETS = ('phantom', 'br35h', 'folder')
 PHANTOM_DEFAULT_PER_CLASS = 1500
 # Bump when decoding, preprocessing or the phantom changes, so that old caches are not reused
 # (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied; 4: files of several
@@ -100,8 +99,6 @@ def load_source(data_cfg, cache_dir: str) -> Source:
   dataset = _cfg(data_cfg, 'dataset', None)
   size, margin, n = _settings(data_cfg)
   data_dir = _cfg(data_cfg, 'data_dir', '')
-  if dataset == 'synthetic':
-    return _load_synthetic(data_dir, size, n)
   if dataset == 'phantom':
     seed = int(_cfg(data_cfg, 'seed', 0))
     count = n or PHANTOM_DEFAULT_PER_CLASS
@@ -152,12 +149,10 @@ def check_location(data_cfg) -> None:
   path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))
   if not os.path.exists(path):
     where = ('the unzipped Br35H download (yes/ and no/) or its .zip' if dataset == 'br35h'
-             else 'a folder of yes/ and no/' if dataset == 'folder' else 'a synthetic export')
+             else 'a folder of yes/ and no/')
     raise ValueError(f'data.data_dir {path} does not exist: point it at {where}')
   if dataset == 'br35h':
     layout.locate_download(path)
-  elif dataset == 'synthetic':
-    synthetic.read_manifest(path)  # (its manifest: a folder that is not an export fails here)
   elif dataset == 'folder':
     if not os.path.isdir(path):
       raise ValueError(f'data.data_dir {path} is not a folder')
@@ -393,15 +388,3 @@ def _read_cache(path) -> Source:
     logging.info('(%d files were skipped when this cache was built)', skipped)
   return Source(examples, raw_thumbnails)
 
-
-def _load_synthetic(data_dir, size, n) -> Source:
-  examples = synthetic.read_synthetic(data_dir)
-  if examples.images.shape[1:3] != (size, size):
-    raise ValueError(f'synthetic images in {data_dir} are {examples.images.shape[1:3]}, '
-                     f'but data.image_size is {size}')
-  if n:
-    rows = [(str(name), int(label), i) for i, (name, label) in
-            enumerate(zip(examples.ids, examples.labels))]
-    examples = examples.take(np.asarray(sorted(r[2] for r in _first_per_class(rows, n)), np.int64))
-  thumbs = np.stack([dedup.raw_thumbnail(im[..., 0]) for im in examples.images])
-  return Source(examples, thumbs)
