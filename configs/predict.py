@@ -22,8 +22,9 @@ def get_config(arg=None):
   config = common.base_config('predict', 'predict' + '_smoke' * opts.smoke)
   config.model_dir = ''  # workdir of a trained cnn_cls or cvae_cls run
   config.input = ''  # an image file, a folder (recursive) or a .zip
-  # BrainCVAE runs only: 'selected' = the rule the run picked on validation; 'all' = all
-  # four (the selected one sets predicted_label, regions/ and overlays/); or one rule name,
+  # BrainCVAE runs only: 'selected' = the rule the run picked on validation; 'all' = every
+  # rule the run evaluated (the selected one sets predicted_label, regions/ and overlays/); or
+  # one rule name,
   # or a comma-separated list (the first one leads): giaem, dbscan, kmeans, global_kmeans.
   config.rules = 'selected'
   # A folder/zip of training images: inputs whose thumbnails correlate above dedup_threshold

@@ -38,12 +38,11 @@ class SearchResult(NamedTuple):
 
 
 def check_labels(labels, n: int) -> np.ndarray:
-  labels = np.asarray(labels)
+  """bool (n,) labels (1 = tumour), or a ValueError."""
+  labels = classification.as_binary('labels', labels)
   if labels.shape != (n,):
     raise ValueError(f'labels must have shape ({n},), got {labels.shape}')
-  if not np.isin(labels, (0, 1)).all():
-    raise ValueError('labels must hold only 0 (healthy) and 1 (tumour)')
-  return labels.astype(bool)
+  return labels
 
 
 def confusion_grid(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray):

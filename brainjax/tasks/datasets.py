@@ -2,8 +2,8 @@
 
 Validation and test sets are always real slices, fixed by (data, split mode, seed), so the
 real / synthetic / mixed variants of a classifier are scored on exactly the same images.
-Generators train only on the CNN protocol's training slices, healthy ones also in the anomaly
-protocol's training part, so no synthetic image is derived from a slice a classifier is later
+Generators train only on the CNN protocol's training slices, healthy ones only if also in the
+anomaly protocol's training part, so no synthetic image is derived from a slice a classifier is later
 validated or tested on. (Tumour slices are never anomaly training data: BrainCVAE's
 validation and test sets hold every one; tumour exports never train it, as it trains on
 healthy slices only.)
@@ -121,8 +121,8 @@ def split_key(config, source=None):
 
 
 def generator_training_set(config, source, label):
-  """Slices of class `label` in the CNN protocol's training part; healthy ones also in the
-  anomaly protocol's (see the module docstring)."""
+  """Slices of class `label` in the CNN protocol's training part; healthy ones only if also
+  in the anomaly protocol's (see the module docstring)."""
   examples = source.examples
   keep = np.zeros(len(examples), bool)
   keep[split(config, source, 'cnn').train] = True

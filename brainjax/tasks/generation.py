@@ -16,11 +16,6 @@ from brainjax.train import parallel
 from brainjax.train import reporting
 
 
-def class_training_set(config, source):
-  """The real training slices (Examples) of the config's class (config.label) in `source`."""
-  return datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
-
-
 def latent_noise(rng, num, latent_dim, first=0):
   """(num, latent_dim) standard normal rows of samples first .. first + num - 1 of rng, each
   from its own key (layers.index_keys, the scheme of the training noise too)."""
@@ -112,7 +107,7 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
   """
   check_config(config)  # (launch.py checks it first; a direct caller here)
   source = datasets.real_source(config)
-  train = class_training_set(config, source)
+  train = datasets.generator_training_set(config, source, datasets.LABEL_NAMES[config.label])
   data_key = datasets.training_key(config, train)
   if config.mode == 'generate':
     state, meta = checkpoints.restore_latest(workdir, state)

@@ -1,4 +1,6 @@
-"""Orbax checkpoints: the latest few for resuming, and the best one by validation loss."""
+"""Orbax checkpoints: the latest few for resuming, and the best one by validation loss.
+
+The wrappers only; when a run saves, and which checkpoint is its best, is `loop._Saves`."""
 import contextlib
 import errno
 import os

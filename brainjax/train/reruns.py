@@ -4,7 +4,7 @@
 resumed or rerun with RERUN_FIELDS changed), `lock_workdir` keeps a second process out while
 one runs there, and `write_config` writes config.json; a refused rerun, or one that stopped
 before it changed the results (`untouched_since`), gets the old config.json back
-(`put_back_config`): launch.py does all four.
+(`put_back_config`): run_setup (launch.py) and each study stage call them.
 """
 import contextlib
 import json
