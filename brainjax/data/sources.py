@@ -89,6 +89,13 @@ class Source(NamedTuple):
   raw_thumbnails: np.ndarray  # (N, 32, 32) float32 of the whole raw file (for dedup)
 
 
+def resolve_cache_dir(configured: str = '') -> str:
+  """The preprocessing cache folder: the config's cache_dir, else $BRAINJAX_CACHE, else
+  ~/.cache/brainjax."""
+  return (configured or os.environ.get('BRAINJAX_CACHE')
+          or os.path.join(os.path.expanduser('~'), '.cache', 'brainjax'))
+
+
 def load_source(data_cfg, cache_dir: str) -> Source:
   """Examples and raw-file thumbnails of the configured source.
 

@@ -27,14 +27,9 @@ from brainjax.train import reruns
 LABEL_NAMES = {'negative': NEGATIVE, 'positive': POSITIVE}
 
 
-def cache_dir(config):
-  return (config.cache_dir or os.environ.get('BRAINJAX_CACHE')
-          or os.path.join(os.path.expanduser('~'), '.cache', 'brainjax'))
-
-
 def real_source(config):
   """All preprocessed real slices named by config.data (cached), with their raw thumbnails."""
-  return sources.load_source(config.data, cache_dir(config))
+  return sources.load_source(config.data, sources.resolve_cache_dir(config.cache_dir))
 
 
 _CLASS_NAMES = {NEGATIVE: 'healthy', POSITIVE: 'tumour'}  # (folders: layout.CLASSES[label])

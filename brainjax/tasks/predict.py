@@ -51,8 +51,8 @@ from brainjax.data import inputs as inputs_lib
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import preprocess as preprocess_lib
+from brainjax.data import sources
 from brainjax.evaluation import classification
-from brainjax.tasks import datasets
 from brainjax.tasks import runs
 from brainjax.train import parallel
 from brainjax.train import reporting
@@ -393,7 +393,7 @@ def _smoke_inputs(config, workdir):
     model_dir = os.path.join(workdir, f'smoke_model_{config.smoke_task}')  # one per task
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
       sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
-      sub.cache_dir = datasets.cache_dir(config)
+      sub.cache_dir = sources.resolve_cache_dir(config.cache_dir)
       sub.num_devices = config.num_devices
       os.makedirs(model_dir, exist_ok=True)
       reruns.write_config(model_dir, sub)

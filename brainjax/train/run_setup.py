@@ -7,7 +7,6 @@ import os
 
 from brainjax.data import layout
 from brainjax.data import sources
-from brainjax.tasks import datasets
 from brainjax.train import parallel
 from brainjax.train import reruns
 from configs import common
@@ -68,7 +67,7 @@ def resolve_paths(config, workdir):
     head, tail = os.path.split(workdir.rstrip(os.sep))
     workdir = (os.path.join(os.path.realpath(head), tail) if tail not in ('', os.curdir, os.pardir)
                else os.path.realpath(workdir))
-  written = {'--workdir': workdir, 'cache_dir': datasets.cache_dir(config)}
+  written = {'--workdir': workdir, 'cache_dir': sources.resolve_cache_dir(config.cache_dir)}
   if config.get('model_dir'):
     written['model_dir'] = config.model_dir  # (read by Orbax)
   if config.get('export') and config.export.get('dir'):
@@ -111,7 +110,7 @@ def check_settings(config, task):
   if config.task != 'predict':  # (which reads its model's data settings, not its own)
     sources.check_location(config.data)
   task.check_config(config)  # the task's own: a study's stages, a classifier's data
-  cache = datasets.cache_dir(config)
+  cache = sources.resolve_cache_dir(config.cache_dir)
   problem = cache_problem(cache)
   if problem:
     raise ValueError(f'cannot use the cache folder {cache!r} (--config.cache_dir, '
