@@ -133,15 +133,6 @@ def _lloyd(errors, rows, cols, start, num_images, max_iter):
   return jax.lax.while_loop(lambda s: jnp.any(s[0] < num_images), body, state)[-1]
 
 
-def pixel_grid(h: int, w: int, factor: int = 1):
-  """float32 (row / H, col / W) of each pixel, or of each factor x factor block's
-  centre (the mean position of its pixels), row-major."""
-  rows = (np.arange(h // factor) * factor + (factor - 1) / 2) / h
-  cols = (np.arange(w // factor) * factor + (factor - 1) / 2) / w
-  return (np.repeat(rows, w // factor).astype(np.float32),
-          np.tile(cols, h // factor).astype(np.float32))
-
-
 def coarse_factor(h: int, w: int) -> int:
   """Pooling factor of the initialisation stage: 4 when it divides the image, else 1."""
   return _COARSE if h % _COARSE == 0 and w % _COARSE == 0 and min(h, w) >= 4 * _COARSE else 1
@@ -152,11 +143,11 @@ def coarse_factor(h: int, w: int) -> int:
 def _cluster_chunk(errors, num_images, h, w, max_iter):
   """(second bool (N, D), centroids (N, 2, 3)) of the first num_images images."""
   factor = coarse_factor(h, w)
-  rows, cols = (jnp.asarray(a) for a in pixel_grid(h, w))
+  rows, cols = (jnp.asarray(a) for a in pixel_features.pixel_grid(h, w))
   if factor > 1:
     pooled = errors.reshape(-1, h // factor, factor, w // factor, factor).mean(axis=(2, 4))
     pooled = pooled.reshape(errors.shape[0], -1)
-    coarse_rows, coarse_cols = (jnp.asarray(a) for a in pixel_grid(h, w, factor))
+    coarse_rows, coarse_cols = (jnp.asarray(a) for a in pixel_features.pixel_grid(h, w, factor))
     start = _lloyd(pooled, coarse_rows, coarse_cols,
                    _farthest_point_init(pooled, coarse_rows, coarse_cols), num_images, max_iter)
   else:

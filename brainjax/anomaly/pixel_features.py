@@ -69,10 +69,17 @@ def nonzero_2d(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   return np.divmod(np.flatnonzero(mask), mask.shape[1])
 
 
+def pixel_grid(h: int, w: int, factor: int = 1, dtype=np.float32):
+  """(row / H, col / W) of each pixel, or of each factor x factor block's centre (the mean
+  position of its pixels), row-major: two (H*W / factor**2,) arrays of `dtype`."""
+  rows = (np.arange(h // factor) * factor + (factor - 1) / 2) / h
+  cols = (np.arange(w // factor) * factor + (factor - 1) / 2) / w
+  return np.repeat(rows, w // factor).astype(dtype), np.tile(cols, h // factor).astype(dtype)
+
+
 def pixel_positions(h: int, w: int) -> np.ndarray:
   """float64 (H*W, 2): (row / H, col / W) of each pixel in row-major order."""
-  rows, cols = np.meshgrid(np.arange(h) / h, np.arange(w) / w, indexing='ij')
-  return np.stack([rows.reshape(-1), cols.reshape(-1)], axis=1)
+  return np.stack(pixel_grid(h, w, dtype=np.float64), axis=1)
 
 
 def pixel_features(error_row: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -92,7 +92,7 @@ def anomalous_share(error_row, h, w, max_iter=100):
   if factor > 1:
     pooled = error_row.reshape(h // factor, factor, w // factor, factor).astype(
         np.float32).mean(axis=(1, 3)).reshape(-1)
-    coarse = np.stack([pooled, *kmeans_image.pixel_grid(h, w, factor)], axis=1).astype(np.float64)
+    coarse = np.stack([pooled, *pixel_features.pixel_grid(h, w, factor)], axis=1).astype(np.float64)
   else:
     coarse = features
   first = np.argmax(coarse[:, 0])
