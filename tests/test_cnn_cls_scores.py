@@ -11,6 +11,7 @@ import numpy as np
 import optax
 from sklearn import metrics as sk
 
+from brainjax.evaluation import study_table
 from brainjax.data.examples import Examples
 from brainjax.models import BrainCNN
 from brainjax.tasks import cnn_cls
@@ -159,8 +160,11 @@ def test_a_log_odds_of_zero_is_called_tumour(monkeypatch):
 def test_the_printed_table_row_puts_each_metric_in_its_column():
   # Accuracy, precision, recall, F1, ROC AUC, in percent (the study's Table 1 order).
   metrics = dict(accuracy=0.11, precision=0.22, recall=0.33, f1=0.44, auroc=0.555)
-  assert (reporting.table_row('CNN', 'real', metrics)
-          == '| CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |')
-  header = reporting.TABLE_HEADER.splitlines()[0]
+  header, rule, row = study_table.run_table('cnn_cls', 'real', metrics).splitlines()
+  assert row == '| CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |'
   assert [c.strip() for c in header.split('|')[3:-1]] == [
       'Accuracy %', 'Precision %', 'Recall %', 'F1 %', 'ROC AUC %']
+  cvae = {f'{r}_{k}': v for r in ('giaem', 'global_kmeans') for k, v in metrics.items()}
+  _, _, *rows = study_table.run_table('cvae_cls', 'mixed', cvae).splitlines()
+  assert rows == [f'| VAE ({name}) | mixed | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |'
+                  for name in ('GIAEM', 'Global KMeans')]

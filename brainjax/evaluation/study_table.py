@@ -27,17 +27,30 @@ COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_precision',
            'macro_recall', 'macro_f1')
 
 
-def _rows_of_run(run):
-  """(model name, {column: value}) pairs one classifier run contributes to the table."""
-  m = run['metrics']
+def rows_of_run(task, m):
+  """(model name, {column: value}) pairs a classifier run (task 'cnn_cls' or 'cvae_cls', its
+  metrics `m`) contributes to the table."""
 
   def value(key):  # (a stage finished before macro_* was named so holds weighted_*)
     return m.get(key, m.get(key.replace('macro_', 'weighted_')))
 
-  if run['task'] == 'cnn_cls':
+  if task == 'cnn_cls':
     return [('CNN', {c: value(c) for c in COLUMNS})]
   return [(name, {c: value(f'{rule}_{c}') for c in COLUMNS})
           for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
+
+
+RUN_TABLE_HEADER = ('| Model | Train data | Accuracy % | Precision % | Recall % | F1 % | ROC AUC % |\n'
+                    '| --- | --- | --- | --- | --- | --- | --- |')
+
+
+def run_table(task, train_data, metrics):
+  """The markdown rows, under RUN_TABLE_HEADER, a classifier run prints: Table 1's first
+  columns in percent."""
+  rows = [f'| {model} | {train_data} | '
+          + ' | '.join(f'{values[c] * 100:.2f}' for c in COLUMNS[:5]) + ' |'
+          for model, values in rows_of_run(task, metrics)]
+  return '\n'.join([RUN_TABLE_HEADER, *rows])
 
 
 def _defined(value):
@@ -52,7 +65,7 @@ def aggregate(results, scale=100.0):
   """
   groups = {}
   for run in results:
-    for model, values in _rows_of_run(run):
+    for model, values in rows_of_run(run['task'], run['metrics']):
       key = (run['split'], model, run['train_data'], run['source'])
       groups.setdefault(key, []).append(values)
   table = []
@@ -84,7 +97,7 @@ def synthetic_gaps(results, scale=100.0):
   """
   real, synthetic = {}, {}
   for run in results:
-    for model, values in _rows_of_run(run):
+    for model, values in rows_of_run(run['task'], run['metrics']):
       if run['train_data'] == 'real':
         real[(run['split'], model, run['seed'])] = values
       elif run['train_data'] == 'synthetic':

@@ -10,6 +10,7 @@ import optax
 from brainjax import models
 from brainjax.data import pipeline
 from brainjax.evaluation import classification
+from brainjax.evaluation import study_table
 from brainjax.tasks import datasets
 from brainjax.train import checkpoints
 from brainjax.train import compile_options
@@ -158,7 +159,7 @@ def train_and_evaluate(config, workdir):
   metrics = metrics_of_log_odds(test.labels, log_odds)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
-  print(reporting.TABLE_HEADER, reporting.table_row('CNN', config.train_data, metrics), sep='\n')
+  print(study_table.run_table(config.task, config.train_data, metrics))
   if parallel.is_first_host():
     # (before metrics.json: the run's end)
     reporting.write_test_scores(workdir, test, score=log_odds)

@@ -172,12 +172,7 @@ def train_and_evaluate(config, workdir):
       val_errors, val.labels, test_errors, test.labels, config.anomaly, test_masks=test.masks)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
-  print(reporting.TABLE_HEADER)
-  for rule, name in study_table.RULE_ROW_NAMES.items():
-    if f'{rule}_accuracy' in metrics:
-      print(reporting.table_row(name, config.train_data,
-                              {k: metrics[f'{rule}_{k}'] for k in
-                               ('accuracy', 'precision', 'recall', 'f1', 'auroc')}))
+  print(study_table.run_table(config.task, config.train_data, metrics))
   if not parallel.is_first_host():  # the first host writes the run's files
     return metrics
   for name, array in fitted.items():  # what predict needs to apply the rules to new slices

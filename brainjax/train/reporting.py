@@ -68,16 +68,6 @@ def read_metrics_json(workdir):
     return json.load(f)
 
 
-TABLE_HEADER = ('| Model | Train data | Accuracy % | Precision % | Recall % | F1 % | ROC AUC % |\n'
-                '| --- | --- | --- | --- | --- | --- | --- |')
-
-
-def table_row(model_name, train_data, metrics):
-  """One markdown row of the study's Table 1 (percentages)."""
-  cells = [metrics[k] * 100 for k in ('accuracy', 'precision', 'recall', 'f1', 'auroc')]
-  return f'| {model_name} | {train_data} | ' + ' | '.join(f'{c:.2f}' for c in cells) + ' |'
-
-
 def eval_ids(**ids):
   """What eval_ids.json holds of each set's slice ids (e.g. val=, test=): sorted strings."""
   return {k: sorted(map(str, v)) for k, v in ids.items()}
