@@ -36,7 +36,7 @@ import importlib
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from absl import logging
 import numpy as np
@@ -70,7 +70,7 @@ class Item(NamedTuple):
   in_zip: bool = False  # (its path's backslashes separate folders)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Prepared:
   """Items after decoding and preprocessing; status 'ok' or 'skipped: <reason>'."""
   items: List[Item]
@@ -360,10 +360,11 @@ def _clear_outputs(workdir: str):
 
 
 def _drop_near_duplicates(config, run: runs.Run, prepared: Prepared,
-                          reader: inputs_lib.Reader) -> int:
-  """Marks inputs that are near-duplicates of config.dedup_against's images as skipped."""
+                          reader: inputs_lib.Reader) -> Tuple[Prepared, int]:
+  """(`prepared` with the inputs that are near-duplicates of config.dedup_against's images
+  skipped, how many)."""
   if not config.dedup_against or not len(prepared.ok):
-    return 0
+    return prepared, 0
   reference = prepare(file_items(inputs_lib.list_inputs(config.dedup_against), reader),
                       run.image_size, run.margin, config.num_threads, thumbnails=True)
   if not len(reference.ok):
@@ -373,17 +374,17 @@ def _drop_near_duplicates(config, run: runs.Run, prepared: Prepared,
   duplicate = np.asarray(dedup.near_duplicates_of(
       prepared.images, reference.images, config.dedup_threshold,
       extra_views=[(prepared.raw_thumbnails, reference.raw_thumbnails)]), bool)
+  status = list(prepared.status)
   for i in prepared.ok[duplicate]:
-    prepared.status[i] = 'skipped: near-duplicate of a dedup_against image'
+    status[i] = 'skipped: near-duplicate of a dedup_against image'
   keep = ~duplicate
-  prepared.images = prepared.images[keep]
-  prepared.infos = [info for info, k in zip(prepared.infos, keep) if k]
-  prepared.ok = prepared.ok[keep]
-  prepared.raw_thumbnails = prepared.raw_thumbnails[keep]
   logging.info('%d of %d inputs are near-duplicates (correlation > %g) of the %d images in %s; '
                'skipped.', int(duplicate.sum()), len(duplicate), config.dedup_threshold,
                len(reference.ok), config.dedup_against)
-  return int(duplicate.sum())
+  return dataclasses.replace(
+      prepared, status=status, images=prepared.images[keep], ok=prepared.ok[keep],
+      infos=[info for info, k in zip(prepared.infos, keep) if k],
+      raw_thumbnails=prepared.raw_thumbnails[keep]), int(duplicate.sum())
 
 
 def _smoke_inputs(config, workdir):
@@ -471,20 +472,21 @@ def _files_to_read(input_path, workdir):
   return kept
 
 
-def _write_maps(config, workdir, prepared, preds) -> int:
-  """Writes each predicted file's map and region; returns how many could not be written
-  (their status says why)."""
+def _write_maps(config, workdir, prepared, preds) -> Tuple[Prepared, int]:
+  """Writes each predicted file's map and region; returns (`prepared` with the status of those
+  that could not be written saying why, how many)."""
   with concurrent.futures.ThreadPoolExecutor(_threads(config.num_threads)) as pool:
     failures = list(pool.map(lambda j: _write_map_outputs(
         workdir, prepared.items[prepared.ok[j]], prepared.images[j, ..., 0],
         preds.errors[j], preds.region[j], prepared.infos[j]), range(len(prepared.ok))))
+  status = list(prepared.status)
   for i, failure in zip(prepared.ok, failures):
     if failure:
-      prepared.status[i] = f'ok; maps not written: {failure}'
+      status[i] = f'ok; maps not written: {failure}'
   num_failed = sum(1 for failure in failures if failure)
   if num_failed:
     logging.warning('%d maps not written; see the status column of predictions.csv.', num_failed)
-  return num_failed
+  return dataclasses.replace(prepared, status=status), num_failed
 
 
 def _metrics_of_labelled_files(prepared, preds, rules):
@@ -531,12 +533,12 @@ def train_and_evaluate(config, workdir):
     prepared = prepare(file_items(files, reader), run.image_size, run.margin, config.num_threads,
                        thumbnails=bool(config.dedup_against))
     num_unreadable = len(files) - len(prepared.ok)
-    num_duplicates = _drop_near_duplicates(config, run, prepared, reader)
+    prepared, num_duplicates = _drop_near_duplicates(config, run, prepared, reader)
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
     seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()
     if rules and config.write_maps:
-      num_without_maps = _write_maps(config, workdir, prepared, preds)
+      prepared, num_without_maps = _write_maps(config, workdir, prepared, preds)
       seconds['maps'] = time.perf_counter() - tick
 
   fields, rows = _csv_rows(prepared, preds, rules)
