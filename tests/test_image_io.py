@@ -1,6 +1,7 @@
 """Decoding of odd files: modes, bit depths, corrupt, truncated, empty, not an image."""
 import io
 import os
+import struct
 import subprocess
 import sys
 import warnings
@@ -10,6 +11,7 @@ from PIL import Image
 import pytest
 
 from brainjax.data import image_io
+from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import preprocess
 
@@ -145,6 +147,28 @@ def test_a_jpeg_with_data_after_its_end_reads_and_a_truncated_one_never_does(mon
   monkeypatch.setattr(ImageFile, 'LOAD_TRUNCATED_IMAGES', True)  # (PIL would pad it)
   with pytest.raises(image_io.UnreadableImage, match='truncated'):
     image_io.decode_image(data[:-2])
+
+def _dds_r16(h=8, w=8):
+  """A well-formed DDS of DXGI format 56 (16-bit grey), which PIL identifies, not decodes."""
+  header = (struct.pack('<IIIIIII', 124, 0x100F, h, w, w * 2, 0, 1) + b'\0' * 44
+            + struct.pack('<II4sIIIII', 32, 0x4, b'DX10', 0, 0, 0, 0, 0)
+            + struct.pack('<IIIII', 0x1000, 0, 0, 0, 0))
+  return b'DDS ' + header + struct.pack('<IIIII', 56, 3, 0, 1, 0) + b'\x10' * (2 * h * w)
+
+
+def test_a_format_pil_identifies_but_cannot_decode_is_unreadable():
+  # (PIL raised NotImplementedError, which training and predict let through as a traceback)
+  with pytest.raises(image_io.UnreadableImage, match='corrupt or truncated image: Unimplemented'):
+    image_io.decode_image(_dds_r16())
+
+
+def test_a_file_too_large_for_an_image_is_refused_unread(tmp_path):
+  path = tmp_path / 'stray_backup.jpg'
+  with open(path, 'wb') as f:  # sparse: no disk used
+    f.truncate(layout.MAX_IMAGE_BYTES + 1)
+  with pytest.raises(image_io.UnreadableImage, match='file too large for an image'):
+    image_io.read_image_file(path)
+
 
 def test_unreadable_is_a_value_error_with_one_line_reason(tmp_path):
   path = tmp_path / 'notes.txt'

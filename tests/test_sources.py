@@ -554,6 +554,25 @@ def test_a_link_up_the_tree_is_not_read_and_a_fifo_is_refused(tmp_path, monkeypa
   assert 'Skipped 2 of 4' in message and 'yes/pipe.png (unreadable' in message
 
 
+def test_a_file_too_large_for_an_image_is_a_counted_skip_neither_hashed_nor_read(
+    tmp_path, monkeypatch):
+  # (a stray 30 GiB backup was hashed for a minute, then read whole: a MemoryError traceback)
+  for label in ('yes', 'no'):
+    (tmp_path / label).mkdir()
+    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  with open(tmp_path / 'yes' / 'backup.jpg', 'wb') as f:  # sparse
+    f.truncate(layout.MAX_IMAGE_BYTES + 1)
+  digest = sources.file_digest(str(tmp_path / 'yes' / 'backup.jpg'), layout.MAX_IMAGE_BYTES)
+  assert digest.startswith(f'too large: {layout.MAX_IMAGE_BYTES + 1} bytes')
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path),
+                                         num_per_class=0), str(tmp_path / 'cache'))
+  assert list(examples.ids) == ['no/no0.png', 'yes/yes0.png']
+  (message,) = [w for w in warnings if 'Skipped' in w]
+  assert 'Skipped 1 of 3' in message and 'file too large for an image' in message
+
+
 def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monkeypatch):
   for label in ('yes', 'no'):
     (tmp_path / label).mkdir()

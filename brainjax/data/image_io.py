@@ -166,17 +166,22 @@ def decode_image(data: bytes) -> np.ndarray:
     raise UnreadableImage('not a recognised image format') from None
   except Image.DecompressionBombError as e:
     raise UnreadableImage(f'image too large: {e}') from None
-  except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
-          struct.error) as e:
+  except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+          NotImplementedError) as e:  # (the last: a format variant PIL identifies, not decodes)
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UnreadableImage(f'corrupt or truncated image: {reason}') from None
 
 
 def read_image_file(path) -> np.ndarray:
-  """Reads and decodes one file (never modified); see decode_image."""
+  """Reads and decodes one file (never modified) of at most layout.MAX_IMAGE_BYTES; see
+  decode_image."""
   path = os.fspath(path)
   try:
     with layout.open_file(path) as f:
+      size = os.fstat(f.fileno()).st_size
+      if size > layout.MAX_IMAGE_BYTES:
+        raise UnreadableImage(f'file too large for an image ({size / 2**30:.1f} GiB, over '
+                              f'{layout.MAX_IMAGE_BYTES >> 20} MiB)')
       data = f.read()
   except OSError as e:
     raise UnreadableImage(f'cannot read file: {e.strerror or e}') from None

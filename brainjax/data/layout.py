@@ -243,8 +243,9 @@ def _zip_class_depth(path: str, names: List[List[str]]) -> Tuple[int, Optional[s
   return 1, _one_top(path, tops)
 
 
-# A zip member claiming more than this is refused before it is inflated (zip bombs).
-MAX_MEMBER_BYTES = 512 << 20
+# An image file, or a zip member, of more bytes is refused before it is read (or inflated: zip
+# bombs): a stray video or volume was read whole, a MemoryError traceback.
+MAX_IMAGE_BYTES = 512 << 20
 # What reading one damaged member raises (RuntimeError: an encrypted member).
 MEMBER_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError,
                       RuntimeError)
@@ -252,7 +253,7 @@ MEMBER_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImpl
 
 def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
   """A member's bytes; raises one of MEMBER_READ_ERRORS, or ValueError if too large."""
-  if info.file_size > MAX_MEMBER_BYTES:
+  if info.file_size > MAX_IMAGE_BYTES:
     raise ValueError(f'zip member too large ({info.file_size} bytes)')
   return archive.read(info)
 

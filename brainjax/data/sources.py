@@ -120,7 +120,7 @@ def load_source(data_cfg, cache_dir: str) -> Source:
     digests = [hashlib.sha256(job[3]).hexdigest() for job in jobs]
   else:
     jobs = _folder_jobs(data_dir, n)
-    digests = [file_digest(job[3]) for job in jobs]
+    digests = [file_digest(job[3], layout.MAX_IMAGE_BYTES) for job in jobs]
   _warn_of_files_in_both_classes(jobs, digests, data_dir)
   key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
   return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source_dir=data_dir)
@@ -167,11 +167,15 @@ def check_location(data_cfg) -> None:
       raise ValueError(f'{path} has no yes/ or no/ folder (at its root or one level down)')
 
 
-def file_digest(path: str) -> str:
-  """SHA-256 of a file's contents ('unreadable: <reason>' when it cannot be read)."""
+def file_digest(path: str, max_bytes: Optional[int] = None) -> str:
+  """SHA-256 of a file's contents ('unreadable: <reason>' when it cannot be read; a file of
+  more than max_bytes, which will not be read, is known by its size and modification time)."""
   h = hashlib.sha256()
   try:
     with layout.open_file(path) as f:
+      info = os.fstat(f.fileno())
+      if max_bytes is not None and info.st_size > max_bytes:
+        return f'too large: {info.st_size} bytes, modified {info.st_mtime_ns}'
       for block in iter(lambda: f.read(1 << 20), b''):
         h.update(block)
   except OSError as e:  # the job itself will report the file as unreadable
