@@ -45,6 +45,17 @@ def test_macos_metadata_in_an_export_is_not_an_image(tmp_path):
   assert list(synthetic.read_synthetic(out).ids) == ['yes/00000.png', 'yes/00001.png']
 
 
+def test_a_damaged_image_in_an_export_is_named(tmp_path):
+  # (it was "error: image file is truncated", naming neither the file nor the export)
+  out = str(tmp_path / 'export')
+  synthetic.write_synthetic(out, _images(2), POSITIVE, {})
+  path = os.path.join(out, 'yes', '00001.png')
+  with open(path, 'r+b') as f:
+    f.truncate(os.path.getsize(path) // 2)
+  with pytest.raises(ValueError, match=r'yes/00001.png cannot be read \(.*truncated.*\): export'):
+    synthetic.read_synthetic(out)
+
+
 def test_rewriting_a_class_replaces_it(tmp_path):
   out = str(tmp_path)
   synthetic.write_synthetic(out, _images(4), POSITIVE, {'run': 'a'})

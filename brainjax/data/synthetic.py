@@ -211,8 +211,14 @@ def read_synthetic(out_dir: str) -> Examples:
     try:
       folder_id = os.stat(path).st_ino
       for name in names:
-        with Image.open(os.path.join(path, name)) as image:
-          pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
+        try:
+          with Image.open(os.path.join(path, name)) as image:
+            pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
+        except FileNotFoundError:
+          raise
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # (a damaged file)
+          raise ValueError(f'{path}/{name} cannot be read ({e}): export this class again '
+                           '(--config.mode=generate in its generator workdir)') from None
         if shape is None:
           shape = pixels.shape
         elif pixels.shape != shape:
