@@ -573,6 +573,26 @@ def test_a_file_too_large_for_an_image_is_a_counted_skip_neither_hashed_nor_read
   assert 'Skipped 1 of 3' in message and 'file too large for an image' in message
 
 
+def test_a_run_folder_inside_a_class_folder_is_not_read(tmp_path, monkeypatch):
+  # (a predict with --workdir=data/yes/predictions wrote overlays of healthy scans there, and
+  # training read them as tumour slices)
+  for label in ('yes', 'no'):
+    (tmp_path / label).mkdir()
+    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  run = tmp_path / 'yes' / 'predictions'
+  (run / 'overlays' / 'no').mkdir(parents=True)
+  (run / 'config.json').write_text('{"task": "predict"}')
+  _scan(3, 1, False).save(run / 'overlays' / 'no' / 'no0.png')
+  (tmp_path / 'yes' / 'notes').mkdir()
+  (tmp_path / 'yes' / 'notes' / 'config.json').write_text('["not a run"]')
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  assert [n for n, _, _ in layout.iter_folder(str(tmp_path))] == [
+      'no/no0.png', 'yes/notes/config.json', 'yes/yes0.png']
+  (message,) = [w for w in warnings if 'run folders' in w]
+  assert 'not reading the 2 files of brainjax run folders under yes/' in message
+
+
 def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monkeypatch):
   for label in ('yes', 'no'):
     (tmp_path / label).mkdir()

@@ -9,11 +9,12 @@ not scans and are ignored.
 """
 import contextlib
 import errno
+import json
 import os
 import stat
 import zipfile
 import zlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from absl import logging
 
@@ -193,6 +194,22 @@ def walk_files(folder: str) -> Iterator[str]:
     yield error.filename
 
 
+def run_folders(paths: Iterable[str]) -> Dict[str, str]:
+  """{folder (real path, ending in a separator): task} of the `paths` that are a brainjax run's
+  config.json: a run's outputs (a predict's overlays and regions) are not scans."""
+  found = {}
+  for path in paths:
+    if os.path.basename(path) != 'config.json':
+      continue
+    try:
+      with open(path) as f:
+        task = json.load(f)['task']
+    except (OSError, ValueError, TypeError, KeyError):  # not a brainjax config
+      continue
+    found[os.path.dirname(os.path.realpath(path)) + os.sep] = task
+  return found
+
+
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   """(name like 'yes/a/b.jpg', label, absolute path) of every file under the class folders, in
   the order of their names (a zip of the same folders lists the same files in the same order,
@@ -200,6 +217,8 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
 
   A file that a link leads to from one class folder into the other (yes/more -> ../no) is
   read under its own class only, with a warning: it would be a healthy slice called tumour.
+  Nor are the files of a brainjax run's folder inside (run_folders: a predict's outputs under
+  yes/ held overlays of healthy scans).
   """
   top = class_root(root)
   if top is None:
@@ -229,6 +248,12 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
       logging.warning('%s: %d files under %s/ are links into another class folder, not read as '
                       '%s/: %s%s', root, len(crossing), cls, cls, ', '.join(sorted(crossing)[:5]),
                       ' ...' if len(crossing) > 5 else '')
+    outputs = tuple(run_folders(full for _, _, full in named))
+    if outputs:
+      scans = [n for n in named if not os.path.realpath(n[2]).startswith(outputs)]
+      logging.warning('%s: not reading the %d files of brainjax run folders under %s/ (%s)', root,
+                      len(named) - len(scans), cls, ', '.join(outputs))
+      named = scans
     yield from sorted(named)
 
 

@@ -324,22 +324,6 @@ def _write_map_outputs(workdir: str, item: Item, image: np.ndarray, errors: np.n
   return None
 
 
-def _predict_workdirs_among(files) -> List[str]:
-  """Folders (real paths, ending in a separator) of the input files that hold a predict
-  run's config.json."""
-  found = []
-  for f in files:
-    if f.in_zip or os.path.basename(f.source) != 'config.json':
-      continue
-    try:
-      task = reruns.read_config_json(os.path.dirname(f.source)).get('task')
-    except (OSError, ValueError, AttributeError):  # not a brainjax config
-      continue
-    if task == 'predict':
-      found.append(os.path.dirname(os.path.realpath(f.source)) + os.sep)
-  return found
-
-
 def _check_input_outside_map_folders(workdir: str, input_path: str):
   """The map folders are replaced by each prediction: they must not hold its input."""
   for name in MAP_FOLDERS:
@@ -462,7 +446,8 @@ def _files_to_read(input_path, workdir):
     logging.warning('%s holds no files: nothing to predict.', input_path)
   # Predict workdirs in the input (this one, or an earlier run's). A workdir holding the
   # input (smoke mode writes it there) is not in it.
-  outputs = _predict_workdirs_among(files)
+  outputs = [folder for folder, task in layout.run_folders(
+      f.source for f in files if not f.in_zip).items() if task == 'predict']
   own = os.path.realpath(workdir) + os.sep
   if own.startswith(os.path.realpath(input_path) + os.sep):
     outputs.append(own)
