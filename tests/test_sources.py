@@ -19,6 +19,7 @@ import pytest
 
 from brainjax.data import dedup
 from brainjax.data import image_io
+from brainjax.data import inputs
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import sources
@@ -591,6 +592,20 @@ def test_a_run_folder_inside_a_class_folder_is_not_read(tmp_path, monkeypatch):
       'no/no0.png', 'yes/notes/config.json', 'yes/yes0.png']
   (message,) = [w for w in warnings if 'run folders' in w]
   assert 'not reading the 2 files of brainjax run folders under yes/' in message
+
+
+def test_capitalised_class_folders_are_named_in_the_error_and_predict_s_warning(
+    tmp_path, monkeypatch):
+  for label in ('Yes', 'No'):
+    (tmp_path / label).mkdir()
+    _scan(3, 0, label == 'Yes').save(tmp_path / label / 'a.png')
+  for dataset in ('folder', 'br35h'):
+    with pytest.raises(ValueError, match='found No/, Yes/: the class folders are yes/ and no/'):
+      sources.check_location(_cfg(dataset=dataset, data_dir=str(tmp_path)))
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  assert all(f.label is None for f in inputs.list_inputs(str(tmp_path)))
+  assert [w for w in warnings if '2 inputs, e.g. No/a.png, are unlabelled' in w]
 
 
 def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monkeypatch):

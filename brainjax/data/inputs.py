@@ -141,7 +141,19 @@ def list_inputs(path) -> List[InputFile]:
   check_input(path)
   path = os.fspath(path)
   if os.path.isdir(path):
-    return _walk_folder(path)
-  if zipfile.is_zipfile(path):
-    return _list_zip(path)
-  return [InputFile(os.path.basename(path), None, path)]
+    files = _walk_folder(path)
+  elif zipfile.is_zipfile(path):
+    files = _list_zip(path)
+  else:
+    return [InputFile(os.path.basename(path), None, path)]
+  _warn_of_misnamed_class_folders(path, files)
+  return files
+
+
+def _warn_of_misnamed_class_folders(path: str, files: List[InputFile]) -> None:
+  """Yes/ or NO/ is no class folder: its files are unlabelled, which a user expects not."""
+  misnamed = [f.path for f in files
+              if f.label is None and layout.label_of(f.path.lower(), backslash=False) is not None]
+  if misnamed:
+    logging.warning('%s: %d inputs, e.g. %s, are unlabelled: the class folders are yes/ and no/, '
+                    'in lower case', path, len(misnamed), misnamed[0])

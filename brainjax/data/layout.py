@@ -96,6 +96,18 @@ def has_class_folders(root: str) -> bool:
   return class_root(root) is not None
 
 
+def misnamed_class_folders(root: str) -> str:
+  """For an error saying root has no yes/ or no/: its folders that would be them in lower case
+  (e.g. '; found Yes/, No/: the class folders are yes/ and no/, in lower case'), or ''."""
+  try:
+    names = sorted(e for e in os.listdir(root) if e.lower() in CLASSES and e not in CLASSES
+                   and os.path.isdir(os.path.join(root, e)))
+  except OSError:
+    return ''
+  return (f'; found {", ".join(n + "/" for n in names)}: the class folders are yes/ and no/, in '
+          'lower case') if names else ''
+
+
 def locate_download(path: str) -> Tuple[str, str]:
   """('folder' | 'zip', where) of a download: yes/ and no/ in path (or in its one top folder),
   path itself a zip, or the one zip inside path."""
@@ -111,7 +123,7 @@ def locate_download(path: str) -> Tuple[str, str]:
     return locate_download(os.path.join(path, zips[0]))
   raise ValueError(
       f'{path} holds neither yes/ and no/ folders (at its root or one level down) nor '
-      f'exactly one .zip of them (found {len(zips)} zips)')
+      f'exactly one .zip of them (found {len(zips)} zips){misnamed_class_folders(path)}')
 
 
 def is_inside(path: str, folder: str) -> bool:

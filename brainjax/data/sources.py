@@ -164,7 +164,8 @@ def check_location(data_cfg) -> None:
     if not os.path.isdir(path):
       raise ValueError(f'data.data_dir {path} is not a folder')
     if not layout.has_class_folders(path):
-      raise ValueError(f'{path} has no yes/ or no/ folder (at its root or one level down)')
+      raise ValueError(f'{path} has no yes/ or no/ folder (at its root or one level down)'
+                       f'{layout.misnamed_class_folders(path)}')
 
 
 def file_digest(path: str, max_bytes: Optional[int] = None) -> str:
