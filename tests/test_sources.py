@@ -227,6 +227,21 @@ def test_br35h_builder_from_folder_and_zip(tmp_path):
     load_br35h_records(str(tmp_path / 'missing'), str(tmp_path / 'tfds'))
 
 
+def test_br35h_files_left_out_of_the_prepared_copy_are_named_on_every_read(tmp_path, monkeypatch):
+  # (only the run that prepared the copy named them; later ones counted them nowhere)
+  download = _fake_br35h(tmp_path / 'download')
+  (download / 'yes' / 'gone.jpg').symlink_to(tmp_path / 'missing.jpg')
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  for _ in range(2):
+    warnings.clear()
+    assert len(load_br35h_records(str(download), str(tmp_path / 'tfds'))) == 5
+    assert [w for w in warnings if 'gone.jpg' in w]
+  (left_out,) = [w for w in warnings if 'left out' in w]
+  assert left_out.startswith(f'1 Br35H files in {download} could not be read when it was '
+                             'prepared, and are left out: yes/gone.jpg')
+
+
 def test_preparing_br35h_leaves_nothing_in_the_system_s_temp_folder(tmp_path, monkeypatch):
   # TFDS made an empty tmp*tfds folder there for each builder of an unprepared dataset.
   import tempfile

@@ -41,6 +41,10 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
     info.initialize_from_bucket = lambda: None
     return info
 
+  # The names of the files the last preparation left out (they cannot be read): the loader
+  # records them beside the prepared copy, whose later readers would not know of them.
+  unreadable = ()
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     kind, path = layout.locate_download(os.fspath(dl_manager.manual_dir))
     return {'train': self._generate_examples(kind, path)}
@@ -50,19 +54,20 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
       items = layout.iter_zip(path)
     else:
       items = ((name, label, _read(full)) for name, label, full in layout.iter_folder(path))
-    count, unreadable = 0, 0
+    count, unreadable = 0, []
     for name, label, data in items:
       if data is None:  # (its own warning names it and why)
-        unreadable += 1
+        unreadable.append(name)
         continue
       count += 1
       # A name that is not UTF-8 (Text features are) keeps its bytes as escapes.
       name = name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
       yield name, {'image_bytes': data, 'label': label, 'filename': name}
+    self.unreadable = tuple(unreadable)
     if unreadable:
       logging.warning('Skipped %d of %d Br35H files in %s that cannot be read (each named '
-                      'above); the prepared dataset leaves them out.', unreadable,
-                      count + unreadable, path)
+                      'above); the prepared dataset leaves them out.', len(unreadable),
+                      count + len(unreadable), path)
     if count == 0:
       raise ValueError(f'no files under yes/ or no/ in {path}')
 

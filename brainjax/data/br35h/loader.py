@@ -6,6 +6,7 @@ TFDS's final rename.
 """
 import errno
 import hashlib
+import json
 import os
 import shutil
 from typing import List, Tuple
@@ -53,20 +54,25 @@ def _manual_dir_for(path: str, staging: str) -> str:
   return staging
 
 
+# Beside a prepared copy: the names of the files its preparation left out (unreadable).
+_UNREADABLE = 'unreadable.json'
+
+
 def _prepare(manual_dir: str, prepared: str):
-  """The builder of `prepared`, which is prepared from manual_dir first unless it is already.
+  """(the builder of `prepared`, whether this call prepared it from manual_dir; else it
+  already was).
 
   Under the lock the builder is made again: a builder reads the dataset info only when it is
   made, and the process that held the lock may have just prepared the folder.
   """
   builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
   if builder.is_prepared():
-    return builder
+    return builder, False
   os.makedirs(os.path.dirname(prepared), exist_ok=True)
   with layout.locked_folder(os.path.dirname(prepared)):
     builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
     if builder.is_prepared():
-      return builder
+      return builder, False
     logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
     source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
     try:
@@ -80,7 +86,23 @@ def _prepare(manual_dir: str, prepared: str):
         raise
       raise OSError(f'cannot prepare Br35H in {prepared} (--config.cache_dir, BRAINJAX_CACHE): '
                     f'{reason}') from error
-  return builder
+    with open(os.path.join(prepared, _UNREADABLE), 'w') as f:
+      json.dump(list(builder.unreadable), f)
+  return builder, True
+
+
+def _warn_of_files_left_out(manual_dir: str, prepared: str) -> None:
+  """Names again, on each later read, the files the prepared copy left out: they are in no
+  count of skipped files the runs reading it log."""
+  try:
+    with open(os.path.join(prepared, _UNREADABLE)) as f:
+      names = json.load(f)
+  except (OSError, ValueError):  # (a copy prepared before this was recorded)
+    return
+  if names:
+    logging.warning('%d Br35H files in %s could not be read when it was prepared, and are left '
+                    'out: %s%s', len(names), manual_dir, ', '.join(names[:5]),
+                    ' ...' if len(names) > 5 else '')
 
 
 def _no_room(error):
@@ -108,7 +130,10 @@ def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, b
     raise ValueError(f'{manual_dir} is a file but not a .zip')
   key = _fingerprint(manual_dir)
   prepared = os.path.join(os.fspath(data_dir), f'br35h_{key}')
-  data = _prepare(manual_dir, prepared).as_data_source('train')
+  builder, prepared_now = _prepare(manual_dir, prepared)
+  if not prepared_now:
+    _warn_of_files_left_out(manual_dir, prepared)
+  data = builder.as_data_source('train')
   records = []
   for i in range(len(data)):
     example = data[i]
