@@ -587,6 +587,11 @@ def test_a_file_too_large_for_an_image_is_a_counted_skip_neither_hashed_nor_read
   assert list(examples.ids) == ['no/no0.png', 'yes/yes0.png']
   (message,) = [w for w in warnings if 'Skipped' in w]
   assert 'Skipped 1 of 3' in message and 'file too large for an image' in message
+  warnings.clear()  # a run reading the cache names it too (it said only a count, at INFO)
+  sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path), num_per_class=0),
+                      str(tmp_path / 'cache'))
+  (message,) = [w for w in warnings if 'Skipped' in w]
+  assert 'Skipped 1 of 3 files (when cache' in message and 'yes/backup.jpg (unreadable: file' in message
 
 
 def test_a_run_folder_inside_a_class_folder_is_not_read(tmp_path, monkeypatch):

@@ -335,10 +335,7 @@ def _cached(cache_dir: str, dataset: str, key: str, size: int, margin: float,
   kept = [r for r in results if r[2] is not None]
   skipped = [(r[0], r[3]) for r in results if r[2] is None]
   where = f' in {source_dir}' if source_dir else ''
-  if skipped:
-    shown = '; '.join(f'{name} ({reason})' for name, reason in skipped[:_LOG_NAMES])
-    logging.warning('Skipped %d of %d %s files%s: %s%s', len(skipped), len(results), dataset,
-                    where, shown, ' ...' if len(skipped) > _LOG_NAMES else '')
+  _warn_of_skipped(skipped, len(results), f'{dataset} files{where}')
   if not kept:
     raise ValueError(f'no usable images in the {dataset} source{where}: '
                      f'{len(results)} files, all skipped')
@@ -390,13 +387,21 @@ def _write_npz(path, arrays):
     raise
 
 
+def _warn_of_skipped(skipped, total: int, what: str) -> None:
+  """Names the first of the (name, reason) pairs skipped of `total` files."""
+  if skipped:
+    shown = '; '.join(f'{name} ({reason})' for name, reason in skipped[:_LOG_NAMES])
+    logging.warning('Skipped %d of %d %s: %s%s', len(skipped), total, what, shown,
+                    ' ...' if len(skipped) > _LOG_NAMES else '')
+
+
 def _read_cache(path) -> Source:
   with np.load(path, allow_pickle=False) as data:
     examples = Examples(images=data['images'][..., None], labels=data['labels'],
                         ids=data['ids'], masks=data['masks'] if 'masks' in data else None)
     raw_thumbnails = data['raw_thumbnails']
-    skipped = len(data['skipped_names'])
-  if skipped:
-    logging.info('(%d files were skipped when this cache was built)', skipped)
+    skipped = list(zip(data['skipped_names'].tolist(), data['skipped_reasons'].tolist()))
+  # (each run reading the cache says so, as the run that built it did)
+  _warn_of_skipped(skipped, len(examples) + len(skipped), f'files (when cache {path} was built)')
   return Source(examples, raw_thumbnails)
 
