@@ -87,6 +87,21 @@ def test_grid_scores_match_rule_and_sklearn(monkeypatch):
         np.testing.assert_allclose(grid[:, t, e, m], expected)
 
 
+def test_errors_exactly_at_a_later_grid_threshold_are_anomalous_there():
+  # (the grid's later thresholds keep the candidates >= them, as the rule itself does)
+  errors = np.zeros((1, 64), np.float32)
+  errors[0, [0, 1, 2, 8, 9, 10]] = 0.5
+  grid = dbscan.dbscan_grid_scores(errors, [0.25, 0.5], [0.2], [3], (8, 8))
+  assert grid[0, 1, 0, 0] == dbscan.dbscan(errors, 0.5, 0.2, 3, 0.0, (8, 8)).score[0] == 6 / 64
+
+
+def test_of_two_largest_clusters_the_region_is_the_first():
+  errors = np.zeros((1, 8, 8), np.float32)
+  errors[0, 0:2, 0:2] = errors[0, 0:2, 6:8] = 0.9  # two 4-pixel clusters
+  region = dbscan.dbscan(errors.reshape(1, -1), 0.5, 0.2, 3, 0.0, (8, 8)).region[0]
+  np.testing.assert_array_equal(np.flatnonzero(region), [0, 1, 8, 9])
+
+
 def test_no_candidates_scores_zero():
   errors = np.full((2, 16), 0.2, np.float32)
   assert np.all(dbscan.dbscan_grid_scores(errors, [0.5], [0.2], [1]) == 0)

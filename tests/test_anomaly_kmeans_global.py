@@ -58,6 +58,21 @@ def test_max_iter_counts_centroid_updates_as_scikit_learn_does(max_iter):
                                reference_loop.global_scores(errors, t, max_iter), atol=1e-12)
 
 
+def test_matches_sklearn_where_the_bounds_skip_rows_over_many_iterations():
+  # Overlapping clusters that take many Lloyd iterations, so that Hamerly's bounds, moved by
+  # each centroid's own shift, decide which rows are skipped (swapped shifts went unseen by
+  # the problems above, which converge in a few).
+  rng = np.random.default_rng(1)
+  strength, pattern = rng.uniform(size=(400, 1)), rng.uniform(size=(1, 256))
+  errors = np.clip(0.6 * strength * pattern + 0.4 * rng.uniform(size=(400, 256)), 0, 1)
+  thresholds = np.array([0.6, 0.7, 0.8], np.float32)
+  grid = kmeans_global.global_kmeans_grid_scores(errors.astype(np.float32), thresholds)
+  for k, t in enumerate(thresholds):
+    np.testing.assert_allclose(grid.scores[:, k],
+                               reference_loop.global_scores(errors.astype(np.float32), t),
+                               atol=1e-12)
+
+
 def test_grid_matches_single_fits():
   errors, _, _ = synthetic_maps.synthetic_error_maps(40, 24, seed=2)
   thresholds = np.array([0.0, 0.01, 0.02, 0.1, 0.4, 0.8], np.float32)  # dense and sparse regimes

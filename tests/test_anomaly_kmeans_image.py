@@ -16,6 +16,16 @@ def _blob_map(size=16, seed=0):
   return m.reshape(-1).astype(np.float32)
 
 
+def test_the_coarse_stage_s_positions_are_its_blocks_centres():
+  # (the reference loop takes them from the same function, so it would not see them move)
+  rows, cols = pixel_features.pixel_grid(16, 16)
+  coarse_rows, coarse_cols = pixel_features.pixel_grid(16, 16, 4)
+  block_means = lambda x: x.reshape(4, 4, 4, 4).mean(axis=(1, 3)).reshape(-1)
+  np.testing.assert_allclose(coarse_rows, block_means(rows), rtol=1e-6)
+  np.testing.assert_allclose(coarse_cols, block_means(cols), rtol=1e-6)
+  assert coarse_rows[0] == 1.5 / 16
+
+
 def test_well_separated_map_known_answer_and_sklearn_partition():
   errors = np.stack([_blob_map(seed=s) for s in range(3)])
   out = kmeans_image.kmeans_image(errors, tumor_index=0.2)

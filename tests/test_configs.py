@@ -273,10 +273,17 @@ def test_a_file_where_the_workdir_would_be_is_a_short_error(tmp_path):
     ('model.dense_widths', (16, 0, 8), 'model.dense_widths'),
     ('dedup_threshold', 1.5, r'dedup_threshold=1.5: it must be a correlation in \[-1, 1\)'),
     ('dedup_threshold', float('nan'), 'dedup_threshold=nan'),
+    # at the ranges' open ends: a rate of 0 at the first plateau, Adam dividing by 1 - b2**t =
+    # 0, every activation dropped, a KL term rewarded
+    ('plateau_factor', 0.0, r'plateau_factor=0.0: it must be in \(0, 1\]'),
+    ('b2', 1.0, r'b2=1.0: it must be in \[0, 1\)'),
+    ('model.dropout_rate', 1.0, r'model.dropout_rate=1.0: it must be in \[0, 1\)'),
+    ('vae_gen:kl_weight', -1.0, 'kl_weight=-1.0: it must be a finite number >= 0'),
 ])
 def test_values_no_run_can_use_are_refused(field, value, message):
-  from configs import cnn_cls
-  config = cnn_cls.get_config('real,smoke')
+  task, _, field = field.rpartition(':')
+  variant = 'positive,smoke' if task == 'vae_gen' else 'real,smoke'
+  config = importlib.import_module(f'configs.{task or "cnn_cls"}').get_config(variant)
   common.check_values(config)
   config.update_from_flattened_dict({field: value})
   with pytest.raises(ValueError, match=message):

@@ -80,6 +80,13 @@ def test_blockwise_matches_direct_on_many_images(monkeypatch):
   assert len(np.unique(groups)) == 300
 
 
+def test_a_copy_past_the_first_block_of_references_is_found(monkeypatch):
+  monkeypatch.setattr(dedup, '_BLOCK', 4)
+  reference = _scenes(10, seed=7)
+  query = np.concatenate([reference[[9]], _scenes(1, seed=8)])
+  np.testing.assert_array_equal(dedup.near_duplicates_of(query, reference, 0.98), [True, False])
+
+
 def test_a_threshold_of_1_is_refused():
   # No correlation exceeds 1: such a threshold would silently group nothing.
   images = _scenes(3)

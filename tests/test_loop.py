@@ -106,6 +106,17 @@ def test_plateau_lowers_the_rate_after_patience_epochs():
   assert p.scale == pytest.approx(0.1) and p.best == 0.9
 
 
+def test_an_equal_validation_loss_is_neither_a_new_best_nor_an_improvement():
+  # (torch's ReduceLROnPlateau with threshold 0; best/ stays at the first epoch of a tie)
+  assert loop.plateau_update(loop.Plateau(best=1.0), 1.0, factor=0.5, patience=0).scale == 0.5
+  config = ml_collections.ConfigDict(dict(plateau_factor=0.5, plateau_patience=3))
+  meta, _, new_best = loop._after_validation(config, {'best_val_loss': 1.0}, loop.Plateau(),
+                                             1.0, 5)
+  assert new_best is None and meta['best_val_loss'] == 1.0
+  assert loop._after_validation(config, {'best_val_loss': 1.0}, loop.Plateau(), 0.999, 5)[2] == {
+      'val_loss': 0.999, 'epoch': 5}
+
+
 def test_reserved_keys_are_no_training_step_s_nor_each_other_s():
   seed = 7
   data = lambda key: tuple(np.asarray(jax.random.key_data(key)))

@@ -1,9 +1,13 @@
 """Split protocols: sizes, stratification, disjointness, grouping, determinism."""
+import types
+
+import ml_collections
 import numpy as np
 import pytest
 
 from brainjax.data import dedup
 from brainjax.data import splits
+from brainjax.tasks import datasets
 
 
 def _labels(healthy=100, tumour=100, seed=0):
@@ -145,3 +149,16 @@ def test_grouped_split_sizes_average_their_fractions_over_seeds():
                     for seed in range(300)])
   np.testing.assert_allclose(parts.mean(axis=0), np.array(splits.CNN_FRACTIONS) * len(labels),
                              atol=1.0)
+
+
+def test_the_grouped_split_links_slices_by_their_raw_files_too():
+  # The same head on one canvas, cropped differently: only the raw files' thumbnails match.
+  rng = np.random.default_rng(0)
+  raw = rng.random((4, 32, 32)).astype(np.float32)
+  raw[1] = raw[0]
+  source = types.SimpleNamespace(
+      examples=types.SimpleNamespace(images=rng.random((4, 32, 32)).astype(np.float32)),
+      raw_thumbnails=raw)
+  groups = datasets.near_duplicate_groups(ml_collections.ConfigDict(dict(dedup_threshold=0.98)),
+                                          source)
+  assert groups[0] == groups[1] and len(np.unique(groups)) == 3

@@ -3,10 +3,12 @@ lowers the loss, and two models' states (made from one key) share nothing."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import cvae_cls
 from brainjax.train import loop
+from brainjax.train import parallel
 from configs import cnn_cls as cnn_config
 from configs import cvae_cls as cvae_config
 
@@ -55,3 +57,23 @@ def test_two_models_made_from_one_key_share_no_state():
     stepped = _copy(first.params)
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(stepped),
                                                         jax.tree.leaves(before[0])))
+
+
+@pytest.mark.usefixtures('eight_devices')
+def test_brain_cnn_on_eight_devices_follows_the_one_device_loss_curve(tmp_path):
+  # Same global batch of 16: gradients and BatchNorm statistics are averaged across devices
+  # (unaveraged gradients let each device's replica drift apart).
+  rng = np.random.default_rng(0)
+  data = {'image': rng.uniform(size=(32, 128, 128, 1)).astype(np.float32),
+          'label': (np.arange(32) % 2).astype(np.int32)}
+  curves = {}
+  for n in (1, 8):
+    config = cnn_config.get_config('real,smoke')
+    config.update_from_flattened_dict(dict(num_devices=n, batch_size=16, num_epochs=3,
+                                           log_every_steps=1, cache_dir=str(tmp_path)))
+    model = cnn_cls.create_model(config, parallel.AXIS if n > 1 else None)
+    state = cnn_cls.create_train_state(config, model, jax.random.PRNGKey(0))
+    _, curves[n] = loop.fit(config, str(tmp_path / f'cnn{n}'), state,
+                            cnn_cls.make_train_step(config, model), data)
+  for key in ('train_loss', 'train_accuracy'):
+    np.testing.assert_allclose(curves[8][key], curves[1][key], rtol=1e-3, err_msg=key)
