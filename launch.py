@@ -222,6 +222,7 @@ def main(argv):
       traceback.print_exc()
       exit_now(1)
     raise
+  run_setup.after_success(workdir)
   logging.info('Done: %s/metrics.json (%d values).', workdir, len(metrics))
 
 

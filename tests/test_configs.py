@@ -6,6 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 import types
 
 import pytest
@@ -356,6 +357,37 @@ def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   with pytest.raises(ValueError, match='not a brainjax workdir'):  # e.g. predict into its input
     reruns.write_config(str(tmp_path / 'scans'), predict.get_config('smoke'))
   assert sorted(p.name for p in (tmp_path / 'scans').iterdir()) == ['a.png']
+
+
+def test_a_rerun_killed_before_it_changed_the_results_leaves_their_config(tmp_path):
+  # A kill skips the put-back of a rerun stopped before it changed the results: its
+  # config.json (num_latent_samples=5) described maps made with 1, and predict rebuilt the run
+  # with it. Readers take the replaced config while the results are untouched; the next run
+  # there puts it back.
+  from brainjax.train import reruns
+  from configs import cvae_cls
+  workdir = str(tmp_path)
+  config = cvae_cls.get_config('real,smoke')
+  reruns.write_config(workdir, config)
+  for name in ('metrics.json', 'global_kmeans_centroids.npy'):
+    (tmp_path / name).write_text('{}')
+  hour_ago = time.time() - 3600
+  for path in tmp_path.iterdir():
+    os.utime(path, (hour_ago, hour_ago))
+  original = (tmp_path / 'config.json').read_text()
+  rerun = cvae_cls.get_config('real,smoke')
+  rerun.anomaly.num_latent_samples = 5  # a change a rerun may make
+  reruns.write_config(workdir, rerun)  # ... and killed here: no end_rerun
+  assert reruns.read_config_json(workdir)['anomaly']['num_latent_samples'] == 1
+  reruns.recover_killed_rerun(workdir)
+  assert (tmp_path / 'config.json').read_text() == original
+  assert not (tmp_path / reruns.PREVIOUS_CONFIG).exists()
+  reruns.write_config(workdir, rerun)  # killed once it had changed a result: its config stays
+  (tmp_path / 'metrics.json').write_text('{"new": 1}')
+  assert reruns.read_config_json(workdir)['anomaly']['num_latent_samples'] == 5
+  reruns.recover_killed_rerun(workdir)
+  assert reruns.load_config(workdir).anomaly.num_latent_samples == 5
+  assert not (tmp_path / reruns.PREVIOUS_CONFIG).exists()
 
 
 def test_a_workdir_left_with_only_a_half_written_config_json_starts_the_run(tmp_path):

@@ -85,6 +85,7 @@ def run_stage(task, sub, workdir):
           reruns.check_workdir(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
           # Locked as launch.py locks a workdir: a launch.py pointed at the stage is refused.
           lock.enter_context(reruns.locked_workdir(workdir))
+          reruns.recover_killed_rerun(workdir)
           previous = reruns.write_config(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
         except (ValueError, OSError):
           parallel.check_all_hosts_agree(refused=True)
@@ -97,9 +98,13 @@ def run_stage(task, sub, workdir):
     refused = isinstance(error, reruns.RerunRefused)
     if refused and first_host:
       reruns.put_back_config(workdir, previous)
+    if first_host:
+      reruns.end_rerun(workdir)
     kind = (reruns.RerunRefused if refused else
             FloatingPointError if isinstance(error, FloatingPointError) else ValueError)
     raise kind(f'study stage {task} in {workdir}: {error}') from error
+  if first_host:
+    reruns.end_rerun(workdir)
   parallel.wait_for_all_hosts(workdir)  # later stages read what the first host wrote
   return reporting.read_metrics_json(workdir)  # as a resumed study reads it (NaN as None)
 

@@ -4,11 +4,15 @@
 resumed or rerun with RERUN_FIELDS changed), `lock_workdir` keeps a second process out while
 one runs there, and `write_config` writes config.json; a refused rerun, or one that stopped
 before it changed the results (`untouched_since`), gets the old config.json back
-(`put_back_config`): run_setup (launch.py) and each study stage call them.
+(`put_back_config`): run_setup (launch.py) and each study stage call them. A kill skips that
+put-back: the text replaced waits in PREVIOUS_CONFIG until the rerun ends, and the next run
+in the workdir puts it back (`recover_killed_rerun`) if the killed one had not changed the
+results.
 """
 import contextlib
 import json
 import os
+import time
 from typing import Optional
 
 try:
@@ -23,6 +27,8 @@ from brainjax.train.reporting import atomic_open
 
 
 LOCK_FILE = '.lock'
+# While a rerun that replaced config.json runs: the text it replaced, and since when.
+PREVIOUS_CONFIG = '.config.previous.json'
 
 
 def lock_workdir(workdir) -> Optional[int]:
@@ -64,7 +70,12 @@ def locked_workdir(workdir):
 
 
 def read_config_json(workdir):
-  """The config a run saved as workdir/config.json, as a JSON dict."""
+  """The config of the run's results, as a JSON dict: workdir/config.json, or, while a rerun
+  that replaced it has changed none of them (or was killed before it did), the one it
+  replaced (write_config)."""
+  pending = _replaced_config(workdir)
+  if pending is not None and untouched_since(workdir, pending[1]):
+    return json.loads(pending[0])
   with open(os.path.join(workdir, 'config.json')) as f:
     return json.load(f)
 
@@ -194,9 +205,39 @@ def write_config(workdir, config, allowed=None):
   ValueError of check_workdir); returns the text it replaced (None if none), for
   `put_back_config` after a RerunRefused."""
   previous = check_workdir(workdir, config, allowed)
+  text = config.to_json_best_effort(indent=1)
+  if previous is not None and previous != text:  # (kept until end_rerun, for a kill)
+    with atomic_open(os.path.join(workdir, PREVIOUS_CONFIG)) as f:
+      json.dump({'config': previous, 'since': time.time()}, f)
   with atomic_open(os.path.join(workdir, 'config.json')) as f:
-    f.write(config.to_json_best_effort(indent=1))
+    f.write(text)
   return previous
+
+
+def end_rerun(workdir):
+  """Forgets the config.json text write_config replaced: the rerun ended (put back, or not)."""
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(workdir, PREVIOUS_CONFIG))
+
+
+def _replaced_config(workdir):
+  """(the config.json text a rerun replaced, since when), or None: none, or a damaged record."""
+  try:
+    with open(os.path.join(workdir, PREVIOUS_CONFIG)) as f:
+      record = json.load(f)
+    return str(record['config']), float(record['since'])
+  except (OSError, ValueError, TypeError, KeyError):
+    return None
+
+
+def recover_killed_rerun(workdir):
+  """Puts back the config.json text a rerun replaced, when that rerun was killed (no end_rerun)
+  before it changed the run's results: config.json would describe settings the results were
+  not made with. Call with the workdir locked."""
+  pending = _replaced_config(workdir)
+  if pending is not None and untouched_since(workdir, pending[1]):
+    put_back_config(workdir, pending[0])
+  end_rerun(workdir)
 
 
 def untouched_since(workdir, start):
@@ -207,7 +248,8 @@ def untouched_since(workdir, start):
     return False
   for root, folders, files in os.walk(workdir):  # (a folder's time changes with its entries)
     for name in folders + files:
-      if root == workdir and name in ('config.json', 'config.json.tmp', LOCK_FILE):
+      if root == workdir and name in ('config.json', 'config.json.tmp', LOCK_FILE,
+                                      PREVIOUS_CONFIG, PREVIOUS_CONFIG + '.tmp'):
         continue
       # (a second's margin: some file systems keep coarser times)
       if os.lstat(os.path.join(root, name)).st_mtime > start - 1.0:

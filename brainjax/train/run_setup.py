@@ -132,7 +132,14 @@ def prepare_workdir(config, workdir):
     return None, made
   reruns.check_workdir(workdir, config)  # (a folder a run may not use gets no .lock either)
   reruns.lock_workdir(workdir)
+  reruns.recover_killed_rerun(workdir)
   return reruns.write_config(workdir, config), made
+
+
+def after_success(workdir):
+  """The run's config.json describes its results: the text it replaced is dropped."""
+  if parallel.is_first_host():
+    reruns.end_rerun(workdir)
 
 
 def after_failure(workdir, previous_config, made, start, error):
@@ -144,6 +151,8 @@ def after_failure(workdir, previous_config, made, start, error):
   if first_host and (isinstance(error, reruns.RerunRefused)
                      or reruns.untouched_since(workdir, start)):
     reruns.put_back_config(workdir, previous_config)
+  if first_host:
+    reruns.end_rerun(workdir)
   if previous_config is None and not isinstance(error, KeyboardInterrupt):
     if first_host:
       _remove_unbegun_run(workdir, made)
