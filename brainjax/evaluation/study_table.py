@@ -40,8 +40,8 @@ def rows_of_run(task, m):
           for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
 
 
-RUN_TABLE_HEADER = ('| Model | Train data | Accuracy % | Precision % | Recall % | F1 % | ROC AUC % |\n'
-                    '| --- | --- | --- | --- | --- | --- | --- |')
+RUN_TABLE_HEADER = ('| Model | Train data | Accuracy % | Precision % | Recall % | F1 % | '
+                    'ROC AUC % |\n| --- | --- | --- | --- | --- | --- | --- |')
 
 
 def run_table(task, train_data, metrics):

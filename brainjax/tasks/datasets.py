@@ -3,8 +3,8 @@
 Validation and test sets are always real slices, fixed by (data, split mode, seed), so the
 real / synthetic / mixed variants of a classifier are scored on exactly the same images.
 Generators train only on the CNN protocol's training slices, healthy ones only if also in the
-anomaly protocol's training part, so no synthetic image is derived from a slice a classifier is later
-validated or tested on. (Tumour slices are never anomaly training data: BrainCVAE's
+anomaly protocol's training part, so no synthetic image is derived from a slice a classifier is
+later validated or tested on. (Tumour slices are never anomaly training data: BrainCVAE's
 validation and test sets hold every one; tumour exports never train it, as it trains on
 healthy slices only.)
 """
