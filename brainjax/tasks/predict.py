@@ -234,17 +234,24 @@ def predict_paths(run_dir: str, inputs, rules: str = 'selected', batch_size: int
   with inputs_lib.Reader() as reader:
     prepared = prepare(_as_items(inputs, reader), run.image_size, run.margin, num_threads)
   preds = predict_images(run, prepared.images, used, batch_size)
+  records = _records(prepared, preds, used)
+  if run.task == 'cvae_cls' and maps:
+    for j, i in enumerate(prepared.ok):
+      records[i]['map'], records[i]['region'] = anomaly_maps.original_grid_outputs(
+          prepared.images[j, ..., 0], preds.errors[j], preds.region[j], prepared.infos[j])
+  return records
+
+
+def _records(prepared: Prepared, preds: Predictions, rules: Sequence[str]):
+  """One dict per input (see predict_paths), without maps; `rules`: those applied (none for
+  a BrainCNN), the leading one first."""
   records = [dict(path=it.path, status=s, true_label=it.label)
              for it, s in zip(prepared.items, prepared.status)]
   for j, i in enumerate(prepared.ok):
-    record = records[i]
-    record.update(predicted_label=int(preds.label[j]), score=float(preds.score[j]))
-    if run.task == 'cvae_cls':
-      record.update(rule=used[0], scores={r: float(v[j]) for r, v in preds.rule_scores.items()},
-                    predicted_labels={r: int(v[j]) for r, v in preds.rule_labels.items()})
-      if maps:
-        record['map'], record['region'] = anomaly_maps.original_grid_outputs(
-            prepared.images[j, ..., 0], preds.errors[j], preds.region[j], prepared.infos[j])
+    records[i].update(predicted_label=int(preds.label[j]), score=float(preds.score[j]))
+    if rules:
+      records[i].update(rule=rules[0], scores={r: float(preds.rule_scores[r][j]) for r in rules},
+                        predicted_labels={r: int(preds.rule_labels[r][j]) for r in rules})
   return records
 
 
@@ -252,17 +259,19 @@ def predict_paths(run_dir: str, inputs, rules: str = 'selected', batch_size: int
 
 
 def _csv_rows(prepared: Prepared, preds: Predictions, rules: Sequence[str]):
+  """(columns, rows) of predictions.csv: _records flat, a rule's values in columns of its own."""
   fields = ['path', 'status', 'predicted_label', 'score']
   for r in rules:
     fields += [f'score_{r}', f'predicted_{r}']
   fields.append('true_label')
-  rows = [dict(path=it.path, status=s, true_label='' if it.label is None else it.label)
-          for it, s in zip(prepared.items, prepared.status)]
-  for j, i in enumerate(prepared.ok):
-    rows[i].update(predicted_label=int(preds.label[j]), score=float(preds.score[j]))
-    for r in rules:
-      rows[i].update({f'score_{r}': float(preds.rule_scores[r][j]),
-                      f'predicted_{r}': int(preds.rule_labels[r][j])})
+  rows = []
+  for record in _records(prepared, preds, rules):
+    scores, labels = record.pop('scores', {}), record.pop('predicted_labels', {})
+    record.pop('rule', None)
+    record['true_label'] = '' if record['true_label'] is None else record['true_label']
+    for r in scores:
+      record.update({f'score_{r}': scores[r], f'predicted_{r}': labels[r]})
+    rows.append(record)
   return fields, rows
 
 
