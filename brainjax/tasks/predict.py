@@ -358,7 +358,9 @@ def _drop_near_duplicates(config, run: runs.Run, prepared: Prepared,
   skipped, how many)."""
   if not config.dedup_against or not len(prepared.ok):
     return prepared, 0
-  reference = prepare(file_items(inputs_lib.list_inputs(config.dedup_against), reader),
+  # (named by their folder too: their log lines are not the input's rows)
+  reference = prepare(file_items(inputs_lib.list_inputs(config.dedup_against), reader,
+                                 prefix=f'{config.dedup_against}: '),
                       run.image_size, run.margin, config.num_threads, thumbnails=True)
   if not len(reference.ok):
     raise ValueError(f'dedup_against={config.dedup_against!r} holds no readable images')
