@@ -330,6 +330,33 @@ def test_num_per_class_caps_a_folder_s_slices_it_does_not_count_them(tmp_path):
   sources.check_location(config.data)
 
 
+def test_a_folder_beside_the_data_with_its_name_as_prefix_is_not_inside_it(tmp_path):
+  from brainjax.data import layout
+  (tmp_path / 'data' / 'yes').mkdir(parents=True)
+  (tmp_path / 'data2').mkdir()
+  assert not layout.is_inside(str(tmp_path / 'data2'), str(tmp_path / 'data'))
+  assert layout.is_inside(str(tmp_path / 'data' / 'yes'), str(tmp_path / 'data'))
+  assert layout.is_inside(str(tmp_path / 'data'), str(tmp_path / 'data'))
+
+
+def test_a_run_with_only_a_best_checkpoint_has_begun_and_one_without_results_is_touched(
+    tmp_path):
+  # Killed between its first best/ and its first checkpoints/ commit, a run has trained: a
+  # rerun with other settings is refused. And a workdir without metrics.json holds no results
+  # that a failed rerun could have left untouched (its replaced config.json stays replaced).
+  from configs import cnn_cls
+  from brainjax.train import reruns
+  config = cnn_cls.get_config('real,smoke')
+  reruns.write_config(str(tmp_path), config)
+  (tmp_path / 'best' / '40').mkdir(parents=True)
+  config.learning_rate *= 10
+  with pytest.raises(reruns.RerunRefused, match='learning_rate'):
+    reruns.check_workdir(str(tmp_path), config)
+  assert not reruns.untouched_since(str(tmp_path), time.time() + 10)
+  (tmp_path / 'metrics.json').write_text('{}')
+  assert reruns.untouched_since(str(tmp_path), time.time() + 10)
+
+
 def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   from configs import cnn_cls
   from brainjax.train import reruns

@@ -52,6 +52,24 @@ def test_rgba_is_composited_on_black():
   np.testing.assert_allclose(out[:, 6:], 0.0, atol=1e-6)
 
 
+def test_a_palette_image_s_transparent_colour_is_composited_on_black():
+  image = Image.new('P', (8, 8), 1)
+  image.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+  image.putpixel((0, 0), 0)
+  data = io.BytesIO()
+  image.save(data, format='PNG', transparency=1)  # white, the background, is transparent
+  np.testing.assert_array_equal(image_io.decode_image(data.getvalue()), 0.0)
+
+
+def test_a_float_image_outside_0_1_on_one_side_is_stretched():
+  for low, high in ((-0.5, 0.8), (0.2, 3.0)):
+    values = np.linspace(low, high, 64, dtype=np.float32).reshape(8, 8)
+    data = io.BytesIO()
+    Image.fromarray(values, mode='F').save(data, format='TIFF')
+    out = image_io.decode_image(data.getvalue())
+    np.testing.assert_allclose(out, (values - low) / (high - low), atol=1e-6)
+
+
 def test_color_uses_luma():
   rgb = np.zeros((8, 8, 3), np.uint8)
   rgb[..., 1] = 255  # pure green
@@ -110,6 +128,10 @@ def test_a_hot_pixel_or_an_alpha_channel_does_not_set_a_wide_image_s_scale():
                                            axis=-1)):
     np.testing.assert_allclose(preprocess.preprocess(image)[0], expected, atol=1e-6)
   np.testing.assert_allclose(image_io.to_gray_float(hot)[1:], head[1:] / 400.0, rtol=1e-6)
+  # An alpha channel is scaled by its own maximum, however few pixels reach it.
+  sparse_alpha = np.stack([np.full((100, 100), 1000, np.uint16)] * 2, axis=-1)
+  sparse_alpha[0, :5, 1] = 65535
+  assert image_io.to_gray_float(sparse_alpha)[50, 50] == pytest.approx(1000 / 65535, rel=1e-5)
   assert image_io.to_gray_float(hot)[0, 0] == 1.0  # (clipped)
 
 

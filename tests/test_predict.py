@@ -9,6 +9,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import types
 import warnings
 import zipfile
 
@@ -231,6 +232,9 @@ def test_label_and_safe_paths():
   assert layout.label_of('Br35H/no/x.png') == 0  # class folders one level down
   assert layout.label_of('a/b/no/x.png') is None  # deeper: as the training loader
   assert layout.label_of('yes.png') is None
+  assert layout.label_of('top/yes') is None and layout.label_of('no') is None  # files, not folders
+  assert layout.is_junk('__MACOSX/yes/a.png') and layout.is_junk('yes/.hidden.png')
+  assert not layout.is_junk('yes/a.png')
   assert inputs.safe_relpath('../../etc/./x.png') == 'etc/x.png'
   assert inputs.safe_relpath('/abs/x.png') == 'abs/x.png'
 
@@ -769,3 +773,34 @@ def test_a_refused_smoke_run_leaves_its_workdir_as_it_was(tmp_path):
   with pytest.raises(FileNotFoundError, match='no_such_folder'):
     predict.train_and_evaluate(config, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_the_inputs_kept_beside_skipped_near_duplicates_keep_their_own_crops(tmp_path):
+  predict.write_phantom_folder(str(tmp_path / 'in'), 2, seed=0)
+  (tmp_path / 'ref' / 'yes').mkdir(parents=True)
+  shutil.copy(tmp_path / 'in' / 'no' / 'phantom_0.png', tmp_path / 'ref' / 'yes' / 'a.png')
+  config = types.SimpleNamespace(dedup_against=str(tmp_path / 'ref'), dedup_threshold=0.95,
+                                 num_threads=1)
+  run = types.SimpleNamespace(image_size=64, margin=0.05)
+  with inputs.Reader() as reader:
+    prepared = predict.prepare(predict.file_items(inputs.list_inputs(str(tmp_path / 'in')), reader),
+                               64, 0.05, thumbnails=True)
+    kept, dropped = predict._drop_near_duplicates(config, run, prepared, reader)
+  assert dropped == 1 and len(kept.ok) == len(kept.infos) == len(kept.images) == 3
+  own = {prepared.items[i].path: (info, image)
+         for i, info, image in zip(prepared.ok, prepared.infos, prepared.images)}
+  for i, info, image in zip(kept.ok, kept.infos, kept.images):
+    assert own[kept.items[i].path][0] == info
+    np.testing.assert_array_equal(own[kept.items[i].path][1], image)
+
+
+def test_clearing_an_earlier_prediction_drops_a_linked_map_folder_not_what_it_points_to(
+    tmp_path):
+  elsewhere = tmp_path / 'elsewhere'
+  elsewhere.mkdir()
+  (elsewhere / 'keep.txt').write_text('mine')
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'maps').symlink_to(elsewhere)
+  predict._clear_outputs(str(tmp_path / 'run'))
+  assert not os.path.lexists(tmp_path / 'run' / 'maps')
+  assert (elsewhere / 'keep.txt').read_text() == 'mine'
