@@ -170,3 +170,19 @@ def test_brain_cvae_maps_averaged_over_latent_samples_are_normalised_errors():
   config.anomaly.num_latent_samples = 1
   mean_maps = cvae_cls.error_maps(model, variables, images, config.anomaly, None)
   assert not np.allclose(maps, mean_maps)
+
+
+def test_a_latent_sample_is_the_mean_plus_the_standard_deviation_times_noise():
+  from brainjax.models.cvae import BrainCVAE
+  from brainjax.tasks import cvae_cls
+  model = BrainCVAE(latent_dim=4, conv_widths=(2, 3), image_size=32)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 1))
+  variables = model.init(jax.random.PRNGKey(0), x, jnp.zeros((2, 4)))
+  params = jax.tree.map(lambda v: v, variables['params'])
+  params['encoder']['logvar']['bias'] = params['encoder']['logvar']['bias'] - 2.0  # std 0.37
+  variables = {**variables, 'params': params}
+  keys = jax.random.split(jax.random.PRNGKey(5), 2)
+  mean, logvar = model.apply(variables, x, method=model.encode)
+  noise = jax.vmap(lambda k: jax.random.normal(k, mean.shape[1:], mean.dtype))(keys)
+  want = model.apply(variables, mean + jnp.exp(logvar / 2) * noise, method=model.decode)
+  np.testing.assert_allclose(cvae_cls.Reconstruction(model)(variables, x, keys), want, atol=1e-6)

@@ -543,3 +543,36 @@ def test_cvae_samples_z_with_the_posterior_s_standard_deviation():
   recon, decoded, logvar = run(x, noise)
   assert float(logvar.max()) < -1.0
   np.testing.assert_allclose(recon, decoded, atol=1e-6)
+
+
+def test_batch_norm_where_float32_makes_a_spread_negative_matches_flax():
+  # A channel of large mean and tiny spread: E[x^2] - E[x]^2 rounds below 0, and the variance
+  # is clipped at 0 (no gradient through it), as flax does.
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    x = jnp.asarray(1000.0 + 1e-3 * rng.standard_normal((16, 1)), jnp.float32)
+    if float((x * x).mean() - x.mean() ** 2) < 0:
+      break
+  else:
+    pytest.fail('no negative float32 spread drawn')
+  weights = jnp.asarray(rng.standard_normal((16, 1)), jnp.float32)
+
+  def input_gradient(model):
+    variables = model.init(key(0), x)
+    loss = lambda x: jnp.sum(jnp.tanh(model.apply(variables, x, mutable=['batch_stats'])[0])
+                             * weights)
+    return jax.grad(loss)(x)
+
+  kwargs = dict(use_running_average=False, momentum=0.9, epsilon=1e-5)
+  want = input_gradient(nn.BatchNorm(**kwargs))
+  assert rel_err(input_gradient(BatchNorm(**kwargs)), want) < 1e-5
+
+
+def test_batch_norm_in_evaluation_adds_epsilon_to_the_running_variance():
+  model = BatchNorm(use_running_average=True, momentum=0.9, epsilon=1e-5)
+  x = jnp.ones((2, 4, 4, 1))
+  variables = model.init(key(0), x)
+  variables = {'params': variables['params'],
+               'batch_stats': {'mean': jnp.ones(1), 'var': jnp.asarray([1e-7])}}
+  np.testing.assert_allclose(model.apply(variables, x + 0.01), 0.01 / np.sqrt(1e-7 + 1e-5),
+                             rtol=1e-5)

@@ -56,6 +56,14 @@ def test_a_damaged_image_in_an_export_is_named(tmp_path):
     synthetic.read_synthetic(out)
 
 
+def test_an_export_whose_files_were_renamed_is_refused(tmp_path):
+  out = str(tmp_path / 'export')
+  synthetic.write_synthetic(out, _images(2), POSITIVE, {})
+  os.rename(os.path.join(out, 'yes', '00001.png'), os.path.join(out, 'yes', 'zz_other.png'))
+  with pytest.raises(ValueError, match='holds 2 images named'):
+    synthetic.read_synthetic(out)
+
+
 def test_rewriting_a_class_replaces_it(tmp_path):
   out = str(tmp_path)
   synthetic.write_synthetic(out, _images(4), POSITIVE, {'run': 'a'})
@@ -221,6 +229,14 @@ def test_an_export_from_a_generator_of_another_split_is_refused(tmp_path):
     datasets.check_training_data(config)
   config.seed, config.split = 0, 'grouped'
   with pytest.raises(ValueError, match=r"another split .*split: 'random' -> 'grouped'"):
+    datasets.check_training_data(config)
+  # The grouped split's groups depend on the threshold that links two slices.
+  generator.split = config.split = 'grouped'
+  generator.dedup_threshold, config.dedup_threshold = 0.95, 0.80
+  for label in (POSITIVE, NEGATIVE):
+    synthetic.write_synthetic(str(tmp_path), _images(2), label,
+                              {'split_key': datasets.split_key(generator)})
+  with pytest.raises(ValueError, match=r'another split .*dedup_threshold: 0.95 -> 0.8'):
     datasets.check_training_data(config)
 
 
