@@ -357,6 +357,14 @@ def test_a_run_with_only_a_best_checkpoint_has_begun_and_one_without_results_is_
   assert reruns.untouched_since(str(tmp_path), time.time() + 10)
 
 
+def test_a_study_s_one_seed_may_be_the_largest():
+  from brainjax.tasks import study
+  from configs import study as study_config
+  config = study_config.get_config('quick,smoke')
+  config.seed, config.seeds = 2 ** 32 - 1, 1
+  study.check_config(config)
+
+
 def test_a_workdir_is_new_empty_or_the_same_run_s(tmp_path):
   from configs import cnn_cls
   from brainjax.train import reruns

@@ -374,3 +374,16 @@ def test_sample_grid_noise_is_no_other_seed_s_key(tmp_path):
   keys = [np.asarray(jax.random.key_data(jax.random.PRNGKey(s))) for s in (0, 1)]
   assert not any(np.array_equal(d, k) for d in drawn for k in keys)
   assert not np.array_equal(drawn[0], drawn[1])
+
+
+def test_the_export_draws_from_export_seed(tmp_path):
+  config = smoke(vae_config, 'positive', tmp_path)
+  config.seed, config.export.seed, config.export.num_samples = 0, 7, 3
+  config.export.dir = str(tmp_path / 'export')
+  size = config.data.image_size
+  sample = lambda variables, rng, num, first=0: jax.random.uniform(
+      jax.random.fold_in(rng, first), (num, size, size, 1))
+  generation.export(config, str(tmp_path / 'run'), sample, None, 5, None)
+  want = np.round(np.asarray(sample(None, jax.random.PRNGKey(7), 3)) * 255) / 255
+  np.testing.assert_allclose(synthetic.read_synthetic(config.export.dir).images, want, atol=1e-6)
+  assert synthetic.read_manifest(config.export.dir)['classes']['yes']['seed'] == 7
