@@ -139,8 +139,7 @@ def test_an_image_in_both_classes_is_named(tmp_path, monkeypatch):
     for i in range(2):
       _scan(2, i, positive).save(root / label / f'{label}{i}.png')
   shutil.copyfile(root / 'yes' / 'yes1.png', root / 'no' / 'copy.png')
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(root), num_per_class=0),
                                     str(tmp_path / 'cache'))
   assert len(examples) == 5  # kept, as given
@@ -156,8 +155,7 @@ def test_an_image_in_both_classes_is_named(tmp_path, monkeypatch):
 def test_folder_skips_bad_files_logs_them_and_never_modifies_input(messy_folder, tmp_path,
                                                                    monkeypatch):
   before = _digest_tree(messy_folder)
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   examples, _ = sources.load_source(
       _cfg(dataset='folder', data_dir=str(messy_folder), num_per_class=0), str(tmp_path))
   names = set(examples.ids)
@@ -201,6 +199,20 @@ def test_folder_errors(tmp_path):
     sources.load_source(_cfg(dataset='br35h', data_dir=''), str(tmp_path))
 
 
+def _capture_warnings(monkeypatch):
+  """The list that logging.warning's messages, formatted, are appended to from now on."""
+  warnings = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  return warnings
+
+
+def _one_scan_per_class(root):
+  """root/yes/yes0.png (a tumour slice) and root/no/no0.png."""
+  for label in ('yes', 'no'):
+    (root / label).mkdir()
+    _scan(3, 0, label == 'yes').save(root / label / f'{label}0.png')
+
+
 def _fake_br35h(root):
   for label, positive in (('yes', True), ('no', False)):
     (root / label).mkdir(parents=True)
@@ -231,8 +243,7 @@ def test_br35h_files_left_out_of_the_prepared_copy_are_named_on_every_read(tmp_p
   # (only the run that prepared the copy named them; later ones counted them nowhere)
   download = _fake_br35h(tmp_path / 'download')
   (download / 'yes' / 'gone.jpg').symlink_to(tmp_path / 'missing.jpg')
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   for _ in range(2):
     warnings.clear()
     assert len(load_br35h_records(str(download), str(tmp_path / 'tfds'))) == 5
@@ -414,8 +425,7 @@ def test_a_cache_that_cannot_be_written_is_named_and_the_run_goes_on(tmp_path, m
     f.write(b'PK')
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
   monkeypatch.setattr(sources.np, 'savez', savez_on_a_full_disk)
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   examples = sources.load_source(_cfg(), str(tmp_path / 'cache')).examples
   np.testing.assert_array_equal(examples.images, expected.images)
   (message,) = warnings
@@ -549,9 +559,7 @@ def test_macos_metadata_beside_a_zip_is_not_a_second_zip(tmp_path):
 def test_a_link_up_the_tree_is_not_read_and_a_fifo_is_refused(tmp_path, monkeypatch):
   # yes/loop -> .. would read no/ again under yes/, as tumour slices; reading a FIFO would
   # wait for a writer: it is listed, and refused by its reader (a counted skip).
-  for label in ('yes', 'no'):
-    (tmp_path / label).mkdir()
-    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  _one_scan_per_class(tmp_path)
   (tmp_path / 'yes' / 'loop').symlink_to(tmp_path)
   os.mkfifo(tmp_path / 'yes' / 'pipe.png')
   (tmp_path / 'no' / 'broken.png').symlink_to(tmp_path / 'missing.png')  # kept: reported
@@ -561,8 +569,7 @@ def test_a_link_up_the_tree_is_not_read_and_a_fifo_is_refused(tmp_path, monkeypa
       'unreadable: not a regular file')
   with pytest.raises(image_io.UnreadableImage, match='not a regular file but a pipe'):
     image_io.read_image_file(tmp_path / 'yes' / 'pipe.png')
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path),
                                          num_per_class=0), str(tmp_path / 'cache'))
   assert list(examples.ids) == ['no/no0.png', 'yes/yes0.png']
@@ -573,15 +580,12 @@ def test_a_link_up_the_tree_is_not_read_and_a_fifo_is_refused(tmp_path, monkeypa
 def test_a_file_too_large_for_an_image_is_a_counted_skip_neither_hashed_nor_read(
     tmp_path, monkeypatch):
   # (a stray 30 GiB backup was hashed for a minute, then read whole: a MemoryError traceback)
-  for label in ('yes', 'no'):
-    (tmp_path / label).mkdir()
-    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  _one_scan_per_class(tmp_path)
   with open(tmp_path / 'yes' / 'backup.jpg', 'wb') as f:  # sparse
     f.truncate(layout.MAX_IMAGE_BYTES + 1)
   digest = sources.file_digest(str(tmp_path / 'yes' / 'backup.jpg'), layout.MAX_IMAGE_BYTES)
   assert digest.startswith(f'too large: {layout.MAX_IMAGE_BYTES + 1} bytes')
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path),
                                          num_per_class=0), str(tmp_path / 'cache'))
   assert list(examples.ids) == ['no/no0.png', 'yes/yes0.png']
@@ -598,17 +602,14 @@ def test_a_file_too_large_for_an_image_is_a_counted_skip_neither_hashed_nor_read
 def test_a_run_folder_inside_a_class_folder_is_not_read(tmp_path, monkeypatch):
   # (a predict with --workdir=data/yes/predictions wrote overlays of healthy scans there, and
   # training read them as tumour slices)
-  for label in ('yes', 'no'):
-    (tmp_path / label).mkdir()
-    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  _one_scan_per_class(tmp_path)
   run = tmp_path / 'yes' / 'predictions'
   (run / 'overlays' / 'no').mkdir(parents=True)
   (run / 'config.json').write_text('{"task": "predict"}')
   _scan(3, 1, False).save(run / 'overlays' / 'no' / 'no0.png')
   (tmp_path / 'yes' / 'notes').mkdir()
   (tmp_path / 'yes' / 'notes' / 'config.json').write_text('["not a run"]')
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   assert [n for n, _, _ in layout.iter_folder(str(tmp_path))] == [
       'no/no0.png', 'yes/notes/config.json', 'yes/yes0.png']
   (message,) = [w for w in warnings if 'run folders' in w]
@@ -623,23 +624,19 @@ def test_capitalised_class_folders_are_named_in_the_error_and_predict_s_warning(
   for dataset in ('folder', 'br35h'):
     with pytest.raises(ValueError, match='found No/, Yes/: the class folders are yes/ and no/'):
       sources.check_location(_cfg(dataset=dataset, data_dir=str(tmp_path)))
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   assert all(f.label is None for f in inputs.list_inputs(str(tmp_path)))
   assert [w for w in warnings if '2 inputs, e.g. No/a.png, are unlabelled' in w]
 
 
 def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monkeypatch):
-  for label in ('yes', 'no'):
-    (tmp_path / label).mkdir()
-    _scan(3, 0, label == 'yes').save(tmp_path / label / f'{label}0.png')
+  _one_scan_per_class(tmp_path)
   (tmp_path / 'yes' / 'more').symlink_to(tmp_path / 'no')  # every healthy slice again, as tumour
   (tmp_path / 'yes' / 'one.png').symlink_to(tmp_path / 'no' / 'no0.png')
   (tmp_path / 'elsewhere').mkdir()
   _scan(3, 1, True).save(tmp_path / 'elsewhere' / 'e.png')
   (tmp_path / 'yes' / 'linked').symlink_to(tmp_path / 'elsewhere')  # a link out: followed
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   assert [(n, y) for n, y, _ in layout.iter_folder(str(tmp_path))] == [
       ('no/no0.png', 0), ('yes/linked/e.png', 1), ('yes/yes0.png', 1)]
   (message,) = warnings
@@ -668,8 +665,7 @@ def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch)
       str(tmp_path / 'yes' / 'yes0.png'), str(tmp_path / 'yes' / 'locked')]
   with pytest.raises(PermissionError):
     list(layout.walk_files(str(tmp_path / 'no')))
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   monkeypatch.setattr(os, 'scandir', lambda path='.': scandir(path) if os.path.basename(
       os.fspath(path)) == 'locked' else real_scandir(path))
   examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(tmp_path),
@@ -686,8 +682,7 @@ def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path, monkeypat
   odd = os.path.join(os.fsencode(folder / 'no'), b'caf\xe9.jpg')
   with open(odd, 'wb') as f:
     f.write((folder / 'no' / 'n0.jpg').read_bytes())
-  warnings = []
-  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warnings.append(msg % args))
+  warnings = _capture_warnings(monkeypatch)
   names = [name for name, _, _ in load_br35h_records(str(folder), str(tmp_path / 'tfds'))]
   assert 'no/caf\\xe9.jpg' in names and 'no/gone.jpg' not in names
   # The unreadable link is named, and counted among the files it was prepared from.
