@@ -72,6 +72,42 @@ def test_near_duplicates_of_reference():
     dedup.near_duplicates_of(query, reference, 0.98, extra_views=[(query_view[:2], reference_view)])
 
 
+@pytest.mark.parametrize('turns', range(4))
+@pytest.mark.parametrize('transpose', [False, True])
+def test_flipped_and_rotated_copies_are_near_duplicates(turns, transpose):
+  # Br35H holds copies flipped left-right, upside down and turned by 180 degrees; any of the
+  # square's eight symmetries (here: turns by 90 degrees, then a transpose) links a copy.
+  images = _scenes(5, seed=9)[..., 0]
+  copy = np.rot90(images[3], turns)
+  copy = (copy.T if transpose else copy) * 0.9 + 0.05
+  groups = dedup.near_duplicate_groups(np.concatenate([images, copy[None]])[..., None], 0.98)
+  assert groups[5] == groups[3] and len(set(groups[:5])) == 5
+  found = dedup.near_duplicates_of(np.stack([copy, _scenes(1, seed=10)[0, ..., 0]]), images, 0.98)
+  np.testing.assert_array_equal(found, [True, False])
+  # In an extra view alone, as the raw files' thumbnails.
+  groups = dedup.near_duplicate_groups(_scenes(6, seed=11), 0.98,
+                                       extra_views=[np.concatenate([images, copy[None]])])
+  assert groups[5] == groups[3] and len(set(groups[:5])) == 5
+
+
+def test_a_symmetric_image_is_not_a_copy_of_another():
+  # An image equal to its own mirror image links to nothing else through its symmetries.
+  images = _scenes(4, seed=12)[..., 0]
+  images[0] = images[0] + images[0][:, ::-1]
+  groups = dedup.near_duplicate_groups(images, 0.98)
+  assert len(set(groups)) == 4
+
+
+def test_a_flipped_copy_in_a_later_block_is_linked(monkeypatch):
+  monkeypatch.setattr(dedup, '_BLOCK', 4)
+  images = _scenes(10, seed=13)
+  images[9] = images[2][::-1]  # upside down, two blocks later
+  groups = dedup.near_duplicate_groups(images, 0.98)
+  assert groups[9] == groups[2] and len(set(groups)) == 9
+  query = images[[2]][:, :, ::-1]
+  np.testing.assert_array_equal(dedup.near_duplicates_of(query, images[3:], 0.98), [True])
+
+
 def test_blockwise_matches_direct_on_many_images(monkeypatch):
   images = np.concatenate([_scenes(300, size=32, seed=5)] * 2)  # every image twice
   monkeypatch.setattr(dedup, '_BLOCK', 64)

@@ -301,7 +301,7 @@ def test_a_grouped_export_from_before_a_file_was_replaced_is_refused(tmp_path):
   replaced = images.copy()
   replaced[3] = _images(1, size=32, seed=5)[0]  # 3.png is no longer 1.png's copy
   with pytest.raises(ValueError, match=r'export/(yes|no) comes from a generator trained when '
-                     r'other slices of the data were near-duplicates \(a file replaced since\)'):
+                     r'other slices of the data were near-duplicates \(a file replaced since'):
     datasets.check_training_data(config, source(replaced))
   config.synthetic_dirs = older  # (cannot be checked: a warning)
   assert datasets.check_training_data(config, source(replaced)) == [older]

@@ -65,8 +65,9 @@ def split(config, source, protocol):
   """The `protocol` ('cnn' or 'anomaly') split of a real source in config.split mode.
 
   In 'grouped' mode two slices are near-duplicates if their preprocessed images or their
-  raw files' thumbnails correlate above config.dedup_threshold: each view misses copies
-  the other catches (re-cropped copies; the same head on another canvas).
+  raw files' thumbnails correlate above config.dedup_threshold, one of them flipped or
+  rotated or not (dedup.py): each view misses copies the other catches (re-cropped copies;
+  the same head on another canvas).
   """
   groups = near_duplicate_groups(config, source) if config.split == 'grouped' else None
   return splits.make_split(source.examples.labels, protocol=protocol, mode=config.split,
@@ -176,8 +177,9 @@ _DATA_DIGESTS = {
                'the data held other slices (files added to or removed from it since)'),
     'groups': ('which slices were near-duplicates when its generator trained',
                'files replaced since',
-               'other slices of the data were near-duplicates (a file replaced since), which '
-               "moves slices between the grouped split's parts"),
+               'other slices of the data were near-duplicates (a file replaced since, or the '
+               'groups found before brainjax linked flipped and rotated copies), which moves '
+               "slices between the grouped split's parts"),
 }
 
 
