@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from brainjax.data import synthetic
+from brainjax.evaluation import baseline
 from brainjax.evaluation import privacy
 from brainjax.evaluation import roc
 from brainjax.evaluation import study_table
@@ -52,6 +53,12 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   for key in ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate'):
     assert row[f'pixel_{key}'] == pytest.approx(audit[key]), key
   assert row['pixel_median_holdout_dcr'] > 0 and row['frechet_distance'] > 0
+  # The learning-free row: BrainCNN's training slices as the reference, its test slices scored.
+  assert '| random | Thumbnail 1-NN (no learning) | real |' in table
+  nearest = baseline.nearest_neighbour_metrics(source.examples.take(split.train),
+                                               source.examples.take(split.test))
+  for c in ('accuracy', 'auroc'):
+    assert summary[f'random/Thumbnail 1-NN (no learning)/real/{c}'] == pytest.approx(nearest[c])
   assert os.path.exists(os.path.join(results, 'figures', 'samples_random_seed0_vae_positive.png'))
   assert 'random/CNN/real/accuracy' in summary
   # Every stage left metrics.json: a second call reruns no stage and gives the same table.

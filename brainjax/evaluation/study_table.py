@@ -23,19 +23,22 @@ PUBLISHED = {
 # The Table 1 row of each anomaly rule.
 RULE_ROW_NAMES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
                   'global_kmeans': 'VAE (Global KMeans)'}
+# The task name of the learning-free row study.nearest_neighbour_baseline adds (no run of its own).
+NEAREST_NEIGHBOUR = 'nearest_neighbour'
 COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_precision',
            'macro_recall', 'macro_f1')
 
 
 def rows_of_run(task, m):
-  """(model name, {column: value}) pairs a classifier run (task 'cnn_cls' or 'cvae_cls', its
-  metrics `m`) contributes to the table."""
+  """(model name, {column: value}) pairs a classifier run (task 'cnn_cls', 'cvae_cls' or
+  NEAREST_NEIGHBOUR, its metrics `m`) contributes to the table."""
 
   def value(key):  # (a stage finished before macro_* was named so holds weighted_*)
     return m.get(key, m.get(key.replace('macro_', 'weighted_')))
 
-  if task == 'cnn_cls':
-    return [('CNN', {c: value(c) for c in COLUMNS})]
+  if task in ('cnn_cls', NEAREST_NEIGHBOUR):
+    name = 'CNN' if task == 'cnn_cls' else 'Thumbnail 1-NN (no learning)'
+    return [(name, {c: value(c) for c in COLUMNS})]
   return [(name, {c: value(f'{rule}_{c}') for c in COLUMNS})
           for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
 

@@ -1,5 +1,5 @@
 """The whole study in one command: generators, synthetic exports, classifiers, anomaly rules,
-generative quality, a privacy audit and Table 1.
+a learning-free baseline, generative quality, a privacy audit and Table 1.
 
 Every stage is an ordinary task run in its own sub-workdir; a stage whose metrics.json
 exists is done and never rerun, so an interrupted study resumes at the first unfinished
@@ -22,6 +22,7 @@ import numpy as np
 
 from brainjax.data import synthetic
 from brainjax.data.examples import NEGATIVE, POSITIVE
+from brainjax.evaluation import baseline
 from brainjax.evaluation import generative_quality
 from brainjax.evaluation import privacy
 from brainjax.evaluation import roc
@@ -148,6 +149,19 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
   return results
 
 
+def nearest_neighbour_baseline(config, split_mode, seed):
+  """Table 1's learning-free row (evaluation/baseline.py) on BrainCNN's split of the real
+  slices: its training part as the reference, its test slices scored."""
+  sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
+  source = datasets.real_source(sub)
+  split = datasets.split(sub, source, 'cnn')
+  examples = source.examples
+  metrics = baseline.nearest_neighbour_metrics(examples.take(split.train),
+                                               examples.take(split.test))
+  return dict(task=study_table.NEAREST_NEIGHBOUR, train_data='real', source='-', seed=seed,
+              split=split_mode, run_dir=None, metrics=metrics)
+
+
 def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
   """Fréchet distance, k-NN precision/recall, tumour visibility and distance to closest record."""
   sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
@@ -202,6 +216,8 @@ def roc_curve_of_run(run):
   row (BrainCVAE: its selected rule's), from the scores its metrics.json's ROC AUC was
   computed from; None, with a log line, where the run cannot give one."""
   m = run['metrics']
+  if run['run_dir'] is None:  # (the nearest-neighbour baseline: no run, no curve)
+    return None
   if run['task'] == 'cnn_cls':
     model, prefix = 'CNN', ''
   elif m.get('selected_rule') in study_table.RULE_ROW_NAMES:
@@ -381,7 +397,7 @@ def train_and_evaluate(config, workdir):
     for seed in range(config.seed, config.seed + config.seeds):
       exports = train_generators(config, workdir, split_mode, seed)
       classifier_runs = train_classifiers(config, workdir, split_mode, seed, exports)
-      results += classifier_runs
+      results += [nearest_neighbour_baseline(config, split_mode, seed)] + classifier_runs
       feature_run = next(r['run_dir'] for r in classifier_runs
                          if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
       quality.update(audit_generators(config, workdir, split_mode, seed, exports, feature_run))

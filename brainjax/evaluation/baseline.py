@@ -1,0 +1,31 @@
+"""Table 1's classifier that learns nothing: the nearest training slice's label.
+
+Each test slice takes the label of the training slice whose 32x32 thumbnail it correlates with
+most (1-nearest-neighbour on z-scored thumbnails, dedup.thumbnail_features). A trained
+classifier that scores no better than it has learned nothing a lookup could not do; where it
+scores high, the test set holds copies of training slices (the random split of a data set full
+of near-duplicates) or the task is easy.
+"""
+import numpy as np
+
+from brainjax.data import dedup
+from brainjax.data.examples import NEGATIVE, POSITIVE
+from brainjax.evaluation import classification
+
+
+def nearest_neighbour_scores(train_images, train_labels, test_images) -> np.ndarray:
+  """float64 (N_test,): each test slice's highest thumbnail correlation with a tumour training
+  slice minus its highest with a healthy one (>= 0: tumour, as BrainCNN's log-odds)."""
+  train_labels = np.asarray(train_labels)
+  if not ((train_labels == POSITIVE).any() and (train_labels == NEGATIVE).any()):
+    raise ValueError('the nearest-neighbour baseline needs training slices of both classes')
+  correlation = dedup.thumbnail_features(test_images) @ dedup.thumbnail_features(train_images).T
+  best_tumour = correlation[:, train_labels == POSITIVE].max(axis=1)
+  best_healthy = correlation[:, train_labels == NEGATIVE].max(axis=1)
+  return (best_tumour - best_healthy).astype(np.float64)
+
+
+def nearest_neighbour_metrics(train, test):
+  """classification_metrics of the baseline trained on `train`, tested on `test` (Examples)."""
+  scores = nearest_neighbour_scores(train.images, train.labels, test.images)
+  return classification.classification_metrics(test.labels, (scores >= 0).astype(int), scores)
