@@ -216,7 +216,7 @@ def roc_curve_of_run(run):
   row (BrainCVAE: its selected rule's), from the scores its metrics.json's ROC AUC was
   computed from; None, with a log line, where the run cannot give one."""
   m = run['metrics']
-  if run['run_dir'] is None:  # (the nearest-neighbour baseline: no run, no curve)
+  if run['task'] == study_table.NEAREST_NEIGHBOUR:  # (not a run: no test scores saved)
     return None
   if run['task'] == 'cnn_cls':
     model, prefix = 'CNN', ''
