@@ -146,3 +146,23 @@ def test_select_rule_takes_the_best_validation_value_first_on_ties():
   assert evaluate.select_rule({'kmeans_val_accuracy': 0.2}, 'accuracy') == 'kmeans'
   with pytest.raises(ValueError, match='were the anomaly rules evaluated'):
     evaluate.select_rule({'giaem_f1': 0.9})
+
+
+def test_the_largest_grid_size_is_accepted():
+  config = evaluate.default_anomaly_config()
+  for field in ('num_anomaly_thresholds', 'num_global_thresholds', 'num_tumor_index',
+                'num_alpha'):
+    config[field] = evaluate.MAX_GRID_SIZE
+  evaluate.check_config(config)  # (at most MAX_GRID_SIZE values: that many is allowed)
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(dbscan_anomaly_thresholds=(0.5, 1.0)), r'must be in \[0, 1\)'),
+    (dict(tumor_index_min=0.0, tumor_index_spacing='linear'), r'tumor_index_min=0.0'),
+    (dict(tumor_index_min=0.0), r'tumor_index_min=0.0'),
+])
+def test_values_at_the_open_ends_are_refused(change, message):
+  config = evaluate.default_anomaly_config()
+  config.update(change)
+  with pytest.raises(ValueError, match=message):
+    evaluate.check_config(config)

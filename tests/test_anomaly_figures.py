@@ -71,3 +71,47 @@ def test_a_rules_rerun_leaves_no_stale_figure_or_metrics(tmp_path, cache_dir, mo
   with pytest.raises(KeyboardInterrupt):
     cvae_cls.train_and_evaluate(config, workdir)
   assert not os.path.exists(metrics_json)
+
+
+def test_picked_examples_are_distinct_slices():
+  labels = np.array([1, 0, 1, 0, 0, 1])
+  for seed in range(5):
+    picked = figures.pick_examples(labels, per_class=3, seed=seed)
+    assert list(picked) == [0, 2, 5, 1, 3, 4]  # every slice of each class, once
+
+
+def _drawn_figure(tmp_path, monkeypatch, **kwargs):
+  made = []
+
+  class Recording(figures.Figure):
+    def __init__(self, *args, **kw):
+      super().__init__(*args, **kw)
+      made.append(self)
+
+  monkeypatch.setattr(figures, 'Figure', Recording)
+  images = np.full((2, 8, 8, 1), 0.25, np.float32)
+  errors = np.full((2, 64), 0.5, np.float32)
+  regions = np.zeros((2, 64), bool)
+  regions[0, :8] = True  # the first row of slice 0
+  figures.save_anomaly_figure(str(tmp_path / 'fig.png'), images, images, errors, regions,
+                              np.array([1, 0]), predictions=np.array([0, 1]), **kwargs)
+  return made[0]
+
+
+def test_panels_share_a_fixed_scale_and_the_region_is_red(tmp_path, monkeypatch):
+  fig = _drawn_figure(tmp_path, monkeypatch)
+  axes = np.asarray(fig.axes).reshape(2, 4)
+  for ax in axes.ravel():
+    assert ax.images[0].get_clim() == (0, 1)  # 0.5 errors stay mid-scale, not stretched
+  overlay = np.asarray(axes[0, 3].images[0].get_array())
+  np.testing.assert_allclose(overlay[0, 0], [0.7, 0.1, 0.1], atol=1e-6)  # 0.4 * grey + 0.6 * red
+  np.testing.assert_allclose(overlay[1, 0], [0.25, 0.25, 0.25], atol=1e-6)
+  assert axes[0, 0].get_ylabel() == 'tumour\npred healthy'
+  assert axes[1, 0].get_ylabel() == 'healthy\npred tumour'
+
+
+def test_no_slices_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='at least one slice'):
+    figures.save_anomaly_figure(str(tmp_path / 'fig.png'), np.zeros((0, 8, 8, 1)),
+                                np.zeros((0, 8, 8, 1)), np.zeros((0, 64)),
+                                np.zeros((0, 64), bool), np.zeros(0))

@@ -80,3 +80,11 @@ def test_nonzero_2d_equals_np_nonzero(shape):
   for g, w in zip(got, want):
     np.testing.assert_array_equal(g, w)
     assert g.dtype == w.dtype
+
+
+def test_a_pixel_exactly_at_the_float32_threshold_is_anomalous_as_in_the_grid_search():
+  errors = np.array([[0.7, 0.1, 0.3, 0.0]], np.float32)  # float32(0.7) < 0.7 in float64
+  out = giaem.giaem(errors, 0.7, 0.25)
+  assert out.region[0].tolist() == [True, False, False, False]
+  assert out.score[0] == 0.25 and out.prediction[0] == 1
+  assert giaem.giaem_grid_scores(errors, [0.3, 0.7])[0].tolist() == [0.5, 0.25]

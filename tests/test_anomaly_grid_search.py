@@ -98,3 +98,29 @@ def test_global_kmeans_search_equals_loop(small_set):
   params, value = reference_loop.loop_global_kmeans(errors, labels, thresholds, alphas)
   assert fast.params == params and fast.value == pytest.approx(value)
   assert fast.extra['centroids'].shape == (2, 32 * 32)
+
+
+def test_values_equal_but_for_rounding_go_to_the_first_outer_point():
+  # balanced accuracy (recall + specificity) / 2: (0.1 + 0.7) / 2 = 0.39999999999999997 at
+  # outer point 0, (0.3 + 0.5) / 2 = 0.4 at outer point 1: one value, first point wins.
+  labels = np.array([1] * 10 + [0] * 10)
+  scores = np.zeros((20, 2))
+  scores[:1, 0] = 1      # 1 of 10 tumours called tumour
+  scores[10:13, 0] = 1   # 3 of 10 healthy called tumour: specificity 0.7
+  scores[:3, 1] = 1      # 3 of 10 tumours
+  scores[10:15, 1] = 1   # 5 of 10 healthy: specificity 0.5
+  chosen = grid_search.select(scores, labels, np.array([0.5]), 'balanced_accuracy')
+  assert (chosen.outer, chosen.inner) == (0, 0)
+
+
+def test_dbscan_search_names_the_grid_point_it_scored(monkeypatch):
+  labels = np.array([1, 1, 0, 0])
+  thresholds, eps, min_samples = [0.5, 0.6], [0.01, 0.02], [3, 4, 5]
+  scores = np.zeros((4, 2, 2, 3))
+  scores[:2, 1, 0, 2] = 1.0  # only (threshold 0.6, eps 0.01, min_samples 5) separates them
+  monkeypatch.setattr(grid_search.dbscan_rule, 'dbscan_grid_scores', lambda *a, **k: scores)
+  found = grid_search.search_dbscan(np.zeros((4, 16), np.float32), labels, thresholds, eps,
+                                    min_samples, [0.5])
+  assert found.params == dict(anomaly_threshold=float(np.float32(0.6)), eps=0.01, min_samples=5,
+                              tumor_index=0.5)
+  assert found.value == 1.0

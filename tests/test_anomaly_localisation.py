@@ -37,3 +37,10 @@ def test_a_non_finite_mask_is_refused():
   masks[0, 0, 0] = np.nan
   with pytest.raises(ValueError, match='NaN or inf'):
     localisation.dice_iou(np.zeros((1, 4), bool), masks)
+
+
+def test_any_nonzero_mask_value_is_tumour():
+  predicted = np.array([[True, False, False, False]])
+  masks = np.array([[-1.0, 0.0, 0.0, 0.0]])  # nonzero = tumour, as documented
+  dice, iou = localisation.dice_iou(predicted, masks)
+  assert dice.tolist() == [1.0] and iou.tolist() == [1.0]

@@ -1,4 +1,6 @@
 """Synthetic error maps and the benchmark harness (tiny sizes)."""
+import math
+
 import numpy as np
 
 from brainjax.anomaly import evaluate, reference_loop, synthetic_maps
@@ -42,3 +44,17 @@ def test_benchmark_says_when_the_selections_differ(monkeypatch):
   monkeypatch.setattr(reference_loop, 'loop_giaem', lambda *args: ({'tumor_index': -1.0}, 0.0))
   out = reference_loop.benchmark(errors, labels, config)
   assert out['giaem']['same_selection'] is False
+
+
+def test_about_half_are_tumour_maps_whose_mask_covers_the_blob():
+  size = 64
+  errors, labels, masks = synthetic_maps.synthetic_error_maps(200, size, seed=3)
+  assert 0.4 <= labels.mean() <= 0.6
+  assert not masks[labels == 0].any()
+  smallest_blob = math.pi * (1.2 * 0.04 * size) ** 2  # radius >= 4% of the side, mask 1.2 r
+  areas = masks[labels == 1].reshape(-1, size * size).sum(1)
+  assert areas.min() >= 0.8 * smallest_blob
+  # the mask holds each tumour map's brightest pixels
+  tumour = errors[labels == 1]
+  peak = tumour.argmax(1)
+  assert masks[labels == 1].reshape(-1, size * size)[np.arange(len(peak)), peak].mean() > 0.9

@@ -92,3 +92,19 @@ def test_memory_is_the_lower_of_the_machine_s_and_its_cgroups_limits(tmp_path, m
   with pytest.raises(ValueError, match='need 2 GiB, more than the 1 GiB of memory this process'):
     threads.check_fits_in_memory(2**31, 'these settings would', 'lower them')
   threads.check_fits_in_memory(2**29, 'these settings would', 'lower them')
+
+
+def test_num_workers_is_capped_on_a_big_machine(monkeypatch):
+  monkeypatch.setattr(threads.os, 'sched_getaffinity', lambda pid: set(range(64)))
+  assert threads.num_workers() == threads.MAX_WORKERS
+
+
+def test_a_container_s_own_limit_at_the_mount_root_binds(tmp_path, monkeypatch):
+  root, proc, mountinfo = tmp_path / 'cgroup', tmp_path / 'proc_self_cgroup', tmp_path / 'mounts'
+  monkeypatch.setattr(threads, 'MOUNTINFO', str(mountinfo))
+  monkeypatch.setattr(threads, 'PROC_CGROUP', str(proc))
+  mountinfo.write_text(f'31 23 0:28 / {root} rw,relatime - cgroup2 cgroup2 rw\n')
+  proc.write_text('0::/\n')  # (a container with its own cgroup namespace)
+  root.mkdir()
+  (root / 'memory.max').write_text(f'{2**30}\n')
+  assert threads.memory_bytes() == 2**30

@@ -9,10 +9,17 @@ import sys
 import time
 import types
 
+import jax
 import pytest
 
 from brainjax import threads
+from brainjax.tasks import cnn_cls
+from brainjax.train import reruns
+from brainjax.train import run_setup
+from configs import cnn_cls as cnn_config
 from configs import common
+from configs import predict as predict_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 CONFIGS = ('vae_gen', 'gan_gen', 'cnn_cls', 'cvae_cls', 'study', 'predict')
@@ -782,3 +789,69 @@ def test_a_refused_new_run_removes_every_folder_its_workdir_path_made(tmp_path):
   with pytest.raises(ValueError, match='is a link to nothing'):
     run_setup.prepare_workdir(config, workdir)
   assert not (tmp_path / 'nowhere').exists()
+
+
+def test_a_batch_that_does_not_split_is_refused_with_the_settings(tmp_path):
+  assert jax.local_device_count() == 8
+  config = cnn_config.get_config('real,smoke')
+  config.cache_dir = str(tmp_path / 'cache')
+  config.batch_size = 12  # 8 devices
+  with pytest.raises(ValueError, match='batch_size=12 does not split across 8 devices'):
+    run_setup.check_settings(config, cnn_cls)
+  config.batch_size = 16
+  run_setup.check_settings(config, cnn_cls)
+
+
+@pytest.mark.parametrize('field', ['checkpoint_every_secs', 'log_every_steps', 'keep_checkpoints',
+                                   'cache_dir', 'num_devices', 'multihost'])
+def test_how_a_run_runs_may_change_in_a_rerun(field):
+  saved = {'task': 'cnn_cls', 'learning_rate': 1e-4, field: 1}
+  assert reruns.config_changes(saved, dict(saved, **{field: 2})) == []
+  assert reruns.config_changes(saved, dict(saved, learning_rate=1e-3)) == [
+      'learning_rate: 0.0001 -> 0.001']
+
+
+def test_a_write_stamped_up_to_a_second_before_the_start_counts_as_a_change(tmp_path):
+  (tmp_path / 'metrics.json').write_text('{}')
+  start = time.time()
+  os.utime(tmp_path / 'metrics.json', (start - 10, start - 10))
+  assert reruns.untouched_since(str(tmp_path), start)
+  # A file system that keeps whole seconds stamps a write made after `start` up to 1 s before it.
+  (tmp_path / 'predictions.csv').write_text('rewritten')
+  os.utime(tmp_path / 'predictions.csv', (start - 0.5, start - 0.5))
+  assert not reruns.untouched_since(str(tmp_path), start)
+
+
+def test_a_prediction_may_be_redone_in_its_workdir_with_other_inputs(tmp_path):
+  first = predict_config.get_config('smoke')
+  first.input = 'scans/a'
+  reruns.write_config(str(tmp_path), first)
+  (tmp_path / 'predictions.csv').write_text('path\n')
+  (tmp_path / 'metrics.json').write_text('{}')
+  second = predict_config.get_config('smoke')
+  second.input = 'scans/b'
+  assert reruns.check_workdir(str(tmp_path), second) == first.to_json_best_effort(indent=1)
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('seed', 2 ** 32, r'seed=4294967296: it must be an integer in \[0, 2\*\*32\)'),
+    ('learning_rate', 0.0, 'learning_rate=0.0: it must be a finite number > 0'),
+    ('keep_checkpoints', 0, 'keep_checkpoints=0: it must be an integer >= 1'),
+    ('log_every_steps', 0, 'log_every_steps=0: it must be an integer >= 1'),
+    ('checkpoint_every_secs', float('inf'), 'checkpoint_every_secs=inf'),
+    ('plateau_factor', 1.5, r'plateau_factor=1.5: it must be in \(0, 1\]'),
+    ('num_epochs', True, 'num_epochs=True: it must be an integer >= 1'),
+    ('model.dropout_rate', -0.1, r'model.dropout_rate=-0.1: it must be in \[0, 1\)'),
+    ('model.conv_widths', (), r'model.conv_widths=\(\): network sizes must be integers >= 1'),
+    ('vae_gen:weight_decay', -1e-5, 'weight_decay=-1e-05: it must be a finite number >= 0'),
+    ('vae_gen:export.seed', 2 ** 32,
+     r'export.seed=4294967296: it must be an integer in \[0, 2\*\*32\)'),
+])
+def test_values_just_outside_the_ranges_are_refused(field, value, message):
+  task, _, field = field.rpartition(':')
+  variant = 'positive,smoke' if task == 'vae_gen' else 'real,smoke'
+  config = importlib.import_module(f'configs.{task or "cnn_cls"}').get_config(variant)
+  common.check_values(config)
+  config.update_from_flattened_dict({field: value})
+  with pytest.raises(ValueError, match=message):
+    common.check_values(config)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -166,3 +167,12 @@ def test_a_ctrl_c_to_the_process_group_stops_the_preprocessing_workers_quietly(t
   assert 'Traceback' not in stderr and 'Exception' not in stderr, stderr[-2000:]
   time.sleep(1)
   assert not [pid for pid in workers if _running(pid)]
+
+
+def test_other_unraisable_exceptions_reach_the_previous_hook():
+  seen = []
+  hook = interrupts.resend_dropped_ctrl_c(seen.append)
+  unraisable = types.SimpleNamespace(exc_type=ValueError, exc_value=ValueError('in __del__'),
+                                     exc_traceback=None, err_msg=None, object=None)
+  hook(unraisable)
+  assert seen == [unraisable]

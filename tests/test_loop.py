@@ -661,3 +661,44 @@ def test_the_finiteness_check_counts_bfloat16_as_a_float():
   from brainjax.train import loop
   assert not loop._all_finite({'w': np.array([1.0, np.inf], ml_dtypes.bfloat16)})
   assert loop._all_finite({'w': np.array([1.0, 2.0], ml_dtypes.bfloat16), 'step': np.int32(3)})
+
+
+@pytest.mark.parametrize('code', [errno.ENOSPC, errno.EDQUOT, errno.EFBIG])
+def test_every_want_of_room_is_recognised_as_an_oserror_or_a_tensorstore_message(code):
+  assert checkpoints.out_of_room(OSError(code, 'no room'))
+  assert checkpoints.out_of_room(ValueError(f"writing failed [os_error_code='{code}']"))
+  assert not checkpoints.out_of_room(OSError(errno.EACCES, 'denied'))
+
+
+def test_a_reading_manager_leaves_another_process_s_save_in_flight(tmp_path):
+  directory = tmp_path / 'checkpoints'
+  mngr = checkpoints.manager(str(directory), 2)
+  checkpoints.save(mngr, 1, {'w': np.zeros(4, np.float32)}, {'step': 1})
+  checkpoints.close(mngr)
+  in_flight = directory / '2.orbax-checkpoint-tmp-1234567890'  # (a training run's next save)
+  (in_flight / 'state').mkdir(parents=True)
+  reader = checkpoints.manager(str(directory), 1, create=False)
+  assert reader.latest_step() == 1
+  reader.close()
+  assert in_flight.is_dir()
+  assert checkpoints.latest_meta(str(tmp_path)) == (1, {'step': 1})
+  assert in_flight.is_dir()
+
+
+def test_a_save_cut_off_before_its_commit_is_no_checkpoint(tmp_path):
+  (tmp_path / 'checkpoints' / '0.orbax-checkpoint-tmp-1234567890').mkdir(parents=True)
+  assert not checkpoints.holds_checkpoint(str(tmp_path))
+  (tmp_path / 'best' / '7').mkdir(parents=True)
+  assert checkpoints.holds_checkpoint(str(tmp_path))
+
+
+def test_restore_reads_the_step_asked_for(tmp_path):
+  with checkpoints.manager(str(tmp_path / 'checkpoints'), 2) as mngr:
+    for step in (1, 2):
+      checkpoints.save(mngr, step, {'w': np.full(3, step, np.float32)}, {'step': step})
+    checkpoints.wait(mngr)
+    template = {'w': np.zeros(3, np.float32)}
+    state, meta = checkpoints.restore(mngr, template, 1)
+    assert meta == {'step': 1} and (np.asarray(state['w']) == 1).all()
+    state, meta = checkpoints.restore(mngr, template)
+    assert meta == {'step': 2} and (np.asarray(state['w']) == 2).all()

@@ -100,3 +100,14 @@ def test_tumour_masks_stay_inside_the_brain():
     head = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
     depth = ndimage.distance_transform_edt(head)[piece.mask > 0]
     assert depth.min() > 0.1 * np.sqrt(head.sum() / np.pi), i
+
+
+def test_the_mask_is_the_whole_lesion_edema_included():
+  rng = np.random.default_rng(0)
+  v, u = np.mgrid[-1:1:201j, -1:1:201j].astype(np.float32)
+  lesion = dict(cu=0.0, cv=0.0, radius=0.2, extent=2.0)
+  parts, mask = phantom._draw_lesions(rng, u, v, np.ones_like(u), [lesion])
+  r = np.hypot(u, v)
+  ring = (r > 0.26) & (r < 0.30)  # 1.3-1.5 radii: beyond the core, mostly edema
+  assert parts['core'][ring].max() < 0.2
+  assert mask[ring].mean() > 0.9

@@ -804,3 +804,24 @@ def test_clearing_an_earlier_prediction_drops_a_linked_map_folder_not_what_it_po
   predict._clear_outputs(str(tmp_path / 'run'))
   assert not os.path.lexists(tmp_path / 'run' / 'maps')
   assert (elsewhere / 'keep.txt').read_text() == 'mine'
+
+
+def test_os_metadata_in_a_folder_is_not_an_input(tmp_path):
+  (tmp_path / 'yes').mkdir()
+  (tmp_path / 'yes' / 'a.png').write_bytes(b'x')
+  (tmp_path / '.DS_Store').write_bytes(b'x')
+  (tmp_path / 'yes' / 'Thumbs.db').write_bytes(b'x')
+  assert [f.path for f in inputs.list_inputs(tmp_path)] == ['yes/a.png']
+
+
+@pytest.mark.skipif(not hasattr(os, 'mkfifo'), reason='needs named pipes')
+def test_a_pipe_is_refused_before_it_is_read(tmp_path):
+  os.mkfifo(tmp_path / 'pipe')
+  with pytest.raises(ValueError, match='is not a file, a folder or a zip'):
+    inputs.check_input(tmp_path / 'pipe')
+
+
+def test_a_file_named_zip_that_is_not_one_is_refused(tmp_path):
+  (tmp_path / 'scans.zip').write_bytes(b'not a zip')
+  with pytest.raises(ValueError, match='is named .zip but is not a readable zip archive'):
+    inputs.list_inputs(tmp_path / 'scans.zip')

@@ -195,3 +195,9 @@ def test_anything_darker_than_the_background_becomes_0_before_resizing():
     outs.append(out)
   assert outs[0][64, 64] == 0.0
   np.testing.assert_array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize('margin', [1.0, -0.1])
+def test_a_margin_outside_0_to_1_is_refused(margin):
+  with pytest.raises(ValueError, match='margin must be in'):
+    preprocess.crop_info((100, 100), (10, 10, 90, 90), margin)

@@ -161,3 +161,11 @@ def test_dcr_ratio_is_inf_or_nan_when_the_holdout_median_is_0():
   assert far['median_holdout_dcr'] == 0.0 and far['dcr_ratio'] == np.inf
   copies = privacy.privacy_audit(train[:4], train, holdout)
   assert copies['median_synthetic_dcr'] == 0.0 and np.isnan(copies['dcr_ratio'])
+
+
+@pytest.mark.parametrize('num_worst', [-1, -5])
+def test_a_negative_num_worst_is_refused(num_worst):
+  rng = np.random.default_rng(0)
+  data = [rng.normal(size=(6, 4)) for _ in range(3)]
+  with pytest.raises(ValueError, match='num_worst'):
+    privacy.privacy_audit(*data, num_worst=num_worst)

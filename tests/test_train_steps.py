@@ -5,10 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from brainjax import threads
 from brainjax.tasks import cnn_cls
 from brainjax.tasks import cvae_cls
 from brainjax.train import loop
 from brainjax.train import parallel
+from brainjax.train import state as state_lib
 from configs import cnn_cls as cnn_config
 from configs import cvae_cls as cvae_config
 
@@ -77,3 +79,18 @@ def test_brain_cnn_on_eight_devices_follows_the_one_device_loss_curve(tmp_path):
                             cnn_cls.make_train_step(config, model), data)
   for key in ('train_loss', 'train_accuracy'):
     np.testing.assert_allclose(curves[8][key], curves[1][key], rtol=1e-3, err_msg=key)
+
+
+def test_check_networks_counts_the_state_in_bytes(monkeypatch):
+  needed = []
+  monkeypatch.setattr(threads, 'check_fits_in_memory',
+                      lambda size, *args, **kwargs: needed.append(size))
+  state_lib.check_networks(lambda rng: {'w': jnp.zeros((1000,), jnp.float32),
+                                        'b': jnp.zeros((10,), jnp.bfloat16)})
+  assert needed == [1000 * 4 + 10 * 2]
+
+
+def test_a_state_larger_than_memory_in_bytes_but_not_in_elements_is_refused(monkeypatch):
+  monkeypatch.setattr(threads, 'memory_bytes', lambda: 10_000)
+  with pytest.raises(ValueError, match='training state that would need'):
+    state_lib.check_networks(lambda rng: {'w': jnp.zeros((5000,), jnp.float32)})  # 20 kB
