@@ -149,26 +149,26 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
   return results
 
 
-def nearest_neighbour_baseline(config, split_mode, seed):
+def real_cnn_split(config, split_mode, seed):
+  """(training, test) real slices of BrainCNN's split: what the baseline and the generators'
+  audit compare with (read and split once, for both)."""
+  sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
+  source = datasets.real_source(sub)
+  split = datasets.split(sub, source, 'cnn')
+  return source.examples.take(split.train), source.examples.take(split.test)
+
+
+def nearest_neighbour_baseline(train, test, split_mode, seed):
   """Table 1's learning-free row (evaluation/baseline.py) on BrainCNN's split of the real
   slices: its training part as the reference, its test slices scored."""
-  sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
-  source = datasets.real_source(sub)
-  split = datasets.split(sub, source, 'cnn')
-  examples = source.examples
-  metrics = baseline.nearest_neighbour_metrics(examples.take(split.train),
-                                               examples.take(split.test))
   return dict(task=study_table.NEAREST_NEIGHBOUR, train_data='real', source='-', seed=seed,
-              split=split_mode, run_dir=None, metrics=metrics)
+              split=split_mode, run_dir=None,
+              metrics=baseline.nearest_neighbour_metrics(train, test))
 
 
-def audit_generators(config, workdir, split_mode, seed, exports, feature_run):
-  """Fréchet distance, k-NN precision/recall, tumour visibility and distance to closest record."""
-  sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
-  source = datasets.real_source(sub)
-  examples = source.examples
-  split = datasets.split(sub, source, 'cnn')
-  train, holdout = examples.take(split.train), examples.take(split.test)
+def audit_generators(config, workdir, split_mode, seed, exports, feature_run, train, holdout):
+  """Fréchet distance, k-NN precision/recall, tumour visibility and distance to closest record,
+  against BrainCNN's training and held-out (test) real slices."""
   cnn = runs.load_run(feature_run)  # the trained real-data BrainCNN, restored once
   # (penultimate activations)
   features = lambda images: cnn_cls.features(cnn.model, cnn.variables, images)
@@ -397,10 +397,12 @@ def train_and_evaluate(config, workdir):
     for seed in range(config.seed, config.seed + config.seeds):
       exports = train_generators(config, workdir, split_mode, seed)
       classifier_runs = train_classifiers(config, workdir, split_mode, seed, exports)
-      results += [nearest_neighbour_baseline(config, split_mode, seed)] + classifier_runs
+      train, holdout = real_cnn_split(config, split_mode, seed)
+      results += [nearest_neighbour_baseline(train, holdout, split_mode, seed)] + classifier_runs
       feature_run = next(r['run_dir'] for r in classifier_runs
                          if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
-      quality.update(audit_generators(config, workdir, split_mode, seed, exports, feature_run))
+      quality.update(audit_generators(config, workdir, split_mode, seed, exports, feature_run,
+                                      train, holdout))
   if not parallel.is_first_host():  # the first host writes the tables
     return study_table.flat_summary(results, quality)
   out_dir = os.path.join(workdir, 'results')
