@@ -164,6 +164,11 @@ def test_the_printed_table_row_puts_each_metric_in_its_column():
   assert row == '| CNN | real | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |'
   assert [c.strip() for c in header.split('|')[3:-1]] == [
       'Accuracy %', 'Precision %', 'Recall %', 'F1 %', 'ROC AUC %']
+  # A run on real slices records the nearest-neighbour baseline on its split: printed below.
+  both = {**metrics, **{f'nearest_neighbour_{k}': v / 2 for k, v in metrics.items()}}
+  _, _, *rows = study_table.run_table('cnn_cls', 'real', both).splitlines()
+  assert rows == [row,
+                  '| Thumbnail 1-NN (no learning) | real | 5.50 | 11.00 | 16.50 | 22.00 | 27.75 |']
   cvae = {f'{r}_{k}': v for r in ('giaem', 'global_kmeans') for k, v in metrics.items()}
   _, _, *rows = study_table.run_table('cvae_cls', 'mixed', cvae).splitlines()
   assert rows == [f'| VAE ({name}) | mixed | 11.00 | 22.00 | 33.00 | 44.00 | 55.50 |'

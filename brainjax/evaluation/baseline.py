@@ -4,7 +4,8 @@ Each test slice takes the label of the training slice whose 32x32 thumbnail it c
 most (1-nearest-neighbour on z-scored thumbnails, dedup.thumbnail_features). A trained
 classifier that scores no better than it has learned nothing a lookup could not do; where it
 scores high, the test set holds copies of training slices (the random split of a data set full
-of near-duplicates) or the task is easy.
+of near-duplicates) or the task is easy. Every BrainCNN run on real slices scores it on its own
+split (cnn_cls), so its Table 1 rows, the study's included, carry the comparison.
 """
 import numpy as np
 
@@ -29,3 +30,12 @@ def nearest_neighbour_metrics(train, test):
   """classification_metrics of the baseline trained on `train`, tested on `test` (Examples)."""
   scores = nearest_neighbour_scores(train.images, train.labels, test.images)
   return classification.classification_metrics(test.labels, (scores >= 0).astype(int), scores)
+
+
+# The baseline's metrics in a BrainCNN run's metrics.json (real training data): its keys there.
+PREFIX = 'nearest_neighbour_'
+
+
+def prefixed_metrics(train, test):
+  """nearest_neighbour_metrics as a run's metrics.json holds them, each key after PREFIX."""
+  return {PREFIX + k: v for k, v in nearest_neighbour_metrics(train, test).items()}

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from brainjax.evaluation import baseline
+
 # The study's Table 1 (accuracy, precision, recall, F1 in %). Its VAE rows are class-balanced
 # (macro) averages (see classification.py): table1.md compares them with our F1
 # (class-balanced) column, table1.csv holds every macro_* column. Its
@@ -23,22 +25,25 @@ PUBLISHED = {
 # The Table 1 row of each anomaly rule.
 RULE_ROW_NAMES = {'giaem': 'VAE (GIAEM)', 'dbscan': 'VAE (DBSCAN)', 'kmeans': 'VAE (KMeans)',
                   'global_kmeans': 'VAE (Global KMeans)'}
-# The task name of the learning-free row study.nearest_neighbour_baseline adds (no run of its own).
-NEAREST_NEIGHBOUR = 'nearest_neighbour'
+# The learning-free row (evaluation/baseline.py) a BrainCNN run on real slices adds.
+NEAREST_NEIGHBOUR_ROW = 'Thumbnail 1-NN (no learning)'
 COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_precision',
            'macro_recall', 'macro_f1')
 
 
 def rows_of_run(task, m):
-  """(model name, {column: value}) pairs a classifier run (task 'cnn_cls', 'cvae_cls' or
-  NEAREST_NEIGHBOUR, its metrics `m`) contributes to the table."""
+  """(model name, {column: value}) pairs a classifier run (task 'cnn_cls' or 'cvae_cls', its
+  metrics `m`) contributes to the table: a BrainCNN run on real slices also gives the
+  nearest-neighbour row of its split."""
 
   def value(key):  # (a stage finished before macro_* was named so holds weighted_*)
     return m.get(key, m.get(key.replace('macro_', 'weighted_')))
 
-  if task in ('cnn_cls', NEAREST_NEIGHBOUR):
-    name = 'CNN' if task == 'cnn_cls' else 'Thumbnail 1-NN (no learning)'
-    return [(name, {c: value(c) for c in COLUMNS})]
+  if task == 'cnn_cls':
+    rows = [('CNN', {c: value(c) for c in COLUMNS})]
+    if f'{baseline.PREFIX}accuracy' in m:
+      rows.append((NEAREST_NEIGHBOUR_ROW, {c: value(baseline.PREFIX + c) for c in COLUMNS}))
+    return rows
   return [(name, {c: value(f'{rule}_{c}') for c in COLUMNS})
           for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
 

@@ -9,6 +9,7 @@ import optax
 
 from brainjax import models
 from brainjax.data import pipeline
+from brainjax.evaluation import baseline
 from brainjax.evaluation import classification
 from brainjax.evaluation import study_table
 from brainjax.tasks import datasets
@@ -159,6 +160,8 @@ def train_and_evaluate(config, workdir):
   metrics = metrics_of_log_odds(test.labels, log_odds)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
+  if config.train_data == 'real':  # what a lookup in the same training slices scores
+    metrics.update(baseline.prefixed_metrics(train, test))
   print(study_table.run_table(config.task, config.train_data, metrics))
   if parallel.is_first_host():
     # (before metrics.json: the run's end)

@@ -150,20 +150,12 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
 
 
 def real_cnn_split(config, split_mode, seed):
-  """(training, test) real slices of BrainCNN's split: what the baseline and the generators'
-  audit compare with (read and split once, for both)."""
+  """(training, test) real slices of BrainCNN's split: what the generators' audit compares
+  with (and the nearest-neighbour row of a BrainCNN stage that did not record it)."""
   sub = sub_config(config, 'cnn_cls', 'real', split_mode, seed)
   source = datasets.real_source(sub)
   split = datasets.split(sub, source, 'cnn')
   return source.examples.take(split.train), source.examples.take(split.test)
-
-
-def nearest_neighbour_baseline(train, test, split_mode, seed):
-  """Table 1's learning-free row (evaluation/baseline.py) on BrainCNN's split of the real
-  slices: its training part as the reference, its test slices scored."""
-  return dict(task=study_table.NEAREST_NEIGHBOUR, train_data='real', source='-', seed=seed,
-              split=split_mode, run_dir=None,
-              metrics=baseline.nearest_neighbour_metrics(train, test))
 
 
 def audit_generators(config, workdir, split_mode, seed, exports, feature_run, train, holdout):
@@ -216,8 +208,6 @@ def roc_curve_of_run(run):
   row (BrainCVAE: its selected rule's), from the scores its metrics.json's ROC AUC was
   computed from; None, with a log line, where the run cannot give one."""
   m = run['metrics']
-  if run['task'] == study_table.NEAREST_NEIGHBOUR:  # (not a run: no test scores saved)
-    return None
   if run['task'] == 'cnn_cls':
     model, prefix = 'CNN', ''
   elif m.get('selected_rule') in study_table.RULE_ROW_NAMES:
@@ -398,11 +388,14 @@ def train_and_evaluate(config, workdir):
       exports = train_generators(config, workdir, split_mode, seed)
       classifier_runs = train_classifiers(config, workdir, split_mode, seed, exports)
       train, holdout = real_cnn_split(config, split_mode, seed)
-      results += [nearest_neighbour_baseline(train, holdout, split_mode, seed)] + classifier_runs
-      feature_run = next(r['run_dir'] for r in classifier_runs
-                         if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
-      quality.update(audit_generators(config, workdir, split_mode, seed, exports, feature_run,
-                                      train, holdout))
+      cnn_real = next(r for r in classifier_runs
+                      if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
+      if f'{baseline.PREFIX}accuracy' not in cnn_real['metrics']:
+        # (a stage finished before BrainCNN runs recorded Table 1's nearest-neighbour row)
+        cnn_real['metrics'].update(baseline.prefixed_metrics(train, holdout))
+      results += classifier_runs
+      quality.update(audit_generators(config, workdir, split_mode, seed, exports,
+                                      cnn_real['run_dir'], train, holdout))
   if not parallel.is_first_host():  # the first host writes the tables
     return study_table.flat_summary(results, quality)
   out_dir = os.path.join(workdir, 'results')
