@@ -76,7 +76,7 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   drawn.clear()
   again = study.train_and_evaluate(config, workdir)
   assert not os.path.exists(dropped)
-  assert len(drawn['roc_random_seed0.png']) == 5
+  assert len(drawn['roc_random_seed0.png']) == 6
   assert 'CNN, mixed (VAE)' not in {c.name for c in drawn['roc_random_seed0.png']}
   assert os.path.exists(os.path.join(results, 'figures', 'roc_random_seed0.png'))
   assert os.path.exists(os.path.join(results, 'figures', 'samples_random_seed0_vae_positive.png'))
@@ -130,7 +130,11 @@ def _check_figures(workdir, drawn):
   figures = os.path.join(workdir, 'results', 'figures')
   assert open(os.path.join(figures, 'roc_random_seed0.png'), 'rb').read(4) == b'\x89PNG'
   curves = {c.name: c for c in drawn['roc_random_seed0.png']}
-  assert len(curves) == 6  # BrainCNN and BrainCVAE on real, synthetic and mixed data
+  # BrainCNN and BrainCVAE on real, synthetic and mixed data, and the nearest-neighbour row
+  assert len(curves) == 7
+  cnn_real = reporting.read_metrics_json(os.path.join(workdir, 'random', 'seed0', 'cnn_cls_real'))
+  nearest = curves['Thumbnail 1-NN (no learning), real']
+  assert nearest.auc == pytest.approx(cnn_real['nearest_neighbour_auroc'], abs=1e-9)
   for stage, data in (('real', 'real'), ('synthetic_vae', 'synthetic (VAE)'),
                       ('mixed_vae', 'mixed (VAE)')):
     for task in ('cnn_cls', 'cvae_cls'):

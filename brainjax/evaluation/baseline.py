@@ -26,16 +26,21 @@ def nearest_neighbour_scores(train_images, train_labels, test_images) -> np.ndar
   return (best_tumour - best_healthy).astype(np.float64)
 
 
+def metrics_of_scores(labels, scores):
+  """classification_metrics of nearest_neighbour_scores: tumour where the score is >= 0."""
+  return classification.classification_metrics(labels, (scores >= 0).astype(int), scores)
+
+
 def nearest_neighbour_metrics(train, test):
   """classification_metrics of the baseline trained on `train`, tested on `test` (Examples)."""
-  scores = nearest_neighbour_scores(train.images, train.labels, test.images)
-  return classification.classification_metrics(test.labels, (scores >= 0).astype(int), scores)
+  return metrics_of_scores(test.labels,
+                           nearest_neighbour_scores(train.images, train.labels, test.images))
 
 
-# The baseline's metrics in a BrainCNN run's metrics.json (real training data): its keys there.
+# The baseline's keys in a BrainCNN run's metrics.json and test_scores.npz (real training data).
 PREFIX = 'nearest_neighbour_'
 
 
-def prefixed_metrics(train, test):
-  """nearest_neighbour_metrics as a run's metrics.json holds them, each key after PREFIX."""
-  return {PREFIX + k: v for k, v in nearest_neighbour_metrics(train, test).items()}
+def prefixed_metrics(labels, scores):
+  """metrics_of_scores as a run's metrics.json holds them, each key after PREFIX."""
+  return {PREFIX + k: v for k, v in metrics_of_scores(labels, scores).items()}

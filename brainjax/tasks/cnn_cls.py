@@ -160,11 +160,14 @@ def train_and_evaluate(config, workdir):
   metrics = metrics_of_log_odds(test.labels, log_odds)
   metrics.update(train_size=len(train), val_size=len(val), test_size=len(test),
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
+  scores = {'score': log_odds}
   if config.train_data == 'real':  # what a lookup in the same training slices scores
-    metrics.update(baseline.prefixed_metrics(train, test))
+    scores[f'{baseline.PREFIX}score'] = baseline.nearest_neighbour_scores(
+        train.images, train.labels, test.images)
+    metrics.update(baseline.prefixed_metrics(test.labels, scores[f'{baseline.PREFIX}score']))
   print(study_table.run_table(config.task, config.train_data, metrics))
   if parallel.is_first_host():
     # (before metrics.json: the run's end)
-    reporting.write_test_scores(workdir, test, score=log_odds)
+    reporting.write_test_scores(workdir, test, **scores)
     reporting.write_metrics_json(workdir, metrics)
   return metrics

@@ -203,49 +203,56 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
   return rows
 
 
-def roc_curve_of_run(run):
-  """The ROC curve of one run of train_classifiers on its real test slices, for its Table 1
-  row (BrainCVAE: its selected rule's), from the scores its metrics.json's ROC AUC was
-  computed from; None, with a log line, where the run cannot give one."""
+def roc_curves_of_run(run):
+  """The ROC curves of one run of train_classifiers on its real test slices, one per Table 1
+  row it gives (BrainCNN's, with the nearest-neighbour row where it records it; BrainCVAE's
+  selected rule), from the scores its metrics.json's ROC AUC was computed from; a row's curve
+  the run cannot give is left out with a log line."""
   m = run['metrics']
   if run['task'] == 'cnn_cls':
-    model, prefix = 'CNN', ''
+    rows = [('CNN', '')]
+    if f'{baseline.PREFIX}accuracy' in m:
+      rows.append((study_table.NEAREST_NEIGHBOUR_ROW, baseline.PREFIX))
   elif m.get('selected_rule') in study_table.RULE_ROW_NAMES:
-    model, prefix = study_table.RULE_ROW_NAMES[m['selected_rule']], f'{m["selected_rule"]}_'
+    rows = [(study_table.RULE_ROW_NAMES[m['selected_rule']], f'{m["selected_rule"]}_')]
   else:
     logging.info('ROC curves: %s left out: its metrics.json names no selected_rule',
                  run['run_dir'])
-    return None
+    return []
   scores = reporting.read_test_scores(run['run_dir'])
-  if scores is None or f'{prefix}score' not in scores:
-    # (a stage finished before stages wrote their test scores: reused as it is)
-    logging.info('ROC curves: %s left out: it holds no %s%s', run['run_dir'],
-                 reporting.TEST_SCORES, '' if scores is None else f' {prefix}score')
-    return None
-  if m.get(f'{prefix}auroc') is None:  # (NaN: a test set without one of the classes)
-    logging.info('ROC curves: %s left out: its ROC AUC is undefined', run['run_dir'])
-    return None
-  curve = roc.make_curve(f'{model}, {study_table.train_data_label(run)}', scores['label'],
-                         scores[f'{prefix}score'])
-  # A curve whose area is not the table's ROC AUC would contradict it (a scores file of
-  # another evaluation than its metrics.json's): left out rather than drawn.
-  if not np.isclose(curve.auc, m[f'{prefix}auroc'], rtol=0, atol=1e-9):
-    logging.warning('ROC curves: %s left out: its %s give ROC AUC %.6f, its metrics.json '
-                    '%.6f', run['run_dir'], reporting.TEST_SCORES, curve.auc,
-                    m[f'{prefix}auroc'])
-    return None
-  return curve
+  curves = []
+  for model, prefix in rows:
+    if scores is None or f'{prefix}score' not in scores:
+      # (a stage finished before stages wrote these test scores: reused as it is)
+      logging.info('ROC curves: %s left out: it holds no %s%s', run['run_dir'],
+                   reporting.TEST_SCORES, '' if scores is None else f' {prefix}score')
+      continue
+    if m.get(f'{prefix}auroc') is None:  # (NaN: a test set without one of the classes)
+      logging.info('ROC curves: %s (%s) left out: its ROC AUC is undefined', run['run_dir'],
+                   model)
+      continue
+    curve = roc.make_curve(f'{model}, {study_table.train_data_label(run)}', scores['label'],
+                           scores[f'{prefix}score'])
+    # A curve whose area is not the table's ROC AUC would contradict it (a scores file of
+    # another evaluation than its metrics.json's): left out rather than drawn.
+    if not np.isclose(curve.auc, m[f'{prefix}auroc'], rtol=0, atol=1e-9):
+      logging.warning('ROC curves: %s (%s) left out: its %s give ROC AUC %.6f, its '
+                      'metrics.json %.6f', run['run_dir'], model, reporting.TEST_SCORES,
+                      curve.auc, m[f'{prefix}auroc'])
+      continue
+    curves.append(curve)
+  return curves
 
 
 def write_roc_figures(figures_dir, results):
-  """roc_<split>_seed<seed>.png: a curve per classifier run of that split mode and seed (see
-  roc_curve_of_run); returns their paths."""
+  """roc_<split>_seed<seed>.png: the curves of that split mode and seed's classifier runs (see
+  roc_curves_of_run); returns their paths."""
   groups = {}
   for run in results:
     groups.setdefault((run['split'], run['seed']), []).append(run)
   paths = []
   for (split_mode, seed), group in groups.items():
-    curves = [c for c in map(roc_curve_of_run, group) if c is not None]
+    curves = [c for run in group for c in roc_curves_of_run(run)]
     if not curves:
       continue
     paths.append(roc.save_roc_figure(
@@ -392,7 +399,9 @@ def train_and_evaluate(config, workdir):
                       if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
       if f'{baseline.PREFIX}accuracy' not in cnn_real['metrics']:
         # (a stage finished before BrainCNN runs recorded Table 1's nearest-neighbour row)
-        cnn_real['metrics'].update(baseline.prefixed_metrics(train, holdout))
+        cnn_real['metrics'].update(baseline.prefixed_metrics(
+            holdout.labels,
+            baseline.nearest_neighbour_scores(train.images, train.labels, holdout.images)))
       results += classifier_runs
       quality.update(audit_generators(config, workdir, split_mode, seed, exports,
                                       cnn_real['run_dir'], train, holdout))
