@@ -90,3 +90,22 @@ def validated_on(monkeypatch, tmp_path, cache_dir):
       return validated[0], json.load(f)
 
   return run
+
+
+@pytest.fixture
+def figures_made(monkeypatch):
+  """figures_made(module): a list that each matplotlib Figure `module` makes from then on joins
+  (the figure modules make theirs without pyplot, so no pyplot hook sees them)."""
+
+  def record(module):
+    made = []
+
+    class Recording(module.Figure):
+      def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(module, 'Figure', Recording)
+    return made
+
+  return record

@@ -80,15 +80,8 @@ def test_picked_examples_are_distinct_slices():
     assert list(picked) == [0, 2, 5, 1, 3, 4]  # every slice of each class, once
 
 
-def _drawn_figure(tmp_path, monkeypatch, **kwargs):
-  made = []
-
-  class Recording(figures.Figure):
-    def __init__(self, *args, **kw):
-      super().__init__(*args, **kw)
-      made.append(self)
-
-  monkeypatch.setattr(figures, 'Figure', Recording)
+def _drawn_figure(tmp_path, figures_made, **kwargs):
+  made = figures_made(figures)
   images = np.full((2, 8, 8, 1), 0.25, np.float32)
   errors = np.full((2, 64), 0.5, np.float32)
   regions = np.zeros((2, 64), bool)
@@ -98,8 +91,8 @@ def _drawn_figure(tmp_path, monkeypatch, **kwargs):
   return made[0]
 
 
-def test_panels_share_a_fixed_scale_and_the_region_is_red(tmp_path, monkeypatch):
-  fig = _drawn_figure(tmp_path, monkeypatch)
+def test_panels_share_a_fixed_scale_and_the_region_is_red(tmp_path, figures_made):
+  fig = _drawn_figure(tmp_path, figures_made)
   axes = np.asarray(fig.axes).reshape(2, 4)
   for ax in axes.ravel():
     assert ax.images[0].get_clim() == (0, 1)  # 0.5 errors stay mid-scale, not stretched

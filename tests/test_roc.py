@@ -52,15 +52,8 @@ def test_labels_other_than_0_and_1_are_refused_as_auroc_refuses_them():
       roc.roc_curve(labels, [0.1, 0.2, 0.3])
 
 
-def test_legend_names_each_curve_with_its_auc(tmp_path, monkeypatch):
-  made = []
-
-  class Recording(roc.Figure):
-    def __init__(self, *args, **kwargs):
-      super().__init__(*args, **kwargs)
-      made.append(self)
-
-  monkeypatch.setattr(roc, 'Figure', Recording)
+def test_legend_names_each_curve_with_its_auc(tmp_path, figures_made):
+  made = figures_made(roc)
   curve = roc.make_curve('cnn', [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])  # AUC 3/4
   roc.save_roc_figure(str(tmp_path / 'roc.png'), [curve])
   texts = [t.get_text() for t in made[0].axes[0].get_legend().get_texts()]

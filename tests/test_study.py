@@ -57,8 +57,8 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   assert '| random | Thumbnail 1-NN (no learning) | real |' in table
   nearest = baseline.nearest_neighbour_metrics(source.examples.take(split.train),
                                                source.examples.take(split.test))
-  cnn_real = json.load(open(os.path.join(workdir, 'random', 'seed0', 'cnn_cls_real',
-                                          'metrics.json')))  # (the BrainCNN stage records it)
+  # (the BrainCNN stage records it)
+  cnn_real = reporting.read_metrics_json(os.path.join(workdir, 'random', 'seed0', 'cnn_cls_real'))
   for c in ('accuracy', 'auroc'):
     assert summary[f'random/Thumbnail 1-NN (no learning)/real/{c}'] == pytest.approx(nearest[c])
     assert cnn_real[f'nearest_neighbour_{c}'] == pytest.approx(nearest[c])

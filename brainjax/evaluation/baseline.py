@@ -41,6 +41,11 @@ def nearest_neighbour_metrics(train, test):
 PREFIX = 'nearest_neighbour_'
 
 
-def prefixed_metrics(labels, scores):
-  """metrics_of_scores as a run's metrics.json holds them, each key after PREFIX."""
-  return {PREFIX + k: v for k, v in metrics_of_scores(labels, scores).items()}
+def prefixed(metrics):
+  """The baseline's metrics as a run's metrics.json holds them, each key after PREFIX."""
+  return {PREFIX + k: v for k, v in metrics.items()}
+
+
+def recorded(run_metrics):
+  """Whether a run's metrics hold the baseline (a BrainCNN run on real slices)."""
+  return f'{PREFIX}accuracy' in run_metrics

@@ -31,21 +31,24 @@ COLUMNS = ('accuracy', 'precision', 'recall', 'f1', 'auroc', 'macro_precision',
            'macro_recall', 'macro_f1')
 
 
+def row_keys(task, m):
+  """(model name, key prefix) of each Table 1 row a classifier run (task 'cnn_cls' or
+  'cvae_cls', its metrics `m`) gives: the row's metrics are m[prefix + column]. A BrainCNN run
+  on real slices also gives the nearest-neighbour row of its split."""
+  if task == 'cnn_cls':
+    return [('CNN', '')] + ([(NEAREST_NEIGHBOUR_ROW, baseline.PREFIX)]
+                            if baseline.recorded(m) else [])
+  return [(name, f'{rule}_') for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
+
+
 def rows_of_run(task, m):
-  """(model name, {column: value}) pairs a classifier run (task 'cnn_cls' or 'cvae_cls', its
-  metrics `m`) contributes to the table: a BrainCNN run on real slices also gives the
-  nearest-neighbour row of its split."""
+  """(model name, {column: value}) pairs a classifier run contributes to the table (see
+  row_keys)."""
 
   def value(key):  # (a stage finished before macro_* was named so holds weighted_*)
     return m.get(key, m.get(key.replace('macro_', 'weighted_')))
 
-  if task == 'cnn_cls':
-    rows = [('CNN', {c: value(c) for c in COLUMNS})]
-    if f'{baseline.PREFIX}accuracy' in m:
-      rows.append((NEAREST_NEIGHBOUR_ROW, {c: value(baseline.PREFIX + c) for c in COLUMNS}))
-    return rows
-  return [(name, {c: value(f'{rule}_{c}') for c in COLUMNS})
-          for rule, name in RULE_ROW_NAMES.items() if f'{rule}_accuracy' in m]
+  return [(name, {c: value(prefix + c) for c in COLUMNS}) for name, prefix in row_keys(task, m)]
 
 
 RUN_TABLE_HEADER = ('| Model | Train data | Accuracy % | Precision % | Recall % | F1 % | '

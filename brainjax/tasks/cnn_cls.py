@@ -162,9 +162,9 @@ def train_and_evaluate(config, workdir):
                  best_val_loss=summary['best_val_loss'], steps=summary['steps'])
   scores = {'score': log_odds}
   if config.train_data == 'real':  # what a lookup in the same training slices scores
-    scores[f'{baseline.PREFIX}score'] = baseline.nearest_neighbour_scores(
-        train.images, train.labels, test.images)
-    metrics.update(baseline.prefixed_metrics(test.labels, scores[f'{baseline.PREFIX}score']))
+    nearest = baseline.nearest_neighbour_scores(train.images, train.labels, test.images)
+    scores[f'{baseline.PREFIX}score'] = nearest
+    metrics.update(baseline.prefixed(baseline.metrics_of_scores(test.labels, nearest)))
   print(study_table.run_table(config.task, config.train_data, metrics))
   if parallel.is_first_host():
     # (before metrics.json: the run's end)

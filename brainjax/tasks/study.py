@@ -210,9 +210,7 @@ def roc_curves_of_run(run):
   the run cannot give is left out with a log line."""
   m = run['metrics']
   if run['task'] == 'cnn_cls':
-    rows = [('CNN', '')]
-    if f'{baseline.PREFIX}accuracy' in m:
-      rows.append((study_table.NEAREST_NEIGHBOUR_ROW, baseline.PREFIX))
+    rows = study_table.row_keys('cnn_cls', m)
   elif m.get('selected_rule') in study_table.RULE_ROW_NAMES:
     rows = [(study_table.RULE_ROW_NAMES[m['selected_rule']], f'{m["selected_rule"]}_')]
   else:
@@ -397,11 +395,10 @@ def train_and_evaluate(config, workdir):
       train, holdout = real_cnn_split(config, split_mode, seed)
       cnn_real = next(r for r in classifier_runs
                       if r['task'] == 'cnn_cls' and r['train_data'] == 'real')
-      if f'{baseline.PREFIX}accuracy' not in cnn_real['metrics']:
+      if not baseline.recorded(cnn_real['metrics']):
         # (a stage finished before BrainCNN runs recorded Table 1's nearest-neighbour row)
-        cnn_real['metrics'].update(baseline.prefixed_metrics(
-            holdout.labels,
-            baseline.nearest_neighbour_scores(train.images, train.labels, holdout.images)))
+        cnn_real['metrics'].update(
+            baseline.prefixed(baseline.nearest_neighbour_metrics(train, holdout)))
       results += classifier_runs
       quality.update(audit_generators(config, workdir, split_mode, seed, exports,
                                       cnn_real['run_dir'], train, holdout))
