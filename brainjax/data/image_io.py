@@ -77,12 +77,14 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
     raise ValueError(f'empty image of shape {array.shape}')
   if array.dtype == np.uint8 and array.ndim == 3 and array.shape[-1] == 3:
     # BT.601 luma in C (PIL) is several times faster than in numpy.
-    gray = np.asarray(Image.fromarray(array, mode='RGB').convert('L'))
-    return gray.astype(np.float32) / np.float32(255.0)
+    gray = np.asarray(Image.fromarray(array, mode='RGB').convert('L')).astype(np.float32)
+    gray /= np.float32(255.0)  # in place: one image-sized float array, not two
+    return gray
   if array.dtype == np.bool_:
     x = array.astype(np.float32)
   elif array.dtype == np.uint8:
-    x = array.astype(np.float32) / np.float32(255.0)
+    x = array.astype(np.float32)
+    x /= np.float32(255.0)
   elif np.issubdtype(array.dtype, np.integer):
     wide = np.maximum(array.astype(np.float64), 0.0)
     if wide.ndim == 3 and wide.shape[-1] in (2, 4):
@@ -101,7 +103,8 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
       x = x * alpha
   if not np.isfinite(x).all():
     x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0)
-  return np.clip(x, 0.0, 1.0, out=np.empty(x.shape, np.float32))
+  x = np.ascontiguousarray(x, np.float32)  # x is this function's own copy: clip it in place
+  return np.clip(x, 0.0, 1.0, out=x)
 
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:

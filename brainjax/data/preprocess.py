@@ -267,11 +267,14 @@ def preprocess(image: np.ndarray, size: int = 128,
   box, background, scale = find_head(x)
   info = crop_info(x.shape, box, margin, background, scale)
   top, left, bottom, right = box
-  crop = (x[top:bottom, left:right] - np.float32(background)) * np.float32(1.0 / scale)
-  np.clip(crop, 0.0, 1.0, out=crop)
   canvas = np.zeros((info.side, info.side), np.float32)
-  top, left = info.pad_top, info.pad_left
-  canvas[top:top + crop.shape[0], left:left + crop.shape[1]] = crop
+  # The normalised crop is written into the canvas in place: on a big scan each copy of it
+  # would be hundreds of MB.
+  h, w = bottom - top, right - left
+  crop = canvas[info.pad_top:info.pad_top + h, info.pad_left:info.pad_left + w]
+  np.subtract(x[top:bottom, left:right], np.float32(background), out=crop)
+  crop *= np.float32(1.0 / scale)
+  np.clip(crop, 0.0, 1.0, out=crop)
   out = _resize(canvas, size, size, order=1)
   np.clip(out, 0.0, 1.0, out=out)
   return out, info
