@@ -5,6 +5,7 @@ import struct
 import subprocess
 import sys
 import warnings
+import zlib
 
 import numpy as np
 from PIL import Image
@@ -68,6 +69,58 @@ def test_a_float_image_outside_0_1_on_one_side_is_stretched():
     Image.fromarray(values, mode='F').save(data, format='TIFF')
     out = image_io.decode_image(data.getvalue())
     np.testing.assert_allclose(out, (values - low) / (high - low), atol=1e-6)
+
+
+def test_a_hot_pixel_does_not_set_a_float_image_s_range():
+  # A head of values up to 700 in a float TIFF: stretched by its maximum, one pixel at 1e6 made
+  # it 0.0007 bright, and the slice was skipped as blank (integers are scaled by a percentile).
+  y, x = np.mgrid[:256, :256]
+  head = ((((y - 128) / 100) ** 2 + ((x - 128) / 80) ** 2 <= 1) * (300 + x)).astype(np.float32)
+  hot = head.copy()
+  hot[0, 0] = 1e6
+
+  def decoded(values):
+    data = io.BytesIO()
+    Image.fromarray(values, mode='F').save(data, format='TIFF')
+    return image_io.decode_image(data.getvalue())
+
+  np.testing.assert_allclose(decoded(hot)[1:], decoded(head)[1:], atol=1e-6)
+  assert decoded(hot)[0, 0] == 1.0  # (clipped)
+  np.testing.assert_allclose(preprocess.preprocess(decoded(hot))[0],
+                             preprocess.preprocess(decoded(head))[0], atol=1e-6)
+
+
+def _png_16bit(values: np.ndarray, color_type: int) -> bytes:
+  """A PNG of 16 bits a channel (PIL writes none in colour): values uint16 (H, W, C)."""
+  h, w = values.shape[:2]
+  rows = b''.join(b'\x00' + values[r].astype('>u2').tobytes() for r in range(h))
+
+  def chunk(kind, body):
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+
+  header = struct.pack('>IIBBBBB', w, h, 16, color_type, 0, 0, 0)
+  return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(rows))
+          + chunk(b'IEND', b''))
+
+
+def test_16bit_colour_is_refused_16bit_grey_read_in_full():
+  # PIL reads 16-bit colour (and grey + alpha) into its 8-bit modes: 12-bit values kept 8 grey
+  # levels, and values under 256 none (a blank skip, which sent the user the wrong way).
+  gray = (np.arange(40 * 60).reshape(40, 60) % 4096).astype(np.uint16)
+  np.testing.assert_allclose(image_io.decode_image(_png_16bit(gray[..., None], 0)),
+                             np.minimum(gray / np.percentile(gray, 99.9, method='higher'), 1),
+                             atol=1e-6)
+  for channels, color_type in ((np.repeat(gray[..., None], 3, -1), 2),
+                               (np.stack([gray, np.full_like(gray, 65535)], -1), 4),
+                               (np.concatenate([np.repeat(gray[..., None], 3, -1),
+                                                np.full_like(gray, 65535)[..., None]], -1), 6)):
+    with pytest.raises(image_io.UnreadableImage, match='16 bits a channel .* save it as 16-bit '
+                       'grey'):
+      image_io.decode_image(_png_16bit(channels, color_type))
+  # 8 bits a channel, and 16-bit grey in other formats, are read as before.
+  image_io.decode_image(_encode(Image.fromarray(np.repeat(gray[..., None] // 16, 3, -1).astype(
+      np.uint8)), 'PNG'))
+  image_io.decode_image(_encode(Image.fromarray(gray), 'TIFF'))
 
 
 def test_color_uses_luma():

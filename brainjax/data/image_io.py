@@ -14,6 +14,7 @@ truncated JPEG is refused even if another library enabled silent padding.
 """
 import io
 import os
+import re
 import struct
 import warnings
 
@@ -107,6 +108,21 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
   return np.clip(x, 0.0, 1.0, out=x)
 
 
+def _is_wide_colour(image: Image.Image) -> bool:
+  """Whether PIL would decode 16 bits a channel (its raw mode, e.g. 'RGB;16B') into one of its
+  8-bit modes (RGB, RGBA for grey + alpha): only grey has 16-bit modes (I;16), so the low bytes
+  would be lost: 12-bit data kept 8 grey levels, and values under 256 none (a blank skip)."""
+  if image.mode.startswith('I') or image.mode == 'F':
+    return False
+  for tile in image.tile:
+    args = tile[3]
+    raw_mode = args if isinstance(args, str) else args[0] if isinstance(args, tuple) and args else ''
+    # (';16' with a byte order: 16 bits a channel; a 16-bit BMP's 'BGR;16' packs 5-6-5 bits)
+    if isinstance(raw_mode, str) and re.search(r';16[BLN]$', raw_mode):
+      return True
+  return False
+
+
 def _pil_to_array(image: Image.Image) -> np.ndarray:
   """Loaded PIL image -> float32 (H, W) in [0, 1]."""
   mode = image.mode
@@ -120,9 +136,15 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
   if mode == 'F':
     x = np.asarray(image).astype(np.float64)
     x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(x.min()), float(x.max())
-    if low < 0.0 or high > 1.0:  # arbitrary float range: stretch to [0, 1]
-      x = (x - low) / (high - low) if high > low else np.zeros_like(x)
+    if x.min() < 0.0 or x.max() > 1.0:  # an arbitrary float range: stretched to [0, 1]
+      # between its 0.1th and 99.9th percentiles, clipped beyond (as wide integers are scaled):
+      # one hot pixel set the top, and the head was judged blank; the minimum and maximum where
+      # those are equal.
+      low = np.percentile(x, 100 - _TOP_PERCENTILE, method='lower')
+      high = np.percentile(x, _TOP_PERCENTILE, method='higher')
+      if high <= low:
+        low, high = x.min(), x.max()
+      x = np.clip((x - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(x)
     return x.astype(np.float32)
   if mode in ('LA', 'RGBA'):
     return to_gray_float(np.asarray(image))
@@ -149,6 +171,9 @@ def decode_image(data: bytes) -> np.ndarray:
       if limit is not None and image.width * image.height > limit:
         raise UnreadableImage(f'image too large: {image.width} x {image.height} pixels, over '
                               f'the limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)')
+      if _is_wide_colour(image):
+        raise UnreadableImage(f'16 bits a channel in a {image.format} that PIL reads as 8-bit '
+                              f'{image.mode}: save it as 16-bit grey, which it reads in full')
       if image.format == 'JPEG' and image.mode in ('RGB', 'YCbCr'):
         image.draft('L', image.size)  # decode only the luma plane, full size
       image.load()

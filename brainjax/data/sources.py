@@ -46,8 +46,9 @@ PHANTOM_DEFAULT_PER_CLASS = 1500
 # Bump when decoding, preprocessing or the phantom changes, so that old caches are not reused
 # (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied; 4: files of several
 # frames refused; 5: images of text or lines only refused; 6: images under 16 px a side, or
-# narrower than 1:12, refused).
-PREPROCESS_VERSION = 7  # 7: wide-integer images scaled by their 99.9th percentile, not maximum
+# narrower than 1:12, refused; 7: wide-integer images scaled by their 99.9th percentile, not
+# their maximum).
+PREPROCESS_VERSION = 8  # 8: float images stretched between percentiles; 16-bit colour refused
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 _LOG_NAMES = 5
