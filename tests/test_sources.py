@@ -645,6 +645,33 @@ def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monke
                           'yes/: yes/more/no0.png, yes/one.png')
 
 
+def test_a_link_to_a_file_of_its_own_class_folder_is_not_read_twice(tmp_path, monkeypatch):
+  # (one file under two ids: a random split put it in training and in test)
+  _one_scan_per_class(tmp_path)
+  (tmp_path / 'yes' / 'a_link.png').symlink_to(tmp_path / 'yes' / 'yes0.png')  # sorts first
+  (tmp_path / 'elsewhere').mkdir()
+  _scan(3, 1, True).save(tmp_path / 'elsewhere' / 'e.png')
+  for name in ('e1.png', 'e2.png'):  # two links to one file outside: its first link is read
+    (tmp_path / 'yes' / name).symlink_to(tmp_path / 'elsewhere' / 'e.png')
+  warnings = _capture_warnings(monkeypatch)
+  assert [(n, y) for n, y, _ in layout.iter_folder(str(tmp_path))] == [
+      ('no/no0.png', 0), ('yes/e1.png', 1), ('yes/yes0.png', 1)]
+  (message,) = warnings
+  assert message.endswith('2 files under yes/ are links to a file read there already, not read '
+                          'twice: yes/a_link.png, yes/e2.png')
+
+
+def test_a_fifo_named_config_json_is_not_waited_on(tmp_path):
+  # (the run-folder check opened it with open(): listing the data waited for a writer)
+  _one_scan_per_class(tmp_path)
+  os.mkfifo(tmp_path / 'yes' / 'config.json')
+  names = subprocess.run(
+      [sys.executable, '-c', 'import sys; from brainjax.data import layout; '
+       'print([n for n, _, _ in layout.iter_folder(sys.argv[1])])', str(tmp_path)],
+      capture_output=True, text=True, timeout=30, check=True).stdout
+  assert names.strip() == "['no/no0.png', 'yes/config.json', 'yes/yes0.png']"
+
+
 def test_a_folder_that_cannot_be_listed_is_a_counted_skip(tmp_path, monkeypatch):
   # (Permissions cannot deny root, who runs CI: the listing fails as it would without them.)
   for label in ('yes', 'no'):

@@ -214,12 +214,29 @@ def run_folders(paths: Iterable[str]) -> Dict[str, str]:
     if os.path.basename(path) != 'config.json':
       continue
     try:
-      with open(path) as f:
+      with open_file(path) as f:  # (a FIFO of that name: refused, not waited on)
         task = json.load(f)['task']
     except (OSError, ValueError, TypeError, KeyError):  # not a brainjax config
       continue
     found[os.path.dirname(os.path.realpath(path)) + os.sep] = task
   return found
+
+
+def _read_once(root: str, cls: str, named: List[Tuple[str, int, str]]):
+  """`named` with one entry per file on disk: a link to a file of the class folder (or two
+  links to one file) would read one slice twice, under two ids, which a random split can put
+  on both sides. The file itself is kept (its first link if none is in the folder)."""
+  first = {}
+  for entry in sorted(named, key=lambda n: (os.path.islink(n[2]), n[0])):
+    first.setdefault(os.path.realpath(entry[2]), entry)
+  if len(first) < len(named):
+    kept = {n[0] for n in first.values()}
+    again = sorted(n[0] for n in named if n[0] not in kept)
+    logging.warning('%s: %d files under %s/ are links to a file read there already, not read '
+                    'twice: %s%s', root, len(again), cls, ', '.join(again[:5]),
+                    ' ...' if len(again) > 5 else '')
+    named = [n for n in named if n[0] in kept]
+  return named
 
 
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
@@ -228,8 +245,8 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   so the first num_per_class of a class are the same files).
 
   A file that a link leads to from one class folder into the other (yes/more -> ../no) is
-  read under its own class only, with a warning: it would be a healthy slice called tumour.
-  Nor are the files of a brainjax run's folder inside (run_folders: a predict's outputs under
+  read under its own class only, with a warning: it would be a healthy slice called tumour;
+  a link to a file of its own class folder is not read a second time. Nor are the files of a brainjax run's folder inside (run_folders: a predict's outputs under
   yes/ held overlays of healthy scans).
   """
   top = class_root(root)
@@ -260,6 +277,7 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
       logging.warning('%s: %d files under %s/ are links into another class folder, not read as '
                       '%s/: %s%s', root, len(crossing), cls, cls, ', '.join(sorted(crossing)[:5]),
                       ' ...' if len(crossing) > 5 else '')
+    named = _read_once(root, cls, named)
     outputs = tuple(run_folders(full for _, _, full in named))
     if outputs:
       scans = [n for n in named if not os.path.realpath(n[2]).startswith(outputs)]
