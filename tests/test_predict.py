@@ -15,6 +15,7 @@ import zipfile
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
@@ -76,6 +77,12 @@ def _tree_digest(root):
 def _read_csv(path):
   with open(path, newline='') as f:
     return {row['path']: row for row in csv.DictReader(f)}
+
+
+def _npy_bytes(array):
+  buffer = io.BytesIO()
+  np.save(buffer, array)
+  return buffer.getvalue()
 
 
 def _write_config(config, workdir):
@@ -273,6 +280,17 @@ def test_the_rules_need_the_runs_saved_centroids_and_metrics(cvae_run, tmp_path)
   with pytest.raises(FileNotFoundError, match='global_kmeans rule needs the centroids'):
     predict.predict_paths(str(run), [], rules='global_kmeans')
   assert predict.predict_paths(str(run), [], rules='giaem') == []  # other rules still work
+  # Damaged: a one-line error naming the file (an EOFError traceback, or numpy's advice on
+  # pickled data naming no file, before).
+  for damaged in (b'', b'garbage\n', _npy_bytes(np.zeros((3, 5))), _npy_bytes(np.array(['a']))):
+    (run / runs.GLOBAL_CENTROIDS_FILE).write_bytes(damaged)
+    with pytest.raises(ValueError, match=f'{runs.GLOBAL_CENTROIDS_FILE} is not the '
+                       r'\(2, 16384\) centroids its run saved: run that run\'s command again'):
+      predict.predict_paths(str(run), [], rules='global_kmeans')
+  for damaged in ('{"a":', '[]'):
+    (run / 'metrics.json').write_text(damaged)
+    with pytest.raises(ValueError, match='metrics.json cannot be read .*: run that run\'s command'):
+      predict.predict_paths(str(run), [], rules='giaem')
   os.remove(run / 'metrics.json')  # as a stopped rerun leaves it: its rules are being refitted
   with pytest.raises(ValueError, match='no metrics.json: the run has not finished'):
     predict.predict_paths(str(run), [], rules='giaem')
@@ -478,6 +496,20 @@ def test_a_ratio_with_an_empty_denominator_is_undefined():
   assert np.isnan(all_right['precision']) and np.isnan(all_right['f1'])
   none_called = predict.labelled_metrics(np.array([1, 0]), np.array([0, 0]), scores[:2])
   assert np.isnan(none_called['precision']) and none_called['f1'] == none_called['recall'] == 0
+  # A macro average over a class's undefined ratio is undefined too (scikit-learn's averages
+  # run over the classes predicted as well as labelled: the tumour recall 0/0 counted as 0).
+  assert np.isnan(healthy_only['macro_recall'])  # (the tumour class is predicted, not labelled)
+  assert healthy_only['macro_precision'] == pytest.approx(0.5)  # (0/2 and 1/1)
+  assert np.isnan(none_called['macro_precision'])  # (tumour labelled, never predicted)
+  assert none_called['macro_recall'] == pytest.approx(0.5)
+  assert np.isnan(predict.labelled_metrics(np.array([1, 1]), np.array([1, 0]),
+                                           scores[:2])['macro_recall'])
+  assert np.isnan(predict.labelled_metrics(np.array([0, 0]), np.array([1, 1]),
+                                           scores[:2])['macro_precision'])
+  assert all_right['macro_recall'] == all_right['macro_precision'] == 1  # (one class, right)
+  both = predict.labelled_metrics(np.array([1, 0, 1]), np.array([1, 0, 0]), scores)
+  assert both['macro_recall'] == pytest.approx((1 / 2 + 1) / 2)
+  assert both['macro_precision'] == pytest.approx((1 + 1 / 2) / 2)
 
 
 def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
@@ -498,6 +530,12 @@ def test_predict_paths_takes_paths_and_arrays(cnn_run, tmp_path):
   assert one['status'] == 'ok' and one['score'] == pytest.approx(records[1]['score'], abs=1e-5)
   stack = predict.predict_paths(cnn_run, np.stack([scan, scan]))
   assert [r['path'] for r in stack] == ['array_0', 'array_1']
+  # A JAX array is an array too (its rows were taken as images), and so is a PIL image.
+  for image in (jnp.asarray(scan), Image.fromarray(np.round(scan * 255).astype(np.uint8))):
+    (record,) = predict.predict_paths(cnn_run, image)
+    assert record['status'] == 'ok'
+    assert record['score'] == pytest.approx(records[1]['score'], abs=2e-2)
+  assert len(predict.predict_paths(cnn_run, jnp.stack([scan] * 3))) == 3
 
 
 def test_predict_paths_reads_a_zip_and_a_folder(cnn_run, tmp_path):
@@ -530,6 +568,40 @@ def test_dedup_against_skips_and_counts_near_duplicates(cnn_run, tmp_path):
   assert [rows[f's{i}.png']['status'] for i in (0, 2)] == ['ok', 'ok']
   assert rows['s1.png']['status'].startswith('skipped: near-duplicate')
   assert metrics['num_near_duplicates'] == 1 and metrics['num_predicted'] == 2
+
+
+def test_dedup_against_does_not_read_a_predict_workdir_inside_it(cnn_run, tmp_path):
+  # (its overlays and regions were read as training images: 54 reference images for 18 scans)
+  scans = [phantom.phantom_slice(9, i, positive=False).image for i in range(2)]
+  (tmp_path / 'train').mkdir()
+  (tmp_path / 'train' / 's0.png').write_bytes(_png_bytes(scans[0]))
+  run_outputs = tmp_path / 'train' / 'earlier_predict'
+  (run_outputs / 'overlays').mkdir(parents=True)
+  (run_outputs / 'config.json').write_text('{"task": "predict"}')
+  (run_outputs / 'overlays' / 's1.png').write_bytes(_png_bytes(scans[1]))
+  (tmp_path / 'in').mkdir()
+  for i, scan in enumerate(scans):
+    (tmp_path / 'in' / f's{i}.png').write_bytes(_png_bytes(scan))
+  rows, metrics = _predict(cnn_run, tmp_path / 'in', tmp_path / 'out',
+                           dedup_against=str(tmp_path / 'train'))
+  assert rows['s0.png']['status'].startswith('skipped: near-duplicate')
+  assert rows['s1.png']['status'] == 'ok' and metrics['num_near_duplicates'] == 1
+
+
+def test_a_link_into_the_other_class_folder_is_not_an_input(tmp_path, monkeypatch):
+  # (yes/b.png -> ../no/b.png was a healthy scan labelled tumour, counted in the metrics)
+  for name in ('in/yes/a.png', 'in/no/b.png', 'outside/no/c.png'):
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))
+  (tmp_path / 'in' / 'yes' / 'b.png').symlink_to(tmp_path / 'in' / 'no' / 'b.png')
+  # A link out of the input keeps the label of where it lies.
+  (tmp_path / 'in' / 'yes' / 'c.png').symlink_to(tmp_path / 'outside' / 'no' / 'c.png')
+  warnings = []
+  monkeypatch.setattr(inputs.logging, 'warning', lambda msg, *a: warnings.append(msg % a))
+  assert [(f.path, f.label) for f in inputs.list_inputs(str(tmp_path / 'in'))] == [
+      ('no/b.png', 0), ('yes/a.png', 1), ('yes/c.png', 1)]
+  (message,) = warnings
+  assert message.endswith('1 files are links into the other class folder, not read: yes/b.png')
 
 
 def test_dedup_against_finds_a_blurred_copy_as_the_grouped_split_does(cnn_run, tmp_path):

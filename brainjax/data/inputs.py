@@ -93,12 +93,26 @@ class Reader:
 
 
 def _walk_folder(root: str) -> List[InputFile]:
-  files = []
+  files, crossing = [], []
+  real_root = os.path.realpath(root)
   for full in layout.walk_files(root):  # (broken links kept: a skipped row says so)
     rel = os.path.relpath(full, root).replace(os.sep, '/')
     if layout.is_junk(rel, backslash=False):
       continue
-    files.append(InputFile(rel, layout.label_of(rel, backslash=False), full))
+    label = layout.label_of(rel, backslash=False)
+    # A link from one class folder into the other (yes/x.png -> ../no/a.png) would be a
+    # healthy slice labelled tumour: not read there, as in training (layout.iter_folder).
+    target = os.path.relpath(os.path.realpath(full), real_root).replace(os.sep, '/')
+    inside = not target.startswith('../')  # (a link out of the input keeps its own label)
+    if label is not None and inside and layout.label_of(target, backslash=False) not in (
+        None, label):
+      crossing.append(rel)
+      continue
+    files.append(InputFile(rel, label, full))
+  if crossing:
+    logging.warning('%s: %d files are links into the other class folder, not read: %s%s', root,
+                    len(crossing), ', '.join(sorted(crossing)[:5]),
+                    ' ...' if len(crossing) > 5 else '')
   return sorted(files, key=lambda f: f.path)
 
 

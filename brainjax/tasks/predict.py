@@ -192,8 +192,13 @@ def _is_one_image(x) -> bool:
 
 def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
   """Paths (files, folders, zips) and arrays -> Items."""
-  if isinstance(inputs, (str, os.PathLike)) or _is_one_image(inputs):
+  if isinstance(inputs, (str, os.PathLike)):
     inputs = [inputs]
+  elif hasattr(inputs, '__array__') or hasattr(inputs, '__array_interface__'):
+    # (an image or a stack of them: NumPy, JAX, a PIL image; a JAX image was iterated by rows)
+    inputs = np.asarray(inputs)
+    if _is_one_image(inputs):
+      inputs = [inputs]
   items = []
   for i, x in enumerate(inputs):
     if isinstance(x, (str, os.PathLike)) and not os.path.exists(x):
@@ -290,7 +295,8 @@ def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
   A ratio whose denominator is empty is undefined (NaN, null in metrics.json), not
   scikit-learn's zero_division 0: a folder of tumour slices alone has no specificity, and
   0.0 would read as every healthy slice missed; a folder of healthy slices all called
-  healthy has no precision, recall or F1 (0.0 would read as a failure).
+  healthy has no precision, recall or F1 (0.0 would read as a failure); nor is a macro
+  average over such a ratio defined.
   """
   metrics = classification.classification_metrics(labels, predictions, scores)
   labels = np.asarray(labels)
@@ -302,6 +308,13 @@ def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
     metrics['precision'] = float('nan')
   if 2 * metrics['tp'] + metrics['fp'] + metrics['fn'] == 0:  # F1 = 2tp / (2tp + fp + fn)
     metrics['f1'] = float('nan')
+  # The macro averages run over the classes in the labels or the predictions (scikit-learn's):
+  # one a class is predicted but never labelled with (or the reverse) averages in such a ratio.
+  tn, fp, fn, tp = (metrics[k] for k in ('tn', 'fp', 'fn', 'tp'))
+  if (tp + fn == 0 and fp) or (tn + fp == 0 and fn):  # a recall of an unlabelled class
+    metrics['macro_recall'] = float('nan')
+  if (tp + fp == 0 and fn) or (tn + fn == 0 and fp):  # a precision of an unpredicted class
+    metrics['macro_precision'] = float('nan')
   metrics['sensitivity'] = metrics['recall']
   metrics['num_labelled'] = int(len(labels))
   return metrics
@@ -352,14 +365,14 @@ def _clear_outputs(workdir: str):
       shutil.rmtree(path)
 
 
-def _drop_near_duplicates(config, run: runs.Run, prepared: Prepared,
+def _drop_near_duplicates(config, workdir: str, run: runs.Run, prepared: Prepared,
                           reader: inputs_lib.Reader) -> Tuple[Prepared, int]:
   """(`prepared` with the inputs that are near-duplicates of config.dedup_against's images
   skipped, how many)."""
   if not config.dedup_against or not len(prepared.ok):
     return prepared, 0
   # (named by their folder too: their log lines are not the input's rows)
-  reference = prepare(file_items(inputs_lib.list_inputs(config.dedup_against), reader,
+  reference = prepare(file_items(_files_to_read(config.dedup_against, workdir), reader,
                                  prefix=f'{config.dedup_against}: '),
                       run.image_size, run.margin, config.num_threads, thumbnails=True)
   if not len(reference.ok):
@@ -451,10 +464,11 @@ def check_config(config):
 
 
 def _files_to_read(input_path, workdir):
-  """The input's files, less those of predict workdirs inside it (outputs, not scans)."""
+  """The files of an input (or of dedup_against), less those of predict workdirs inside it
+  (outputs, not scans)."""
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
   if not files:
-    logging.warning('%s holds no files: nothing to predict.', input_path)
+    logging.warning('%s holds no files.', input_path)
   # Predict workdirs in the input (this one, or an earlier run's). A workdir holding the
   # input (smoke mode writes it there) is not in it.
   outputs = [folder for folder, task in layout.run_folders(
@@ -464,7 +478,8 @@ def _files_to_read(input_path, workdir):
     outputs.append(own)
   kept = [f for f in files if f.in_zip or not os.path.realpath(f.source).startswith(tuple(outputs))]
   if len(kept) < len(files):
-    logging.info('Not reading %d files of predict workdirs in the input.', len(files) - len(kept))
+    logging.info('Not reading %d files of predict workdirs in %s.', len(files) - len(kept),
+                 input_path)
   return kept
 
 
@@ -529,7 +544,7 @@ def train_and_evaluate(config, workdir):
     prepared = prepare(file_items(files, reader), run.image_size, run.margin, config.num_threads,
                        thumbnails=bool(config.dedup_against))
     num_unreadable = len(files) - len(prepared.ok)
-    prepared, num_duplicates = _drop_near_duplicates(config, run, prepared, reader)
+    prepared, num_duplicates = _drop_near_duplicates(config, workdir, run, prepared, reader)
     seconds['preprocess'], tick = time.perf_counter() - tick, time.perf_counter()
     preds = predict_images(run, prepared.images, rules, config.batch_size)
     seconds['model'], tick = time.perf_counter() - tick, time.perf_counter()

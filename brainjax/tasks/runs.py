@@ -76,7 +76,7 @@ def load_run(run_dir: str) -> Run:
   state = checkpoints.restore_best(run_dir, template)
   metrics = {}
   if os.path.isfile(os.path.join(run_dir, 'metrics.json')):
-    metrics = reporting.read_metrics_json(run_dir)
+    metrics = _read_metrics(run_dir)
   elif config.task == 'cvae_cls':  # its rules' settings are there
     raise ValueError(f'{run_dir!r} has no metrics.json: the run has not finished (or a rerun of '
                      'it was stopped); run its command again to the end')
@@ -84,6 +84,19 @@ def load_run(run_dir: str) -> Run:
     logging.warning('%s has no metrics.json: the run has not finished (or a rerun of it was '
                     'stopped); predicting with its best checkpoint so far.', run_dir)
   return Run(run_dir, config.task, config, model, state.variables, metrics)
+
+
+def _read_metrics(run_dir: str) -> Dict[str, Any]:
+  """The run's metrics.json, or a ValueError naming it (damaged, or not a run's)."""
+  try:
+    metrics = reporting.read_metrics_json(run_dir)
+  except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
+    metrics = e
+  if not isinstance(metrics, dict):
+    reason = f'({metrics})' if isinstance(metrics, Exception) else '(not a JSON object)'
+    raise ValueError(f'{run_dir}/metrics.json cannot be read {reason}: run that run\'s command '
+                     'again, which evaluates its best checkpoint and writes it anew')
+  return metrics
 
 
 # Global KMeans also needs the two centroids its cvae_cls run fitted on validation.
@@ -168,7 +181,17 @@ def global_centroids(run: Run) -> np.ndarray:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} is missing: the global_kmeans rule needs the centroids its '
                             'cvae_cls run saves; choose other rules (--config.rules)')
-  return np.load(path)
+  try:
+    centroids = np.load(path)
+  except (OSError, ValueError, EOFError) as e:  # (ValueError: not an .npy, or pickled objects)
+    centroids = e
+  size = run.image_size ** 2
+  if not (isinstance(centroids, np.ndarray) and centroids.shape == (2, size)
+          and np.issubdtype(centroids.dtype, np.floating) and np.isfinite(centroids).all()):
+    raise ValueError(f'{path} is not the (2, {size}) centroids its run saved: run that run\'s '
+                     'command again, which reruns the rules and saves them anew, or choose other '
+                     'rules (--config.rules)')
+  return centroids
 
 
 def apply_rule(run: Run, rule: str, errors: np.ndarray, image_shape):
