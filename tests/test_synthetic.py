@@ -411,6 +411,12 @@ def test_a_classifier_refuses_data_of_one_class_or_a_set_without_one(tmp_path):
   synthetic.write_synthetic(str(tmp_path), _images(30), NEGATIVE, {})
   with pytest.raises(ValueError, match=r'no tumour slices \(none readable in yes/\)'):
     datasets.classifier_split(config, source(), 'cnn')
+  (tmp_path / 'Yes').mkdir()  # not read: the error says why
+  config.data.data_dir = str(tmp_path)
+  with pytest.raises(ValueError, match=r'\(none readable in yes/; found Yes/: the class folders '
+                     r'are yes/ and no/, in lower case\)'):
+    datasets.classifier_split(config, source(), 'cnn')
+  config.data.data_dir = ''
   with pytest.raises(ValueError, match='no tumour slices to train on'):  # a generator's
     datasets.generator_training_set(config, source(), POSITIVE)
   synthetic.write_synthetic(str(tmp_path), _images(2), POSITIVE, {})  # too few to share out

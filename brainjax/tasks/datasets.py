@@ -48,8 +48,12 @@ def classifier_split(config, source, protocol):
   labels = source.examples.labels
   for label, name in _CLASS_NAMES.items():
     if not (labels == label).any():
+      # (a Yes/ beside no/ is not read: say so, as for a folder with neither)
+      data_dir = os.path.expanduser(config.data.get('data_dir') or '')
+      hint = layout.misnamed_class_folders(layout.class_root(data_dir) or data_dir) if (
+          data_dir and os.path.isdir(data_dir)) else ''
       raise ValueError(f'the real data hold no {name} slices (none readable in '
-                       f'{layout.CLASSES[label]}/): a classifier needs both classes')
+                       f'{layout.CLASSES[label]}/{hint}): a classifier needs both classes')
   parts = split(config, source, protocol)
   for part, ids in parts._asdict().items():
     needed = (NEGATIVE,) if (protocol, part) == ('anomaly', 'train') else (NEGATIVE, POSITIVE)

@@ -222,9 +222,9 @@ def predict_paths(run_dir: str, inputs, rules: str = 'selected', batch_size: int
 
   Args:
     run_dir: the workdir of a cnn_cls or cvae_cls run.
-    inputs: a path or an image array, or a list of paths (file, folder searched recursively,
-      zip) and (H, W[, C]) image arrays (any dtype image_io.to_gray_float accepts), or a
-      stack of images (N, H, W[, C]).
+    inputs: a path or an image array (NumPy, JAX, or a PIL image), or a list of paths (file,
+      folder searched recursively, zip) and (H, W[, C]) image arrays (any dtype
+      image_io.to_gray_float accepts), or a stack of images (N, H, W[, C]).
     rules: BrainCVAE only: 'selected', 'all', or rule names (see configs/predict.py).
     maps: BrainCVAE only: include 'map' and 'region' in the original grid.
 
