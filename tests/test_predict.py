@@ -554,6 +554,11 @@ def test_predict_paths_reads_a_zip_and_a_folder(cnn_run, tmp_path):
     assert sorted(r['true_label'] for r in records) == [0, 1]
   by_name = lambda records: {r['path'].rsplit('/', 2)[-2]: r['score'] for r in records}
   assert by_name(zipped) == pytest.approx(by_name(folder), abs=1e-6)
+  # A folder named with a trailing slash: the same names (not in//yes/a.png).
+  slashed = predict.predict_paths(cnn_run, f'{tmp_path}/in/')
+  assert [r['path'] for r in slashed] == [r['path'] for r in folder]
+  with pytest.raises(ValueError, match="rules='all': a BrainCNN run has no anomaly rules"):
+    predict.predict_paths(cnn_run, [], rules='all')  # (as the command refuses it)
 
 
 def test_dedup_against_skips_and_counts_near_duplicates(cnn_run, tmp_path):

@@ -207,7 +207,7 @@ def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
       files = inputs_lib.list_inputs(x)
       if os.path.isdir(x) or len(files) != 1 or files[0].in_zip:
         # Only the name shown changes: a zip member is read by its path in the zip.
-        items += file_items(files, reader, prefix=f'{os.fspath(x)}/')
+        items += file_items(files, reader, prefix=os.path.join(os.fspath(x), ''))  # (one '/')
       else:
         items += file_items([dataclasses.replace(files[0], path=os.fspath(x))], reader)
     else:

@@ -157,6 +157,9 @@ def rules_to_use(spec: str, metrics: Dict[str, Any], selection_metric: str = 'f1
 def run_rules(run: Run, spec: str) -> List[str]:
   """rules_to_use for a run: [] for a BrainCNN; the run's own selection metric."""
   if run.task != 'cvae_cls':
+    if (spec or 'selected').strip() != 'selected':
+      raise ValueError(f'rules={spec!r}: a BrainCNN run has no anomaly rules (a cvae_cls run '
+                       'has)')
     return []
   metric = run.config.get('anomaly', {}).get('selection_metric', 'f1')
   rules = rules_to_use(spec, run.metrics, metric)
