@@ -824,6 +824,13 @@ def test_how_a_run_runs_may_change_in_a_rerun(field):
       'learning_rate: 0.0001 -> 0.001']
 
 
+def test_a_classifier_s_rerun_may_name_its_exports_otherwise():
+  # (a run begun from another folder, or on a moved generator's identical re-export, was
+  # refused; the checkpoints' data key refuses other images: test_synthetic's training key)
+  saved = {'task': 'cnn_cls', 'synthetic_dirs': 'runs/a/synthetic,runs/b/synthetic'}
+  assert reruns.config_changes(saved, dict(saved, synthetic_dirs='/x/a/synthetic,/x/b')) == []
+
+
 def test_a_write_stamped_up_to_a_second_before_the_start_counts_as_a_change(tmp_path):
   (tmp_path / 'metrics.json').write_text('{}')
   start = time.time()

@@ -93,8 +93,10 @@ def load_config(workdir):
 # any of its parts is listed, e.g. export.dir). Any run: how it runs, not what it computes.
 RUN_FIELDS = frozenset({'checkpoint_every_secs', 'log_every_steps', 'keep_checkpoints',
                         'cache_dir', 'num_devices', 'multihost'})
-# A task's run: also how long it trains and what it does with the trained model.
-RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly'}
+# A task's run: also how long it trains and what it does with the trained model, and where its
+# synthetic exports are: named otherwise (from another folder, or moved and re-exported), they
+# are the same data, which the checkpoints' data key checks (loop.check_data_key).
+RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly', 'synthetic_dirs'}
 # A study: also which seeds and split modes it runs, and its audit's knn_k (recomputed by
 # every run). Not its stages' settings: a finished stage is never rerun, and a generator's
 # new export would leave its classifiers stale.
