@@ -24,6 +24,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 from ml_collections import config_flags
 
 from brainjax import interrupts
@@ -73,10 +74,17 @@ def parse_flags(argv):
     last_line = str(error).strip().splitlines()[-1].strip()  # config errors embed a traceback
     last_line = last_line.removeprefix('ValueError: ')  # (a config's own refusal)
     sys.exit(f'error: {last_line} (in: {given})')
-  if 'task' in config_flags.get_override_values(FLAGS['config']):
+  overrides = config_flags.get_override_values(FLAGS['config'])
+  if 'task' in overrides:
     # (Each config file holds one task's fields: another task would fail deep in its code.)
     sys.exit(f'error: --config.task cannot be changed: the config file sets it; use '
              f'configs/<task>.py (in: {given})')
+  for name, value in overrides.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      # (--config.data={...} replaces the whole group: its other fields were lost, a traceback
+      # where the code read one, or a network silently at its built-in sizes)
+      sys.exit(f'error: --config.{name}={{...}} would replace every field of {name}: set them '
+               f'one at a time, e.g. --config.{name}.<field>=<value> (in: {given})')
   return remaining
 
 

@@ -86,6 +86,12 @@ REFUSED = [
      'data.num_per_class=0: smoke mode draws'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.task=cnn_cls'],
      '--config.task cannot be changed'),
+    # (a whole group replaced: a traceback where the code read a lost field, or, for model, a
+    # network silently at its built-in sizes)
+    (['--config=configs/cnn_cls.py:real,smoke', "--config.data={'dataset': 'phantom'}"],
+     '--config.data={...} would replace every field of data: set them one at a time'),
+    (['--config=configs/cnn_cls.py:real,smoke', "--config.model={'conv_widths': (4,)}"],
+     '--config.model={...} would replace every field of model'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.multihost=True'],
      'Set JAX_COORDINATOR_ADDRESS'),
     (['--config=configs/predict.py:smoke', '--config.multihost=True'], 'predict runs on one host'),
