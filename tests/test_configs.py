@@ -467,6 +467,19 @@ def test_a_workdir_left_with_only_a_half_written_config_json_starts_the_run(tmp_
   assert reruns.write_config(str(tmp_path), other) is not None
 
 
+def test_a_cache_folder_inside_the_workdir_is_no_part_of_the_run(tmp_path):
+  # A run stopped before its first checkpoint may be rerun with other settings; its cache
+  # folder, set inside the workdir, made it count as begun ("holds a run with other settings").
+  run = tmp_path / 'run'
+  args = ['--config=configs/cnn_cls.py:real,smoke', f'--workdir={run}',
+          f'--config.cache_dir={run / "cache"}', '--config.num_epochs=1']
+  result = _launch(*args, '--config.learning_rate=1e30')
+  assert result.returncode != 0 and 'No checkpoint had been saved yet' in result.stderr
+  assert (run / 'cache').is_dir()
+  result = _launch(*args)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+
 _INTERRUPTED_RUN = """
 import sys
 from absl import app

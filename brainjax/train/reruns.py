@@ -154,7 +154,7 @@ BEFORE_TRAINING = {'config.json', 'eval_ids.json', 'checkpoints', 'best', 'tenso
                    'samples'}
 
 
-def check_workdir(workdir, config, allowed=None):
+def check_workdir(workdir, config, allowed=None, ignored=()):
   """The config.json text workdir holds (None if none), or a ValueError if it holds
   something else than this run.
 
@@ -165,13 +165,15 @@ def check_workdir(workdir, config, allowed=None):
   A run that stopped before its first checkpoint (e.g. it refused its data, or its loss was
   not finite from the start) has not begun: its rerun may fix any setting. So is a study none
   of whose stages has finished (each begun stage still refuses what its own run cannot take).
+  `ignored`: entries of workdir that are no run's (the preprocessing cache, set inside it).
   """
   path = os.path.join(workdir, 'config.json')
   new = json.loads(config.to_json_best_effort(indent=1))
   # (X.tmp: a file atomic_open was writing when a kill came, which counts as X would;
   # config.json's own is replaced by write_config)
   present = sorted({e[:-len('.tmp')] if e.endswith('.tmp') else e
-                    for e in os.listdir(workdir) if not e.startswith('.')} - {'config.json'})
+                    for e in os.listdir(workdir) if not e.startswith('.')}
+                   - {'config.json', *ignored})
   previous = None
   if os.path.exists(path):
     with open(path) as f:
@@ -202,11 +204,11 @@ def check_workdir(workdir, config, allowed=None):
   return previous
 
 
-def write_config(workdir, config, allowed=None):
+def write_config(workdir, config, allowed=None, ignored=()):
   """Writes workdir/config.json, unless workdir holds something else than this run (the
   ValueError of check_workdir); returns the text it replaced (None if none), for
   `put_back_config` after a RerunRefused."""
-  previous = check_workdir(workdir, config, allowed)
+  previous = check_workdir(workdir, config, allowed, ignored)
   text = config.to_json_best_effort(indent=1)
   if previous is not None and previous != text:  # (kept until end_rerun, for a kill)
     with atomic_open(os.path.join(workdir, PREVIOUS_CONFIG)) as f:

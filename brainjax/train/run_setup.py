@@ -130,10 +130,20 @@ def prepare_workdir(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   if not parallel.is_first_host():  # (the first host's lock and config.json stand for all)
     return None, made
-  reruns.check_workdir(workdir, config)  # (a folder a run may not use gets no .lock either)
+  # (a cache folder set inside the workdir is no part of its run)
+  cache = _entry_holding(workdir, sources.resolve_cache_dir(config.cache_dir))
+  reruns.check_workdir(workdir, config, ignored=cache)  # (a folder refused gets no .lock either)
   reruns.lock_workdir(workdir)
   reruns.recover_killed_rerun(workdir)
-  return reruns.write_config(workdir, config), made
+  return reruns.write_config(workdir, config, ignored=cache), made
+
+
+def _entry_holding(workdir, path):
+  """(the entry of workdir that holds path,), or () if path is not inside workdir."""
+  relative = os.path.relpath(os.path.realpath(path), os.path.realpath(workdir))
+  if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+    return ()
+  return (relative.split(os.sep)[0],)
 
 
 def after_success(workdir):
