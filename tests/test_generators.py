@@ -203,6 +203,12 @@ def test_vae_task_trains_resumes_and_exports(tmp_path, monkeypatch):
       ml_collections.ConfigDict({**config.to_dict(), 'mode': 'generate'}), workdir)
   assert regenerated['exported'] == 10 and regenerated['train_loss'] == first['train_loss']
   assert open(os.path.join(workdir, 'metrics.json')).read() == trained  # training's kept
+  # A re-export asking for fewer epochs than it trained is refused, as a resumed run is (its
+  # config.json would record a length the model has passed).
+  with pytest.raises(reruns.RerunRefused, match=r'has trained \d+ steps .* more than '
+                     'num_epochs=1 give'):
+    vae_gen.train_and_evaluate(ml_collections.ConfigDict(
+        {**config.to_dict(), 'mode': 'generate', 'num_epochs': 1}), workdir)
   # An unfinished run (a rerun that trains again removes metrics.json until it ends): its
   # re-export's metrics.json says which step it exported (it had no steps at all).
   os.remove(os.path.join(workdir, 'metrics.json'))

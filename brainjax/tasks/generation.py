@@ -113,6 +113,7 @@ def run(config, workdir, state, step_fn, sample_fn, variables_of):
     state, meta = checkpoints.restore_latest(workdir, state)
     # The export records this data's split: the generator must have trained on it.
     loop.check_data_key(workdir, meta, data_key)
+    loop.check_trained_steps(config, workdir, len(train), int(state.step))
     # A re-export changes what was exported, not what training measured.
     metrics_path = os.path.join(workdir, 'metrics.json')
     if os.path.isfile(metrics_path):

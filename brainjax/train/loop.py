@@ -250,7 +250,6 @@ def check_resume(config, workdir, num_examples: int,
     if config[field] < 1:
       raise ValueError(f'{field}={config[field]}: it must be at least 1')
   parallel.check_batch_split(config)
-  per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   latest = checkpoints.latest_meta(workdir)
   step = 0
   if latest is not None:
@@ -259,7 +258,14 @@ def check_resume(config, workdir, num_examples: int,
   # The best checkpoint and the latest are written one after the other: a run killed between
   # the two commits holds a best of a later step than its latest. It has trained that far
   # (a shorter rerun would end before that step, its best/ still holding the later model).
-  step = max(step, checkpoints.best_step(workdir) or 0)
+  check_trained_steps(config, workdir, num_examples,
+                      max(step, checkpoints.best_step(workdir) or 0))
+
+
+def check_trained_steps(config, workdir, num_examples: int, step: int) -> None:
+  """reruns.RerunRefused if a run that has trained `step` steps asks for fewer epochs (its
+  config.json would record a length it has passed)."""
+  per_epoch = pipeline.steps_per_epoch(num_examples, config.batch_size)
   if step > per_epoch * config.num_epochs:
     raise reruns.RerunRefused(
         f'{workdir} has trained {step} steps ({per_epoch} an epoch), more than '
