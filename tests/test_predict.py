@@ -862,7 +862,8 @@ def test_the_inputs_kept_beside_skipped_near_duplicates_keep_their_own_crops(tmp
   with inputs.Reader() as reader:
     prepared = predict.prepare(predict.file_items(inputs.list_inputs(str(tmp_path / 'in')), reader),
                                64, 0.05, thumbnails=True)
-    kept, dropped = predict._drop_near_duplicates(config, run, prepared, reader)
+    kept, dropped = predict._drop_near_duplicates(config, str(tmp_path / 'out'), run, prepared,
+                                                  reader)
   assert dropped == 1 and len(kept.ok) == len(kept.infos) == len(kept.images) == 3
   own = {prepared.items[i].path: (info, image)
          for i, info, image in zip(prepared.ok, prepared.infos, prepared.images)}

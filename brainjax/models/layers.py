@@ -31,7 +31,13 @@ TORCH_PAD1 = ((1, 1), (1, 1))
 
 def conv(features: int, kernel_size: int, strides: int = 1,
          dtype: Any = jnp.float32) -> nn.Conv:
-  """nn.Conv with torch's padding=1 and the fast kernel gradient."""
+  """nn.Conv with torch's padding=1 and the fast kernel gradient.
+
+  With a bias, as the peer's convs have, also before a BatchNorm, which cancels it in training:
+  its gradient there is rounding noise, which Adam turns into lr-sized steps, so those biases
+  (and, through the running means, eval outputs, by ~0.4% after 20 steps) differ between
+  device counts more than the rest of the model does.
+  """
   return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
                  padding=TORCH_PAD1, dtype=dtype, conv_general_dilated=conv_general_dilated)
 
