@@ -246,8 +246,9 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
 
   A file that a link leads to from one class folder into the other (yes/more -> ../no) is
   read under its own class only, with a warning: it would be a healthy slice called tumour;
-  a link to a file of its own class folder is not read a second time. Nor are the files of a brainjax run's folder inside (run_folders: a predict's outputs under
-  yes/ held overlays of healthy scans).
+  a link to a file of its own class folder is not read a second time. Nor are the files of a
+  brainjax run's folder inside (run_folders: a predict's outputs under yes/ held overlays of
+  healthy scans).
   """
   top = class_root(root)
   if top is None:

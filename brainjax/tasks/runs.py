@@ -88,14 +88,13 @@ def load_run(run_dir: str) -> Run:
 
 def _read_metrics(run_dir: str) -> Dict[str, Any]:
   """The run's metrics.json, or a ValueError naming it (damaged, or not a run's)."""
+  again = 'run that run\'s command again, which evaluates its best checkpoint and writes it anew'
   try:
     metrics = reporting.read_metrics_json(run_dir)
   except (OSError, ValueError) as e:  # (JSONDecodeError, UnicodeDecodeError: ValueErrors)
-    metrics = e
+    raise ValueError(f'{run_dir}/metrics.json cannot be read ({e}): {again}') from None
   if not isinstance(metrics, dict):
-    reason = f'({metrics})' if isinstance(metrics, Exception) else '(not a JSON object)'
-    raise ValueError(f'{run_dir}/metrics.json cannot be read {reason}: run that run\'s command '
-                     'again, which evaluates its best checkpoint and writes it anew')
+    raise ValueError(f'{run_dir}/metrics.json is not a run\'s metrics (no JSON object): {again}')
   return metrics
 
 
@@ -186,8 +185,8 @@ def global_centroids(run: Run) -> np.ndarray:
                             'cvae_cls run saves; choose other rules (--config.rules)')
   try:
     centroids = np.load(path)
-  except (OSError, ValueError, EOFError) as e:  # (ValueError: not an .npy, or pickled objects)
-    centroids = e
+  except (OSError, ValueError, EOFError):  # (ValueError: not an .npy, or pickled objects)
+    centroids = None
   size = run.image_size ** 2
   if not (isinstance(centroids, np.ndarray) and centroids.shape == (2, size)
           and np.issubdtype(centroids.dtype, np.floating) and np.isfinite(centroids).all()):
