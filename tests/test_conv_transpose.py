@@ -47,6 +47,22 @@ def test_forward_and_gradients_match_lax(x_shape, kernel_shape):
   assert rel_err(got_dk, want_dk) < 1e-4
 
 
+@pytest.mark.parametrize('x_shape, kernel_shape', [
+    ((1, 32, 32, 64), (33, 33, 64, 32)),  # BrainCVAE's two transposed convolutions, whole
+    ((1, 64, 64, 32), (65, 65, 32, 1)),
+])
+def test_the_cvae_s_own_layers_match_lax_in_values_and_gradients(x_shape, kernel_shape):
+  # A linear cotangent: through sin, float32's rounding of outputs ~1e3 alone moved the
+  # gradients by 1e-4 (in lax's as much as in ours).
+  x, kernel = random(x_shape, 8), random(kernel_shape, 9)
+  want, lax_vjp = jax.vjp(lax_reference, x, kernel)
+  got, dft_vjp = jax.vjp(jax.jit(conv_transpose_dft), x, kernel)
+  assert rel_err(got, want) < 1e-4
+  cotangent = random(want.shape, 10)
+  for got_grad, want_grad in zip(dft_vjp(cotangent), lax_vjp(cotangent)):
+    assert rel_err(got_grad, want_grad) < 1e-4
+
+
 def test_module_is_a_drop_in_for_flax_conv_transpose():
   x = random((2, 7, 7, 3), 3)
   flax_layer = nn.ConvTranspose(4, (5, 5), padding='VALID')
