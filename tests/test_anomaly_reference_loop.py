@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from brainjax.anomaly import evaluate, reference_loop, synthetic_maps
+from brainjax.anomaly import evaluate, kmeans_image, reference_loop, synthetic_maps
 
 
 def test_synthetic_maps():
@@ -34,6 +34,19 @@ def test_benchmark_reports_every_rule():
     assert timing['fast_s'] > 0 and timing['loop_s'] > 0
     assert timing['speedup'] == timing['loop_s'] / timing['fast_s']
     assert timing['same_selection'] is True
+
+
+def test_benchmark_compares_the_single_image_kmeans_scores(monkeypatch):
+  # Where the rule's scores hardly tell the classes apart, many cut-offs tie and both paths
+  # pick the first: the selection compared nothing (wrong scores still reported the same).
+  errors, labels, _ = synthetic_maps.synthetic_error_maps(8, 32, seed=2)
+  config = evaluate.default_anomaly_config()
+  config.num_tumor_index = 4
+  config.rules = ('kmeans',)
+  assert reference_loop.benchmark(errors, labels, config)['kmeans']['max_score_difference'] == 0
+  right = kmeans_image.kmeans_image_scores
+  monkeypatch.setattr(kmeans_image, 'kmeans_image_scores', lambda *a: right(*a) / 2)
+  assert reference_loop.benchmark(errors, labels, config)['kmeans']['max_score_difference'] > 0.1
 
 
 def test_benchmark_says_when_the_selections_differ(monkeypatch):

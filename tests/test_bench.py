@@ -95,6 +95,7 @@ def test_anomaly_stage_reports_every_rule(capsys):
     assert baseline['loop_s'] > 0 and baseline['speedup'] > 0
     assert baseline['loop_cpu_s'] > 0 and baseline['cpu_speedup'] > 0
     assert baseline['same_selection'] is True
+  assert printed['anomaly_loop_baseline']['kmeans']['max_score_difference'] == 0
   assert printed['anomaly_grid_search_speedup'] == pytest.approx(
       sum(b['loop_s'] for b in printed['anomaly_loop_baseline'].values())
       / sum(printed['anomaly_grid_search_s'].values()))

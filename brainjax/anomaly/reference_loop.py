@@ -108,17 +108,27 @@ def anomalous_share(error_row, h, w, max_iter=100):
   return 0.0 if tie else np.mean(labels == int(second_is_anomalous))
 
 
-def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,
-                      max_iter=100):
+def loop_kmeans_image_scores(errors, image_shape=None, max_iter=100) -> np.ndarray:
+  """float64 (N,): anomalous_share of every image, the rule's scores."""
   h, w = pixel_features.image_shape(errors.shape[1], image_shape)
   # One thread per fit: scikit-learn's OpenMP pool gains nothing on one small image, and
   # slows down many times over when other processes share the cores (same results).
   with threadpoolctl.threadpool_limits(1):
-    score = np.array([anomalous_share(row, h, w, max_iter) for row in errors])
+    return np.array([anomalous_share(row, h, w, max_iter) for row in errors])
+
+
+def loop_cutoff(labels, score, tumor_indices, metric='f1'):
+  """(params, value): the best tumor_index for one score per image."""
   best = _Best(metric)
   for ti in tumor_indices:
     best.offer(labels, (score >= ti).astype(int), dict(tumor_index=float(ti)))
   return best.params, best.value
+
+
+def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,
+                      max_iter=100):
+  return loop_cutoff(labels, loop_kmeans_image_scores(errors, image_shape, max_iter),
+                     tumor_indices, metric)
 
 
 def global_scores(errors, anomaly_threshold, max_iter=300):
@@ -157,7 +167,8 @@ def benchmark(errors: np.ndarray, labels: np.ndarray, config) -> Dict[str, Dict[
 
   Both run in full on the same maps (no extrapolation) and must select the same
   hyperparameters. Returns {rule: {fast_s, loop_s, speedup, fast_cpu_s, loop_cpu_s,
-  cpu_speedup, same_selection}}; CPU seconds (process time, all threads) are the
+  cpu_speedup, same_selection}}, and for single-image KMeans max_score_difference (the
+  largest difference of an image's score); CPU seconds (process time, all threads) are the
   fairer comparison on a shared machine.
   """
   errors = pixel_features.check_errors(errors)
@@ -170,6 +181,12 @@ def benchmark(errors: np.ndarray, labels: np.ndarray, config) -> Dict[str, Dict[
   alphas = evaluate.alpha_grid(config)
   dbscan_grid = (np.sort(np.asarray(config.dbscan_anomaly_thresholds)), config.dbscan_eps,
                  config.dbscan_min_samples, tumor_indices, metric, shape)
+  loop_scores = {}
+
+  def loop_kmeans():  # (its scores kept, to be compared below)
+    loop_scores['kmeans'] = loop_kmeans_image_scores(errors, shape, config.kmeans_max_iter)
+    return loop_cutoff(labels, loop_scores['kmeans'], tumor_indices, metric)
+
   searches = {  # rule: (fast search -> SearchResult, loop -> (params, value))
       'giaem': (
           lambda: grid_search.search_giaem(errors, labels, thresholds, tumor_indices, metric),
@@ -180,8 +197,7 @@ def benchmark(errors: np.ndarray, labels: np.ndarray, config) -> Dict[str, Dict[
       'kmeans': (
           lambda: grid_search.search_kmeans_image(errors, labels, tumor_indices, metric, shape,
                                                   config.kmeans_max_iter),
-          lambda: loop_kmeans_image(errors, labels, tumor_indices, metric, shape,
-                                    config.kmeans_max_iter)),
+          loop_kmeans),
       'global_kmeans': (
           lambda: grid_search.search_global_kmeans(errors, labels, global_thresholds, alphas,
                                                    metric, None, config.global_max_iter),
@@ -205,4 +221,11 @@ def benchmark(errors: np.ndarray, labels: np.ndarray, config) -> Dict[str, Dict[
     out[rule] = dict(fast_s=fast, loop_s=loop, speedup=loop / fast, fast_cpu_s=fast_cpu,
                      loop_cpu_s=loop_cpu, cpu_speedup=loop_cpu / max(fast_cpu, 1e-9),
                      same_selection=found.params == params)
+  if 'kmeans' in out:
+    # Its one grid is the cut-off: where its scores hardly tell the classes apart (as on these
+    # maps) many cut-offs tie, and both pick the first whatever their scores. So the scores are
+    # compared too (the fast ones again, untimed).
+    fast_scores = kmeans_image.kmeans_image_scores(errors, shape, config.kmeans_max_iter)
+    out['kmeans']['max_score_difference'] = float(
+        np.abs(fast_scores - loop_scores['kmeans']).max(initial=0.0))
   return out
