@@ -142,8 +142,24 @@ def test_16bit_png_scaled_by_its_maximum_at_least_255(top, scale):
 
 
 def test_float_and_bool_arrays():
-  np.testing.assert_allclose(image_io.to_gray_float(np.full((3, 3), 1.7)), 1.0)
   np.testing.assert_allclose(image_io.to_gray_float(np.array([[np.nan, 0.5]])), [[0.0, 0.5]])
+  np.testing.assert_allclose(image_io.to_gray_float(np.array([[np.inf, 0.5]])), [[1.0, 0.5]])
+  # Outside [0, 1] (a scanner's units, or 0-255), stretched as float image files are: clipped,
+  # such an array was judged blank.
+  scan = phantom.phantom_slice(3, 0, positive=True).image
+  expected = image_io.to_gray_float(scan)
+  for stretched in (scan.astype(np.float32), 3.5 * scan - 80.0):
+    got = image_io.to_gray_float(stretched)
+    np.testing.assert_allclose(preprocess.preprocess(got)[0], preprocess.preprocess(expected)[0],
+                               atol=1e-5)
+  hot = scan.astype(np.float32)
+  hot[0, 0] = 1e9
+  np.testing.assert_allclose(image_io.to_gray_float(hot)[1:], image_io.to_gray_float(
+      scan.astype(np.float32))[1:], atol=1e-6)
+  np.testing.assert_allclose(image_io.to_gray_float(np.full((3, 3), 1.7)), 0.0)  # (constant)
+  with_alpha = np.stack([scan.astype(np.float32), np.ones(scan.shape, np.float32)], axis=-1)
+  np.testing.assert_allclose(image_io.to_gray_float(with_alpha),
+                             image_io.to_gray_float(scan.astype(np.float32)), atol=1e-6)
   assert image_io.to_gray_float(np.ones((2, 2), bool)).max() == 1.0
   with pytest.raises(ValueError, match=r'expected an \(H, W\) or \(H, W, 1\|2\|3\|4\) image'):
     image_io.to_gray_float(np.zeros((2, 2, 5)))

@@ -57,6 +57,21 @@ def _scaled(values: np.ndarray, percentile: float) -> np.ndarray:
   return np.minimum(values / max(255.0, top), 1.0).astype(np.float32)
 
 
+def _stretched(x: np.ndarray) -> np.ndarray:
+  """Float values outside [0, 1] stretched to it between their 0.1th and 99.9th percentiles (the
+  minimum and maximum where those are equal), clipped beyond: one hot pixel set the top when
+  the maximum did, and the head was judged blank. Values within [0, 1] are kept."""
+  if x.min() >= 0.0 and x.max() <= 1.0:
+    return x
+  low = np.percentile(x, 100 - _TOP_PERCENTILE, method='lower')
+  high = np.percentile(x, _TOP_PERCENTILE, method='higher')
+  if high <= low:
+    low, high = x.min(), x.max()
+  if high <= low:  # (a constant image)
+    return np.zeros_like(x)
+  return np.clip((x - low) / (high - low), 0.0, 1.0).astype(x.dtype)
+
+
 def to_gray_float(array: np.ndarray) -> np.ndarray:
   """(H, W) or (H, W, C) integer, bool or float array -> float32 (H, W) in [0, 1].
 
@@ -68,8 +83,10 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
   percentile of the grey or colour values (the values above it clipped), so that hot pixels
   or a burnt-in mark at 65535 covering under 0.1% of the image do not set it (the maximum
   did, and the head was judged blank); an alpha channel is scaled by its own maximum.
-  Float arrays are assumed to be in [0, 1] already and are clipped. RGB uses BT.601 luma;
-  a 4th (alpha) channel is composited onto black; 2 channels are gray + alpha.
+  Float arrays in [0, 1] are kept (NaN as 0, infinities as 0 or 1); outside it (a scanner's
+  units, or 0-255) they are stretched between their 0.1th and 99.9th percentiles (the alpha
+  channel clipped): clipped, they were judged blank. RGB uses BT.601 luma; a 4th (alpha)
+  channel is composited onto black; 2 channels are gray + alpha.
   """
   array = np.asarray(array)
   if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 2, 3, 4)):
@@ -94,7 +111,11 @@ def to_gray_float(array: np.ndarray) -> np.ndarray:
     else:
       x = _scaled(wide, _TOP_PERCENTILE)
   else:
-    x = array.astype(np.float32)
+    x = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+    if x.ndim == 3 and x.shape[-1] in (2, 4):
+      x = np.concatenate([_stretched(x[..., :-1]), np.clip(x[..., -1:], 0.0, 1.0)], axis=-1)
+    else:
+      x = _stretched(x)
   if x.ndim == 3:
     channels = x.shape[-1]
     alpha = x[..., -1] if channels in (2, 4) else None
@@ -133,20 +154,7 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
   mode = image.mode
   if mode.startswith('I;16') or mode == 'I':  # 16-bit PNG/TIFF (and 32-bit ints)
     return to_gray_float(np.asarray(image))
-  if mode == 'F':
-    x = np.asarray(image).astype(np.float64)
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
-    if x.min() < 0.0 or x.max() > 1.0:  # an arbitrary float range: stretched to [0, 1]
-      # between its 0.1th and 99.9th percentiles, clipped beyond (as wide integers are scaled):
-      # one hot pixel set the top, and the head was judged blank; the minimum and maximum where
-      # those are equal.
-      low = np.percentile(x, 100 - _TOP_PERCENTILE, method='lower')
-      high = np.percentile(x, _TOP_PERCENTILE, method='higher')
-      if high <= low:
-        low, high = x.min(), x.max()
-      x = np.clip((x - low) / (high - low), 0.0, 1.0) if high > low else np.zeros_like(x)
-    return x.astype(np.float32)
-  if mode in ('LA', 'RGBA'):
+  if mode in ('F', 'LA', 'RGBA'):
     return to_gray_float(np.asarray(image))
   if mode != 'L':
     image = image.convert('L')  # BT.601 luma in C: much faster than in numpy
