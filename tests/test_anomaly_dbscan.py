@@ -109,10 +109,14 @@ def test_no_candidates_scores_zero():
 
 
 @pytest.mark.parametrize('eps, min_samples, message', [
-    ([0.0], [2], 'eps must be positive'), ([0.1], [0], 'min_samples must be integers >= 1'),
+    ([0.0], [2], 'eps must be positive'), ([0.1], [0], r'min_samples must be integers in \[1,'),
     ([0.1, 0.26], [2], 'at most 0.25'), ([1e12], [2], 'at most 0.25'),
     ([np.inf], [2], 'eps must be positive'),
-    ([0.1], [1.5], 'min_samples must be integers >= 1')])
+    ([0.1], [1.5], 'min_samples must be integers in'),
+    # (2**63 wrapped to -2**63 in int64, every pixel a core point; past uint64, a TypeError)
+    ([0.1], [2 ** 63], 'min_samples must be integers in'),
+    ([0.1], [10 ** 30], 'min_samples must be integers in'),
+    ([0.1], [1e30], 'min_samples must be integers in')])
 def test_bad_parameters(eps, min_samples, message):
   with pytest.raises(ValueError, match=message):
     dbscan.dbscan_grid_scores(np.zeros((1, 16), np.float32), [0.5], eps, min_samples)

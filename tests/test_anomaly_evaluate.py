@@ -158,10 +158,15 @@ def test_the_largest_grid_size_is_accepted():
 
 @pytest.mark.parametrize('change, message', [
     (dict(dbscan_anomaly_thresholds=(0.5, 1.0)), r'must be in \[0, 1\)'),
+    (dict(dbscan_min_samples=(1e30,)), r'min_samples must be integers in \[1, 2\*\*31\)'),
+    (dict(dbscan_anomaly_thresholds=tuple(np.linspace(0, 0.9, 100)),
+          dbscan_eps=tuple(np.linspace(0.01, 0.02, 11)), dbscan_min_samples=(4, 8, 12, 16, 20,
+                                                                             24, 28, 32, 36, 40)),
+     r'100 x 11 x 10 \(thresholds x eps x min_samples\) DBSCAN grid points, over 10000'),
     (dict(tumor_index_min=0.0, tumor_index_spacing='linear'), r'tumor_index_min=0.0'),
     (dict(tumor_index_min=0.0), r'tumor_index_min=0.0'),
 ])
-def test_values_at_the_open_ends_are_refused(change, message):
+def test_values_past_the_limits_are_refused(change, message):
   config = evaluate.default_anomaly_config()
   config.update(change)
   with pytest.raises(ValueError, match=message):

@@ -30,6 +30,34 @@ def test_select_equals_brute_force(metric, seed):
   assert chosen.value == pytest.approx(value)
 
 
+def test_select_in_chunks_equals_select_at_once(monkeypatch):
+  # (chunks of outer points keep memory bounded; the first maximum must win across them)
+  rng = np.random.default_rng(5)
+  labels = (rng.random(40) < 0.4).astype(int)
+  scores = np.round(rng.random((40, 11)) + 0.3 * labels[:, None], 1)  # many ties
+  cutoffs = np.linspace(0, 1.3, 14)
+  whole = grid_search.select(scores, labels, cutoffs, 'f1')
+  for points in (1, 14, 15, 14 * 3, 1000):  # one outer point a chunk, ..., all at once
+    monkeypatch.setattr(grid_search, '_POINTS_PER_CHUNK', points)
+    assert grid_search.select(scores, labels, cutoffs, 'f1') == whole
+  tied = np.tile(scores[:, :1], (1, 6))  # every outer point the same: the first one wins
+  monkeypatch.setattr(grid_search, '_POINTS_PER_CHUNK', 14)
+  assert grid_search.select(tied, labels, cutoffs, 'f1').outer == 0
+
+
+def test_a_grid_of_the_largest_allowed_sizes_fits_in_memory():
+  # 10**4 outer points x 10**4 cut-offs needed some 20 GB at once (a MemoryError after
+  # training); in chunks a few hundred MB at most.
+  import resource
+  rng = np.random.default_rng(0)
+  labels = (rng.random(12) < 0.5).astype(int)
+  scores = rng.random((12, 10_000))
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  chosen = grid_search.select(scores, labels, np.linspace(0, 1, 10_000), 'f1')
+  grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+  assert grown_mb < 1000 and 0 <= chosen.outer < 10_000
+
+
 def test_ties_pick_the_first_grid_point():
   labels = np.array([0, 1])
   scores = np.array([[0.0, 0.0], [1.0, 1.0]])  # (image, outer): both outer points perfect

@@ -213,10 +213,13 @@ def check_params(eps_values, min_samples_values):
   if eps_values.size == 0 or not ((eps_values > 0) & (eps_values <= MAX_EPS)).all():
     raise ValueError(f'eps must be positive and at most {MAX_EPS} (a quarter of the image\'s '
                      f'side, in the features\' units), got {eps_values}')
-  min_samples_values = np.asarray(min_samples_values).reshape(-1)
-  if min_samples_values.size == 0 or (min_samples_values < 1).any() or not np.all(
+  # (as float64: 2**63 cast to int64 wrapped to -2**63, every pixel a core point, and a Python
+  # int past uint64 made an object array, a TypeError)
+  min_samples_values = np.asarray(min_samples_values, np.float64).reshape(-1)
+  if min_samples_values.size == 0 or not ((min_samples_values >= 1)
+                                          & (min_samples_values < 2 ** 31)).all() or not np.all(
       min_samples_values == np.round(min_samples_values)):
-    raise ValueError(f'min_samples must be integers >= 1, got {min_samples_values}')
+    raise ValueError(f'min_samples must be integers in [1, 2**31), got {min_samples_values}')
   return eps_values, min_samples_values.astype(np.int64)
 
 

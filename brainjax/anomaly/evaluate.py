@@ -141,10 +141,13 @@ def check_config(config) -> None:
     raise ValueError(f'anomaly.dbscan_anomaly_thresholds={config.dbscan_anomaly_thresholds}: '
                      'they must be in [0, 1)')
   try:
-    dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
+    eps, min_samples = dbscan_rule.check_params(config.dbscan_eps, config.dbscan_min_samples)
   except ValueError as error:
     raise ValueError(f'anomaly.dbscan_eps={config.dbscan_eps}, dbscan_min_samples='
                      f'{config.dbscan_min_samples}: {error}') from None
+  if thresholds.size * eps.size * min_samples.size > MAX_GRID_SIZE:  # (one score per image each)
+    raise ValueError(f'anomaly.dbscan_*: {thresholds.size} x {eps.size} x {min_samples.size} '
+                     f'(thresholds x eps x min_samples) DBSCAN grid points, over {MAX_GRID_SIZE}')
   for field in ('kmeans_max_iter', 'global_max_iter'):
     if not 1 <= config[field] < 2 ** 31:  # (jitted loops count in int32: an OverflowError)
       raise ValueError(f'anomaly.{field}={config[field]}: it must be an integer in [1, 2**31)')

@@ -65,6 +65,11 @@ def confusion_grid(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray):
   return int((~labels).sum()) - fp, fp, int(labels.sum()) - tp, tp
 
 
+# Grid points whose confusion counts and metrics are held at once (float64 arrays, a dozen per
+# point): a 10**4 x 10**4 grid in one piece took some 20 GB.
+_POINTS_PER_CHUNK = 1 << 18
+
+
 def select(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray,
            metric: str = 'f1') -> Selection:
   """Best (outer, cut-off) pair of a score matrix (N, C) by `metric`."""
@@ -74,10 +79,17 @@ def select(scores: np.ndarray, labels: np.ndarray, cutoffs: np.ndarray,
   scores = np.asarray(scores, np.float64)
   if scores.ndim != 2 or scores.shape[1] == 0 or np.size(cutoffs) == 0:
     raise ValueError(f'need scores (N, C>0) and cut-offs, got {scores.shape}, {np.shape(cutoffs)}')
-  table = classification.metrics_from_confusion(*confusion_grid(scores, labels, cutoffs))[metric]
-  best = int(np.argmax(np.round(table, 12)))  # first maximum in row-major order
-  outer, inner = divmod(best, table.shape[1])
-  return Selection(outer, inner, float(table[outer, inner]))
+  rows = max(1, _POINTS_PER_CHUNK // np.size(cutoffs))  # outer points at a time
+  best = None  # (rounded value, Selection)
+  for start in range(0, scores.shape[1], rows):
+    table = classification.metrics_from_confusion(
+        *confusion_grid(scores[:, start:start + rows], labels, cutoffs))[metric]
+    rounded = np.round(table, 12)
+    first = int(np.argmax(rounded))  # first maximum in row-major order ...
+    outer, inner = divmod(first, table.shape[1])
+    if best is None or rounded[outer, inner] > best[0]:  # ... over all chunks
+      best = (rounded[outer, inner], Selection(start + outer, inner, float(table[outer, inner])))
+  return best[1]
 
 
 def search_giaem(errors, labels, anomaly_thresholds: Sequence[float],
