@@ -69,7 +69,8 @@ def default_anomaly_config() -> ml_collections.ConfigDict:
   c.tumor_index_max = 1.0
   c.tumor_index_spacing = 'geometric'  # or 'linear' (the study's percentages)
   # DBSCAN outer grid; eps in feature units, one pixel step = 1/128 for 128 px
-  # slices (0.015 ~ 1.9 px, 0.025 ~ 3.2 px); the cost grows with eps**2 (window).
+  # slices (0.015 ~ 1.9 px, 0.025 ~ 3.2 px); the cost grows with eps**2 (window). Another
+  # data.image_size needs other values (at 64 px, 0.015 is under one step: no neighbours).
   c.dbscan_anomaly_thresholds = (0.5, 0.6, 0.7, 0.8)
   c.dbscan_eps = (0.015, 0.025)
   c.dbscan_min_samples = (4, 8)
