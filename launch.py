@@ -105,9 +105,13 @@ def quiet_libraries(record):
   still show), and its error log, traceback included, of a wait for a save that a Ctrl-C stopped
   (the run says it was interrupted; the resumed run replaces the unfinished save) or of a save
   that found no room to write (a full disk: each of its threads logs the failure, some 190
-  lines; the run ends with one line naming the folder, its traceback with --verbosity=1)."""
+  lines; the run ends with one line naming the folder, its traceback with --verbosity=1);
+  TFDS's warning that a folder it looks into holds no prepared copy yet, which it does not
+  while brainjax prepares Br35H there."""
   if record.name.startswith('jax.') and record.levelno < std_logging.WARNING:
     return not str(record.msg).startswith('Unable to initialize backend')
+  if '/tensorflow_datasets/' in record.pathname:  # (twice as a Br35H copy is first prepared)
+    return not str(record.msg).startswith('Variant folder')
   if '/orbax/' not in record.pathname:
     return True
   if record.exc_info and (isinstance(record.exc_info[1], KeyboardInterrupt)

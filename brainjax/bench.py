@@ -104,13 +104,18 @@ print(json.dumps(out))
 '''
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """--help with the module docstring's first paragraph as written, and every default."""
+
+
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog='python -m brainjax.bench', description=__doc__.split('\n\n')[0],
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      formatter_class=_HelpFormatter)
   parser.add_argument('--models', default=','.join(MODELS),
                       help='comma-separated subset of ' + ','.join(MODELS) + " ('' for none)")
-  parser.add_argument('--batch', type=int, default=64)
+  parser.add_argument('--batch', type=int, default=64, help='images per train step')
   parser.add_argument('--steps', type=int, default=5, help='timed steps after the warm-up')
   parser.add_argument('--rounds', type=int, default=1,
                       help='repeat the (peer, JAX) pair of each model this often; medians pool '
@@ -130,14 +135,16 @@ def parse_args(argv=None):
                       help='the interpreter that has torch, for --peer')
   parser.add_argument('--peer-device', default='cpu',
                       help="torch device the peer runs on, e.g. 'cuda' beside a GPU run")
-  parser.add_argument('--peer-script', default=str(PEER_SCRIPT))
+  parser.add_argument('--peer-script', default=str(PEER_SCRIPT),
+                      help='the PyTorch reference whose step functions --peer times')
   parser.add_argument('--compare', default='',
                       help="a saved JSON of the peer script's output, instead of --peer (it "
                       "holds the peer's mean step, where --peer times medians on both sides; "
                       "save it with this run's --batch and --threads)")
   parser.add_argument('--anomaly', action=argparse.BooleanOptionalAction, default=True,
                       help='also time reconstruction error and the anomaly grid searches')
-  parser.add_argument('--anomaly-slices', type=int, default=3000)
+  parser.add_argument('--anomaly-slices', type=int, default=3000,
+                      help='error maps the anomaly stage and its loop baseline run on')
   parser.add_argument('--output', default='', help='also write the JSON here')
   args = parser.parse_args(argv)
   args.models = [m for m in args.models.split(',') if m]

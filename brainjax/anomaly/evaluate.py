@@ -286,4 +286,6 @@ def evaluate_anomaly_rules(
       # (score 0.5, a tumour at alpha 1) to the other side in a later prediction.
       fitted[FITTED_ARRAYS[0]] = np.asarray(found.extra['centroids'], np.float64)
   results['selected_rule'] = select_rule(results, config.selection_metric)
+  logging.info('Selected rule (best validation %s): %s; predict applies it by default.',
+               config.selection_metric, results['selected_rule'])
   return results, fitted, scores

@@ -199,6 +199,7 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
       if parallel.is_first_host():
         reporting.save_image_grid(os.path.join(figures_dir, f'samples_{name}.png'),
                                   fake.images[:32])
+        logging.info('Wrote %s', os.path.join(figures_dir, f'{{samples,closest}}_{name}.png'))
       rows[key] = {k: float(v) for k, v in row.items()}
   return rows
 

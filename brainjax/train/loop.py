@@ -410,9 +410,10 @@ def fit(config, workdir, state, train_step, train_arrays, *,
       # (predict and the study read it as the run's).
       reporting.remove_metrics_json(workdir)
   if step < total_steps:
-    logging.info('Training %d steps (%d epochs of %d) at global batch %d on %d device(s) '
-                 'of %d process(es).', total_steps, config.num_epochs, per_epoch,
-                 config.batch_size, len(devices), jax.process_count())
+    # (from step 1: a rerun after a Ctrl-C before the first checkpoint starts over)
+    logging.info('Training steps %d to %d (%d epochs of %d steps) at global batch %d on %d '
+                 'device(s) of %d process(es).', step + 1, total_steps, config.num_epochs,
+                 per_epoch, config.batch_size, len(devices), jax.process_count())
   else:
     logging.info('Nothing left to train: the run is at its last step (%d).', total_steps)
 

@@ -4,8 +4,10 @@ Preparations into one data_dir are serialised across processes (an flock on the 
 two runs sharing a cache folder would otherwise empty each other's staging folder and race
 TFDS's final rename.
 """
+import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -76,8 +78,12 @@ def _prepare(manual_dir: str, prepared: str):
     logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
     source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
     try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(manual_dir=source))
+      # (TFDS prints "Downloading and preparing dataset Unknown size" of this local copy, and
+      # its progress bars put raw escape codes in a run's log: the line above says it all.)
+      tfds.disable_progress_bar()
+      with contextlib.redirect_stdout(io.StringIO()):
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=source))
     except ValueError as error:  # (it names the link to a zip in `prepared`, not the user's)
       raise ValueError(f'{manual_dir}: {error}') from None
     except (OSError, RuntimeError) as error:
