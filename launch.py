@@ -107,7 +107,10 @@ def quiet_libraries(record):
   that found no room to write (a full disk: each of its threads logs the failure, some 190
   lines; the run ends with one line naming the folder, its traceback with --verbosity=1);
   TFDS's warning that a folder it looks into holds no prepared copy yet, which it does not
-  while brainjax prepares Br35H there."""
+  while brainjax prepares Br35H there; Orbax's warning that a save waited for the one before,
+  which counts the time since that save that the loop itself waited for it (a best checkpoint
+  commits before the latest, loop._Saves), not a save running into the next ("took 1.1
+  seconds ... consider checkpointing less frequently", once a minute on Br35H's BrainCNN)."""
   if record.name.startswith('jax.') and record.levelno < std_logging.WARNING:
     return not str(record.msg).startswith('Unable to initialize backend')
   if '/tensorflow_datasets/' in record.pathname:  # (twice as a Br35H copy is first prepared)
@@ -117,6 +120,8 @@ def quiet_libraries(record):
   if record.exc_info and (isinstance(record.exc_info[1], KeyboardInterrupt)
                           or checkpoints.out_of_room(record.exc_info[1])):
     return False
+  if str(record.msg).startswith('Waiting for previous save to complete took'):
+    return False  # (our own wait, see the docstring)
   return record.levelno >= std_logging.WARNING
 
 

@@ -792,6 +792,9 @@ def test_the_run_log_drops_library_chatter_but_not_warnings_or_errors():
   orbax = '/site-packages/orbax/checkpoint/checkpoint_manager.py'
   assert not launch.quiet_libraries(record(logging.INFO, orbax))
   assert launch.quiet_libraries(record(logging.WARNING, orbax))
+  waited = ('Waiting for previous save to complete took %f seconds. If this number is high, '
+            'consider checkpointing less frequently.')  # (the loop's own wait for best/)
+  assert not launch.quiet_libraries(record(logging.WARNING, orbax, message=waited))
   assert launch.quiet_libraries(record(logging.ERROR, orbax, OSError('disk full')))
   assert not launch.quiet_libraries(record(logging.ERROR, orbax, KeyboardInterrupt()))
   # (A save that found no room: the run ends with one line saying so.)
