@@ -110,9 +110,8 @@ def _walk_folder(root: str) -> List[InputFile]:
       continue
     files.append(InputFile(rel, label, full))
   if crossing:
-    logging.warning('%s: %d files are links into the other class folder, not read: %s%s', root,
-                    len(crossing), ', '.join(sorted(crossing)[:5]),
-                    ' ...' if len(crossing) > 5 else '')
+    logging.warning('%s: %d files are links into the other class folder, not read: %s', root,
+                    len(crossing), layout.some_names(sorted(crossing)))
   return sorted(files, key=lambda f: f.path)
 
 

@@ -14,7 +14,7 @@ import os
 import stat
 import zipfile
 import zlib
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from absl import logging
 
@@ -44,13 +44,21 @@ def is_junk(name: str, backslash: bool = True) -> bool:
           or (bool(parts) and parts[-1] == 'Thumbs.db'))
 
 
+_LOG_NAMES = 5  # names a log line shows
+
+
+def some_names(names: Sequence[str], separator: str = ', ') -> str:
+  """The first few of `names` for a log line, ' ...' after them if there are more."""
+  return separator.join(names[:_LOG_NAMES]) + (' ...' if len(names) > _LOG_NAMES else '')
+
+
 def warn_of_parent_parts(path: str, names: List[str]) -> None:
   """Logs a zip's members whose names climb with '..' ('yes/../../x.png'): not read (is_junk
   takes '..' as a hidden name), as where they would unzip to is outside the archive's folder."""
   climbing = [n for n in names if '..' in _parts(n)]
   if climbing:
-    logging.warning('%s: %d members named with .. are not read: %s%s', path, len(climbing),
-                    ', '.join(climbing[:5]), ' ...' if len(climbing) > 5 else '')
+    logging.warning('%s: %d members named with .. are not read: %s', path, len(climbing),
+                    some_names(climbing))
 
 
 def label_of(path: str, backslash: bool = True) -> Optional[int]:
@@ -222,19 +230,19 @@ def run_folders(paths: Iterable[str]) -> Dict[str, str]:
   return found
 
 
-def _read_once(root: str, cls: str, named: List[Tuple[str, int, str]]):
-  """`named` with one entry per file on disk: a link to a file of the class folder (or two
-  links to one file) would read one slice twice, under two ids, which a random split can put
-  on both sides. The file itself is kept (its first link if none is in the folder)."""
+def _read_once(root: str, cls: str, named: List[Tuple[str, int, str]], real: Dict[str, str]):
+  """`named` with one entry per file on disk (`real`: each name's real path): a link to a file
+  of the class folder (or two links to one file) would read one slice twice, under two ids,
+  which a random split can put on both sides. The file itself is kept (its first link if none
+  is in the folder)."""
   first = {}
   for entry in sorted(named, key=lambda n: (os.path.islink(n[2]), n[0])):
-    first.setdefault(os.path.realpath(entry[2]), entry)
+    first.setdefault(real[entry[0]], entry)
   if len(first) < len(named):
     kept = {n[0] for n in first.values()}
     again = sorted(n[0] for n in named if n[0] not in kept)
     logging.warning('%s: %d files under %s/ are links to a file read there already, not read '
-                    'twice: %s%s', root, len(again), cls, ', '.join(again[:5]),
-                    ' ...' if len(again) > 5 else '')
+                    'twice: %s', root, len(again), cls, some_names(again))
     named = [n for n in named if n[0] in kept]
   return named
 
@@ -263,25 +271,25 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
       continue
     others = tuple(os.path.realpath(f).rstrip(os.sep) + os.sep
                    for c, f in folders.items() if c != cls)
-    named, crossing = [], []
+    named, crossing, real = [], [], {}
     for full in walk_files(folders[cls]):
       # A backslash in a file name is a character here (yes/a\b.png is not yes/a/b.png).
       rel = os.path.relpath(full, folders[cls]).replace(os.sep, '/')
       name = '/'.join([cls] + _parts(rel, backslash=False))
       if is_junk(name, backslash=False):
         continue
-      if others and os.path.realpath(full).startswith(others):
+      real[name] = os.path.realpath(full)
+      if others and real[name].startswith(others):
         crossing.append(name)
       else:
         named.append((name, label, full))
     if crossing:
       logging.warning('%s: %d files under %s/ are links into another class folder, not read as '
-                      '%s/: %s%s', root, len(crossing), cls, cls, ', '.join(sorted(crossing)[:5]),
-                      ' ...' if len(crossing) > 5 else '')
-    named = _read_once(root, cls, named)
+                      '%s/: %s', root, len(crossing), cls, cls, some_names(sorted(crossing)))
+    named = _read_once(root, cls, named, real)
     outputs = tuple(run_folders(full for _, _, full in named))
     if outputs:
-      scans = [n for n in named if not os.path.realpath(n[2]).startswith(outputs)]
+      scans = [n for n in named if not real[n[0]].startswith(outputs)]
       logging.warning('%s: not reading the %d files of brainjax run folders under %s/ (%s)', root,
                       len(named) - len(scans), cls, ', '.join(outputs))
       named = scans

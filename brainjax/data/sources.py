@@ -51,7 +51,6 @@ PHANTOM_DEFAULT_PER_CLASS = 1500
 PREPROCESS_VERSION = 8  # 8: float images stretched between percentiles; 16-bit colour refused
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
-_LOG_NAMES = 5
 
 
 def _cfg(data_cfg, name, default):
@@ -136,9 +135,8 @@ def _warn_of_files_in_both_classes(jobs, digests, data_dir) -> None:
       names.setdefault(digest, {}).setdefault(label, name)
   both = [' = '.join(sorted(by_label.values())) for by_label in names.values() if len(by_label) > 1]
   if both:
-    logging.warning('%s: identical files in yes/ and no/, kept under both labels: %d (%s%s)',
-                    data_dir, len(both), '; '.join(both[:_LOG_NAMES]),
-                    ' ...' if len(both) > _LOG_NAMES else '')
+    logging.warning('%s: identical files in yes/ and no/, kept under both labels: %d (%s)',
+                    data_dir, len(both), layout.some_names(both, '; '))
 
 
 def check_location(data_cfg) -> None:
@@ -391,9 +389,8 @@ def _write_npz(path, arrays):
 def _warn_of_skipped(skipped, total: int, what: str) -> None:
   """Names the first of the (name, reason) pairs skipped of `total` files."""
   if skipped:
-    shown = '; '.join(f'{name} ({reason})' for name, reason in skipped[:_LOG_NAMES])
-    logging.warning('Skipped %d of %d %s: %s%s', len(skipped), total, what, shown,
-                    ' ...' if len(skipped) > _LOG_NAMES else '')
+    shown = layout.some_names([f'{name} ({reason})' for name, reason in skipped], '; ')
+    logging.warning('Skipped %d of %d %s: %s', len(skipped), total, what, shown)
 
 
 def _read_cache(path) -> Source:

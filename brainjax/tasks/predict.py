@@ -455,12 +455,7 @@ def check_config(config):
     parallel.train_devices(config.num_devices)  # (the devices that model trains on)
   else:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
-  rules = (config.rules or 'selected').strip()
-  if task == 'cnn_cls' and rules != 'selected':
-    raise ValueError(f'rules={config.rules!r}: a BrainCNN run has no anomaly rules (a cvae_cls '
-                     'run has)')
-  if rules not in ('selected', 'all'):
-    runs.rules_to_use(rules, {})  # (the names; which ones the run evaluated: when it loads)
+  runs.check_rules(task, config.rules)
 
 
 def _files_to_read(input_path, workdir):

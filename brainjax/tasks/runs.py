@@ -153,12 +153,20 @@ def rules_to_use(spec: str, metrics: Dict[str, Any], selection_metric: str = 'f1
   return list(dict.fromkeys(names))
 
 
+def check_rules(task: str, spec: str) -> None:
+  """A ValueError for config.rules no run of `task` can take, found before it loads: rules on a
+  BrainCNN run, or names that are no rules (which ones the run evaluated: once it loads)."""
+  spec = (spec or 'selected').strip()
+  if task == 'cnn_cls' and spec != 'selected':
+    raise ValueError(f'rules={spec!r}: a BrainCNN run has no anomaly rules (a cvae_cls run has)')
+  if spec not in ('selected', 'all'):
+    rules_to_use(spec, {})
+
+
 def run_rules(run: Run, spec: str) -> List[str]:
   """rules_to_use for a run: [] for a BrainCNN; the run's own selection metric."""
+  check_rules(run.task, spec)
   if run.task != 'cvae_cls':
-    if (spec or 'selected').strip() != 'selected':
-      raise ValueError(f'rules={spec!r}: a BrainCNN run has no anomaly rules (a cvae_cls run '
-                       'has)')
     return []
   metric = run.config.get('anomaly', {}).get('selection_metric', 'f1')
   rules = rules_to_use(spec, run.metrics, metric)

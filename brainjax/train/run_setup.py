@@ -140,10 +140,9 @@ def prepare_workdir(config, workdir):
 
 def _entry_holding(workdir, path):
   """(the entry of workdir that holds path,), or () if path is not inside workdir."""
-  relative = os.path.relpath(os.path.realpath(path), os.path.realpath(workdir))
-  if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
+  if not layout.is_inside(path, workdir):
     return ()
-  return (relative.split(os.sep)[0],)
+  return (os.path.relpath(os.path.realpath(path), os.path.realpath(workdir)).split(os.sep)[0],)
 
 
 def after_success(workdir):

@@ -107,8 +107,7 @@ def _warn_of_files_left_out(manual_dir: str, prepared: str) -> None:
     return
   if names:
     logging.warning('%d Br35H files in %s could not be read when it was prepared, and are left '
-                    'out: %s%s', len(names), manual_dir, ', '.join(names[:5]),
-                    ' ...' if len(names) > 5 else '')
+                    'out: %s', len(names), manual_dir, layout.some_names(names))
 
 
 def _no_room(error):
