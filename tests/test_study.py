@@ -214,22 +214,51 @@ def test_the_study_s_own_settings_reach_every_stage():
   assert study.sub_config(config, 'cnn_cls', 'mixed', 'random', 0).learning_rate == 2
 
 
-def test_a_study_rerun_may_not_change_its_stages_settings(tmp_path):
+def test_a_study_rerun_may_change_the_settings_of_stages_it_has_not_begun(tmp_path):
   config = study_config.get_config('quick,smoke')
   workdir = str(tmp_path)
   reruns.write_config(workdir, config)
-  stage = tmp_path / 'random' / 'seed0' / 'generators' / 'vae_positive'
-  stage.mkdir(parents=True)
-  (stage / 'config.json').write_text('{}')  # its first stage has begun (and was refused)
-  config.overrides.vae_gen.batch_size = 2  # e.g. what that stage's refusal asked for
+  stage = lambda *parts: str(tmp_path.joinpath('random', 'seed0', *parts))
+  sub = lambda task, variant: study.sub_config(config, task, variant, 'random', 0)
+  # A BrainCNN stage whose loss diverged before its first checkpoint, after its generators
+  # finished: its overrides may be fixed (they had to be repeated, or the generators retrained).
+  for label in ('positive', 'negative'):
+    os.makedirs(stage('generators', f'vae_{label}'))
+    reruns.write_config(stage('generators', f'vae_{label}'), sub('vae_gen', label))
+    reporting.write_metrics_json(stage('generators', f'vae_{label}'), {'steps': 1})
+  os.makedirs(stage('cnn_cls_real'))
+  reruns.write_config(stage('cnn_cls_real'), sub('cnn_cls', 'real'))
+  config.overrides.cnn_cls.learning_rate = 1e-3
+  config.seeds, config.checkpoint_every_secs, config.knn_k = 3, 5.0, 5  # how it runs; the audit
   reruns.write_config(workdir, config)
-  (stage / 'metrics.json').write_text('{}')  # a finished stage
-  config.seeds, config.checkpoint_every_secs = 3, 5.0  # more seeds; how it runs
-  config.knn_k = 5  # the audit, recomputed by every run
-  reruns.write_config(workdir, config)
-  config.overrides.cnn_cls.num_epochs = 7  # a finished stage would keep its old metrics
-  with pytest.raises(ValueError, match='overrides.cnn_cls.num_epochs: 1 -> 7'):
-    reruns.write_config(workdir, config)
+  study.check_stages(config, workdir)
+  # Rerun so, the stage begins; then it refuses what its own rerun refuses, and allows the rest.
+  reruns.write_config(stage('cnn_cls_real'), sub('cnn_cls', 'real'))
+  (tmp_path / 'random' / 'seed0' / 'cnn_cls_real' / 'test_scores.npz').write_bytes(b'')
+  config.overrides.cnn_cls.num_epochs = 7
+  study.check_stages(config, workdir)
+  config.overrides.cnn_cls.learning_rate = 1e-2
+  with pytest.raises(reruns.RerunRefused, match='study stage cnn_cls in .*cnn_cls_real: .*'
+                     'learning_rate: 0.001 -> 0.01'):
+    study.check_stages(config, workdir)
+  config.overrides.cnn_cls.learning_rate = 1e-3
+  # A finished stage keeps its metrics: nothing that decides them may change.
+  config.overrides.vae_gen.batch_size = 2
+  with pytest.raises(reruns.RerunRefused, match='study stage vae_gen in .*vae_positive: .*'
+                     'batch_size'):
+    study.check_stages(config, workdir)
+
+
+def test_a_knn_k_the_training_slices_cannot_take_is_refused_before_any_stage_runs(
+    tmp_path, monkeypatch):
+  config = study_config.get_config('quick,smoke')
+  config.cache_dir = str(tmp_path / 'cache')
+  config.knn_k, config.num_synthetic = 17, 20  # the smoke split has fewer training slices
+  def no_stage(*args):
+    raise AssertionError('a stage ran')
+  monkeypatch.setattr(study, 'run_stage', no_stage)
+  with pytest.raises(ValueError, match='knn_k=17: .* has [0-9]+ .random split, seed 0.'):
+    study.train_and_evaluate(config, str(tmp_path / 'study'))
 
 
 def test_a_finished_stage_of_other_settings_is_an_error(tmp_path):

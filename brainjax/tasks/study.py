@@ -65,15 +65,27 @@ def sub_config(config, task, variant, split_mode, seed):
 _STAGE_PATHS = frozenset({'dir', 'synthetic_dirs'})
 
 
+def check_stage(sub, workdir):
+  """reruns.RerunRefused if the stage in workdir ran with settings the study now gives it
+  otherwise: a finished one (never rerun: its metrics would not be this config's) with any
+  that decide its results, a begun one with what its own rerun refuses."""
+  if os.path.exists(os.path.join(workdir, 'metrics.json')):
+    changed = reruns.config_changes(reruns.read_config_json(workdir),
+                                    json.loads(sub.to_json_best_effort()),
+                                    reruns.RUN_FIELDS | _STAGE_PATHS)
+    if changed:
+      raise reruns.RerunRefused(reruns.changes_message(workdir, changed))
+  elif os.path.isdir(workdir):
+    reruns.check_workdir(workdir, sub, reruns.RERUN_FIELDS | _STAGE_PATHS)
+
+
 def run_stage(task, sub, workdir):
   """Runs one task unless its metrics.json already exists; returns its metrics as written."""
   if os.path.exists(os.path.join(workdir, 'metrics.json')):
-    # Another version's stage defaults may differ: its metrics would not be this config's.
-    changed = reruns.config_changes(reruns.read_config_json(workdir),
-                                       json.loads(sub.to_json_best_effort()),
-                                       reruns.RUN_FIELDS | _STAGE_PATHS)
-    if changed:
-      raise ValueError(reruns.changes_message(workdir, changed))
+    try:
+      check_stage(sub, workdir)
+    except ValueError as error:
+      raise type(error)(f'study stage {task} in {workdir}: {error}') from None
     return reporting.read_metrics_json(workdir)
   logging.info('Study stage %s -> %s', task, workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -129,12 +141,12 @@ def train_generators(config, workdir, split_mode, seed):
   return exports
 
 
-def train_classifiers(config, workdir, split_mode, seed, exports):
-  """BrainCNN and BrainCVAE on real / synthetic / mixed data for every synthetic source."""
-  results = []
+def classifier_stages(config, workdir, split_mode, seed, exports):
+  """(task, train_data, kind, config, run_dir) of each classifier stage of one split mode and
+  seed: BrainCNN and BrainCVAE on real / synthetic / mixed data for every synthetic source
+  (kind: the generator whose exports it trains on; '-': none)."""
   for task in ('cnn_cls', 'cvae_cls'):
     for train_data in ('real', 'synthetic', 'mixed'):
-      # (the generator kind whose exports it trains on; '-': none)
       kinds = ['-'] if train_data == 'real' else config.synthetic_sources.split(',')
       for kind in kinds:
         sub = sub_config(config, task, train_data, split_mode, seed)
@@ -142,11 +154,37 @@ def train_classifiers(config, workdir, split_mode, seed, exports):
           labels = ('positive', 'negative') if task == 'cnn_cls' else ('negative',)
           sub.synthetic_dirs = ','.join(exports[kind][label] for label in labels)
         name = f'{task}_{train_data}' + ('' if kind == '-' else f'_{kind}')
-        run_dir = os.path.join(workdir, split_mode, f'seed{seed}', name)
-        metrics = run_stage(task, sub, run_dir)
-        results.append(dict(task=task, train_data=train_data, source=kind, seed=seed,
-                            split=split_mode, run_dir=run_dir, metrics=metrics))
+        yield task, train_data, kind, sub, os.path.join(workdir, split_mode, f'seed{seed}', name)
+
+
+def train_classifiers(config, workdir, split_mode, seed, exports):
+  """Runs classifier_stages; returns each one's results."""
+  results = []
+  for task, train_data, kind, sub, run_dir in classifier_stages(config, workdir, split_mode,
+                                                                seed, exports):
+    metrics = run_stage(task, sub, run_dir)
+    results.append(dict(task=task, train_data=train_data, source=kind, seed=seed,
+                        split=split_mode, run_dir=run_dir, metrics=metrics))
   return results
+
+
+def check_stages(config, workdir):
+  """Before any stage runs: check_stage of every stage this study has begun or finished. A
+  study's rerun may change any setting none of them ran with (e.g. a stage's overrides after
+  its loss diverged before its first checkpoint), and its seeds, split modes and audit."""
+  for split_mode in config.split_modes.split(','):
+    for seed in range(config.seed, config.seed + config.seeds):
+      stages, exports = [], {}
+      for kind, label, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
+        stages.append((f'{kind}_gen', sub, run_dir))
+        exports.setdefault(kind, {})[label] = sub.export.dir
+      stages += [(task, sub, run_dir) for task, _, _, sub, run_dir
+                 in classifier_stages(config, workdir, split_mode, seed, exports)]
+      for task, sub, run_dir in stages:
+        try:
+          check_stage(sub, run_dir)
+        except ValueError as error:
+          raise type(error)(f'study stage {task} in {run_dir}: {error}') from None
 
 
 def real_cnn_split(config, split_mode, seed):
@@ -167,9 +205,6 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
   real = {}  # label: (training slices, holdout slices, their features), for every generator
   for label_name, label in (('positive', POSITIVE), ('negative', NEGATIVE)):
     real_train, real_holdout = train.with_label(label), holdout.with_label(label)
-    if len(real_train) <= config.knn_k:
-      raise ValueError(f'knn_k={config.knn_k}: the k-NN estimate needs more real training '
-                       f'slices, {label_name} has {len(real_train)}; lower it (a rerun may)')
     real[label] = (real_train, real_holdout, features(real_train.images),
                    features(real_holdout.images))
   rows = {}
@@ -344,7 +379,8 @@ def check_layout(config, workdir):
 def check_data(config, workdir):
   """Before any stage runs: a ValueError if a split of the data leaves a classifier a set
   without a class it needs (an empty no/ folder would stop the study once its tumour
-  generators had trained), and reruns.RerunRefused if a stage of this study trained, validated
+  generators had trained) or the generators' audit fewer than knn_k + 1 training slices of a
+  class, and reruns.RerunRefused if a stage of this study trained, validated
   or tested when the data held other slices (files added to or removed from its folder since):
   finished stages are reused as they are, so the table would pair rows tested on different
   slices, and a generator may have trained on the new split's test slices."""
@@ -356,6 +392,13 @@ def check_data(config, workdir):
         sub = sub_config(config, task, 'real', split_mode, seed)
         source = source or datasets.real_source(sub)  # (one data setting for every stage)
         parts = datasets.classifier_split(sub, source, protocol)
+        if task == 'cnn_cls':  # (the generators' audit: k-NN among its training slices)
+          for label, name in ((POSITIVE, 'positive'), (NEGATIVE, 'negative')):
+            count = int((source.examples.labels[parts.train] == label).sum())
+            if count <= config.knn_k:
+              raise ValueError(f'knn_k={config.knn_k}: the k-NN estimate needs more real '
+                               f'training slices, {name} has {count} ({split_mode} split, '
+                               f'seed {seed}); lower it')
         ids = source.examples.ids
         eval_ids[task] = reporting.eval_ids(val=ids[parts.val], test=ids[parts.test])
       for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
@@ -381,6 +424,7 @@ def check_data(config, workdir):
 def train_and_evaluate(config, workdir):
   check_config(config)
   check_layout(config, workdir)
+  check_stages(config, workdir)
   check_data(config, workdir)
   if parallel.is_first_host():  # until this run writes its own, they describe an older one
     reporting.remove_metrics_json(workdir)

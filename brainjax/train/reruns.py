@@ -97,10 +97,6 @@ RUN_FIELDS = frozenset({'checkpoint_every_secs', 'log_every_steps', 'keep_checkp
 # synthetic exports are: named otherwise (from another folder, or moved and re-exported), they
 # are the same data, which the checkpoints' data key checks (loop.check_data_key).
 RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly', 'synthetic_dirs'}
-# A study: also which seeds and split modes it runs, and its audit's knn_k (recomputed by
-# every run). Not its stages' settings: a finished stage is never rerun, and a generator's
-# new export would leave its classifiers stale.
-STUDY_RERUN_FIELDS = RUN_FIELDS | {'seeds', 'split_modes', 'knn_k'}
 
 
 def _flat(tree, prefix=''):
@@ -135,12 +131,6 @@ def changes_message(workdir, changed):
           f'{"; ..." * (len(changed) > 3)}): rerun it with its own, or choose another --workdir')
 
 
-def _finished_stages(workdir):
-  """Whether any run below workdir (a study's stages) has written its metrics.json."""
-  return any('metrics.json' in files for folder, _, files in os.walk(workdir)
-             if folder != workdir)
-
-
 class RerunRefused(ValueError):
   """A workdir's run cannot be rerun so (trained on other data, or further than asked): raised
   before the run changes any file, so that its caller puts back the config.json it held."""
@@ -159,12 +149,12 @@ def check_workdir(workdir, config, allowed=None, ignored=()):
   something else than this run.
 
   A workdir is new, empty, or the same run's (resumed, or rerun with `allowed` fields
-  changed: by default RERUN_FIELDS, STUDY_RERUN_FIELDS for a study; a predict run may be
-  redone with any inputs): a run resumed with other settings would mix two runs in one
-  checkpoint, and other files in it could be someone's data. A ValueError names what is there.
-  A run that stopped before its first checkpoint (e.g. it refused its data, or its loss was
-  not finite from the start) has not begun: its rerun may fix any setting. So is a study none
-  of whose stages has finished (each begun stage still refuses what its own run cannot take).
+  changed: by default RERUN_FIELDS; a predict run may be redone with any inputs, and a study
+  with any settings its stages' own checks let through, study.check_stages): a run resumed
+  with other settings would mix two runs in one checkpoint, and other files in it could be
+  someone's data. A ValueError names what is there. A run that stopped before its first
+  checkpoint (e.g. it refused its data, or its loss was not finite from the start) has not
+  begun: its rerun may fix any setting.
   `ignored`: entries of workdir that are no run's (the preprocessing cache, set inside it).
   """
   path = os.path.join(workdir, 'config.json')
@@ -189,13 +179,11 @@ def check_workdir(workdir, config, allowed=None, ignored=()):
     if saved.get('task') != new['task']:
       raise ValueError(f'{workdir} holds a {saved.get("task")} run, not a {new["task"]} one: '
                        'choose another --workdir')
-    if allowed is None:
-      allowed = STUDY_RERUN_FIELDS if new['task'] == 'study' else RERUN_FIELDS
-    changed = [] if new['task'] == 'predict' else config_changes(saved, new, allowed)
-    if new['task'] == 'study':
-      begun = bool(_finished_stages(workdir))
-    else:
-      begun = bool(set(present) - BEFORE_TRAINING) or checkpoints.holds_checkpoint(workdir)
+    # (a predict run may be redone with any inputs; a study's stages check what they ran with,
+    # study.check_stages)
+    changed = ([] if new['task'] in ('predict', 'study') else
+               config_changes(saved, new, RERUN_FIELDS if allowed is None else allowed))
+    begun = bool(set(present) - BEFORE_TRAINING) or checkpoints.holds_checkpoint(workdir)
     if changed and begun:  # (if not, its config.json is replaced)
       raise RerunRefused(changes_message(workdir, changed))
   elif present:
