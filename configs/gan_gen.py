@@ -23,7 +23,7 @@ def get_config(arg=None):
   config.batch_size = 32
   config.num_epochs = 30
   config.data.num_per_class = 500
-  config.export = ml_collections.ConfigDict(dict(num_samples=1500, batch_size=100, seed=0, dir=''))
+  config.export = ml_collections.ConfigDict(dict(num_samples=1500, seed=0, dir=''))
   if opts.paper:
     config.data.num_per_class = 1500
     config.batch_size = 64
@@ -33,5 +33,4 @@ def get_config(arg=None):
     config.generator = ml_collections.ConfigDict(dict(latent_dim=8, widths=(8, 8, 4, 4)))
     config.discriminator = ml_collections.ConfigDict(dict(widths=(4, 4, 8, 8)))
     config.export.num_samples = 10
-    config.export.batch_size = 8
   return config

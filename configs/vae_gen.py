@@ -25,9 +25,8 @@ def get_config(arg=None):
   config.batch_size = 32
   config.num_epochs = 25
   config.data.num_per_class = 500
-  config.export = ml_collections.ConfigDict(dict(
-      num_samples=1500, batch_size=100, seed=0,
-      dir=''))  # '' = <workdir>/synthetic
+  # dir '' = <workdir>/synthetic
+  config.export = ml_collections.ConfigDict(dict(num_samples=1500, seed=0, dir=''))
   if opts.paper:
     config.model = ml_collections.ConfigDict(dict(
         latent_dim=512, encoder_widths=(64, 128, 256, 512, 512, 1024),
@@ -41,5 +40,4 @@ def get_config(arg=None):
     config.model = ml_collections.ConfigDict(dict(
         latent_dim=8, encoder_widths=(4, 4, 8, 8, 8, 8), decoder_widths=(8, 8, 8, 8, 4, 4)))
     config.export.num_samples = 10
-    config.export.batch_size = 8
   return config

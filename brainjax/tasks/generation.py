@@ -23,14 +23,18 @@ def latent_noise(rng, num, latent_dim, first=0):
   return jax.vmap(lambda key: jax.random.normal(key, (latent_dim,)))(keys)
 
 
-def sample_in_batches(sample_fn, variables, rng, num, batch_size):
-  """Calls `sample_fn(variables, rng, batch_size, first)` (images first .. first + batch_size - 1
-  of the samples of rng, see latent_noise) until `num` images exist. Every call draws a whole
-  batch (of at most `num`), the last one cut: one compiled shape, and the same images as a
-  smaller call."""
-  batch_size = min(batch_size, num)  # (a batch_size of 100000 for 10 images: out of memory)
-  batches = [np.asarray(sample_fn(variables, rng, batch_size, first))[:num - first]
-             for first in range(0, num, batch_size)]
+# Images per sampler call, whatever the export's size: XLA rounds each batch shape's program its
+# own way, so an export drawn in other batches (or a smaller one) had a few pixels one grey level
+# off, other data to the classifier trained on it, which refused the re-export.
+SAMPLES_PER_CALL = 100
+
+
+def sample_in_batches(sample_fn, variables, rng, num):
+  """Calls `sample_fn(variables, rng, SAMPLES_PER_CALL, first)` (images first .. first +
+  SAMPLES_PER_CALL - 1 of the samples of rng, see latent_noise) until `num` images exist, the
+  last call's cut: one compiled shape, so image i is the same in every export of rng."""
+  batches = [np.asarray(sample_fn(variables, rng, SAMPLES_PER_CALL, first))[:num - first]
+             for first in range(0, num, SAMPLES_PER_CALL)]
   return np.concatenate(batches)
 
 
@@ -69,8 +73,7 @@ def export(config, workdir, sample_fn, variables, step, source):
   recording the split (of the real `source`) its generator trained on."""
   out_dir = config.export.dir or os.path.join(workdir, 'synthetic')
   rng = jax.random.PRNGKey(config.export.seed)
-  images = sample_in_batches(sample_fn, variables, rng, config.export.num_samples,
-                             config.export.batch_size)
+  images = sample_in_batches(sample_fn, variables, rng, config.export.num_samples)
   # ('checkpoint': the generator's workdir; the key stays, older exports are matched by it.)
   provenance = dict(generator=config.task, checkpoint=os.path.abspath(workdir),
                     checkpoint_step=int(step), seed=config.export.seed, data=config.data.dataset,
@@ -86,9 +89,9 @@ def check_config(config):
     raise ValueError(f"mode={config.mode!r}; expected 'train' or 'generate'")
   if config.label not in datasets.LABEL_NAMES:
     raise ValueError(f'label={config.label!r}; expected one of {sorted(datasets.LABEL_NAMES)}')
-  for field in ('num_samples', 'batch_size'):
-    if not (isinstance(config.export[field], int) and config.export[field] >= 1):
-      raise ValueError(f'export.{field}={config.export[field]!r}: it must be an integer >= 1')
+  if not (isinstance(config.export.num_samples, int) and config.export.num_samples >= 1):
+    raise ValueError(f'export.num_samples={config.export.num_samples!r}: it must be an integer '
+                     '>= 1')
   # The export holds its samples in memory (float32) before it writes them: 10**12 of them
   # filled the memory once training had finished.
   size = config.data.image_size
