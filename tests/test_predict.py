@@ -853,6 +853,18 @@ def test_a_refused_smoke_run_leaves_its_workdir_as_it_was(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_a_smoke_model_batch_the_devices_cannot_split_is_refused_first(tmp_path, eight_devices):
+  # It was refused once the workdir, its config.json and the model's were written, advising a
+  # batch_size that is predict's own, not the smoke model's.
+  config = predict_config.get_config('smoke')
+  config.num_devices = 3
+  with pytest.raises(ValueError, match=r'smoke mode trains its cnn_cls model at batch_size=8, '
+                     r'which does not split across 3 devices: set num_devices to one of '
+                     r'\[1, 2, 4, 8\]$'):
+    predict.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
 def test_the_inputs_kept_beside_skipped_near_duplicates_keep_their_own_crops(tmp_path):
   predict.write_phantom_folder(str(tmp_path / 'in'), 2, seed=0)
   (tmp_path / 'ref' / 'yes').mkdir(parents=True)

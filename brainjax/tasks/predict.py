@@ -395,15 +395,21 @@ def _drop_near_duplicates(config, workdir: str, run: runs.Run, prepared: Prepare
       raw_thumbnails=prepared.raw_thumbnails[keep]), int(duplicate.sum())
 
 
+def _smoke_model_config(config):
+  """The config of the tiny run smoke mode trains (on this predict's devices)."""
+  sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
+  sub.num_devices = config.num_devices
+  return sub
+
+
 def _smoke_inputs(config, workdir):
   """Smoke mode: a tiny trained run and phantom slices when none are given."""
   model_dir, input_path = config.model_dir, config.input
   if not model_dir:
     model_dir = os.path.join(workdir, f'smoke_model_{config.smoke_task}')  # one per task
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
-      sub = importlib.import_module(f'configs.{config.smoke_task}').get_config('real,smoke')
+      sub = _smoke_model_config(config)
       sub.cache_dir = sources.resolve_cache_dir(config.cache_dir)
-      sub.num_devices = config.num_devices
       os.makedirs(model_dir, exist_ok=True)
       reruns.write_config(model_dir, sub)
       logging.info('Smoke: training a tiny %s run in %s.', config.smoke_task, model_dir)
@@ -452,7 +458,12 @@ def check_config(config):
     task = config.smoke_task
     if task not in runs.MODEL_TASKS:
       raise ValueError(f'smoke_task={task!r}; expected one of {runs.MODEL_TASKS}')
-    parallel.train_devices(config.num_devices)  # (the devices that model trains on)
+    count = len(parallel.train_devices(config.num_devices))  # (those it trains that model on)
+    batch = _smoke_model_config(config).batch_size
+    if batch % count:
+      raise ValueError(f'smoke mode trains its {task} model at batch_size={batch}, which does '
+                       f'not split across {count} devices: set num_devices to one of '
+                       f'{parallel.fitting_device_counts(batch)}')
   else:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   runs.check_rules(task, config.rules)

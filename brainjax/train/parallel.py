@@ -31,15 +31,19 @@ def train_devices(num_devices):
           for d in list(group)[:num_devices]]
 
 
+def fitting_device_counts(batch_size):
+  """The num_devices values (each host's devices) that split batch_size evenly."""
+  hosts = jax.process_count()
+  return [n for n in range(1, jax.local_device_count() + 1) if batch_size % (n * hosts) == 0]
+
+
 def check_batch_split(config, prefix=''):
   """A ValueError unless config.batch_size splits evenly across the devices the run trains on."""
-  count, hosts = len(train_devices(config.num_devices)), jax.process_count()
+  count = len(train_devices(config.num_devices))
   if config.batch_size % count:
-    # num_devices counts each host's devices.
-    fits = [n for n in range(1, jax.local_device_count() + 1)
-            if config.batch_size % (n * hosts) == 0]
     raise ValueError(f'{prefix}batch_size={config.batch_size} does not split across {count} '
-                     f'devices: set num_devices to one of {fits} (or, in a new workdir, '
+                     f'devices: set num_devices to one of '
+                     f'{fitting_device_counts(config.batch_size)} (or, in a new workdir, '
                      f'{prefix}batch_size to a multiple of {count})')
 
 
