@@ -43,7 +43,10 @@ flags.mark_flags_as_required(['config'])
 def parse_flags(argv):
   """absl flag parsing, but a bad config string or override is one line, not a traceback."""
   given = ' '.join(argv[1:])
-  config_file = _config_file(argv)
+  config_files = _config_files(argv)
+  if len(config_files) > 1:  # (absl would load the last, which the checks here did not see)
+    sys.exit(f'error: --config is given {len(config_files)} times: give one (in: {given})')
+  config_file = config_files[0] if config_files else None
   if config_file and not os.path.isfile(config_file):
     sys.exit(f'error: no config file {config_file} (in: {given})')
   try:
@@ -57,7 +60,7 @@ def parse_flags(argv):
     detail = ' '.join(str(detail).split())  # one line
     module = getattr(error, 'obj', None)
     if (isinstance(module, types.ModuleType) and error.name == 'get_config'
-        and _config_file(argv) == os.path.abspath(getattr(module, '__file__', '') or '')):
+        and config_file == os.path.abspath(getattr(module, '__file__', '') or '')):
       sys.exit(f'error: the config file defines no get_config() (in: {given})')
     overridden = [name for a in argv if a.startswith('--config.')  # (each part of a.b.c)
                   for name in a.split('=')[0][len('--config.'):].split('.')]
@@ -88,14 +91,15 @@ def parse_flags(argv):
   return remaining
 
 
-def _config_file(argv):
-  """The absolute path of the file that argv's --config names (None if none)."""
+def _config_files(argv):
+  """The absolute paths of the files argv's --config flags name."""
+  files = []
   for i, arg in enumerate(argv):
     value = (arg.split('=', 1)[1] if arg.startswith('--config=') else
              argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
     if value:
-      return os.path.abspath(value.split(':')[0])
-  return None
+      files.append(os.path.abspath(value.split(':')[0]))
+  return files
 
 
 def quiet_libraries(record):
@@ -188,7 +192,8 @@ def set_up(config, task):
   except ValueError as error:
     run_setup.after_failure(workdir, previous_config, made, time.time(), error)
     sys.exit(f'error: {error}')
-  logging.info('Task %s, workdir %s, %d device(s): %s', config.task, workdir,
+  # (what the host has; training logs how many of them it uses, num_devices)
+  logging.info('Task %s, workdir %s; this host has %d %s device(s).', config.task, workdir,
                jax.local_device_count(), jax.devices()[0].platform)
   return workdir, previous_config, made
 

@@ -162,6 +162,13 @@ REFUSED = [
      'export.seed=4294967296: it must be an integer in [0, 2**32)'),
     (['--config=configs/vae_gen.py:positive,smoke', '--config.export.seed=-1'],
      'export.seed=-1'),
+    # (found once the model had trained)
+    (['--config=configs/vae_gen.py:positive,smoke', '--config.export.dir=README.md/synthetic'],
+     f"cannot use export.dir 'README.md/synthetic': {REPO / 'README.md'} is a file"),
+    # (absl loads the last, which the checks here did not see: a file without get_config() ran
+    # the first one's default variant)
+    (['--config=configs/cnn_cls.py:real,smoke', '--config=configs/common.py'],
+     '--config is given 2 times: give one'),
 ]
 
 
@@ -614,9 +621,9 @@ def test_paths_are_taken_as_the_user_means_them(tmp_path, monkeypatch):
   generator.export.dir = 'data/no/synthetic'
   with pytest.raises(ValueError, match=r'export.dir .* is inside the data folder'):
     run_setup.resolve_paths(generator, 'run')
-  config.synthetic_dirs = '~/a/synthetic,~/b/synthetic'  # (each export's ~)
+  config.synthetic_dirs = '~/a/synthetic, ~/b/synthetic'  # (each export's ~, after a space too)
   run_setup.resolve_paths(config, 'run')
-  assert config.synthetic_dirs == f'{tmp_path}/home/a/synthetic,{tmp_path}/home/b/synthetic'
+  assert config.synthetic_dirs == f'{tmp_path}/home/a/synthetic, {tmp_path}/home/b/synthetic'
   # Orbax and XLA take UTF-8 paths only (they failed with tracebacks, the workdir half made).
   with pytest.raises(ValueError, match='not valid UTF-8'):
     run_setup.resolve_paths(config, os.fsdecode(b'run_\xff'))

@@ -116,7 +116,8 @@ def check_config(config) -> None:
   trains, not after."""
   rules = tuple(config.rules)
   if not rules or set(rules) - set(RULES):
-    raise ValueError(f'anomaly.rules={rules!r}: choose one or more of {RULES}')
+    raise ValueError(f'anomaly.rules={rules!r}: choose one or more of {RULES}, as a tuple '
+                     '(e.g. --config.anomaly.rules="(\'giaem\', \'dbscan\')")')
   if config.selection_metric not in classification.METRIC_NAMES:
     raise ValueError(f'anomaly.selection_metric={config.selection_metric!r}: choose from '
                      f'{classification.METRIC_NAMES}')

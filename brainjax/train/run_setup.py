@@ -17,14 +17,14 @@ TASKS = TRAINING_TASKS + ('study', 'predict')
 _RUN_FILES = reruns.BEFORE_TRAINING | {reruns.LOCK_FILE, 'metrics.json'}
 
 
-def cache_problem(cache):
-  """Why the cache folder could not be made ('' if it can), found without making it (it may
-  lie inside the workdir, which must be empty until the run writes its config.json)."""
-  if os.path.exists(cache):
-    return '' if os.path.isdir(cache) else 'it is a file'
-  if os.path.lexists(cache):  # (a link to nothing: makedirs says only 'File exists')
+def folder_problem(folder):
+  """Why a folder (the cache, an export) could not be made ('' if it can), found without making
+  it (it may lie inside the workdir, which must be empty until the run writes its config.json)."""
+  if os.path.exists(folder):
+    return '' if os.path.isdir(folder) else 'it is a file'
+  if os.path.lexists(folder):  # (a link to nothing: makedirs says only 'File exists')
     return 'it is a link to nothing'
-  parent = os.path.dirname(_folders_to_make(os.path.abspath(cache))[-1])  # (the first there)
+  parent = os.path.dirname(_folders_to_make(os.path.abspath(folder))[-1])  # (the first there)
   if not os.path.exists(parent):
     return f'{parent} is a link to nothing'
   if not os.path.isdir(parent):
@@ -38,7 +38,9 @@ def _expand_home(tree):
   folder named `~` would be made or looked for."""
   for key, value in tree.items():
     if isinstance(value, str) and '~' in value:
-      tree[key] = ','.join(os.path.expanduser(part) for part in value.split(','))
+      # (' ~/b' too, after 'a, ': the parts are read stripped)
+      tree[key] = ','.join(part[:len(part) - len(part.lstrip())] + os.path.expanduser(
+          part.lstrip()) for part in value.split(','))
     elif hasattr(value, 'items'):
       _expand_home(value)
 
@@ -111,10 +113,14 @@ def check_settings(config, task):
     sources.check_location(config.data)
   task.check_config(config)  # the task's own: a study's stages, a classifier's data
   cache = sources.resolve_cache_dir(config.cache_dir)
-  problem = cache_problem(cache)
+  problem = folder_problem(cache)
   if problem:
     raise ValueError(f'cannot use the cache folder {cache!r} (--config.cache_dir, '
                      f'BRAINJAX_CACHE): {problem}')
+  export_dir = config.get('export', {}).get('dir')
+  problem = export_dir and folder_problem(export_dir)
+  if problem:  # (it was found once the model had trained)
+    raise ValueError(f'cannot use export.dir {export_dir!r}: {problem}')
   return cache
 
 
