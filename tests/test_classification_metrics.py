@@ -223,3 +223,11 @@ def test_synthetic_gap_is_paired_by_seed(tmp_path):
   assert flat['grouped/CNN/synthetic/vae/auroc'] is None  # seed 1 has none
   assert flat['grouped/CNN/mixed/vae/accuracy'] == 0.99
   assert flat['grouped/CNN/mixed/vae/accuracy_std'] is None
+
+
+@pytest.mark.parametrize('labels, preds', [([0, 0, 0, 0], [1, 0, 0, 0]), ([1, 1, 1], [0, 1, 1])])
+def test_macro_averages_count_a_class_seen_only_in_the_predictions(labels, preds):
+  m = classification.classification_metrics(labels, preds)
+  for name in ('precision', 'recall', 'f1'):
+    assert m[f'macro_{name}'] == pytest.approx(getattr(skm, f'{name}_score')(
+        labels, preds, average='macro', zero_division=0))

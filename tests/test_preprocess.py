@@ -201,3 +201,36 @@ def test_anything_darker_than_the_background_becomes_0_before_resizing():
 def test_a_margin_outside_0_to_1_is_refused(margin):
   with pytest.raises(ValueError, match='margin must be in'):
     preprocess.crop_info((100, 100), (10, 10, 90, 90), margin)
+
+
+def _disk(img, cy, cx, r, v):
+  yy, xx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+  img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = v
+
+
+def test_a_head_split_in_two_by_a_dark_gap_is_kept_whole():
+  # Parts at least _KEEP_FRACTION of the largest one's size are head.
+  img = np.zeros((192, 192), np.float32)
+  _disk(img, 96, 60, 40, 0.8)
+  _disk(img, 96, 150, 25, 0.8)  # 39% of the larger part: kept (>= 20%)
+  (top, left, bottom, right), _, _ = preprocess.find_head(img)
+  assert left <= 21 and right >= 175
+
+
+def test_a_ring_fragment_near_the_brain_is_inside_the_box():
+  # Small parts within _NEAR of the box (scalp-ring fragments) are head.
+  img = np.zeros((192, 192), np.float32)
+  _disk(img, 96, 96, 50, 0.8)
+  img[36:42, 88:104] = 0.8  # 4 px above the brain, 1.2% of its area
+  (top, _, _, _), _, _ = preprocess.find_head(img)
+  assert top <= 36
+
+
+def test_the_output_is_an_antialiased_resize_of_the_canvas():
+  # 1-px stripes downscaled 4x average to grey; nearest neighbour keeps 0 or 1.
+  img = np.zeros((512, 512), np.float32)
+  _disk(img, 256, 256, 200, 1.0)
+  img[::2] *= 0.5
+  out, _ = preprocess.preprocess(img, size=128, margin=0.0)
+  centre = out[48:80, 48:80]
+  assert centre.std() < 0.05
