@@ -6,10 +6,12 @@ import os
 import pathlib
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
 import zipfile
+import zlib
 
 from absl import logging
 import ml_collections
@@ -717,3 +719,29 @@ def test_br35h_folder_with_a_broken_link_and_a_non_utf8_name(tmp_path, monkeypat
   assert any('gone.jpg' in w and 'cannot be read' in w for w in warnings)
   (summary,) = [w for w in warnings if w.startswith('Skipped')]
   assert summary.startswith(f'Skipped 1 of {len(names) + 1} Br35H files')
+
+
+def test_zip_names_info_zip_stores_in_utf_8_without_the_flag_are_read_as_written(tmp_path):
+  # zipfile decodes a name without the UTF-8 flag as cp437: 'yes/ñ.jpg' of `zip -r` on Linux
+  # was 'yes/├▒.jpg' (its id, its place in the file-name order that num_per_class takes).
+  raw = 'yes/ñ.jpg'.encode('utf-8')
+  placeholder = b'yes/NN.jpg'  # (as long: the archive's offsets stay right)
+  plain, with_field = tmp_path / 'plain.zip', tmp_path / 'field.zip'
+  with zipfile.ZipFile(plain, 'w') as archive:
+    for i, name in enumerate((placeholder.decode(), 'yes/b.jpg', 'no/c.jpg')):
+      archive.writestr(name, b'member %d' % i)
+  plain.write_bytes(plain.read_bytes().replace(placeholder, raw))  # bytes as Info-ZIP stores
+  # Info-ZIP's Unicode Path field: the name in UTF-8, for the CRC-32 of the stored one.
+  field = struct.pack('<B', 1) + struct.pack('<I', zlib.crc32(placeholder)) + raw
+  with zipfile.ZipFile(with_field, 'w') as archive:
+    info = zipfile.ZipInfo(placeholder.decode())
+    info.extra = struct.pack('<HH', 0x7075, len(field)) + field
+    archive.writestr(info, b'member 0')
+    archive.writestr('no/c.jpg', b'member 1')
+  assert [(n, label) for n, label, _ in layout.iter_zip(str(plain))] == [
+      ('no/c.jpg', 0), ('yes/b.jpg', 1), ('yes/ñ.jpg', 1)]
+  assert [n for n, _, _ in layout.iter_zip(str(with_field))] == ['no/c.jpg', 'yes/ñ.jpg']
+  files = inputs.list_inputs(str(plain))
+  assert [f.path for f in files] == ['no/c.jpg', 'yes/b.jpg', 'yes/ñ.jpg']
+  with inputs.Reader() as reader:  # (the member is found by the name zipfile gives it)
+    assert reader._zip_bytes(files[2]) == b'member 0'

@@ -40,14 +40,16 @@ class InputFile:
   """One file of the input.
 
   path: relative to the input ('/'-separated; the file name for a single file; in a zip, the
-    member's name as stored).
+    member's name, layout.member_name).
   label: POSITIVE / NEGATIVE from its folders, or None.
-  source: the file on disk, or the zip archive holding member `path`.
+  source: the file on disk, or the zip archive holding the member.
+  member: in a zip, the member's name as zipfile lists it.
   """
   path: str
   label: Optional[int]
   source: str
   in_zip: bool = False
+  member: str = ''
 
 
 class Reader:
@@ -67,7 +69,7 @@ class Reader:
         if archive is None:
           archive = self._archives[file.source] = zipfile.ZipFile(file.source)
         # The last member of that name, as listed.
-        return layout.read_member(archive, archive.getinfo(file.path))
+        return layout.read_member(archive, archive.getinfo(file.member))
     except ValueError as e:  # too large
       raise image_io.UnreadableImage(str(e)) from None
     except layout.MEMBER_READ_ERRORS + (KeyError,) as e:
@@ -118,18 +120,20 @@ def _walk_folder(root: str) -> List[InputFile]:
 def _list_zip(path: str) -> List[InputFile]:
   try:
     with zipfile.ZipFile(path) as archive:
-      files = [i.filename for i in archive.infolist() if not i.is_dir()]
-    layout.warn_of_parent_parts(path, files)
-    names = [n for n in files if not layout.is_junk(n)]
+      members = [(i.filename, layout.member_name(i)) for i in archive.infolist()
+                 if not i.is_dir()]
+    layout.warn_of_parent_parts(path, [n for _, n in members])
+    names = [(m, n) for m, n in members if not layout.is_junk(n)]
   except (zipfile.BadZipFile, OSError) as e:
     raise ValueError(f'cannot read zip input {path!r}: {e}') from None
   # Members that share a path ('a.png' twice, or 'yes\\a.png' beside 'yes/a.png') would share
   # an output file: the last one is read, as unzip would leave it on disk.
-  last = {safe_relpath(n): n for n in names}
+  last = {safe_relpath(n): (n, m) for m, n in names}
   if len(last) < len(names):
     logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
                     'is read.', path, len(names) - len(last))
-  return [InputFile(n, layout.label_of(n), path, in_zip=True) for n in sorted(last.values())]
+  return [InputFile(n, layout.label_of(n), path, in_zip=True, member=m)
+          for n, m in sorted(last.values())]
 
 
 def check_input(path) -> None:

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import stat
+import struct
 import zipfile
 import zlib
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -322,28 +323,58 @@ def read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
   return archive.read(info)
 
 
+_UTF8_NAME_FLAG = 0x800
+_UNICODE_PATH_FIELD = 0x7075  # Info-ZIP's: version 1, the CRC-32 of the stored name, UTF-8 name
+
+
+def member_name(info: zipfile.ZipInfo) -> str:
+  """A zip member's name as its writer meant it. zipfile decodes a name without the UTF-8 flag
+  as cp437, but Info-ZIP (`zip -r` on Linux) stores UTF-8 names without it (and again in its
+  Unicode Path field): 'yes/ñ.jpg' was 'yes/├▒.jpg', which sorted, and so was selected, unlike
+  the same folder's file."""
+  if info.flag_bits & _UTF8_NAME_FLAG:
+    return info.filename
+  raw = info.orig_filename.encode('cp437')  # (the stored bytes: cp437 maps all 256)
+  extra = info.extra
+  while len(extra) >= 4:
+    field, size = struct.unpack('<HH', extra[:4])
+    data, extra = extra[4:4 + size], extra[4 + size:]
+    if (field == _UNICODE_PATH_FIELD and len(data) > 5 and data[0] == 1
+        and struct.unpack('<I', data[1:5])[0] == zlib.crc32(raw)):
+      try:
+        return data[5:].decode('utf-8')
+      except UnicodeDecodeError:
+        break
+  try:
+    return raw.decode('utf-8')  # (a Linux writer's names; cp437 text is rarely valid UTF-8)
+  except UnicodeDecodeError:
+    return info.filename
+
+
 def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
   """(name, label, bytes) for every file under the class folders of a zip.
 
   bytes is None (logged) for a member that cannot be read: damaged, encrypted or too large.
   """
   with zipfile.ZipFile(path) as archive:
-    warn_of_parent_parts(path, [i.filename for i in archive.infolist() if not i.is_dir()])
-    infos = [i for i in archive.infolist() if not i.is_dir() and not is_junk(i.filename)]
+    members = [(member_name(i), i) for i in archive.infolist() if not i.is_dir()]
+    warn_of_parent_parts(path, [name for name, _ in members])
     # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
     # archive is read, as unzip would leave it on disk.
-    last = {'/'.join(_parts(i.filename)): i for i in infos}
-    if len(last) < len(infos):
+    last = {'/'.join(_parts(name)): i for name, i in members if not is_junk(name)}
+    read = len([name for name, _ in members if not is_junk(name)])
+    if len(last) < read:
       logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
-                      'is read.', path, len(infos) - len(last))
+                      'is read.', path, read - len(last))
     infos = [last[name] for name in sorted(last)]
-    names = [_parts(i.filename) for i in infos]
+    names = [name.split('/') for name in sorted(last)]
     depth, top = _zip_class_depth(path, names)
     for info, parts in zip(infos, names):
       if len(parts) > depth + 1 and parts[depth] in CLASSES and (top is None or parts[0] == top):
         try:
           data = read_member(archive, info)
         except MEMBER_READ_ERRORS + (ValueError,) as e:
-          logging.warning('%s: member %r cannot be read (%s): skipped.', path, info.filename, e)
+          logging.warning('%s: member %r cannot be read (%s): skipped.', path, '/'.join(parts),
+                          e)
           data = None
         yield '/'.join(parts[depth:]), CLASSES.index(parts[depth]), data

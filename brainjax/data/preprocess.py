@@ -9,8 +9,9 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
      Foreground = pixels above background + max(6% of the contrast up to
      the 99.5th percentile, 3 noise sigmas).
   3. Straight frame lines (longer than 75% of the image one way, thin the
-     other) are removed, then a 3x3 binary opening removes specks and text
-     strokes; then connected components: the largest one (the
+     other) are removed from the foreground (not from the pixels: one crossing
+     the box stays in the slice), then a 3x3 binary opening removes specks and
+     text strokes; then connected components: the largest one (the
      head) plus any component at least 20% of its size (a head split in two by
      a dark gap), plus smaller ones (>= 0.1% of the image) that surround the
      centre of that box (a scalp ring separated from the brain by the dark
