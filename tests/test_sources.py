@@ -255,6 +255,34 @@ def test_br35h_files_left_out_of_the_prepared_copy_are_named_on_every_read(tmp_p
                              'prepared, and are left out: yes/gone.jpg')
 
 
+@pytest.mark.parametrize('damage', ['truncate', 'delete', 'info'])
+def test_a_damaged_prepared_br35h_copy_is_one_line_naming_it(tmp_path, damage):
+  # (a copy cut short, a record file gone, a damaged dataset_info.json: a traceback every run)
+  download, data_dir = _fake_br35h(tmp_path / 'download'), tmp_path / 'tfds'
+  assert len(load_br35h_records(str(download), str(data_dir))) == 5
+  (records,) = [p for p in data_dir.rglob('br35h-train.array_record-*')]
+  (info,) = [p for p in data_dir.rglob('dataset_info.json')]
+  if damage == 'truncate':
+    records.write_bytes(records.read_bytes()[:records.stat().st_size // 2])
+  elif damage == 'delete':
+    records.unlink()
+  else:
+    info.write_text(info.read_text()[:40])
+  with pytest.raises(ValueError, match=r'^the Br35H copy prepared in .*br35h_[0-9a-f]+ cannot be '
+                     r'read \(.+\): delete that folder, and the next run prepares it again$'):
+    load_br35h_records(str(download), str(data_dir))
+
+
+def test_what_a_killed_br35h_preparation_left_is_removed_by_the_next(tmp_path):
+  download, data_dir = _fake_br35h(tmp_path / 'download'), tmp_path / 'tfds'
+  assert len(load_br35h_records(str(download), str(data_dir))) == 5
+  (version,) = [p for p in data_dir.glob('br35h_*/br35h/*') if p.is_dir()]
+  unfinished = version.parent / f'incomplete.ABC123_{version.name}'
+  version.rename(unfinished)  # (as TFDS leaves a preparation killed before its last rename)
+  assert len(load_br35h_records(str(download), str(data_dir))) == 5
+  assert sorted(p.name for p in version.parent.iterdir()) == [version.name]
+
+
 def test_preparing_br35h_leaves_nothing_in_the_system_s_temp_folder(tmp_path, monkeypatch):
   # TFDS made an empty tmp*tfds folder there for each builder of an unprepared dataset.
   import tempfile

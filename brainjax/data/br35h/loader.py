@@ -6,6 +6,7 @@ TFDS's final rename.
 """
 import contextlib
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import shutil
 from typing import List, Tuple
 
 from absl import logging
+from google.protobuf import json_format
 import tensorflow_datasets as tfds
 
 from brainjax.data import layout
@@ -75,6 +77,9 @@ def _prepare(manual_dir: str, prepared: str):
     builder = builder_lib.Br35h(data_dir=prepared, file_format='array_record')
     if builder.is_prepared():
       return builder, False
+    # (what a preparation killed before its end left: TFDS starts a folder of its own)
+    for unfinished in glob.glob(os.path.join(prepared, builder.name, 'incomplete.*')):
+      shutil.rmtree(unfinished, ignore_errors=True)
     logging.info('Preparing Br35H from %s into %s', manual_dir, prepared)
     source = _manual_dir_for(manual_dir, os.path.join(prepared, 'manual'))
     try:
@@ -135,15 +140,29 @@ def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, b
     raise ValueError(f'{manual_dir} is a file but not a .zip')
   key = _fingerprint(manual_dir)
   prepared = os.path.join(os.fspath(data_dir), f'br35h_{key}')
-  builder, prepared_now = _prepare(manual_dir, prepared)
+  # A damaged copy (a file cut short, flipped or gone, a damaged dataset_info.json) was a
+  # traceback on every run.
+  def damaged(error):
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(f'the Br35H copy prepared in {prepared} cannot be read ({reason}): delete '
+                      'that folder, and the next run prepares it again')
+
+  try:
+    builder, prepared_now = _prepare(manual_dir, prepared)
+  except json_format.ParseError as error:  # (the builder reads the copy's dataset_info.json)
+    raise damaged(error) from None
   if not prepared_now:
     _warn_of_files_left_out(manual_dir, prepared)
-  data = builder.as_data_source('train')
-  records = []
-  for i in range(len(data)):
-    example = data[i]
-    name = example['filename']
-    name = name.decode('utf-8') if isinstance(name, bytes) else str(name)
-    records.append((name, int(example['label']), bytes(example['image_bytes'])))
+  try:
+    data = builder.as_data_source('train')
+    records = []
+    for i in range(len(data)):
+      example = data[i]
+      name = example['filename']
+      name = name.decode('utf-8') if isinstance(name, bytes) else str(name)
+      records.append((name, int(example['label']), bytes(example['image_bytes'])))
+  except (RuntimeError, OSError, ValueError, TypeError, KeyError) as error:
+    # (array_record's errors; a record cut short decodes to None fields)
+    raise damaged(error) from None
   records.sort(key=lambda r: r[0])
   return records
