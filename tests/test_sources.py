@@ -141,12 +141,21 @@ def test_an_image_in_both_classes_is_named(tmp_path, monkeypatch):
     for i in range(2):
       _scan(2, i, positive).save(root / label / f'{label}{i}.png')
   shutil.copyfile(root / 'yes' / 'yes1.png', root / 'no' / 'copy.png')
+  for label in ('yes', 'no'):  # (skipped as no image: no label noise, though named so once)
+    (root / label / 'notes.txt').write_text('the same notes')
   warnings = _capture_warnings(monkeypatch)
   examples, _ = sources.load_source(_cfg(dataset='folder', data_dir=str(root), num_per_class=0),
                                     str(tmp_path / 'cache'))
   assert len(examples) == 5  # kept, as given
   (message,) = [w for w in warnings if 'identical files in yes/ and no/' in w]
   assert message.endswith('kept under both labels: 1 (no/copy.png = yes/yes1.png)')
+  warnings.clear()  # (and so from the cache)
+  sources.load_source(_cfg(dataset='folder', data_dir=str(root), num_per_class=0),
+                      str(tmp_path / 'cache'))
+  (message,) = [w for w in warnings if 'identical files in yes/ and no/' in w]
+  assert message.endswith('kept under both labels: 1 (no/copy.png = yes/yes1.png)')
+  for label in ('yes', 'no'):
+    os.remove(root / label / 'notes.txt')
   warnings.clear()
   os.remove(root / 'no' / 'copy.png')
   sources.load_source(_cfg(dataset='folder', data_dir=str(root), num_per_class=0),
@@ -773,3 +782,30 @@ def test_zip_names_info_zip_stores_in_utf_8_without_the_flag_are_read_as_written
   assert [f.path for f in files] == ['no/c.jpg', 'yes/b.jpg', 'yes/ñ.jpg']
   with inputs.Reader() as reader:  # (the member is found by the name zipfile gives it)
     assert reader._zip_bytes(files[2]) == b'member 0'
+
+
+def test_hidden_and_os_files_not_read_are_named(tmp_path, monkeypatch):
+  # (a scan named .a.png, and .DS_Store, went unread without a word)
+  root = tmp_path / 'data'
+  root.mkdir()
+  _one_scan_per_class(root)
+  _scan(3, 1, True).save(root / 'yes' / '.hidden.png')
+  (root / 'no' / '.DS_Store').write_bytes(b'\0')
+  (root / 'no' / 'Thumbs.db').write_bytes(b'\0')
+  archive = tmp_path / 'data.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for path in sorted(root.rglob('*')):
+      z.write(path, os.path.relpath(path, root))
+    z.writestr('__MACOSX/yes/._yes0.png', b'junk')
+  infos = []
+  monkeypatch.setattr(logging, 'info', lambda msg, *args: infos.append(msg % args))
+  assert [n for n, _, _ in layout.iter_folder(str(root))] == ['no/no0.png', 'yes/yes0.png']
+  assert [n for n, _, _ in layout.iter_zip(str(archive))] == ['no/no0.png', 'yes/yes0.png']
+  assert [f.path for f in inputs.list_inputs(str(root))] == ['no/no0.png', 'yes/yes0.png']
+  assert [m for m in infos if 'hidden or OS metadata' in m] == [
+      f'{root}: not reading 2 hidden or OS metadata files: no/.DS_Store, no/Thumbs.db',
+      f'{root}: not reading 1 hidden or OS metadata files: yes/.hidden.png',
+      f'{archive}: not reading 4 hidden or OS metadata files: __MACOSX/yes/._yes0.png, '
+      'no/.DS_Store, no/Thumbs.db, yes/.hidden.png',
+      f'{root}: not reading 3 hidden or OS metadata files: no/.DS_Store, no/Thumbs.db, '
+      'yes/.hidden.png']

@@ -95,11 +95,12 @@ class Reader:
 
 
 def _walk_folder(root: str) -> List[InputFile]:
-  files, crossing = [], []
+  files, crossing, hidden = [], [], []
   real_root = os.path.realpath(root)
   for full in layout.walk_files(root):  # (broken links kept: a skipped row says so)
     rel = os.path.relpath(full, root).replace(os.sep, '/')
     if layout.is_junk(rel, backslash=False):
+      hidden.append(rel)
       continue
     label = layout.label_of(rel, backslash=False)
     # A link from one class folder into the other (yes/x.png -> ../no/a.png) would be a
@@ -111,6 +112,7 @@ def _walk_folder(root: str) -> List[InputFile]:
       crossing.append(rel)
       continue
     files.append(InputFile(rel, label, full))
+  layout.log_hidden(root, hidden)
   if crossing:
     logging.warning('%s: %d files are links into the other class folder, not read: %s', root,
                     len(crossing), layout.some_names(sorted(crossing)))
@@ -124,6 +126,7 @@ def _list_zip(path: str) -> List[InputFile]:
                  if not i.is_dir()]
     layout.warn_of_parent_parts(path, [n for _, n in members])
     names = [(m, n) for m, n in members if not layout.is_junk(n)]
+    layout.log_hidden(path, [n for _, n in members if layout.is_junk(n) and '..' not in n.split('/')])
   except (zipfile.BadZipFile, OSError) as e:
     raise ValueError(f'cannot read zip input {path!r}: {e}') from None
   # Members that share a path ('a.png' twice, or 'yes\\a.png' beside 'yes/a.png') would share

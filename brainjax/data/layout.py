@@ -248,6 +248,13 @@ def _read_once(root: str, cls: str, named: List[Tuple[str, int, str]], real: Dic
   return named
 
 
+def log_hidden(where: str, names: List[str]) -> None:
+  """Names the hidden and OS metadata files not read (is_junk): a scan named .a.jpg is one."""
+  if names:
+    logging.info('%s: not reading %d hidden or OS metadata files: %s', where, len(names),
+                 some_names(sorted(names)))
+
+
 def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   """(name like 'yes/a/b.jpg', label, absolute path) of every file under the class folders, in
   the order of their names (a zip of the same folders lists the same files in the same order,
@@ -272,18 +279,20 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
       continue
     others = tuple(os.path.realpath(f).rstrip(os.sep) + os.sep
                    for c, f in folders.items() if c != cls)
-    named, crossing, real = [], [], {}
+    named, crossing, real, hidden = [], [], {}, []
     for full in walk_files(folders[cls]):
       # A backslash in a file name is a character here (yes/a\b.png is not yes/a/b.png).
       rel = os.path.relpath(full, folders[cls]).replace(os.sep, '/')
       name = '/'.join([cls] + _parts(rel, backslash=False))
       if is_junk(name, backslash=False):
+        hidden.append(name)
         continue
       real[name] = os.path.realpath(full)
       if others and real[name].startswith(others):
         crossing.append(name)
       else:
         named.append((name, label, full))
+    log_hidden(root, hidden)
     if crossing:
       logging.warning('%s: %d files under %s/ are links into another class folder, not read as '
                       '%s/: %s', root, len(crossing), cls, cls, some_names(sorted(crossing)))
@@ -361,6 +370,7 @@ def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
     warn_of_parent_parts(path, [name for name, _ in members])
     # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
     # archive is read, as unzip would leave it on disk.
+    log_hidden(path, [name for name, _ in members if is_junk(name) and '..' not in _parts(name)])
     last = {'/'.join(_parts(name)): i for name, i in members if not is_junk(name)}
     read = len([name for name, _ in members if not is_junk(name)])
     if len(last) < read:

@@ -121,17 +121,20 @@ def load_source(data_cfg, cache_dir: str) -> Source:
   else:
     jobs = _folder_jobs(data_dir, n)
     digests = [file_digest(job[3], layout.MAX_IMAGE_BYTES) for job in jobs]
-  _warn_of_files_in_both_classes(jobs, digests, data_dir)
   key = _hash([dataset] + [(job[1], job[2], d) for job, d in zip(jobs, digests)])
-  return _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False, source_dir=data_dir)
+  source = _cached(cache_dir, dataset, key, size, margin, jobs, with_masks=False,
+                   source_dir=data_dir)
+  _warn_of_files_in_both_classes(jobs, digests, set(source.examples.ids.tolist()), data_dir)
+  return source
 
 
-def _warn_of_files_in_both_classes(jobs, digests, data_dir) -> None:
-  """Logs the images whose bytes are in yes/ and in no/: one image under two labels, label
-  noise that no split removes. They are kept, as given."""
+def _warn_of_files_in_both_classes(jobs, digests, kept, data_dir) -> None:
+  """Logs the images (of the files `kept`, those that decoded: a text file in both folders is
+  no label noise) whose bytes are in yes/ and in no/: one image under two labels, label noise
+  that no split removes. They are kept, as given."""
   names = {}  # digest: {label: first file name}
   for (_, name, label, _), digest in zip(jobs, digests):
-    if not digest.startswith('unreadable'):
+    if name in kept:
       names.setdefault(digest, {}).setdefault(label, name)
   both = [' = '.join(sorted(by_label.values())) for by_label in names.values() if len(by_label) > 1]
   if both:
