@@ -809,3 +809,16 @@ def test_hidden_and_os_files_not_read_are_named(tmp_path, monkeypatch):
       'no/.DS_Store, no/Thumbs.db, yes/.hidden.png',
       f'{root}: not reading 3 hidden or OS metadata files: no/.DS_Store, no/Thumbs.db, '
       'yes/.hidden.png']
+
+
+def test_a_file_name_that_is_not_utf_8_is_read_alike_as_folder_and_br35h(tmp_path):
+  # Br35H's builder recorded it with \x escapes, iter_folder with surrogates, which sort after
+  # every letter: the two selected and split other files.
+  download = _fake_br35h(tmp_path / 'download')
+  latin1 = os.fsdecode(b'\xe9t\xe9.jpg')
+  shutil.copyfile(download / 'yes' / 'y0.jpg', download / 'yes' / latin1)
+  names = [n for n, _, _ in layout.iter_folder(str(download))]
+  assert names == ['no/n0.jpg', 'no/n1.jpg', 'yes/\\xe9t\\xe9.jpg', 'yes/broken.jpg',
+                   'yes/y0.jpg', 'yes/y1.jpg']
+  records = load_br35h_records(str(download), str(tmp_path / 'tfds'))
+  assert [r[0] for r in records] == names

@@ -248,6 +248,13 @@ def _read_once(root: str, cls: str, named: List[Tuple[str, int, str]], real: Dic
   return named
 
 
+def text_name(name: str) -> str:
+  """A file name's bytes that are not UTF-8 (kept by os.fsdecode as surrogates) as \\x escapes:
+  the name Br35H's TFDS builder records (its text is UTF-8), so that a folder read as
+  dataset=folder or br35h sorts, selects and names its files alike (they selected others)."""
+  return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
+
+
 def log_hidden(where: str, names: List[str]) -> None:
   """Names the hidden and OS metadata files not read (is_junk): a scan named .a.jpg is one."""
   if names:
@@ -283,7 +290,7 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
     for full in walk_files(folders[cls]):
       # A backslash in a file name is a character here (yes/a\b.png is not yes/a/b.png).
       rel = os.path.relpath(full, folders[cls]).replace(os.sep, '/')
-      name = '/'.join([cls] + _parts(rel, backslash=False))
+      name = text_name('/'.join([cls] + _parts(rel, backslash=False)))
       if is_junk(name, backslash=False):
         hidden.append(name)
         continue

@@ -60,8 +60,6 @@ class Br35h(tfds.core.GeneratorBasedBuilder):
         unreadable.append(name)
         continue
       count += 1
-      # A name that is not UTF-8 (Text features are) keeps its bytes as escapes.
-      name = name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
       yield name, {'image_bytes': data, 'label': label, 'filename': name}
     self.unreadable = tuple(unreadable)
     if unreadable:
