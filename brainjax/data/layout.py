@@ -53,10 +53,15 @@ def some_names(names: Sequence[str], separator: str = ', ') -> str:
   return separator.join(names[:_LOG_NAMES]) + (' ...' if len(names) > _LOG_NAMES else '')
 
 
+def climbs(name: str) -> bool:
+  """Whether a zip member's name climbs with '..' ('yes/../../x.png')."""
+  return '..' in _parts(name)
+
+
 def warn_of_parent_parts(path: str, names: List[str]) -> None:
   """Logs a zip's members whose names climb with '..' ('yes/../../x.png'): not read (is_junk
   takes '..' as a hidden name), as where they would unzip to is outside the archive's folder."""
-  climbing = [n for n in names if '..' in _parts(n)]
+  climbing = [n for n in names if climbs(n)]
   if climbing:
     logging.warning('%s: %d members named with .. are not read: %s', path, len(climbing),
                     some_names(climbing))
@@ -377,12 +382,12 @@ def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
     warn_of_parent_parts(path, [name for name, _ in members])
     # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
     # archive is read, as unzip would leave it on disk.
-    log_hidden(path, [name for name, _ in members if is_junk(name) and '..' not in _parts(name)])
-    last = {'/'.join(_parts(name)): i for name, i in members if not is_junk(name)}
-    read = len([name for name, _ in members if not is_junk(name)])
-    if len(last) < read:
+    log_hidden(path, [name for name, _ in members if is_junk(name) and not climbs(name)])
+    kept = [(name, i) for name, i in members if not is_junk(name)]
+    last = {'/'.join(_parts(name)): i for name, i in kept}
+    if len(last) < len(kept):
       logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
-                      'is read.', path, read - len(last))
+                      'is read.', path, len(kept) - len(last))
     infos = [last[name] for name in sorted(last)]
     names = [name.split('/') for name in sorted(last)]
     depth, top = _zip_class_depth(path, names)
