@@ -34,8 +34,8 @@ def test_groups_link_copies_transitively():
   assert len({groups[0], groups[4], groups[5]}) == 1
   assert len({groups[2], groups[6], groups[7]}) == 1
   assert len(set(groups[[0, 1, 2, 3]])) == 4
-  assert dedup.group_summary(groups) == {'images': 8, 'groups': 4, 'grouped_images': 6,
-                                         'largest_group': 3}
+  assert dedup.group_summary(groups) == {'images': 8, 'groups': 4, 'shared_groups': 2,
+                                         'grouped_images': 6, 'largest_group': 3}
   # A user's own group ids (make_split takes any) are counted too, not only small integers.
   named = np.array([f'g{g}' for g in groups])
   assert dedup.group_summary(named) == dedup.group_summary(groups - 100)

@@ -160,10 +160,13 @@ def near_duplicates_of(query_images: np.ndarray, reference_images: np.ndarray,
 
 
 def group_summary(groups: np.ndarray) -> dict:
-  """Counts for logs and reports: images, groups, images in multi-image groups, largest."""
+  """Counts for logs and reports: images, groups (an image without a near-duplicate is one),
+  groups of two or more images and the images in them, the largest group's size."""
   groups = np.asarray(groups)
   if groups.size == 0:
-    return {'images': 0, 'groups': 0, 'grouped_images': 0, 'largest_group': 0}
+    return {'images': 0, 'groups': 0, 'shared_groups': 0, 'grouped_images': 0,
+            'largest_group': 0}
   _, sizes = np.unique(groups, return_counts=True)  # any ids: negative, strings, hashes
   return {'images': int(groups.size), 'groups': int(len(sizes)),
-          'grouped_images': int(sizes[sizes > 1].sum()), 'largest_group': int(sizes.max())}
+          'shared_groups': int((sizes > 1).sum()), 'grouped_images': int(sizes[sizes > 1].sum()),
+          'largest_group': int(sizes.max())}

@@ -119,9 +119,9 @@ def make_split(labels: np.ndarray, protocol: str, mode: str, seed: int,
     summary = dedup.group_summary(groups)
     mixed = _mixed_groups(labels, groups)
     logging.info('Grouped %s split: %d images in %d near-duplicate groups (threshold %.3f; '
-                 '%d images share a group; largest %d; %d groups mix labels)', protocol,
+                 '%d images share %d groups; largest %d; %d groups mix labels)', protocol,
                  summary['images'], summary['groups'], threshold, summary['grouped_images'],
-                 summary['largest_group'], mixed)
+                 summary['shared_groups'], summary['largest_group'], mixed)
   split_fn = cnn_split if protocol == 'cnn' else anomaly_split
   split = split_fn(labels, seed, groups=groups)
   logging.info('Split sizes: train %d, val %d, test %d', len(split.train), len(split.val),
