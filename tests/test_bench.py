@@ -86,7 +86,8 @@ def test_anomaly_stage_reports_every_rule(capsys):
   bench.main(['--models', '', '--anomaly-slices', '12'] + TINY)
   printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   rules = {'giaem', 'dbscan', 'kmeans', 'global_kmeans'}
-  assert printed['recon_error_12_first_call_s'] > printed['recon_error_12_s'] > 0
+  # (no order of the two: another test of this process may have compiled the same program)
+  assert printed['recon_error_12_first_call_s'] > 0 and printed['recon_error_12_s'] > 0
   assert set(printed['anomaly_grid_search_s']) == rules
   assert set(printed['anomaly_loop_baseline']) == rules
   assert printed['anomaly_total_s'] == pytest.approx(

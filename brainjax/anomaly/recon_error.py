@@ -12,6 +12,11 @@ import numpy as np
 
 from brainjax.train import compile_options
 
+# Images per jitted call, the last call padded, whatever the number of images: XLA rounds each
+# batch shape's program its own way, so a slice's map depended on how many were scored with it
+# (predict's maps of a run's test slices had pixels ~1e-7 off, one across a rule's threshold).
+IMAGES_PER_CALL = 128
+
 
 def image_checksums(images: np.ndarray) -> np.ndarray:
   """uint32 (N,): the CRC-32 of each image's float32 pixels, what its latent samples are
@@ -55,7 +60,7 @@ def _batch_errors(reconstruct_fn, variables, x, keys, num_samples):
 
 
 def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variables: Any,
-                         batch_size: int = 256, num_samples: int = 1,
+                         batch_size: int = IMAGES_PER_CALL, num_samples: int = 1,
                          rng: Optional[jax.Array] = None) -> np.ndarray:
   """Normalised per-pixel error of every image, float32 (N, H*W).
 
@@ -67,7 +72,8 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
       one (the same function, or e.g. `cvae_cls.Reconstruction` of an equal model; a
       functools.partial is equal only to itself).
     images: float (N, H, W, 1).
-    batch_size: the most images per jitted call.
+    batch_size: images per jitted call (the last padded): the maps of one image in calls of
+      one batch_size are equal, whatever the images beside it.
     variables: model parameters (any pytree) passed to the compiled function as an
       argument; closing over them instead makes XLA constant-fold the decoder at
       compile time (seconds).
@@ -92,10 +98,7 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
   out = np.empty((n, h * w), np.float32)
   if n == 0:
     return out
-  # Batches of one shape, the last padded: the smallest power of two that holds every image
-  # (at most batch_size), so that sets of similar sizes (a run's validation and test
-  # slices) share one compilation, and a few images do not pay for batch_size.
-  batch = min(batch_size, 1 << (n - 1).bit_length())
+  batch = batch_size
   checksums = None if rng is None else image_checksums(images)
   for start in range(0, n, batch):
     chunk = images[start:start + batch]

@@ -108,14 +108,14 @@ def latent_samples_key(seed):
   return loop.reserved_key(seed, 'latent_samples')
 
 
-def error_maps(model, variables, images, anomaly_config, rng, batch_size=256):
+def error_maps(model, variables, images, anomaly_config, rng):
   """The normalised error maps the rules read: of the mean reconstruction, or averaged over
   anomaly_config.num_latent_samples latent samples drawn from `rng` (see
-  recon_error.reconstruction_error)."""
+  recon_error.reconstruction_error: in calls of IMAGES_PER_CALL, so predict gets a run's maps)."""
   samples = anomaly_config.get('num_latent_samples', 1)  # (runs older than the setting: 1)
   return recon_error.reconstruction_error(
-      Reconstruction(model), images, variables=variables, batch_size=batch_size,
-      num_samples=samples, rng=rng if samples > 1 else None)
+      Reconstruction(model), images, variables=variables, num_samples=samples,
+      rng=rng if samples > 1 else None)
 
 
 def make_train_step(config, model):

@@ -167,7 +167,7 @@ def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
     log_odds = runs.task_module('cnn_cls').predict_log_odds(run.model, run.variables, images, batch)
     probs = special.expit(log_odds)  # float64: 1.0 only from log-odds ~37 on
     return Predictions(probs, (log_odds >= 0).astype(np.int32), {}, {}, None, None, log_odds)
-  errors = runs.reconstruction_errors(run, images, batch)
+  errors = runs.reconstruction_errors(run, images)  # (in the run's batches: its maps)
   shape = images.shape[1:3]
   outputs = {r: runs.apply_rule(run, r, errors, shape) for r in rules}
   lead = outputs[rules[0]]
@@ -409,6 +409,11 @@ def _smoke_inputs(config, workdir):
     model_dir = os.path.join(workdir, f'smoke_model_{config.smoke_task}')  # one per task
     if not os.path.isfile(os.path.join(model_dir, 'metrics.json')):
       sub = _smoke_model_config(config)
+      count = len(parallel.train_devices(config.num_devices))
+      if sub.batch_size % count:  # (the batch is the smoke model's, not predict's own)
+        raise ValueError(f'smoke mode trains its {config.smoke_task} model at batch_size='
+                         f'{sub.batch_size}, which does not split across {count} devices: set '
+                         f'num_devices to one of {parallel.fitting_device_counts(sub.batch_size)}')
       sub.cache_dir = sources.resolve_cache_dir(config.cache_dir)
       os.makedirs(model_dir, exist_ok=True)
       reruns.write_config(model_dir, sub)
@@ -458,12 +463,7 @@ def check_config(config):
     task = config.smoke_task
     if task not in runs.MODEL_TASKS:
       raise ValueError(f'smoke_task={task!r}; expected one of {runs.MODEL_TASKS}')
-    count = len(parallel.train_devices(config.num_devices))  # (those it trains that model on)
-    batch = _smoke_model_config(config).batch_size
-    if batch % count:
-      raise ValueError(f'smoke mode trains its {task} model at batch_size={batch}, which does '
-                       f'not split across {count} devices: set num_devices to one of '
-                       f'{parallel.fitting_device_counts(batch)}')
+    parallel.train_devices(config.num_devices)  # (those it trains that model on)
   else:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   runs.check_rules(task, config.rules)

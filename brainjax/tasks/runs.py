@@ -177,12 +177,12 @@ def run_rules(run: Run, spec: str) -> List[str]:
   return rules
 
 
-def reconstruction_errors(run: Run, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-  """float32 (N, S*S): the normalised errors cvae_cls computes, in fixed-shape jitted batches
-  (with its latent samples, if it averaged some: those it drew for the same images)."""
+def reconstruction_errors(run: Run, images: np.ndarray) -> np.ndarray:
+  """float32 (N, S*S): the normalised errors cvae_cls computes, in its jitted batches (with its
+  latent samples, if it averaged some: those it drew for the same images)."""
   cvae_cls = task_module('cvae_cls')
   return cvae_cls.error_maps(run.model, run.variables, images, run.config.get('anomaly', {}),
-                             cvae_cls.latent_samples_key(run.config.get('seed', 0)), batch_size)
+                             cvae_cls.latent_samples_key(run.config.get('seed', 0)))
 
 
 def global_centroids(run: Run) -> np.ndarray:
