@@ -95,8 +95,9 @@ def _config_files(argv):
   """The absolute paths of the files argv's --config flags name."""
   files = []
   for i, arg in enumerate(argv):
-    value = (arg.split('=', 1)[1] if arg.startswith('--config=') else
-             argv[i + 1] if arg == '--config' and i + 1 < len(argv) else None)
+    # (absl takes -config as --config)
+    value = (arg.split('=', 1)[1] if arg.startswith(('--config=', '-config=')) else
+             argv[i + 1] if arg in ('--config', '-config') and i + 1 < len(argv) else None)
     if value:
       files.append(os.path.abspath(value.split(':')[0]))
   return files

@@ -169,6 +169,8 @@ REFUSED = [
     # the first one's default variant)
     (['--config=configs/cnn_cls.py:real,smoke', '--config=configs/common.py'],
      '--config is given 2 times: give one'),
+    (['--config=configs/cnn_cls.py:real,smoke', '-config', 'configs/cvae_cls.py:real,smoke'],
+     '--config is given 2 times: give one'),  # (absl's one-dash form)
 ]
 
 

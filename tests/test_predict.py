@@ -853,16 +853,23 @@ def test_a_refused_smoke_run_leaves_its_workdir_as_it_was(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_smoke_model_batch_the_devices_cannot_split_is_refused_first(tmp_path, eight_devices):
-  # It was refused once the workdir, its config.json and the model's were written, advising a
-  # batch_size that is predict's own, not the smoke model's.
+def test_a_smoke_model_batch_the_devices_cannot_split_is_refused_before_it_trains(
+    tmp_path, eight_devices):
+  # It was refused once the model's config.json was written, advising a batch_size that is
+  # predict's own, not the smoke model's; a model trained already needs no split.
   config = predict_config.get_config('smoke')
+  config.cache_dir = str(tmp_path / 'cache')
   config.num_devices = 3
+  workdir = str(tmp_path / 'run')
   with pytest.raises(ValueError, match=r'smoke mode trains its cnn_cls model at batch_size=8, '
                      r'which does not split across 3 devices: set num_devices to one of '
                      r'\[1, 2, 4, 8\]$'):
-    predict.train_and_evaluate(config, str(tmp_path / 'run'))
-  assert not (tmp_path / 'run').exists()
+    predict.train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'smoke_model_cnn_cls'))
+  config.num_devices = 4
+  predict.train_and_evaluate(config, workdir)
+  config.num_devices = 3
+  assert predict.train_and_evaluate(config, workdir)['num_predicted'] > 0
 
 
 def test_the_inputs_kept_beside_skipped_near_duplicates_keep_their_own_crops(tmp_path):

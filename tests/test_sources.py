@@ -264,7 +264,7 @@ def test_br35h_files_left_out_of_the_prepared_copy_are_named_on_every_read(tmp_p
                              'prepared, and are left out: yes/gone.jpg')
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'delete', 'info'])
+@pytest.mark.parametrize('damage', ['truncate', 'delete', 'info', 'version'])
 def test_a_damaged_prepared_br35h_copy_is_one_line_naming_it(tmp_path, damage):
   # (a copy cut short, a record file gone, a damaged dataset_info.json: a traceback every run)
   download, data_dir = _fake_br35h(tmp_path / 'download'), tmp_path / 'tfds'
@@ -275,8 +275,10 @@ def test_a_damaged_prepared_br35h_copy_is_one_line_naming_it(tmp_path, damage):
     records.write_bytes(records.read_bytes()[:records.stat().st_size // 2])
   elif damage == 'delete':
     records.unlink()
-  else:
+  elif damage == 'info':
     info.write_text(info.read_text()[:40])
+  else:  # (TFDS asserts the version it records is the builder's)
+    info.write_text(info.read_text().replace('"1.0.0"', '"1.0.1"'))
   with pytest.raises(ValueError, match=r'^the Br35H copy prepared in .*br35h_[0-9a-f]+ cannot be '
                      r'read \(.+\): delete that folder, and the next run prepares it again$'):
     load_br35h_records(str(download), str(data_dir))
@@ -822,3 +824,4 @@ def test_a_file_name_that_is_not_utf_8_is_read_alike_as_folder_and_br35h(tmp_pat
                    'yes/y0.jpg', 'yes/y1.jpg']
   records = load_br35h_records(str(download), str(tmp_path / 'tfds'))
   assert [r[0] for r in records] == names
+  assert [f.path for f in inputs.list_inputs(str(download))] == names  # (predict's rows)

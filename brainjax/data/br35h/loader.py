@@ -149,7 +149,8 @@ def load_br35h_records(manual_dir: str, data_dir: str) -> List[Tuple[str, int, b
 
   try:
     builder, prepared_now = _prepare(manual_dir, prepared)
-  except json_format.ParseError as error:  # (the builder reads the copy's dataset_info.json)
+  # (the builder reads the copy's dataset_info.json; TFDS asserts its version is the builder's)
+  except (json_format.ParseError, AssertionError) as error:
     raise damaged(error) from None
   if not prepared_now:
     _warn_of_files_left_out(manual_dir, prepared)
