@@ -824,4 +824,3 @@ def test_a_file_name_that_is_not_utf_8_is_read_alike_as_folder_and_br35h(tmp_pat
                    'yes/y0.jpg', 'yes/y1.jpg']
   records = load_br35h_records(str(download), str(tmp_path / 'tfds'))
   assert [r[0] for r in records] == names
-  assert [f.path for f in inputs.list_inputs(str(download))] == names  # (predict's rows)

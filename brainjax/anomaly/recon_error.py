@@ -98,15 +98,15 @@ def reconstruction_error(reconstruct_fn: Callable, images: np.ndarray, *, variab
   out = np.empty((n, h * w), np.float32)
   if n == 0:
     return out
-  batch = batch_size
   checksums = None if rng is None else image_checksums(images)
-  for start in range(0, n, batch):
-    chunk = images[start:start + batch]
+  for start in range(0, n, batch_size):
+    chunk = images[start:start + batch_size]
     valid = len(chunk)
-    if valid < batch:  # pad so the shape (and the compilation) never changes
-      chunk = np.concatenate([chunk, np.zeros((batch - valid,) + chunk.shape[1:], chunk.dtype)])
+    if valid < batch_size:  # pad so the shape (and the compilation) never changes
+      padding = np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)
+      chunk = np.concatenate([chunk, padding])
     keys = None if rng is None else jax.vmap(lambda c: jax.random.fold_in(rng, c))(
-        np.resize(checksums[start:start + batch], batch))  # (padding: any keys)
+        np.resize(checksums[start:start + batch_size], batch_size))  # (padding: any keys)
     errors = _batch_errors(reconstruct_fn, variables, chunk, keys, num_samples)
     out[start:start + valid] = np.asarray(errors)[:valid]
   return out

@@ -98,7 +98,7 @@ def _walk_folder(root: str) -> List[InputFile]:
   files, crossing, hidden = [], [], []
   real_root = os.path.realpath(root)
   for full in layout.walk_files(root):  # (broken links kept: a skipped row says so)
-    rel = layout.text_name(os.path.relpath(full, root).replace(os.sep, '/'))  # (as training)
+    rel = os.path.relpath(full, root).replace(os.sep, '/')
     if layout.is_junk(rel, backslash=False):
       hidden.append(rel)
       continue

@@ -153,7 +153,8 @@ class Predictions(NamedTuple):
 
 def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
                    batch_size: int = 256) -> Predictions:
-  """Scores preprocessed (N, S, S, 1) slices; jitted, in fixed-shape batches."""
+  """Scores preprocessed (N, S, S, 1) slices; jitted, in fixed-shape batches (BrainCNN's of
+  batch_size, BrainCVAE's maps in its run's own)."""
   n = len(images)
   batch = max(1, min(batch_size, n))
   if n == 0:
