@@ -30,8 +30,9 @@ def get_config(arg=None):
   # A folder/zip of training images: inputs whose thumbnails correlate above dedup_threshold
   # (common.base_config's) with one of them are skipped.
   config.dedup_against = ''
-  # Images per jitted BrainCNN call (BrainCVAE's maps come in its run's own calls, so that a
-  # slice gets the map it got there: recon_error.IMAGES_PER_CALL).
+  # Images per jitted BrainCNN call, whatever their number: 256, the run's own, gives a slice
+  # the score it got there (BrainCVAE's maps always come in its run's calls,
+  # recon_error.IMAGES_PER_CALL).
   config.batch_size = 256
   config.num_threads = 0  # decode + preprocess threads; 0 = one per usable core, at most 8
   config.write_maps = True  # BrainCVAE: maps/, regions/ and overlays/ per input

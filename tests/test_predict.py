@@ -147,6 +147,25 @@ def cvae_run(tmp_path_factory):
   return run
 
 
+def test_a_slice_s_scores_do_not_depend_on_the_slices_predicted_with_it(cnn_run, cvae_run,
+                                                                         monkeypatch):
+  # XLA rounds each batch shape's program its own way: calls sized to the images gave scores
+  # ~1e-7 off the run's own (its test_scores.npz; BrainCNN's full network at 3 against 256).
+  images = np.random.default_rng(0).random((12, 128, 128, 1)).astype(np.float32)
+  run = runs.load_run(cvae_run)
+  every = predict.predict_images(run, images, ('giaem',))
+  few = predict.predict_images(run, images[[9, 2, 5]], ('giaem',))
+  np.testing.assert_array_equal(few.score, every.score[[9, 2, 5]])
+  cnn = runs.task_module('cnn_cls')
+  calls = []
+  def recorded(model, variables, images, batch_size=256):
+    calls.append(batch_size)
+    return np.zeros(len(images))
+  monkeypatch.setattr(cnn, 'predict_log_odds', recorded)
+  predict.predict_images(runs.load_run(cnn_run), images[:3])
+  assert calls == [256]  # the run's test slices were scored in calls of 256
+
+
 def _predict(model_dir, input_path, workdir, **overrides):
   config = predict_config.get_config()
   config.model_dir, config.input = str(model_dir), str(input_path)

@@ -156,7 +156,6 @@ def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
   """Scores preprocessed (N, S, S, 1) slices; jitted, in fixed-shape batches (BrainCNN's of
   batch_size, BrainCVAE's maps in its run's own)."""
   n = len(images)
-  batch = max(1, min(batch_size, n))
   if n == 0:
     empty = np.zeros((0,), np.float64)
     pixels = int(np.prod(images.shape[1:3]))
@@ -165,7 +164,10 @@ def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
                        np.zeros((0, pixels), np.float32) if rules else None,
                        np.zeros((0, pixels), bool) if rules else None)
   if run.task == 'cnn_cls':
-    log_odds = runs.task_module('cnn_cls').predict_log_odds(run.model, run.variables, images, batch)
+    # (calls of batch_size, whatever n: the default, 256, is the run's own, so a test slice
+    # gets the log-odds its run gave it; a call sized to n rounds otherwise)
+    log_odds = runs.task_module('cnn_cls').predict_log_odds(run.model, run.variables, images,
+                                                            batch_size)
     probs = special.expit(log_odds)  # float64: 1.0 only from log-odds ~37 on
     return Predictions(probs, (log_odds >= 0).astype(np.int32), {}, {}, None, None, log_odds)
   errors = runs.reconstruction_errors(run, images)  # (in the run's batches: its maps)
