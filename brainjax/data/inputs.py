@@ -122,12 +122,7 @@ def _walk_folder(root: str) -> List[InputFile]:
 def _list_zip(path: str) -> List[InputFile]:
   try:
     with zipfile.ZipFile(path) as archive:
-      members = [(i.filename, layout.member_name(i)) for i in archive.infolist()
-                 if not i.is_dir()]
-    layout.warn_of_parent_parts(path, [n for _, n in members])
-    names = [(m, n) for m, n in members if not layout.is_junk(n)]
-    layout.log_hidden(path, [n for _, n in members
-                             if layout.is_junk(n) and not layout.climbs(n)])
+      names = [(i.filename, n) for n, i in layout.zip_members(path, archive)]
   except (zipfile.BadZipFile, OSError) as e:
     raise ValueError(f'cannot read zip input {path!r}: {e}') from None
   # Members that share a path ('a.png' twice, or 'yes\\a.png' beside 'yes/a.png') would share

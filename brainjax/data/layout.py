@@ -372,18 +372,25 @@ def member_name(info: zipfile.ZipInfo) -> str:
     return info.filename
 
 
+def zip_members(path: str, archive: zipfile.ZipFile) -> List[Tuple[str, zipfile.ZipInfo]]:
+  """(name, info) of the files of a zip (`path`, open as `archive`), named as its writer meant
+  (member_name), less those not read: named with '..' (warn_of_parent_parts) and hidden or OS
+  files (log_hidden)."""
+  members = [(member_name(i), i) for i in archive.infolist() if not i.is_dir()]
+  warn_of_parent_parts(path, [name for name, _ in members])
+  log_hidden(path, [name for name, _ in members if is_junk(name) and not climbs(name)])
+  return [(name, i) for name, i in members if not is_junk(name)]
+
+
 def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
   """(name, label, bytes) for every file under the class folders of a zip.
 
   bytes is None (logged) for a member that cannot be read: damaged, encrypted or too large.
   """
   with zipfile.ZipFile(path) as archive:
-    members = [(member_name(i), i) for i in archive.infolist() if not i.is_dir()]
-    warn_of_parent_parts(path, [name for name, _ in members])
+    kept = zip_members(path, archive)
     # Members sharing a path ('yes/a.jpg' twice, or './yes/a.jpg' too): the last in the
     # archive is read, as unzip would leave it on disk.
-    log_hidden(path, [name for name, _ in members if is_junk(name) and not climbs(name)])
-    kept = [(name, i) for name, i in members if not is_junk(name)]
     last = {'/'.join(_parts(name)): i for name, i in kept}
     if len(last) < len(kept):
       logging.warning('%s: %d members repeat an earlier member\'s path; only the last of each '
