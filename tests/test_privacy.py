@@ -94,6 +94,27 @@ def test_audit_flags_copies_of_training_data():
   assert audit['worst_distances'][-1] <= np.sort(audit['synthetic_dcr'])[5]
 
 
+def test_nearest_record_rows_name_each_synthetic_slice_s_nearest_training_slice():
+  rng = np.random.default_rng(3)
+  train, holdout = rng.normal(size=(50, 8)), rng.normal(size=(40, 8))
+  synthetic = np.concatenate([train[[7, 3]], rng.normal(size=(5, 8))])  # two copies first
+  audits = {'pixel': privacy.privacy_audit(synthetic, train, holdout),
+            'feature': privacy.privacy_audit(2 * synthetic, 2 * train, 2 * holdout)}
+  train_ids = np.array([f'yes/t{i}.jpg' for i in range(50)])
+  rows = privacy.nearest_record_rows([f's{i}.png' for i in range(7)], train_ids, audits)
+  assert [r['synthetic'] for r in rows] == [f's{i}.png' for i in range(7)]
+  assert rows[0]['pixel_nearest_training'] == 'yes/t7.jpg' and rows[0]['pixel_distance'] == 0
+  assert rows[1]['feature_nearest_training'] == 'yes/t3.jpg'
+  for space, audit in audits.items():
+    flagged = [r[f'{space}_flagged'] for r in rows]
+    assert flagged[:2] == [1, 1] and np.mean(flagged) == audit['memorisation_rate']
+    assert [r[f'{space}_nearest_training'] for r in rows] == list(
+        train_ids[audit['synthetic_nearest']])
+    np.testing.assert_array_equal([r[f'{space}_distance'] for r in rows], audit['synthetic_dcr'])
+  with pytest.raises(ValueError, match='7 synthetic slices, ids 6'):
+    privacy.nearest_record_rows([f's{i}.png' for i in range(6)], train_ids, audits)
+
+
 def test_a_copier_is_flagged_when_the_holdout_shares_copies_with_train():
   # A random split of data with duplicates (Br35H) puts copies of training slices in the
   # holdout: 6% of it here, which makes the 5% threshold exactly 0.

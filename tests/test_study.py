@@ -1,4 +1,5 @@
 """The whole study end to end at smoke size: every stage, Table 1, quality and privacy."""
+import csv
 import json
 import os
 
@@ -53,6 +54,22 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   for key in ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate'):
     assert row[f'pixel_{key}'] == pytest.approx(audit[key]), key
   assert row['pixel_median_holdout_dcr'] > 0 and row['frechet_distance'] > 0
+  # results/privacy/ names each synthetic slice's nearest training slice, flagged as the
+  # memorisation rate counts it.
+  with open(os.path.join(results, 'privacy', 'random_seed0_vae_positive.csv')) as f:
+    nearest = list(csv.DictReader(f))
+  train_ids = source.examples.take(split.train).with_label(1).ids
+  assert [r['synthetic'] for r in nearest] == [
+      os.path.join('random', 'seed0', 'generators', 'vae_positive', 'synthetic', i)
+      for i in fake.ids]
+  assert [r['pixel_nearest_training'] for r in nearest] == list(
+      train_ids[audit['synthetic_nearest']])
+  np.testing.assert_allclose([float(r['pixel_distance']) for r in nearest],
+                             audit['synthetic_dcr'], rtol=1e-12)
+  assert np.mean([int(r['pixel_flagged']) for r in nearest]) == pytest.approx(
+      audit['memorisation_rate'])
+  assert np.mean([int(r['feature_flagged']) for r in nearest]) == pytest.approx(
+      row['feature_memorisation_rate'])
   # The learning-free row: BrainCNN's training slices as the reference, its test slices scored.
   assert '| random | Thumbnail 1-NN (no learning) | real |' in table
   nearest = baseline.nearest_neighbour_metrics(source.examples.take(split.train),
@@ -71,11 +88,14 @@ def test_study_smoke_writes_table1_and_resumes(tmp_path, monkeypatch):
   stamps = [os.path.getmtime(f) for f in stage_files]
   dropped = os.path.join(results, 'figures', 'samples_random_seed1_vae_positive.png')
   open(dropped, 'wb').close()  # of a seed an earlier run had and this one drops
+  dropped_csv = os.path.join(results, 'privacy', 'random_seed1_vae_positive.csv')
+  open(dropped_csv, 'w').close()
   # A stage finished before stages wrote their test scores: its curve is left out.
   os.remove(os.path.join(workdir, 'random', 'seed0', 'cnn_cls_mixed_vae', 'test_scores.npz'))
   drawn.clear()
   again = study.train_and_evaluate(config, workdir)
-  assert not os.path.exists(dropped)
+  assert not os.path.exists(dropped) and not os.path.exists(dropped_csv)
+  assert os.path.exists(os.path.join(results, 'privacy', 'random_seed0_vae_negative.csv'))
   assert len(drawn['roc_random_seed0.png']) == 6
   assert 'CNN, mixed (VAE)' not in {c.name for c in drawn['roc_random_seed0.png']}
   assert os.path.exists(os.path.join(results, 'figures', 'roc_random_seed0.png'))

@@ -159,6 +159,23 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
   }
 
 
+def nearest_record_rows(synthetic_ids, train_ids, audits: Dict[str, Dict[str, Any]]):
+  """One row per synthetic slice: its nearest training slice in each space of `audits`
+  ({space: privacy_audit(...)} on the same synthetic and training slices), the distance,
+  and whether it is flagged (as close as the holdout quantile: what memorisation_rate counts),
+  so that flagged slices can be looked at, or left out, before synthetic data is shared."""
+  rows = [{'synthetic': str(name)} for name in synthetic_ids]
+  for space, audit in audits.items():
+    nearest, dcr = audit['synthetic_nearest'], audit['synthetic_dcr']
+    if len(dcr) != len(rows):
+      raise ValueError(f'{space} audit has {len(dcr)} synthetic slices, ids {len(rows)}')
+    flagged = dcr <= audit['threshold']  # (as memorisation_rate counts them)
+    for row, t, d, f in zip(rows, nearest, dcr, flagged):
+      row.update({f'{space}_nearest_training': str(train_ids[t]),
+                  f'{space}_distance': float(d), f'{space}_flagged': int(f)})
+  return rows
+
+
 def _as_picture(image: np.ndarray) -> np.ndarray:
   """(H, W) or (H, W, 1) -> (H, W) for imshow."""
   image = np.asarray(image)

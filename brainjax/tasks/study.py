@@ -10,6 +10,7 @@ the generators' audit. Generators train only on their seed's training slices, so
 classifier is tested on a slice its synthetic data was derived from.
 """
 import contextlib
+import csv
 import glob
 import importlib
 import json
@@ -221,9 +222,10 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
       if label == POSITIVE:
         row['tumour_visibility'] = generative_quality.tumour_visibility(
             cnn_cls.predict(cnn.model, cnn.variables, fake.images))
+      audits = {}
       for space, (s, t, h) in {'pixel': (fake.images, real_train.images, real_holdout.images),
                                'feature': (fake_f, real_f, hold_f)}.items():
-        audit = privacy.privacy_audit(s, t, h)
+        audit = audits[space] = privacy.privacy_audit(s, t, h)
         row.update({f'{space}_{k}': audit[k] for k in
                     ('median_synthetic_dcr', 'median_holdout_dcr', 'memorisation_rate')})
         row['memorisation_nominal_rate'] = audit['nominal_rate']  # (a copy-free generator's)
@@ -235,8 +237,24 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
         reporting.save_image_grid(os.path.join(figures_dir, f'samples_{name}.png'),
                                   fake.images[:32])
         logging.info('Wrote %s', os.path.join(figures_dir, f'{{samples,closest}}_{name}.png'))
+        export = os.path.relpath(dirs[label_name], workdir)
+        write_nearest_records(
+            os.path.join(workdir, 'results', 'privacy', f'{name}.csv'),
+            privacy.nearest_record_rows([os.path.join(export, i) for i in fake.ids],
+                                        real_train.ids, audits))
       rows[key] = {k: float(v) for k, v in row.items()}
   return rows
+
+
+def write_nearest_records(path, rows):
+  """results/privacy/<name>.csv: each synthetic slice's nearest training slices (paths: the
+  export's relative to the workdir, the training slices' relative to the data)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with reporting.atomic_open(path, newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  logging.info('Wrote %s', path)
 
 
 def roc_curves_of_run(run):
@@ -431,7 +449,8 @@ def train_and_evaluate(config, workdir):
     for path in glob.glob(os.path.join(workdir, 'results', 'table1.*')):
       os.remove(path)
     # (every run redraws its seeds' and split modes' figures: those of dropped ones would stay)
-    shutil.rmtree(os.path.join(workdir, 'results', 'figures'), ignore_errors=True)
+    for folder in ('figures', 'privacy'):
+      shutil.rmtree(os.path.join(workdir, 'results', folder), ignore_errors=True)
   results, quality = [], {}
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
