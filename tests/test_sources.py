@@ -25,6 +25,7 @@ from brainjax.data import inputs
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import sources
+from brainjax.data import synthetic
 from brainjax.data.br35h import load_br35h_records
 
 
@@ -669,6 +670,19 @@ def test_capitalised_class_folders_are_named_in_the_error_and_predict_s_warning(
   warnings = _capture_warnings(monkeypatch)
   assert all(f.label is None for f in inputs.list_inputs(str(tmp_path)))
   assert [w for w in warnings if '2 inputs, e.g. No/a.png, are unlabelled' in w]
+
+
+def test_a_synthetic_export_is_refused_as_real_data(tmp_path):
+  # (its generated slices validated and tested a classifier, reported as real)
+  images = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype(np.float32)
+  for label in (0, 1):
+    synthetic.write_synthetic(str(tmp_path / 'export'), images, label, {})
+  for dataset in ('folder', 'br35h'):
+    for where in (tmp_path / 'export', tmp_path):  # (yes/ and no/ one level down)
+      with pytest.raises(ValueError, match='is a synthetic export .manifest.json., not real'):
+        sources.check_location(_cfg(dataset=dataset, data_dir=str(where)))
+  (tmp_path / 'export' / 'manifest.json').write_text('{"files": 4}')  # another tool's
+  sources.check_location(_cfg(dataset='folder', data_dir=str(tmp_path / 'export')))
 
 
 def test_a_link_into_the_other_class_folder_is_not_read_under_it(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from brainjax.data import synthetic
@@ -54,6 +55,60 @@ def test_a_damaged_image_in_an_export_is_named(tmp_path):
     f.truncate(os.path.getsize(path) // 2)
   with pytest.raises(ValueError, match=r'yes/00001.png cannot be read \(.*truncated.*\): export'):
     synthetic.read_synthetic(out)
+
+
+def test_an_export_whose_images_were_changed_since_is_refused(tmp_path):
+  # (a 16-bit copy of the same picture read as an all-white slice; an edited one trained as is)
+  out = str(tmp_path / 'export')
+  synthetic.write_synthetic(out, _images(3), POSITIVE, {})
+  path = os.path.join(out, 'yes', '00001.png')
+  original = np.asarray(Image.open(path))
+  Image.fromarray(original.astype(np.uint16) * 257).save(path)  # same picture, 16 bits
+  with pytest.raises(ValueError, match=r'yes/00001.png is a I;16 image, not the 8-bit grayscale'):
+    synthetic.read_synthetic(out)
+  edited = original.copy()
+  edited[0, 0] ^= 1
+  Image.fromarray(edited).save(path)
+  with pytest.raises(ValueError, match="holds other images than the export wrote .*pixels_sha256"):
+    synthetic.read_synthetic(out)
+  Image.fromarray(original).save(path)
+  assert len(synthetic.read_synthetic(out)) == 3
+
+
+def test_an_image_of_another_size_names_the_image_it_differs_from(tmp_path):
+  out = str(tmp_path / 'export')
+  synthetic.write_synthetic(out, _images(3), POSITIVE, {})
+  Image.fromarray(np.zeros((8, 8), np.uint8)).save(os.path.join(out, 'yes', '00000.png'))
+  with pytest.raises(ValueError, match=r'yes/00001.png is \(16, 16\), 00000.png is \(8, 8\)'):
+    synthetic.read_synthetic(out)
+
+
+def test_other_files_in_an_export_s_class_folder_are_named_in_a_log_line(tmp_path, monkeypatch):
+  out = str(tmp_path / 'export')
+  synthetic.write_synthetic(out, _images(2), POSITIVE, {})
+  open(os.path.join(out, 'yes', 'notes.txt'), 'w').close()
+  infos = []
+  monkeypatch.setattr(synthetic.logging, 'info', lambda msg, *args: infos.append(msg % args))
+  assert len(synthetic.read_synthetic(out)) == 2
+  assert infos == [f'{os.path.join(out, "yes")}: not reading 1 files that are not PNG images: '
+                   'notes.txt']
+
+
+def test_one_export_named_twice_or_exports_of_another_size_are_refused(tmp_path):
+  from configs import cnn_cls
+  from brainjax.tasks import datasets
+  first, second = str(tmp_path / 'a'), str(tmp_path / 'b')
+  for out, size in ((first, 16), (second, 8)):
+    for label in (POSITIVE, NEGATIVE):
+      synthetic.write_synthetic(out, _images(2, size), label, {})
+  config = cnn_cls.get_config('synthetic,smoke')
+  config.data.image_size = 16
+  config.synthetic_dirs = f'{first},{first}/'
+  with pytest.raises(ValueError, match=f'names one export twice \\({first} and {first}/\\)'):
+    datasets.check_training_data(config)
+  config.synthetic_dirs = f'{first},{second}'  # (was numpy's concatenate error, naming neither)
+  with pytest.raises(ValueError, match=f'{second} holds 8x8 slices, this run reads 16x16'):
+    datasets.synthetic_examples(config)
 
 
 def test_an_export_whose_files_were_renamed_is_refused(tmp_path):
@@ -149,7 +204,7 @@ def test_training_on_an_export_without_a_needed_class_is_a_clear_error(tmp_path)
     datasets.training_examples(config, real, NEGATIVE)  # the CVAE healthy ones
   assert len(datasets.training_examples(config, real, POSITIVE)) == 2
   config.data.image_size = 32  # not a shape error deep in the model
-  with pytest.raises(ValueError, match='hold 16x16 slices, this run reads 32x32'):
+  with pytest.raises(ValueError, match='holds 16x16 slices, this run reads 32x32'):
     datasets.training_examples(config, real, POSITIVE)
   # With both classes exported, BrainCVAE's training slices are the healthy ones alone.
   config.data.image_size = 16
@@ -218,7 +273,7 @@ def test_an_export_from_a_generator_of_another_split_is_refused(tmp_path):
   from brainjax.tasks import datasets
   generator = vae_gen.get_config('positive,smoke')
   for label in (POSITIVE, NEGATIVE):
-    synthetic.write_synthetic(str(tmp_path), _images(2), label,
+    synthetic.write_synthetic(str(tmp_path), _images(2, generator.data.image_size), label,
                               {'split_key': datasets.split_key(generator)})
   config = cnn_cls.get_config('synthetic,smoke')
   config.synthetic_dirs = str(tmp_path)

@@ -39,6 +39,7 @@ from brainjax.data import image_io
 from brainjax.data import layout
 from brainjax.data import phantom
 from brainjax.data import preprocess as preprocess_lib
+from brainjax.data import synthetic
 from brainjax.data.examples import Examples
 
 DATASETS = ('phantom', 'br35h', 'folder')
@@ -142,6 +143,17 @@ def _warn_of_files_in_both_classes(jobs, digests, kept, data_dir) -> None:
                     data_dir, len(both), layout.some_names(both, '; '))
 
 
+def _is_export(folder: Optional[str]) -> bool:
+  """Whether folder holds a synthetic export's manifest (another tool's manifest.json is data's)."""
+  if not folder or not os.path.isfile(os.path.join(folder, synthetic.MANIFEST)):
+    return False
+  try:
+    synthetic.read_manifest(folder)
+  except ValueError:
+    return False
+  return True
+
+
 def check_location(data_cfg) -> None:
   """A ValueError unless the configured data could be where it is said to be, with settings
   it can be read with. Cheap (a few stat calls, no file read): launch.py runs it before it
@@ -168,6 +180,11 @@ def check_location(data_cfg) -> None:
     if not layout.has_class_folders(path):
       raise ValueError(f'{path} has no yes/ or no/ folder (at its root or one level down)'
                        f'{layout.misnamed_class_folders(path)}')
+  if _is_export(layout.class_root(path) if os.path.isdir(path) else None):
+    # (its generated slices would validate and test every classifier, reported as real)
+    raise ValueError(f'data.data_dir {path} is a synthetic export ({synthetic.MANIFEST}), not '
+                     'real scans: classifiers are validated and tested on real data; train on '
+                     'it with --config.train_data=synthetic --config.synthetic_dirs=<it>')
 
 
 def file_digest(path: str, max_bytes: Optional[int] = None) -> str:

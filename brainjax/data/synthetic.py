@@ -20,6 +20,7 @@ import os
 import shutil
 from typing import Any, Dict, Optional
 
+from absl import logging
 import numpy as np
 from PIL import Image
 
@@ -195,9 +196,13 @@ def read_synthetic(out_dir: str) -> Examples:
     folder = FOLDERS[label]
     entry = manifest['classes'].get(folder)
     path = os.path.join(out_dir, folder)
-    names = (sorted(f for f in os.listdir(path)
-                    if f.endswith('.png') and not layout.is_junk(f, backslash=False))
-             if os.path.isdir(path) else [])
+    present = ([f for f in os.listdir(path) if not layout.is_junk(f, backslash=False)]
+               if os.path.isdir(path) else [])
+    names = sorted(f for f in present if f.endswith('.png'))
+    if len(names) < len(present):  # (an export writes PNGs only)
+      others = sorted(set(present) - set(names))
+      logging.info('%s: not reading %d files that are not PNG images: %s', path, len(others),
+                   layout.some_names(others))
     if entry is None:
       if names:
         raise ValueError(f'{path} has {len(names)} images but the manifest does not list it')
@@ -208,31 +213,42 @@ def read_synthetic(out_dir: str) -> Examples:
                        f'but the manifest says {entry.get("count")} named {expected[:1]}...')
     replaced = ValueError(f'{path} was replaced while it was read (an export running?): '
                           'read it again once the export is done')
+    export_again = 'export this class again (--config.mode=generate in its generator workdir)'
     try:
       folder_id = os.stat(path).st_ino
+      class_pixels = []
       for name in names:
         try:
           with Image.open(os.path.join(path, name)) as image:
-            pixels = np.asarray(image.convert('L'), dtype=np.float32) / 255.0
+            mode = image.mode
+            pixels = np.asarray(image.convert('L'))
         except FileNotFoundError:
           raise
         except (OSError, ValueError, SyntaxError, EOFError) as e:  # (a damaged file)
-          raise ValueError(f'{path}/{name} cannot be read ({e}): export this class again '
-                           '(--config.mode=generate in its generator workdir)') from None
+          raise ValueError(f'{path}/{name} cannot be read ({e}): {export_again}') from None
+        if mode != 'L':  # (a 16-bit copy converts to white, a colour one to its luminance)
+          raise ValueError(f'{path}/{name} is a {mode} image, not the 8-bit grayscale the '
+                           f'export wrote (re-saved since?): {export_again}')
         if shape is None:
-          shape = pixels.shape
+          shape, first = pixels.shape, name
         elif pixels.shape != shape:
-          raise ValueError(f'{path}/{name} is {pixels.shape}, other images are {shape}')
-        images.append(pixels)
-        labels.append(label)
+          raise ValueError(f'{path}/{name} is {pixels.shape}, {first} is {shape}: '
+                           f'{export_again}')
+        class_pixels.append(pixels)
         ids.append(f'{folder}/{name}')
       # An export replacing this class while it was read would mix two image sets.
       if os.stat(path).st_ino != folder_id or read_manifest(out_dir)['classes'].get(
           folder) != entry:
         raise replaced
+      if class_pixels and 'pixels_sha256' in entry and (
+          pixels_digest(np.stack(class_pixels)) != entry['pixels_sha256']):
+        raise ValueError(f'{path} holds other images than the export wrote (their pixels differ '
+                         f'from {MANIFEST}\'s pixels_sha256: edited since?): {export_again}')
+      images += class_pixels
+      labels += [label] * len(class_pixels)
     except FileNotFoundError:  # the folder was moved aside, or a file went with it
       raise replaced from None
   if not images:
     raise ValueError(f'{out_dir} holds no synthetic images')
-  return Examples(images=np.stack(images)[..., None], labels=np.asarray(labels, np.int32),
-                  ids=np.asarray(ids))
+  return Examples(images=(np.stack(images)[..., None] / np.float32(255.0)).astype(np.float32),
+                  labels=np.asarray(labels, np.int32), ids=np.asarray(ids))

@@ -142,6 +142,12 @@ def _export_dirs(config):
   dirs = [d.strip() for d in config.synthetic_dirs.split(',') if d.strip()]
   if not dirs:
     raise ValueError('config.synthetic_dirs is empty: name the synthetic exports to train on')
+  named = {}
+  for d in dirs:  # (one named twice would train on its slices twice, off the class balance)
+    twice = named.setdefault(os.path.realpath(d), d)
+    if twice is not d:
+      raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} names one export twice '
+                       f'({twice} and {d}): name each once')
   return dirs
 
 
@@ -168,8 +174,18 @@ def check_training_data(config, source=None):
 
 
 def synthetic_examples(config):
-  """The generator exports named (comma-separated) by config.synthetic_dirs, joined."""
-  return examples_lib.concatenate(synthetic.read_synthetic(d) for d in _export_dirs(config))
+  """The generator exports named (comma-separated) by config.synthetic_dirs, joined; each of
+  the run's data.image_size."""
+  size = config.data.image_size
+  exports = []
+  for export_dir in _export_dirs(config):
+    export = synthetic.read_synthetic(export_dir)
+    if export.images.shape[1:3] != (size, size):
+      raise ValueError(f'{export_dir} holds {"x".join(map(str, export.images.shape[1:3]))} '
+                       f'slices, this run reads {size}x{size} (data.image_size): export at that '
+                       'size')
+    exports.append(export)
+  return examples_lib.concatenate(exports)
 
 
 # The digests of the real data that split_key records with a source (beyond the settings):
@@ -232,11 +248,6 @@ def training_examples(config, real_train, label=None, source=None):
     if missing:
       raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} hold no {" or ".join(missing)} '
                        f'slices: export them too (configs/vae_gen.py:{missing[0]})')
-    size = config.data.image_size
-    if synthetic_part.images.shape[1:3] != (size, size):
-      raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} hold '
-                       f'{"x".join(map(str, synthetic_part.images.shape[1:3]))} slices, this run '
-                       f'reads {size}x{size} (data.image_size): export at that size')
     parts[config.train_data].append(synthetic_part)
   train = examples_lib.concatenate(parts[config.train_data])
   return train if label is None else train.with_label(label)
