@@ -647,6 +647,26 @@ def test_dedup_against_finds_a_blurred_copy_as_the_grouped_split_does(cnn_run, t
   assert metrics['num_near_duplicates'] == 1
 
 
+def test_a_pil_image_is_read_as_its_file_is(cnn_run, tmp_path):
+  # (np.asarray of a palette image gave its indices, of a CMYK one RGBA: a wrong score, a slice
+  # skipped as blank)
+  rgb = np.stack([np.round(phantom.phantom_slice(7, 0, positive=True).image * 255)] * 3, -1)
+  palette = Image.fromarray(rgb.astype(np.uint8)).quantize(64)
+  palette.info['transparency'] = 0
+  images = {'palette.png': palette, 'cmyk.jpg': Image.fromarray(rgb.astype(np.uint8)).convert(
+      'CMYK'), 'turned.jpg': Image.fromarray(rgb[:, 20:].astype(np.uint8))}
+  exif = images['turned.jpg'].getexif()
+  exif[0x0112] = 6  # (displayed turned a quarter)
+  for name, image in images.items():
+    image.save(tmp_path / name, exif=exif) if name == 'turned.jpg' else image.save(tmp_path / name)
+  for name in images:
+    with Image.open(tmp_path / name) as image:
+      by_image = predict.predict_paths(cnn_run, image)
+    by_path = predict.predict_paths(cnn_run, str(tmp_path / name))
+    assert by_image[0]['status'] == by_path[0]['status'] == 'ok', name
+    assert by_image[0]['score'] == by_path[0]['score'], name
+
+
 def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   (tmp_path / 'no').mkdir()
   (tmp_path / 'no' / 'a.png').write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))
@@ -659,6 +679,22 @@ def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
   (tmp_path / 'out' / 'config.json').write_text(predict_config.get_config().to_json())
   other, _ = _predict(cnn_run, tmp_path, tmp_path / 'out_b')
   assert list(other) == ['no/a.png']
+  # predict_paths reads what the command reads (it scored the outputs' overlays as scans).
+  (tmp_path / 'out_b' / 'config.json').write_text(predict_config.get_config().to_json())
+  assert [r['path'] for r in predict.predict_paths(cnn_run, str(tmp_path))] == [
+      os.path.join(str(tmp_path), 'no/a.png')]
+
+
+def test_a_prediction_replacing_an_earlier_one_says_so(cnn_run, tmp_path, monkeypatch):
+  (tmp_path / 'in' / 'no').mkdir(parents=True)
+  (tmp_path / 'in' / 'no' / 'a.png').write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))
+  warned = []
+  monkeypatch.setattr(logging, 'warning', lambda msg, *args: warned.append(msg % args))
+  _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')
+  assert not [w for w in warned if 'replacing' in w]
+  _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')
+  assert [w for w in warned if w == f'{tmp_path / "out"}: replacing the outputs of an earlier '
+          'prediction there (predictions.csv).']
 
 
 def test_an_input_inside_the_workdir_is_read(cnn_run, tmp_path):

@@ -195,7 +195,7 @@ def _is_one_image(x) -> bool:
 
 def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
   """Paths (files, folders, zips) and arrays -> Items."""
-  if isinstance(inputs, (str, os.PathLike)):
+  if isinstance(inputs, (str, os.PathLike, Image.Image)):
     inputs = [inputs]
   elif hasattr(inputs, '__array__') or hasattr(inputs, '__array_interface__'):
     # (an image or a stack of them: NumPy, JAX, a PIL image; a JAX image was iterated by rows)
@@ -207,12 +207,14 @@ def _as_items(inputs, reader: inputs_lib.Reader) -> List[Item]:
     if isinstance(x, (str, os.PathLike)) and not os.path.exists(x):
       items.append(Item(os.fspath(x), None, functools.partial(_missing, os.fspath(x))))
     elif isinstance(x, (str, os.PathLike)):
-      files = inputs_lib.list_inputs(x)
+      files = _files_to_read(x)
       if os.path.isdir(x) or len(files) != 1 or files[0].in_zip:
         # Only the name shown changes: a zip member is read by its path in the zip.
         items += file_items(files, reader, prefix=os.path.join(os.fspath(x), ''))  # (one '/')
       else:
         items += file_items([dataclasses.replace(files[0], path=os.fspath(x))], reader)
+    elif isinstance(x, Image.Image):  # (np.asarray gives a palette's indices, CMYK as RGBA)
+      items.append(Item(f'array_{i}', None, functools.partial(image_io.pil_image_to_gray, x)))
     else:
       array = np.asarray(x)
       items.append(Item(f'array_{i}', None, lambda a=array: a))
@@ -360,6 +362,11 @@ def _check_input_outside_map_folders(workdir: str, input_path: str):
 def _clear_outputs(workdir: str):
   """Removes an earlier prediction's metrics.json, predictions.csv, maps/, regions/ and
   overlays/ from this workdir."""
+  present = [name for name in ('predictions.csv', *MAP_FOLDERS)
+             if os.path.lexists(os.path.join(workdir, name))]
+  if present:  # (the README says so; the run's log did not)
+    logging.warning('%s: replacing the outputs of an earlier prediction there (%s).', workdir,
+                    ', '.join(present))
   reporting.remove_metrics_json(workdir)
   for path in (os.path.join(workdir, name) for name in ('predictions.csv', *MAP_FOLDERS)):
     if os.path.islink(path) or os.path.isfile(path):  # a link: dropped, never what it points to
@@ -472,9 +479,9 @@ def check_config(config):
   runs.check_rules(task, config.rules)
 
 
-def _files_to_read(input_path, workdir):
+def _files_to_read(input_path, workdir=None):
   """The files of an input (or of dedup_against), less those of predict workdirs inside it
-  (outputs, not scans)."""
+  (outputs, not scans), `workdir` (this prediction's) included."""
   files = inputs_lib.list_inputs(input_path)  # before loading: a wrong path fails fast
   if not files:
     logging.warning('%s holds no files.', input_path)
@@ -482,8 +489,8 @@ def _files_to_read(input_path, workdir):
   # input (smoke mode writes it there) is not in it.
   outputs = [folder for folder, task in layout.run_folders(
       f.source for f in files if not f.in_zip).items() if task == 'predict']
-  own = os.path.realpath(workdir) + os.sep
-  if own.startswith(os.path.realpath(input_path) + os.sep):
+  own = workdir and os.path.realpath(workdir) + os.sep
+  if own and own.startswith(os.path.realpath(input_path) + os.sep):
     outputs.append(own)
   kept = [f for f in files if f.in_zip or not os.path.realpath(f.source).startswith(tuple(outputs))]
   if len(kept) < len(files):
