@@ -65,10 +65,15 @@ def validated_on(monkeypatch, tmp_path, cache_dir):
   the first validation (its third argument) and the run's eval_ids.json, without training
   (tests/test_loop.py's): task.train_and_evaluate(config) runs, with loop.fit replaced by a
   stand-in that validates once, as fit does every epoch, then stops it."""
+  from brainjax.tasks import datasets  # pylint: disable=g-import-not-at-top
   from brainjax.train import loop  # pylint: disable=g-import-not-at-top
+  fitted = {}  # fit's keyword arguments
+  keyed = []  # datasets.training_key's arguments
+  training_key = datasets.training_key
 
   def fit(config, workdir, state, train_step, train_arrays, *, evaluate, **kwargs):
-    del config, workdir, train_step, train_arrays, kwargs
+    del config, workdir, train_step, train_arrays
+    fitted.update(kwargs)
     evaluate(types.SimpleNamespace(variables=state))
     raise StopAfterValidating
 
@@ -82,12 +87,22 @@ def validated_on(monkeypatch, tmp_path, cache_dir):
     monkeypatch.setattr(loop, 'fit', fit)
     # (no network: its initialisation compiles for seconds, and no weights are looked at here)
     monkeypatch.setattr(task, 'create_train_state', lambda config, model, rng: {})
+    def key_spy(*args):
+      keyed.append(args)
+      return training_key(*args)
+    monkeypatch.setattr(datasets, 'training_key', key_spy)
     config.cache_dir = cache_dir
     with pytest.raises(StopAfterValidating):
       task.train_and_evaluate(config, str(tmp_path))
     assert len(validated) == 1
     with open(tmp_path / 'eval_ids.json') as f:  # (the run's own record)
-      return validated[0], json.load(f)
+      eval_ids = json.load(f)
+    # The checkpoints' data key covers the validation slices (a file replaced under its name
+    # between a kill and the resume went unnoticed).
+    ((_, _, validation),) = keyed
+    assert sorted(map(str, validation.ids)) == eval_ids['val']
+    assert fitted['data_key'] == training_key(*keyed[0])
+    return validated[0], eval_ids
 
   return run
 

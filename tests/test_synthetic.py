@@ -396,6 +396,11 @@ def test_the_training_key_changes_with_a_re_export_of_a_class_read(tmp_path):
   key, without_pixels, _ = datasets.training_key(real, both)
   assert key not in datasets.training_key(real, replaced)
   assert without_pixels == datasets.training_key(real, replaced)[1]  # (what brainjax kept before)
+  # A classifier's key covers its validation slices (they pick its best checkpoint) the same way.
+  with_validation = datasets.training_key(real, both, validation=both)
+  assert with_validation[1:] == datasets.training_key(real, both)  # (what brainjax kept before)
+  assert with_validation[0] not in datasets.training_key(real, both, validation=replaced)
+  assert with_validation[0] not in datasets.training_key(real, both, validation=both.take([0, 1]))
 
 
 def test_a_run_begun_on_an_export_without_a_digest_resumes_on_its_rewrite(tmp_path):

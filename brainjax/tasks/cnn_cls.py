@@ -139,7 +139,7 @@ def train_and_evaluate(config, workdir):
   split = datasets.classifier_split(config, source, 'cnn')
   train = datasets.training_examples(config, examples.take(split.train), source=source)
   val, test = examples.take(split.val), examples.take(split.test)
-  data_key = datasets.training_key(config, train)
+  data_key = datasets.training_key(config, train, val)
   loop.check_resume(config, workdir, len(train), data_key)  # a refused rerun changes nothing
   if parallel.is_first_host():
     reporting.write_eval_ids(workdir, val=val, test=test)

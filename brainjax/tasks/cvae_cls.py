@@ -141,7 +141,7 @@ def train_and_evaluate(config, workdir):
   train = datasets.training_examples(config, examples.take(split.train), label=NEGATIVE,
                                      source=source)
   val, test = examples.take(split.val), examples.take(split.test)
-  data_key = datasets.training_key(config, train)
+  data_key = datasets.training_key(config, train, val)
   loop.check_resume(config, workdir, len(train), data_key)  # a refused rerun changes nothing
   if parallel.is_first_host():
     # An earlier evaluation's results (a rerun may change anomaly.*): none until this one's

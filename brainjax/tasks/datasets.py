@@ -262,15 +262,16 @@ def _content(entry):
   return entry
 
 
-def training_key(config, train):
+def training_key(config, train, validation=None):
   """Digests of what a run trains on, for `loop.fit` to keep with each checkpoint: the
   training slices' ids, labels and pixels, and what the synthetic classes among them hold (a
-  re-export keeps the ids). A resumed run on other data (a file added, removed or replaced)
-  would continue one model on two training sets.
+  re-export keeps the ids); with `validation` (a classifier's), its slices too. A resumed run
+  on other data (a file added, removed or replaced) would continue one model on two training
+  sets, or pick its best checkpoint by two validation sets.
 
-  Returns (key, older keys): what brainjax computed before it hashed the pixels, and before
-  exports recorded a digest of their images (their whole manifest entries), so that a run
-  begun then resumes on the same data.
+  Returns (key, older keys): what brainjax computed before it hashed the validation slices,
+  before it hashed the pixels, and before exports recorded a digest of their images (their
+  whole manifest entries), so that a run begun then resumes on the same data.
   """
   entries = []
   if config.get('train_data', 'real') != 'real':
@@ -288,4 +289,9 @@ def training_key(config, train):
   exports = [{f: _content(e) for f, e in classes.items()} for classes in entries]
   older = [{f: {k: v for k, v in e.items() if k != 'pixels_sha256'} for f, e in classes.items()}
            for classes in entries]
-  return key(exports, pixels_sha256=pixels), key(exports), key(older)
+  keys = key(exports, pixels_sha256=pixels), key(exports), key(older)
+  if validation is None:
+    return keys
+  validated = hashlib.sha256(np.ascontiguousarray(validation.images, np.float32)).hexdigest()
+  return (key(exports, pixels_sha256=pixels, validation=slices_digest(validation),
+              validation_pixels_sha256=validated),) + keys

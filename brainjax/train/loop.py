@@ -70,7 +70,8 @@ def _rescore_best(meta, plateau, results):
   if not math.isfinite(new) or math.isclose(new, old, rel_tol=1e-6):
     return meta, plateau
   logging.warning('The best checkpoint\'s validation loss measures %.6g now, %.6g when it was '
-                  'saved (an older version): later epochs are compared with %.6g.', new, old, new)
+                  'saved (by an older version): later epochs are compared with %.6g.', new, old,
+                  new)
   if plateau.best == old:
     plateau = dataclasses.replace(plateau, best=new)
   return {**meta, 'best_val_loss': new}, plateau
@@ -230,9 +231,9 @@ def check_data_key(workdir, meta, data_key: Union[str, Sequence[str], None]) -> 
   (see `fit`) names; checkpoints without a key pass."""
   if None not in (data_key, meta.get('data_key')) and meta['data_key'] not in _data_keys(data_key):
     raise reruns.RerunRefused(
-        f'{workdir} was trained on other data than it reads now (a synthetic export redone '
-        'since with other images, or slices added to, removed from or replaced in the data '
-        'folder): train on these in a new --workdir')
+        f'{workdir} was trained on other data than it reads now, or validated on other slices '
+        '(a synthetic export redone since with other images, or slices added to, removed from '
+        'or replaced in the data folder): train on these in a new --workdir')
 
 
 def check_resume(config, workdir, num_examples: int,
