@@ -103,12 +103,18 @@ def _config_files(argv):
   return files
 
 
+# A save a Ctrl-C stopped as it began, whose thread found the manager closed by the run's exit
+# (its temporary folder is replaced by the resumed run's save).
+_SAVE_AFTER_CLOSE = 'cannot schedule new futures after shutdown'
+
+
 def quiet_libraries(record):
   """Keeps out of the run log: JAX's note of each backend it tried and, as meant, skipped
   quietly (on a machine without a TPU: "Unable to initialize backend 'tpu': ... Failed to open
   libtpu.so"; the run logs the devices it uses); Orbax's per-save INFO chatter (its warnings
   still show), and its error log, traceback included, of a wait for a save that a Ctrl-C stopped
-  (the run says it was interrupted; the resumed run replaces the unfinished save) or of a save
+  (the run says it was interrupted; the resumed run replaces the unfinished save), or of one
+  that a Ctrl-C stopped as it began (its thread found the manager closed), or of a save
   that found no room to write (a full disk: each of its threads logs the failure, some 190
   lines; the run ends with one line naming the folder, its traceback with --verbosity=1);
   TFDS's warning that a folder it looks into holds no prepared copy yet, which it does not
@@ -123,7 +129,8 @@ def quiet_libraries(record):
   if '/orbax/' not in record.pathname:
     return True
   if record.exc_info and (isinstance(record.exc_info[1], KeyboardInterrupt)
-                          or checkpoints.out_of_room(record.exc_info[1])):
+                          or checkpoints.out_of_room(record.exc_info[1])
+                          or str(record.exc_info[1]) == _SAVE_AFTER_CLOSE):
     return False
   if str(record.msg).startswith('Waiting for previous save to complete took'):
     return False  # (our own wait, see the docstring)

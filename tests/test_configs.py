@@ -806,6 +806,10 @@ def test_the_run_log_drops_library_chatter_but_not_warnings_or_errors():
   assert not launch.quiet_libraries(record(logging.WARNING, orbax, message=waited))
   assert launch.quiet_libraries(record(logging.ERROR, orbax, OSError('disk full')))
   assert not launch.quiet_libraries(record(logging.ERROR, orbax, KeyboardInterrupt()))
+  # (a save a Ctrl-C stopped as it began: a 35-line traceback beside the run's one line)
+  assert not launch.quiet_libraries(record(logging.ERROR, orbax, RuntimeError(
+      'cannot schedule new futures after shutdown')))
+  assert launch.quiet_libraries(record(logging.ERROR, orbax, RuntimeError('a bug of theirs')))
   # (A save that found no room: the run ends with one line saying so.)
   full_disk = ValueError('RESOURCE_EXHAUSTED: Error writing "w/0" in OCDBT database at local '
                          'file "/w/best/4.orbax-checkpoint-tmp/": Failed to write 83492 bytes '
