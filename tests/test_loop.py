@@ -255,12 +255,44 @@ def test_a_file_that_fails_to_write_leaves_the_one_before_it_and_no_partial_file
   path = str(tmp_path / 'predictions.csv')
   with reporting.atomic_open(path) as f:
     f.write('before\n')
-  with pytest.raises(OSError, match='No space'):
+  with pytest.raises(OSError, match='No space') as raised:
     with reporting.atomic_open(path) as f:
       f.write('half of it')
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  assert raised.value.filename == path  # (the run's one line said where: it did not)
   assert sorted(os.listdir(tmp_path)) == ['predictions.csv']
   assert pathlib.Path(path).read_text() == 'before\n'
+
+
+def test_an_image_that_finds_the_disk_full_is_named_and_leaves_no_partial_file(
+    tmp_path, monkeypatch):
+  # (a full disk was "error: [Errno 28] No space left on device", naming no file, and left an
+  # empty samples/step_*.png, an export or a figure in another folder than the workdir)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from brainjax.data import synthetic  # pylint: disable=g-import-not-at-top
+  from brainjax.evaluation import roc  # pylint: disable=g-import-not-at-top
+  save = Image.Image.save
+  def save_half(image, fp, *args, **kwargs):
+    save(image, fp, *args, **kwargs)
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(Image.Image, 'save', save_half)
+  grid = str(tmp_path / 'samples' / 'step_6.png')
+  with pytest.raises(OSError, match='No space') as raised:
+    reporting.save_image_grid(grid, np.zeros((2, 4, 4, 1), np.float32))
+  assert raised.value.filename == grid and os.listdir(tmp_path / 'samples') == []
+  with pytest.raises(OSError, match='No space') as raised:
+    synthetic.write_synthetic(str(tmp_path / 'export'), np.zeros((2, 4, 4, 1)), 1, {})
+  assert raised.value.filename == str(tmp_path / 'export' / 'yes' / '00000.png')
+  monkeypatch.setattr(Image.Image, 'save', save)
+  import matplotlib.figure  # pylint: disable=g-import-not-at-top
+  def savefig_half(figure, fp, **kwargs):
+    fp.write(b'\x89PNG')
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(matplotlib.figure.Figure, 'savefig', savefig_half)
+  roc_path = str(tmp_path / 'figures' / 'roc.png')
+  with pytest.raises(OSError, match='No space') as raised:
+    roc.save_roc_figure(roc_path, [roc.Curve('a', np.array([0., 1.]), np.array([0., 1.]), 0.5)])
+  assert raised.value.filename == roc_path and os.listdir(tmp_path / 'figures') == []
 
 
 def test_a_kill_during_a_save_keeps_the_checkpoints_before_it(tmp_path):

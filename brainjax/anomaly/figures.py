@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 from matplotlib.figure import Figure
 import numpy as np
 
+from brainjax.train import reporting
+
 
 def pick_examples(labels: np.ndarray, per_class: int = 3, seed: int = 0) -> np.ndarray:
   """Indices of up to `per_class` tumour then `per_class` healthy slices."""
@@ -61,5 +63,6 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
     fig.suptitle(title)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path, format='png', dpi=80)
+  with reporting.atomic_open(path, 'wb') as f:  # (a full disk: named, no partial PNG)
+    fig.savefig(f, format='png', dpi=80)
   return path

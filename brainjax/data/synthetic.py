@@ -26,6 +26,7 @@ from PIL import Image
 
 from brainjax.data import layout
 from brainjax.data.examples import Examples, NEGATIVE, POSITIVE
+from brainjax.train import reporting
 
 FORMAT = 1
 MANIFEST = 'manifest.json'
@@ -165,7 +166,8 @@ def write_synthetic(out_dir: str, images: np.ndarray, label: int,
   staging = _fresh_folder(os.path.join(out_dir, f'.{folder}.{os.getpid()}.staging'))
   try:
     for name, pixel in zip(_file_names(len(pixels)), pixels):
-      Image.fromarray(pixel, mode='L').save(os.path.join(staging, name))
+      with reporting.naming(os.path.join(out_dir, folder, name)):  # (a full disk: where)
+        Image.fromarray(pixel, mode='L').save(os.path.join(staging, name))
     final = os.path.join(out_dir, folder)
     _set_entry(out_dir, folder, None)  # unlisted while it is replaced
     if os.path.exists(final):

@@ -12,6 +12,8 @@ from typing import Any, Dict, Tuple
 import numpy as np
 from matplotlib.figure import Figure
 
+from brainjax.train import reporting
+
 
 def _as_rows(x, name: str) -> np.ndarray:
   """`x` as a finite (N, D) array (rows flattened), or a one-line ValueError."""
@@ -225,4 +227,5 @@ def worst_pairs_figure(synthetic_images, train_images, pairs, path,
       axes[0, col].set_title(f'd={float(distances[col]):.3g}', fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path, format='png', dpi=100)
+  with reporting.atomic_open(path, 'wb') as f:  # (a full disk: named, no partial PNG)
+    fig.savefig(f, format='png', dpi=100)

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from sklearn import metrics
 
 from brainjax.evaluation import classification
+from brainjax.train import reporting
 
 
 class Curve(NamedTuple):
@@ -66,5 +67,6 @@ def save_roc_figure(path: str, curves: Sequence[Curve], title: str = '') -> str:
   ax.legend(loc='lower right', fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  fig.savefig(path, format='png', dpi=100)
+  with reporting.atomic_open(path, 'wb') as f:  # (a full disk: named, no partial PNG)
+    fig.savefig(f, format='png', dpi=100)
   return path

@@ -30,13 +30,26 @@ def atomic_open(path, mode='w', **kwargs):
   """
   tmp = path + '.tmp'
   try:
-    with open(tmp, mode, **kwargs) as f:
+    with naming(path), open(tmp, mode, **kwargs) as f:
       yield f
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(OSError):  # (the write's error is the one to report)
       os.remove(tmp)
     raise
+
+
+@contextlib.contextmanager
+def naming(path):
+  """An OSError that names no file (a write or close that found the disk full) names `path`:
+  the run's one-line error said "No space left on device", and not where (an export may be on
+  another disk than the workdir)."""
+  try:
+    yield
+  except OSError as error:
+    if error.filename is not None or error.errno is None:
+      raise
+    raise OSError(error.errno, error.strerror, path) from error
 
 
 def write_metrics_json(workdir, metrics):
@@ -189,5 +202,6 @@ def image_grid(images):
 
 def save_image_grid(path, images):
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  Image.fromarray(image_grid(images)).save(path)
+  with atomic_open(path, 'wb') as f:  # (a full disk left an empty PNG)
+    Image.fromarray(image_grid(images)).save(f, format='PNG')
   return path
