@@ -163,6 +163,13 @@ def parse_args(argv=None):
   if (args.peer or args.compare) and args.preset != 'paper':
     parser.error('the peer times the full-size networks: use --peer and --compare with '
                  '--preset paper')
+  if not args.malloc_tuning and os.environ.get('GLIBC_TUNABLES'):
+    # (glibc read it as this process started: the JSON would call tuned steps untuned)
+    parser.error('GLIBC_TUNABLES is set, which tunes this process\'s malloc: unset it for '
+                 '--no-malloc-tuning')
+  if args.output and (os.path.isdir(args.output) or not os.path.isdir(
+      os.path.dirname(os.path.abspath(args.output)))):  # (checked before minutes of timing)
+    parser.error(f'--output {args.output}: not a file in an existing folder')
   return args
 
 
@@ -328,7 +335,7 @@ def run_peer(args, name, steps):
   command = [args.torch_python, '-c', _PEER_WRAPPER, str(script.parent), script.stem, name,
              str(args.batch), str(steps), str(args.threads), args.peer_device]
   try:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}  # (glibc's defaults)
     if args.malloc_tuning:
       env['GLIBC_TUNABLES'] = MALLOC_TUNABLES
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
@@ -337,7 +344,13 @@ def run_peer(args, name, steps):
   if done.returncode:
     last = (done.stderr.strip().splitlines() or ['(no output)'])[-1]
     raise ValueError(f'the peer failed on {name} (exit {done.returncode}): {last}')
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  try:
+    return json.loads(done.stdout.strip().splitlines()[-1])
+  except (IndexError, json.JSONDecodeError):
+    last = (done.stdout.strip().splitlines() or done.stderr.strip().splitlines()
+            or ['(no output)'])[-1]
+    raise ValueError(f'the peer printed no JSON for {name} (--torch-python '
+                     f'{args.torch_python}): {last}') from None
 
 
 def load_peer_json(path):
@@ -523,10 +536,13 @@ def main(argv=None):
   except ValueError as error:
     sys.exit(f'error: {error}')
   text = json.dumps(out)
+  print(text)  # (first: the figures are not lost if the file cannot be written)
   if args.output:
-    with open(args.output, 'w') as f:
-      f.write(text + '\n')
-  print(text)
+    try:
+      with open(args.output, 'w') as f:
+        f.write(text + '\n')
+    except OSError as error:
+      sys.exit(f'error: cannot write --output {args.output}: {error.strerror or error}')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,7 @@ No timing assertions: only that every part runs and reports what it should.
 """
 import json
 import re
+import types
 
 import jax
 import pytest
@@ -126,6 +127,29 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     bench.main(['--models', '', '--no-anomaly', '--compare', str(tmp_path / 'no-such.json')])
   for peer in (['--peer'], ['--compare', 'peer.json']):  # bfloat16 steps against float32 ones
     assert 'the peer runs in float32' in _refusal(peer + ['--half-precision'], capsys)
+  # An --output that cannot be written: refused before the timing (it was a traceback after it,
+  # every figure lost).
+  for output in (tmp_path, tmp_path / 'no-such-folder' / 'bench.json'):
+    assert 'not a file in an existing folder' in _refusal(['--output', str(output)], capsys)
+
+
+def test_no_malloc_tuning_leaves_both_processes_glibc_s_defaults(monkeypatch, tmp_path, capsys):
+  # GLIBC_TUNABLES set (as the README shows for launch.py) tuned the peer and this process while
+  # the JSON said malloc_tuning: false.
+  monkeypatch.setenv('GLIBC_TUNABLES', bench.MALLOC_TUNABLES)
+  assert 'unset it for --no-malloc-tuning' in _refusal(['--no-malloc-tuning'], capsys)
+  monkeypatch.delenv('GLIBC_TUNABLES')
+  seen = []
+  def fake_run(command, env, **kwargs):
+    seen.append(env.get('GLIBC_TUNABLES'))
+    return types.SimpleNamespace(returncode=0, stdout='', stderr='')
+  monkeypatch.setattr(bench.subprocess, 'run', fake_run)
+  for flag, expected in (('--malloc-tuning', bench.MALLOC_TUNABLES), ('--no-malloc-tuning', None)):
+    args = bench.parse_args(['--peer', flag])
+    # A peer that prints nothing: one line (an IndexError traceback).
+    with pytest.raises(ValueError, match='the peer printed no JSON for cnn'):
+      bench.run_peer(args, 'cnn', 1)
+    assert seen.pop() == expected
 
 
 def test_the_peer_runs_on_as_many_threads_as_this_process(monkeypatch):
