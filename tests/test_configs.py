@@ -127,7 +127,15 @@ REFUSED = [
     (['--config=configs/cnn_cls.py:synthetic,smoke', '--config.synthetic_dirs=no/such/export'],
      "no synthetic dataset at 'no/such/export'"),
     (['--config=configs/cvae_cls.py:mixed,smoke', '--config.synthetic_dirs=no/such/export'],
-     "no synthetic dataset at 'no/such/export'"),
+     "no synthetic dataset at 'no/such/export': train its generator first (a generator run "
+     'with --config.export.dir=no/such/export)'),
+    # (the hint named the full-size run, whose export is another folder)
+    (['--config=configs/cvae_cls.py:mixed,smoke',
+      '--config.synthetic_dirs=no/runs/vae_gen_negative_smoke/synthetic'],
+     'first (python launch.py --config=configs/vae_gen.py:negative,smoke)'),
+    # (it trained and tested on the phantom, reported as real, config.json naming the folder)
+    (['--config=configs/cnn_cls.py:real,smoke', '--config.data.data_dir=configs'],
+     "/configs' is set, but data.dataset is phantom, which reads no folder"),
     (['--config=configs/cnn_cls.py:real,smoke', '--config.data.dataset=br35h',
       '--config.data.data_dir=no/such/br35h'], 'such/br35h does not exist'),
     (['--config=configs/vae_gen.py:negative,smoke', '--config.data.dataset=folder',

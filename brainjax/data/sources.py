@@ -162,9 +162,13 @@ def check_location(data_cfg) -> None:
   dataset = _cfg(data_cfg, 'dataset', None)
   if dataset not in DATASETS:
     raise ValueError(f'unknown data.dataset {dataset!r}; valid: {", ".join(DATASETS)}')
-  if dataset == 'phantom':
-    return
   data_dir = _cfg(data_cfg, 'data_dir', '')
+  if dataset == 'phantom':
+    if data_dir:  # (it trained and tested on the phantom, reported as real, naming the folder)
+      raise ValueError(f'data.data_dir={data_dir!r} is set, but data.dataset is phantom, which '
+                       'reads no folder: add --config.data.dataset=br35h (the download) or '
+                       'folder (yes/ and no/)')
+    return
   if not data_dir:
     raise ValueError(f'data.data_dir must point at the {dataset} data')
   path = os.path.abspath(os.path.expanduser(os.fspath(data_dir)))

@@ -11,6 +11,7 @@ healthy slices only.)
 import hashlib
 import json
 import os
+import re
 
 from absl import logging
 import numpy as np
@@ -154,6 +155,17 @@ def _export_dirs(config):
 _TRAIN_DATA = ('real', 'synthetic', 'mixed')
 
 
+def _export_command(export_dir):
+  """The command that exports into export_dir: a generator's default workdir names its config
+  (the smoke variant's too: the full one wrote another folder), any other folder export.dir."""
+  default = re.fullmatch(r'(?:.*/)?runs/(vae|gan)_gen_(positive|negative)(_smoke)?/synthetic/?',
+                         export_dir)
+  if default:
+    kind, label, smoke = default.groups()
+    return f'python launch.py --config=configs/{kind}_gen.py:{label}{",smoke" * bool(smoke)}'
+  return f'a generator run with --config.export.dir={export_dir}'
+
+
 def check_training_data(config, source=None):
   """A classifier's train_data, and for synthetic or mixed data the exports it names: each
   present and from a generator of this run's split. Cheap: launch.py runs it before it
@@ -166,9 +178,8 @@ def check_training_data(config, source=None):
   dirs = _export_dirs(config)
   for d in dirs:
     if not os.path.isdir(d):
-      raise FileNotFoundError(
-          f'no synthetic dataset at {d!r}: train a generator first (python launch.py '
-          '--config=configs/vae_gen.py:positive, and :negative) or set --config.synthetic_dirs')
+      raise FileNotFoundError(f'no synthetic dataset at {d!r}: train its generator first '
+                              f'({_export_command(d)}) or set --config.synthetic_dirs')
     check_same_split(config, d, source)
   return dirs
 
