@@ -28,6 +28,7 @@ def atomic_open(path, mode='w', **kwargs):
 
   The partial file is path + '.tmp', a fixed name: a workdir is locked to one process.
   """
+  path = os.fspath(path)
   tmp = path + '.tmp'
   try:
     with naming(path), open(tmp, mode, **kwargs) as f:
