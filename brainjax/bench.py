@@ -163,14 +163,19 @@ def parse_args(argv=None):
   if (args.peer or args.compare) and args.preset != 'paper':
     parser.error('the peer times the full-size networks: use --peer and --compare with '
                  '--preset paper')
-  if not args.malloc_tuning and os.environ.get('GLIBC_TUNABLES'):
+  if not args.malloc_tuning and _malloc_tunables(os.environ.get('GLIBC_TUNABLES', '')):
     # (glibc read it as this process started: the JSON would call tuned steps untuned)
-    parser.error('GLIBC_TUNABLES is set, which tunes this process\'s malloc: unset it for '
-                 '--no-malloc-tuning')
+    parser.error('GLIBC_TUNABLES sets glibc.malloc tunables, which tune this process\'s '
+                 'malloc: leave them out for --no-malloc-tuning')
   if args.output and (os.path.isdir(args.output) or not os.path.isdir(
       os.path.dirname(os.path.abspath(args.output)))):  # (checked before minutes of timing)
     parser.error(f'--output {args.output}: not a file in an existing folder')
   return args
+
+
+def _malloc_tunables(tunables):
+  """The glibc.malloc.* entries of a GLIBC_TUNABLES value."""
+  return [t for t in tunables.split(':') if t.startswith('glibc.malloc.')]
 
 
 # glibc mallopt parameters, and the same settings as GLIBC_TUNABLES (for the peer's process).
@@ -335,9 +340,13 @@ def run_peer(args, name, steps):
   command = [args.torch_python, '-c', _PEER_WRAPPER, str(script.parent), script.stem, name,
              str(args.batch), str(steps), str(args.threads), args.peer_device]
   try:
-    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}  # (glibc's defaults)
-    if args.malloc_tuning:
-      env['GLIBC_TUNABLES'] = MALLOC_TUNABLES
+    env = dict(os.environ)
+    # (the other tunables as they are; malloc's glibc's defaults, or the tuning)
+    others = [t for t in env.pop('GLIBC_TUNABLES', '').split(':')
+              if t and not t.startswith('glibc.malloc.')]
+    tunables = ':'.join(others + ([MALLOC_TUNABLES] if args.malloc_tuning else []))
+    if tunables:
+      env['GLIBC_TUNABLES'] = tunables
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
   except OSError as error:
     raise ValueError(f'cannot run the peer with --torch-python {args.torch_python}: {error}')

@@ -644,6 +644,15 @@ def test_paths_are_taken_as_the_user_means_them(tmp_path, monkeypatch):
     assert not reruns.config_changes(saved, {'task': 'cnn_cls', 'data': {'data_dir': same}})
   assert reruns.config_changes(saved, {'task': 'cnn_cls', 'data': {'data_dir': 'home'}}) == [
       "data.data_dir: 'data' -> 'home'"]
+  # A phantom run begun with a data_dir (which launch now refuses): its rerun may drop it.
+  phantom = {'task': 'cnn_cls', 'data': {'dataset': 'phantom', 'data_dir': 'data'}}
+  assert not reruns.config_changes(phantom, {'task': 'cnn_cls',
+                                             'data': {'dataset': 'phantom', 'data_dir': ''}})
+  assert reruns.config_changes(phantom, {'task': 'cnn_cls',
+                                         'data': {'dataset': 'folder', 'data_dir': 'data'}}) == [
+      "data.dataset: 'phantom' -> 'folder'"]
+  assert reruns.config_changes({'data': {'dataset': 'folder', 'data_dir': 'data'}},
+                               {'data': {'dataset': 'folder', 'data_dir': 'home'}})
 
 
 def test_launch_refuses_another_run_s_workdir_before_writing_anything(tmp_path):

@@ -94,7 +94,7 @@ def test_other_files_in_an_export_s_class_folder_are_named_in_a_log_line(tmp_pat
                    'notes.txt']
 
 
-def test_one_export_named_twice_or_exports_of_another_size_are_refused(tmp_path):
+def test_one_export_named_twice_or_exports_of_another_size_are_refused(tmp_path, monkeypatch):
   from configs import cnn_cls
   from brainjax.tasks import datasets
   first, second = str(tmp_path / 'a'), str(tmp_path / 'b')
@@ -105,6 +105,14 @@ def test_one_export_named_twice_or_exports_of_another_size_are_refused(tmp_path)
   config.data.image_size = 16
   config.synthetic_dirs = f'{first},{first}/'
   with pytest.raises(ValueError, match=f'names one export twice \\({first} and {first}/\\)'):
+    datasets.check_training_data(config)
+  os.symlink(first, tmp_path / 'p')  # (a one-letter name: Python keeps one object of it)
+  config.synthetic_dirs = f'{tmp_path}/p,{tmp_path}/p'
+  with pytest.raises(ValueError, match='names one export twice'):
+    datasets.check_training_data(config)
+  monkeypatch.chdir(tmp_path)
+  config.synthetic_dirs = 'p,p'
+  with pytest.raises(ValueError, match=r'names one export twice \(p and p\)'):
     datasets.check_training_data(config)
   config.synthetic_dirs = f'{first},{second}'  # (was numpy's concatenate error, naming neither)
   with pytest.raises(ValueError, match=f'{second} holds 8x8 slices, this run reads 16x16'):

@@ -167,7 +167,7 @@ def check_location(data_cfg) -> None:
     if data_dir:  # (it trained and tested on the phantom, reported as real, naming the folder)
       raise ValueError(f'data.data_dir={data_dir!r} is set, but data.dataset is phantom, which '
                        'reads no folder: add --config.data.dataset=br35h (the download) or '
-                       'folder (yes/ and no/)')
+                       'folder (yes/ and no/), or leave data.data_dir out')
     return
   if not data_dir:
     raise ValueError(f'data.data_dir must point at the {dataset} data')

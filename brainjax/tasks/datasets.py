@@ -145,10 +145,11 @@ def _export_dirs(config):
     raise ValueError('config.synthetic_dirs is empty: name the synthetic exports to train on')
   named = {}
   for d in dirs:  # (one named twice would train on its slices twice, off the class balance)
-    twice = named.setdefault(os.path.realpath(d), d)
-    if twice is not d:
+    real = os.path.realpath(d)
+    if real in named:
       raise ValueError(f'synthetic_dirs={config.synthetic_dirs!r} names one export twice '
-                       f'({twice} and {d}): name each once')
+                       f'({named[real]} and {d}): name each once')
+    named[real] = d
   return dirs
 
 

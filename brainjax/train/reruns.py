@@ -122,7 +122,17 @@ def config_changes(saved, config, allowed=RERUN_FIELDS):
   (JSON dicts) differ; fields only one of them has (another version's) are not compared."""
   old, new = _flat(saved), _flat(config)
   return [f'{k}: {old[k]!r} -> {new[k]!r}' for k in sorted(old.keys() & new.keys())
-          if not _same_setting(k, old[k], new[k]) and not allowed.intersection(k.split('.'))]
+          if not _same_setting(k, old[k], new[k]) and not allowed.intersection(k.split('.'))
+          and not _unread_data_dir(k, old, new)]
+
+
+def _unread_data_dir(field, old, new):
+  """Whether `field` is a data_dir that the phantom, the dataset of both, does not read (a run
+  begun when brainjax accepted one beside it may drop it: launch now refuses the pair)."""
+  if field.split('.')[-1] != 'data_dir':
+    return False
+  dataset = field[:-len('data_dir')] + 'dataset'
+  return old.get(dataset) == new.get(dataset) == 'phantom'
 
 
 def changes_message(workdir, changed):
