@@ -658,7 +658,7 @@ def test_a_pil_image_is_read_as_its_file_is(cnn_run, tmp_path):
   exif = images['turned.jpg'].getexif()
   exif[0x0112] = 6  # (displayed turned a quarter)
   for name, image in images.items():
-    image.save(tmp_path / name, exif=exif) if name == 'turned.jpg' else image.save(tmp_path / name)
+    image.save(tmp_path / name, **({'exif': exif} if name == 'turned.jpg' else {}))
   for name in images:
     with Image.open(tmp_path / name) as image:
       by_image = predict.predict_paths(cnn_run, image)
@@ -687,7 +687,8 @@ def test_workdir_inside_the_input_is_not_read_back(cnn_run, tmp_path):
 
 def test_a_prediction_replacing_an_earlier_one_says_so(cnn_run, tmp_path, monkeypatch):
   (tmp_path / 'in' / 'no').mkdir(parents=True)
-  (tmp_path / 'in' / 'no' / 'a.png').write_bytes(_png_bytes(phantom.phantom_slice(4, 0, False).image))
+  scan = phantom.phantom_slice(4, 0, False).image
+  (tmp_path / 'in' / 'no' / 'a.png').write_bytes(_png_bytes(scan))
   warned = []
   monkeypatch.setattr(logging, 'warning', lambda msg, *args: warned.append(msg % args))
   _predict(cnn_run, tmp_path / 'in', tmp_path / 'out')

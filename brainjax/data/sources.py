@@ -156,8 +156,8 @@ def _is_export(folder: Optional[str]) -> bool:
 
 def check_location(data_cfg) -> None:
   """A ValueError unless the configured data could be where it is said to be, with settings
-  it can be read with. Cheap (a few stat calls, no file read): launch.py runs it before it
-  writes anything."""
+  it can be read with. Cheap (a few stat calls; no file read but a manifest.json the data
+  folder holds): launch.py runs it before it writes anything."""
   _settings(data_cfg)
   dataset = _cfg(data_cfg, 'dataset', None)
   if dataset not in DATASETS:
