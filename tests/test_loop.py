@@ -182,6 +182,23 @@ def test_a_run_resumes_only_on_its_own_training_data(tmp_path):
   assert run(tmp_path, config(num_epochs=4))[1]['steps'] == 16  # no key: not compared
 
 
+def test_images_per_s_leaves_out_the_process_s_first_step(tmp_path, monkeypatch):
+  # (its one-off costs: a resumed run that trained one log interval reported 97 img/s, 224 steady)
+  logged = []
+  monkeypatch.setattr(loop.logging, 'info',
+                      lambda msg, *args: logged.append(str(msg) % args if args else str(msg)))
+  def slow_first_step(step):  # (stands in for the first step's one-off costs)
+    if step == 1:
+      time.sleep(1.0)
+  run(tmp_path, config(num_epochs=1, log_every_steps=4), hooks=[slow_first_step])
+  (line,) = [m for m in logged if m.startswith('step 4/4')]
+  assert float(line.split('images_per_s=')[1]) > 2 * 4 * 16 / 1.0  # (4 steps in 1 s and more)
+  logged.clear()  # one step a log interval: that step's rate, the first one's too
+  run(tmp_path / 'b', config(num_epochs=1, log_every_steps=1), hooks=[slow_first_step])
+  rates = [float(m.split('images_per_s=')[1]) for m in logged if m.startswith('step ')]
+  assert len(rates) == 4 and rates[0] < 16 / 1.0 < min(rates[1:])
+
+
 def test_reading_a_workdir_without_checkpoints_creates_nothing_in_it(tmp_path):
   # (predict or mode=generate pointed at a run that stopped before training: a folder made
   # there would lock it, as begun, against the corrected rerun)
