@@ -219,6 +219,33 @@ def test_data_no_classifier_can_use_is_refused_before_any_stage_runs(tmp_path, m
     study.train_and_evaluate(config, str(tmp_path / 'study'))
 
 
+@pytest.mark.parametrize('task', ['vae_gen', 'cnn_cls', 'cvae_cls'])
+def test_a_batch_larger_than_a_stage_s_training_slices_is_refused_before_any_stage_runs(
+    task, tmp_path, monkeypatch):
+  # (BrainCVAE's, on its healthy slices, stopped a default quick study on 60 slices a class once
+  # its generators and BrainCNN stages had trained)
+  config = study_config.get_config('quick,smoke')
+  config.cache_dir, config.num_devices = str(tmp_path / 'cache'), 1  # (any batch splits)
+  config.num_synthetic = 64  # (the synthetic-only stages' own check: enough for any batch here)
+  def no_stage(*args):
+    raise AssertionError('a stage ran')
+  monkeypatch.setattr(study, 'run_stage', no_stage)
+  source = datasets.real_source(study.sub_config(config, 'cnn_cls', 'real', 'random', 0))
+  train = {t: datasets.split(study.sub_config(config, t, 'real', 'random', 0), source, p).train
+           for t, p in (('cnn_cls', 'cnn'), ('cvae_cls', 'anomaly'))}
+  count = {'vae_gen': len(datasets.generator_training_set(
+               study.sub_config(config, 'vae_gen', 'positive', 'random', 0), source, 1)),
+           'cnn_cls': len(train['cnn_cls']),
+           'cvae_cls': int((source.examples.labels[train['cvae_cls']] == 0).sum())}[task]
+  config.overrides[task] = {'batch_size': count + 1}
+  with pytest.raises(ValueError, match=f'study stage {task} \\(random split, seed 0\\): '
+                     f'batch_size={count + 1} is larger than the {count} training examples'):
+    study.train_and_evaluate(config, str(tmp_path / 'study'))
+  config.overrides[task] = {'batch_size': count}
+  with pytest.raises(AssertionError, match='a stage ran'):  # (the largest that fits: it runs)
+    study.train_and_evaluate(config, str(tmp_path / 'study'))
+
+
 def test_the_study_s_own_settings_reach_every_stage():
   config = study_config.get_config('quick,smoke')
   config.dedup_threshold, config.log_every_steps, config.keep_checkpoints = 0.5, 7, 4

@@ -121,17 +121,25 @@ def split_key(config, source=None):
   return json.loads(json.dumps(key))
 
 
+def generator_training_slices(labels, cnn_train, anomaly_train, label):
+  """bool mask: the generator of class `label` trains on the slices of that class in the CNN
+  protocol's training part (indices), healthy ones only if also in the anomaly protocol's."""
+  keep = np.zeros(len(labels), bool)
+  keep[cnn_train] = True
+  if label == NEGATIVE:  # (BrainCVAE validates and tests on healthy slices too)
+    in_anomaly_train = np.zeros(len(labels), bool)
+    in_anomaly_train[anomaly_train] = True
+    keep &= in_anomaly_train
+  return keep & (labels == label)
+
+
 def generator_training_set(config, source, label):
   """Slices of class `label` in the CNN protocol's training part; healthy ones only if also
   in the anomaly protocol's (see the module docstring)."""
   examples = source.examples
-  keep = np.zeros(len(examples), bool)
-  keep[split(config, source, 'cnn').train] = True
-  if label == NEGATIVE:  # (BrainCVAE validates and tests on healthy slices too)
-    in_anomaly_train = np.zeros(len(examples), bool)
-    in_anomaly_train[split(config, source, 'anomaly').train] = True
-    keep &= in_anomaly_train
-  train = examples.take(keep & (examples.labels == label))
+  anomaly_train = split(config, source, 'anomaly').train if label == NEGATIVE else None
+  train = examples.take(generator_training_slices(
+      examples.labels, split(config, source, 'cnn').train, anomaly_train, label))
   if not len(train):
     raise ValueError(f'no {_CLASS_NAMES[label]} slices to train on: none readable in '
                      f'{layout.CLASSES[label]}/, or the {config.split} split (seed {config.seed}) '

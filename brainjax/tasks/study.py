@@ -21,6 +21,7 @@ from absl import logging
 import ml_collections
 import numpy as np
 
+from brainjax.data import pipeline
 from brainjax.data import synthetic
 from brainjax.data.examples import NEGATIVE, POSITIVE
 from brainjax.evaluation import baseline
@@ -397,8 +398,9 @@ def check_layout(config, workdir):
 def check_data(config, workdir):
   """Before any stage runs: a ValueError if a split of the data leaves a classifier a set
   without a class it needs (an empty no/ folder would stop the study once its tumour
-  generators had trained) or the generators' audit fewer than knn_k + 1 training slices of a
-  class, and reruns.RerunRefused if a stage of this study trained, validated
+  generators had trained), the generators' audit fewer than knn_k + 1 training slices of a
+  class, or a stage fewer training slices than its batch_size (check_batches), and
+  reruns.RerunRefused if a stage of this study trained, validated
   or tested when the data held other slices (files added to or removed from its folder since):
   finished stages are reused as they are, so the table would pair rows tested on different
   slices, and a generator may have trained on the new split's test slices."""
@@ -406,10 +408,12 @@ def check_data(config, workdir):
   for split_mode in config.split_modes.split(','):
     for seed in range(config.seed, config.seed + config.seeds):
       eval_ids = {}  # task: the slices its stages validate and test on with the data as it is
+      train = {}  # task: its real training slices
       for task, protocol in (('cnn_cls', 'cnn'), ('cvae_cls', 'anomaly')):
         sub = sub_config(config, task, 'real', split_mode, seed)
         source = source or datasets.real_source(sub)  # (one data setting for every stage)
         parts = datasets.classifier_split(sub, source, protocol)
+        train[task] = parts.train
         if task == 'cnn_cls':  # (the generators' audit: k-NN among its training slices)
           for label, name in ((POSITIVE, 'positive'), (NEGATIVE, 'negative')):
             count = int((source.examples.labels[parts.train] == label).sum())
@@ -419,6 +423,7 @@ def check_data(config, workdir):
                                f'seed {seed}); lower it')
         ids = source.examples.ids
         eval_ids[task] = reporting.eval_ids(val=ids[parts.val], test=ids[parts.test])
+      check_batches(config, workdir, split_mode, seed, source.examples.labels, train)
       for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
         if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
           continue
@@ -437,6 +442,24 @@ def check_data(config, workdir):
                   f'study stage {task} in {os.path.dirname(path)} was validated and tested on '
                   'other slices than the data give now (files added to or removed from it '
                   'since): run the study on this data in a new --workdir')
+
+
+def check_batches(config, workdir, split_mode, seed, labels, train):
+  """A ValueError if a stage's batch_size exceeds its real training slices (the generators',
+  BrainCNN's, BrainCVAE's healthy ones; train: {'cnn_cls': .., 'cvae_cls': ..} indices), as
+  that stage itself would say once the stages before it had trained."""
+  counts = [(f'{kind}_gen', sub, int(datasets.generator_training_slices(
+      labels, train['cnn_cls'], train['cvae_cls'], datasets.LABEL_NAMES[label]).sum()))
+            for kind, label, sub, _ in generator_stages(config, workdir, split_mode, seed)]
+  counts += [('cnn_cls', sub_config(config, 'cnn_cls', 'real', split_mode, seed),
+              len(train['cnn_cls'])),
+             ('cvae_cls', sub_config(config, 'cvae_cls', 'real', split_mode, seed),
+              int((labels[train['cvae_cls']] == NEGATIVE).sum()))]
+  for task, sub, count in counts:
+    try:
+      pipeline.steps_per_epoch(count, sub.batch_size)
+    except ValueError as error:
+      raise ValueError(f'study stage {task} ({split_mode} split, seed {seed}): {error}') from None
 
 
 def train_and_evaluate(config, workdir):
