@@ -1,6 +1,5 @@
 """Figures like the study's 4 and 5: original, reconstruction, error map and the
 region a rule calls anomalous, one row per slice, saved as one PNG."""
-import os
 from typing import Optional, Sequence
 
 from matplotlib.figure import Figure
@@ -62,7 +61,4 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
   if title:
     fig.suptitle(title)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with reporting.atomic_open(path, 'wb') as f:  # (a full disk: named, no partial PNG)
-    fig.savefig(f, format='png', dpi=80)
-  return path
+  return reporting.save_figure(fig, path, dpi=80)

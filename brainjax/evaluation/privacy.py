@@ -6,7 +6,6 @@ with how close genuinely new real slices (a held-out set never seen by the
 generator) come to it. Inputs are arrays of any shape (N, ...), flattened to
 (N, D): raw pixels for pixel L2, or CNN features for a perceptual distance.
 """
-import os
 from typing import Any, Dict, Tuple
 
 import numpy as np
@@ -226,6 +225,4 @@ def worst_pairs_figure(synthetic_images, train_images, pairs, path,
     if distances is not None:
       axes[0, col].set_title(f'd={float(distances[col]):.3g}', fontsize=8)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with reporting.atomic_open(path, 'wb') as f:  # (a full disk: named, no partial PNG)
-    fig.savefig(f, format='png', dpi=100)
+  reporting.save_figure(fig, path, dpi=100)

@@ -4,7 +4,6 @@ scikit-learn's curve (a point per distinct score) and trapezoid area: the area i
 `classification.auroc` exactly, a run of tied scores being one diagonal step, the one half
 the Mann-Whitney count gives each tied (tumour, healthy) pair.
 """
-import os
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -66,7 +65,4 @@ def save_roc_figure(path: str, curves: Sequence[Curve], title: str = '') -> str:
     ax.set_title(title, fontsize=10)
   ax.legend(loc='lower right', fontsize=7)
   fig.tight_layout()
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with reporting.atomic_open(path, 'wb') as f:  # (a full disk: named, no partial PNG)
-    fig.savefig(f, format='png', dpi=100)
-  return path
+  return reporting.save_figure(fig, path, dpi=100)

@@ -29,7 +29,6 @@ A file that cannot be decoded or holds no head is a skipped row and a count in t
 log, never a crash; the input is only ever read.
 """
 import concurrent.futures
-import csv
 import dataclasses
 import functools
 import importlib
@@ -283,14 +282,6 @@ def _csv_rows(prepared: Prepared, preds: Predictions, rules: Sequence[str]):
       record.update({f'score_{r}': scores[r], f'predicted_{r}': labels[r]})
     rows.append(record)
   return fields, rows
-
-
-def write_predictions_csv(path: str, fields: Sequence[str], rows: Sequence[Dict[str, Any]]):
-  # A file name that is not UTF-8 (a Latin-1 disk) is written with its bytes escaped.
-  with reporting.atomic_open(path, newline='', encoding='utf-8', errors='backslashreplace') as f:
-    writer = csv.DictWriter(f, fieldnames=fields, restval='')
-    writer.writeheader()
-    writer.writerows(rows)
 
 
 def labelled_metrics(labels: np.ndarray, predictions: np.ndarray,
@@ -569,7 +560,7 @@ def train_and_evaluate(config, workdir):
       seconds['maps'] = time.perf_counter() - tick
 
   fields, rows = _csv_rows(prepared, preds, rules)
-  write_predictions_csv(os.path.join(workdir, 'predictions.csv'), fields, rows)
+  reporting.write_csv(os.path.join(workdir, 'predictions.csv'), fields, rows)
   seconds['total'] = time.perf_counter() - start
   metrics = dict(num_inputs=len(files), num_predicted=len(prepared.ok),
                  num_skipped=len(files) - len(prepared.ok), num_unreadable=num_unreadable,

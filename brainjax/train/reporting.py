@@ -2,6 +2,7 @@
 classifier's eval_ids.json and test_scores.npz, Table 1 rows, TensorBoard scalars, image
 grids."""
 import contextlib
+import csv
 import json
 import math
 import os
@@ -51,6 +52,16 @@ def naming(path):
     if error.filename is not None or error.errno is None:
       raise
     raise OSError(error.errno, error.strerror, path) from error
+
+
+def write_csv(path, fields, rows):
+  """Writes dict rows under the header `fields` (a missing field: empty) to `path`,
+  atomically; text is UTF-8, and a file name that is not (a Latin-1 disk) has its bytes
+  escaped."""
+  with atomic_open(path, newline='', encoding='utf-8', errors='backslashreplace') as f:
+    writer = csv.DictWriter(f, fieldnames=fields, restval='')
+    writer.writeheader()
+    writer.writerows(rows)
 
 
 def write_metrics_json(workdir, metrics):
@@ -199,6 +210,15 @@ def image_grid(images):
     r, c = divmod(i, columns)
     grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
   return (grid * 255 + 0.5).astype(np.uint8)
+
+
+def save_figure(fig, path, dpi):
+  """Writes a matplotlib Figure as a PNG at `path` (its folder made), through atomic_open (a
+  full disk: the file named, no partial PNG left); returns the path."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with atomic_open(path, 'wb') as f:
+    fig.savefig(f, format='png', dpi=dpi)
+  return path
 
 
 def save_image_grid(path, images):
