@@ -10,7 +10,6 @@ the generators' audit. Generators train only on their seed's training slices, so
 classifier is tested on a slice its synthetic data was derived from.
 """
 import contextlib
-import csv
 import glob
 import importlib
 import json
@@ -238,24 +237,17 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
         reporting.save_image_grid(os.path.join(figures_dir, f'samples_{name}.png'),
                                   fake.images[:32])
         logging.info('Wrote %s', os.path.join(figures_dir, f'{{samples,closest}}_{name}.png'))
+        # (each synthetic slice's nearest training slices: the export's paths relative to the
+        # workdir, the training slices' relative to the data)
         export = os.path.relpath(dirs[label_name], workdir)
-        write_nearest_records(
-            os.path.join(workdir, 'results', 'privacy', f'{name}.csv'),
-            privacy.nearest_record_rows([os.path.join(export, i) for i in fake.ids],
-                                        real_train.ids, audits))
+        nearest = privacy.nearest_record_rows([os.path.join(export, i) for i in fake.ids],
+                                              real_train.ids, audits)
+        path = os.path.join(workdir, 'results', 'privacy', f'{name}.csv')
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        reporting.write_csv(path, list(nearest[0]), nearest)
+        logging.info('Wrote %s', path)
       rows[key] = {k: float(v) for k, v in row.items()}
   return rows
-
-
-def write_nearest_records(path, rows):
-  """results/privacy/<name>.csv: each synthetic slice's nearest training slices (paths: the
-  export's relative to the workdir, the training slices' relative to the data)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with reporting.atomic_open(path, newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-  logging.info('Wrote %s', path)
 
 
 def roc_curves_of_run(run):
@@ -399,7 +391,7 @@ def check_data(config, workdir):
   """Before any stage runs: a ValueError if a split of the data leaves a classifier a set
   without a class it needs (an empty no/ folder would stop the study once its tumour
   generators had trained), the generators' audit fewer than knn_k + 1 training slices of a
-  class, or a stage fewer training slices than its batch_size (check_batches), and
+  class, or a stage fewer training slices than its batch_size (_check_batch), and
   reruns.RerunRefused if a stage of this study trained, validated
   or tested when the data held other slices (files added to or removed from its folder since):
   finished stages are reused as they are, so the table would pair rows tested on different
@@ -414,17 +406,22 @@ def check_data(config, workdir):
         source = source or datasets.real_source(sub)  # (one data setting for every stage)
         parts = datasets.classifier_split(sub, source, protocol)
         train[task] = parts.train
+        labels = source.examples.labels
+        _check_batch(task, sub, len(parts.train) if task == 'cnn_cls' else
+                     int((labels[parts.train] == NEGATIVE).sum()), split_mode, seed)
         if task == 'cnn_cls':  # (the generators' audit: k-NN among its training slices)
           for label, name in ((POSITIVE, 'positive'), (NEGATIVE, 'negative')):
-            count = int((source.examples.labels[parts.train] == label).sum())
+            count = int((labels[parts.train] == label).sum())
             if count <= config.knn_k:
               raise ValueError(f'knn_k={config.knn_k}: the k-NN estimate needs more real '
                                f'training slices, {name} has {count} ({split_mode} split, '
                                f'seed {seed}); lower it')
         ids = source.examples.ids
         eval_ids[task] = reporting.eval_ids(val=ids[parts.val], test=ids[parts.test])
-      check_batches(config, workdir, split_mode, seed, source.examples.labels, train)
-      for kind, _, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
+      for kind, label, sub, run_dir in generator_stages(config, workdir, split_mode, seed):
+        _check_batch(f'{kind}_gen', sub, int(datasets.generator_training_slices(
+            labels, train['cnn_cls'], train['cvae_cls'], datasets.LABEL_NAMES[label]).sum()),
+                     split_mode, seed)
         if not os.path.isfile(os.path.join(sub.export.dir, 'manifest.json')):
           continue
         try:
@@ -444,22 +441,13 @@ def check_data(config, workdir):
                   'since): run the study on this data in a new --workdir')
 
 
-def check_batches(config, workdir, split_mode, seed, labels, train):
-  """A ValueError if a stage's batch_size exceeds its real training slices (the generators',
-  BrainCNN's, BrainCVAE's healthy ones; train: {'cnn_cls': .., 'cvae_cls': ..} indices), as
-  that stage itself would say once the stages before it had trained."""
-  counts = [(f'{kind}_gen', sub, int(datasets.generator_training_slices(
-      labels, train['cnn_cls'], train['cvae_cls'], datasets.LABEL_NAMES[label]).sum()))
-            for kind, label, sub, _ in generator_stages(config, workdir, split_mode, seed)]
-  counts += [('cnn_cls', sub_config(config, 'cnn_cls', 'real', split_mode, seed),
-              len(train['cnn_cls'])),
-             ('cvae_cls', sub_config(config, 'cvae_cls', 'real', split_mode, seed),
-              int((labels[train['cvae_cls']] == NEGATIVE).sum()))]
-  for task, sub, count in counts:
-    try:
-      pipeline.steps_per_epoch(count, sub.batch_size)
-    except ValueError as error:
-      raise ValueError(f'study stage {task} ({split_mode} split, seed {seed}): {error}') from None
+def _check_batch(task, sub, num_training_slices, split_mode, seed):
+  """A ValueError if a stage's batch_size exceeds its real training slices (BrainCVAE's: the
+  healthy ones), as the stage itself would say once the stages before it had trained."""
+  try:
+    pipeline.steps_per_epoch(num_training_slices, sub.batch_size)
+  except ValueError as error:
+    raise ValueError(f'study stage {task} ({split_mode} split, seed {seed}): {error}') from None
 
 
 def train_and_evaluate(config, workdir):
