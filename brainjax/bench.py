@@ -163,7 +163,8 @@ def parse_args(argv=None):
   if (args.peer or args.compare) and args.preset != 'paper':
     parser.error('the peer times the full-size networks: use --peer and --compare with '
                  '--preset paper')
-  if not args.malloc_tuning and _malloc_tunables(os.environ.get('GLIBC_TUNABLES', '')):
+  if not args.malloc_tuning and any(
+      _is_malloc_tunable(t) for t in os.environ.get('GLIBC_TUNABLES', '').split(':')):
     # (glibc read it as this process started: the JSON would call tuned steps untuned)
     parser.error('GLIBC_TUNABLES sets glibc.malloc tunables, which tune this process\'s '
                  'malloc: leave them out for --no-malloc-tuning')
@@ -173,9 +174,9 @@ def parse_args(argv=None):
   return args
 
 
-def _malloc_tunables(tunables):
-  """The glibc.malloc.* entries of a GLIBC_TUNABLES value."""
-  return [t for t in tunables.split(':') if t.startswith('glibc.malloc.')]
+def _is_malloc_tunable(tunable):
+  """Whether an entry of GLIBC_TUNABLES sets a glibc.malloc tunable."""
+  return tunable.startswith('glibc.malloc.')
 
 
 # glibc mallopt parameters, and the same settings as GLIBC_TUNABLES (for the peer's process).
@@ -343,7 +344,7 @@ def run_peer(args, name, steps):
     env = dict(os.environ)
     # (the other tunables as they are; malloc's glibc's defaults, or the tuning)
     others = [t for t in env.pop('GLIBC_TUNABLES', '').split(':')
-              if t and not t.startswith('glibc.malloc.')]
+              if t and not _is_malloc_tunable(t)]
     tunables = ':'.join(others + ([MALLOC_TUNABLES] if args.malloc_tuning else []))
     if tunables:
       env['GLIBC_TUNABLES'] = tunables

@@ -161,14 +161,19 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
   return np.asarray(image, dtype=np.float32) / np.float32(255.0)
 
 
+def _displayed_array(image: Image.Image) -> np.ndarray:
+  """A loaded PIL image as it is displayed (turned as its EXIF says), by _pil_to_array."""
+  if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+    image = ImageOps.exif_transpose(image)
+  return _pil_to_array(image)
+
+
 def pil_image_to_gray(image: Image.Image) -> np.ndarray:
   """A PIL image in memory -> float32 (H, W) in [0, 1], as decode_image reads its file (a
   palette's colours, not its indices; CMYK and alpha converted; turned as its EXIF says)."""
   try:
     image.load()
-    if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
-      image = ImageOps.exif_transpose(image)
-    return _pil_to_array(image)
+    return _displayed_array(image)
   except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
     reason = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise UnreadableImage(f'cannot read the PIL image: {reason}') from None
@@ -206,9 +211,7 @@ def decode_image(data: bytes) -> np.ndarray:
       if frames > 1 and image.format != 'MPO':
         raise UnreadableImage(f'{frames} frames in one file (a stack or an animation): '
                               'save each slice as a file of its own')
-      if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # as the file is displayed
-        image = ImageOps.exif_transpose(image)
-      return _pil_to_array(image)
+      return _displayed_array(image)
   except UnreadableImage:
     raise
   except Image.UnidentifiedImageError:
