@@ -114,7 +114,8 @@ def test_kmeans_image_search_equals_loop(small_set):
   errors, labels = small_set
   tumor_indices = np.linspace(0.3, 0.7, 15)
   fast = grid_search.search_kmeans_image(errors, labels, tumor_indices, 'accuracy')
-  params, value = reference_loop.loop_kmeans_image(errors, labels, tumor_indices, 'accuracy')
+  params, value = reference_loop.loop_cutoff(
+      labels, reference_loop.loop_kmeans_image_scores(errors), tumor_indices, 'accuracy')
   assert fast.params == params and fast.value == pytest.approx(value)
 
 

@@ -39,7 +39,6 @@ def _stub_logits(model, variables, images):
 
 def test_confident_scores_keep_their_order(monkeypatch):
   monkeypatch.setattr(cnn_cls, 'predict_logits', _stub_logits)
-  assert (cnn_cls.predict(None, None, _examples().images)[MARGINS > 17] == 1.0).all()  # ties
   examples = _examples()
   metrics = cnn_cls.metrics_of_log_odds(
       examples.labels, cnn_cls.predict_log_odds(None, None, examples.images, batch_size=4))

@@ -117,11 +117,13 @@ def test_precision_recall_rejects_bad_k():
     gq.knn_precision_recall(x, x, k=3)
 
 
-def test_tumour_visibility():
-  assert gq.tumour_visibility(np.array([0.1, 0.5, 0.9, 0.49])) == pytest.approx(0.5)
-  assert gq.tumour_visibility([1.0, 1.0]) == 1.0
-  with pytest.raises(ValueError, match=r'\[0, 1\]'):
-    gq.tumour_visibility([0.2, 1.5])
+def test_tumour_visibility_is_the_classifiers_call():
+  # Positive where the log-odds is >= 0, as the classifier's metrics and predict call it: a
+  # log-odds of -1e-9 is healthy there, though its float32 probability rounds to 0.5.
+  assert gq.tumour_visibility(np.array([-2.0, 0.0, 3.0, -1e-9])) == pytest.approx(0.5)
+  assert gq.tumour_visibility([40.0, 1.0]) == 1.0
+  with pytest.raises(ValueError, match='NaN'):
+    gq.tumour_visibility([0.2, np.nan])
   with pytest.raises(ValueError, match='non-empty'):
     gq.tumour_visibility([])
 

@@ -165,10 +165,10 @@ def test_a_white_frame_along_the_border_does_not_set_the_background():
   image = _disk_image(200, 200, 100, 100, 60, background=0.1, value=0.7)
   image[:6] = image[-6:] = 1.0
   image[:, :6] = image[:, -6:] = 1.0
-  _, info = preprocess.preprocess(image)
-  assert abs(info.background - 0.1) < 0.02
-  assert abs(info.top - 40) <= 4 and abs(info.bottom - 160) <= 4
-  assert abs(info.left - 40) <= 4 and abs(info.right - 160) <= 4
+  (top, left, bottom, right), background, _ = preprocess.find_head(image)
+  assert abs(background - 0.1) < 0.02
+  assert abs(top - 40) <= 4 and abs(bottom - 160) <= 4
+  assert abs(left - 40) <= 4 and abs(right - 160) <= 4
 
 
 def test_a_thin_scalp_ring_around_the_brain_is_inside_the_head_box():
@@ -190,9 +190,8 @@ def test_anything_darker_than_the_background_becomes_0_before_resizing():
   for dark in (0.0, 0.15):
     image = _disk_image(256, 256, 128, 128, 90, background=0.3, value=0.8)
     image[101:141, 103:143] = dark  # (2.4% of the image: the 5th percentile stays 0.3)
-    out, info = preprocess.preprocess(image)
-    assert abs(info.background - 0.3) < 1e-3
-    outs.append(out)
+    assert abs(preprocess.find_head(image)[1] - 0.3) < 1e-3
+    outs.append(preprocess.preprocess(image)[0])
   assert outs[0][64, 64] == 0.0
   np.testing.assert_array_equal(outs[0], outs[1])
 

@@ -125,12 +125,6 @@ def loop_cutoff(labels, score, tumor_indices, metric='f1'):
   return best.params, best.value
 
 
-def loop_kmeans_image(errors, labels, tumor_indices, metric='f1', image_shape=None,
-                      max_iter=100):
-  return loop_cutoff(labels, loop_kmeans_image_scores(errors, image_shape, max_iter),
-                     tumor_indices, metric)
-
-
 def global_scores(errors, anomaly_threshold, max_iter=300):
   """scikit-learn KMeans(2) over the thresholded rows, started like kmeans_global."""
   x = (errors >= np.float32(anomaly_threshold)).astype(np.float64)

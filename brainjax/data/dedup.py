@@ -1,6 +1,7 @@
 """Near-duplicate detection by thumbnail correlation, flipped and rotated copies included.
 
-Each image becomes a 32x32 thumbnail (area-averaged), z-scored and divided by
+Each image becomes a 32x32 thumbnail (a preprocessed slice area-averaged, a raw
+file whole by PIL's antialiased bilinear resize: raw_thumbnail), z-scored and divided by
 sqrt(1024), so that the dot product of two features is the Pearson correlation
 of the thumbnails. Two images are linked if one correlates above a threshold
 with the other under one of the square's eight symmetries (the identity, turns

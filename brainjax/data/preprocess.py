@@ -75,7 +75,6 @@ class CropInfo:
   The crop is rows [top, bottom) and columns [left, right) of the original
   (orig_height, orig_width) image. It sits at (pad_top, pad_left) in a zero
   square of side `side` (original pixel units), which is resized to the output.
-  background/scale: intensity mapping, out = (x - background) / scale.
   """
   orig_height: int
   orig_width: int
@@ -86,8 +85,6 @@ class CropInfo:
   side: int
   pad_top: int
   pad_left: int
-  background: float = 0.0
-  scale: float = 1.0
 
   @property
   def orig_shape(self) -> Tuple[int, int]:
@@ -213,7 +210,7 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   return (top, left, bottom, right), background, scale
 
 
-def crop_info(shape, box, margin: float, background: float = 0.0, scale: float = 1.0) -> CropInfo:
+def crop_info(shape, box, margin: float) -> CropInfo:
   """The square placement of `box` inside an image of `shape`."""
   if not 0.0 <= margin < 1.0:
     raise ValueError(f'margin must be in [0, 1), got {margin}')
@@ -224,7 +221,7 @@ def crop_info(shape, box, margin: float, background: float = 0.0, scale: float =
   longer = max(h, w)
   side = longer + 2 * int(round(margin * longer))
   return CropInfo(int(shape[0]), int(shape[1]), int(top), int(left), int(bottom), int(right),
-                  int(side), (side - h) // 2, (side - w) // 2, float(background), float(scale))
+                  int(side), (side - h) // 2, (side - w) // 2)
 
 
 def apply_crop(array: np.ndarray, info: CropInfo, size: int = 128) -> np.ndarray:
@@ -266,7 +263,7 @@ def preprocess(image: np.ndarray, size: int = 128,
     raise ValueError(f'size must be a positive integer, got {size}')
   x = image_io.to_gray_float(image)
   box, background, scale = find_head(x)
-  info = crop_info(x.shape, box, margin, background, scale)
+  info = crop_info(x.shape, box, margin)
   top, left, bottom, right = box
   canvas = np.zeros((info.side, info.side), np.float32)
   # The normalised crop is written into the canvas in place: on a big scan each copy of it

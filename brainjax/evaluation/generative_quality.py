@@ -137,23 +137,25 @@ def knn_precision_recall(real_features, fake_features, k: int = 3,
   }
 
 
-def tumour_visibility(positive_probabilities) -> float:
-  """Fraction of synthetic tumour slices a real-data classifier calls positive (p >= 0.5).
+def tumour_visibility(log_odds) -> float:
+  """Fraction of synthetic tumour slices a real-data classifier calls positive.
 
   A generator conditioned on the tumour class can produce plausible brains with
   no visible tumour; a classifier trained only on real slices is an independent
   judge of whether the tumour made it into the picture.
 
   Args:
-    positive_probabilities: (N,) P(tumour) given by the real-data classifier to
-      each synthetic positive slice, in [0, 1].
+    log_odds: (N,) the real-data classifier's tumour log-odds of each synthetic
+      positive slice (cnn_cls.predict_log_odds). Positive means log-odds >= 0, the
+      classifier's own rule (a float32 probability of 0.5 is also reached by a
+      slightly negative log-odds).
 
   Returns:
     The fraction in [0, 1].
   """
-  p = np.asarray(positive_probabilities, dtype=np.float64)
-  if p.ndim != 1 or p.size == 0:
-    raise ValueError(f'positive_probabilities must be a non-empty (N,) array, got shape {p.shape}')
-  if not np.all((p >= 0.0) & (p <= 1.0)):  # also rejects NaN
-    raise ValueError('positive_probabilities must lie in [0, 1]')
-  return float(np.mean(p >= 0.5))
+  m = np.asarray(log_odds, dtype=np.float64)
+  if m.ndim != 1 or m.size == 0:
+    raise ValueError(f'log_odds must be a non-empty (N,) array, got shape {m.shape}')
+  if np.isnan(m).any():
+    raise ValueError('log_odds must not be NaN')
+  return float(np.mean(m >= 0))

@@ -118,12 +118,10 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
 
   Returns:
     A dict with floats 'median_synthetic_dcr', 'median_holdout_dcr',
-    'dcr_ratio' (synthetic median / holdout median; < 1 means closer than new
-    real data; inf when only the holdout median is 0, NaN when both are),
     'threshold' (the holdout quantile), 'memorisation_rate',
     'nominal_rate' (the rate expected of a generator that copies nothing: quantile,
     or 1 / (H + 1) for a holdout too small for it); arrays 'synthetic_dcr' (S,),
-    'synthetic_nearest' (S,) train indices, 'holdout_dcr' (H,); and
+    'synthetic_nearest' (S,) train indices; and
     'worst_pairs' (min(num_worst, S), 2) int64 rows of (synthetic index, train
     index), closest first, with their 'worst_distances'.
   """
@@ -139,14 +137,10 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
   hold_dcr, _ = distance_to_closest_record(holdout, train, block)
   threshold = float(np.quantile(hold_dcr, quantile, method='weibull'))
   rank = min(max(quantile * (hold_dcr.size + 1), 1.0), hold_dcr.size)  # (what weibull reads)
-  median_syn = float(np.median(syn_dcr))
-  median_hold = float(np.median(hold_dcr))
   worst = np.argsort(syn_dcr, kind='stable')[:num_worst]
   return {
-      'median_synthetic_dcr': median_syn,
-      'median_holdout_dcr': median_hold,
-      'dcr_ratio': (median_syn / median_hold if median_hold > 0
-                    else float('inf') if median_syn > 0 else float('nan')),  # (0 / 0)
+      'median_synthetic_dcr': float(np.median(syn_dcr)),
+      'median_holdout_dcr': float(np.median(hold_dcr)),
       'threshold': threshold,
       # <=, not <: if 5% of the holdout are exact copies of training slices, the
       # threshold is 0, and a generator that emits copies must still count as memorising.
@@ -154,7 +148,6 @@ def privacy_audit(synthetic, train, holdout, num_worst: int = 8,
       'nominal_rate': rank / (hold_dcr.size + 1),
       'synthetic_dcr': syn_dcr,
       'synthetic_nearest': syn_nearest,
-      'holdout_dcr': hold_dcr,
       'worst_pairs': np.stack([worst, syn_nearest[worst]], axis=1).astype(np.int64),
       'worst_distances': syn_dcr[worst],
   }

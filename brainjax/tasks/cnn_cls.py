@@ -69,12 +69,6 @@ def _per_slice(score, images, batch_size, empty):
   return np.concatenate(parts) if parts else empty
 
 
-def predict(model, variables, images, batch_size=256):
-  """Tumour probabilities (N,) float32 for preprocessed (N, S, S, 1) slices."""
-  return _per_slice(lambda x: jax.nn.softmax(predict_logits(model, variables, x))[:, 1],
-                    images, batch_size, np.zeros((0,), np.float32))
-
-
 def predict_log_odds(model, variables, images, batch_size=256):
   """Tumour log-odds (N,), logit(tumour) - logit(healthy) in float64.
 

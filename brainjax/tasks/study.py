@@ -221,7 +221,7 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
                  **generative_quality.knn_precision_recall(real_f, fake_f, k=config.knn_k))
       if label == POSITIVE:
         row['tumour_visibility'] = generative_quality.tumour_visibility(
-            cnn_cls.predict(cnn.model, cnn.variables, fake.images))
+            cnn_cls.predict_log_odds(cnn.model, cnn.variables, fake.images))
       audits = {}
       for space, (s, t, h) in {'pixel': (fake.images, real_train.images, real_holdout.images),
                                'feature': (fake_f, real_f, hold_f)}.items():
