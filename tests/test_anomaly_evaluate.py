@@ -63,7 +63,25 @@ def test_flat_metrics_for_every_rule(data):
                        out['dbscan_min_samples'], out['dbscan_tumor_index'])
   assert out['dbscan_accuracy'] == classification.classification_metrics(
       test_y, rule.prediction)['accuracy']
-  assert out['dbscan_dice'] == localisation.mean_localisation(rule.region, test_m, test_y)['dice']
+  assert out['dbscan_dice'] == localisation.mean_localisation(
+      rule.region & (rule.prediction == 1)[:, None], test_m, test_y)['dice']
+
+
+def test_a_missed_tumour_localises_nothing(data):
+  # The region scored is the one predict writes: empty on a slice the rule calls healthy, however
+  # well its anomalous pixels cover the tumour.
+  (val_e, val_y, _), (test_e, test_y, test_m) = data
+  config = _small_config()
+  config.rules = ('giaem',)
+  out, _, _ = evaluate.evaluate_anomaly_rules(val_e, val_y, test_e, test_y, config,
+                                              test_masks=test_m)
+  rule = giaem.giaem(test_e, out['giaem_anomaly_threshold'], out['giaem_tumor_index'])
+  missed = (test_y == 1) & (rule.prediction == 0)
+  covered = localisation.dice_iou(rule.region, test_m)[0] > 0
+  assert (missed & covered).any()  # (else this test shows nothing)
+  dice, _ = localisation.dice_iou(rule.tumour_region(), test_m)
+  assert (dice[missed] == 0).all()
+  assert out['giaem_dice'] == pytest.approx(dice[test_y == 1].mean())
 
 
 def test_subset_of_rules_without_masks(data):

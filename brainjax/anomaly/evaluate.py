@@ -275,7 +275,7 @@ def evaluate_anomaly_rules(
     metrics[f'val_{found.metric}'] = found.value
     metrics.update(found.params)
     if test_masks is not None:
-      metrics.update(localisation.mean_localisation(out.region, test_masks, test_labels))
+      metrics.update(localisation.mean_localisation(out.tumour_region(), test_masks, test_labels))
     metrics['seconds'] = time.perf_counter() - start
     logging.info('anomaly rule %s: %s val %s=%.4f, test f1=%.4f auroc=%.4f (%.1f s)', rule,
                  found.params, found.metric, found.value, metrics['f1'], metrics['auroc'],

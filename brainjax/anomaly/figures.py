@@ -40,7 +40,7 @@ def save_anomaly_figure(path: str, images: np.ndarray, reconstructions: np.ndarr
   # Figure without pyplot: no global backend state, Agg canvas for savefig.
   fig = Figure(figsize=(10, 2.6 * k))
   axes = fig.subplots(k, 4, squeeze=False)
-  heads = ('original', 'reconstruction', 'error (normalised)', 'predicted region')
+  heads = ('original', 'reconstruction', 'error (normalised)', 'anomalous pixels')
   for row in range(k):
     image, recon, error = (a[row] for a in arrays)
     overlay = np.stack([image] * 3, axis=-1)

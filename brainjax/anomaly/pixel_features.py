@@ -21,11 +21,16 @@ class RuleOutput(NamedTuple):
 
   score: float64 (N,), continuous, higher = more tumour-like (used for ROC AUC).
   prediction: int32 (N,), 1 = tumour.
-  region: bool (N, H*W), the pixels the rule calls anomalous (for Dice / IoU).
+  region: bool (N, H*W), the pixels the rule calls anomalous, whatever its call.
   """
   score: np.ndarray
   prediction: np.ndarray
   region: np.ndarray
+
+  def tumour_region(self) -> np.ndarray:
+    """bool (N, H*W): the region of the slices called tumours, empty on the others: what
+    predict writes and Dice / IoU score (a missed tumour localises nothing)."""
+    return np.asarray(self.region, bool) & (np.asarray(self.prediction) == 1)[:, None]
 
 
 def image_shape(num_pixels: int, shape: Optional[Sequence[int]] = None) -> Tuple[int, int]:

@@ -177,7 +177,7 @@ def predict_images(run: runs.Run, images: np.ndarray, rules: Sequence[str] = (),
       np.asarray(lead.score, np.float64), np.asarray(lead.prediction, np.int32),
       {r: np.asarray(o.score, np.float64) for r, o in outputs.items()},
       {r: np.asarray(o.prediction, np.int32) for r, o in outputs.items()},
-      errors, np.asarray(lead.region, bool) & (np.asarray(lead.prediction) == 1)[:, None])
+      errors, lead.tumour_region())
 
 
 # ----------------------------------------------------------------------------- notebook API
