@@ -672,6 +672,25 @@ def test_capitalised_class_folders_are_named_in_the_error_and_predict_s_warning(
   assert [w for w in warnings if '2 inputs, e.g. No/a.png, are unlabelled' in w]
 
 
+def test_a_capitalised_folder_beside_the_class_folders_is_named_in_a_warning(tmp_path,
+                                                                           monkeypatch):
+  # No/ beside no/ is not read (a case-sensitive name), and says so: its slices were left out
+  # of training without a word, in a folder and in a zip alike.
+  _one_scan_per_class(tmp_path)
+  (tmp_path / 'No').mkdir()
+  _scan(3, 0, False).save(tmp_path / 'No' / 'more.png')
+  warnings = _capture_warnings(monkeypatch)
+  assert [n for n, _, _ in layout.iter_folder(str(tmp_path))] == ['no/no0.png', 'yes/yes0.png']
+  assert [w for w in warnings if 'not reading other folders; found No/' in w]
+  archive = tmp_path / 'data.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for name in ('yes/yes0.png', 'no/no0.png', 'No/more.png'):
+      z.write(tmp_path / name, name)
+  del warnings[:]
+  assert sorted(n for n, _, _ in layout.iter_zip(str(archive))) == ['no/no0.png', 'yes/yes0.png']
+  assert [w for w in warnings if 'not reading other folders; found No/' in w]
+
+
 def test_a_synthetic_export_is_refused_as_real_data(tmp_path):
   # (its generated slices validated and tested a classifier, reported as real)
   images = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype(np.float32)

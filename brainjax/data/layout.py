@@ -111,13 +111,25 @@ def has_class_folders(root: str) -> bool:
 
 
 def misnamed_class_folders(root: str) -> str:
-  """For an error saying root has no yes/ or no/: its folders that would be them in lower case
+  """For a message about root's yes/ and no/: its folders that would be them in lower case
   (e.g. '; found Yes/, No/: the class folders are yes/ and no/, in lower case'), or ''."""
   try:
-    names = sorted(e for e in os.listdir(root) if e.lower() in CLASSES and e not in CLASSES
-                   and os.path.isdir(os.path.join(root, e)))
+    return _misnamed([e for e in os.listdir(root) if os.path.isdir(os.path.join(root, e))
+                      and not _same_folder(os.path.join(root, e), os.path.join(root, e.lower()))])
   except OSError:
     return ''
+
+
+def _same_folder(a: str, b: str) -> bool:
+  """Whether a and b are one folder (No/ is no/ on a case-insensitive file system)."""
+  try:
+    return os.path.samefile(a, b)
+  except OSError:
+    return False
+
+
+def _misnamed(folders) -> str:
+  names = sorted({n for n in folders if n.lower() in CLASSES and n not in CLASSES})
   return (f'; found {", ".join(n + "/" for n in names)}: the class folders are yes/ and no/, in '
           'lower case') if names else ''
 
@@ -284,6 +296,9 @@ def iter_folder(root: str) -> Iterator[Tuple[str, int, str]]:
   ignored = _class_tops(root) if top == root else []
   if ignored:
     logging.warning('%s: reading its own yes/ and no/, not those in %s', root, ', '.join(ignored))
+  misnamed = misnamed_class_folders(top)
+  if misnamed:  # (No/ beside no/: its slices would be left out without a word)
+    logging.warning('%s: not reading other folders%s', top, misnamed)
   folders = {cls: os.path.join(top, cls) for cls in CLASSES
              if os.path.isdir(os.path.join(top, cls))}
   for label, cls in enumerate(CLASSES):
@@ -398,6 +413,10 @@ def iter_zip(path: str) -> Iterator[Tuple[str, int, Optional[bytes]]]:
     infos = [last[name] for name in sorted(last)]
     names = [name.split('/') for name in sorted(last)]
     depth, top = _zip_class_depth(path, names)
+    misnamed = _misnamed(parts[depth] for parts in names
+                         if len(parts) > depth + 1 and (top is None or parts[0] == top))
+    if misnamed:
+      logging.warning('%s: not reading other folders%s', path, misnamed)
     for info, parts in zip(infos, names):
       if len(parts) > depth + 1 and parts[depth] in CLASSES and (top is None or parts[0] == top):
         try:
