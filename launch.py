@@ -15,6 +15,7 @@ if __name__ == '__main__':
 import importlib
 import logging as std_logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -156,6 +157,12 @@ def initialize_hosts(environ):
   """
   def number(name):
     return int(environ[name]) if environ.get(name) else None
+  address = environ.get('JAX_COORDINATOR_ADDRESS')
+  if address and not re.fullmatch(r'.+:[0-9]+', address):  # (jax: an IndexError traceback)
+    sys.exit(f'error: --config.multihost: JAX_COORDINATOR_ADDRESS={address!r} is not host:port')
+  if address:  # (jax waits 5 minutes for the others in silence, then aborts)
+    logging.info('Joining %s processes at %s (jax.distributed waits up to 5 minutes for all).',
+                 environ.get('JAX_NUM_PROCESSES') or 'the', address)
   try:
     jax.distributed.initialize(num_processes=number('JAX_NUM_PROCESSES'),
                                process_id=number('JAX_PROCESS_ID'))
@@ -182,6 +189,11 @@ def set_up(config, task):
   hosts are joined and the settings checked; a refused setting exits with one line."""
   if config.get('multihost'):
     initialize_hosts(os.environ)
+    try:
+      parallel.check_device_counts()
+    except ValueError as error:
+      sys.exit(f'error: --config.multihost: {error}')
+  settings = config.to_json_best_effort(sort_keys=True)  # (as given: the same for one command)
   try:
     workdir = run_setup.resolve_paths(config, FLAGS.workdir)
     cache = run_setup.check_settings(config, task)
@@ -197,6 +209,7 @@ def set_up(config, task):
     sys.exit(f'error: {error}')
   try:  # (a setting or workdir one host refused stops all)
     parallel.check_all_hosts_agree(refused=False)
+    parallel.check_same_settings(settings)
   except ValueError as error:
     run_setup.after_failure(workdir, previous_config, made, time.time(), error)
     sys.exit(f'error: {error}')

@@ -118,16 +118,17 @@ def test_two_hosts_through_launch_write_one_run_equal_to_one_host(tmp_path):
       assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
 
 
-def _launch_two_hosts_apart(workdir, args, programs=(['launch.py'],) * 2, timeout=300):
-  """launch.py (or programs[i]) as two hosts, host i with args[i], whatever their exit;
-  (returncode, output)."""
+def _launch_two_hosts_apart(workdir, args, programs=(['launch.py'],) * 2, timeout=300,
+                            envs=({}, {})):
+  """launch.py (or programs[i]) as two hosts, host i with args[i] (and environment envs[i]),
+  whatever their exit; (returncode, output)."""
   port = _free_port()
   hosts = [subprocess.Popen(
       [sys.executable, *program, *host_args, '--config.multihost=True', f'--workdir={workdir}'],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'JAX_COORDINATOR_ADDRESS': f'localhost:{port}',
-           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i)})
-           for i, (program, host_args) in enumerate(zip(programs, args))]
+           'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': str(i), **env})
+           for i, (program, host_args, env) in enumerate(zip(programs, args, envs))]
   try:
     return [(host.communicate(timeout=timeout)[0], host.returncode)[::-1] for host in hosts]
   finally:
@@ -154,6 +155,34 @@ def test_a_run_one_host_refuses_stops_every_host_with_one_line(tmp_path):
   assert 'error: host 1 refused the run; its log says why' in log0
   assert 'learning_rate' in log1
   assert not (tmp_path / 'new').exists()
+
+
+def test_hosts_with_other_settings_or_device_counts_stop_with_one_line(tmp_path):
+  # Another num_devices on one host: each trained its own device list until a Gloo timeout's
+  # traceback; another device count: a reshape error on one host, a traceback on the other.
+  args = ['--config=configs/vae_gen.py:positive,smoke', f'--config.cache_dir={tmp_path}/cache']
+  (code0, log0), (code1, log1) = _launch_two_hosts_apart(
+      tmp_path / 'new', [args + ['--config.num_devices=1'], args + ['--config.num_devices=2']])
+  assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
+  for log in (log0, log1):
+    assert log.strip().splitlines()[-1] == (
+        'error: host 1 runs with other settings than host 0: run the same command on every host')
+  assert not (tmp_path / 'new').exists()
+  fewer = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'}
+  (code0, log0), (code1, log1) = _launch_two_hosts_apart(
+      tmp_path / 'new', [args + ['--config.num_devices=1']] * 2, envs=({}, fewer))
+  assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
+  for log in (log0, log1):
+    assert log.strip().splitlines()[-1] == (
+        'error: --config.multihost: the hosts have different numbers of devices (host 0: 8, '
+        'host 1: 2); give each as many'), log[-2000:]
+
+
+def test_a_coordinator_address_without_a_port_is_one_line():
+  import launch  # pylint: disable=import-outside-toplevel  (it defines absl flags)
+  with pytest.raises(SystemExit, match=r"JAX_COORDINATOR_ADDRESS='10.0.0.5' is not host:port"):
+    launch.initialize_hosts({'JAX_COORDINATOR_ADDRESS': '10.0.0.5', 'JAX_NUM_PROCESSES': '2',
+                             'JAX_PROCESS_ID': '0'})
 
 
 def test_a_setting_the_first_host_alone_refuses_leaves_no_workdir_the_others_made(tmp_path):

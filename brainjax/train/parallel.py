@@ -1,6 +1,8 @@
 """Data parallelism: which devices (of which hosts) a run uses, which host writes its files,
 one device's copy of a replicated state, and per-example randomness that does not depend on
 how the global batch is split."""
+import collections
+import hashlib
 import itertools
 
 import jax
@@ -80,6 +82,30 @@ def check_all_hosts_agree(refused):
   refusing = np.flatnonzero(multihost_utils.process_allgather(np.int32(refused)))
   if not refused and refusing.size:
     raise ValueError(f'host {refusing[0]} refused the run; its log says why')
+
+
+def check_device_counts():
+  """A ValueError unless every host has as many local devices: the hosts' collectives assume it
+  (otherwise a reshape error on one host, a traceback on another). From the global device list
+  every host holds, so every host refuses alike, before any collective."""
+  counts = collections.Counter(d.process_index for d in jax.devices())
+  if len(set(counts.values())) > 1:
+    raise ValueError('the hosts have different numbers of devices (' + ', '.join(
+        f'host {p}: {n}' for p, n in sorted(counts.items())) + '); give each as many')
+
+
+def check_same_settings(settings: str):
+  """A ValueError on every host unless all run with the same settings (`settings`: the config
+  as given, the same for the same command): with another num_devices, seed or batch_size, each
+  host trained its own device list or model until a collective timed out."""
+  if jax.process_count() == 1:
+    return
+  digest = np.frombuffer(hashlib.sha256(settings.encode()).digest()[:8], np.int64)
+  digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
+  differ = np.flatnonzero(digests != digests[0])
+  if differ.size:
+    raise ValueError(f'host {differ[0]} runs with other settings than host 0: run the same '
+                     'command on every host')
 
 
 def wait_for_all_hosts(name):
