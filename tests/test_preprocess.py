@@ -183,6 +183,33 @@ def test_a_thin_scalp_ring_around_the_brain_is_inside_the_head_box():
   assert abs(info.left - 4) <= 3 and abs(info.right - 176) <= 3
 
 
+@pytest.mark.parametrize('grey', [0.05, 0.1, 0.3])
+def test_a_head_on_a_grey_field_of_view_inside_black_bars_is_cropped_to_the_head(grey):
+  # (60 healthy Br35H slices, no tumour slice: their heads sat in a grey rectangle, the
+  # field of view, between black bars, and that rectangle was the crop) The grey is then the
+  # background: the crop hugs the head and the grey becomes 0, as around any other head.
+  rng = np.random.default_rng(0)
+  image = np.zeros((240, 260), np.float32)  # black bars left and right, none above and below
+  image[:, 30:230] = grey
+  image += _disk_image(240, 260, 120, 130, 80, value=0.8 - grey)
+  image += rng.normal(0, 0.005, image.shape).astype(np.float32)
+  image = np.clip(image, 0, 1)
+  (top, left, bottom, right), background, _ = preprocess.find_head(image)
+  assert abs(top - 40) <= 3 and abs(bottom - 200) <= 3, (top, bottom)
+  assert abs(left - 50) <= 3 and abs(right - 210) <= 3, (left, right)
+  assert abs(background - grey) < 0.02
+  out, _ = preprocess.preprocess(image)
+  assert out[6:14, 6:14].max() < 0.05  # (the corner of the box, outside the head)
+
+
+def test_a_head_filling_its_image_keeps_its_box():
+  # A box whose edges are tissue, not a grey field of view: looked at again, but unchanged.
+  image = np.full((200, 200), 0.6, np.float32)
+  image[::7] = 0.9  # (structure: no flat level)
+  image[60:140, 60:140] = 0.3
+  assert preprocess.find_head(image)[0] == (0, 0, 200, 200)
+
+
 def test_anything_darker_than_the_background_becomes_0_before_resizing():
   # A region below the file's grey background level maps to 0 however dark it is: the output
   # is the same for a patch at 0.0 and at 0.15 (under a background of 0.3), its edges included.

@@ -19,6 +19,9 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
      from the head are ignored. A largest component under 10% of the image and
      thinner than 8% of its shorter side is no head (text or lines only).
   4. The box of those components, mapped back to full resolution.
+  5. A box whose edges lie mostly above the threshold may be a grey field of view between
+     black bars: steps 1-4 again inside it (less a few edge pixels), kept if their background
+     is a level above the first (find_head).
 
 Intensity: (x - background) / (99.5th percentile inside the head - background),
 clipped to [0, 1]: the background becomes 0 whatever its level in the file
@@ -136,8 +139,40 @@ def _union_box(slices, keep):
 def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   """float (H, W) in [0, 1] -> ((top, left, bottom, right), background, scale).
 
+  A box whose edges lie mostly above the threshold may be the scan's field of view on a grey
+  background, inside the file's black bars or frame (2% of Br35H, most of them healthy: a grey
+  rectangle around their heads): the head is looked for again inside it, and that box is kept
+  where the grey is a level above the first background (a head filling the image, whose box
+  edges are tissue, gives back its own box or one a pixel or two smaller).
   Raises BlankImage when no head is found.
   """
+  box, background, scale, on_plateau = _find_head_once(x)
+  top, left, bottom, right = box
+  # Looked at inside the box less its edges, which the smoothing and the working copy's
+  # coarser grid widen by a few pixels of the bars (they would lower the grey's estimate).
+  edge = int(np.ceil(2 * max(1.0, max(x.shape) / _WORK_SIDE))) + 1
+  if on_plateau and (bottom - top, right - left) != x.shape:
+    try:
+      inner, inner_background, inner_scale = find_head(
+          x[top + edge:bottom - edge, left + edge:right - edge])
+    except BlankImage:  # (nothing inside it, or too small: the grey field is what there is)
+      return box, background, scale
+    if (inner_background - background > 0.5 * _CONTRAST_FRACTION * scale
+        and inner != (0, 0, bottom - top - 2 * edge, right - left - 2 * edge)):
+      t, l, b, r = (v + edge for v in inner)
+      return (top + t, left + l, top + b, left + r), inner_background, inner_scale
+  return box, background, scale
+
+
+def _ring(pixels: np.ndarray, width: int) -> np.ndarray:
+  """The pixels of the outer ring `width` wide of a 2-D array, flat."""
+  return np.concatenate([pixels[:width].ravel(), pixels[-width:].ravel(),
+                         pixels[width:-width, :width].ravel(), pixels[width:-width, -width:].ravel()])
+
+
+def _find_head_once(x: np.ndarray):
+  """find_head's box, background and scale, and whether the box's edges lie mostly above the
+  threshold (a head's box meets the head at a few points; its corners are background)."""
   h, w = x.shape
   work, fy, fx = _work_copy(x)
   wh, ww = work.shape
@@ -145,8 +180,7 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
     raise BlankImage(f'no head: a {h} x {w} px image is too small or too narrow to hold one')
   smooth = ndimage.gaussian_filter(work, 1.0, truncate=2.0)
   ring = max(1, round(_BORDER_FRACTION * min(wh, ww)))  # (a few px: the sides are >= 16)
-  border = np.concatenate([smooth[:ring].ravel(), smooth[-ring:].ravel(),
-                           smooth[ring:-ring, :ring].ravel(), smooth[ring:-ring, -ring:].ravel()])
+  border = _ring(smooth, ring)
   # The low percentile guards against bright frames drawn along the border.
   low, high = np.percentile(smooth, [_LOW_PERCENTILE, _HIGH_PERCENTILE])
   background = min(float(np.median(border)), float(low))
@@ -207,7 +241,10 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   head = np.concatenate([[False], keep])[labels]
   high = float(np.percentile(work[head], _HIGH_PERCENTILE))
   scale = max(high - background, _MIN_CONTRAST)
-  return (top, left, bottom, right), background, scale
+  edges = smooth[r0:r1, c0:c1]
+  width = max(1, round(_BORDER_FRACTION * min(edges.shape)))
+  on_plateau = min(edges.shape) > 2 * width and np.median(_ring(edges, width)) > threshold
+  return (top, left, bottom, right), background, scale, on_plateau
 
 
 def crop_info(shape, box, margin: float) -> CropInfo:
