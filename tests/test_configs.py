@@ -95,6 +95,19 @@ REFUSED = [
     (['--config=configs/vae_gen.py:positive,smoke', '--config.multihost=True'],
      'Set JAX_COORDINATOR_ADDRESS'),
     (['--config=configs/predict.py:smoke', '--config.multihost=True'], 'predict runs on one host'),
+    # (the study's stages share num_devices: it advised 6, which another stage's batch of 8
+    # then refused)
+    (['--config=configs/study.py:quick,smoke', '--config.overrides.cvae_cls.batch_size=12'],
+     'overrides.cvae_cls.batch_size=12 does not split across 8 devices: set num_devices to one '
+     'of [1, 2, 4]'),
+    # (a 60 TiB allocation's traceback, once the model and inputs had loaded)
+    (['--config=configs/predict.py:smoke', '--config.batch_size=1000000000'],
+     'batch_size=1000000000 slices of'),
+    # (smoke mode drew its phantom inputs after training: seed=-1 in the error, named no field)
+    (['--config=configs/predict.py:smoke', '--config.data.seed=-2'], 'data.seed=-2'),
+    # (every DBSCAN eps under a 32 px slice's pixel step: a constant rule, a 50% ROC AUC row)
+    (['--config=configs/cvae_cls.py:real,smoke', '--config.data.image_size=32'],
+     'anomaly.dbscan_eps=(0.015, 0.025) are all under one pixel step, 1/32'),
     # (the trained run's own preprocessing applies: this was taken, and did nothing)
     (['--config=configs/predict.py:smoke', '--config.data.image_size=64'],
      "unknown config field 'image_size'"),

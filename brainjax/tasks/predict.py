@@ -456,7 +456,8 @@ def check_config(config):
     raise ValueError(f'data.num_per_class={config.data.num_per_class}: smoke mode draws that '
                      'many phantom slices per class to predict; it must be at least 1')
   if config.model_dir:
-    task = runs.load_run_config(config.model_dir).get('task')
+    run_config = runs.load_run_config(config.model_dir)
+    task = run_config.get('task')
     if task not in runs.MODEL_TASKS:
       raise ValueError(f'{config.model_dir!r} is a {task!r} run; predict needs a '
                        f'{" or ".join(runs.MODEL_TASKS)} run')
@@ -464,10 +465,20 @@ def check_config(config):
     task = config.smoke_task
     if task not in runs.MODEL_TASKS:
       raise ValueError(f'smoke_task={task!r}; expected one of {runs.MODEL_TASKS}')
+    seed = config.data.seed  # (its phantom slices are drawn after the model has trained)
+    if not (isinstance(seed, int) and 0 <= seed < 2 ** 32 - 1):
+      raise ValueError(f'data.seed={seed!r}: it must be an integer in [0, 2**32 - 1)')
     parallel.train_devices(config.num_devices)  # (those it trains that model on)
+    run_config = _smoke_model_config(config)
   else:
     raise ValueError('set --config.model_dir to the workdir of a trained cnn_cls or cvae_cls run')
   runs.check_rules(task, config.rules)
+  # Every call is padded to batch_size slices (the run's own batches): 10**9 was a
+  # 60 TiB allocation's traceback once the model and inputs had loaded.
+  size = int(run_config.data.image_size)
+  threads.check_fits_in_memory(config.batch_size * size * size * 4,
+                               f'batch_size={config.batch_size} slices of {size}x{size}',
+                               'lower batch_size')
 
 
 def _files_to_read(input_path, workdir=None):

@@ -351,15 +351,18 @@ def check_config(config):
     raise ValueError(f"preset={config.preset!r}: '', or smoke and/or paper (comma-separated)")
   # Every stage's own settings, overrides included (a bad one would stop the study hours in).
   stages = [(f'{kind}_gen', 'positive') for kind in generators]
-  for task, variant in stages + [('cnn_cls', 'real'), ('cvae_cls', 'real')]:
-    sub = sub_config(config, task, variant, modes[0], config.seed)
+  subs = {task: sub_config(config, task, variant, modes[0], config.seed)
+          for task, variant in stages + [('cnn_cls', 'real'), ('cvae_cls', 'real')]}
+  for task, sub in subs.items():
     stage = importlib.import_module(f'brainjax.tasks.{task}')
     try:
       common.check_values(sub)
       stage.check_config(sub)
     except ValueError as error:
       raise ValueError(f'overrides.{task}: {error}') from None
-    parallel.check_batch_split(sub, prefix=f'overrides.{task}.')
+  for task, sub in subs.items():  # (num_devices is every stage's: advice that fits them all)
+    parallel.check_batch_split(sub, prefix=f'overrides.{task}.',
+                               shared_with=[s.batch_size for s in subs.values()])
   for task in sorted({'vae_gen', 'gan_gen'} - {task for task, _ in stages}):
     try:  # a stage this study skips: its overrides' values still (a NaN rate passed unread)
       common.check_values(sub_config(config, task, 'positive', modes[0], config.seed))

@@ -33,20 +33,25 @@ def train_devices(num_devices):
           for d in list(group)[:num_devices]]
 
 
-def fitting_device_counts(batch_size):
-  """The num_devices values (each host's devices) that split batch_size evenly."""
+def fitting_device_counts(*batch_sizes):
+  """The num_devices values (each host's devices) that split every batch size evenly."""
   hosts = jax.process_count()
-  return [n for n in range(1, jax.local_device_count() + 1) if batch_size % (n * hosts) == 0]
+  return [n for n in range(1, jax.local_device_count() + 1)
+          if all(b % (n * hosts) == 0 for b in batch_sizes)]
 
 
-def check_batch_split(config, prefix=''):
-  """A ValueError unless config.batch_size splits evenly across the devices the run trains on."""
+def check_batch_split(config, prefix='', shared_with=()):
+  """A ValueError unless config.batch_size splits evenly across the devices the run trains on.
+
+  shared_with: the batch sizes of runs that take the same num_devices (a study's other
+  stages): the num_devices advised splits them too.
+  """
   count = len(train_devices(config.num_devices))
   if config.batch_size % count:
     raise ValueError(f'{prefix}batch_size={config.batch_size} does not split across {count} '
                      f'devices: set num_devices to one of '
-                     f'{fitting_device_counts(config.batch_size)} (or, in a new workdir, '
-                     f'{prefix}batch_size to a multiple of {count})')
+                     f'{fitting_device_counts(config.batch_size, *shared_with)} (or, in a new '
+                     f'workdir, {prefix}batch_size to a multiple of {count})')
 
 
 def this_host(devices):
