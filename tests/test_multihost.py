@@ -168,7 +168,8 @@ def test_hosts_with_other_settings_or_device_counts_stop_with_one_line(tmp_path)
     assert log.strip().splitlines()[-1] == (
         'error: host 1 runs with other settings than host 0: run the same command on every host')
   assert not (tmp_path / 'new').exists()
-  fewer = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=2'}
+  fewer = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '')
+                        + ' --xla_force_host_platform_device_count=2'}
   (code0, log0), (code1, log1) = _launch_two_hosts_apart(
       tmp_path / 'new', [args + ['--config.num_devices=1']] * 2, envs=({}, fewer))
   assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
