@@ -202,12 +202,32 @@ def test_a_head_on_a_grey_field_of_view_inside_black_bars_is_cropped_to_the_head
   assert out[6:14, 6:14].max() < 0.05  # (the corner of the box, outside the head)
 
 
-def test_a_head_filling_its_image_keeps_its_box():
-  # A box whose edges are tissue, not a grey field of view: looked at again, but unchanged.
-  image = np.full((200, 200), 0.6, np.float32)
-  image[::7] = 0.9  # (structure: no flat level)
-  image[60:140, 60:140] = 0.3
-  assert preprocess.find_head(image)[0] == (0, 0, 200, 200)
+def test_a_head_reaching_the_edge_of_its_grey_field_keeps_its_edge_rows():
+  # The second search looks inside the field less a few edge pixels; a head running off the
+  # field's (and the image's) bottom lost those rows (4 of 630 px: scalp).
+  image = np.zeros((630, 630), np.float32)
+  image[:, 63:567] = 0.3  # the grey field between black bars, top to bottom
+  yy, xx = np.mgrid[:630, :630]
+  image[(yy - 399) ** 2 + (xx - 315) ** 2 <= 252 ** 2] = 0.8  # cut by the bottom
+  top, left, bottom, right = preprocess.find_head(image)[0]
+  assert bottom == 630 and 139 <= top <= 147 and abs(left - 63) <= 5 and abs(right - 567) <= 5
+
+
+def test_a_head_cut_by_the_image_edges_is_not_cut_further():
+  # A zoomed scan: the head runs off the top, left and right, on a grey background, a black
+  # strip below. Its box's edges are tissue, so the head is looked for again inside it; that
+  # search's brighter "background" found the upper brain alone (rows 8 to 81 of a head down to
+  # row 190), which left out the skull and brain below it.
+  yy, xx = np.mgrid[0:200, 0:180]
+  d = np.hypot(yy - 80, xx - 90)
+  image = np.full((200, 180), 0.1, np.float32)
+  image[d < 110] = 0.9  # scalp and skull
+  image[d < 102] = 0.35  # brain, brighter in its upper part
+  image[(d < 90) & (yy < 80)] = 0.6
+  image = np.pad(image, ((0, 16), (0, 0)))
+  assert preprocess._find_head_once(image)[3]  # (looked at again)
+  top, left, bottom, right = preprocess.find_head(image)[0]
+  assert (top, left, right) == (0, 0, 180) and 188 <= bottom <= 202, bottom
 
 
 def test_anything_darker_than_the_background_becomes_0_before_resizing():
