@@ -13,6 +13,7 @@ if __name__ == '__main__':
   signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
 
 import importlib
+import json
 import logging as std_logging
 import os
 import re
@@ -31,6 +32,7 @@ from ml_collections import config_flags
 from brainjax import interrupts
 from brainjax.train import checkpoints
 from brainjax.train import parallel
+from brainjax.train import reruns
 from brainjax.train import run_setup
 
 FLAGS = flags.FLAGS
@@ -184,6 +186,13 @@ def exit_now(code):
   os._exit(code)
 
 
+def host_settings(config):
+  """Each setting as text, paths as resolved, but the cache folder: a host may keep its own."""
+  return {name: json.dumps(value, sort_keys=True)
+          for name, value in reruns.flat_fields(json.loads(config.to_json_best_effort())).items()
+          if name.split('.')[-1] != 'cache_dir'}
+
+
 def set_up(config, task):
   """(workdir, the config.json text it held or None, the folders launch made for it), once the
   hosts are joined and the settings checked; a refused setting exits with one line."""
@@ -193,7 +202,6 @@ def set_up(config, task):
       parallel.check_device_counts()
     except ValueError as error:
       sys.exit(f'error: --config.multihost: {error}')
-  settings = config.to_json_best_effort(sort_keys=True)  # (as given: the same for one command)
   try:
     workdir = run_setup.resolve_paths(config, FLAGS.workdir)
     cache = run_setup.check_settings(config, task)
@@ -209,7 +217,7 @@ def set_up(config, task):
     sys.exit(f'error: {error}')
   try:  # (a setting or workdir one host refused stops all)
     parallel.check_all_hosts_agree(refused=False)
-    parallel.check_same_settings(settings)
+    parallel.check_same_settings(host_settings(config))
   except ValueError as error:
     run_setup.after_failure(workdir, previous_config, made, time.time(), error)
     sys.exit(f'error: {error}')

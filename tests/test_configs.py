@@ -4,6 +4,7 @@ import importlib
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import pytest
 
 from brainjax import threads
 from brainjax.tasks import cnn_cls
+from brainjax.tasks import cvae_cls
 from brainjax.train import reruns
 from brainjax.train import run_setup
 from configs import cnn_cls as cnn_config
@@ -107,7 +109,9 @@ REFUSED = [
     (['--config=configs/predict.py:smoke', '--config.data.seed=-2'], 'data.seed=-2'),
     # (every DBSCAN eps under a 32 px slice's pixel step: a constant rule, a 50% ROC AUC row)
     (['--config=configs/cvae_cls.py:real,smoke', '--config.data.image_size=32'],
-     'anomaly.dbscan_eps=(0.015, 0.025) are all under one pixel step, 1/32'),
+     'anomaly.dbscan_eps=(0.015, 0.025) are all under one pixel step, 1/32 at data.image_size=32: '
+     'no pixel would have a neighbour, no cluster grow past one pixel; add an eps of at least '
+     '0.03125'),
     # (the trained run's own preprocessing applies: this was taken, and did nothing)
     (['--config=configs/predict.py:smoke', '--config.data.image_size=64'],
      "unknown config field 'image_size'"),
@@ -916,3 +920,15 @@ def test_a_prediction_may_be_redone_in_its_workdir_with_other_inputs(tmp_path):
   second = predict_config.get_config('smoke')
   second.input = 'scans/b'
   assert reruns.check_workdir(str(tmp_path), second) == first.to_json_best_effort(indent=1)
+
+
+@pytest.mark.parametrize('size', [128, 384])
+def test_dbscan_eps_all_under_one_pixel_step_are_refused_and_the_advised_one_taken(size):
+  # (a constant rule, scored in Table 1; the advice read 0.007812 at 128 px, itself refused)
+  config = importlib.import_module('configs.cvae_cls').get_config('real,smoke')
+  config.data.image_size = size
+  config.anomaly.dbscan_eps = (0.5 / size,)
+  with pytest.raises(ValueError, match=f'under one pixel step, 1/{size}') as refused:
+    cvae_cls.check_config(config)
+  config.anomaly.dbscan_eps = (float(re.search(r'at least ([0-9.]+)', str(refused.value))[1]),)
+  cvae_cls.check_config(config)

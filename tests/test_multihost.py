@@ -165,8 +165,8 @@ def test_hosts_with_other_settings_or_device_counts_stop_with_one_line(tmp_path)
       tmp_path / 'new', [args + ['--config.num_devices=1'], args + ['--config.num_devices=2']])
   assert code0 == code1 == 1 and 'Traceback' not in log0 + log1
   for log in (log0, log1):
-    assert log.strip().splitlines()[-1] == (
-        'error: host 1 runs with other settings than host 0: run the same command on every host')
+    assert log.strip().splitlines()[-1] == ('error: host 1 runs with other settings than host 0 '
+                                            '(num_devices): run the same command on every host')
   assert not (tmp_path / 'new').exists()
   fewer = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '')
                         + ' --xla_force_host_platform_device_count=2'}
@@ -177,6 +177,16 @@ def test_hosts_with_other_settings_or_device_counts_stop_with_one_line(tmp_path)
     assert log.strip().splitlines()[-1] == (
         'error: --config.multihost: the hosts have different numbers of devices (host 0: 8, '
         'host 1: 2); give each as many'), log[-2000:]
+
+
+def test_the_settings_hosts_compare_leave_out_their_cache_folders(tmp_path):
+  # (a cache on each node's own disk is a valid setup; the data folder is compared as
+  # resolve_paths left it, absolute)
+  import launch  # pylint: disable=import-outside-toplevel  (it defines absl flags)
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict({'cache_dir': '/a', 'seed': 0,
+                                      'data': {'data_dir': '/d', 'cache_dir': '/b'}})
+  assert launch.host_settings(config) == {'seed': '0', 'data.data_dir': '"/d"'}
 
 
 def test_a_coordinator_address_without_a_port_is_one_line():

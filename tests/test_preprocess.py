@@ -189,8 +189,8 @@ def test_a_head_on_a_grey_field_of_view_inside_black_bars_is_cropped_to_the_head
   # field of view, between black bars, and that rectangle was the crop) The grey is then the
   # background: the crop hugs the head and the grey becomes 0, as around any other head.
   rng = np.random.default_rng(0)
-  image = np.zeros((240, 260), np.float32)  # black bars left and right, none above and below
-  image[:, 30:230] = grey
+  image = np.zeros((240, 260), np.float32)  # a black frame around the field
+  image[16:224, 30:230] = grey
   image += _disk_image(240, 260, 120, 130, 80, value=0.8 - grey)
   image += rng.normal(0, 0.005, image.shape).astype(np.float32)
   image = np.clip(image, 0, 1)
@@ -200,17 +200,43 @@ def test_a_head_on_a_grey_field_of_view_inside_black_bars_is_cropped_to_the_head
   assert abs(background - grey) < 0.02
   out, _ = preprocess.preprocess(image)
   assert out[6:14, 6:14].max() < 0.05  # (the corner of the box, outside the head)
+  # Bars left and right only, the field running off the top and bottom (Br35H's no534.jpg):
+  # cropped to the head across, the rows above and below kept (a side on the image's edge
+  # stays where the first box put it), their grey at 0 all the same.
+  image[:16] = image[16]
+  image[224:] = image[223]
+  (top, left, bottom, right), background, _ = preprocess.find_head(image)
+  assert (top, bottom) == (0, 240) and abs(left - 50) <= 3 and abs(right - 210) <= 3
+  assert abs(background - grey) < 0.02
+  assert preprocess.preprocess(image)[0][:20].max() < 0.05
+
+
+def test_a_head_running_off_the_image_in_darker_tissue_is_not_cut():
+  # A squarish head off the left, right and bottom edges, its lower part darker tissue: the
+  # second look took that tissue for a grey field (its level the "background" found inside)
+  # and left out a fifth of the head.
+  yy, xx = np.mgrid[:240, :260]
+  d = np.abs((yy - 140) / 130) ** 4 + np.abs((xx - 130) / 140) ** 4
+  image = np.zeros((240, 260), np.float32)
+  image[d <= 1] = 0.8
+  image[d <= 0.8] = 0.45
+  image[(d <= 1) & (yy > 192)] = 0.25
+  image += np.random.default_rng(1).normal(0, 0.005, image.shape).astype(np.float32)
+  image = np.clip(image, 0, 1)
+  assert preprocess._find_head_once(image)[3]  # (looked at again)
+  assert preprocess.find_head(image)[0][2] == 240
 
 
 def test_a_head_reaching_the_edge_of_its_grey_field_keeps_its_edge_rows():
   # The second search looks inside the field less a few edge pixels; a head running off the
-  # field's (and the image's) bottom lost those rows (4 of 630 px: scalp).
+  # field's bottom lost those rows (scalp).
   image = np.zeros((630, 630), np.float32)
-  image[:, 63:567] = 0.3  # the grey field between black bars, top to bottom
+  image[20:600, 63:567] = 0.3  # the grey field in a black frame
   yy, xx = np.mgrid[:630, :630]
-  image[(yy - 399) ** 2 + (xx - 315) ** 2 <= 252 ** 2] = 0.8  # cut by the bottom
+  image[((yy - 399) ** 2 + (xx - 315) ** 2 <= 252 ** 2) & (yy < 600)] = 0.8  # cut by its bottom
   top, left, bottom, right = preprocess.find_head(image)[0]
-  assert bottom == 630 and 139 <= top <= 147 and abs(left - 63) <= 5 and abs(right - 567) <= 5
+  assert 600 <= bottom <= 606 and 139 <= top <= 147, (top, bottom)
+  assert abs(left - 63) <= 5 and abs(right - 567) <= 5, (left, right)
 
 
 def test_a_head_cut_by_the_image_edges_is_not_cut_further():

@@ -21,7 +21,7 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
   4. The box of those components, mapped back to full resolution.
   5. A box whose edges lie mostly above the threshold may be a grey field of view between
      black bars: steps 1-4 again inside it (less a few edge pixels), kept if their background
-     is a level above the first (find_head).
+     is a level above the first and what they leave out is that grey (find_head).
 
 Intensity: (x - background) / (99.5th percentile inside the head - background),
 clipped to [0, 1]: the background becomes 0 whatever its level in the file
@@ -53,12 +53,11 @@ _NEAR_AREA = 0.001         # ... and at least this fraction of the image
 _HIGH_PERCENTILE = 99.5
 _LOW_PERCENTILE = 5.0
 _MIN_CONTRAST = 2.0 / 255  # below this the slice is blank
-# A head's box found inside a grey field of view is kept if it leaves out at most this fraction
-# of the field's tissue, the pixels brighter than the grey by _TISSUE of the contrast (on
-# Br35H: at most 0.5% on the 56 grey fields; 5-6% where a head cut by three image edges lost
-# its lower part).
-_TISSUE = 0.3
-_MAX_TISSUE_LEFT_OUT = 0.01
+# A head's box found inside a grey field of view is kept if each band it leaves out has its
+# median within _CONTRAST_FRACTION of the contrast of the grey and at most this fraction of it
+# brighter than the grey by _ABOVE_GREY of the contrast (a scalp rim, tissue).
+_ABOVE_GREY = 0.24
+_MAX_BRIGHT_LEFT_OUT = 0.01
 _MIN_SNR = 6.0             # contrast below this many noise sigmas: pure noise
 _MIN_FOREGROUND = 0.005    # head area below this fraction of the image: near-blank
 # A largest region under _THIN_CHECK_AREA of the image whose thickest part is under
@@ -148,9 +147,9 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   A box whose edges lie mostly above the threshold may be the scan's field of view on a grey
   background, inside the file's black bars or frame (56 of Br35H's 3000 slices, all healthy: a
   grey rectangle around their heads): the head is looked for again inside it, and that box is
-  kept where the grey is a level above the first background and what it leaves out is that
-  grey, not tissue (a head filling the image has box edges of tissue too: its inner
-  "background", brighter, would cut it).
+  kept where the grey is a level above the first background and each band it leaves out is
+  that grey, not tissue (a head running off the image has box edges of tissue too: its inner
+  "background", brighter, would cut it); its sides on the image's edges stay.
   Raises BlankImage when no head is found.
   """
   box, background, scale, on_plateau = _find_head_once(x)
@@ -167,18 +166,26 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
     return box, background, scale
   if inner_background - background <= 0.5 * _CONTRAST_FRACTION * scale:
     return box, background, scale
-  # A side on the area's edge is the first box's: the head reaches the field's edge there.
-  inner = (top if t == 0 else top + edge + t, left if l == 0 else left + edge + l,
-           bottom if b == area.shape[0] else top + edge + b,
-           right if r == area.shape[1] else left + edge + r)
+  # A side on the area's edge is the first box's (the head reaches the field's edge there),
+  # and so is one on the image's edge (no bars beyond: what lies there may be a head running
+  # off the image, in tissue as dark as the grey found inside).
+  h, w = x.shape
+  inner = (top if t == 0 or top == 0 else top + edge + t,
+           left if l == 0 or left == 0 else left + edge + l,
+           bottom if b == area.shape[0] or bottom == h else top + edge + b,
+           right if r == area.shape[1] or right == w else left + edge + r)
   if inner == box:  # (a head filling the field: the first background stands)
     return box, background, scale
-  # It may leave out the grey, not the head: of the first box's pixels well above the grey,
-  # few outside it (a head filling the image left out its lower part, skull and all).
-  tissue = x[top:bottom, left:right] > inner_background + _TISSUE * inner_scale
-  kept = tissue[inner[0] - top:inner[2] - top, inner[1] - left:inner[3] - left].sum()
-  if tissue.sum() - kept > _MAX_TISSUE_LEFT_OUT * tissue.sum():
-    return box, background, scale
+  # Each band it leaves out must be the grey field, at the grey's level with hardly anything
+  # brighter: a head cut by the image's edges lost its rim, or its lower part, to a brighter
+  # "background" found inside it.
+  crop = x[top:bottom, left:right]
+  it, il, ib, ir = (inner[0] - top, inner[1] - left, inner[2] - top, inner[3] - left)
+  for band in (crop[:it], crop[ib:], crop[it:ib, :il], crop[it:ib, ir:]):
+    if band.size and (
+        abs(np.median(band) - inner_background) > _CONTRAST_FRACTION * inner_scale
+        or np.mean(band > inner_background + _ABOVE_GREY * inner_scale) > _MAX_BRIGHT_LEFT_OUT):
+      return box, background, scale
   return inner, inner_background, inner_scale
 
 

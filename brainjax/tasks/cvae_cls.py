@@ -6,6 +6,7 @@ four anomaly rules (brainjax/anomaly/) turn reconstruction errors into tumour ca
 """
 import dataclasses
 import functools
+import math
 import os
 
 from absl import logging
@@ -136,8 +137,8 @@ def check_config(config):
     # (a constant rule, scored in Table 1 as a real 50% ROC AUC)
     raise ValueError(f'anomaly.dbscan_eps={tuple(config.anomaly.dbscan_eps)} are all under one '
                      f'pixel step, 1/{size} at data.image_size={size}: no pixel would have a '
-                     f'neighbour and every DBSCAN score would be 0; add an eps of at least '
-                     f'{1 / size:.4g}, or leave dbscan out of anomaly.rules')
+                     f'neighbour, no cluster grow past one pixel; add an eps of at least '
+                     f'{math.ceil(1e6 / size) / 1e6}, or leave dbscan out of anomaly.rules')
 
 
 def train_and_evaluate(config, workdir):

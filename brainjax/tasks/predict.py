@@ -475,10 +475,11 @@ def check_config(config):
   runs.check_rules(task, config.rules)
   # Every call is padded to batch_size slices (the run's own batches): 10**9 was a
   # 60 TiB allocation's traceback once the model and inputs had loaded.
-  size = int(run_config.data.image_size)
-  threads.check_fits_in_memory(config.batch_size * size * size * 4,
-                               f'batch_size={config.batch_size} slices of {size}x{size}',
-                               'lower batch_size')
+  size = run_config.get('data', {}).get('image_size')
+  if isinstance(size, int):  # (a run config without it is refused as it loads, in one line)
+    threads.check_fits_in_memory(config.batch_size * size * size * 4,
+                                 f'batch_size={config.batch_size} slices of {size}x{size}',
+                                 'lower batch_size')
 
 
 def _files_to_read(input_path, workdir=None):

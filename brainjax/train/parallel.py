@@ -4,6 +4,7 @@ how the global batch is split."""
 import collections
 import hashlib
 import itertools
+from typing import Dict
 
 import jax
 from jax.experimental import multihost_utils
@@ -99,18 +100,29 @@ def check_device_counts():
         f'host {p}: {n}' for p, n in sorted(counts.items())) + '); give each as many')
 
 
-def check_same_settings(settings: str):
-  """A ValueError on every host unless all run with the same settings (`settings`: the config
-  as given, the same for the same command): with another num_devices, seed or batch_size, each
-  host trained its own device list or model until a collective timed out."""
+def _digest(text: str) -> np.ndarray:
+  """(1,) int32 of text's hash (what process_allgather keeps without 64-bit mode)."""
+  return np.frombuffer(hashlib.sha256(text.encode()).digest()[:4], np.int32)
+
+
+def check_same_settings(settings: Dict[str, str]):
+  """A ValueError on every host, naming the fields, unless all run with the same settings
+  ({field: value as text}): with another num_devices, seed or batch_size each host trained its
+  own device list or model until a collective timed out."""
   if jax.process_count() == 1:
     return
-  digest = np.frombuffer(hashlib.sha256(settings.encode()).digest()[:8], np.int64)
-  digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1)
-  differ = np.flatnonzero(digests != digests[0])
-  if differ.size:
-    raise ValueError(f'host {differ[0]} runs with other settings than host 0: run the same '
-                     'command on every host')
+  names = sorted(settings)
+  fields = np.asarray(multihost_utils.process_allgather(_digest('\n'.join(names)))).reshape(-1)
+  if (fields != fields[0]).any():
+    raise ValueError(f'host {np.flatnonzero(fields != fields[0])[0]} runs another config than '
+                     'host 0: run the same command on every host')
+  values = np.asarray(multihost_utils.process_allgather(
+      np.concatenate([_digest(settings[name]) for name in names]))).reshape(len(fields), -1)
+  other = values != values[0]
+  if other.any():
+    raise ValueError(f'host {np.flatnonzero(other.any(axis=1))[0]} runs with other settings than '
+                     f'host 0 ({", ".join(names[i] for i in np.flatnonzero(other.any(axis=0)))}): '
+                     'run the same command on every host')
 
 
 def wait_for_all_hosts(name):

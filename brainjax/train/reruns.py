@@ -99,11 +99,12 @@ RUN_FIELDS = frozenset({'checkpoint_every_secs', 'log_every_steps', 'keep_checkp
 RERUN_FIELDS = RUN_FIELDS | {'num_epochs', 'mode', 'export', 'anomaly', 'synthetic_dirs'}
 
 
-def _flat(tree, prefix=''):
+def flat_fields(tree, prefix=''):
+  """{'data.data_dir': value, ...} of a nested dict."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      out.update(_flat(value, f'{prefix}{key}.'))
+      out.update(flat_fields(value, f'{prefix}{key}.'))
     else:
       out[f'{prefix}{key}'] = value
   return out
@@ -120,7 +121,7 @@ def _same_setting(field, a, b):
 def config_changes(saved, config, allowed=RERUN_FIELDS):
   """['field: saved -> new', ...] of the fields (beyond `allowed`) where two run configs
   (JSON dicts) differ; fields only one of them has (another version's) are not compared."""
-  old, new = _flat(saved), _flat(config)
+  old, new = flat_fields(saved), flat_fields(config)
   return [f'{k}: {old[k]!r} -> {new[k]!r}' for k in sorted(old.keys() & new.keys())
           if not _same_setting(k, old[k], new[k]) and not allowed.intersection(k.split('.'))
           and not _unread_data_dir(k, old, new)]
