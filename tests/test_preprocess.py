@@ -227,6 +227,18 @@ def test_a_head_running_off_the_image_in_darker_tissue_is_not_cut():
   assert preprocess.find_head(image)[0][2] == 240
 
 
+def test_a_faint_scalp_rim_on_a_grey_field_is_kept(br35h_dir):
+  # A Br35H T2 slice cut 30% at its bottom and right, shown on a grey field (0.1 + 0.9 x) in a
+  # black frame, turned: the second look's box left out the faint scalp arc on one side (under
+  # 1% of that band was brighter than the grey by 0.24 of the contrast).
+  from brainjax.data import image_io  # pylint: disable=import-outside-toplevel
+  x = image_io.to_gray_float(image_io.read_image_file(str(br35h_dir / 'no' / 'no530.jpg')))
+  top, left, bottom, right = preprocess.find_head(x)[0]
+  x = x[:bottom - int(0.3 * (bottom - top)), :right - int(0.3 * (right - left))]
+  x = np.ascontiguousarray(np.rot90(np.pad(0.1 + 0.9 * x, 5)), np.float32)
+  assert preprocess.find_head(x)[0][1] <= 8  # (the rim's side; the cut crop's box starts at 6)
+
+
 def test_a_head_reaching_the_edge_of_its_grey_field_keeps_its_edge_rows():
   # The second search looks inside the field less a few edge pixels; a head running off the
   # field's bottom lost those rows (scalp).

@@ -56,7 +56,7 @@ _MIN_CONTRAST = 2.0 / 255  # below this the slice is blank
 # A head's box found inside a grey field of view is kept if each band it leaves out has its
 # median within _CONTRAST_FRACTION of the contrast of the grey and at most this fraction of it
 # brighter than the grey by _ABOVE_GREY of the contrast (a scalp rim, tissue).
-_ABOVE_GREY = 0.24
+_ABOVE_GREY = 0.15
 _MAX_BRIGHT_LEFT_OUT = 0.01
 _MIN_SNR = 6.0             # contrast below this many noise sigmas: pure noise
 _MIN_FOREGROUND = 0.005    # head area below this fraction of the image: near-blank
@@ -145,7 +145,7 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
   """float (H, W) in [0, 1] -> ((top, left, bottom, right), background, scale).
 
   A box whose edges lie mostly above the threshold may be the scan's field of view on a grey
-  background, inside the file's black bars or frame (56 of Br35H's 3000 slices, all healthy: a
+  background, inside the file's black bars or frame (55 of Br35H's 3000 slices, all healthy: a
   grey rectangle around their heads): the head is looked for again inside it, and that box is
   kept where the grey is a level above the first background and each band it leaves out is
   that grey, not tissue (a head running off the image has box edges of tissue too: its inner
