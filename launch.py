@@ -211,13 +211,21 @@ def set_up(config, task):
     # 0.5-2 s on a CPU: at 1 s some were compiled again by every run; loaded, 0.05 s).
     jax.config.update('jax_compilation_cache_dir', os.path.join(cache, 'xla'))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.2)
-    previous_config, made = run_setup.prepare_workdir(config, workdir)
   except (ValueError, OSError) as error:  # (OSError: e.g. a file where the folder would be)
     parallel.check_all_hosts_agree(refused=True)
     sys.exit(f'error: {error}')
-  try:  # (a setting or workdir one host refused stops all)
+  try:  # (a setting one host refused stops all; so do settings that differ, before any folder)
     parallel.check_all_hosts_agree(refused=False)
     parallel.check_same_settings(host_settings(config))
+  except ValueError as error:
+    sys.exit(f'error: {error}')
+  try:
+    previous_config, made = run_setup.prepare_workdir(config, workdir)
+  except (ValueError, OSError) as error:
+    parallel.check_all_hosts_agree(refused=True)
+    sys.exit(f'error: {error}')
+  try:  # (a workdir the first host refused stops all)
+    parallel.check_all_hosts_agree(refused=False)
   except ValueError as error:
     run_setup.after_failure(workdir, previous_config, made, time.time(), error)
     sys.exit(f'error: {error}')
