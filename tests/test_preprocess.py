@@ -185,7 +185,7 @@ def test_a_thin_scalp_ring_around_the_brain_is_inside_the_head_box():
 
 @pytest.mark.parametrize('grey', [0.05, 0.1, 0.3])
 def test_a_head_on_a_grey_field_of_view_inside_black_bars_is_cropped_to_the_head(grey):
-  # (60 healthy Br35H slices, no tumour slice: their heads sat in a grey rectangle, the
+  # (55 healthy Br35H slices, no tumour slice: their heads sat in a grey rectangle, the
   # field of view, between black bars, and that rectangle was the crop) The grey is then the
   # background: the crop hugs the head and the grey becomes 0, as around any other head.
   rng = np.random.default_rng(0)
