@@ -9,16 +9,18 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
      Foreground = pixels above background + max(6% of the contrast up to
      the 99.5th percentile, 3 noise sigmas).
   3. Straight frame lines (longer than 75% of the image one way, thin the
-     other) are removed from the foreground (not from the pixels: one crossing
-     the box stays in the slice), then a 3x3 binary opening removes specks and
+     other) are removed from the foreground (from the pixels only outside the
+     head's outline, below), then a 3x3 binary opening removes specks and
      text strokes; then connected components: the largest one (the
      head) plus any component at least 20% of its size (a head split in two by
      a dark gap), plus smaller ones (>= 0.1% of the image) that surround the
      centre of that box (a scalp ring separated from the brain by the dark
-     skull) or lie within 12% of it (ring fragments). Text and markers away
-     from the head are ignored. A largest component under 10% of the image and
-     thinner than 8% of its shorter side is no head (text or lines only).
-  4. The box of those components, mapped back to full resolution.
+     skull) or lie within 12% of it and come within 5% of its shorter side of
+     their convex outline (ring fragments). Text and markers farther out, such
+     as in the box's corners, are ignored. A largest component under 10% of the
+     image and thinner than 8% of its shorter side is no head (text or lines only).
+  4. The box of those components, mapped back to full resolution, and their
+     outline: the convex hull of them grown by 2 px of the working copy.
   5. A box whose edges lie mostly above the threshold may be a grey field of view between
      black bars: steps 1-4 again inside it (less a few edge pixels), kept if their background
      is a level above the first and what they leave out is that grey (find_head).
@@ -26,7 +28,9 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
 Intensity: (x - background) / (99.5th percentile inside the head - background),
 clipped to [0, 1]: the background becomes 0 whatever its level in the file
 (the shared background of the study), and a few saturated pixels or bright
-text do not set the scale.
+text do not set the scale. Pixels of the box outside the head's outline become 0
+too: letters, rulers, frame lines and text beside the head are gone (what lies over
+the head or touches it stays).
 
 Geometry: the crop (h, w) is pasted centred into a zero square of side
 max(h, w) * (1 + 2 * margin) (the margin is a fraction of the longer side on
@@ -35,11 +39,12 @@ each side), which is resized to size x size (PIL, antialiased bilinear).
 (`apply_crop`) or to map a (size, size) map back (`to_original_grid`).
 """
 import dataclasses
-from typing import Tuple
+from typing import NamedTuple, Tuple
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from scipy import spatial
 
 from brainjax.data import image_io
 
@@ -48,8 +53,13 @@ _BORDER_FRACTION = 0.02    # width of the ring that estimates the background
 _CONTRAST_FRACTION = 0.06  # threshold, as a fraction of the contrast
 _NOISE_SIGMAS = 3.0
 _KEEP_FRACTION = 0.20      # components kept, relative to the largest
-_NEAR = 0.12               # smaller ones within this fraction of the box ...
-_NEAR_AREA = 0.001         # ... and at least this fraction of the image
+# Smaller ones at least _NEAR_AREA of the image are head where they lie within _NEAR of the
+# box (of its sides) and come within _NEAR_OUTLINE of its shorter side of the head's convex
+# outline: scalp-ring fragments beyond the dark skull (0.01 to 0.04 in Br35H); burnt-in
+# letters, rulers and markers in the box's corners lie farther out (most 0.1 or more).
+_NEAR = 0.12
+_NEAR_OUTLINE = 0.05
+_NEAR_AREA = 0.001
 _HIGH_PERCENTILE = 99.5
 _LOW_PERCENTILE = 5.0
 _MIN_CONTRAST = 2.0 / 255  # below this the slice is blank
@@ -70,6 +80,23 @@ _MIN_THICKNESS = 0.08
 # needs the smoothed image, and smoothing would merge so few pixels with their background.
 # (16 px: a 16 x 16 image, or a 1:12 strip; Br35H's smallest is 150 px a side.)
 _MIN_WORK_SIDE = 16
+# Working-copy pixels the head's outline is grown by before its convex hull is taken: the
+# faint rim below the threshold (the smoothing already widens the head by about one).
+_OUTLINE_MARGIN = 2
+
+
+class Head(NamedTuple):
+  """Where find_head found the head.
+
+  box: (top, left, bottom, right), rows [top, bottom) and columns [left, right).
+  background, scale: the intensity mapping, (x - background) / scale.
+  outline: float64 (K, 2) (row, col) vertices of a convex polygon around the head, in
+    pixel-edge coordinates of the original image (pixel (i, j) spans [i, i+1) x [j, j+1)).
+  """
+  box: Tuple[int, int, int, int]
+  background: float
+  scale: float
+  outline: np.ndarray
 
 
 class BlankImage(ValueError):
@@ -141,31 +168,33 @@ def _union_box(slices, keep):
           max(sl[0].stop for sl in chosen), max(sl[1].stop for sl in chosen))
 
 
-def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
-  """float (H, W) in [0, 1] -> ((top, left, bottom, right), background, scale).
+def find_head(x: np.ndarray) -> Head:
+  """float (H, W) in [0, 1] -> Head (box, background, scale, outline).
 
   A box whose edges lie mostly above the threshold may be the scan's field of view on a grey
   background, inside the file's black bars or frame (55 of Br35H's 3000 slices, all healthy: a
   grey rectangle around their heads): the head is looked for again inside it, and that box is
   kept where the grey is a level above the first background and each band it leaves out is
   that grey, not tissue (a head running off the image has box edges of tissue too: its inner
-  "background", brighter, would cut it); its sides on the image's edges stay.
+  "background", brighter, would cut it); its sides on the image's edges stay. Its outline
+  stays the grey field's (which holds the whole box: nothing in it is masked), since a side
+  kept from the first box lies outside the outline found inside.
   Raises BlankImage when no head is found.
   """
-  box, background, scale, on_plateau = _find_head_once(x)
-  top, left, bottom, right = box
+  first, on_plateau = _find_head_once(x)
+  top, left, bottom, right = box = first.box
   if not on_plateau or (bottom - top, right - left) == x.shape:
-    return box, background, scale
+    return first
   # Looked at inside the box less its edges, which the smoothing and the working copy's
   # coarser grid widen by a few pixels of the bars (they would lower the grey's estimate).
   edge = int(np.ceil(2 * max(1.0, max(x.shape) / _WORK_SIDE))) + 1
   area = x[top + edge:bottom - edge, left + edge:right - edge]
   try:
-    (t, l, b, r), inner_background, inner_scale = find_head(area)
+    (t, l, b, r), inner_background, inner_scale, _ = find_head(area)
   except BlankImage:  # (nothing inside it, or too small: the grey field is what there is)
-    return box, background, scale
-  if inner_background - background <= 0.5 * _CONTRAST_FRACTION * scale:
-    return box, background, scale
+    return first
+  if inner_background - first.background <= 0.5 * _CONTRAST_FRACTION * first.scale:
+    return first
   # A side on the area's edge is the first box's (the head reaches the field's edge there),
   # and so is one on the image's edge (no bars beyond: what lies there may be a head running
   # off the image, in tissue as dark as the grey found inside).
@@ -175,7 +204,7 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
            bottom if b == area.shape[0] or bottom == h else top + edge + b,
            right if r == area.shape[1] or right == w else left + edge + r)
   if inner == box:  # (a head filling the field: the first background stands)
-    return box, background, scale
+    return first
   # Each band it leaves out must be the grey field, at the grey's level with hardly anything
   # brighter: a head cut by the image's edges lost its rim, or its lower part, to a brighter
   # "background" found inside it.
@@ -185,8 +214,8 @@ def find_head(x: np.ndarray) -> Tuple[Tuple[int, int, int, int], float, float]:
     if band.size and (
         abs(np.median(band) - inner_background) > _CONTRAST_FRACTION * inner_scale
         or np.mean(band > inner_background + _ABOVE_GREY * inner_scale) > _MAX_BRIGHT_LEFT_OUT):
-      return box, background, scale
-  return inner, inner_background, inner_scale
+      return first
+  return Head(inner, inner_background, inner_scale, first.outline)
 
 
 def _ring(pixels: np.ndarray, width: int) -> np.ndarray:
@@ -196,9 +225,63 @@ def _ring(pixels: np.ndarray, width: int) -> np.ndarray:
                          pixels[width:-width, -width:].ravel()])
 
 
-def _find_head_once(x: np.ndarray):
-  """find_head's box, background and scale, and whether the box's edges lie mostly above the
-  threshold (a head's box meets the head at a few points; its corners are background)."""
+def _convex_hull(mask: np.ndarray) -> np.ndarray:
+  """float64 (K, 2) (row, col) vertices, in pixel-edge coordinates, of the convex hull of a
+  non-empty 2-D mask (of its boundary pixels' corners)."""
+  rows, cols = np.nonzero(mask & ~ndimage.binary_erosion(mask))
+  corners = np.concatenate([np.stack([rows + dr, cols + dc], axis=1)
+                            for dr in (0, 1) for dc in (0, 1)]).astype(np.float64)
+  return corners[spatial.ConvexHull(corners).vertices]
+
+
+def outline_mask(outline: np.ndarray, box) -> np.ndarray:
+  """bool (bottom - top, right - left): the pixels of `box` whose centres lie inside the
+  convex polygon `outline` (Head.outline)."""
+  top, left, bottom, right = box
+  p = np.asarray(outline, np.float64)
+  q = np.roll(p, -1, axis=0)  # the polygon's edges run p -> q
+  sloped = p[:, 0] != q[:, 0]  # (a level edge's ends are on its neighbours)
+  p, q = p[sloped], q[sloped]
+  # Convex: each row's inside is one interval, between the edges its centre line crosses.
+  y = np.arange(top, bottom, dtype=np.float64)[:, None] + 0.5
+  t = (y - p[:, 0]) / (q[:, 0] - p[:, 0])
+  x = p[:, 1] + t * (q[:, 1] - p[:, 1])
+  crosses = (t >= 0) & (t <= 1)
+  first = np.where(crosses, x, np.inf).min(axis=1, initial=np.inf)
+  last = np.where(crosses, x, -np.inf).max(axis=1, initial=-np.inf)
+  cols = np.arange(left, right, dtype=np.float64) + 0.5
+  return (cols >= first[:, None]) & (cols <= last[:, None])
+
+
+def _head_components(labels: np.ndarray, sizes: np.ndarray, slices) -> np.ndarray:
+  """bool (count,): which of the labelled components are the head (step 3 of the module's
+  docstring): the largest, those of at least _KEEP_FRACTION of its size, rings around the
+  centre of their box, and smaller parts near both their box and their convex outline."""
+  keep = sizes >= _KEEP_FRACTION * sizes.max()
+  candidates = np.flatnonzero(~keep & (sizes >= _NEAR_AREA * labels.size))
+  for _ in range(2):  # a ring found in the first pass can bring its fragments
+    r0, c0, r1, c1 = _union_box(slices, keep)
+    mid_r, mid_c = (r0 + r1) / 2, (c0 + c1) / 2
+    for i in candidates:
+      sl = slices[i]
+      keep[i] |= sl[0].start <= mid_r < sl[0].stop and sl[1].start <= mid_c < sl[1].stop
+    pad_r, pad_c = _NEAR * (r1 - r0), _NEAR * (c1 - c0)
+    in_box = [i for i in candidates if slices[i][0].start >= r0 - pad_r
+              and slices[i][0].stop <= r1 + pad_r and slices[i][1].start >= c0 - pad_c
+              and slices[i][1].stop <= c1 + pad_c]
+    if not in_box:
+      continue
+    hull = outline_mask(_convex_hull(np.concatenate([[False], keep])[labels]),
+                        (0, 0) + labels.shape)
+    distance = ndimage.distance_transform_edt(~hull)
+    nearest = ndimage.minimum(distance, labels, np.add(in_box, 1))
+    keep[in_box] |= np.asarray(nearest) <= _NEAR_OUTLINE * min(r1 - r0, c1 - c0)
+  return keep
+
+
+def _find_head_once(x: np.ndarray) -> Tuple[Head, bool]:
+  """find_head's Head, and whether the box's edges lie mostly above the threshold (a head's
+  box meets the head at a few points; its corners are background)."""
   h, w = x.shape
   work, fy, fx = _work_copy(x)
   wh, ww = work.shape
@@ -245,18 +328,7 @@ def _find_head_once(x: np.ndarray):
     if thickness < _MIN_THICKNESS * min(wh, ww):
       raise BlankImage(f'no head: its largest region is {thickness:.0f} px thick at most, '
                        f'{100 * thickness / min(wh, ww):.1f}% of the image (text or lines?)')
-  keep = sizes >= _KEEP_FRACTION * sizes.max()
-  candidates = np.flatnonzero(~keep & (sizes >= _NEAR_AREA * wh * ww))
-  for _ in range(2):  # a ring found in the first pass can bring its fragments
-    r0, c0, r1, c1 = _union_box(slices, keep)
-    pad_r, pad_c = _NEAR * (r1 - r0), _NEAR * (c1 - c0)
-    mid_r, mid_c = (r0 + r1) / 2, (c0 + c1) / 2
-    for i in candidates:
-      sl = slices[i]
-      surrounds = sl[0].start <= mid_r < sl[0].stop and sl[1].start <= mid_c < sl[1].stop
-      near = (sl[0].start >= r0 - pad_r and sl[0].stop <= r1 + pad_r
-              and sl[1].start >= c0 - pad_c and sl[1].stop <= c1 + pad_c)
-      keep[i] |= surrounds or near
+  keep = _head_components(labels, sizes, slices)
   area = float(sizes[keep].sum()) / (wh * ww)
   if area < _MIN_FOREGROUND:
     raise BlankImage(f'near-blank image (head area {100 * area:.2f}% of the image)')
@@ -270,7 +342,9 @@ def _find_head_once(x: np.ndarray):
   edges = smooth[r0:r1, c0:c1]
   width = max(1, round(_BORDER_FRACTION * min(edges.shape)))
   on_plateau = min(edges.shape) > 2 * width and np.median(_ring(edges, width)) > threshold
-  return (top, left, bottom, right), background, scale, on_plateau
+  # (Grown first: the faint rim below the threshold.)
+  outline = _convex_hull(ndimage.binary_dilation(head, iterations=_OUTLINE_MARGIN))
+  return Head((top, left, bottom, right), background, scale, outline * [fy, fx]), on_plateau
 
 
 def crop_info(shape, box, margin: float) -> CropInfo:
@@ -325,17 +399,21 @@ def preprocess(image: np.ndarray, size: int = 128,
   if int(size) != size or size < 1:
     raise ValueError(f'size must be a positive integer, got {size}')
   x = image_io.to_gray_float(image)
-  box, background, scale = find_head(x)
-  info = crop_info(x.shape, box, margin)
-  top, left, bottom, right = box
+  head = find_head(x)
+  info = crop_info(x.shape, head.box, margin)
+  top, left, bottom, right = head.box
   canvas = np.zeros((info.side, info.side), np.float32)
   # The normalised crop is written into the canvas in place: on a big scan each copy of it
   # would be hundreds of MB.
   h, w = bottom - top, right - left
   crop = canvas[info.pad_top:info.pad_top + h, info.pad_left:info.pad_left + w]
-  np.subtract(x[top:bottom, left:right], np.float32(background), out=crop)
-  crop *= np.float32(1.0 / scale)
+  np.subtract(x[top:bottom, left:right], np.float32(head.background), out=crop)
+  crop *= np.float32(1.0 / head.scale)
   np.clip(crop, 0.0, 1.0, out=crop)
+  # What lies beside the head in its box (burnt-in letters, rulers, frame lines, the file's
+  # noisy background) becomes background: it is no part of the head, and in Br35H it is more
+  # often in one class's files than the other's.
+  crop *= outline_mask(head.outline, head.box)
   out = _resize(canvas, size, size, order=1)
   np.clip(out, 0.0, 1.0, out=out)
   return out, info

@@ -49,7 +49,7 @@ PHANTOM_DEFAULT_PER_CLASS = 1500
 # frames refused; 5: images of text or lines only refused; 6: images under 16 px a side, or
 # narrower than 1:12, refused; 7: wide-integer images scaled by their 99.9th percentile, not
 # their maximum; 8: float images stretched between percentiles, 16-bit colour refused).
-PREPROCESS_VERSION = 9  # 9: a head on a grey field of view in black bars cropped to the head
+PREPROCESS_VERSION = 10  # 10: what lies beside the head in its box set to background
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 
