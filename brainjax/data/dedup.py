@@ -19,9 +19,9 @@ multi-image groups / largest group:
                                      > 0.995            > 0.98
   raw files' thumbnails (whole       619 / 2771 / 54    415 / 2824 / 77
     canvas)
-  preprocessed 128x128 images        834 / 2591 / 54    456 / 2801 / 75
-  either view (extra_views)          574 / 2789 / 54    375 / 2848 / 77
-  either view, identity only         1454 / 2284 / 17   907 / 2719 / 38
+  preprocessed 128x128 images        826 / 2585 / 54    449 / 2804 / 75
+  either view (extra_views)          570 / 2791 / 54    373 / 2851 / 77
+  either view, identity only         1447 / 2280 / 17   900 / 2722 / 38
 (no pair there is linked by a 90-degree turn or a transpose alone, and turning the
 preprocessed slices by 3 to 45 degrees links none across these groups). The views
 disagree: preprocessed thumbnails miss copies that were re-cropped,
