@@ -227,10 +227,12 @@ def _ring(pixels: np.ndarray, width: int) -> np.ndarray:
 
 def _convex_hull(mask: np.ndarray) -> np.ndarray:
   """float64 (K, 2) (row, col) vertices, in pixel-edge coordinates, of the convex hull of a
-  non-empty 2-D mask (of its boundary pixels' corners)."""
-  rows, cols = np.nonzero(mask & ~ndimage.binary_erosion(mask))
-  corners = np.concatenate([np.stack([rows + dr, cols + dc], axis=1)
-                            for dr in (0, 1) for dc in (0, 1)]).astype(np.float64)
+  non-empty 2-D mask: of the outer corners of each row's first and last pixel."""
+  rows = np.flatnonzero(mask.any(axis=1))
+  first = np.argmax(mask[rows], axis=1)
+  last = mask.shape[1] - np.argmax(mask[rows, ::-1], axis=1)  # (its right edge)
+  corners = np.concatenate([np.stack([rows + dr, col], axis=1)
+                            for dr in (0, 1) for col in (first, last)]).astype(np.float64)
   return corners[spatial.ConvexHull(corners).vertices]
 
 
@@ -273,9 +275,9 @@ def _head_components(labels: np.ndarray, sizes: np.ndarray, slices) -> np.ndarra
       continue
     hull = outline_mask(_convex_hull(np.concatenate([[False], keep])[labels]),
                         (0, 0) + labels.shape)
-    distance = ndimage.distance_transform_edt(~hull)
-    nearest = ndimage.minimum(distance, labels, np.add(in_box, 1))
-    keep[in_box] |= np.asarray(nearest) <= _NEAR_OUTLINE * min(r1 - r0, c1 - c0)
+    close = ndimage.distance_transform_edt(~hull) <= _NEAR_OUTLINE * min(r1 - r0, c1 - c0)
+    touches = np.bincount(labels[close], minlength=len(sizes) + 1)[1:] > 0
+    keep[in_box] |= touches[in_box]
   return keep
 
 
