@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import spatial
 
 from brainjax.data import phantom
 from brainjax.data import preprocess
@@ -311,7 +312,7 @@ def test_a_ring_fragment_near_the_brain_is_inside_the_box_and_kept():
   img[36:42, 88:104] = 0.8  # 4 px above the brain, 1.2% of its area
   top = preprocess.find_head(img).box[0]
   assert top <= 36
-  out, info = preprocess.preprocess(img, margin=0.0)
+  out, _ = preprocess.preprocess(img, margin=0.0)
   assert out[1:7, 54:70].min() > 0.5  # (the fragment's rows, not masked)
 
 
@@ -344,7 +345,7 @@ def test_outline_mask_is_the_pixels_whose_centres_lie_in_the_polygon():
   rng = np.random.default_rng(0)
   for _ in range(20):
     points = rng.uniform(0, 40, (12, 2))
-    hull = preprocess.spatial.ConvexHull(points)
+    hull = spatial.ConvexHull(points)
     polygon = points[hull.vertices]  # (counter-clockwise)
     box = (-2, 3, 43, 38)
     rows, cols = np.mgrid[box[0]:box[2], box[1]:box[3]] + 0.5
