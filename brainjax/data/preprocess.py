@@ -265,6 +265,7 @@ def _head_components(labels: np.ndarray, sizes: np.ndarray, slices) -> np.ndarra
   keep = sizes >= _KEEP_FRACTION * sizes.max()
   candidates = np.flatnonzero(~keep & (sizes >= _NEAR_AREA * labels.size))
   for _ in range(2):  # a ring found in the first pass can bring its fragments
+    kept = np.count_nonzero(keep)
     r0, c0, r1, c1 = _union_box(slices, keep)
     mid_r, mid_c = (r0 + r1) / 2, (c0 + c1) / 2
     for i in candidates:
@@ -274,13 +275,14 @@ def _head_components(labels: np.ndarray, sizes: np.ndarray, slices) -> np.ndarra
     in_box = [i for i in candidates if slices[i][0].start >= r0 - pad_r
               and slices[i][0].stop <= r1 + pad_r and slices[i][1].start >= c0 - pad_c
               and slices[i][1].stop <= c1 + pad_c]
-    if not in_box:
-      continue
-    hull = outline_mask(_convex_hull(np.concatenate([[False], keep])[labels]),
-                        (0, 0) + labels.shape)
-    close = ndimage.distance_transform_edt(~hull) <= _NEAR_OUTLINE * min(r1 - r0, c1 - c0)
-    touches = np.bincount(labels[close], minlength=len(sizes) + 1)[1:] > 0
-    keep[in_box] |= touches[in_box]
+    if in_box:
+      hull = outline_mask(_convex_hull(np.concatenate([[False], keep])[labels]),
+                          (0, 0) + labels.shape)
+      close = ndimage.distance_transform_edt(~hull) <= _NEAR_OUTLINE * min(r1 - r0, c1 - c0)
+      touches = np.bincount(labels[close], minlength=len(sizes) + 1)[1:] > 0
+      keep[in_box] |= touches[in_box]
+    if np.count_nonzero(keep) == kept:  # (nothing new: the second pass would find the same)
+      break
   return keep
 
 
