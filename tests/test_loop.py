@@ -231,6 +231,14 @@ def test_metrics_json_writes_an_infinite_value_as_null(tmp_path):
         'ratio': None, 'auroc': None}
 
 
+def test_a_csv_is_written_into_a_folder_it_makes_with_missing_fields_empty(tmp_path):
+  path = tmp_path / 'results' / 'privacy' / 'tumour.csv'
+  reporting.write_csv(str(path), ['id', 'distance'], [{'id': 'yes/ñ.jpg', 'distance': 0.5},
+                                                      {'id': 'yes/b.jpg'}])
+  assert path.read_text(encoding='utf-8').splitlines() == [
+      'id,distance', 'yes/ñ.jpg,0.5', 'yes/b.jpg,']
+
+
 def test_a_run_that_trains_again_is_unfinished_until_its_task_writes_metrics(tmp_path):
   # A rerun with more epochs replaces best/; the old metrics.json (predict's rule settings
   # for a BrainCVAE) would sit beside another model if the rerun were killed.

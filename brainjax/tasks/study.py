@@ -243,7 +243,6 @@ def audit_generators(config, workdir, split_mode, seed, exports, feature_run, tr
         nearest = privacy.nearest_record_rows([os.path.join(export, i) for i in fake.ids],
                                               real_train.ids, audits)
         path = os.path.join(workdir, 'results', 'privacy', f'{name}.csv')
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         reporting.write_csv(path, list(nearest[0]), nearest)
         logging.info('Wrote %s', path)
       rows[key] = {k: float(v) for k, v in row.items()}

@@ -55,9 +55,10 @@ def naming(path):
 
 
 def write_csv(path, fields, rows):
-  """Writes dict rows under the header `fields` (a missing field: empty) to `path`,
-  atomically; text is UTF-8, and a file name that is not (a Latin-1 disk) has its bytes
+  """Writes dict rows under the header `fields` (a missing field: empty) to `path` (its folder
+  made), atomically; text is UTF-8, and a file name that is not (a Latin-1 disk) has its bytes
   escaped."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with atomic_open(path, newline='', encoding='utf-8', errors='backslashreplace') as f:
     writer = csv.DictWriter(f, fieldnames=fields, restval='')
     writer.writeheader()
