@@ -341,6 +341,62 @@ def test_a_letter_beside_the_head_does_not_widen_its_box():
   assert abs(top - 40) <= 3 and abs(left - 40) <= 3, (top, left)
 
 
+def _border_lines(image) -> np.ndarray:
+  """bool: the bright pixels of the rows and columns in an image's outer 2% that are bright
+  along 75% of their length (a frame drawn along the file's edge)."""
+  h, w = image.shape
+  band, bright = max(2, round(0.02 * min(h, w))), image > 0.5
+  lines = np.zeros(image.shape, bool)
+  for i in [*range(band), *range(h - band, h)]:
+    lines[i] |= bright[i] if bright[i].mean() >= 0.75 else False
+  for j in [*range(band), *range(w - band, w)]:
+    lines[:, j] |= bright[:, j] if bright[:, j].mean() >= 0.75 else False
+  return lines
+
+
+def _frame_kept(image) -> int:
+  """Pixels of a slice's output above 0.3 on its file's border lines (_border_lines)."""
+  out, info = preprocess.preprocess(image)
+  return int((out[preprocess.apply_crop(_border_lines(image).astype(np.uint8), info) > 0]
+              > 0.3).sum())
+
+
+def test_a_frame_line_the_head_touches_becomes_background():
+  # (Br35H: a frame along the file's edge, the head touching it on four sides) Where the head
+  # touches it the line lies within the head's outline; it is followed through the contact.
+  img = np.full((200, 200), 0.05, np.float32)
+  _disk(img, 100, 100, 99, 0.6)
+  img[:2] = img[-2:] = 1.0
+  img[:, :2] = img[:, -2:] = 1.0
+  assert _border_lines(img).sum() > 1500
+  assert _frame_kept(img) == 0
+  out, _ = preprocess.preprocess(img)
+  assert abs(np.median(out[32:96, 32:96]) - 1.0) < 0.05  # (the head as it was)
+  assert out[64, 10:20].min() > 0.9 and out[10:20, 64].min() > 0.9  # (its rim, but for a few rows)
+
+
+@pytest.mark.parametrize('name', ['yes/y784.jpg', 'yes/y1077.jpg', 'yes/y285.jpg',
+                                  'no/no1033.jpg'])
+def test_br35h_frame_lines_the_head_touches_become_background(br35h_dir, name):
+  # Each kept bars of its frame beside the head before PREPROCESS_VERSION 11.
+  from brainjax.data import image_io  # pylint: disable=import-outside-toplevel
+  assert _frame_kept(image_io.to_gray_float(image_io.read_image_file(str(br35h_dir / name)))) < 5
+
+
+@pytest.mark.slow
+def test_br35h_slices_that_keep_their_frame_are_few_in_both_classes(br35h_dir):
+  # (As measured on the 3000 files: 116 tumour and 21 healthy slices kept 5 output pixels or
+  # more of a frame along the file's edge before PREPROCESS_VERSION 11, 13 and 0 after it.)
+  from brainjax.data import image_io  # pylint: disable=import-outside-toplevel
+  kept = {}
+  for folder in ('yes', 'no'):
+    images = (image_io.to_gray_float(image_io.read_image_file(str(f)))
+              for f in sorted((br35h_dir / folder).iterdir()))
+    kept[folder] = sum(_frame_kept(x) >= 5 for x in images)
+  print(f'Br35H slices keeping their frame along the file\'s edge: {kept}')
+  assert kept['yes'] < 30 and kept['no'] < 30
+
+
 def test_outline_mask_is_the_pixels_whose_centres_lie_in_the_polygon():
   rng = np.random.default_rng(0)
   for _ in range(20):

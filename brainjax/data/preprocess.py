@@ -10,7 +10,11 @@ Bounding box (robust to a grey/noisy background, frames and burnt-in text):
      the 99.5th percentile, 3 noise sigmas).
   3. Straight frame lines (longer than 75% of the image one way, thin the
      other) are removed from the foreground (from the pixels only outside the
-     head's outline, below), then a 3x3 binary opening removes specks and
+     head's outline, below); a frame line along the image's edge (its outer 3%)
+     that the head touches is removed whole, the stretch it shares with the
+     head included (a few rows of the head's rim go with it), and from the
+     output too, since inside the outline it would stay. Then a 3x3 binary
+     opening removes specks and
      text strokes; then connected components: the largest one (the
      head) plus any component at least 20% of its size (a head split in two by
      a dark gap), plus smaller ones (>= 0.1% of the image) that surround the
@@ -29,8 +33,9 @@ Intensity: (x - background) / (99.5th percentile inside the head - background),
 clipped to [0, 1]: the background becomes 0 whatever its level in the file
 (the shared background of the study), and a few saturated pixels or bright
 text do not set the scale. Pixels of the box outside the head's outline become 0
-too: letters, rulers, frame lines and text beside the head are gone (what lies over
-the head or touches it stays).
+too, and so do the frame lines along the image's edge: letters, rulers, frame lines and
+text beside the head are gone (what lies over the head or touches it, other than such a
+frame line, stays).
 
 Geometry: the crop (h, w) is pasted centred into a zero square of side
 max(h, w) * (1 + 2 * margin) (the margin is a fraction of the longer side on
@@ -86,6 +91,14 @@ _MIN_WORK_SIDE = 16
 # Working-copy pixels the head's outline is grown by before its convex hull is taken: the
 # faint rim below the threshold (the smoothing already widens the head by about one).
 _OUTLINE_MARGIN = 2
+# Frame lines in this outer fraction of the working copy's rows (columns) are followed through
+# the head where it touches them (Br35H: in 116 tumour and 21 healthy slices such a line had
+# stayed within the head's outline, bars beside the head in the output). Their pieces clear of
+# the head must span _FRAME_SPAN of the side and cover _FRAME_COVER of it: the thin ends of a
+# head's own rows (a head filling the image) cover a few pixels.
+_FRAME_BAND = 0.03
+_FRAME_SPAN = 0.75
+_FRAME_COVER = 0.2
 
 
 class Head(NamedTuple):
@@ -95,11 +108,14 @@ class Head(NamedTuple):
   background, scale: the intensity mapping, (x - background) / scale.
   outline: float64 (K, 2) (row, col) vertices of a convex polygon around the head, in
     pixel-edge coordinates of the original image (pixel (i, j) spans [i, i+1) x [j, j+1)).
+  frame: bool, the frame lines along the image's edge on the working copy's grid (its shape
+    and the image's give the scale; frame_mask maps it onto the image).
   """
   box: Tuple[int, int, int, int]
   background: float
   scale: float
   outline: np.ndarray
+  frame: np.ndarray
 
 
 class BlankImage(ValueError):
@@ -153,15 +169,40 @@ def _opening_1d(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
   return ndimage.maximum_filter1d(ndimage.minimum_filter1d(mask, length, axis), length, axis)
 
 
-def _remove_lines(mask: np.ndarray) -> np.ndarray:
-  """Drops straight frame lines: runs longer than 75% of the side in one
-  direction and thinner than 10% of the other side. Solid regions such as the
-  head have long runs both ways, and the flattest arc of a scalp ring is far
-  shorter than 75% of the image, so both are kept."""
+def _lines(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+  """bool (lines, frame) of a uint8 foreground mask.
+
+  lines: straight runs longer than 75% of the side in one direction and thinner than 10% of
+  the other side. Solid regions such as the head have long runs both ways, and the flattest
+  arc of a scalp ring is far shorter than 75% of the image, so both are kept.
+  frame: each row (column) in the image's outer _FRAME_BAND whose line pieces span and cover
+  enough of it (_FRAME_SPAN, _FRAME_COVER), from its first piece to its last: a frame line,
+  the stretch where the head touches it included (there it is no thin run).
+  """
   h, w = mask.shape
   horizontal = _opening_1d(mask, int(0.75 * w), 1) > _opening_1d(mask, max(3, int(0.1 * h)), 0)
   vertical = _opening_1d(mask, int(0.75 * h), 0) > _opening_1d(mask, max(3, int(0.1 * w)), 1)
-  return mask & ~(horizontal | vertical).view(np.uint8)
+  frame = np.zeros(mask.shape, bool)
+  for pieces, out in ((horizontal, frame), (vertical.T, frame.T)):  # (frame.T is a view)
+    n, length = pieces.shape
+    band = max(2, round(_FRAME_BAND * n))
+    for r in [*range(band), *range(n - band, n)]:
+      cols = np.flatnonzero(pieces[r])
+      if cols.size >= _FRAME_COVER * length and cols[-1] + 1 - cols[0] >= _FRAME_SPAN * length:
+        out[r, cols[0]:cols[-1] + 1] = True
+  return horizontal | vertical, frame
+
+
+def frame_mask(head: Head, shape, box) -> np.ndarray:
+  """bool (bottom - top, right - left): the pixels of `box` of an image of `shape` on the
+  frame lines of `head` (Head.frame, grown by one working-copy pixel: a line the working
+  copy's box filter spread over two)."""
+  top, left, bottom, right = box
+  frame = ndimage.binary_dilation(head.frame) if head.frame.any() else head.frame
+  (h, w), (wh, ww) = shape, frame.shape
+  rows = np.minimum(np.arange(top, bottom) * wh // h, wh - 1)
+  cols = np.minimum(np.arange(left, right) * ww // w, ww - 1)
+  return frame[np.ix_(rows, cols)]
 
 
 def _union_box(slices, keep):
@@ -193,7 +234,7 @@ def find_head(x: np.ndarray) -> Head:
   edge = int(np.ceil(2 * max(1.0, max(x.shape) / _WORK_SIDE))) + 1
   area = x[top + edge:bottom - edge, left + edge:right - edge]
   try:
-    (t, l, b, r), inner_background, inner_scale, _ = find_head(area)
+    (t, l, b, r), inner_background, inner_scale, _, _ = find_head(area)
   except BlankImage:  # (nothing inside it, or too small: the grey field is what there is)
     return first
   if inner_background - first.background <= 0.5 * _CONTRAST_FRACTION * first.scale:
@@ -218,7 +259,7 @@ def find_head(x: np.ndarray) -> Head:
         abs(np.median(band) - inner_background) > _CONTRAST_FRACTION * inner_scale
         or np.mean(band > inner_background + _ABOVE_GREY * inner_scale) > _MAX_BRIGHT_LEFT_OUT):
       return first
-  return Head(inner, inner_background, inner_scale, first.outline)
+  return Head(inner, inner_background, inner_scale, first.outline, first.frame)
 
 
 def _ring(pixels: np.ndarray, width: int) -> np.ndarray:
@@ -316,8 +357,10 @@ def _find_head_once(x: np.ndarray) -> Tuple[Head, bool]:
   # (_NOISE_SIGMAS * noise is at most half the contrast, by the _MIN_SNR check above.)
   threshold = background + max(_CONTRAST_FRACTION * contrast, _NOISE_SIGMAS * noise)
   foreground = (smooth > threshold).view(np.uint8)
+  frame = np.zeros(work.shape, bool)
   if min(wh, ww) >= 24:
-    foreground = _remove_lines(foreground)
+    lines, frame = _lines(foreground)
+    foreground = foreground & ~(lines | frame).view(np.uint8)
     # A 3x3 opening (separable min then max filter: fast on uint8) removes
     # specks and text strokes but not a thin scalp ring.
     opened = ndimage.maximum_filter(ndimage.minimum_filter(foreground, 3), 3)
@@ -351,7 +394,8 @@ def _find_head_once(x: np.ndarray) -> Tuple[Head, bool]:
   on_plateau = min(edges.shape) > 2 * width and np.median(_ring(edges, width)) > threshold
   # (Grown first: the faint rim below the threshold.)
   outline = _convex_hull(ndimage.binary_dilation(head, iterations=_OUTLINE_MARGIN))
-  return Head((top, left, bottom, right), background, scale, outline * [fy, fx]), on_plateau
+  return (Head((top, left, bottom, right), background, scale, outline * [fy, fx], frame),
+          on_plateau)
 
 
 def crop_info(shape, box, margin: float) -> CropInfo:
@@ -419,8 +463,8 @@ def preprocess(image: np.ndarray, size: int = 128,
   np.clip(crop, 0.0, 1.0, out=crop)
   # What lies beside the head in its box (burnt-in letters, rulers, frame lines, the file's
   # noisy background) becomes background: it is no part of the head, and in Br35H it is more
-  # often in one class's files than the other's.
-  crop *= outline_mask(head.outline, head.box)
+  # often in one class's files than the other's. So does a frame line the head touches.
+  crop *= outline_mask(head.outline, head.box) & ~frame_mask(head, x.shape, head.box)
   out = _resize(canvas, size, size, order=1)
   np.clip(out, 0.0, 1.0, out=out)
   return out, info

@@ -48,8 +48,10 @@ PHANTOM_DEFAULT_PER_CLASS = 1500
 # (2: 16-bit images scaled by their maximum; 3: EXIF orientation applied; 4: files of several
 # frames refused; 5: images of text or lines only refused; 6: images under 16 px a side, or
 # narrower than 1:12, refused; 7: wide-integer images scaled by their 99.9th percentile, not
-# their maximum; 8: float images stretched between percentiles, 16-bit colour refused).
-PREPROCESS_VERSION = 10  # 10: what lies beside the head in its box set to background
+# their maximum; 8: float images stretched between percentiles, 16-bit colour refused; 9: a
+# head on a grey field of view in black bars cropped to the head; 10: what lies beside the
+# head in its box set to background).
+PREPROCESS_VERSION = 11  # 11: frame lines along the edge that the head touches set to background
 PHANTOM_VERSION = 2  # 2: larger, stronger lesions
 _PARALLEL_MIN_JOBS = 200  # below this, worker start-up costs more than it saves
 
