@@ -195,11 +195,11 @@ def _lines(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   return horizontal | vertical, frame
 
 
-def frame_mask(head: Head, shape, box) -> np.ndarray:
-  """bool (bottom - top, right - left): the pixels of `box` of an image of `shape` on the
-  frame lines of `head` (Head.frame, grown by one working-copy pixel: a line the working
-  copy's box filter spread over two)."""
-  top, left, bottom, right = box
+def frame_mask(head: Head, shape) -> np.ndarray:
+  """bool (bottom - top, right - left): the pixels of head.box, in an image of `shape`, on
+  the frame lines of Head.frame (grown by one working-copy pixel: a line the working copy's
+  box filter spread over two)."""
+  top, left, bottom, right = head.box
   frame = ndimage.binary_dilation(head.frame) if head.frame.any() else head.frame
   (h, w), (wh, ww) = shape, frame.shape
   rows = np.minimum(np.arange(top, bottom) * wh // h, wh - 1)
@@ -466,7 +466,7 @@ def preprocess(image: np.ndarray, size: int = 128,
   # What lies beside the head in its box (burnt-in letters, rulers, frame lines, the file's
   # noisy background) becomes background: it is no part of the head, and in Br35H it is more
   # often in one class's files than the other's. So does a frame line the head touches.
-  crop *= outline_mask(head.outline, head.box) & ~frame_mask(head, x.shape, head.box)
+  crop *= outline_mask(head.outline, head.box) & ~frame_mask(head, x.shape)
   out = _resize(canvas, size, size, order=1)
   np.clip(out, 0.0, 1.0, out=out)
   return out, info
